@@ -1,0 +1,140 @@
+"""The ``spora-zarr`` command line: each command a thin wrapper over one library function.
+
+Errors a user can fix are printed as one line (``error: <file>: <reason>``)
+with exit code 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import SporaZarrError
+from .writer import WriteOptions
+
+
+def _json_option(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--storage-options is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--storage-options must be a JSON object")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spora-zarr", description="OME-Zarr (NGFF 0.5) cohort stores for spora imaging cohorts.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def layout_options(p: argparse.ArgumentParser) -> None:
+        defaults = WriteOptions()
+        p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in pixels (all channels per chunk)")
+        p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels (0: no sharding)")
+        p.add_argument("--clevel", type=int, default=defaults.clevel, help="blosc compression level")
+        p.add_argument("--memory-budget", type=float, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker")
+        p.add_argument("--overwrite", action="store_true", help="redo complete groups (the old version stays until the new one is complete)")
+        p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
+
+    convert = commands.add_parser("convert", help="convert a spora TIFF cohort into a cohort store")
+    convert.add_argument("source")
+    convert.add_argument("dest")
+    convert.add_argument("--workers", type=int, default=1, help="tissues converted in parallel")
+    convert.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
+    convert.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
+    convert.add_argument("--source-storage-options", type=_json_option, default=None, help="fsspec options of the source, as JSON")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bars")
+    layout_options(convert)
+
+    add = commands.add_parser("add-image", help="add one image file to a store (created if missing)")
+    add.add_argument("dest")
+    add.add_argument("file")
+    add.add_argument("--modality", required=True)
+    add.add_argument("--tissue-id", required=True)
+    add.add_argument("--mpp", type=float, help="microns per pixel (read from OME-TIFF when omitted)")
+    add.add_argument("--channel-names", help="comma-separated channel names")
+    layout_options(add)
+
+    info = commands.add_parser("info", help="summarise a store")
+    info.add_argument("store")
+    info.add_argument("--storage-options", type=_json_option, default=None)
+
+    validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
+    validate.add_argument("store")
+    validate.add_argument("--storage-options", type=_json_option, default=None)
+    return parser
+
+
+def _write_options(args: argparse.Namespace) -> WriteOptions:
+    return WriteOptions(chunk=args.chunk, shard=args.shard or None, clevel=args.clevel, memory_budget=int(args.memory_budget * 2**20))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except SporaZarrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import ConvertOptions, convert_cohort
+
+    if args.scheduler and args.cluster:
+        raise SporaZarrError("give --scheduler or --cluster, not both")
+    options = ConvertOptions(
+        workers=args.workers, scheduler=args.scheduler or args.cluster, overwrite=args.overwrite,
+        progress=not args.no_progress, write=_write_options(args),
+    )
+    report = convert_cohort(args.source, args.dest, options, storage_options=args.storage_options, source_storage_options=args.source_storage_options)
+    print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
+    return 0 if report.ok else 1
+
+
+def _add_image(args: argparse.Namespace) -> int:
+    from .convert import add_image
+
+    names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    result = add_image(
+        args.dest, args.file, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, channel_names=names,
+        options=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options,
+    )
+    print(f"{'kept existing' if result.skipped else 'wrote'} {result.path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .info import describe
+
+    print(describe(args.store, args.storage_options))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .validate import validate_store
+
+    problems = validate_store(args.store, args.storage_options)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print("valid")
+    return 0
+
+
+_COMMANDS = {"convert": _convert, "add-image": _add_image, "info": _info, "validate": _validate}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The one error hierarchy of spora_zarr.
+
+Messages name the store or file, what was expected and what was found, so a
+command-line user gets a single line that explains the failure.
+"""
+
+from __future__ import annotations
+
+
+class SporaZarrError(Exception):
+    """Base class of every error spora_zarr raises on purpose."""
+
+
+class InvalidInputError(SporaZarrError, ValueError):
+    """A source file, table or argument that cannot be converted or used as given."""
+
+
+class NotFoundError(SporaZarrError, FileNotFoundError):
+    """Something asked for (a tissue, resolution, channel, store) that is not there."""
+
+    def __str__(self) -> str:  # FileNotFoundError formats args as a tuple otherwise
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(SporaZarrError):
+    """A store whose content breaks the spora_zarr layout or NGFF rules."""

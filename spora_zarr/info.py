@@ -1,0 +1,46 @@
+"""A human summary of a cohort store: modalities, tissues, levels, channels and tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._storage import Location
+from .layout import MASK_KINDS
+from .reader import open_cohort
+
+
+def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:
+    """Multi-line text describing the store at ``location``."""
+    cohort = open_cohort(location, storage_options)
+    lines = [f"cohort store {cohort.location}", f"format version {cohort.attributes.get('format_version', '?')}"]
+    for modality in cohort.modalities:
+        tissues = cohort.tissues(modality)
+        lines.append(f"\nmodality {modality}: {len(tissues)} tissue(s)")
+        for tissue_id in tissues:
+            lines.append(f"  {tissue_id}: channels {', '.join(cohort.channel_names(modality, tissue_id))}")
+            lines += _levels(cohort, modality, tissue_id)
+    for kind in MASK_KINDS:
+        tissues = cohort.mask_tissues(kind)
+        if tissues:
+            lines.append(f"\nmasks {kind}: {len(tissues)} tissue(s)")
+            for tissue_id in tissues:
+                lines.append(f"  {tissue_id}")
+                lines += _levels(cohort, kind, tissue_id)
+    tables = cohort.tables()
+    lines.append(f"\ntables ({len(tables)}):")
+    for table in tables:
+        meta = cohort.read_table(table)
+        lines.append(f"  {table}: {meta.num_rows} rows, columns {', '.join(meta.column_names)}")
+    return "\n".join(lines)
+
+
+def _levels(cohort: Any, modality: str, tissue_id: str) -> list[str]:
+    lines = []
+    attributes = cohort.group_attributes(modality, tissue_id)
+    stored = set(attributes.get("spora", {}).get("source_levels", []))
+    for name in cohort.resolutions(modality, tissue_id):
+        array = cohort.open_array(modality, tissue_id, name)
+        shards = f" shards {tuple(array.shards)}" if array.shards else ""
+        origin = "from source" if name in stored else "computed"
+        lines.append(f"    {name}: shape {tuple(array.shape)} {array.dtype} chunks {tuple(array.chunks)}{shards} ({origin})")
+    return lines

@@ -1,0 +1,149 @@
+"""NGFF 0.5 attributes of image and label groups, and the spora attributes beside them.
+
+The multiscales model is the one ``ngff_zarr.to_multiscales`` defines for the
+levels computed from the coarsest source resolution (axes, scale and
+translation of each level); finer source resolutions are prepended with their
+own scale. Level paths are renamed to resolution names (``1_0mpp``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import ngff_zarr
+import numpy as np
+from ngff_zarr.methods import Methods
+
+from .layout import FORMAT_VERSION
+from .pyramid import Level, Method
+
+NGFF_VERSION = "0.5"
+RGB_COLORS = ("FF0000", "00FF00", "0000FF")
+PALETTE = ("0000FF", "00FF00", "FF00FF", "FFFF00", "00FFFF", "FF0000", "FF8000", "8000FF", "80FF00", "FF0080", "0080FF", "FFFFFF")
+
+
+def multiscales_metadata(levels: Sequence[Level], *, name: str, method: Method, labels: bool) -> dict[str, Any]:
+    """The ``multiscales[0]`` entry for ``levels`` as ``ngff_zarr.to_multiscales`` models it."""
+    dims = ("y", "x") if labels else ("c", "y", "x")
+    source_levels = [level for level in levels if level.from_source]
+    base = source_levels[-1]
+    computed = levels[len(source_levels):]
+    shape = base.shape[1:] if labels else base.shape
+    image = ngff_zarr.to_ngff_image(
+        da.zeros(shape, dtype=np.uint8, chunks=shape),
+        dims=dims,
+        scale={"y": base.mpp, "x": base.mpp},
+        translation={"y": 0.0, "x": 0.0},
+        axes_units={"y": "micrometer", "x": "micrometer"},
+        name=name,
+    )
+    multiscales = ngff_zarr.to_multiscales(
+        image, scale_factors=[2 ** (i + 1) for i in range(len(computed))], method=Methods(method.value)
+    )
+    metadata = multiscales.metadata.to_version(NGFF_VERSION)
+    metadata.type = method.value
+    entry = _strip_none(dataclasses.asdict(metadata))
+    entry.pop("extra", None)
+    entry.pop("omero", None)
+    datasets = entry["datasets"]
+    finer = [
+        {
+            "path": level.name,
+            "coordinateTransformations": [
+                {"type": "scale", "scale": _scale(level.mpp, labels)},
+                {"type": "translation", "translation": [0.0] * len(dims)},
+            ],
+        }
+        for level in source_levels[:-1]
+    ]
+    for dataset, level in zip(datasets, levels[len(finer):]):
+        dataset["path"] = level.name
+    entry["datasets"] = finer + datasets
+    return entry
+
+
+def _scale(mpp: float, labels: bool) -> list[float]:
+    return [mpp, mpp] if labels else [1.0, mpp, mpp]
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+def omero_metadata(channel_names: Sequence[str], windows: Sequence[dict[str, float]], *, rgb: bool) -> dict[str, Any]:
+    """OMERO rendering metadata: one entry per channel with label, colour and window."""
+    colors = RGB_COLORS if rgb else PALETTE
+    channels = [
+        {
+            "label": str(label),
+            "color": colors[i % len(colors)] if (rgb or len(channel_names) > 1) else "FFFFFF",
+            "window": window,
+            "active": True,
+            "coefficient": 1.0,
+            "family": "linear",
+            "inverted": False,
+        }
+        for i, (label, window) in enumerate(zip(channel_names, windows))
+    ]
+    return {"channels": channels, "rdefs": {"model": "color"}}
+
+
+def channel_windows(sample: np.ndarray, dtype: np.dtype, *, rgb: bool) -> list[dict[str, float]]:
+    """Contrast windows per channel from a pixel sample ``(C, N)``.
+
+    ``min``/``max`` are the sample's extremes, ``start``/``end`` its 0.1 % and
+    99.9 % quantiles; RGB images keep the full 0-255 range.
+    """
+    windows = []
+    for values in sample:
+        if rgb:
+            windows.append({"min": 0.0, "max": 255.0, "start": 0.0, "end": 255.0})
+            continue
+        if values.size == 0:
+            lo = hi = start = end = 0.0
+        else:
+            lo, hi = float(values.min()), float(values.max())
+            start, end = (float(q) for q in np.quantile(values, [0.001, 0.999]))
+        if end <= start:
+            end = start + 1.0
+            hi = max(hi, end)
+        windows.append({"min": lo, "max": hi, "start": start, "end": end})
+    return windows
+
+
+def image_attributes(
+    levels: Sequence[Level],
+    *,
+    name: str,
+    channel_names: Sequence[str],
+    windows: Sequence[dict[str, float]],
+    rgb: bool,
+    spora: dict[str, Any],
+) -> dict[str, Any]:
+    """Attributes of an NGFF image group (``ome`` with multiscales and omero, plus ``spora``)."""
+    entry = multiscales_metadata(levels, name=name, method=Method.BIN_SHRINK, labels=False)
+    ome = {"version": NGFF_VERSION, "multiscales": [entry], "omero": omero_metadata(channel_names, windows, rgb=rgb)}
+    return {"ome": ome, "spora": {"format_version": FORMAT_VERSION, "kind": "image", **spora}}
+
+
+def label_attributes(levels: Sequence[Level], *, name: str, source_image: str | None, spora: dict[str, Any]) -> dict[str, Any]:
+    """Attributes of an NGFF label image group (multiscales plus ``image-label``)."""
+    entry = multiscales_metadata(levels, name=name, method=Method.MODE, labels=True)
+    image_label: dict[str, Any] = {"version": NGFF_VERSION}
+    if source_image:
+        image_label["source"] = {"image": source_image}
+    ome = {"version": NGFF_VERSION, "multiscales": [entry], "image-label": image_label}
+    return {"ome": ome, "spora": {"format_version": FORMAT_VERSION, "kind": "label", **spora}}
+
+
+def is_complete_group(attributes: dict[str, Any]) -> bool:
+    """Whether group attributes describe a finished multiscale (image or label)."""
+    ome = attributes.get("ome")
+    return isinstance(ome, dict) and bool(ome.get("multiscales"))

@@ -1,0 +1,191 @@
+"""Open a cohort store: modalities, tissues, resolutions, and lazy labelled arrays.
+
+``open_cohort`` reads metadata only; pixels are read when a returned
+``xarray.DataArray`` (backed by dask, one dask chunk per shard) is computed.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ._staging import STAGING_DIR, Staging
+from ._storage import Location
+from .errors import NotFoundError
+from .layout import (
+    MASK_KINDS,
+    Resolution,
+    image_group_path,
+    label_group_path,
+    resolution_name,
+    resolution_value,
+    validate_tissue_id,
+)
+
+
+class Cohort:
+    """A handle on a cohort store. Cheap to pickle: it holds only the location."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        staging = Staging(location)
+        attributes = staging.read_attributes("")
+        if attributes is None:
+            raise NotFoundError(f"{location}: not a cohort store (no zarr group at its root)")
+        self.attributes: dict[str, Any] = attributes.get("spora", {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open_cohort, (self.location,))
+
+    def __repr__(self) -> str:
+        return f"Cohort({self.location.root!r}, modalities={self.modalities})"
+
+    # -- what is there --------------------------------------------------------
+    @property
+    def modalities(self) -> list[str]:
+        """Modality directories holding images (``he``, ``imc``, ``ihc/ihc_CD3``, ...)."""
+        return sorted(self.attributes.get("modalities", {}))
+
+    @property
+    def mask_kinds(self) -> list[str]:
+        return [k for k in MASK_KINDS if self._listing(f"segmentations/{k}")]
+
+    def tissues(self, modality: str) -> list[str]:
+        """Tissue ids with a complete image of ``modality``."""
+        self._check_modality(modality)
+        return self._listing(f"{modality}/images")
+
+    def mask_tissues(self, kind: str) -> list[str]:
+        """Tissue ids with a complete mask of ``kind``."""
+        return self._listing(label_group_path(kind, "x").rsplit("/", 1)[0])
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - the cohort lives as long as its caches should
+    def _listing(self, path: str) -> list[str]:
+        fs = self.location.fs()
+        try:
+            entries = fs.ls(self.location.fs_path(path), detail=False)
+        except (FileNotFoundError, OSError):
+            return []
+        staging = Staging(self.location)
+        names = sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+        return [n for n in names if not n.startswith(".") and n != "zarr.json" and staging.is_complete(f"{path}/{n}")]
+
+    def _check_modality(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise NotFoundError(f"{self.location}: no modality {modality!r}; it has {', '.join(self.modalities) or 'none'}")
+
+    # -- groups and levels --------------------------------------------------------
+    def group_path(self, modality: str, tissue_id: str) -> str:
+        """Store path of a tissue image (``modality``) or mask (``tissue_masks``/``cell_masks``)."""
+        if modality in MASK_KINDS:
+            return label_group_path(modality, tissue_id)
+        self._check_modality(modality)
+        return image_group_path(modality, tissue_id)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019
+    def group_attributes(self, modality: str, tissue_id: str) -> dict[str, Any]:
+        """Attributes of a complete image or mask group; ``NotFoundError`` otherwise."""
+        validate_tissue_id(tissue_id)
+        path = self.group_path(modality, tissue_id)
+        attributes = Staging(self.location).read_attributes(path)
+        if attributes is None or "ome" not in attributes:
+            raise NotFoundError(f"{self.location}: no tissue {tissue_id!r} in {modality!r}")
+        return attributes
+
+    def resolutions(self, modality: str, tissue_id: str) -> list[str]:
+        """Level names of a tissue's image or mask, finest first."""
+        datasets = self.group_attributes(modality, tissue_id)["ome"]["multiscales"][0]["datasets"]
+        return [d["path"] for d in datasets]
+
+    def level_path(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> str:
+        """Store path of one level array; ``resolution=None`` is the finest level."""
+        names = self.resolutions(modality, tissue_id)
+        if resolution is None:
+            return f"{self.group_path(modality, tissue_id)}/{names[0]}"
+        name = resolution_name(resolution)
+        if name not in names:
+            raise NotFoundError(
+                f"{self.location}: {modality} tissue {tissue_id!r} has no resolution {name}; it has {', '.join(names)}"
+            )
+        return f"{self.group_path(modality, tissue_id)}/{name}"
+
+    def channel_names(self, modality: str, tissue_id: str) -> list[str]:
+        """Channel labels of a tissue image, in stored order."""
+        attributes = self.group_attributes(modality, tissue_id)
+        omero = attributes["ome"].get("omero")
+        if omero:
+            return [c["label"] for c in omero["channels"]]
+        return list(attributes.get("spora", {}).get("channel_names", []))
+
+    def open_array(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> zarr.Array:
+        """The zarr array of one level (no pixels read)."""
+        path = self.level_path(modality, tissue_id, resolution)
+        return zarr.open_array(self.location.zarr_store(read_only=True), path=path, mode="r")
+
+    def _transform(self, modality: str, tissue_id: str, name: str) -> tuple[float, float]:
+        """(mpp, translation in microns) of level ``name`` on y/x."""
+        for dataset in self.group_attributes(modality, tissue_id)["ome"]["multiscales"][0]["datasets"]:
+            if dataset["path"] == name:
+                scale = translation = None
+                for t in dataset["coordinateTransformations"]:
+                    if t["type"] == "scale":
+                        scale = t["scale"][-1]
+                    elif t["type"] == "translation":
+                        translation = t["translation"][-1]
+                return float(scale), float(translation or 0.0)
+        raise NotFoundError(name)
+
+    def open_image(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> Any:
+        """A level as a lazy ``xarray.DataArray``: dims ``(c, y, x)``, channel names, micron coordinates.
+
+        Masks (``modality`` ``tissue_masks``/``cell_masks``) have dims ``(y, x)``.
+        """
+        import dask.array as da
+        import xarray as xr
+
+        array = self.open_array(modality, tissue_id, resolution)
+        name = array.path.rsplit("/", 1)[-1]
+        mpp, offset = self._transform(modality, tissue_id, name)
+        chunks = array.shards or array.chunks
+        data = da.from_zarr(array, chunks=chunks)
+        coords: dict[str, Any] = {
+            "y": offset + mpp * np.arange(array.shape[-2]),
+            "x": offset + mpp * np.arange(array.shape[-1]),
+        }
+        dims: Sequence[str] = ("y", "x")
+        if array.ndim == 3:
+            dims = ("c", "y", "x")
+            coords["c"] = self.channel_names(modality, tissue_id)
+        attrs = {"tissue_id": tissue_id, "modality": modality, "resolution": name, "mpp": mpp, "units": "micrometer"}
+        return xr.DataArray(data, dims=dims, coords=coords, name=f"{modality}/{tissue_id}", attrs=attrs)
+
+    # -- tables ---------------------------------------------------------------------
+    def read_table(self, path: str) -> Any:
+        """A parquet table of the cohort (same relative path as the TIFF layout) as a ``pyarrow.Table``."""
+        import pyarrow.parquet as pq
+
+        fs = self.location.fs()
+        full = self.location.fs_path(path)
+        if not fs.exists(full):
+            raise NotFoundError(f"{self.location}: no table {path}")
+        with fs.open(full, "rb") as handle:
+            return pq.read_table(handle)
+
+    def tables(self) -> list[str]:
+        """Relative paths of every parquet table in the store."""
+        fs = self.location.fs()
+        root = self.location.fs_path()
+        found = [p[len(root):].strip("/") for p in fs.find(root) if p.endswith(".parquet")]
+        return sorted(p for p in found if not p.startswith(STAGING_DIR))
+
+
+def open_cohort(location: str | Location, storage_options: dict[str, Any] | None = None) -> Cohort:
+    """Open the cohort store at a local path or fsspec URL (``s3://``, ``memory://``); reads no pixels."""
+    return Cohort(Location.parse(location, storage_options))
+
+

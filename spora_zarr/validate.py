@@ -1,0 +1,101 @@
+"""Check a cohort store: NGFF 0.5 (ome-zarr-models and ngff-zarr's schemas) and the spora rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zarr
+
+from ._storage import Location
+from .errors import InvalidInputError, SporaZarrError
+from .layout import MASK_KINDS, is_resolution_name, resolution_value, validate_tissue_id
+from .reader import Cohort, open_cohort
+
+
+def validate_store(location: str | Location, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Every problem found in the store, one line each; an empty list means valid."""
+    try:
+        cohort = open_cohort(location, storage_options)
+    except SporaZarrError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    groups = [(m, t) for m in cohort.modalities for t in cohort.tissues(m)]
+    groups += [(k, t) for k in MASK_KINDS for t in cohort.mask_tissues(k)]
+    for modality, tissue_id in groups:
+        problems += [f"{cohort.group_path(modality, tissue_id)}: {p}" for p in validate_group(cohort, modality, tissue_id)]
+    for kind in MASK_KINDS:
+        for tissue_id in cohort.mask_tissues(kind):
+            problems += _mask_matches_images(cohort, kind, tissue_id)
+    return problems
+
+
+def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
+    """Problems of one image or label group."""
+    import ngff_zarr
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    problems = []
+    labels = modality in MASK_KINDS
+    try:
+        validate_tissue_id(tissue_id)
+    except InvalidInputError as exc:
+        problems.append(str(exc))
+    group = zarr.open_group(cohort.location.zarr_store(read_only=True), path=cohort.group_path(modality, tissue_id), mode="r")
+    attributes = dict(group.attrs)
+    try:
+        (ImageLabel if labels else Image).from_zarr(group)
+    except Exception as exc:
+        problems.append(f"ome-zarr-models: {str(exc).splitlines()[0]}")
+    try:
+        ngff_zarr.validate(attributes, version="0.5", model="label" if labels else "image")
+    except Exception as exc:
+        problems.append(f"ngff_zarr.validate: {str(exc).splitlines()[0]}")
+    multiscale = attributes["ome"]["multiscales"][0]
+    previous = None
+    for dataset in multiscale["datasets"]:
+        name = dataset["path"]
+        if not is_resolution_name(name):
+            problems.append(f"level {name!r} is not named by its resolution")
+            continue
+        scale = next((t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale"), None)
+        if scale is None or abs(scale[-1] - resolution_value(name)) > 1e-9 or abs(scale[-2] - resolution_value(name)) > 1e-9:
+            problems.append(f"level {name} has scale {scale}, expected {resolution_value(name)} micrometer on y/x")
+        array = group[name]
+        if not array.metadata.dimension_names:
+            problems.append(f"level {name} has no dimension_names")
+        if previous is not None and any(a > b for a, b in zip(array.shape[-2:], previous)):
+            problems.append(f"level {name} {array.shape} is larger than the level before it {previous}")
+        previous = array.shape[-2:]
+    axes = multiscale["axes"]
+    if any(a["type"] == "space" and a.get("unit") != "micrometer" for a in axes):
+        problems.append("spatial axes must have unit 'micrometer'")
+    if not labels:
+        omero = attributes["ome"].get("omero")
+        channels = group[multiscale["datasets"][0]["path"]].shape[0]
+        if not omero or len(omero.get("channels", [])) != channels:
+            problems.append(f"omero metadata must list {channels} channels")
+        else:
+            for i, channel in enumerate(omero["channels"]):
+                missing = {"label", "color", "window"} - set(channel)
+                if missing:
+                    problems.append(f"omero channel {i} lacks {', '.join(sorted(missing))}")
+    return problems
+
+
+def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
+    """A mask level must have the shape of every image level of the same name."""
+    problems = []
+    mask_levels = {name: cohort.open_array(kind, tissue_id, name).shape for name in cohort.resolutions(kind, tissue_id)}
+    for modality in cohort.modalities:
+        if tissue_id not in cohort.tissues(modality):
+            continue
+        for name in cohort.resolutions(modality, tissue_id):
+            if name in mask_levels:
+                shape = cohort.open_array(modality, tissue_id, name).shape[-2:]
+                if tuple(shape) != tuple(mask_levels[name]):
+                    problems.append(
+                        f"{cohort.group_path(kind, tissue_id)}: level {name} shape {mask_levels[name]} "
+                        f"does not match {cohort.group_path(modality, tissue_id)} {tuple(shape)}"
+                    )
+    return problems

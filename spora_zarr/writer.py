@@ -1,0 +1,363 @@
+"""Write one image or mask as an NGFF 0.5 multiscale group, streaming and crash-safe.
+
+Levels that exist as source files are copied pixel-exact; coarser levels are
+computed block by block in a depth-first quadtree over shard-sized blocks, so a
+block of every level is written exactly once, as a whole shard, and memory
+holds one block per level whatever the size of the slide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from ._staging import Staging
+from ._storage import Location
+from .errors import InvalidInputError
+from .metadata import channel_windows, image_attributes, label_attributes
+from .pyramid import SHRINK, Level, Method, check_source_shapes, plan_levels
+from .sources import ImageSource
+
+log = logging.getLogger("spora_zarr")
+
+MiB = 2**20
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteOptions:
+    """Layout and resource options of written arrays.
+
+    The defaults are the layout the tile path reads fastest (see
+    ``docs/layout.md``): all channels of a 112 x 112 window in one chunk,
+    chunks grouped in 896 x 896 shards, blosc lz4 with byte shuffle.
+    """
+
+    chunk: int = 112
+    shard: int | None = 896
+    cname: str = "lz4"
+    clevel: int = 5
+    max_top_size: int = 2048
+    memory_budget: int = 512 * MiB
+    codec_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk < 16 or self.chunk % 2:
+            raise InvalidInputError(f"chunk edge must be an even number >= 16, got {self.chunk}")
+        if self.shard is not None and (self.shard < self.chunk or self.shard % self.chunk):
+            raise InvalidInputError(f"shard edge {self.shard} must be a multiple of the chunk edge {self.chunk}")
+
+    def block_edge(self, channels: int, itemsize: int, depth: int) -> int:
+        """Edge of the blocks streamed at once: the shard edge, halved until ``depth + 3`` blocks fit the budget."""
+        edge = self.shard or max(self.chunk, 8 * self.chunk)
+        while edge > self.chunk and edge % 2 == 0 and (depth + 3) * channels * edge * edge * itemsize > self.memory_budget:
+            half = edge // 2
+            if half % self.chunk and half > self.chunk:
+                half = max(self.chunk, half // self.chunk * self.chunk)
+            if half == edge:
+                break
+            edge = half
+        return edge
+
+
+@dataclass
+class WriteResult:
+    """What one write did."""
+
+    path: str
+    skipped: bool = False
+    levels: list[Level] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+ProgressCallback = Callable[[int], None]
+
+
+def write_image(
+    location: Location | str,
+    path: str,
+    sources: Mapping[float, ImageSource],
+    *,
+    channel_names: Sequence[str] | None = None,
+    rgb: bool = False,
+    spora: Mapping[str, Any] | None = None,
+    options: WriteOptions | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> WriteResult:
+    """Write an image given its sources per resolution (mpp -> ``(C, H, W)`` source) as a multiscale group.
+
+    The group appears at ``path`` only once complete. Without ``overwrite`` an
+    existing complete group is left alone (``skipped``).
+    """
+    shape = _first(sources).shape
+    names = list(channel_names) if channel_names is not None else [f"channel_{i}" for i in range(shape[0])]
+    if len(names) != shape[0]:
+        raise InvalidInputError(f"{_first(sources).name}: {shape[0]} channels but {len(names)} channel names")
+
+    def attributes(levels: list[Level], sample: np.ndarray) -> dict[str, Any]:
+        windows = channel_windows(sample, np.dtype(_first(sources).dtype), rgb=rgb)
+        extra = {"channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
+        return image_attributes(levels, name=display_name(path), channel_names=names, windows=windows, rgb=rgb, spora=extra)
+
+    return _write_multiscale(Location.parse(location), path, sources, Method.BIN_SHRINK, attributes, options, overwrite, progress)
+
+
+def write_labels(
+    location: Location | str,
+    path: str,
+    sources: Mapping[float, ImageSource],
+    *,
+    source_image: str | None = None,
+    spora: Mapping[str, Any] | None = None,
+    options: WriteOptions | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> WriteResult:
+    """Write a mask (one channel of integer labels) as an NGFF label multiscale group."""
+    first = _first(sources)
+    if first.shape[0] != 1:
+        raise InvalidInputError(f"{first.name}: a mask must have one channel, found {first.shape[0]}")
+    if not (np.issubdtype(first.dtype, np.integer) or first.dtype == np.bool_):
+        raise InvalidInputError(f"{first.name}: a mask must hold integer labels, found dtype {first.dtype}")
+
+    def attributes(levels: list[Level], sample: np.ndarray) -> dict[str, Any]:
+        extra = {"source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
+        return label_attributes(levels, name=display_name(path), source_image=source_image, spora=extra)
+
+    return _write_multiscale(Location.parse(location), path, sources, Method.MODE, attributes, options, overwrite, progress)
+
+
+def display_name(path: str) -> str:
+    """Multiscales name of a group, shown by viewers: ``imc/T1``, ``ihc_CD3/T1``, ``cell_masks/T1``."""
+    parts = path.strip("/").split("/")
+    return "/".join([p for p in parts[:-1] if p not in ("images", "segmentations", "ihc")] + parts[-1:])
+
+
+def _first(sources: Mapping[float, ImageSource]) -> ImageSource:
+    if not sources:
+        raise InvalidInputError("no source image given")
+    return sources[min(sources)]
+
+
+def _write_multiscale(
+    location: Location,
+    path: str,
+    sources: Mapping[float, ImageSource],
+    method: Method,
+    attributes: Callable[[list[Level], np.ndarray], dict[str, Any]],
+    options: WriteOptions | None,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+) -> WriteResult:
+    options = options or WriteOptions()
+    staging = Staging(location)
+    staging.discard_for(path)
+    if not overwrite and staging.is_complete(path):
+        return WriteResult(path, skipped=True)
+    ordered = {float(mpp): sources[mpp] for mpp in sorted(sources)}
+    dtypes = {np.dtype(s.dtype) for s in ordered.values()}
+    if len(dtypes) != 1:
+        raise InvalidInputError(f"{_first(ordered).name}: resolutions of one image have different dtypes {sorted(map(str, dtypes))}")
+    problem = check_source_shapes({mpp: s.shape for mpp, s in ordered.items()}, _first(ordered).name)
+    if problem:
+        raise InvalidInputError(problem)
+    levels = plan_levels({mpp: s.shape for mpp, s in ordered.items()}, max_top_size=options.max_top_size)
+    labels = method is Method.MODE
+    area = staging.new_area()
+    try:
+        with _codec_pipeline(location, options):
+            dtype = dtypes.pop()
+            arrays = _create_arrays(location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels)
+            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], options, labels, progress)
+            streamer.run()
+        staging.write_group_document(f"{area}/{path}", attributes(levels, streamer.sample()))
+        staging.promote(area, path)
+    except BaseException:
+        staging.discard(area)
+        raise
+    return WriteResult(path, levels=levels, bytes_read=streamer.bytes_read)
+
+
+@contextlib.contextmanager
+def _codec_pipeline(location: Location, options: WriteOptions) -> Iterator[None]:
+    """zarr-python with the zarrs (Rust) codec pipeline for local stores, its own pipeline elsewhere."""
+    config: dict[str, Any] = {}
+    if location.is_local:
+        config["codec_pipeline.path"] = "zarrs.ZarrsCodecPipeline"
+    if options.codec_threads:
+        config["threading.max_workers"] = options.codec_threads
+    with zarr.config.set(config):
+        yield
+
+
+def _create_arrays(location: Location, prefix: str, levels: Sequence[Level], dtype: np.dtype, options: WriteOptions, labels: bool) -> list[zarr.Array]:
+    store = location.zarr_store()
+    channels = levels[0].shape[0]
+    arrays = []
+    for level in levels:
+        spatial = (options.chunk, options.chunk)
+        shards = (options.shard, options.shard) if options.shard else None
+        shape: tuple[int, ...] = level.shape[1:] if labels else level.shape
+        if not labels:
+            spatial, shards = (channels, *spatial), ((channels, *shards) if shards else None)
+        arrays.append(
+            zarr.create_array(
+                store,
+                name=f"{prefix}/{level.name}",
+                shape=shape,
+                chunks=spatial,
+                shards=shards,
+                dtype=dtype,
+                fill_value=0,
+                compressors=[BloscCodec(cname=options.cname, clevel=options.clevel, shuffle=BloscShuffle.shuffle)],
+                dimension_names=("y", "x") if labels else ("c", "y", "x"),
+                overwrite=True,
+                config={"write_empty_chunks": True},
+            )
+        )
+    return arrays
+
+
+class _Streamer:
+    """Streams the sources through the levels, writing each shard-sized block once."""
+
+    def __init__(
+        self,
+        levels: list[Level],
+        arrays: list[zarr.Array],
+        sources: list[ImageSource],
+        shrink: Callable[[np.ndarray], np.ndarray],
+        options: WriteOptions,
+        labels: bool,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.levels, self.arrays, self.sources, self.shrink = levels, arrays, sources, shrink
+        self.labels, self.progress = labels, progress
+        channels, itemsize = levels[0].shape[0], np.dtype(arrays[0].dtype).itemsize
+        chain = len(levels) - len(sources) + 1
+        self.edge = options.block_edge(channels, itemsize, chain)
+        if options.shard and self.edge != options.shard:
+            log.info("blocks of %d px (shard %d) keep memory within %d MiB", self.edge, options.shard, options.memory_budget // MiB)
+        self.bytes_read = 0
+        top = levels[-1].shape
+        self._stride = max(1, math.ceil(math.sqrt(top[1] * top[2] / 262_144)))
+        self._samples: list[np.ndarray] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spora-write")
+        self._inflight = threading.BoundedSemaphore(2)
+        self._pending: list[Future[None]] = []
+
+    def run(self) -> None:
+        try:
+            n_sources = len(self.sources)
+            for index in range(n_sources - 1):
+                self._copy_level(index)
+            self._chain(n_sources - 1)
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def sample(self) -> np.ndarray:
+        """A strided sample of the top level, ``(C, N)``, for contrast windows."""
+        if not self._samples:
+            return np.zeros((self.levels[0].shape[0], 0))
+        return np.concatenate([s.reshape(s.shape[0], -1) for s in self._samples], axis=1)
+
+    # -- reading -------------------------------------------------------------
+    def _read(self, index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        source = self.sources[index]
+        block = source.read(y0, y1, x0, x1)
+        expected = (source.shape[0], y1 - y0, x1 - x0)
+        if block.shape != expected:
+            raise InvalidInputError(f"{source.name}: read a window of shape {block.shape}, expected {expected}")
+        if block.dtype == np.bool_:
+            block = block.astype(self.arrays[index].dtype)
+        self.bytes_read += block.nbytes
+        return block
+
+    # -- writing -------------------------------------------------------------
+    def _write(self, index: int, y0: int, x0: int, block: np.ndarray) -> None:
+        if block.shape[1] == 0 or block.shape[2] == 0:
+            return
+        if index == len(self.levels) - 1:
+            self._samples.append(block[:, :: self._stride, :: self._stride].copy())
+        array = self.arrays[index]
+        region = (slice(y0, y0 + block.shape[1]), slice(x0, x0 + block.shape[2]))
+        target = (block[0] if self.labels else block)
+        self._inflight.acquire()
+        future = self._pool.submit(self._store, array, region if self.labels else (slice(None), *region), target)
+        self._pending.append(future)
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        for f in self._pending:
+            if f.done() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+        if self.progress:
+            self.progress(block.nbytes)
+
+    def _store(self, array: zarr.Array, region: tuple[slice, ...], block: np.ndarray) -> None:
+        try:
+            array[region] = block
+        finally:
+            self._inflight.release()
+
+    def _drain(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._pending = []
+
+    # -- the two traversals ---------------------------------------------------
+    def _copy_level(self, index: int) -> None:
+        """A finer source level that nothing is computed from: copied block by block."""
+        _, height, width = self.levels[index].shape
+        for y0 in range(0, height, self.edge):
+            for x0 in range(0, width, self.edge):
+                y1, x1 = min(y0 + self.edge, height), min(x0 + self.edge, width)
+                self._write(index, y0, x0, self._read(index, y0, y1, x0, x1))
+
+    def _chain(self, base: int) -> None:
+        """The coarsest source level and the levels computed from it, depth first."""
+        top = len(self.levels) - 1 - base
+        span = self.edge * 2**top
+        _, height, width = self.levels[base].shape
+        for i in range(math.ceil(height / span)):
+            for j in range(math.ceil(width / span)):
+                self._produce(base, top, i, j)
+
+    def _produce(self, base: int, depth: int, i: int, j: int) -> np.ndarray:
+        """Block ``(i, j)`` of level ``base + depth``, computed from its four children and written."""
+        index = base + depth
+        _, height, width = self.levels[index].shape
+        y0, x0 = i * self.edge, j * self.edge
+        y1, x1 = max(y0, min(y0 + self.edge, height)), max(x0, min(x0 + self.edge, width))
+        if depth == 0:
+            block = self._read(index, y0, y1, x0, x1) if y1 > y0 and x1 > x0 else self._empty(index, y1 - y0, x1 - x0)
+        else:
+            block = self._empty(index, y1 - y0, x1 - x0)
+            half = self.edge // 2
+            child_level = self.levels[index - 1].shape
+            for di in (0, 1):
+                for dj in (0, 1):
+                    ci, cj = 2 * i + di, 2 * j + dj
+                    if ci * self.edge >= child_level[1] or cj * self.edge >= child_level[2]:
+                        continue
+                    small = self.shrink(self._produce(base, depth - 1, ci, cj))
+                    block[:, di * half : di * half + small.shape[1], dj * half : dj * half + small.shape[2]] = small
+        self._write(index, y0, x0, block)
+        return block
+
+    def _empty(self, index: int, height: int, width: int) -> np.ndarray:
+        return np.empty((self.levels[index].shape[0], height, width), dtype=self.arrays[index].dtype)
+
+
+def with_options(options: WriteOptions | None, **changes: Any) -> WriteOptions:
+    """``options`` (or the defaults) with some fields replaced."""
+    return replace(options or WriteOptions(), **changes)
