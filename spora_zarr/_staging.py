@@ -144,7 +144,8 @@ class Staging:
             entries = self.fs.ls(root, detail=False)
         except (FileNotFoundError, OSError):
             return []
-        return [f"{STAGING_DIR}/{posixpath.basename(e.rstrip('/'))}" for e in entries]
+        names = (posixpath.basename(e.rstrip("/")) for e in entries)
+        return [f"{STAGING_DIR}/{name}" for name in names if name != ZARR_JSON]
 
     def recover(self) -> list[str]:
         """Finish or remove what an interrupted run left; return the group paths promoted.
@@ -165,9 +166,8 @@ class Staging:
                     self.promote(area, group)
                     promoted.append(group)
             self.discard(area)
-        root = self.location.fs_path(STAGING_DIR)
-        if self.location.is_local and os.path.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
+        if not self._areas():  # zarr leaves a group document behind when it creates arrays in an area
+            self.discard(STAGING_DIR)
         return promoted
 
     def _staged_groups(self, area: str) -> list[str]:

@@ -1,0 +1,66 @@
+"""Shared fixtures: real TIFF cohorts on disk, converted by the real converter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from spora_zarr import ConvertOptions, convert_cohort
+from spora_zarr.demo import make_synthetic_cohort
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def read_source_chw(path: str | Path) -> np.ndarray:
+    """A source image as (C, H, W), read with tifffile/zarr directly (independent of spora_zarr.sources)."""
+    path = str(path)
+    if path.endswith(".zarr"):
+        array = zarr.open_array(path, mode="r")[:]
+        return array.transpose(2, 0, 1) if array.ndim == 3 else array[None]
+    with tifffile.TiffFile(path) as tiff:
+        series = tiff.series
+        if len(series) > 1 and all(s.axes == "YX" for s in series):
+            return np.stack([s.asarray() for s in series])
+        data, axes = series[0].asarray(), series[0].axes
+    if axes.endswith("S"):
+        return data.transpose(2, 0, 1)
+    return data if data.ndim == 3 else data[None]
+
+
+def source_images(cohort: Path) -> list[tuple[str, str, str, Path]]:
+    """(modality or mask kind, resolution name, tissue id, path) of every image file of a TIFF cohort."""
+    found = []
+    for path in sorted(cohort.rglob("*")):
+        rel = path.relative_to(cohort).parts
+        if path.suffix.lower() in (".tif", ".tiff") or (path.suffix == ".zarr" and path.is_dir()):
+            tissue = path.name.rsplit(".", 1)[0]
+            if rel[0] == "segmentations":
+                found.append((rel[2], rel[1], tissue, path))
+            elif "images" in rel:
+                found.append(("/".join(rel[: rel.index("images") - 1]), rel[rel.index("images") - 1], tissue, path))
+            else:
+                found.append(("/".join(rel[:-2]), rel[-2], tissue, path))
+    return found
+
+
+@pytest.fixture(scope="session")
+def cohort_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A synthetic cohort with every source variant, and its conversion (serial, defaults)."""
+    root = tmp_path_factory.mktemp("cohort")
+    src = make_synthetic_cohort(
+        root / "tiff",
+        tissues=("A", "B", "C"),
+        he_shape=(301, 517),
+        page_per_channel={"A": True, "B": False, "C": True},
+        legacy_zarr_tissue="C",
+        seed=1,
+    )
+    dest = root / "cohort.zarr"
+    report = convert_cohort(src, dest, ConvertOptions(progress=False))
+    assert report.ok, report.summary()
+    return src, dest
