@@ -39,6 +39,8 @@ def resolution_value(resolution: Resolution) -> float:
             value = float(f"{match.group(1)}.{match.group(2)}")
         else:
             try:
+                if "_" in text:  # float() reads "1_0" as 10.0
+                    raise ValueError(text)
                 value = float(text)
             except ValueError:
                 raise InvalidInputError(

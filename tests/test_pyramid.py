@@ -1,0 +1,63 @@
+"""The streamed levels equal ngff_zarr.to_multiscales' output for the same method, sample for sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import ngff_zarr
+import numpy as np
+import pytest
+import zarr
+from ngff_zarr.methods import Methods
+
+from spora_zarr import WriteOptions, write_image, write_labels
+from spora_zarr.pyramid import bin_shrink, mode_shrink, plan_levels
+from spora_zarr.sources import ArraySource
+
+
+def reference_levels(array: np.ndarray, dims: tuple[str, ...], n_levels: int, method: Methods) -> list[np.ndarray]:
+    image = ngff_zarr.to_ngff_image(da.from_array(array, chunks=(-1,) * (array.ndim - 2) + (256, 256)), dims=dims)
+    multiscales = ngff_zarr.to_multiscales(image, scale_factors=[2 ** (i + 1) for i in range(n_levels - 1)], method=method)
+    return [level.data.compute() for level in multiscales.images]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "uint32", "float32"])
+@pytest.mark.parametrize("shape", [(2, 1001, 777), (3, 450, 1900)])
+def test_bin_shrink_levels_equal_to_multiscales(tmp_path: Path, dtype: str, shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    array = (rng.integers(info.min, info.max, size=shape, endpoint=True) if info else rng.normal(size=shape) * 1000).astype(dtype)
+    options = WriteOptions(chunk=32, shard=128, max_top_size=100)
+    result = write_image(tmp_path / "s.zarr", "x/images/T", {1.0: ArraySource(array)}, options=options)
+    assert len(result.levels) >= 4
+    expected = reference_levels(array, ("c", "y", "x"), len(result.levels), Methods.DASK_BIN_SHRINK)
+    group = zarr.open_group(tmp_path / "s.zarr/x/images/T", mode="r")
+    for level, reference in zip(result.levels, expected):
+        stored = group[level.name][...]
+        assert stored.dtype == reference.dtype and stored.shape == reference.shape
+        np.testing.assert_array_equal(stored, reference, err_msg=level.name)
+
+
+def test_label_levels_equal_to_multiscales_mode(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 6, size=(803, 611)).astype(np.uint32)
+    result = write_labels(tmp_path / "s.zarr", "segmentations/cell_masks/T", {1.0: ArraySource(labels)}, options=WriteOptions(chunk=32, shard=64, max_top_size=60))
+    expected = reference_levels(labels, ("y", "x"), len(result.levels), Methods.DASK_IMAGE_MODE)
+    group = zarr.open_group(tmp_path / "s.zarr/segmentations/cell_masks/T", mode="r")
+    for level, reference in zip(result.levels, expected):
+        np.testing.assert_array_equal(group[level.name][...], reference, err_msg=level.name)
+    assert set(np.unique(group[result.levels[-1].name][...])) <= set(np.unique(labels))
+
+
+def test_kernels() -> None:
+    block = np.array([[[1, 2, 9], [3, 4, 9], [7, 7, 9]]], dtype=np.uint8)
+    np.testing.assert_array_equal(bin_shrink(block), [[[3]]])  # 2.5 rounds half up
+    np.testing.assert_array_equal(mode_shrink(np.array([[[5, 2], [2, 5]]])), [[[2]]])  # tie: smallest
+
+
+def test_level_plan_stops_under_the_top_size() -> None:
+    levels = plan_levels({0.5: (3, 9000, 5000), 1.0: (3, 4500, 2500)}, max_top_size=2048)
+    assert [lv.name for lv in levels] == ["0_5mpp", "1_0mpp", "2_0mpp", "4_0mpp"]
+    assert [lv.from_source for lv in levels] == [True, True, False, False]
+    assert [lv.shape for lv in levels[2:]] == [(3, 2250, 1250), (3, 1125, 625)]
