@@ -1,0 +1,19 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: a project virtualenv with the given extras installed.
+# torch is pinned to the CPU wheel first, so nothing lets pip resolve an unpinned (CUDA) torch.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SPORA_VENV:-$ROOT/.venv}"
+EXTRAS="$1"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+STAMP="$VENV/.spora-installed-$EXTRAS"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+  python -m pip install -q --upgrade pip
+  python -m pip install -q "torch==2.13.0"
+  python -m pip install -q -e "$ROOT[$EXTRAS]"
+  touch "$STAMP"
+fi
+cd "$ROOT"
