@@ -1,0 +1,558 @@
+"""The spora dataset API over a cohort store (the names and signatures spora_io users know).
+
+``path`` is the store (local path or fsspec URL) and ``resolution`` a float or a
+level name. Tiles are read by :meth:`BaseImagingDataset.read_tile`, which slices
+the level array directly through :mod:`spora_zarr._engines` (no dask graph per
+window); whole tissues by :meth:`get_tissue`. Datasets pickle to their
+constructor arguments, so each DataLoader worker opens its own readers.
+
+Multiplex channel kinds (``docs/datasets.md``): ``complete`` is every channel
+the tissue measured, in stored order; ``qc_filtered`` keeps those with
+``qc_pass``; ``uniprot_filtered`` those that also have a ``uniprot_id``. A panel
+channel the tissue did not measure is absent from its image: ``measured_mask``
+(over the panel, ``channels.parquet`` order) says which are missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._engines import open_level
+from ._storage import Location
+from .errors import InvalidInputError, NotFoundError
+from .layout import (
+    CELLS_TABLE,
+    MASK_KINDS,
+    TISSUES_TABLE,
+    Resolution,
+    channels_per_tissue_table_path,
+    channels_table_path,
+    modality_dir,
+    resolution_name,
+    tile_table_path,
+)
+from .reader import Cohort, open_cohort
+
+log = logging.getLogger("spora_zarr")
+
+CHANNEL_KINDS = ("complete", "qc_filtered", "uniprot_filtered")
+IMAGE_MODES = ("CHW", "HWC")
+MEAN_STD = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "hibou": ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)),
+}
+
+
+# -- modalities --------------------------------------------------------------
+@dataclass(frozen=True)
+class Modality:
+    """An imaging modality: its name and canonical directory in the store."""
+
+    name: str
+    directory: str
+
+
+@dataclass(frozen=True)
+class HEModality(Modality):
+    name: str = "he"
+    directory: str = "he"
+
+
+@dataclass(frozen=True)
+class MultiplexModality(Modality):
+    """Base of the multiplex modalities (per-channel images with a channel table)."""
+
+
+@dataclass(frozen=True)
+class IMCModality(MultiplexModality):
+    name: str = "imc"
+    directory: str = "imc"
+
+
+@dataclass(frozen=True)
+class CycIFModality(MultiplexModality):
+    name: str = "cycif"
+    directory: str = "cycif"
+
+
+@dataclass(frozen=True)
+class IHCModality(Modality):
+    """Single-marker RGB IHC, stored under ``ihc/ihc_<marker>``."""
+
+    marker: str = ""
+    name: str = "ihc"
+    directory: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.directory:
+            object.__setattr__(self, "directory", modality_dir("ihc", self.marker))
+        object.__setattr__(self, "name", f"ihc_{self.marker}")
+
+
+MULTIPLEX_MODALITIES: dict[str, MultiplexModality] = {m.directory: m for m in (IMCModality(), CycIFModality())}
+
+
+def as_multiplex_modality(modality: str | MultiplexModality) -> MultiplexModality:
+    """A multiplex modality from its dataclass or directory name (unknown names are accepted)."""
+    if isinstance(modality, MultiplexModality):
+        return modality
+    return MULTIPLEX_MODALITIES.get(modality, MultiplexModality(name=modality, directory=modality))
+
+
+# -- tissues -------------------------------------------------------------------
+@dataclass
+class HETissue:
+    tissue_id: str
+    image: torch.Tensor
+    image_mode: str = "CHW"
+
+
+@dataclass
+class MultiplexTissue:
+    tissue_id: str
+    image: torch.Tensor
+    channel_names: list[str]
+    measured_mask: torch.Tensor
+    image_loading_mask: torch.Tensor
+    uniprot_ids: list[str | None] | None = None
+
+
+@dataclass
+class IHCTissue:
+    tissue_id: str
+    image: torch.Tensor
+    marker: str
+    image_mode: str = "CHW"
+
+
+@dataclass
+class ComposedTissue:
+    tissue_id: str
+    modalities: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.modalities[name]
+
+
+@dataclass
+class TissueMask:
+    tissue_id: str
+    mask: torch.Tensor
+
+
+@dataclass
+class CellMask:
+    tissue_id: str
+    mask: torch.Tensor
+
+
+Standardizer = Callable[[torch.Tensor, str, Sequence[str]], torch.Tensor]
+
+
+def identity_standardizer(image: torch.Tensor, tissue_id: str, channel_names: Sequence[str]) -> torch.Tensor:
+    """The ``identity`` spec: values unchanged, as float32."""
+    return image.to(torch.float32)
+
+
+def resolve_standardizer(standardization: str | Standardizer) -> Standardizer:
+    """A standardizer from a spec name or a callable ``(image, tissue_id, channel_names) -> image``."""
+    if callable(standardization):
+        return standardization
+    if standardization == "identity":
+        return identity_standardizer
+    raise InvalidInputError(
+        f"standardization {standardization!r} is not available in this version; pass 'identity' or a callable "
+        "(image, tissue_id, channel_names) -> image"
+    )
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+# -- datasets --------------------------------------------------------------------
+class BaseImagingDataset:
+    """Metadata, shared masks and tile tables of one cohort store at one resolution.
+
+    Subclasses name the modality directory (:meth:`modality_dir`) and turn
+    stored pixels into tensors (:meth:`_preprocess`).
+    """
+
+    image_modality: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        name: str,
+        path: str | Location,
+        resolution: Resolution,
+        crop_size: int,
+        load_cell_metadata: bool = False,
+        verbose: bool = True,
+        *,
+        tiling_strategy: str = "default",
+        engine: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.resolution = resolution_name(resolution)
+        self.crop_size = int(crop_size)
+        self.load_cell_metadata = load_cell_metadata
+        self.verbose = verbose
+        self.tiling_strategy = tiling_strategy
+        self.engine = engine
+        self.storage_options = storage_options
+        self.cohort: Cohort = open_cohort(path, storage_options)
+        self.metadata: pd.DataFrame = self.cohort.read_table(TISSUES_TABLE).to_pandas()
+        self.cell_metadata: pd.DataFrame | None = None
+        if load_cell_metadata:
+            self.cell_metadata = self.cohort.read_table(CELLS_TABLE).to_pandas()
+        self._init_modality()
+        if not self.tissue_ids:
+            available = self.cohort.attributes.get("modalities", {}).get(self.modality_dir(), [])
+            raise NotFoundError(
+                f"{self.cohort.location}: {self.modality_dir()} has no images at resolution {self.resolution}; "
+                f"it has {', '.join(available) or 'none'}"
+            )
+        if verbose:
+            log.info("%s: %d tissues of %s at %s", name, len(self.tissue_ids), self.modality_dir(), self.resolution)
+
+    # -- pickling: constructor arguments only; readers reopen in each process ---
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_cache")}
+        state.pop("cohort", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.cohort = open_cohort(self.path, self.storage_options)
+
+    def _init_modality(self) -> None:
+        """Load modality-level tables (channel tables for multiplex)."""
+
+    def modality_dir(self) -> str:
+        return self.image_modality
+
+    # -- tissues -------------------------------------------------------------------
+    @functools.cached_property
+    def tissue_ids(self) -> list[str]:
+        """Tissues with an image of this modality at this dataset's resolution."""
+        return [t for t in self.cohort.tissues(self.modality_dir()) if self.resolution in self.cohort.resolutions(self.modality_dir(), t)]
+
+    def __len__(self) -> int:
+        return len(self.tissue_ids)
+
+    def _check_tissue(self, tissue_id: str) -> None:
+        if tissue_id not in self.tissue_ids:
+            if tissue_id in self.cohort.tissues(self.modality_dir()):
+                self.cohort.level_path(self.modality_dir(), tissue_id, self.resolution)  # raises listing resolutions
+            raise NotFoundError(f"{self.name}: unknown tissue {tissue_id!r} in {self.modality_dir()} ({len(self.tissue_ids)} tissues)")
+
+    def _reader(self, group: str, tissue_id: str) -> Any:
+        cache = self.__dict__.setdefault("_cache_readers", {})
+        key = (group, tissue_id)
+        if key not in cache:
+            path = self.cohort.level_path(group, tissue_id, self.resolution)
+            cache[key] = open_level(self.cohort.location, path, engine=self.engine)
+        return cache[key]
+
+    def image_shape(self, tissue_id: str) -> tuple[int, ...]:
+        """Stored shape ``(C, H, W)`` of the tissue at this resolution (no pixels read)."""
+        self._check_tissue(tissue_id)
+        return tuple(self._reader(self.modality_dir(), tissue_id).shape)
+
+    # -- windows -------------------------------------------------------------------
+    def _window(self, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool) -> np.ndarray:
+        reader = self._reader(group, tissue_id)
+        height, width = reader.shape[-2:]
+        if row >= height or col >= width or row + size <= 0 or col + size <= 0:
+            raise InvalidInputError(
+                f"{self.name}: window row={row} col={col} size={size} lies outside {group} tissue {tissue_id!r} of shape {height}x{width}"
+            )
+        y0, x0 = max(row, 0), max(col, 0)
+        data = reader.read(y0, x0, min(row + size, height) - y0, min(col + size, width) - x0, channels)
+        if not pad or data.shape[-2:] == (size, size):
+            return data
+        out = np.zeros((*data.shape[:-2], size, size), dtype=data.dtype)
+        out[..., y0 - row : y0 - row + data.shape[-2], x0 - col : x0 - col + data.shape[-1]] = data
+        return out
+
+    def _pads(self) -> bool:
+        return self.tiling_strategy != "default"
+
+    def read_tile(self, tissue_id: str, row: int, col: int, size: int | None = None, *, kind: str = "complete", preprocess: bool = True) -> torch.Tensor:
+        """One ``(C, size, size)`` window at pixel ``(row, col)`` of this resolution.
+
+        The default tiling strategy slices directly (an edge window may be
+        smaller); other strategies zero-pad edge windows to ``size``. With
+        ``preprocess=False`` values and dtype are the stored ones.
+        """
+        self._check_tissue(tissue_id)
+        channels = self._channel_indices(tissue_id, kind)
+        data = self._window(self.modality_dir(), tissue_id, int(row), int(col), int(size or self.crop_size), channels, self._pads())
+        tensor = _to_tensor(data)
+        return self._preprocess(tensor, tissue_id, kind) if preprocess else tensor
+
+    def read_mask_tile(self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks") -> torch.Tensor:
+        """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile`."""
+        if mask not in MASK_KINDS:
+            raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(MASK_KINDS)}")
+        return _to_tensor(self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads()))
+
+    def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> Any:
+        """The whole tissue at this resolution as a typed tissue."""
+        self._check_tissue(tissue_id)
+        reader = self._reader(self.modality_dir(), tissue_id)
+        data = reader.read(0, 0, reader.shape[-2], reader.shape[-1], self._channel_indices(tissue_id, kind))
+        tensor = _to_tensor(data)
+        if preprocess:
+            tensor = self._preprocess(tensor, tissue_id, kind)
+        return self._make_tissue(tissue_id, tensor, kind, image_mode)
+
+    def get_crop(self, tissue_id: str, crop_id: int, image_mode: str = "CHW", preprocess: bool = True, kind: str = "complete") -> torch.Tensor:
+        """The crop ``crop_id`` of the tissue's row in the tile table for ``crop_size``."""
+        tiles = self.tile_coordinates
+        match = tiles[(tiles.tissue_id == tissue_id) & (tiles.tile_id == crop_id)]
+        if match.empty:
+            raise NotFoundError(f"{self.name}: no crop {crop_id} of tissue {tissue_id!r} in {self.tile_table_path}")
+        row, col = int(match.row.iloc[0]), int(match.col.iloc[0])
+        return _to_mode(self.read_tile(tissue_id, row, col, kind=kind, preprocess=preprocess), image_mode)
+
+    def get_tissue_mask(self, tissue_id: str) -> TissueMask:
+        return TissueMask(tissue_id, self._whole_mask("tissue_masks", tissue_id))
+
+    def get_cell_mask(self, tissue_id: str) -> CellMask:
+        return CellMask(tissue_id, self._whole_mask("cell_masks", tissue_id))
+
+    def _whole_mask(self, kind: str, tissue_id: str) -> torch.Tensor:
+        reader = self._reader(kind, tissue_id)
+        return _to_tensor(reader.read(0, 0, reader.shape[-2], reader.shape[-1]))
+
+    # -- tiles -------------------------------------------------------------------------
+    @property
+    def tile_table_path(self) -> str:
+        return tile_table_path(self.resolution, self.crop_size, strategy=self.tiling_strategy)
+
+    @functools.cached_property
+    def tile_coordinates(self) -> pd.DataFrame:
+        """The tile table (tissue_id, tile_id, row, col) of this resolution, crop size and strategy."""
+        table = self.cohort.read_table(self.tile_table_path).to_pandas()
+        return table[table.tissue_id.isin(self.tissue_ids)].reset_index(drop=True)
+
+    # -- per modality ------------------------------------------------------------------
+    def _channel_indices(self, tissue_id: str, kind: str) -> list[int] | None:
+        if kind != "complete":
+            raise InvalidInputError(f"{self.name}: channel kind {kind!r} applies to multiplex datasets only; use 'complete'")
+        return None
+
+    def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
+        return tensor
+
+    def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> Any:
+        raise NotImplementedError
+
+
+def _to_mode(tensor: torch.Tensor, image_mode: str) -> torch.Tensor:
+    if image_mode not in IMAGE_MODES:
+        raise InvalidInputError(f"image_mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
+    return tensor.permute(1, 2, 0) if image_mode == "HWC" else tensor
+
+
+class _RGBDataset(BaseImagingDataset):
+    """RGB images (H&E, IHC) normalised with a mean/std preset."""
+
+    mean_std_type: str = "imagenet"
+
+    def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
+        mean, std = MEAN_STD[self.mean_std_type]
+        image = tensor.to(torch.float32) / 255.0
+        return (image - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+class HEImagingDataset(_RGBDataset):
+    """H&E RGB images; ``mean_std_type`` is ``"imagenet"`` or ``"hibou"``."""
+
+    image_modality = HEModality().directory
+
+    def __init__(self, name: str, path: str | Location, resolution: Resolution, crop_size: int, load_cell_metadata: bool = False,
+                 verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
+        if mean_std_type not in MEAN_STD:
+            raise InvalidInputError(f"mean_std_type must be one of {', '.join(MEAN_STD)}, got {mean_std_type!r}")
+        self.mean_std_type = mean_std_type
+        self.modality = HEModality()
+        super().__init__(name, path, resolution, crop_size, load_cell_metadata, verbose, **kwargs)
+
+    def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> HETissue:
+        return HETissue(tissue_id, _to_mode(tensor, image_mode), image_mode)
+
+
+class SingleIHCImagingDataset(_RGBDataset):
+    """Single-marker RGB IHC images of ``ihc/ihc_<marker_name>``."""
+
+    def __init__(self, name: str, path: str | Location, marker_name: str, resolution: Resolution, crop_size: int,
+                 load_cell_metadata: bool = False, verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
+        self.marker_name = marker_name
+        self.modality = IHCModality(marker=marker_name)
+        self.mean_std_type = mean_std_type
+        super().__init__(name, path, resolution, crop_size, load_cell_metadata, verbose, **kwargs)
+
+    def modality_dir(self) -> str:
+        return self.modality.directory
+
+    def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> IHCTissue:
+        return IHCTissue(tissue_id, _to_mode(tensor, image_mode), self.marker_name, image_mode)
+
+
+class MultiplexImagingDataset(BaseImagingDataset):
+    """Multiplex ``(C, H, W)`` images with channel QC and UniProt filtering."""
+
+    def __init__(self, name: str, path: str | Location, resolution: Resolution, crop_size: int, modality: str | MultiplexModality = "imc",
+                 standardization: str | Standardizer = "identity", load_cell_metadata: bool = False, verbose: bool = True, **kwargs: Any) -> None:
+        self.modality = as_multiplex_modality(modality)
+        self.standardization = standardization
+        self.standardizer = resolve_standardizer(standardization)
+        super().__init__(name, path, resolution, crop_size, load_cell_metadata, verbose, **kwargs)
+
+    def modality_dir(self) -> str:
+        return self.modality.directory
+
+    def _init_modality(self) -> None:
+        self.channels: pd.DataFrame = self.cohort.read_table(channels_table_path(self.modality_dir())).to_pandas()
+        self.channels_per_tissue: pd.DataFrame = self.cohort.read_table(channels_per_tissue_table_path(self.modality_dir())).to_pandas()
+        self.panel: list[str] = self.channels.channel_name.tolist()
+
+    def channel_names(self, tissue_id: str, kind: str = "complete") -> list[str]:
+        """Names of the channels a read of ``kind`` returns, in order."""
+        stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
+        indices = self._channel_indices(tissue_id, kind)
+        return stored if indices is None else [stored[i] for i in indices]
+
+    def _kind_keeps(self, kind: str) -> set[str]:
+        if kind not in CHANNEL_KINDS:
+            raise InvalidInputError(f"unknown channel kind {kind!r}; expected one of {', '.join(CHANNEL_KINDS)}")
+        table = self.channels
+        if kind in ("qc_filtered", "uniprot_filtered"):
+            table = table[table.qc_pass.astype(bool)]
+        if kind == "uniprot_filtered":
+            table = table[table.uniprot_id.notna() & (table.uniprot_id.astype(str).str.len() > 0)]
+        return set(table.channel_name)
+
+    def _channel_indices(self, tissue_id: str, kind: str) -> list[int] | None:
+        cache = self.__dict__.setdefault("_cache_channels", {})
+        if (tissue_id, kind) not in cache:
+            keep = self._kind_keeps(kind)
+            stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
+            cache[(tissue_id, kind)] = None if kind == "complete" else [i for i, n in enumerate(stored) if n in keep]
+        return cache[(tissue_id, kind)]
+
+    def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
+        return self.standardizer(tensor, tissue_id, self.channel_names(tissue_id, kind))
+
+    def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> MultiplexTissue:
+        stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
+        names = self.channel_names(tissue_id, kind)
+        uniprot = dict(zip(self.channels.channel_name, self.channels.uniprot_id))
+        return MultiplexTissue(
+            tissue_id,
+            tensor,
+            names,
+            measured_mask=torch.tensor([c in stored for c in self.panel]),
+            image_loading_mask=torch.tensor([c in names for c in stored]),
+            uniprot_ids=[None if pd.isna(uniprot.get(n)) else uniprot.get(n) for n in names],
+        )
+
+
+class ComposedImagingDataset:
+    """Several unimodal datasets of the same cohort as one multi-modal handle."""
+
+    def __init__(self, datasets: Mapping[str, BaseImagingDataset] | Sequence[BaseImagingDataset], name: str | None = None) -> None:
+        items = datasets.items() if isinstance(datasets, Mapping) else ((d.modality_dir(), d) for d in datasets)
+        self.datasets: dict[str, BaseImagingDataset] = dict(items)
+        if not self.datasets:
+            raise InvalidInputError("ComposedImagingDataset needs at least one dataset")
+        self.name = name or "+".join(self.datasets)
+
+    @property
+    def primary(self) -> BaseImagingDataset:
+        return next(iter(self.datasets.values()))
+
+    @functools.cached_property
+    def tissue_ids(self) -> list[str]:
+        """Tissues present in every modality."""
+        common = set.intersection(*(set(d.tissue_ids) for d in self.datasets.values()))
+        return [t for t in self.primary.tissue_ids if t in common]
+
+    def __len__(self) -> int:
+        return len(self.tissue_ids)
+
+    def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> ComposedTissue:
+        modalities = {}
+        for name, dataset in self.datasets.items():
+            modality_kind = kind if isinstance(dataset, MultiplexImagingDataset) else "complete"
+            modalities[name] = dataset.get_tissue(tissue_id, modality_kind, preprocess, image_mode)
+        return ComposedTissue(tissue_id, modalities)
+
+    def read_tile(self, tissue_id: str, row: int, col: int, size: int | None = None, *, kind: str = "complete", preprocess: bool = True) -> dict[str, torch.Tensor]:
+        """The same window of every modality (row/col at the primary dataset's resolution, scaled for the others)."""
+        base = self.primary
+        tiles = {}
+        for name, dataset in self.datasets.items():
+            factor = _mpp(base.resolution) / _mpp(dataset.resolution)
+            modality_kind = kind if isinstance(dataset, MultiplexImagingDataset) else "complete"
+            tiles[name] = dataset.read_tile(tissue_id, round(row * factor), round(col * factor),
+                                            round((size or base.crop_size) * factor), kind=modality_kind, preprocess=preprocess)
+        return tiles
+
+    @property
+    def tile_coordinates(self) -> pd.DataFrame:
+        tiles = self.primary.tile_coordinates
+        return tiles[tiles.tissue_id.isin(self.tissue_ids)].reset_index(drop=True)
+
+
+def _mpp(name: str) -> float:
+    from .layout import resolution_value
+
+    return resolution_value(name)
+
+
+class SporaDataset:
+    """Several composed datasets, possibly from several cohorts, sampled by tissue or by tile."""
+
+    def __init__(self, datasets: Iterable[ComposedImagingDataset | BaseImagingDataset], sampling: str = "tissue", seed: int | None = None) -> None:
+        self.datasets = [d if isinstance(d, ComposedImagingDataset) else ComposedImagingDataset([d]) for d in datasets]
+        if sampling not in ("tissue", "tile"):
+            raise InvalidInputError(f"sampling must be 'tissue' or 'tile', got {sampling!r}")
+        self.sampling = sampling
+        self._rng = random.Random(seed)
+
+    @functools.cached_property
+    def index(self) -> list[tuple[int, str, int | None]]:
+        """``(dataset index, tissue_id, tile_id or None)`` of every sample."""
+        if self.sampling == "tissue":
+            return [(i, t, None) for i, d in enumerate(self.datasets) for t in d.tissue_ids]
+        return [(i, str(r.tissue_id), int(r.tile_id)) for i, d in enumerate(self.datasets) for r in d.tile_coordinates.itertuples()]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> ComposedTissue | dict[str, torch.Tensor]:
+        dataset_index, tissue_id, tile_id = self.index[i]
+        dataset = self.datasets[dataset_index]
+        if tile_id is None:
+            return dataset.get_tissue(tissue_id)
+        tiles = dataset.tile_coordinates
+        row = tiles[(tiles.tissue_id == tissue_id) & (tiles.tile_id == tile_id)].iloc[0]
+        return dataset.read_tile(tissue_id, int(row.row), int(row.col))
+
+    def sample(self, n: int) -> list[tuple[int, str, int | None]]:
+        """``n`` samples drawn uniformly (with replacement) across all datasets."""
+        return [self._rng.choice(self.index) for _ in range(n)]
