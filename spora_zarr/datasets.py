@@ -216,6 +216,7 @@ class BaseImagingDataset:
         self.cell_metadata: pd.DataFrame | None = None
         if load_cell_metadata:
             self.cell_metadata = self.cohort.read_table(CELLS_TABLE).to_pandas()
+        self.cohort.check_modality(self.modality_dir())
         self._init_modality()
         if not self.tissue_ids:
             available = self.cohort.attributes.get("modalities", {}).get(self.modality_dir(), [])

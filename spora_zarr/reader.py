@@ -57,7 +57,7 @@ class Cohort:
 
     def tissues(self, modality: str) -> list[str]:
         """Tissue ids with a complete image of ``modality``."""
-        self._check_modality(modality)
+        self.check_modality(modality)
         return self._listing(f"{modality}/images")
 
     def mask_tissues(self, kind: str) -> list[str]:
@@ -75,7 +75,8 @@ class Cohort:
         names = sorted(posixpath.basename(e.rstrip("/")) for e in entries)
         return [n for n in names if not n.startswith(".") and n != "zarr.json" and staging.is_complete(f"{path}/{n}")]
 
-    def _check_modality(self, modality: str) -> None:
+    def check_modality(self, modality: str) -> None:
+        """Raise ``NotFoundError`` listing the modalities there if ``modality`` is not one of them."""
         if modality not in self.modalities:
             raise NotFoundError(f"{self.location}: no modality {modality!r}; it has {', '.join(self.modalities) or 'none'}")
 
@@ -84,7 +85,7 @@ class Cohort:
         """Store path of a tissue image (``modality``) or mask (``tissue_masks``/``cell_masks``)."""
         if modality in MASK_KINDS:
             return label_group_path(modality, tissue_id)
-        self._check_modality(modality)
+        self.check_modality(modality)
         return image_group_path(modality, tissue_id)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019
