@@ -22,11 +22,20 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
     groups = [(m, t) for m in cohort.modalities for t in cohort.tissues(m)]
     groups += [(k, t) for k in MASK_KINDS for t in cohort.mask_tissues(k)]
     for modality, tissue_id in groups:
-        problems += [f"{cohort.group_path(modality, tissue_id)}: {p}" for p in validate_group(cohort, modality, tissue_id)]
+        found = _guarded(validate_group, cohort, modality, tissue_id)
+        problems += [f"{cohort.group_path(modality, tissue_id)}: {p}" for p in found]
     for kind in MASK_KINDS:
         for tissue_id in cohort.mask_tissues(kind):
-            problems += _mask_matches_images(cohort, kind, tissue_id)
+            problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in _guarded(_mask_matches_images, cohort, kind, tissue_id)]
     return problems
+
+
+def _guarded(check: Any, *args: Any) -> list[str]:
+    """Run one check; a group too broken to check is itself a problem."""
+    try:
+        return list(check(*args))
+    except Exception as exc:  # a broken group must be reported, not stop the validation
+        return [f"cannot be checked: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]
 
 
 def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
@@ -86,16 +95,17 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
 def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
     """A mask level must have the shape of every image level of the same name."""
     problems = []
-    mask_levels = {name: cohort.open_array(kind, tissue_id, name).shape for name in cohort.resolutions(kind, tissue_id)}
+    mask_levels = _level_shapes(cohort, kind, tissue_id)
     for modality in cohort.modalities:
         if tissue_id not in cohort.tissues(modality):
             continue
-        for name in cohort.resolutions(modality, tissue_id):
-            if name in mask_levels:
-                shape = cohort.open_array(modality, tissue_id, name).shape[-2:]
-                if tuple(shape) != tuple(mask_levels[name]):
-                    problems.append(
-                        f"{cohort.group_path(kind, tissue_id)}: level {name} shape {mask_levels[name]} "
-                        f"does not match {cohort.group_path(modality, tissue_id)} {tuple(shape)}"
-                    )
+        for name, shape in _level_shapes(cohort, modality, tissue_id).items():
+            if name in mask_levels and shape[-2:] != mask_levels[name]:
+                problems.append(f"level {name} shape {mask_levels[name]} does not match {cohort.group_path(modality, tissue_id)} {shape[-2:]}")
     return problems
+
+
+def _level_shapes(cohort: Cohort, modality: str, tissue_id: str) -> dict[str, tuple[int, ...]]:
+    """Shape of every level array a group's multiscales names (as written, unchecked)."""
+    group = zarr.open_group(cohort.location.zarr_store(read_only=True), path=cohort.group_path(modality, tissue_id), mode="r")
+    return {name: tuple(group[name].shape) for name in cohort.resolutions(modality, tissue_id) if name in group}

@@ -1,0 +1,80 @@
+"""add-image, info and validate, through the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from spora_zarr import open_cohort, validate_store
+from spora_zarr.cli import main
+
+
+def test_add_image_reads_ome_names_and_pixel_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = np.random.default_rng(0).integers(0, 4000, size=(3, 150, 211), dtype=np.uint16)
+    path = tmp_path / "slide.ome.tif"
+    tifffile.imwrite(path, image, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD8", "KI67"]}, "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65}, tile=(64, 64))
+    dest = tmp_path / "new.zarr"
+    assert main(["add-image", str(dest), str(path), "--modality", "cycif", "--tissue-id", "S1"]) == 0
+    cohort = open_cohort(dest)
+    assert cohort.modalities == ["cycif"]
+    assert cohort.channel_names("cycif", "S1") == ["DAPI", "CD8", "KI67"]
+    assert cohort.resolutions("cycif", "S1") == ["0_65mpp"]
+    np.testing.assert_array_equal(cohort.open_array("cycif", "S1", 0.65)[...], image)
+    assert validate_store(dest) == []
+
+
+def test_add_image_plain_files_need_mpp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rgb = np.random.default_rng(1).integers(0, 255, size=(97, 123, 3), dtype=np.uint8)
+    png = tmp_path / "he.png"
+    iio.imwrite(png, rgb)
+    dest = tmp_path / "s.zarr"
+    assert main(["add-image", str(dest), str(png), "--modality", "he", "--tissue-id", "P1"]) == 1
+    assert "pass --mpp" in capsys.readouterr().err
+    assert main(["add-image", str(dest), str(png), "--modality", "he", "--tissue-id", "P1", "--mpp", "0.5"]) == 0
+    plain = tmp_path / "mx.tif"
+    data = np.random.default_rng(2).integers(0, 9, size=(2, 40, 50), dtype=np.uint8)
+    tifffile.imwrite(plain, data)
+    assert main(["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "P1", "--mpp", "1", "--channel-names", "a,b,c"]) == 1
+    assert "2 channels but 3 channel names" in capsys.readouterr().err
+    assert main(["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "P1", "--mpp", "1", "--channel-names", "a,b"]) == 0
+    assert main(["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "../x", "--mpp", "1"]) == 1
+    cohort = open_cohort(dest)
+    assert cohort.modalities == ["he", "imc"]
+    np.testing.assert_array_equal(cohort.open_array("he", "P1", 0.5)[...], rgb.transpose(2, 0, 1))
+    assert cohort.channel_names("he", "P1") == ["red", "green", "blue"]
+    assert cohort.channel_names("imc", "P1") == ["a", "b"]
+
+
+def test_info_summarises_the_store(cohort_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    _, dest = cohort_pair
+    assert main(["info", str(dest)]) == 0
+    out = capsys.readouterr().out
+    for expected in ("modality imc: 3 tissue(s)", "1_0mpp: shape (5, 150, 258) uint16", "shards", "masks cell_masks", "metadata/tissues.parquet", "channels DNA1"):
+        assert expected in out, expected
+
+
+def test_validate_reports_problems(cohort_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, dest = cohort_pair
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(dest, broken)
+    document = broken / "imc/images/A/zarr.json"
+    meta = json.loads(document.read_text())
+    meta["attributes"]["ome"]["omero"]["channels"].pop()
+    meta["attributes"]["ome"]["multiscales"][0]["axes"][1]["unit"] = "millimeter"
+    document.write_text(json.dumps(meta))
+    (broken / "segmentations/cell_masks/B/zarr.json").write_text(
+        (broken / "segmentations/cell_masks/B/zarr.json").read_text().replace('"0_5mpp"', '"half"')
+    )
+    assert main(["validate", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "imc/images/A: omero metadata must list 5 channels" in out
+    assert "imc/images/A: spatial axes must have unit 'micrometer'" in out
+    assert "segmentations/cell_masks/B" in out
+    assert main(["validate", str(dest)]) == 0
+    assert main(["validate", str(tmp_path / "nothing.zarr")]) == 1
