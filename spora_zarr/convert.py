@@ -163,7 +163,7 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     channel_tables = {m: _read_channels_per_tissue(src, m) for m in {m for m, _ in images}}
     tasks: list[Task] = []
     for (modality, tissue_id), per_res in sorted(images.items()):
-        names = channel_tables[modality].get(tissue_id) if channel_tables[modality] is not None else None
+        names = channel_tables[modality].get(tissue_id, []) if channel_tables[modality] is not None else None
         tasks.append(ImageTask(modality, tissue_id, tuple(sorted(per_res.items())), tuple(names) if names is not None else None))
     for (kind, tissue_id), per_res in sorted(masks.items()):
         related = tuple(sorted((mpp, path) for (m, t), res in images.items() if t == tissue_id for mpp, path in res.items() if mpp in per_res))
@@ -310,6 +310,9 @@ def _run_image(task: ImageTask, dest: Location, open_: Callable[[str], ImageSour
     first_mpp = min(sources)
     first = sources[first_mpp]
     info = getattr(first, "info", None)
+    if task.channel_names == ():
+        table = channels_per_tissue_table_path(task.modality)
+        raise InvalidInputError(f"{first.name}: tissue {task.tissue_id!r} has no rows in {table}")
     names = list(task.channel_names) if task.channel_names is not None else None
     rgb = bool(info and info.is_rgb) or (task.modality.split("/")[0] in RGB_MODALITIES and first.shape[0] == 3 and first.dtype.itemsize == 1)
     if names is None:

@@ -121,7 +121,10 @@ class TiffSource:
             raise InvalidInputError(f"{self.name}: unreadable TIFF ({_reason(exc)})") from None
         self.dtype = np.dtype(first.dtype)
         heights = {v.height for v in self._views}
-        self.shape = (sum(v.channels for v in self._views), self._views[0].height, self._views[0].width)
+        channels = sum(v.channels for v in self._views)
+        if self.info.is_rgb and channels == 4:
+            channels = 3  # RGBA: the alpha plane is dropped
+        self.shape = (channels, self._views[0].height, self._views[0].width)
         if len(heights) != 1:
             raise InvalidInputError(f"{self.name}: pages have different sizes")
 
@@ -202,7 +205,11 @@ def open_source(path: str, fs: Any = None) -> TiffSource | LegacyZarrSource | Ar
     if lower.endswith(TIFF_SUFFIXES):
         return TiffSource(path, fs)
     if lower.endswith(".zarr"):
-        return LegacyZarrSource(path, fs.get_mapper(path) if fs is not None and not _is_local_fs(fs) else None)
+        if fs is not None and not _is_local_fs(fs):
+            from zarr.storage import FsspecStore
+
+            return LegacyZarrSource(path, FsspecStore.from_mapper(fs.get_mapper(path), read_only=True))
+        return LegacyZarrSource(path)
     if lower.endswith(RASTER_SUFFIXES):
         import imageio.v3 as iio
 

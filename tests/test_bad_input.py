@@ -140,3 +140,12 @@ def test_real_entry_point_prints_no_traceback(cohort: Path, tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "tissues.parquet" in result.stderr
+
+
+def test_tissue_missing_from_channels_per_tissue(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = pq.read_table(cohort / "imc/channels_per_tissue.parquet").to_pandas()
+    pq.write_table(pa.Table.from_pandas(table[table.tissue_id != "B"], preserve_index=False), cohort / "imc/channels_per_tissue.parquet")
+    code, out = run_cli(capsys, str(cohort), str(tmp_path / "out.zarr"))
+    assert code == 1
+    assert_one_line_error(out, "imc/1_0mpp/images/B.tif", "no rows in imc/channels_per_tissue.parquet")
+    assert open_cohort(tmp_path / "out.zarr").tissues("imc") == ["A"]

@@ -78,3 +78,13 @@ def test_validate_reports_problems(cohort_pair: tuple[Path, Path], tmp_path: Pat
     assert "segmentations/cell_masks/B" in out
     assert main(["validate", str(dest)]) == 0
     assert main(["validate", str(tmp_path / "nothing.zarr")]) == 1
+
+
+def test_add_image_rgba_tiff_keeps_rgb(tmp_path: Path) -> None:
+    rgba = np.random.default_rng(3).integers(0, 255, size=(61, 77, 4), dtype=np.uint8)
+    path = tmp_path / "ihc.tif"
+    tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=["unassalpha"])
+    assert main(["add-image", str(tmp_path / "s.zarr"), str(path), "--modality", "ihc/ihc_CD8", "--tissue-id", "T", "--mpp", "0.5"]) == 0
+    cohort = open_cohort(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(cohort.open_array("ihc/ihc_CD8", "T", 0.5)[...], rgba[..., :3].transpose(2, 0, 1))
+    assert cohort.channel_names("ihc/ihc_CD8", "T") == ["red", "green", "blue"]
