@@ -9,6 +9,7 @@ never touched by a later failure. See ``docs/conversion.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import posixpath
@@ -23,7 +24,6 @@ from ._staging import Staging
 from ._storage import Location
 from .errors import InvalidInputError, SporaZarrError
 from .layout import (
-    CELLS_TABLE,
     FORMAT_VERSION,
     IHC_PREFIX,
     MASK_KINDS,
@@ -288,6 +288,8 @@ def run_task(
         opened.append(src)
         return src
 
+    if not overwrite and Staging(dest).is_complete(task.path):
+        return TaskOutcome(task.path, task.label, skipped=True)  # resume: no source is opened
     try:
         if isinstance(task, ImageTask):
             result = _run_image(task, dest, open_, options, overwrite, progress)
@@ -304,8 +306,6 @@ def run_task(
 
 
 def _run_image(task: ImageTask, dest: Location, open_: Callable[[str], ImageSource], options: WriteOptions | None, overwrite: bool, progress: Any) -> WriteResult:
-    if not overwrite and Staging(dest).is_complete(task.path):
-        return WriteResult(task.path, skipped=True)
     sources = {mpp: open_(path) for mpp, path in task.files}
     first_mpp = min(sources)
     first = sources[first_mpp]
@@ -317,7 +317,7 @@ def _run_image(task: ImageTask, dest: Location, open_: Callable[[str], ImageSour
     rgb = bool(info and info.is_rgb) or (task.modality.split("/")[0] in RGB_MODALITIES and first.shape[0] == 3 and first.dtype.itemsize == 1)
     if names is None:
         names = list(info.channel_names) if info and info.channel_names else (["red", "green", "blue"] if rgb else None)
-    for mpp, src in sources.items():
+    for src in sources.values():
         if names is not None and src.shape[0] != len(names):
             table = channels_per_tissue_table_path(task.modality) if task.channel_names is not None else "its channel names"
             raise InvalidInputError(f"{src.name}: {src.shape[0]} channels but {table} lists {len(names)} for tissue {task.tissue_id!r}")
@@ -326,8 +326,6 @@ def _run_image(task: ImageTask, dest: Location, open_: Callable[[str], ImageSour
 
 
 def _run_mask(task: MaskTask, dest: Location, open_: Callable[[str], ImageSource], options: WriteOptions | None, overwrite: bool, progress: Any) -> WriteResult:
-    if not overwrite and Staging(dest).is_complete(task.path):
-        return WriteResult(task.path, skipped=True)
     sources = {mpp: open_(path) for mpp, path in task.files}
     for mpp, image_path in task.images:
         image = open_(image_path)
@@ -375,7 +373,7 @@ def convert_cohort(
         staging.ensure_groups(group)
     write = options.write
     if options.workers > 1 and write.codec_threads is None:
-        write = WriteOptions(**{**write.__dict__, "codec_threads": max(1, (os.cpu_count() or 1) // options.workers)})
+        write = dataclasses.replace(write, codec_threads=max(1, (os.cpu_count() or 1) // options.workers))
     runner = _run_distributed if options.scheduler else (_run_processes if options.workers > 1 else _run_serial)
     report.outcomes = runner(plan, dst, write, options)
     staging.write_group_document("", _root_attributes(plan))

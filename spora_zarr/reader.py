@@ -23,7 +23,6 @@ from .layout import (
     image_group_path,
     label_group_path,
     resolution_name,
-    resolution_value,
     validate_tissue_id,
 )
 

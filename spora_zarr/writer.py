@@ -16,7 +16,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -378,7 +378,3 @@ class _Streamer:
     def _empty(self, index: int, height: int, width: int) -> np.ndarray:
         return np.empty((self.levels[index].shape[0], height, width), dtype=self.arrays[index].dtype)
 
-
-def with_options(options: WriteOptions | None, **changes: Any) -> WriteOptions:
-    """``options`` (or the defaults) with some fields replaced."""
-    return replace(options or WriteOptions(), **changes)

@@ -7,7 +7,6 @@ from pathlib import Path
 import ngff_zarr
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 import zarr
 from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
