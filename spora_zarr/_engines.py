@@ -285,6 +285,19 @@ def limit_codec_threads(n: int) -> None:
             del _READERS[key]
 
 
+def note_zarrs_use() -> None:
+    """Record that this process runs zarrs' codec pipeline outside a reader (the writer does).
+
+    Its forked children then never read through zarrs: their first
+    multi-threaded zarrs call would hang on the thread pool they inherit
+    without its threads.
+    """
+    global _ZARRS_USED_BY_PID
+    with _LOCK:
+        if _ZARRS_USED_BY_PID is None:
+            _ZARRS_USED_BY_PID = os.getpid()
+
+
 def _tensorstore_context() -> Any:
     global _TS_CONTEXT
     import tensorstore as ts

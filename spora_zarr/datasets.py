@@ -231,6 +231,7 @@ class BaseImagingDataset:
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_cache")}
         state.pop("cohort", None)
+        state.pop("tile_coordinates", None)  # a cached table: re-read where needed, keeps pickles small
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -321,12 +322,21 @@ class BaseImagingDataset:
 
     def get_crop(self, tissue_id: str, crop_id: int, image_mode: str = "CHW", preprocess: bool = True, kind: str = "complete") -> torch.Tensor:
         """The crop ``crop_id`` of the tissue's row in the tile table for ``crop_size``."""
-        tiles = self.tile_coordinates
-        match = tiles[(tiles.tissue_id == tissue_id) & (tiles.tile_id == crop_id)]
-        if match.empty:
-            raise NotFoundError(f"{self.name}: no crop {crop_id} of tissue {tissue_id!r} in {self.tile_table_path}")
-        row, col = int(match.row.iloc[0]), int(match.col.iloc[0])
+        try:
+            row, col = self.tile_position(tissue_id, crop_id)
+        except KeyError:
+            raise NotFoundError(f"{self.name}: no crop {crop_id} of tissue {tissue_id!r} in {self.tile_table_path}") from None
         return _to_mode(self.read_tile(tissue_id, row, col, kind=kind, preprocess=preprocess), image_mode)
+
+    def tile_position(self, tissue_id: str, tile_id: int) -> tuple[int, int]:
+        """``(row, col)`` of a tile of the tile table; ``KeyError`` if it has none. A dict lookup."""
+        lookup = self.__dict__.get("_cache_tile_positions")
+        if lookup is None:  # built once per process; _cache_* attributes are not pickled
+            tiles = self.tile_coordinates
+            keys = zip(tiles.tissue_id.astype(str), tiles.tile_id.astype(int))
+            lookup = dict(zip(keys, zip(tiles.row.astype(int), tiles.col.astype(int))))
+            self.__dict__["_cache_tile_positions"] = lookup
+        return lookup[(str(tissue_id), int(tile_id))]
 
     def get_tissue_mask(self, tissue_id: str) -> TissueMask:
         return TissueMask(tissue_id, self._whole_mask("tissue_masks", tissue_id))
@@ -550,9 +560,8 @@ class SporaDataset:
         dataset = self.datasets[dataset_index]
         if tile_id is None:
             return dataset.get_tissue(tissue_id)
-        tiles = dataset.tile_coordinates
-        row = tiles[(tiles.tissue_id == tissue_id) & (tiles.tile_id == tile_id)].iloc[0]
-        return dataset.read_tile(tissue_id, int(row.row), int(row.col))
+        row, col = dataset.primary.tile_position(tissue_id, tile_id)
+        return dataset.read_tile(tissue_id, row, col)
 
     def sample(self, n: int) -> list[tuple[int, str, int | None]]:
         """``n`` samples drawn uniformly (with replacement) across all datasets."""

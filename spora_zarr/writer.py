@@ -23,6 +23,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from . import _engines
 from ._staging import Staging
 from ._storage import Location
 from .errors import InvalidInputError
@@ -215,6 +216,7 @@ def _codec_pipeline(location: Location, options: WriteOptions) -> Iterator[None]
     config: dict[str, Any] = {}
     if location.is_local:
         config["codec_pipeline.path"] = "zarrs.ZarrsCodecPipeline"
+        _engines.note_zarrs_use()  # forked children of this process must not read through zarrs
     if options.codec_threads:
         config["threading.max_workers"] = options.codec_threads
     with zarr.config.set(config):

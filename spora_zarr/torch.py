@@ -1,0 +1,422 @@
+"""A map-style PyTorch dataset over the tile tables of one or more cohorts.
+
+:class:`TileDataset` indexes every row of the tile tables of its datasets
+(``tiling/<res>/<strategy>/<size>_tile_coordinates.parquet``) once, in
+``__init__``; ``__getitem__`` only slices, through the datasets' fast tile path
+(:meth:`~spora_zarr.datasets.BaseImagingDataset.read_tile`, no dask graph).
+
+One item is a dict of fixed-shape tensors, so ``DataLoader``'s default
+collation batches it::
+
+    {
+        "he": (3, S, S) float32,                   # every modality of the dataset, keyed by its directory
+        "imc": (P, S, S) float32,                  # multiplex: aligned to the panel of ``kind``
+        "imc_channel_mask": (P,) bool,             # which panel channels this tissue measured
+        "tissue_masks": (S, S), "cell_masks": (S, S),   # stored dtypes (uint8, uint32), primary resolution
+        "tissue_id": str, "tile_id": int, "row": int, "col": int, "cohort": str,
+    }
+
+Fixed shapes
+    Every window is ``size`` pixels (default: the datasets' ``crop_size``) at
+    the primary modality's resolution; a modality at another resolution gets
+    ``round(size * mpp_primary / mpp_modality)`` pixels, as
+    :meth:`ComposedImagingDataset.read_tile` scales them. Edge windows are
+    zero-padded to that size whatever the tiling strategy (the ``default``
+    strategy of ``read_tile`` returns them clipped): the padding is zero in
+    *stored* values and goes through preprocessing like any pixel, exactly as
+    ``read_tile`` pads non-default strategies.
+Multiplex channels
+    Tissues of one cohort measure different channels, so a multiplex image
+    is scattered into the *panel* of ``kind``: the ``channels.parquet`` rows
+    that the kind keeps (all rows for ``complete``, ``qc_pass`` rows for
+    ``qc_filtered``, those with a UniProt id too for ``uniprot_filtered``), in
+    table order; with several datasets, the union of their panels in order of
+    first appearance (:attr:`TileDataset.panels`). Planes a tissue did not
+    measure are zeros and ``"<modality>_channel_mask"`` is ``False`` there.
+Masks
+    ``masks=None`` (the default) returns the mask kinds that *every* indexed
+    tissue has at its dataset's resolution, so all items have the same keys;
+    naming kinds explicitly makes a missing mask an error at construction.
+
+Workers and forks
+    Readers open lazily in each process. Under ``fork`` a worker inherits the
+    parent's readers and :mod:`spora_zarr._engines` makes them reopen there,
+    on an engine the parent did not make unsafe: a forked child of a process
+    that used tensorstore never touches tensorstore (it would hang) and reads
+    through zarrs; a forked child of a process that used zarrs, or that
+    converted a store (the writer runs zarrs), reads through zarr-python. A
+    parent that only builds the dataset leaves its workers on tensorstore.
+    Under ``spawn`` the dataset pickles to its compact index and the
+    datasets' constructor arguments (cached tile tables dropped).
+    In a worker, the first item calls :func:`worker_init_fn` unless the
+    ``DataLoader`` already did: ``cores // num_workers`` codec threads per
+    worker and one torch thread, so workers do not oversubscribe the cores.
+    Pass ``timeout=`` to the ``DataLoader`` so that a stuck worker fails
+    instead of hanging.
+Throughput
+    Workers hand batches over in shared memory; float32 multiplex items
+    (``preprocess=True``) are twice the bytes of the stored uint16 ones, and
+    on a small machine that copy costs as much as the read. Training that
+    standardises on the GPU can take ``preprocess=False`` items
+    (``docs/benchmarks.md``, "Tile reads").
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from ._engines import limit_codec_threads
+from .datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset
+from .errors import InvalidInputError, NotFoundError
+from .layout import MASK_KINDS, resolution_value
+
+__all__ = ["TileDataset", "available_cores", "worker_init_fn"]
+
+_SETUP_PID: int | None = None  # the process worker_init_fn last ran in
+_CHECKED_PID: int | None = None  # the process __getitem__ last checked for worker setup
+
+DatasetLike = ComposedImagingDataset | BaseImagingDataset
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_init_fn(worker_id: int | None = None) -> None:
+    """Set up a ``DataLoader`` worker: bounded codec threads, one torch thread.
+
+    Gives each of the ``num_workers`` workers ``max(1, cores // num_workers)``
+    codec threads (:func:`spora_zarr._engines.limit_codec_threads`) and calls
+    ``torch.set_num_threads(1)``. Outside a worker it assumes one worker and
+    leaves torch's threads alone. :class:`TileDataset` calls it on its first
+    item in a worker when the ``DataLoader`` did not.
+
+    Parameters
+    ----------
+    worker_id : int, optional
+        Passed by ``DataLoader``; unused.
+    """
+    global _SETUP_PID, _CHECKED_PID
+    info = get_worker_info()
+    workers = info.num_workers if info is not None else 1
+    limit_codec_threads(max(1, available_cores() // workers))
+    if info is not None:
+        torch.set_num_threads(1)
+        if isinstance(info.dataset, TileDataset):
+            info.dataset._forget_readers()
+    _SETUP_PID = _CHECKED_PID = os.getpid()
+
+
+def _composed(dataset: Any) -> ComposedImagingDataset:
+    if isinstance(dataset, ComposedImagingDataset):
+        return dataset
+    if isinstance(dataset, BaseImagingDataset):
+        return ComposedImagingDataset([dataset])
+    raise InvalidInputError(
+        f"TileDataset takes ComposedImagingDataset or imaging datasets (HE, multiplex, IHC), got {type(dataset).__name__}"
+    )
+
+
+def _factor(base: BaseImagingDataset, dataset: BaseImagingDataset) -> float:
+    """Pixels of ``dataset`` per pixel of ``base``."""
+    return resolution_value(base.resolution) / resolution_value(dataset.resolution)
+
+
+def _pad(tile: torch.Tensor, row: int, col: int, size: int) -> torch.Tensor:
+    """``tile``, read at ``(row, col)`` clipped to the image, zero-padded to ``(..., size, size)``."""
+    if tile.shape[-2:] == (size, size):
+        return tile
+    out = tile.new_zeros((*tile.shape[:-2], size, size))
+    y, x = max(0, -row), max(0, -col)
+    out[..., y : y + tile.shape[-2], x : x + tile.shape[-1]] = tile
+    return out
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """``values`` as int32 when they fit (pixel coordinates and tile ids do), else int64."""
+    info = np.iinfo(np.int32)
+    fits = values.size == 0 or (values.min() >= info.min and values.max() <= info.max)
+    return values.astype(np.int32) if fits else values
+
+
+def _panel(dataset: MultiplexImagingDataset, kind: str) -> list[str]:
+    keep = dataset._kind_keeps(kind)
+    return [name for name in dataset.channels.channel_name if name in keep]
+
+
+def _without_cached_tables(obj: Any) -> Any:
+    """A shallow copy of ``obj`` without its cached tile table (recomputed on demand)."""
+    clone = object.__new__(type(obj))
+    clone.__dict__.update(obj.__dict__)
+    clone.__dict__.pop("tile_coordinates", None)
+    if isinstance(obj, ComposedImagingDataset):
+        clone.datasets = {name: _without_cached_tables(d) for name, d in obj.datasets.items()}
+    return clone
+
+
+class TileDataset(Dataset):
+    """Every tile of the tile tables of one or more datasets, as fixed-shape tensors.
+
+    Parameters
+    ----------
+    datasets : dataset or sequence of datasets
+        :class:`~spora_zarr.datasets.ComposedImagingDataset` or unimodal
+        datasets (``HEImagingDataset``, ``MultiplexImagingDataset``,
+        ``SingleIHCImagingDataset``), possibly of different cohorts, or a
+        :class:`~spora_zarr.datasets.SporaDataset`. All must have the same
+        modalities (keys of ``ComposedImagingDataset.datasets``). Tiles come
+        from each one's ``tile_coordinates`` (its primary dataset's
+        resolution, ``crop_size`` and tiling strategy), over the tissues
+        every modality has.
+    kind : str
+        Channel kind of multiplex modalities: ``"complete"``,
+        ``"qc_filtered"`` or ``"uniprot_filtered"``.
+    preprocess : bool
+        Apply each dataset's preprocessing (RGB mean/std normalisation,
+        multiplex standardization); ``False`` returns stored values and
+        dtypes.
+    masks : sequence of str, optional
+        Mask kinds to return (``"tissue_masks"``, ``"cell_masks"``), read at
+        the primary dataset's resolution. ``None``: those every indexed
+        tissue has. A named kind that some tissue lacks raises
+        :class:`~spora_zarr.errors.NotFoundError`.
+    size : int, optional
+        Window edge in pixels at the primary resolution; default the
+        ``crop_size`` of the datasets (which must then agree).
+
+    Attributes
+    ----------
+    modalities : dict of str to int
+        Output edge in pixels of each modality.
+    panels : dict of str to list of str
+        Channel names of each multiplex modality's output planes.
+    masks : tuple of str
+        Mask kinds every item has.
+
+    Raises
+    ------
+    InvalidInputError
+        Unknown kind or mask kind, datasets with different modalities or
+        crop sizes, no datasets.
+    NotFoundError
+        A requested mask is missing for some tissue, or a dataset has no tile
+        table.
+    """
+
+    def __init__(
+        self,
+        datasets: DatasetLike | SporaDataset | Iterable[DatasetLike],
+        *,
+        kind: str = "complete",
+        preprocess: bool = True,
+        masks: Sequence[str] | None = None,
+        size: int | None = None,
+    ) -> None:
+        if isinstance(datasets, SporaDataset):
+            datasets = datasets.datasets
+        if isinstance(datasets, (ComposedImagingDataset, BaseImagingDataset)):
+            datasets = [datasets]
+        self.datasets: list[ComposedImagingDataset] = [_composed(d) for d in datasets]
+        if not self.datasets:
+            raise InvalidInputError("TileDataset needs at least one dataset")
+        if kind not in CHANNEL_KINDS:
+            raise InvalidInputError(f"unknown channel kind {kind!r}; expected one of {', '.join(CHANNEL_KINDS)}")
+        self.kind = kind
+        self.preprocess = bool(preprocess)
+
+        sizes = {int(size)} if size is not None else {d.primary.crop_size for d in self.datasets}
+        if len(sizes) != 1:
+            raise InvalidInputError(f"the datasets have different crop sizes {sorted(sizes)}; pass size= to choose one")
+        self.size = sizes.pop()
+        if self.size <= 0:
+            raise InvalidInputError(f"size must be a positive number of pixels, got {size!r}")
+
+        self.modalities: dict[str, int] = {}
+        self.panels: dict[str, list[str]] = {}
+        for composed in self.datasets:
+            self._add_layout(composed)
+
+        self._build_index()
+        self.masks: tuple[str, ...] = self._check_masks(masks)
+
+    # -- construction -----------------------------------------------------------------
+    def _add_layout(self, composed: ComposedImagingDataset) -> None:
+        """Record (and check) the output shape of each modality of ``composed``."""
+        names = list(composed.datasets)
+        if self.modalities and names != list(self.modalities):
+            raise InvalidInputError(
+                f"dataset {composed.primary.name!r} has modalities {names}, the first dataset {list(self.modalities)}; "
+                "every dataset of a TileDataset must have the same modalities"
+            )
+        for name, dataset in composed.datasets.items():
+            edge = round(self.size * _factor(composed.primary, dataset))
+            if self.modalities.setdefault(name, edge) != edge:
+                raise InvalidInputError(
+                    f"modality {name!r} of dataset {dataset.name!r} gives {edge} px windows, another dataset "
+                    f"{self.modalities[name]} px: use the same resolutions in every dataset"
+                )
+            if isinstance(dataset, MultiplexImagingDataset):
+                panel = self.panels.setdefault(name, [])
+                panel.extend(n for n in _panel(dataset, self.kind) if n not in panel)
+
+    def _build_index(self) -> None:
+        """Compact arrays over all tiles: dataset, tissue (codes into ``tissue_ids``), tile_id, row, col."""
+        datasets, tissues, tile_ids, rows, cols = [], [], [], [], []
+        self.tissue_ids: list[str] = []
+        self._tissue_dataset: list[int] = []
+        for number, composed in enumerate(self.datasets):
+            tiles = composed.tile_coordinates
+            codes, uniques = pd.factorize(tiles.tissue_id.astype(str), sort=False)
+            datasets.append(np.full(len(tiles), number, dtype=np.int32))
+            tissues.append(codes.astype(np.int32) + len(self.tissue_ids))
+            tile_ids.append(tiles.tile_id.to_numpy(np.int64))
+            rows.append(tiles.row.to_numpy(np.int64))
+            cols.append(tiles.col.to_numpy(np.int64))
+            self.tissue_ids.extend(str(t) for t in uniques)
+            self._tissue_dataset.extend([number] * len(uniques))
+        self._dataset = np.concatenate(datasets)
+        self._tissue = np.concatenate(tissues)
+        self._tile_id, self._row, self._col = (_compact(np.concatenate(a)) for a in (tile_ids, rows, cols))
+
+    def _check_masks(self, masks: Sequence[str] | None) -> tuple[str, ...]:
+        requested = MASK_KINDS if masks is None else tuple([masks] if isinstance(masks, str) else masks)
+        for kind in requested:
+            if kind not in MASK_KINDS:
+                raise InvalidInputError(f"unknown mask kind {kind!r}; expected one of {', '.join(MASK_KINDS)}")
+        kept = []
+        for kind in requested:
+            missing = [
+                f"{self.datasets[number].primary.name}:{tissue}"
+                for tissue, number in zip(self.tissue_ids, self._tissue_dataset)
+                if not self._has_mask(self.datasets[number].primary, kind, tissue)
+            ]
+            if not missing:
+                kept.append(kind)
+            elif masks is not None:
+                raise NotFoundError(
+                    f"no {kind} at the dataset's resolution for tissue(s) {', '.join(missing[:10])}"
+                    f"{' ...' if len(missing) > 10 else ''}; leave {kind} out of masks= or pass masks=None"
+                )
+        return tuple(kept)
+
+    @staticmethod
+    def _has_mask(dataset: BaseImagingDataset, kind: str, tissue_id: str) -> bool:
+        cohort = dataset.cohort
+        return tissue_id in cohort.mask_tissues(kind) and dataset.resolution in cohort.resolutions(kind, tissue_id)
+
+    # -- the index ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._row.size)
+
+    @property
+    def index(self) -> pd.DataFrame:
+        """The tiles, one row per item: dataset (position), cohort, tissue_id, tile_id, row, col."""
+        names = np.array([d.primary.name for d in self.datasets], dtype=object)
+        return pd.DataFrame(
+            {
+                "dataset": self._dataset,
+                "cohort": names[self._dataset],
+                "tissue_id": np.array(self.tissue_ids, dtype=object)[self._tissue],
+                "tile_id": self._tile_id,
+                "row": self._row,
+                "col": self._col,
+            }
+        )
+
+    # -- items ----------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """The tile at position ``index`` of :attr:`index`; see the module docstring for its keys."""
+        global _CHECKED_PID
+        if _CHECKED_PID != os.getpid():
+            _CHECKED_PID = os.getpid()
+            if get_worker_info() is not None and _SETUP_PID != os.getpid():
+                worker_init_fn()
+                self._forget_readers()  # also when the DataLoader holds a wrapper (Subset, ConcatDataset)
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError(f"TileDataset indices must be integers, got {type(index).__name__}") from None
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"tile index {index} out of range for a TileDataset of {len(self)} tiles")
+        number = int(self._dataset[i])
+        tissue = self.tissue_ids[self._tissue[i]]
+        row, col = int(self._row[i]), int(self._col[i])
+        composed = self.datasets[number]
+        base = composed.primary
+
+        item: dict[str, Any] = {}
+        for name, dataset in composed.datasets.items():
+            factor = _factor(base, dataset)
+            r, c, edge = round(row * factor), round(col * factor), self.modalities[name]
+            multiplex = isinstance(dataset, MultiplexImagingDataset)
+            kind = self.kind if multiplex else "complete"
+            tile = _pad(dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=False), r, c, edge)
+            if self.preprocess:
+                tile = dataset._preprocess(tile, tissue, kind)
+            if multiplex:
+                positions, measured = self._panel_positions(number, name, tissue)
+                if positions is not None:  # not the whole panel in panel order: scatter into it
+                    aligned = tile.new_zeros((len(self.panels[name]), edge, edge))
+                    aligned.numpy()[positions] = tile.numpy()  # numpy: torch has no index_put for uint16
+                    tile = aligned
+                item[name], item[f"{name}_channel_mask"] = tile, measured.clone()
+            else:
+                item[name] = tile
+        for kind in self.masks:
+            item[kind] = _pad(base.read_mask_tile(tissue, row, col, self.size, mask=kind), row, col, self.size)
+        item.update(tissue_id=tissue, tile_id=int(self._tile_id[i]), row=row, col=col, cohort=base.name)
+        return item
+
+    def _panel_positions(self, number: int, name: str, tissue: str) -> tuple[np.ndarray | None, torch.Tensor]:
+        """Panel positions of the planes a read returns (``None``: the panel itself), and the measured mask."""
+        cache = self.__dict__.setdefault("_cache_panels", {})
+        key = (number, name, tissue)
+        if key not in cache:
+            dataset = self.datasets[number].datasets[name]
+            panel = {channel: p for p, channel in enumerate(self.panels[name])}
+            names = dataset.channel_names(tissue, self.kind)
+            unknown = [n for n in names if n not in panel]
+            if unknown:
+                raise InvalidInputError(
+                    f"{dataset.name}: {name} tissue {tissue!r} has channels {unknown} that are not in "
+                    f"{name}/channels.parquet ({self.kind} panel {self.panels[name]})"
+                )
+            positions = np.array([panel[n] for n in names], dtype=np.intp)
+            measured = torch.zeros(len(panel), dtype=torch.bool)
+            measured[torch.from_numpy(positions)] = True
+            identity = positions.size == len(panel) and bool(np.all(positions == np.arange(len(panel))))
+            cache[key] = (None if identity else positions), measured
+        return cache[key]
+
+    # -- processes --------------------------------------------------------------------------
+    def _forget_readers(self) -> None:
+        """Drop readers carried into this process (a forked worker), so datasets reopen their own."""
+        for composed in self.datasets:
+            for dataset in composed.datasets.values():
+                dataset.__dict__.pop("_cache_readers", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_cache")}
+        state["datasets"] = [_without_cached_tables(d) for d in self.datasets]
+        return state
+
+    def __repr__(self) -> str:
+        cohorts = sorted({d.primary.name for d in self.datasets})
+        return (
+            f"TileDataset({len(self)} tiles of {len(self.tissue_ids)} tissues, cohorts {cohorts}, "
+            f"modalities {self.modalities}, size {self.size}, kind {self.kind!r}, masks {list(self.masks)})"
+        )
