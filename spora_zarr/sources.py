@@ -8,9 +8,11 @@ than memory streams through the writer tile by tile.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -86,6 +88,144 @@ class _AxesView:
         return window.transpose(self._order).reshape(self.channels, y1 - y0, x1 - x0)
 
 
+class _TiffSegments:
+    """Windows of TIFF planes read segment by segment (tiles or strips) straight into the output.
+
+    The fast path behind :class:`TiffSource` for local files whose planes are
+    2-D pages (``YX``, or ``YXS`` with the samples contiguous or separate):
+    the bytes of each tile or strip overlapping a window are read with
+    ``os.pread`` (no shared file position, so no lock), decoded by tifffile's
+    own segment decoder and copied once into the window. Compressed segments
+    are decoded in a thread pool (the codecs release the GIL); uncompressed
+    ones are cheaper to copy inline. A compressed segment that straddles the
+    window's edge is kept (up to one window's bytes, least recently used
+    first out) for the neighbouring windows the writer reads next, so
+    shard-aligned windows over tiles of another size decode each tile about
+    once. Other layouts use tifffile's zarr view.
+
+    Parameters
+    ----------
+    tiff
+        The open ``tifffile.TiffFile``.
+    pages
+        The pages in channel order; each contributes its samples as channels.
+    workers
+        Decoding threads for compressed segments.
+    """
+
+    def __init__(self, tiff: Any, pages: list[Any], workers: int) -> None:
+        key = pages[0].keyframe
+        _, _, self.height, self.width, contig = key.shaped
+        self.pages, self.fd = pages, tiff.filehandle.fileno()
+        self.separate = key.samplesperpixel if key.planarconfig == 2 else 1
+        self.contig = contig
+        self.seg_h, self.seg_w = (key.tilelength, key.tilewidth) if key.is_tiled else (min(key.rowsperstrip, self.height), self.width)
+        self.rows, self.cols = -(-self.height // self.seg_h), -(-self.width // self.seg_w)
+        self.channels = len(pages) * self.separate * self.contig
+        self.dtype = np.dtype(key.dtype)
+        self._decode = key.decode
+        self._jpeg = {"jpegheader": key.jpegheader} if getattr(key, "jpegheader", None) is not None else {}
+        self._pool = None
+        self._compressed = key.compression != 1
+        self._kept: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._kept_bytes = 0
+        if self._compressed and workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="spora-decode")
+
+    @classmethod
+    def create(cls, tiff: Any, series: list[Any], workers: int) -> _TiffSegments | None:
+        """The reader for ``series`` (level 0, in channel order), or ``None`` when their layout needs the zarr view."""
+        if not getattr(tiff.filehandle, "is_file", False):
+            return None
+        try:
+            tiff.filehandle.fileno()
+        except (OSError, AttributeError, ValueError):
+            return None
+        pages = []
+        for s in series:
+            planes = int(np.prod([n for n, axis in zip(s.shape, s.axes) if axis not in "YX"], dtype=np.int64))
+            if getattr(s, "transform", None) is not None or len(s.pages) * s.keyframe.samplesperpixel != planes:
+                return None
+            pages.extend(s.pages)
+        if not pages or any(p is None for p in pages):
+            return None
+        key = pages[0].keyframe
+        if (
+            any(p.keyframe.hash != key.hash for p in pages)
+            or key.imagedepth != 1
+            or key.dtype is None
+            or key.bitspersample != np.dtype(key.dtype).itemsize * 8
+        ):
+            return None
+        return cls(tiff, pages, workers)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[:, y0:y1, x0:x1]`` of all pages as ``(C, y1 - y0, x1 - x0)``."""
+        out = np.empty((self.channels, y1 - y0, x1 - x0), self.dtype)
+        jobs = [
+            (page, (sample * self.rows + row) * self.cols + col, (number * self.separate + sample) * self.contig)
+            for number, page in enumerate(self.pages)
+            for sample in range(self.separate)
+            for row in range(y0 // self.seg_h, (y1 - 1) // self.seg_h + 1)
+            for col in range(x0 // self.seg_w, (x1 - 1) // self.seg_w + 1)
+        ]
+        copy = functools.partial(self._copy, out, (y0, y1, x0, x1))
+        if self._compressed:
+            kept = [(job, self._kept.get(job[2:0:-1])) for job in jobs]  # key: (first channel, segment index)
+            for job, segment in kept:
+                if segment is not None:
+                    self._kept.move_to_end(job[2:0:-1])
+                    copy(job, segment)
+            jobs = [job for job, segment in kept if segment is None]
+        if self._pool is None or len(jobs) < 2:
+            straddling = [copy(job) for job in jobs]
+        else:
+            straddling = list(self._pool.map(copy, jobs))
+        for job, segment in zip(jobs, straddling):
+            if segment is not None:
+                self._keep(job[2:0:-1], segment, out.nbytes)
+        return out
+
+    def _copy(self, out: np.ndarray, window: tuple[int, int, int, int], job: tuple[Any, int, int], segment: np.ndarray | None = None) -> np.ndarray | None:
+        """Copy the overlap of segment ``index`` of ``page`` with ``window`` into ``out`` from ``channel`` on.
+
+        The segment is decoded unless given; a decoded compressed segment that
+        extends beyond the window is returned, to be kept for the next windows.
+        """
+        (y0, y1, x0, x1), (page, index, channel) = window, job
+        row, col = index % (self.rows * self.cols) // self.cols, index % self.cols
+        sy, sx = row * self.seg_h, col * self.seg_w
+        ya, yb, xa, xb = max(y0, sy), min(y1, sy + self.seg_h), max(x0, sx), min(x1, sx + self.seg_w)
+        target = out[channel : channel + self.contig, ya - y0 : yb - y0, xa - x0 : xb - x0]
+        decoded = segment is None
+        if decoded:
+            offset, count = page.dataoffsets[index], page.databytecounts[index]
+            if not count:
+                target[...] = 0
+                return None
+            data = os.pread(self.fd, count, offset)
+            tables = getattr(page, "jpegtables", None)
+            segment = self._decode(data, index, jpegtables=tables, _fullsize=True, **self._jpeg)[0]
+        part = segment[0, ya - sy : yb - sy, xa - sx : xb - sx]
+        target[...] = part[..., 0] if self.contig == 1 else np.moveaxis(part, -1, 0)
+        straddles = sy < y0 or sx < x0 or min(sy + self.seg_h, self.height) > y1 or min(sx + self.seg_w, self.width) > x1
+        return segment if decoded and self._compressed and straddles else None
+
+    def _keep(self, key: tuple[int, int], segment: np.ndarray, limit: int) -> None:
+        """Keep a decoded segment, dropping the least recently used beyond ``limit`` bytes."""
+        self._kept[key] = segment
+        self._kept_bytes += segment.nbytes
+        while self._kept_bytes > limit and self._kept:
+            self._kept_bytes -= self._kept.popitem(last=False)[1].nbytes
+
+    def close(self) -> None:
+        """Stop the decoding threads (the file belongs to the ``TiffFile``)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
 class TiffSource:
     """A TIFF or OME-TIFF presented as ``(C, H, W)``.
 
@@ -113,6 +253,10 @@ class TiffSource:
                 planes = list(series)
             self._views = [_AxesView(zarr.open(s.aszarr(level=0), mode="r"), s.axes, self.name) for s in planes]
             self.info = self._read_info(first)
+            self._segments = _TiffSegments.create(self._tiff, planes, os.cpu_count() or 1)
+            if self._segments is not None and self._segments.channels != sum(v.channels for v in self._views):
+                self._segments.close()
+                self._segments = None
         except InvalidInputError:
             self.close()
             raise
@@ -136,15 +280,21 @@ class TiffSource:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         try:
-            parts = [view.read(y0, y1, x0, x1) for view in self._views]
+            if self._segments is not None:
+                window = self._segments.read(y0, y1, x0, x1)
+            else:
+                parts = [view.read(y0, y1, x0, x1) for view in self._views]
+                window = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         except Exception as exc:
             raise InvalidInputError(f"{self.name}: unreadable TIFF data ({_reason(exc)})") from None
-        window = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         if self.info.is_rgb and window.shape[0] == 4:
             window = window[:3]
         return window
 
     def close(self) -> None:
+        segments = getattr(self, "_segments", None)
+        if segments is not None:
+            segments.close()
         tiff = getattr(self, "_tiff", None)
         if tiff is not None:
             tiff.close()

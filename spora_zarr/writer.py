@@ -35,6 +35,11 @@ log = logging.getLogger("spora_zarr")
 
 MiB = 2**20
 
+#: Threads that compress and store blocks, and blocks handed to them at most. Two writers keep
+#: both cores of a small machine busy while zarrs' pool waits in the kernel on page-cache writes.
+WRITE_THREADS = 2
+IN_FLIGHT = 3
+
 
 @dataclass(frozen=True, kw_only=True)
 class WriteOptions:
@@ -60,9 +65,13 @@ class WriteOptions:
             raise InvalidInputError(f"shard edge {self.shard} must be a multiple of the chunk edge {self.chunk}")
 
     def block_edge(self, channels: int, itemsize: int, depth: int) -> int:
-        """Edge of the blocks streamed at once: the shard edge, halved until ``depth + 3`` blocks fit the budget."""
+        """Edge of the blocks streamed at once: the shard edge, halved until the blocks held at once fit the budget.
+
+        Held at once: one block per level of the chain (``depth``), the block
+        being read, and the blocks queued for writing (``IN_FLIGHT``).
+        """
         edge = self.shard or max(self.chunk, 8 * self.chunk)
-        while edge > self.chunk and edge % 2 == 0 and (depth + 3) * channels * edge * edge * itemsize > self.memory_budget:
+        while edge > self.chunk and edge % 2 == 0 and (depth + 1 + IN_FLIGHT) * channels * edge * edge * itemsize > self.memory_budget:
             half = edge // 2
             if half % self.chunk and half > self.chunk:
                 half = max(self.chunk, half // self.chunk * self.chunk)
@@ -259,7 +268,7 @@ class _Streamer:
         levels: list[Level],
         arrays: list[zarr.Array],
         sources: list[ImageSource],
-        shrink: Callable[[np.ndarray], np.ndarray],
+        shrink: Callable[..., np.ndarray],
         options: WriteOptions,
         labels: bool,
         progress: ProgressCallback | None,
@@ -275,8 +284,8 @@ class _Streamer:
         top = levels[-1].shape
         self._stride = max(1, math.ceil(math.sqrt(top[1] * top[2] / 262_144)))
         self._samples: list[np.ndarray] = []
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spora-write")
-        self._inflight = threading.BoundedSemaphore(2)
+        self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="spora-write")
+        self._inflight = threading.BoundedSemaphore(IN_FLIGHT)
         self._pending: list[Future[None]] = []
 
     def run(self) -> None:
@@ -372,8 +381,9 @@ class _Streamer:
                     ci, cj = 2 * i + di, 2 * j + dj
                     if ci * self.edge >= child_level[1] or cj * self.edge >= child_level[2]:
                         continue
-                    small = self.shrink(self._produce(base, depth - 1, ci, cj))
-                    block[:, di * half : di * half + small.shape[1], dj * half : dj * half + small.shape[2]] = small
+                    child = self._produce(base, depth - 1, ci, cj)
+                    y, x = di * half, dj * half
+                    self.shrink(child, out=block[:, y : y + child.shape[1] // 2, x : x + child.shape[2] // 2])
         self._write(index, y0, x0, block)
         return block
 
