@@ -38,6 +38,7 @@ from .layout import (
     channels_table_path,
     modality_dir,
     resolution_name,
+    resolution_value,
     tile_table_path,
 )
 from .reader import Cohort, open_cohort
@@ -288,27 +289,33 @@ class BaseImagingDataset:
         out[..., y0 - row : y0 - row + data.shape[-2], x0 - col : x0 - col + data.shape[-1]] = data
         return out
 
-    def _pads(self) -> bool:
-        return self.tiling_strategy != "default"
+    def _pads(self, pad: bool | None) -> bool:
+        """Whether edge windows are zero-padded: as asked, else for every strategy but the default."""
+        return self.tiling_strategy != "default" if pad is None else pad
 
-    def read_tile(self, tissue_id: str, row: int, col: int, size: int | None = None, *, kind: str = "complete", preprocess: bool = True) -> torch.Tensor:
+    def read_tile(
+        self, tissue_id: str, row: int, col: int, size: int | None = None, *, kind: str = "complete", preprocess: bool = True, pad: bool | None = None
+    ) -> torch.Tensor:
         """One ``(C, size, size)`` window at pixel ``(row, col)`` of this resolution.
 
         The default tiling strategy slices directly (an edge window may be
-        smaller); other strategies zero-pad edge windows to ``size``. With
-        ``preprocess=False`` values and dtype are the stored ones.
+        smaller); other strategies, or ``pad=True``, zero-pad edge windows to
+        ``size`` (before preprocessing). With ``preprocess=False`` values and
+        dtype are the stored ones.
         """
         self._check_tissue(tissue_id)
         channels = self._channel_indices(tissue_id, kind)
-        data = self._window(self.modality_dir(), tissue_id, int(row), int(col), int(size or self.crop_size), channels, self._pads())
+        data = self._window(self.modality_dir(), tissue_id, int(row), int(col), int(size or self.crop_size), channels, self._pads(pad))
         tensor = _to_tensor(data)
         return self._preprocess(tensor, tissue_id, kind) if preprocess else tensor
 
-    def read_mask_tile(self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks") -> torch.Tensor:
+    def read_mask_tile(
+        self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks", pad: bool | None = None
+    ) -> torch.Tensor:
         """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile`."""
         if mask not in MASK_KINDS:
             raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(MASK_KINDS)}")
-        return _to_tensor(self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads()))
+        return _to_tensor(self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads(pad)))
 
     def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> Any:
         """The whole tissue at this resolution as a typed tissue."""
@@ -482,6 +489,11 @@ class MultiplexImagingDataset(BaseImagingDataset):
         )
 
 
+def pixel_scale(base: BaseImagingDataset, dataset: BaseImagingDataset) -> float:
+    """Pixels of ``dataset`` per pixel of ``base`` (their resolutions' ratio)."""
+    return resolution_value(base.resolution) / resolution_value(dataset.resolution)
+
+
 class ComposedImagingDataset:
     """Several unimodal datasets of the same cohort as one multi-modal handle."""
 
@@ -517,7 +529,7 @@ class ComposedImagingDataset:
         base = self.primary
         tiles = {}
         for name, dataset in self.datasets.items():
-            factor = _mpp(base.resolution) / _mpp(dataset.resolution)
+            factor = pixel_scale(base, dataset)
             modality_kind = kind if isinstance(dataset, MultiplexImagingDataset) else "complete"
             tiles[name] = dataset.read_tile(tissue_id, round(row * factor), round(col * factor),
                                             round((size or base.crop_size) * factor), kind=modality_kind, preprocess=preprocess)
@@ -527,12 +539,6 @@ class ComposedImagingDataset:
     def tile_coordinates(self) -> pd.DataFrame:
         tiles = self.primary.tile_coordinates
         return tiles[tiles.tissue_id.isin(self.tissue_ids)].reset_index(drop=True)
-
-
-def _mpp(name: str) -> float:
-    from .layout import resolution_value
-
-    return resolution_value(name)
 
 
 class SporaDataset:

@@ -74,9 +74,9 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from ._engines import limit_codec_threads
-from .datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset
+from .datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset, pixel_scale
 from .errors import InvalidInputError, NotFoundError
-from .layout import MASK_KINDS, resolution_value
+from .layout import MASK_KINDS
 
 __all__ = ["TileDataset", "available_cores", "worker_init_fn"]
 
@@ -127,21 +127,6 @@ def _composed(dataset: Any) -> ComposedImagingDataset:
     raise InvalidInputError(
         f"TileDataset takes ComposedImagingDataset or imaging datasets (HE, multiplex, IHC), got {type(dataset).__name__}"
     )
-
-
-def _factor(base: BaseImagingDataset, dataset: BaseImagingDataset) -> float:
-    """Pixels of ``dataset`` per pixel of ``base``."""
-    return resolution_value(base.resolution) / resolution_value(dataset.resolution)
-
-
-def _pad(tile: torch.Tensor, row: int, col: int, size: int) -> torch.Tensor:
-    """``tile``, read at ``(row, col)`` clipped to the image, zero-padded to ``(..., size, size)``."""
-    if tile.shape[-2:] == (size, size):
-        return tile
-    out = tile.new_zeros((*tile.shape[:-2], size, size))
-    y, x = max(0, -row), max(0, -col)
-    out[..., y : y + tile.shape[-2], x : x + tile.shape[-1]] = tile
-    return out
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
@@ -261,7 +246,7 @@ class TileDataset(Dataset):
                 "every dataset of a TileDataset must have the same modalities"
             )
         for name, dataset in composed.datasets.items():
-            edge = round(self.size * _factor(composed.primary, dataset))
+            edge = round(self.size * pixel_scale(composed.primary, dataset))
             if self.modalities.setdefault(name, edge) != edge:
                 raise InvalidInputError(
                     f"modality {name!r} of dataset {dataset.name!r} gives {edge} px windows, another dataset "
@@ -360,13 +345,11 @@ class TileDataset(Dataset):
 
         item: dict[str, Any] = {}
         for name, dataset in composed.datasets.items():
-            factor = _factor(base, dataset)
+            factor = pixel_scale(base, dataset)
             r, c, edge = round(row * factor), round(col * factor), self.modalities[name]
             multiplex = isinstance(dataset, MultiplexImagingDataset)
             kind = self.kind if multiplex else "complete"
-            tile = _pad(dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=False), r, c, edge)
-            if self.preprocess:
-                tile = dataset._preprocess(tile, tissue, kind)
+            tile = dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=self.preprocess, pad=True)
             if multiplex:
                 positions, measured = self._panel_positions(number, name, tissue)
                 if positions is not None:  # not the whole panel in panel order: scatter into it
@@ -377,7 +360,7 @@ class TileDataset(Dataset):
             else:
                 item[name] = tile
         for kind in self.masks:
-            item[kind] = _pad(base.read_mask_tile(tissue, row, col, self.size, mask=kind), row, col, self.size)
+            item[kind] = base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True)
         item.update(tissue_id=tissue, tile_id=int(self._tile_id[i]), row=row, col=col, cohort=base.name)
         return item
 
