@@ -471,12 +471,10 @@ class _ZarrsReader(_Reader):
     def _handle(self) -> zarr.Array:
         if self._array is not None:
             return self._array
-        global _ZARRS_USED_BY_PID
         with self._lock:
             if self._array is None:
                 with _LOCK:
-                    if _ZARRS_USED_BY_PID is None:
-                        _ZARRS_USED_BY_PID = os.getpid()
+                    note_zarrs_use()
                     # The pipeline is chosen (and reads its thread settings from zarr.config)
                     # when the array object is made; no I/O here.
                     meta = self._meta.async_array

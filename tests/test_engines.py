@@ -281,14 +281,19 @@ def test_fork_after_tensorstore_read_in_this_process(store: Location) -> None:
         np.testing.assert_array_equal(got, _expected(data, window))
 
 
+def _assert_all_windows(data: np.ndarray, windows: list, results: dict) -> None:
+    """Every engine's reads in ``results`` equal numpy slicing of ``data``."""
+    for _, arrays in results.values():
+        for window, got in zip(windows, arrays):
+            np.testing.assert_array_equal(got, _expected(data, window))
+
+
 @pytest.mark.timeout(3 * JOIN_TIMEOUT)
 def test_fork_child_of_tensorstore_parent_uses_zarrs(store: Location) -> None:
     data, windows = _data(), _windows(seed=6, count=8)
     results = _spawned(_after_tensorstore_parent, store.root, windows)
     assert {name: engine for name, (engine, _) in results.items()} == dict.fromkeys(results, "zarrs")
-    for _, arrays in results.values():
-        for window, got in zip(windows, arrays):
-            np.testing.assert_array_equal(got, _expected(data, window))
+    _assert_all_windows(data, windows, results)
 
 
 @pytest.mark.timeout(3 * JOIN_TIMEOUT)
@@ -297,9 +302,7 @@ def test_fork_child_of_zarrs_parent_may_use_tensorstore(store: Location) -> None
     results = _spawned(_after_zarrs_parent, store.root, windows)
     assert results["default"][0] == "tensorstore"
     assert results["zarrs"][0] == "zarr"
-    for _, arrays in results.values():
-        for window, got in zip(windows, arrays):
-            np.testing.assert_array_equal(got, _expected(data, window))
+    _assert_all_windows(data, windows, results)
 
 
 @pytest.mark.timeout(3 * JOIN_TIMEOUT)
@@ -307,9 +310,7 @@ def test_spawn_child_with_limited_threads(store: Location) -> None:
     data, windows = _data(), _windows(seed=9, count=8)
     results = _spawned(_limited_reads, store.root, windows)
     assert {name: engine for name, (engine, _) in results.items()} == {e: e for e in ENGINES}
-    for _, arrays in results.values():
-        for window, got in zip(windows, arrays):
-            np.testing.assert_array_equal(got, _expected(data, window))
+    _assert_all_windows(data, windows, results)
 
 
 @pytest.mark.timeout(3 * JOIN_TIMEOUT)
