@@ -6,10 +6,15 @@
 The last two axes of every array are (y, x); a leading axis 0 is the channel
 axis that ``channels`` selects on, any further leading axes are read whole.
 
-Three engines read the same bytes:
+Four engines read the same bytes:
 
+``"direct"``
+    :class:`spora_zarr._direct.DirectArray`: ``pread`` and c-blosc per chunk,
+    for local arrays in the converter's layout (blosc or uncompressed chunks,
+    sharded or not). The fastest measured here, and fork safe. An array in
+    another layout is read by the next engine.
 ``"tensorstore"``
-    the fastest on local stores (kvstore driver ``file``); local stores only.
+    tensorstore's zarr3 driver (kvstore driver ``file``); local stores only.
 ``"zarrs"``
     zarr-python with the zarrs (Rust) codec pipeline. zarrs reads
     ``LocalStore``, fsspec ``HTTPFileSystem`` and ``ObjectStore`` stores only;
@@ -28,13 +33,14 @@ into a forked child, and the child's first zarrs read hangs. *Opening* a
 handle is enough to start these thread pools, so readers open their engine
 handle lazily, on the first :meth:`~LevelReader.read`: a parent that only opens
 readers (for shapes and dtypes) leaves its forked children free to use any
-engine.
+engine. The direct engine holds no file descriptors or threads that a fork
+breaks (its thread pool is made again in a child).
 
 This module records the pid of the process that first used each engine
 (``_TENSORSTORE_USED_BY_PID``, ``_ZARRS_USED_BY_PID``). Those values are
 inherited by forked children, whose pid differs: such a child never uses that
-engine. tensorstore falls back to zarrs, zarrs to zarr, an explicit request
-for the unusable engine logs a warning on the ``spora_zarr`` logger. A
+engine; an explicit request for it reads through the engine the child would
+pick by default and logs a warning on the ``spora_zarr`` logger. A
 tensorstore thread pool started by other code is also noticed at fork time
 (its threads are named ``ts_...``); zarrs use by other code is not.
 
@@ -63,6 +69,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import zarr
 
+from . import _direct
 from ._storage import Location
 from .errors import InvalidInputError, NotFoundError
 
@@ -70,7 +77,7 @@ __all__ = ["ENGINES", "LevelReader", "default_engine", "limit_codec_threads", "o
 
 logger = logging.getLogger("spora_zarr")
 
-ENGINES: tuple[str, ...] = ("tensorstore", "zarrs", "zarr")
+ENGINES: tuple[str, ...] = ("direct", "tensorstore", "zarrs", "zarr")
 """Names of the read engines, fastest first."""
 
 _BATCHED_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
@@ -140,8 +147,9 @@ class LevelReader(Protocol):
 
 
 def _available(engine: str) -> bool:
-    module = {"tensorstore": "tensorstore", "zarrs": "zarrs", "zarr": "zarr"}[engine]
-    return module in sys.modules or importlib.util.find_spec(module) is not None
+    if engine == "direct":
+        return True
+    return engine in sys.modules or importlib.util.find_spec(engine) is not None
 
 
 def _poisoned(engine: str) -> bool:
@@ -154,28 +162,31 @@ def _usable(engine: str) -> bool:
     return _available(engine) and not _poisoned(engine)
 
 
+def _candidates(location: Location) -> list[str]:
+    """The engines this process may use on ``location``, in order of preference."""
+    local = ["direct", "tensorstore"] if location.is_local else []
+    return [engine for engine in (*local, "zarrs", "zarr") if _usable(engine)]
+
+
 def default_engine(location: Location | str | os.PathLike[str] | None = None) -> str:
     """The engine :func:`open_level` picks when none is asked for.
 
     Parameters
     ----------
     location : Location or str, optional
-        The store; a remote (fsspec URL) store never gets tensorstore.
+        The store; a remote (fsspec URL) store gets neither the direct engine
+        nor tensorstore.
 
     Returns
     -------
     str
-        ``"tensorstore"`` for local stores in a process that may use it (it
-        is installed and this process is not a forked child of a process that
-        used it), else ``"zarrs"``, else ``"zarr"`` (a forked child of a
-        process that used zarrs too).
+        ``"direct"`` for local stores (:func:`open_level` moves on to
+        ``"tensorstore"`` for an array in a layout it does not read, or to
+        ``"zarrs"`` in a forked child of a process that used tensorstore);
+        else ``"zarrs"``, else ``"zarr"`` (a forked child of a process that
+        used zarrs).
     """
-    local = location is None or Location.parse(location).is_local
-    if local and _usable("tensorstore"):
-        return "tensorstore"
-    if _usable("zarrs"):
-        return "zarrs"
-    return "zarr"
+    return _candidates(Location.parse(location) if location is not None else Location.parse("."))[0]
 
 
 def _warn_once(message: str) -> None:
@@ -185,39 +196,33 @@ def _warn_once(message: str) -> None:
         logger.warning(message)
 
 
+def _unusable_reason(location: Location, engine: str) -> str | None:
+    """Why this process cannot read ``location`` with ``engine``; None if it can."""
+    if engine in ("direct", "tensorstore") and not location.is_local:
+        return f"it reads local stores only, not {location.root}"
+    if _poisoned(engine):
+        used_by = _TENSORSTORE_USED_BY_PID if engine == "tensorstore" else _ZARRS_USED_BY_PID
+        return (
+            f"this process (pid {os.getpid()}) is a fork of process {used_by}, "
+            f"which used {engine}, and {engine} is not fork safe"
+        )
+    if not _available(engine):
+        return "it is not installed"
+    return None
+
+
 def _resolve_engine(location: Location, engine: str | None) -> str:
     """The engine that can serve ``engine`` (or the default) in this process."""
     if engine is None:
         return default_engine(location)
     if engine not in ENGINES:
         raise InvalidInputError(f"unknown read engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    if engine == "tensorstore":
-        reason = None
-        if not location.is_local:
-            reason = f"it reads local stores only, not {location.root}"
-        elif _poisoned("tensorstore"):
-            reason = (
-                f"this process (pid {os.getpid()}) is a fork of process {_TENSORSTORE_USED_BY_PID}, "
-                "which used tensorstore, and tensorstore is not fork safe"
-            )
-        elif not _available("tensorstore"):
-            reason = "it is not installed"
-        if reason is None:
-            return engine
-        engine = default_engine(location)
-        _warn_once(f"read engine 'tensorstore' is not usable: {reason}; using {engine!r}")
+    reason = _unusable_reason(location, engine)
+    if reason is None:
         return engine
-    if engine == "zarrs" and not _usable("zarrs"):
-        if _poisoned("zarrs"):
-            reason = (
-                f"this process (pid {os.getpid()}) is a fork of process {_ZARRS_USED_BY_PID}, "
-                "which used zarrs, and zarrs is not fork safe"
-            )
-        else:
-            reason = "it is not installed"
-        _warn_once(f"read engine 'zarrs' is not usable: {reason}; using 'zarr'")
-        return "zarr"
-    return engine
+    fallback = default_engine(location)
+    _warn_once(f"read engine {engine!r} is not usable: {reason}; using {fallback!r}")
+    return fallback
 
 
 def _zarrs_supports(store: Any) -> bool:
@@ -240,7 +245,7 @@ def limit_codec_threads(n: int) -> None:
     :func:`open_level` opens them anew. Readers that already read keep their
     thread pools.
 
-    Sets tensorstore's ``data_copy_concurrency`` and ``file_io_concurrency``
+    Sets the direct engine's decode threads, tensorstore's ``data_copy_concurrency`` and ``file_io_concurrency``
     limits (a new per-process context), zarr's ``threading.max_workers``,
     zarrs' ``codec_pipeline.chunk_concurrent_maximum`` (and ``_minimum`` to
     1) and, while zarrs has not started its thread pool in this process,
@@ -280,6 +285,7 @@ def limit_codec_threads(n: int) -> None:
             pass
         else:
             numcodecs.blosc.set_nthreads(n)
+        _direct.set_threads(n)
         pid = os.getpid()
         for key in [k for k in _READERS if k[0] == pid]:
             del _READERS[key]
@@ -453,6 +459,19 @@ class _Reader:
         return idx.astype(np.intp, copy=False)
 
 
+class _DirectReader(_Reader):
+    """The converter's layout read chunk by chunk (:mod:`spora_zarr._direct`)."""
+
+    engine = "direct"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._array = _direct.DirectArray(self.location.fs_path(self.path), self._meta.metadata)
+
+    def _read(self, index: tuple[slice, ...]) -> np.ndarray:
+        return self._array.read(index)
+
+
 class _ZarrReader(_Reader):
     """zarr-python with its own codec pipeline (numcodecs)."""
 
@@ -525,6 +544,7 @@ class _TensorstoreReader(_Reader):
 
 
 _READER_CLASSES: dict[str, type[_Reader]] = {
+    "direct": _DirectReader,
     "tensorstore": _TensorstoreReader,
     "zarrs": _ZarrsReader,
     "zarr": _ZarrReader,
@@ -556,12 +576,14 @@ def open_level(
         Array path below the root, e.g. ``"imc/images/T1/1_0mpp"``.
     engine : str, optional
         One of :data:`ENGINES`; ``None`` takes :func:`default_engine`. An
-        engine this process cannot use is replaced (tensorstore by zarrs,
-        zarrs by zarr) with a warning on the ``spora_zarr`` logger:
-        tensorstore on a remote store, or either engine in a forked child of
-        a process that used it. ``"zarrs"`` on a store zarrs cannot read is
-        zarr-python's pipeline without a warning. ``reader.engine`` names the
-        engine that reads.
+        engine this process cannot use is replaced by :func:`default_engine`
+        with a warning on the ``spora_zarr`` logger: the direct engine or
+        tensorstore on a remote store, tensorstore or zarrs in a forked child
+        of a process that used it. An array the direct engine does not read
+        goes to the next engine (tensorstore where usable), with a warning if
+        ``"direct"`` was asked for. ``"zarrs"`` on a store zarrs cannot read
+        is zarr-python's pipeline without a warning. ``reader.engine`` names
+        the engine that reads.
 
     Returns
     -------
@@ -588,8 +610,20 @@ def open_level(
         meta = _open_metadata(location, path)
         if len(meta.shape) < 2:
             raise InvalidInputError(f"array {location.join(path)} of shape {meta.shape} has no (y, x) axes")
-        if resolved == "zarrs" and not _zarrs_supports(meta.store):
-            resolved = "zarr"
-        reader = _READER_CLASSES[resolved](location, path, engine, meta)
+        reader = None
+        if resolved == "direct":
+            try:
+                reader = _DirectReader(location, path, engine, meta)
+            except _direct.UnsupportedLayout as exc:
+                resolved = _candidates(location)[1]
+                message = f"read engine 'direct' does not read {location.join(path)}: {exc}; using {resolved!r}"
+                if engine == "direct":
+                    _warn_once(message)
+                else:
+                    logger.debug(message)
+        if reader is None:
+            if resolved == "zarrs" and not _zarrs_supports(meta.store):
+                resolved = "zarr"
+            reader = _READER_CLASSES[resolved](location, path, engine, meta)
         _READERS[key] = reader
         return reader

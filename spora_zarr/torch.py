@@ -40,12 +40,13 @@ Masks
 
 Workers and forks
     Readers open lazily in each process. Under ``fork`` a worker inherits the
-    parent's readers and :mod:`spora_zarr._engines` makes them reopen there,
-    on an engine the parent did not make unsafe: a forked child of a process
-    that used tensorstore never touches tensorstore (it would hang) and reads
-    through zarrs; a forked child of a process that used zarrs, or that
-    converted a store (the writer runs zarrs), reads through zarr-python. A
-    parent that only builds the dataset leaves its workers on tensorstore.
+    parent's readers and :mod:`spora_zarr._engines` makes them reopen there.
+    Local stores in the converter's layout are read by the direct engine,
+    which is fork safe, whatever the parent did. Other layouts use an engine
+    the parent did not make unsafe: a forked child of a process that used
+    tensorstore never touches tensorstore (it would hang), nor one of a
+    process that used zarrs (or converted a store: the writer runs zarrs)
+    zarrs.
     Under ``spawn`` the dataset pickles to its compact index and the
     datasets' constructor arguments (cached tile tables dropped).
     In a worker, the first item calls :func:`worker_init_fn` unless the

@@ -17,7 +17,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from spora_zarr import _engines
+from spora_zarr import _direct, _engines
 from spora_zarr._engines import ENGINES, LevelReader, default_engine, limit_codec_threads, open_level
 from spora_zarr._storage import Location
 from spora_zarr.errors import InvalidInputError, NotFoundError
@@ -177,10 +177,8 @@ def test_memory_location(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_default_engine_for_local_stores(store: Location) -> None:
-    if _engines._poisoned("tensorstore"):
-        pytest.skip("this test process is a fork of a tensorstore user")
-    assert default_engine(store) == "tensorstore" == default_engine()
-    assert open_level(store, ARRAY).engine == "tensorstore"
+    assert default_engine(store) == "direct" == default_engine()
+    assert open_level(store, ARRAY).engine == "direct"
 
 
 def test_limit_codec_threads_rejects_nonsense() -> None:
@@ -257,7 +255,19 @@ def _after_zarrs_parent(root: str, windows):
     open_level(root, ARRAY, engine="tensorstore")  # opening alone starts no tensorstore threads
     open_level(root, ARRAY, engine="zarrs").read(0, 0, 224, 224)
     assert _engines._TENSORSTORE_USED_BY_PID is None and _engines._ZARRS_USED_BY_PID == os.getpid()
-    return {"default": _forked(root, windows), "zarrs": _forked(root, windows, "zarrs")}
+    return {
+        "default": _forked(root, windows),
+        "tensorstore": _forked(root, windows, "tensorstore"),
+        "zarrs": _forked(root, windows, "zarrs"),
+    }
+
+
+def _after_direct_parent(root: str, windows):
+    """In a fresh process: read with the direct engine (its thread pool running), then fork."""
+    reader = open_level(root, ARRAY)
+    reader.read(0, 0, 500, 500)
+    assert reader.engine == "direct" and _direct._POOL is not None
+    return {"default": _forked(root, windows), "carried": _forked(root, windows, carry=reader)}
 
 
 def _limited_reads(root: str, windows):
@@ -270,7 +280,7 @@ def test_fork_after_tensorstore_read_in_this_process(store: Location) -> None:
     data, windows = _data(), _windows(seed=5, count=8)
     reader = open_level(store, ARRAY, engine="tensorstore")
     reader.read(0, 0, 224, 224)
-    expected_child = "zarr" if _engines._ZARRS_USED_BY_PID is not None else "zarrs"
+    expected_child = "direct"
     for engine, arrays in (_forked(store.root, windows), _forked(store.root, windows, "tensorstore")):
         assert engine == expected_child
         for window, got in zip(windows, arrays):
@@ -289,10 +299,10 @@ def _assert_all_windows(data: np.ndarray, windows: list, results: dict) -> None:
 
 
 @pytest.mark.timeout(3 * JOIN_TIMEOUT)
-def test_fork_child_of_tensorstore_parent_uses_zarrs(store: Location) -> None:
+def test_fork_child_of_tensorstore_parent_reads_direct(store: Location) -> None:
     data, windows = _data(), _windows(seed=6, count=8)
     results = _spawned(_after_tensorstore_parent, store.root, windows)
-    assert {name: engine for name, (engine, _) in results.items()} == dict.fromkeys(results, "zarrs")
+    assert {name: engine for name, (engine, _) in results.items()} == dict.fromkeys(results, "direct")
     _assert_all_windows(data, windows, results)
 
 
@@ -300,8 +310,19 @@ def test_fork_child_of_tensorstore_parent_uses_zarrs(store: Location) -> None:
 def test_fork_child_of_zarrs_parent_may_use_tensorstore(store: Location) -> None:
     data, windows = _data(), _windows(seed=8, count=8)
     results = _spawned(_after_zarrs_parent, store.root, windows)
-    assert results["default"][0] == "tensorstore"
-    assert results["zarrs"][0] == "zarr"
+    assert {name: engine for name, (engine, _) in results.items()} == {
+        "default": "direct",
+        "tensorstore": "tensorstore",
+        "zarrs": "direct",  # zarrs would hang here: the default engine reads instead
+    }
+    _assert_all_windows(data, windows, results)
+
+
+@pytest.mark.timeout(3 * JOIN_TIMEOUT)
+def test_fork_child_of_direct_parent_reads_direct(store: Location) -> None:
+    data, windows = _data(), _windows(seed=12, count=8)
+    results = _spawned(_after_direct_parent, store.root, windows)
+    assert {name: engine for name, (engine, _) in results.items()} == dict.fromkeys(results, "direct")
     _assert_all_windows(data, windows, results)
 
 

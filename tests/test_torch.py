@@ -253,7 +253,8 @@ class ProbeTiles(TileDataset):
     def __getitem__(self, index: int) -> dict:
         item = super().__getitem__(index)
         primary = self.datasets[0].primary
-        reader = open_level(primary.cohort.location, primary.cohort.level_path("he", item["tissue_id"], RES))
+        # the reader this process reads the dataset's windows with (a fork reopens it under the same key)
+        reader = open_level(primary.cohort.location, primary.cohort.level_path("he", item["tissue_id"], RES), engine=primary.engine)
         item.update(
             pid=os.getpid(),
             engine=reader.engine,
@@ -274,41 +275,42 @@ def _run_loader(tiles: TileDataset, source: Source, dest: Path, **kwargs) -> lis
     return items
 
 
-def _parent_reads_with_tensorstore(tiles: TileDataset) -> None:
-    if _engines._poisoned("tensorstore"):
+def _parent_reads(tiles: TileDataset, engine: str) -> None:
+    if engine == "tensorstore" and _engines._poisoned("tensorstore"):
         pytest.skip("this test process is a forked child of a tensorstore user")
     item = tiles[0]
     primary = tiles.datasets[0].primary
-    reader = open_level(primary.cohort.location, primary.cohort.level_path("he", item["tissue_id"], RES))
-    assert reader.engine == "tensorstore"
-    assert _engines._TENSORSTORE_USED_BY_PID == os.getpid()
+    reader = open_level(primary.cohort.location, primary.cohort.level_path("he", item["tissue_id"], RES), engine=primary.engine)
+    assert reader.engine == engine
+    if engine == "tensorstore":
+        assert _engines._TENSORSTORE_USED_BY_PID == os.getpid()
 
 
 @pytest.mark.timeout(3 * LOADER_TIMEOUT)
-@pytest.mark.parametrize("workers", [0, 1, 2])
-def test_loader_fork_after_parent_read(cohorts, workers: int) -> None:
+@pytest.mark.parametrize(("workers", "engine"), [(0, "tensorstore"), (1, "tensorstore"), (2, "tensorstore"), (2, "direct")])
+def test_loader_fork_after_parent_read(cohorts, workers: int, engine: str) -> None:
     source, dest = cohorts["one"]
-    tiles = ProbeTiles(_composed("one", dest), kind="qc_filtered")
-    _parent_reads_with_tensorstore(tiles)
+    tiles = ProbeTiles(_composed("one", dest, engine=None if engine == "direct" else engine), kind="qc_filtered")
+    _parent_reads(tiles, engine)
     context = "fork" if workers else None
     items = _run_loader(tiles, source, dest, num_workers=workers, multiprocessing_context=context)
     pids = {int(item["pid"]) for item in items}
     if workers == 0:
-        assert pids == {os.getpid()} and {item["engine"] for item in items} == {"tensorstore"}
+        assert pids == {os.getpid()} and {item["engine"] for item in items} == {engine}
         return
     assert os.getpid() not in pids and len(pids) <= workers
     # Forked children of a tensorstore user never touch tensorstore (it would hang or abort), nor zarrs
-    # once this process has written through it (the fixture converted here): they read through zarr-python.
+    # (the fixture converted in this process, through zarrs): they read through the fork-safe direct engine.
     assert _engines._ZARRS_USED_BY_PID == os.getpid()  # recorded by the writer
-    assert {item["engine"] for item in items} == {"zarr"}
+    assert {item["engine"] for item in items} == {"direct"}
     assert {int(item["codec_threads"]) for item in items} == {max(1, available_cores() // workers)}
     assert {int(item["torch_threads"]) for item in items} == {1}
 
 
-def _fresh_parent(dest: str, queue) -> None:
-    """In a fresh process: read tiles with tensorstore, then iterate a fork DataLoader of 2 workers."""
+def _fresh_parent(dest: str, engine: str | None, queue) -> None:
+    """In a fresh process: read tiles (with ``engine``), then iterate a fork DataLoader of 2 workers."""
     try:
-        tiles = ProbeTiles(_composed("one", Path(dest)), kind="qc_filtered")
+        tiles = ProbeTiles(_composed("one", Path(dest), engine=engine), kind="qc_filtered")
         tiles[0]
         parent = (_engines._TENSORSTORE_USED_BY_PID == os.getpid(), _engines._ZARRS_USED_BY_PID == os.getpid())
         loader = DataLoader(tiles, batch_size=16, num_workers=2, multiprocessing_context="fork", timeout=LOADER_TIMEOUT)
@@ -319,12 +321,13 @@ def _fresh_parent(dest: str, queue) -> None:
 
 
 @pytest.mark.timeout(3 * LOADER_TIMEOUT)
-def test_loader_fork_in_a_fresh_training_process(cohorts) -> None:
-    """The usual training script: no conversion in the process; its fork workers read through zarrs."""
+@pytest.mark.parametrize("engine", [None, "tensorstore"])
+def test_loader_fork_in_a_fresh_training_process(cohorts, engine: str | None) -> None:
+    """The usual training script: no conversion in the process; its fork workers read through the direct engine."""
     _, dest = cohorts["one"]
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_fresh_parent, args=(str(dest), queue))
+    process = context.Process(target=_fresh_parent, args=(str(dest), engine, queue))
     process.start()
     try:
         status, parent, seen = queue.get(timeout=2 * LOADER_TIMEOUT)
@@ -334,16 +337,16 @@ def test_loader_fork_in_a_fresh_training_process(cohorts) -> None:
             process.kill()
             process.join()
     assert status == "ok", parent
-    assert parent == (True, False)  # the parent used tensorstore and wrote nothing through zarrs
+    assert parent == (engine == "tensorstore", False)  # tensorstore used as asked; nothing written through zarrs
     assert {(t, r, c) for t, r, c, _ in seen} == _table(dest) and len(seen) == len(_table(dest))
-    assert {e for *_, e in seen} == {"zarrs"}
+    assert {e for *_, e in seen} == {"direct"}
 
 
 @pytest.mark.timeout(3 * LOADER_TIMEOUT)
 def test_loader_spawn(cohorts) -> None:
     source, dest = cohorts["one"]
-    tiles = ProbeTiles(_composed("one", dest), kind="qc_filtered")
-    _parent_reads_with_tensorstore(tiles)
+    tiles = ProbeTiles(_composed("one", dest, engine="tensorstore"), kind="qc_filtered")
+    _parent_reads(tiles, "tensorstore")
     items = _run_loader(tiles, source, dest, num_workers=2, multiprocessing_context="spawn", worker_init_fn=worker_init_fn)
     assert os.getpid() not in {int(item["pid"]) for item in items}
     assert {item["engine"] for item in items} == {"tensorstore"}  # a spawned worker may use it
