@@ -216,7 +216,8 @@ def child_ngff(src: Path, dest: Path, method_name: str | None, n_levels: int, cr
     import tifffile
     import zarr
     from ngff_zarr.methods import Methods
-    from zarr.codecs import BloscCodec, BloscShuffle
+
+    from spora_zarr.writer import WriteOptions
 
     path, mpp = _source_file(src)
     start = time.perf_counter()
@@ -233,7 +234,7 @@ def child_ngff(src: Path, dest: Path, method_name: str | None, n_levels: int, cr
         method=Methods[method_name] if method_name else None,  # None: ngff-zarr's default
         chunks={"c": array.shape[0], "y": 112, "x": 112},
     )
-    codec = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
+    codec = WriteOptions().compressor()  # spora's default codec
     with dask.config.set(scheduler="threads"):
         ngff_zarr.to_ngff_zarr(str(dest), multiscales, version="0.5", chunks_per_shard=8, compressors=[codec])
     seconds = time.perf_counter() - start

@@ -9,9 +9,8 @@ no global state) into a per-thread buffer and copies the overlap into the
 output. A window's chunks are shared between the calling thread and a small
 per-process thread pool; decoding and copying release the GIL.
 
-Measured on 2 cores (docs/benchmarks.md) this reads 224 px windows of the
-converter's default layout faster than tensorstore, which, with its cache
-disabled, also re-reads the shard index of every window. It is fork safe: it
+Measured on 2 cores (docs/benchmarks.md), it reads 224 px windows of the
+converter's default layout faster than tensorstore does. It is fork safe: it
 holds no file descriptors between reads, the thread pool is made again in a
 forked child, and cached indexes are plain data. Any other layout (another
 codec, a transpose, big-endian bytes, nested shards, a remote store) raises
@@ -23,6 +22,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +44,7 @@ _INDEX_CACHE_ENTRIES = 4096  # shard indexes kept per process (1 KiB each for 64
 _THREADS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool of _THREADS - 1 threads)
 _LOCK = threading.Lock()
-_INDEXES: collections.OrderedDict[tuple[Any, ...], np.ndarray] = collections.OrderedDict()
+_INDEXES: collections.OrderedDict[tuple[Any, ...], list[tuple[int, int]]] = collections.OrderedDict()
 _LOCAL = threading.local()  # per-thread decode buffers
 
 
@@ -139,6 +139,7 @@ class DirectArray:
         else:
             self.chunk_shape = outer
             self.shard_shape = None
+            self._per_shard = (1,) * len(outer)  # each chunk its own file: a "shard" of one chunk
         if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
             raise UnsupportedLayout(f"chunk codecs {codecs} are not bytes [+ blosc]")
         if self.dtype.itemsize > 1 and not _little_endian(codecs[0]):
@@ -147,6 +148,8 @@ class DirectArray:
             raise UnsupportedLayout(f"chunk compressor {codecs[1]} is not blosc")
         self._blosc = len(codecs) == 2
         self._chunk_nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
+        # position of a chunk in its shard's C-order table = sum over axes of (k % per) * stride
+        self._table_strides = tuple(int(np.prod(self._per_shard[axis + 1 :])) for axis in range(len(self._per_shard)))
 
     def __repr__(self) -> str:
         return f"<DirectArray {self.directory} shape={self.shape} dtype={self.dtype}>"
@@ -154,115 +157,117 @@ class DirectArray:
     # ------------------------------------------------------------------ reading
 
     def read(self, index: Sequence[slice]) -> np.ndarray:
-        """The window ``index`` (one slice per axis, step 1, within the array) as a new array."""
+        """The window ``index`` (one slice per axis, step 1, within the array) as a new array.
+
+        Pool threads are asked to help first, so that they are awake when the
+        chunks are queued (largest first, so that the threads finish
+        together); they and the calling thread take chunks from one queue.
+        """
         starts = [s.indices(n)[0] for s, n in zip(index, self.shape)]
         stops = [max(a, s.indices(n)[1]) for a, s, n in zip(starts, index, self.shape)]
         out = np.empty([b - a for a, b in zip(starts, stops)], self.dtype)
         if out.size == 0:
             return out
-        ranges = [range(a // c, (b - 1) // c + 1) for a, b, c in zip(starts, stops, self.chunk_shape)]
-        jobs: list[tuple[int, int, int, tuple[slice, ...], tuple[slice, ...], str]] = []
-        files: dict[str, tuple[int, np.ndarray | None]] = {}
+        axes = [self._axis_parts(axis, a, b) for axis, (a, b) in enumerate(zip(starts, stops))]
+        helpers = min(_THREADS, int(np.prod([len(parts) for parts in axes]))) - 1
+        queued: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        futures = [_pool().submit(self._decode_into, out, queued) for _ in range(helpers)]
+        files: dict[tuple[int, ...], tuple[int | None, list[tuple[int, int]], str]] = {}
         try:
-            for coords in itertools.product(*ranges):
-                chunk_part, out_part = [], []
-                for k, a, b, c in zip(coords, starts, stops, self.chunk_shape):
-                    lo, hi = max(a, k * c), min(b, (k + 1) * c)
-                    chunk_part.append(slice(lo - k * c, hi - k * c))
-                    out_part.append(slice(lo - a, hi - a))
-                where, offset, nbytes, fd = self._locate(coords, files)
-                if fd is None:
-                    out[tuple(out_part)] = self.fill_value
-                else:
-                    jobs.append((fd, offset, nbytes, tuple(chunk_part), tuple(out_part), where))
-            self._run(out, jobs)
+            try:
+                jobs, fills = self._plan(axes, files)
+                for job in sorted(jobs, key=lambda job: job[0], reverse=True):
+                    queued.put(job)
+            finally:
+                for _ in range(helpers + 1):
+                    queued.put(None)  # a stop mark per thread; helpers also stop when planning failed
+            for out_part in fills:
+                out[out_part] = self.fill_value
+            self._decode_into(out, queued)
         finally:
-            for fd, _ in files.values():
+            errors = [f.exception() for f in futures if not f.cancel()]  # a helper not started is not waited for
+            for fd, _, _ in files.values():
                 if fd is not None:
                     os.close(fd)
+        for error in errors:
+            if error is not None:
+                raise error
         return out
 
-    def _locate(
-        self, coords: tuple[int, ...], files: dict[str, tuple[int, np.ndarray | None]]
-    ) -> tuple[str, int, int, int | None]:
-        """(file, offset, size, open fd) of chunk ``coords``; fd None for a chunk never written."""
-        if self.shard_shape is None:
-            where = f"{self.directory}/{self._encode_key(coords)}"
-            fd, _ = self._open(where, files, index=False)
-            return where, 0, -1, fd
-        shard = tuple(k // p for k, p in zip(coords, self._per_shard))
-        where = f"{self.directory}/{self._encode_key(shard)}"
-        fd, table = self._open(where, files, index=True)
-        if fd is None or table is None:
-            return where, 0, 0, None
-        offset, nbytes = (int(v) for v in table[tuple(k % p for k, p in zip(coords, self._per_shard))])
-        if offset == _MISSING:
-            return where, 0, 0, None
-        return where, offset, nbytes, fd
+    def _plan(
+        self, axes: list[list[tuple[int, int, slice, slice]]], files: dict[tuple[int, ...], Any]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[slice, ...]]]:
+        """The decode jobs (size, offset, fd, chunk slices, window slices, file) of the chunks
+        the window touches, and the window slices of chunks never written (fill value)."""
+        jobs, fills = [], []
+        for parts in itertools.product(*axes):
+            shard = tuple(part[0] for part in parts)
+            fd, table, where = files.get(shard) or self._open(shard, files)
+            offset, nbytes = table[sum(part[1] for part in parts)] if fd is not None else (_MISSING, 0)
+            out_part = tuple(part[3] for part in parts)
+            if offset == _MISSING:
+                fills.append(out_part)
+            else:
+                jobs.append((nbytes, offset, fd, tuple(part[2] for part in parts), out_part, where))
+        return jobs, fills
+
+    def _axis_parts(self, axis: int, start: int, stop: int) -> list[tuple[int, int, slice, slice]]:
+        """Per chunk along ``axis`` that ``[start:stop]`` touches: its shard, its share of the
+        position in the shard's chunk table, the slice in the chunk and the slice in the window."""
+        c, per, stride = self.chunk_shape[axis], self._per_shard[axis], self._table_strides[axis]
+        parts = []
+        for k in range(start // c, (stop - 1) // c + 1):
+            lo, hi = max(start, k * c), min(stop, (k + 1) * c)
+            parts.append((k // per, (k % per) * stride, slice(lo - k * c, hi - k * c), slice(lo - start, hi - start)))
+        return parts
 
     def _open(
-        self, where: str, files: dict[str, tuple[int, np.ndarray | None]], *, index: bool
-    ) -> tuple[int | None, np.ndarray | None]:
-        """An fd on ``where`` (None if it does not exist) and, for a shard, its chunk table."""
-        known = files.get(where)
-        if known is not None:
-            return known
+        self, shard: tuple[int, ...], files: dict[tuple[int, ...], tuple[int | None, list[tuple[int, int]], str]]
+    ) -> tuple[int | None, list[tuple[int, int]], str]:
+        """Open the file of ``shard`` (a chunk, unsharded) for this read: (fd or None if absent, chunk table, path)."""
+        where = f"{self.directory}/{self._encode_key(shard)}"
         try:
             fd = os.open(where, os.O_RDONLY)
         except FileNotFoundError:
-            files[where] = (None, None)  # type: ignore[assignment]
-            return None, None
-        files[where] = (fd, None)
-        table = self._shard_index(where, fd) if index else None
-        files[where] = (fd, table)
-        return fd, table
+            files[shard] = (None, [], where)
+            return files[shard]
+        files[shard] = (fd, [], where)  # closed by read() even if the index is bad
+        files[shard] = (fd, self._chunk_table(where, fd), where)
+        return files[shard]
 
-    def _shard_index(self, where: str, fd: int) -> np.ndarray:
-        """The (per_shard..., 2) table of chunk offsets and sizes, cached by file identity."""
+    def _chunk_table(self, where: str, fd: int) -> list[tuple[int, int]]:
+        """(offset, size) of each chunk in the file, C order; shard indexes are cached by file identity."""
         stat = os.fstat(fd)
+        if self.shard_shape is None:
+            return [(0, stat.st_size)]
         key = (where, stat.st_ino, stat.st_mtime_ns, stat.st_size)
         with _LOCK:
             table = _INDEXES.get(key)
             if table is not None:
                 _INDEXES.move_to_end(key)
                 return table
-        count = int(np.prod(self._per_shard))
-        size = count * 16 + 4
+        size = int(np.prod(self._per_shard)) * 16 + 4
         if stat.st_size < size:
             raise StoreError(f"shard {where} is {stat.st_size} bytes, too short for its {size}-byte index")
         raw = os.pread(fd, size, stat.st_size - size if self._index_at_end else 0)
         if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise StoreError(f"shard {where}: the checksum of its chunk index does not match (corrupt file)")
-        table = np.frombuffer(raw[:-4], dtype="<u8").reshape(*self._per_shard, 2)
-        written = table[..., 0] != _MISSING
-        if np.any(table[..., 0][written] + table[..., 1][written] > stat.st_size):
+        entries = np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2)
+        written = entries[:, 0] != _MISSING
+        if np.any(entries[written, 0] + entries[written, 1] > stat.st_size):
             raise StoreError(f"shard {where}: its index points past the end of the file (corrupt file)")
+        table = [(int(offset), int(nbytes)) for offset, nbytes in entries.tolist()]
         with _LOCK:
             _INDEXES[key] = table
             while len(_INDEXES) > _INDEX_CACHE_ENTRIES:
                 _INDEXES.popitem(last=False)
         return table
 
-    def _run(self, out: np.ndarray, jobs: list) -> None:
-        """Decode ``jobs`` into ``out``, on the calling thread and the pool."""
-        threads = min(_THREADS, len(jobs))
-        if threads <= 1:
-            self._decode_into(out, jobs)
-            return
-        pool = _pool()
-        futures = [pool.submit(self._decode_into, out, jobs[i::threads]) for i in range(1, threads)]
-        try:
-            self._decode_into(out, jobs[0::threads])
-        finally:
-            for future in futures:
-                future.result()
-
-    def _decode_into(self, out: np.ndarray, jobs: list) -> None:
+    def _decode_into(self, out: np.ndarray, jobs: queue.SimpleQueue[tuple[Any, ...] | None]) -> None:
+        """Decode queued chunks into ``out`` until a stop mark (None)."""
         chunk = _buffer(self._chunk_nbytes)
         decoded = chunk.view(self.dtype).reshape(self.chunk_shape)
-        for fd, offset, nbytes, chunk_part, out_part, where in jobs:
-            if nbytes < 0:  # a whole file (unsharded)
-                nbytes = os.fstat(fd).st_size
+        for nbytes, offset, fd, chunk_part, out_part, where in iter(jobs.get, None):
             data = os.pread(fd, nbytes, offset)
             if len(data) != nbytes:
                 raise StoreError(f"{where}: read {len(data)} of {nbytes} bytes at offset {offset} (truncated file)")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import SporaZarrError
-from .writer import WriteOptions
+from .writer import BLOSC_CNAMES, WriteOptions
 
 
 def _json_option(text: str) -> dict[str, Any]:
@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         defaults = WriteOptions()
         p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in pixels (all channels per chunk)")
         p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels (0: no sharding)")
-        p.add_argument("--clevel", type=int, default=defaults.clevel, help="blosc compression level")
+        p.add_argument("--cname", choices=BLOSC_CNAMES, default=defaults.cname, help="blosc compressor (default %(default)s)")
+        p.add_argument("--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.clevel, help="blosc level (default %(default)s)")
         p.add_argument("--memory-budget", type=float, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker")
         p.add_argument("--overwrite", action="store_true", help="redo complete groups (the old version stays until the new one is complete)")
         p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
@@ -71,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_options(args: argparse.Namespace) -> WriteOptions:
-    return WriteOptions(chunk=args.chunk, shard=args.shard or None, clevel=args.clevel, memory_budget=int(args.memory_budget * 2**20))
+    return WriteOptions(
+        chunk=args.chunk, shard=args.shard or None, cname=args.cname, clevel=args.clevel, memory_budget=int(args.memory_budget * 2**20)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -149,11 +149,16 @@ def _damage(path: str, offset: int, replacement: bytes) -> None:
         fh.write(replacement)
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_damaged_shards_raise_store_errors(tmp_path) -> None:
     data = _content("uint16")
     location = _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])
     reader = open_level(location, "img", engine="direct")
     shard = location.fs_path("img", "c", "0", "1", "1")  # y 128:256, x 128:256
+    fds = _open_fds()
 
     _damage(shard, -3, b"\x00\x00\x00")  # the index checksum
     with pytest.raises(StoreError, match="checksum of its chunk index") as info:
@@ -163,15 +168,18 @@ def test_damaged_shards_raise_store_errors(tmp_path) -> None:
     _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])  # written again: the cached reader sees it
     _check_reads(location, data)
     _damage(shard, 0, b"\xff" * 16)  # the blosc header of the first chunk
-    with pytest.raises(StoreError, match="cannot decode|decodes to") as info:
-        reader.read(128, 128, 10, 10)
-    assert shard in str(info.value)
+    for window in [(128, 128, 10, 10), (100, 100, 120, 120)]:  # one chunk; 16 chunks over both threads
+        with pytest.raises(StoreError, match="cannot decode|decodes to") as info:
+            reader.read(*window)
+        assert shard in str(info.value)
 
     with open(shard, "r+b") as fh:
         fh.truncate(100)
     with pytest.raises(StoreError, match="too short") as info:
         reader.read(128, 128, 10, 10)
     assert shard in str(info.value)
+    assert _open_fds() == fds  # failed reads close what they opened
+    np.testing.assert_array_equal(reader.read(0, 0, 100, 100), data[:, :100, :100])  # other shards still read
 
 
 def test_rewritten_array_is_read_anew(tmp_path) -> None:
