@@ -51,9 +51,9 @@ class WriteOptions:
     The defaults are the layout the tile path reads fastest (measured in
     ``docs/benchmarks.md``): all channels of a 112 x 112 window in one chunk,
     chunks grouped in 896 x 896 shards, blosc lz4 (level 5) with byte shuffle.
-    ``cname="lz4hc", clevel=1`` decodes sparse multiplex data about 20 %
-    faster and stores less, but encodes dense 16-bit data about 2 x slower
-    (the codec sweep in ``docs/benchmarks.md``).
+    ``cname="lz4hc", clevel=1`` reads sparse multiplex data 10-20 % faster
+    and stores less, but made the conversion of a dense 16-channel slide
+    about 2 x slower (the codec sweep in ``docs/benchmarks.md``).
     """
 
     chunk: int = 112

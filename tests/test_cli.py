@@ -88,3 +88,26 @@ def test_add_image_rgba_tiff_keeps_rgb(tmp_path: Path) -> None:
     cohort = open_cohort(tmp_path / "s.zarr")
     np.testing.assert_array_equal(cohort.open_array("ihc/ihc_CD8", "T", 0.5)[...], rgba[..., :3].transpose(2, 0, 1))
     assert cohort.channel_names("ihc/ihc_CD8", "T") == ["red", "green", "blue"]
+
+
+def test_layout_options_set_the_codec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spora_zarr._engines import open_level
+
+    image = np.random.default_rng(3).poisson(3, size=(4, 300, 260)).astype(np.uint16)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64))
+    dest = tmp_path / "hc.zarr"
+    args = ["add-image", str(dest), str(path), "--modality", "imc", "--tissue-id", "S1", "--mpp", "1"]
+    assert main([*args, "--cname", "lz4hc", "--clevel", "1", "--chunk", "64", "--shard", "128"]) == 0
+    cohort = open_cohort(dest)
+    level = cohort.level_path("imc", "S1", 1.0)
+    meta = json.loads((dest / level / "zarr.json").read_text())
+    sharding = meta["codecs"][0]["configuration"]
+    blosc = sharding["codecs"][1]["configuration"]
+    assert (sharding["chunk_shape"], blosc["cname"], blosc["clevel"]) == ([4, 64, 64], "lz4hc", 1)
+    reader = open_level(dest, level)
+    assert reader.engine == "direct"
+    np.testing.assert_array_equal(reader.read(0, 0, 300, 260), image)
+    with pytest.raises(SystemExit):
+        main([*args, "--cname", "snappy"])
+    assert "invalid choice: 'snappy'" in capsys.readouterr().err
