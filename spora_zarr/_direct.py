@@ -1,74 +1,125 @@
 """Direct window reads of the converter's layout: local zarr v3 arrays of blosc chunks.
 
 :class:`DirectArray` reads a window of a local zarr v3 array whose chunks are
-blosc-compressed (or uncompressed) ``bytes``, in shards or one file each. For
-every chunk the window touches it reads the chunk's bytes with one
-``os.pread`` (offset and size from the shard index, read once per shard file
-and cached), decodes them with c-blosc (imagecodecs; one thread per call and
-no global state) into a per-thread buffer and copies the overlap into the
-output. A window's chunks are shared between the calling thread and a small
-per-process thread pool; decoding and copying release the GIL.
+blosc-compressed (or uncompressed) little-endian ``bytes``, in shards or one
+file each. Python opens the files of the shards the window touches and looks
+up their chunk tables (the shard index, read once per shard file, checked
+against its crc32c and cached); the compiled loop in ``_window.c`` does the
+rest with the GIL released: per chunk one ``pread``, one c-blosc decode into a
+per-thread buffer and one copy of the overlap into the output, the chunks
+shared between the calling thread and helper threads it keeps per process.
 
-Measured on 2 cores (docs/benchmarks.md), it reads 224 px windows of the
-converter's default layout faster than tensorstore does. It is fork safe: it
-holds no file descriptors between reads, the thread pool is made again in a
-forked child, and cached indexes are plain data. Any other layout (another
+Measured on 2 cores (docs/benchmarks.md), this reads 224 px windows of the
+converter's layout several times faster than tensorstore. It is fork safe:
+no file descriptors are held between reads, cached indexes are plain data and
+a forked child starts helper threads of its own. Any other layout (another
 codec, a transpose, big-endian bytes, nested shards, a remote store) raises
-:class:`UnsupportedLayout` when opened, and the caller reads it with another engine.
+:class:`UnsupportedLayout` when opened, and the caller reads it with another
+engine; so does every array when the compiled loop is not built
+(:func:`available`).
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
+import functools
+import importlib.machinery
 import itertools
 import os
-import queue
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import google_crc32c
-import imagecodecs
 import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.chunk_grids import RegularChunkGrid
 
 from .errors import StoreError
 
-__all__ = ["DirectArray", "UnsupportedLayout", "set_threads"]
+__all__ = ["DirectArray", "UnsupportedLayout", "available", "set_threads"]
 
 _MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
-_INDEX_CACHE_ENTRIES = 4096  # shard indexes kept per process (1 KiB each for 64 chunks)
+_INDEX_CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 256 chunks)
+_MAX_AXES = 8  # SPORA_MAX_AXES in _window.c
+_BLOSC_MAX_OVERHEAD = 16
 
+# Windows that decode fewer bytes are read on the calling thread alone: waking a helper costs more
+# than it saves there (docs/benchmarks.md).
+PARALLEL_MIN_BYTES = 256 * 1024
 _THREADS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool of _THREADS - 1 threads)
 _LOCK = threading.Lock()
-_INDEXES: collections.OrderedDict[tuple[Any, ...], list[tuple[int, int]]] = collections.OrderedDict()
-_LOCAL = threading.local()  # per-thread decode buffers
+_INDEXES: collections.OrderedDict[tuple[Any, ...], np.ndarray] = collections.OrderedDict()
+_LOCAL = threading.local()  # per-thread scratch buffers
+
+_I64 = ctypes.c_int64
+_AXES = _I64 * _MAX_AXES
+
+
+class _Window(ctypes.Structure):
+    """``spora_window`` of ``_window.c``, field for field."""
+
+    _fields_ = [
+        ("ndim", _I64), ("chunk", _AXES), ("per_shard", _AXES), ("itemsize", _I64), ("compressed", _I64),
+        ("validate", ctypes.c_void_p), ("decompress", ctypes.c_void_p), ("fill", ctypes.c_void_p),
+        ("start", _AXES), ("stop", _AXES), ("out", ctypes.c_void_p),
+        ("shard_lo", _AXES), ("shard_count", _AXES), ("fds", ctypes.c_void_p), ("tables", ctypes.c_void_p),
+        ("file_sizes", ctypes.c_void_p), ("scratch", ctypes.c_void_p), ("scratch_stride", _I64), ("nthreads", _I64), ("parallel_min_bytes", _I64),
+        ("error_code", _I64), ("error_shard", _I64), ("error_offset", _I64), ("error_nbytes", _I64), ("error_detail", _I64),
+        ("chunk_lo", _AXES), ("chunk_n", _AXES), ("chunk_bytes", _I64), ("njobs", _I64), ("next", _I64), ("lock", ctypes.c_void_p),
+    ]  # fmt: skip
+
+
+_ERR_READ, _ERR_SHORT, _ERR_DECODE, _ERR_SIZE, _ERR_BOUNDS = 1, 2, 3, 4, 5
 
 
 class UnsupportedLayout(Exception):
     """The array is not in a layout :class:`DirectArray` reads; its message says why."""
 
 
+@functools.cache
+def _native() -> tuple[Any, int, int]:
+    """The compiled window loop and c-blosc's ``blosc_cbuffer_validate`` and ``blosc_decompress_ctx``."""
+    here = Path(__file__).parent
+    built = [p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in sorted(here.glob(f"_window{suffix}"))]
+    if not built:
+        raise UnsupportedLayout(f"the compiled window reader (_window.c) is not built in {here}; reinstall spora_zarr with a C compiler")
+    loop = ctypes.CDLL(str(built[0]))
+    loop.spora_window_read.argtypes = [ctypes.POINTER(_Window)]
+    loop.spora_window_read.restype = ctypes.c_int
+    blosc = _blosc_library()
+    return loop, ctypes.cast(blosc.blosc_cbuffer_validate, ctypes.c_void_p).value, ctypes.cast(blosc.blosc_decompress_ctx, ctypes.c_void_p).value
+
+
+def _blosc_library() -> ctypes.CDLL:
+    """c-blosc 1.x as linked into numcodecs (a zarr dependency), else imagecodecs' copy."""
+    import numcodecs.blosc
+
+    try:
+        return ctypes.CDLL(numcodecs.blosc.__file__)
+    except OSError:  # pragma: no cover - numcodecs builds that hide the symbols
+        import imagecodecs._blosc  # loads its libblosc and that library's own dependencies
+
+        names = sorted((Path(imagecodecs._blosc.__file__).parent.parent / "imagecodecs.libs").glob("libblosc-*"))
+        return ctypes.CDLL(str(names[0]))
+
+
+def available() -> str | None:
+    """None when the direct engine can read here; else why it cannot."""
+    try:
+        _native()
+    except (UnsupportedLayout, OSError, AttributeError) as exc:
+        return str(exc)
+    return None
+
+
 def set_threads(n: int) -> None:
     """Decode a window's chunks on at most ``n`` threads (the caller's included)."""
-    global _THREADS, _POOL
+    global _THREADS
     with _LOCK:
-        _THREADS = n
-        if _POOL is not None and _POOL[0] == os.getpid():
-            _POOL[1].shutdown(wait=False)
-        _POOL = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    pid = os.getpid()
-    with _LOCK:
-        if _POOL is None or _POOL[0] != pid:  # none yet, or a forked child's copy without threads
-            _POOL = (pid, ThreadPoolExecutor(max(1, _THREADS - 1), thread_name_prefix="spora_direct"))
-        return _POOL[1]
+        _THREADS = max(1, int(n))
 
 
 def _after_fork_in_child() -> None:
@@ -80,14 +131,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _buffer(nbytes: int) -> np.ndarray:
-    """This thread's reusable decode buffer of ``nbytes`` bytes."""
-    buffers = getattr(_LOCAL, "buffers", None)
-    if buffers is None:
-        buffers = _LOCAL.buffers = {}
-    buffer = buffers.get(nbytes)
-    if buffer is None:
-        buffer = buffers[nbytes] = np.empty(nbytes, np.uint8)
+def _scratch(nbytes: int) -> np.ndarray:
+    """This thread's reusable scratch buffer of at least ``nbytes`` bytes."""
+    buffer = getattr(_LOCAL, "scratch", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _LOCAL.scratch = np.empty(nbytes, np.uint8)
     return buffer
 
 
@@ -104,7 +152,8 @@ class DirectArray:
     Raises
     ------
     UnsupportedLayout
-        The array uses a codec, chunk grid or data type this reader does not decode.
+        The array uses a codec, chunk grid or data type this reader does not
+        decode, or the compiled loop is not built.
     """
 
     def __init__(self, directory: str, metadata: Any) -> None:
@@ -114,10 +163,12 @@ class DirectArray:
         if not isinstance(metadata.chunk_grid, RegularChunkGrid):
             raise UnsupportedLayout(f"chunk grid {type(metadata.chunk_grid).__name__} is not regular")
         self.shape = tuple(int(s) for s in metadata.shape)
+        if not 1 <= len(self.shape) <= _MAX_AXES:
+            raise UnsupportedLayout(f"{len(self.shape)} axes (1 to {_MAX_AXES} are read)")
         self.dtype = np.dtype(metadata.dtype.to_native_dtype())
         if self.dtype.hasobject or self.dtype.kind not in "biufc":
             raise UnsupportedLayout(f"data type {self.dtype} is not numeric")
-        self.fill_value = np.asarray(metadata.fill_value, dtype=self.dtype)
+        self.fill_value = np.asarray(metadata.fill_value, dtype=self.dtype).reshape(1)
         self._encode_key = metadata.chunk_key_encoding.encode_chunk_key
         outer = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
         codecs = tuple(metadata.codecs)
@@ -134,22 +185,30 @@ class DirectArray:
             ):
                 raise UnsupportedLayout(f"shard index codecs {index_codecs} are not bytes + crc32c")
             self._index_at_end = sharding.index_location.value == "end"
-            self._per_shard = tuple(s // c for s, c in zip(outer, self.chunk_shape))
             codecs = tuple(sharding.codecs)
         else:
             self.chunk_shape = outer
             self.shard_shape = None
-            self._per_shard = (1,) * len(outer)  # each chunk its own file: a "shard" of one chunk
         if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
             raise UnsupportedLayout(f"chunk codecs {codecs} are not bytes [+ blosc]")
         if self.dtype.itemsize > 1 and not _little_endian(codecs[0]):
             raise UnsupportedLayout("chunks are not little-endian")
         if len(codecs) == 2 and not isinstance(codecs[1], BloscCodec):
             raise UnsupportedLayout(f"chunk compressor {codecs[1]} is not blosc")
-        self._blosc = len(codecs) == 2
+        loop, validate, decompress = _native()
+        self._read_window = loop.spora_window_read
+        self._file_shape = self.shard_shape or self.chunk_shape  # the part of the array one file holds
+        self._chunks_per_file = int(np.prod([f // c for f, c in zip(self._file_shape, self.chunk_shape)]))
         self._chunk_nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
-        # position of a chunk in its shard's C-order table = sum over axes of (k % per) * stride
-        self._table_strides = tuple(int(np.prod(self._per_shard[axis + 1 :])) for axis in range(len(self._per_shard)))
+        self._scratch_stride = (2 * self._chunk_nbytes + _BLOSC_MAX_OVERHEAD + 63) // 64 * 64
+        ndim = len(self.shape)
+        template = _Window(ndim=ndim, itemsize=self.dtype.itemsize, compressed=int(len(codecs) == 2))
+        template.validate, template.decompress = validate, decompress
+        template.fill = self.fill_value.ctypes.data
+        template.scratch_stride = self._scratch_stride
+        template.chunk[:ndim] = self.chunk_shape
+        template.per_shard[:ndim] = [f // c for f, c in zip(self._file_shape, self.chunk_shape)]
+        self._template = bytes(template)
 
     def __repr__(self) -> str:
         return f"<DirectArray {self.directory} shape={self.shape} dtype={self.dtype}>"
@@ -157,135 +216,97 @@ class DirectArray:
     # ------------------------------------------------------------------ reading
 
     def read(self, index: Sequence[slice]) -> np.ndarray:
-        """The window ``index`` (one slice per axis, step 1, within the array) as a new array.
-
-        Pool threads are asked to help first, so that they are awake when the
-        chunks are queued (largest first, so that the threads finish
-        together); they and the calling thread take chunks from one queue.
-        """
+        """The window ``index`` (one slice per axis, step 1, within the array) as a new array."""
         starts = [s.indices(n)[0] for s, n in zip(index, self.shape)]
         stops = [max(a, s.indices(n)[1]) for a, s, n in zip(starts, index, self.shape)]
         out = np.empty([b - a for a, b in zip(starts, stops)], self.dtype)
         if out.size == 0:
             return out
-        axes = [self._axis_parts(axis, a, b) for axis, (a, b) in enumerate(zip(starts, stops))]
-        helpers = min(_THREADS, int(np.prod([len(parts) for parts in axes]))) - 1
-        queued: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        futures = [_pool().submit(self._decode_into, out, queued) for _ in range(helpers)]
-        files: dict[tuple[int, ...], tuple[int | None, list[tuple[int, int]], str]] = {}
+        ndim = len(self.shape)
+        lo = [a // f for a, f in zip(starts, self._file_shape)]
+        hi = [(b - 1) // f + 1 for b, f in zip(stops, self._file_shape)]
+        files: list[tuple[int, np.ndarray, int, str]] = []  # fd (-1: absent), chunk table, size, path
         try:
-            try:
-                jobs, fills = self._plan(axes, files)
-                for job in sorted(jobs, key=lambda job: job[0], reverse=True):
-                    queued.put(job)
-            finally:
-                for _ in range(helpers + 1):
-                    queued.put(None)  # a stop mark per thread; helpers also stop when planning failed
-            for out_part in fills:
-                out[out_part] = self.fill_value
-            self._decode_into(out, queued)
+            for shard in itertools.product(*(range(a, b) for a, b in zip(lo, hi))):
+                files.append(self._open(shard))
+            window = _Window.from_buffer_copy(self._template)
+            window.start[:ndim], window.stop[:ndim] = starts, stops
+            window.shard_lo[:ndim] = lo
+            window.shard_count[:ndim] = [b - a for a, b in zip(lo, hi)]
+            count = len(files)
+            fds = (_I64 * count)(*(f[0] for f in files))
+            tables = (ctypes.c_void_p * count)(*(f[1].ctypes.data for f in files))
+            sizes = (_I64 * count)(*(f[2] for f in files))
+            window.fds, window.tables, window.file_sizes = ctypes.addressof(fds), ctypes.addressof(tables), ctypes.addressof(sizes)
+            threads = _THREADS
+            scratch = _scratch(threads * self._scratch_stride)
+            window.scratch, window.nthreads, window.out = scratch.ctypes.data, threads, out.ctypes.data
+            window.parallel_min_bytes = PARALLEL_MIN_BYTES
+            if self._read_window(ctypes.byref(window)) != 0:
+                raise self._error(window, files)
         finally:
-            errors = [f.exception() for f in futures if not f.cancel()]  # a helper not started is not waited for
-            for fd, _, _ in files.values():
-                if fd is not None:
+            for fd, _, _, _ in files:
+                if fd >= 0:
                     os.close(fd)
-        for error in errors:
-            if error is not None:
-                raise error
         return out
 
-    def _plan(
-        self, axes: list[list[tuple[int, int, slice, slice]]], files: dict[tuple[int, ...], Any]
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[slice, ...]]]:
-        """The decode jobs (size, offset, fd, chunk slices, window slices, file) of the chunks
-        the window touches, and the window slices of chunks never written (fill value)."""
-        jobs, fills = [], []
-        for parts in itertools.product(*axes):
-            shard = tuple(part[0] for part in parts)
-            fd, table, where = files.get(shard) or self._open(shard, files)
-            offset, nbytes = table[sum(part[1] for part in parts)] if fd is not None else (_MISSING, 0)
-            out_part = tuple(part[3] for part in parts)
-            if offset == _MISSING:
-                fills.append(out_part)
-            else:
-                jobs.append((nbytes, offset, fd, tuple(part[2] for part in parts), out_part, where))
-        return jobs, fills
+    def _error(self, window: _Window, files: list[tuple[int, np.ndarray, int, str]]) -> StoreError:
+        """The StoreError for a failed read, naming the file and the chunk."""
+        where, offset, nbytes, detail = files[window.error_shard][3], window.error_offset, window.error_nbytes, window.error_detail
+        chunk = f"the chunk of {nbytes} bytes at offset {offset}"
+        messages = {
+            _ERR_READ: f"{where}: cannot read {chunk}: {os.strerror(detail)}",
+            _ERR_SHORT: f"{where}: read {detail} bytes of {chunk} (truncated file)",
+            _ERR_DECODE: f"{where}: cannot decode {chunk}: not a valid blosc buffer",
+            _ERR_SIZE: f"{where}: {chunk} decodes to {detail} bytes, expected {self._chunk_nbytes}",
+            _ERR_BOUNDS: f"{where}: its index points past the end of the file ({detail} bytes) (corrupt file)",
+        }
+        return StoreError(messages.get(window.error_code, f"{where}: read failed with code {window.error_code}"))
 
-    def _axis_parts(self, axis: int, start: int, stop: int) -> list[tuple[int, int, slice, slice]]:
-        """Per chunk along ``axis`` that ``[start:stop]`` touches: its shard, its share of the
-        position in the shard's chunk table, the slice in the chunk and the slice in the window."""
-        c, per, stride = self.chunk_shape[axis], self._per_shard[axis], self._table_strides[axis]
-        parts = []
-        for k in range(start // c, (stop - 1) // c + 1):
-            lo, hi = max(start, k * c), min(stop, (k + 1) * c)
-            parts.append((k // per, (k % per) * stride, slice(lo - k * c, hi - k * c), slice(lo - start, hi - start)))
-        return parts
-
-    def _open(
-        self, shard: tuple[int, ...], files: dict[tuple[int, ...], tuple[int | None, list[tuple[int, int]], str]]
-    ) -> tuple[int | None, list[tuple[int, int]], str]:
-        """Open the file of ``shard`` (a chunk, unsharded) for this read: (fd or None if absent, chunk table, path)."""
+    def _open(self, shard: tuple[int, ...]) -> tuple[int, np.ndarray, int, str]:
+        """Open the file of ``shard`` (a chunk, unsharded) for this read: fd (-1 if absent), chunk table, size, path."""
         where = f"{self.directory}/{self._encode_key(shard)}"
         try:
             fd = os.open(where, os.O_RDONLY)
         except FileNotFoundError:
-            files[shard] = (None, [], where)
-            return files[shard]
-        files[shard] = (fd, [], where)  # closed by read() even if the index is bad
-        files[shard] = (fd, self._chunk_table(where, fd), where)
-        return files[shard]
+            return -1, _NO_TABLE, 0, where
+        try:
+            size = os.fstat(fd).st_size
+            return fd, self._chunk_table(where, fd, size), size, where
+        except BaseException:
+            os.close(fd)
+            raise
 
-    def _chunk_table(self, where: str, fd: int) -> list[tuple[int, int]]:
-        """(offset, size) of each chunk in the file, C order; shard indexes are cached by file identity."""
-        stat = os.fstat(fd)
+    def _chunk_table(self, where: str, fd: int, size: int) -> np.ndarray:
+        """(offset, size) of each chunk in the file as uint64 pairs, C order; cached by file identity."""
         if self.shard_shape is None:
-            return [(0, stat.st_size)]
-        key = (where, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            return np.array([0, size], np.uint64)
+        stat = os.fstat(fd)
+        key = (where, stat.st_ino, stat.st_mtime_ns, size)
         with _LOCK:
             table = _INDEXES.get(key)
             if table is not None:
                 _INDEXES.move_to_end(key)
                 return table
-        size = int(np.prod(self._per_shard)) * 16 + 4
-        if stat.st_size < size:
-            raise StoreError(f"shard {where} is {stat.st_size} bytes, too short for its {size}-byte index")
-        raw = os.pread(fd, size, stat.st_size - size if self._index_at_end else 0)
+        index_bytes = self._chunks_per_file * 16 + 4
+        if size < index_bytes:
+            raise StoreError(f"shard {where} is {size} bytes, too short for its {index_bytes}-byte index")
+        raw = os.pread(fd, index_bytes, size - index_bytes if self._index_at_end else 0)
         if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise StoreError(f"shard {where}: the checksum of its chunk index does not match (corrupt file)")
-        entries = np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2)
-        written = entries[:, 0] != _MISSING
-        if np.any(entries[written, 0] + entries[written, 1] > stat.st_size):
+        table = np.frombuffer(raw[:-4], dtype="<u8").astype(np.uint64)
+        pairs = table.reshape(-1, 2)
+        written = pairs[:, 0] != _MISSING
+        if np.any(pairs[written, 0] + pairs[written, 1] > size):
             raise StoreError(f"shard {where}: its index points past the end of the file (corrupt file)")
-        table = [(int(offset), int(nbytes)) for offset, nbytes in entries.tolist()]
         with _LOCK:
             _INDEXES[key] = table
             while len(_INDEXES) > _INDEX_CACHE_ENTRIES:
                 _INDEXES.popitem(last=False)
         return table
 
-    def _decode_into(self, out: np.ndarray, jobs: queue.SimpleQueue[tuple[Any, ...] | None]) -> None:
-        """Decode queued chunks into ``out`` until a stop mark (None)."""
-        chunk = _buffer(self._chunk_nbytes)
-        decoded = chunk.view(self.dtype).reshape(self.chunk_shape)
-        for nbytes, offset, fd, chunk_part, out_part, where in iter(jobs.get, None):
-            data = os.pread(fd, nbytes, offset)
-            if len(data) != nbytes:
-                raise StoreError(f"{where}: read {len(data)} of {nbytes} bytes at offset {offset} (truncated file)")
-            if self._blosc:
-                try:
-                    got = imagecodecs.blosc_decode(data, numthreads=1, out=chunk)
-                except Exception as exc:  # imagecodecs raises its own error types
-                    raise StoreError(f"{where}: cannot decode the chunk at offset {offset}: {exc}") from None
-                if len(got) != self._chunk_nbytes:
-                    raise StoreError(
-                        f"{where}: the chunk at offset {offset} decodes to {len(got)} bytes, "
-                        f"expected {self._chunk_nbytes}"
-                    )
-                out[out_part] = decoded[chunk_part]
-            else:
-                if nbytes != self._chunk_nbytes:
-                    raise StoreError(f"{where}: chunk of {nbytes} bytes, expected {self._chunk_nbytes}")
-                out[out_part] = np.frombuffer(data, self.dtype).reshape(self.chunk_shape)[chunk_part]
+
+_NO_TABLE = np.zeros(2, np.uint64)
 
 
 def _little_endian(codec: BytesCodec) -> bool:

@@ -9,10 +9,11 @@ axis that ``channels`` selects on, any further leading axes are read whole.
 Four engines read the same bytes:
 
 ``"direct"``
-    :class:`spora_zarr._direct.DirectArray`: ``pread`` and c-blosc per chunk,
-    for local arrays in the converter's layout (blosc or uncompressed chunks,
-    sharded or not). The fastest measured here, and fork safe. An array in
-    another layout is read by the next engine.
+    :class:`spora_zarr._direct.DirectArray`: a compiled loop of ``pread`` and
+    c-blosc per chunk, for local arrays in the converter's layout (blosc or
+    uncompressed chunks, sharded or not). The fastest measured here, and fork
+    safe. An array in another layout is read by the next engine, and so is
+    every array where the loop (``_window.c``) was not built.
 ``"tensorstore"``
     tensorstore's zarr3 driver (kvstore driver ``file``); local stores only.
 ``"zarrs"``
@@ -148,7 +149,7 @@ class LevelReader(Protocol):
 
 def _available(engine: str) -> bool:
     if engine == "direct":
-        return True
+        return _direct.available() is None
     return engine in sys.modules or importlib.util.find_spec(engine) is not None
 
 
