@@ -51,7 +51,7 @@ _BLOSC_MAX_OVERHEAD = 16
 PARALLEL_MIN_BYTES = 256 * 1024
 _THREADS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _LOCK = threading.Lock()
-_INDEXES: collections.OrderedDict[tuple[Any, ...], np.ndarray] = collections.OrderedDict()
+_INDEXES: collections.OrderedDict[tuple[Any, ...], _Table] = collections.OrderedDict()
 _LOCAL = threading.local()  # per-thread scratch buffers
 
 _I64 = ctypes.c_int64
@@ -131,12 +131,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _scratch(nbytes: int) -> np.ndarray:
-    """This thread's reusable scratch buffer of at least ``nbytes`` bytes."""
+def _scratch(nbytes: int) -> int:
+    """The address of this thread's reusable scratch buffer of at least ``nbytes`` bytes."""
     buffer = getattr(_LOCAL, "scratch", None)
     if buffer is None or buffer.nbytes < nbytes:
         buffer = _LOCAL.scratch = np.empty(nbytes, np.uint8)
-    return buffer
+        _LOCAL.scratch_address = buffer.ctypes.data
+    return _LOCAL.scratch_address
 
 
 class DirectArray:
@@ -209,6 +210,7 @@ class DirectArray:
         template.chunk[:ndim] = self.chunk_shape
         template.per_shard[:ndim] = [f // c for f, c in zip(self._file_shape, self.chunk_shape)]
         self._template = bytes(template)
+        self._calls: dict[int, _Call] = {}  # per thread
 
     def __repr__(self) -> str:
         return f"<DirectArray {self.directory} shape={self.shape} dtype={self.dtype}>"
@@ -217,42 +219,49 @@ class DirectArray:
 
     def read(self, index: Sequence[slice]) -> np.ndarray:
         """The window ``index`` (one slice per axis, step 1, within the array) as a new array."""
-        starts = [s.indices(n)[0] for s, n in zip(index, self.shape)]
-        stops = [max(a, s.indices(n)[1]) for a, s, n in zip(starts, index, self.shape)]
+        starts, stops = [], []
+        for axis, n in zip(index, self.shape):
+            a, b, _ = axis.indices(n)
+            starts.append(a)
+            stops.append(max(a, b))
         out = np.empty([b - a for a, b in zip(starts, stops)], self.dtype)
         if out.size == 0:
             return out
-        ndim = len(self.shape)
         lo = [a // f for a, f in zip(starts, self._file_shape)]
         hi = [(b - 1) // f + 1 for b, f in zip(stops, self._file_shape)]
-        files: list[tuple[int, np.ndarray, int, str]] = []  # fd (-1: absent), chunk table, size, path
+        files: list[_File] = []
         try:
             for shard in itertools.product(*(range(a, b) for a, b in zip(lo, hi))):
                 files.append(self._open(shard))
-            window = _Window.from_buffer_copy(self._template)
-            window.start[:ndim], window.stop[:ndim] = starts, stops
-            window.shard_lo[:ndim] = lo
+            call = self._call(len(files))
+            window = call.window
+            ndim = len(starts)
+            window.start[:ndim], window.stop[:ndim], window.shard_lo[:ndim] = starts, stops, lo
             window.shard_count[:ndim] = [b - a for a, b in zip(lo, hi)]
-            count = len(files)
-            fds = (_I64 * count)(*(f[0] for f in files))
-            tables = (ctypes.c_void_p * count)(*(f[1].ctypes.data for f in files))
-            sizes = (_I64 * count)(*(f[2] for f in files))
-            window.fds, window.tables, window.file_sizes = ctypes.addressof(fds), ctypes.addressof(tables), ctypes.addressof(sizes)
+            for i, file in enumerate(files):
+                call.fds[i], call.tables[i], call.sizes[i] = file.fd, file.table_address, file.size
             threads = _THREADS
-            scratch = _scratch(threads * self._scratch_stride)
-            window.scratch, window.nthreads, window.out = scratch.ctypes.data, threads, out.ctypes.data
-            window.parallel_min_bytes = PARALLEL_MIN_BYTES
-            if self._read_window(ctypes.byref(window)) != 0:
+            window.scratch = _scratch(threads * self._scratch_stride)
+            window.nthreads, window.parallel_min_bytes, window.out = threads, PARALLEL_MIN_BYTES, out.ctypes.data
+            if self._read_window(call.pointer) != 0:
                 raise self._error(window, files)
         finally:
-            for fd, _, _, _ in files:
-                if fd >= 0:
-                    os.close(fd)
+            for file in files:
+                if file.fd >= 0:
+                    os.close(file.fd)
         return out
 
-    def _error(self, window: _Window, files: list[tuple[int, np.ndarray, int, str]]) -> StoreError:
+    def _call(self, shards: int) -> _Call:
+        """The calling thread's argument block for reads of this array, with room for ``shards`` files."""
+        thread = threading.get_ident()
+        call = self._calls.get(thread)
+        if call is None or call.capacity < shards:
+            call = self._calls[thread] = _Call(self._template, max(shards, 4))
+        return call
+
+    def _error(self, window: _Window, files: list[_File]) -> StoreError:
         """The StoreError for a failed read, naming the file and the chunk."""
-        where, offset, nbytes, detail = files[window.error_shard][3], window.error_offset, window.error_nbytes, window.error_detail
+        where, offset, nbytes, detail = files[window.error_shard].path, window.error_offset, window.error_nbytes, window.error_detail
         chunk = f"the chunk of {nbytes} bytes at offset {offset}"
         messages = {
             _ERR_READ: f"{where}: cannot read {chunk}: {os.strerror(detail)}",
@@ -263,25 +272,25 @@ class DirectArray:
         }
         return StoreError(messages.get(window.error_code, f"{where}: read failed with code {window.error_code}"))
 
-    def _open(self, shard: tuple[int, ...]) -> tuple[int, np.ndarray, int, str]:
-        """Open the file of ``shard`` (a chunk, unsharded) for this read: fd (-1 if absent), chunk table, size, path."""
+    def _open(self, shard: tuple[int, ...]) -> _File:
+        """Open the file of ``shard`` (a chunk, unsharded) for this read, with its chunk table."""
         where = f"{self.directory}/{self._encode_key(shard)}"
         try:
             fd = os.open(where, os.O_RDONLY)
         except FileNotFoundError:
-            return -1, _NO_TABLE, 0, where
+            return _File(-1, where, 0, _NO_TABLE)
         try:
-            size = os.fstat(fd).st_size
-            return fd, self._chunk_table(where, fd, size), size, where
+            stat = os.fstat(fd)
+            return _File(fd, where, stat.st_size, self._chunk_table(where, fd, stat))
         except BaseException:
             os.close(fd)
             raise
 
-    def _chunk_table(self, where: str, fd: int, size: int) -> np.ndarray:
-        """(offset, size) of each chunk in the file as uint64 pairs, C order; cached by file identity."""
+    def _chunk_table(self, where: str, fd: int, stat: os.stat_result) -> _Table:
+        """(offset, size) of each chunk in the file as uint64 pairs, C order; shard indexes are cached by file identity."""
+        size = stat.st_size
         if self.shard_shape is None:
-            return np.array([0, size], np.uint64)
-        stat = os.fstat(fd)
+            return _Table(np.array([0, size], np.uint64))
         key = (where, stat.st_ino, stat.st_mtime_ns, size)
         with _LOCK:
             table = _INDEXES.get(key)
@@ -294,11 +303,12 @@ class DirectArray:
         raw = os.pread(fd, index_bytes, size - index_bytes if self._index_at_end else 0)
         if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise StoreError(f"shard {where}: the checksum of its chunk index does not match (corrupt file)")
-        table = np.frombuffer(raw[:-4], dtype="<u8").astype(np.uint64)
-        pairs = table.reshape(-1, 2)
+        entries = np.frombuffer(raw[:-4], dtype="<u8").astype(np.uint64)
+        pairs = entries.reshape(-1, 2)
         written = pairs[:, 0] != _MISSING
         if np.any(pairs[written, 0] + pairs[written, 1] > size):
             raise StoreError(f"shard {where}: its index points past the end of the file (corrupt file)")
+        table = _Table(entries)
         with _LOCK:
             _INDEXES[key] = table
             while len(_INDEXES) > _INDEX_CACHE_ENTRIES:
@@ -306,7 +316,42 @@ class DirectArray:
         return table
 
 
-_NO_TABLE = np.zeros(2, np.uint64)
+class _Table:
+    """A chunk table and its address, for the C loop."""
+
+    __slots__ = ("entries", "address")
+
+    def __init__(self, entries: np.ndarray) -> None:
+        self.entries = entries
+        self.address = entries.ctypes.data
+
+
+class _File:
+    """A shard file opened for one read: descriptor (-1: no file), path, size and chunk table."""
+
+    __slots__ = ("fd", "path", "size", "table", "table_address")
+
+    def __init__(self, fd: int, path: str, size: int, table: _Table) -> None:
+        self.fd, self.path, self.size, self.table = fd, path, size, table
+        self.table_address = table.address
+
+
+class _Call:
+    """A thread's reusable arguments for ``spora_window_read``: the window and per-file arrays."""
+
+    def __init__(self, template: bytes, capacity: int) -> None:
+        self.capacity = capacity
+        self.window = _Window.from_buffer_copy(template)
+        self.fds = (_I64 * capacity)()
+        self.tables = (ctypes.c_void_p * capacity)()
+        self.sizes = (_I64 * capacity)()
+        self.window.fds = ctypes.addressof(self.fds)
+        self.window.tables = ctypes.addressof(self.tables)
+        self.window.file_sizes = ctypes.addressof(self.sizes)
+        self.pointer = ctypes.byref(self.window)
+
+
+_NO_TABLE = _Table(np.zeros(2, np.uint64))
 
 
 def _little_endian(codec: BytesCodec) -> bool:

@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels (0: no sharding)")
         p.add_argument("--cname", choices=BLOSC_CNAMES, default=defaults.cname, help="blosc compressor (default %(default)s)")
         p.add_argument("--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.clevel, help="blosc level (default %(default)s)")
+        p.add_argument(
+            "--min-saving", type=float, default=defaults.min_saving,
+            help="store an image uncompressed when blosc saves less than this share of its bytes (default %(default)s; 0: always compress)",
+        )
         p.add_argument("--memory-budget", type=float, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker")
         p.add_argument("--overwrite", action="store_true", help="redo complete groups (the old version stays until the new one is complete)")
         p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
@@ -73,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _write_options(args: argparse.Namespace) -> WriteOptions:
     return WriteOptions(
-        chunk=args.chunk, shard=args.shard or None, cname=args.cname, clevel=args.clevel, memory_budget=int(args.memory_budget * 2**20)
+        chunk=args.chunk, shard=args.shard or None, cname=args.cname, clevel=args.clevel, min_saving=args.min_saving,
+        memory_budget=int(args.memory_budget * 2**20),
     )
 
 

@@ -54,12 +54,18 @@ class WriteOptions:
     ``cname="lz4hc", clevel=1`` reads sparse multiplex data 10-20 % faster
     and stores less, but made the conversion of a dense 16-channel slide
     about 2 x slower (the codec sweep in ``docs/benchmarks.md``).
+
+    An image whose sampled chunks blosc shrinks by less than ``min_saving``
+    (noisy 8-bit RGB, say) is stored uncompressed: decoding would cost more
+    read time than the few bytes it saves (``docs/store_layout.md``); 0
+    always compresses.
     """
 
     chunk: int = 112
     shard: int | None = 896
     cname: str = "lz4"
     clevel: int = 5
+    min_saving: float = 0.1
     max_top_size: int = 2048
     memory_budget: int = 512 * MiB
     codec_threads: int | None = None
@@ -73,10 +79,37 @@ class WriteOptions:
             raise InvalidInputError(f"blosc compressor must be one of {', '.join(BLOSC_CNAMES)}, got {self.cname!r}")
         if not 0 <= self.clevel <= 9:
             raise InvalidInputError(f"blosc level must be 0-9, got {self.clevel}")
+        if not 0 <= self.min_saving < 1:
+            raise InvalidInputError(f"min_saving must be in [0, 1), got {self.min_saving}")
 
     def compressor(self) -> BloscCodec:
         """The blosc codec of written arrays (byte shuffle)."""
         return BloscCodec(cname=self.cname, clevel=self.clevel, shuffle=BloscShuffle.shuffle)
+
+    def saving(self, source: ImageSource, samples: int = 16) -> float:
+        """The share of bytes the blosc codec saves on ``samples`` chunks spread over ``source``."""
+        import numcodecs
+
+        codec = numcodecs.Blosc(cname=self.cname, clevel=self.clevel, shuffle=numcodecs.Blosc.SHUFFLE)
+        _, height, width = source.shape
+        side = max(1, math.isqrt(samples))
+        raw = stored = 0
+        for y in np.linspace(0, max(0, height - self.chunk), side).astype(int):
+            for x in np.linspace(0, max(0, width - self.chunk), side).astype(int):
+                block = np.ascontiguousarray(source.read(int(y), min(height, int(y) + self.chunk), int(x), min(width, int(x) + self.chunk)))
+                raw += block.nbytes
+                stored += len(codec.encode(block))
+        return 1 - stored / raw if raw else 1.0
+
+    def compressors_for(self, source: ImageSource) -> list[BloscCodec]:
+        """The compressor of an image's arrays: blosc, or none when it saves less than ``min_saving``."""
+        if self.min_saving == 0:
+            return [self.compressor()]
+        saving = self.saving(source)
+        if saving >= self.min_saving:
+            return [self.compressor()]
+        log.info("%s: blosc saves %.0f %% of sampled chunks (less than %.0f %%): stored uncompressed", source.name, 100 * saving, 100 * self.min_saving)
+        return []
 
     def block_edge(self, channels: int, itemsize: int, depth: int) -> int:
         """Edge of the blocks streamed at once: the shard edge, halved until the blocks held at once fit the budget.
@@ -204,7 +237,8 @@ def _write_multiscale(
     try:
         with _codec_pipeline(location, options):
             dtype = dtypes.pop()
-            arrays = _create_arrays(location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels)
+            compressors = options.compressors_for(_first(ordered))
+            arrays = _create_arrays(location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels, compressors)
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], options, labels, progress)
             streamer.run()
         staging.write_group_document(f"{area}/{path}", attributes(levels, streamer.sample()))
@@ -246,7 +280,9 @@ def _codec_pipeline(location: Location, options: WriteOptions) -> Iterator[None]
         yield
 
 
-def _create_arrays(location: Location, prefix: str, levels: Sequence[Level], dtype: np.dtype, options: WriteOptions, labels: bool) -> list[zarr.Array]:
+def _create_arrays(
+    location: Location, prefix: str, levels: Sequence[Level], dtype: np.dtype, options: WriteOptions, labels: bool, compressors: list[BloscCodec]
+) -> list[zarr.Array]:
     store = location.zarr_store()
     channels = levels[0].shape[0]
     arrays = []
@@ -265,7 +301,7 @@ def _create_arrays(location: Location, prefix: str, levels: Sequence[Level], dty
                 shards=shards,
                 dtype=dtype,
                 fill_value=0,
-                compressors=[options.compressor()],
+                compressors=compressors or None,
                 dimension_names=("y", "x") if labels else ("c", "y", "x"),
                 overwrite=True,
                 config={"write_empty_chunks": True},

@@ -111,3 +111,38 @@ def test_layout_options_set_the_codec(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         main([*args, "--cname", "snappy"])
     assert "invalid choice: 'snappy'" in capsys.readouterr().err
+
+
+def _codec_names(meta: dict) -> list[str]:
+    return [codec["name"] for codec in meta["codecs"][0]["configuration"]["codecs"]]
+
+
+def test_incompressible_images_are_stored_uncompressed(tmp_path: Path) -> None:
+    from spora_zarr._engines import open_level
+
+    rng = np.random.default_rng(4)
+    noise = rng.integers(0, 256, size=(300, 260, 3), dtype=np.uint8)  # RGB noise: blosc saves nothing
+    counts = rng.poisson(0.5, size=(4, 300, 260)).astype(np.uint16)  # sparse counts: blosc saves most bytes
+    for name, image in (("noise", noise), ("counts", counts)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", image, tile=(64, 64), photometric="rgb" if name == "noise" else "minisblack")
+    written: dict[tuple[str, float], list[str]] = {}
+    for name, image in (("noise", noise), ("counts", counts)):
+        for min_saving in (0.1, 0.0):
+            dest = tmp_path / f"{name}-{min_saving}.zarr"
+            args = ["add-image", str(dest), str(tmp_path / f"{name}.tif"), "--modality", "he" if name == "noise" else "imc"]
+            assert main([*args, "--tissue-id", "S1", "--mpp", "1", "--min-saving", str(min_saving)]) == 0
+            cohort = open_cohort(dest)
+            levels = [cohort.level_path(cohort.modalities[0], "S1", r) for r in cohort.resolutions(cohort.modalities[0], "S1")]
+            codecs = {tuple(_codec_names(json.loads((dest / level / "zarr.json").read_text()))) for level in levels}
+            assert len(codecs) == 1  # every level of an image alike
+            written[(name, min_saving)] = list(codecs.pop())
+            reader = open_level(dest, levels[0])
+            assert reader.engine == "direct"
+            expected = np.moveaxis(noise, -1, 0) if name == "noise" else counts
+            np.testing.assert_array_equal(reader.read(0, 0, 300, 260), expected)
+    assert written == {
+        ("noise", 0.1): ["bytes"],
+        ("noise", 0.0): ["bytes", "blosc"],
+        ("counts", 0.1): ["bytes", "blosc"],
+        ("counts", 0.0): ["bytes", "blosc"],
+    }
