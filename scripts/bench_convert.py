@@ -208,8 +208,11 @@ def child_spora(src: Path, dest: Path, workers: int) -> dict[str, Any]:
     return {"seconds": seconds}
 
 
-def child_ngff(src: Path, dest: Path, method_name: str | None, n_levels: int, crop: int | None) -> dict[str, Any]:
-    """ngff-zarr: lazy dask source, ``to_multiscales`` with spora's levels and chunks, ``to_ngff_zarr`` with its shards and codec."""
+def child_ngff(src: Path, dest: Path, method_name: str | None, n_levels: int, crop: int | None, compressed: bool) -> dict[str, Any]:
+    """ngff-zarr: lazy dask source, ``to_multiscales`` with spora's levels and chunks, ``to_ngff_zarr`` with its shards and codec.
+
+    ``compressed`` is spora's choice for this image (it stores images that blosc barely shrinks uncompressed).
+    """
     import dask
     import dask.array as da
     import ngff_zarr
@@ -234,9 +237,9 @@ def child_ngff(src: Path, dest: Path, method_name: str | None, n_levels: int, cr
         method=Methods[method_name] if method_name else None,  # None: ngff-zarr's default
         chunks={"c": array.shape[0], "y": 112, "x": 112},
     )
-    codec = WriteOptions().compressor()  # spora's default codec
+    codecs = [WriteOptions().compressor()] if compressed else None  # spora's codec, or none as spora chose
     with dask.config.set(scheduler="threads"):
-        ngff_zarr.to_ngff_zarr(str(dest), multiscales, version="0.5", chunks_per_shard=8, compressors=[codec])
+        ngff_zarr.to_ngff_zarr(str(dest), multiscales, version="0.5", chunks_per_shard=8, compressors=codecs)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "source_bytes": int(array.nbytes)}
 
@@ -248,7 +251,7 @@ def child_main(argv: list[str]) -> None:
         result = child_spora(src, dest, extra.get("workers", 1))
     else:
         method = {"ngff_bin_shrink": "DASK_BIN_SHRINK", "ngff_default": None}[route]
-        result = child_ngff(src, dest, method, extra["levels"], extra.get("crop"))
+        result = child_ngff(src, dest, method, extra["levels"], extra.get("crop"), extra["compressed"])
     result["peak_rss"] = max(_peak_rss("self"), _peak_rss("children"))
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -399,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         path, _ = _source_file(cohort)
         _warm([path])
         per_route: dict[str, dict[str, Any]] = {}
-        levels = None
-        order = ["spora"] + [r for r in routes if r != "spora"]  # spora first: the others copy its number of levels
+        levels, compressed = None, True
+        order = ["spora"] + [r for r in routes if r != "spora"]  # spora first: the others copy its levels and codec
         passes = max(args.repeat, args.default_repeat)
         for attempt in range(passes):
             for route in order:
@@ -411,12 +414,13 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 extra: dict[str, Any] = {}
                 if route != "spora":
-                    extra["levels"] = levels
+                    extra["levels"], extra["compressed"] = levels, compressed
                     if route == "ngff_default" and args.default_crop:
                         extra["crop"] = args.default_crop
                 result = run_child(route, cohort, out / f"{source}_{route}.zarr", extra, args.timeout)
                 if route == "spora":
                     levels = len(result["layout"])
+                    compressed = "blosc" in json.dumps(result["layout"][0]["codecs"])
                 seconds = result["seconds"]
                 source_bytes = result.get("source_bytes") or path_raw_bytes(path)
                 print(f"  {source:9s} {route:16s} pass {attempt + 1}: {seconds:7.2f} s  {source_bytes / seconds / 1e6:7.1f} MB/s  peak RSS {result['peak_rss'] / MiB:6.0f} MiB", flush=True)
@@ -501,8 +505,9 @@ def render(results: dict[str, dict[str, dict[str, Any]]], workers: dict[str, Any
         "uncompressed bytes of all stored levels. Both ngff-zarr routes read a lazy dask array over",
         "tifffile's zarr view (`imread(aszarr=True, is_shaped=False)`), call `to_multiscales` with",
         "spora's number of levels and (C, 112, 112) chunks, and `to_ngff_zarr(version='0.5',",
-        "chunks_per_shard=8, compressors=[blosc lz4 shuffle clevel 5])`; the script checks that their",
-        "level shapes, chunk and shard shapes and codecs equal spora's.",
+        "chunks_per_shard=8, compressors=...)` with spora's codec for that image (blosc lz4 shuffle clevel 5, or",
+        "none where spora found that blosc saves under 10 % and stored the image uncompressed); the script",
+        "checks that their level shapes, chunk and shard shapes and codecs equal spora's.",
         "",
         *([f"- multiplex: {multiplex_desc}."] if "multiplex" in results else []),
         *(["- multiplex_zlib: the same slide with zlib-compressed tiles (decoding costs CPU on both sides)."] if "multiplex_zlib" in results else []),

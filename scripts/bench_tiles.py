@@ -598,7 +598,7 @@ def notes(r: dict[str, Any]) -> list[str]:
             "cache off (the default, and what a pass over a large cohort gets), reads each window's shard index "
             "again and spends time around the decodes; the direct engine reads an index once per shard file and "
             "then, in its compiled loop with the GIL released, one `pread`, one c-blosc decode (none for the "
-            "uncompressed H&E) and one copy per chunk, on two threads for windows of 256 KiB or more."
+            "uncompressed H&E) and one copy per chunk, on two threads for windows that decode 256 KiB of blosc chunks or 1 MiB of uncompressed ones."
         ),
         (
             "- (a) / (e) and (b) / (e grid) on the multiplex slide are decode-bound: a random 224 px window decodes 3 x 3 chunks of "

@@ -46,8 +46,9 @@ _INDEX_CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 25
 _MAX_AXES = 8  # SPORA_MAX_AXES in _window.c
 _BLOSC_MAX_OVERHEAD = 16
 
-# Windows that decode fewer bytes are read on the calling thread alone: waking a helper costs more
-# than it saves there (docs/benchmarks.md).
+# Windows of blosc chunks that decode fewer bytes are read on the calling thread alone: waking a
+# helper costs more than it saves there; uncompressed chunks (a copy each) need four times as many
+# (measured on 2 cores, docs/datasets.md).
 PARALLEL_MIN_BYTES = 256 * 1024
 _THREADS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _LOCK = threading.Lock()
@@ -106,6 +107,7 @@ def _blosc_library() -> ctypes.CDLL:
         return ctypes.CDLL(str(names[0]))
 
 
+@functools.cache
 def available() -> str | None:
     """None when the direct engine can read here; else why it cannot."""
     try:
@@ -203,7 +205,8 @@ class DirectArray:
         self._chunk_nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
         self._scratch_stride = (2 * self._chunk_nbytes + _BLOSC_MAX_OVERHEAD + 63) // 64 * 64
         ndim = len(self.shape)
-        template = _Window(ndim=ndim, itemsize=self.dtype.itemsize, compressed=int(len(codecs) == 2))
+        self._compressed = len(codecs) == 2
+        template = _Window(ndim=ndim, itemsize=self.dtype.itemsize, compressed=int(self._compressed))
         template.validate, template.decompress = validate, decompress
         template.fill = self.fill_value.ctypes.data
         template.scratch_stride = self._scratch_stride
@@ -242,7 +245,8 @@ class DirectArray:
                 call.fds[i], call.tables[i], call.sizes[i] = file.fd, file.table_address, file.size
             threads = _THREADS
             window.scratch = _scratch(threads * self._scratch_stride)
-            window.nthreads, window.parallel_min_bytes, window.out = threads, PARALLEL_MIN_BYTES, out.ctypes.data
+            window.nthreads, window.out = threads, out.ctypes.data
+            window.parallel_min_bytes = PARALLEL_MIN_BYTES if self._compressed else 4 * PARALLEL_MIN_BYTES
             if self._read_window(call.pointer) != 0:
                 raise self._error(window, files)
         finally:

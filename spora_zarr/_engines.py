@@ -384,9 +384,10 @@ class _Reader:
         self._meta = array  # zarr-python handle on zarr's own pipeline: metadata, fork safe
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._where = location.join(path)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.location.join(self.path)} shape={self.shape} dtype={self.dtype}>"
+        return f"<{type(self).__name__} {self._where} shape={self.shape} dtype={self.dtype}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen_level, (self.location, self.path, self._requested))
@@ -411,9 +412,9 @@ class _Reader:
     def _selection(
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None
     ) -> tuple[tuple[slice, ...], np.ndarray | None]:
-        where = self.location.join(self.path)
+        where = self._where
         try:
-            y0, x0, height, width = (operator.index(v) for v in (y0, x0, height, width))
+            y0, x0, height, width = operator.index(y0), operator.index(x0), operator.index(height), operator.index(width)
         except TypeError:
             raise InvalidInputError(
                 f"window of {where} must be given as integers, got y0={y0!r} x0={x0!r} "

@@ -254,8 +254,12 @@ class BaseImagingDataset:
     def __len__(self) -> int:
         return len(self.tissue_ids)
 
+    @functools.cached_property
+    def _tissue_set(self) -> frozenset[str]:
+        return frozenset(self.tissue_ids)
+
     def _check_tissue(self, tissue_id: str) -> None:
-        if tissue_id not in self.tissue_ids:
+        if tissue_id not in self._tissue_set:
             if tissue_id in self.cohort.tissues(self.modality_dir()):
                 self.cohort.level_path(self.modality_dir(), tissue_id, self.resolution)  # raises listing resolutions
             raise NotFoundError(f"{self.name}: unknown tissue {tissue_id!r} in {self.modality_dir()} ({len(self.tissue_ids)} tissues)")

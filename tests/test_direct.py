@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -109,16 +110,60 @@ def test_missing_chunks_and_shards_read_as_fill_value(tmp_path) -> None:
     np.testing.assert_array_equal(window, data[:, :130, :130])
 
 
-@pytest.mark.parametrize("one_thread", [True, False])
-def test_decode_threads(tmp_path, one_thread: bool) -> None:
+@pytest.fixture
+def helpers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Three threads per window (two helpers) on every window, however small."""
+    threads = _direct._THREADS
+    _direct.set_threads(3)
+    monkeypatch.setattr(_direct, "PARALLEL_MIN_BYTES", 0)
+    yield
+    _direct.set_threads(threads)
+
+
+def _helper_threads() -> int:
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/comm") as fh:
+            names.append(fh.read().strip())
+    return names.count("spora_window")
+
+
+@pytest.mark.parametrize("name", ["sharded lz4 shuffle", "unsharded uncompressed"])
+def test_windows_shared_with_helper_threads(tmp_path, helpers, name: str) -> None:
+    data = _content("uint16")
+    _check_reads(_write(tmp_path, data, **LAYOUTS[name]), data)
+    assert _helper_threads() >= 2
+
+
+def test_one_thread(tmp_path) -> None:
     data = _content("uint16")
     location = _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])
     threads = _direct._THREADS
-    _direct.set_threads(1 if one_thread else 3)
+    _direct.set_threads(1)
     try:
         _check_reads(location, data)
     finally:
         _direct.set_threads(threads)
+
+
+def test_concurrent_reads_from_python_threads(tmp_path, helpers) -> None:
+    """Windows read at once from several Python threads (one of them borrows the helpers) all come out right."""
+    import concurrent.futures
+
+    data = _content("uint16")
+    location = _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])
+    reader = open_level(location, "img", engine="direct")
+    windows = _windows() * 4
+
+    def read(window):
+        y0, x0, height, width, channels = window
+        return reader.read(y0, x0, height, width, channels=channels)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(read, windows))
+    for (y0, x0, height, width, channels), got in zip(windows, results):
+        want = data[:, max(y0, 0) : y0 + height, max(x0, 0) : x0 + width]
+        np.testing.assert_array_equal(got, want if channels is None else want[channels])
 
 
 LAYOUTS_ELSEWHERE = {
@@ -153,7 +198,7 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_damaged_shards_raise_store_errors(tmp_path) -> None:
+def test_damaged_shards_raise_store_errors(tmp_path, helpers) -> None:
     data = _content("uint16")
     location = _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])
     reader = open_level(location, "img", engine="direct")
@@ -168,7 +213,7 @@ def test_damaged_shards_raise_store_errors(tmp_path) -> None:
     _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])  # written again: the cached reader sees it
     _check_reads(location, data)
     _damage(shard, 0, b"\xff" * 16)  # the blosc header of the first chunk
-    for window in [(128, 128, 10, 10), (100, 100, 120, 120)]:  # one chunk; 16 chunks over both threads
+    for window in [(128, 128, 10, 10), (100, 100, 120, 120)]:  # one chunk; 16 chunks over three threads
         with pytest.raises(StoreError, match="cannot decode|decodes to") as info:
             reader.read(*window)
         assert shard in str(info.value)
