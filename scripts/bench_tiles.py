@@ -16,8 +16,10 @@ each resolution, it times 224 x 224 windows, all channels:
 
 plus whole-tissue read MB/s and stored / raw size, and (a)/(c) on a second store
 converted with ``WriteOptions(chunk=256, shard=None)`` (no shards) for comparison.
-Each figure is the best of ``--passes`` passes (the machine is noisy); ratios are
-taken within the run. The script prints a table and the ratios with PASS/FAIL
+Each method reads all windows in turn (cold, as a training pass does; see
+:func:`one_by_one`); each figure is the best of ``--passes`` passes (the machine
+is noisy), the order of the methods reversed every other pass; ratios are taken
+within the run. The script prints a table and the ratios with PASS/FAIL
 against the targets and writes the ``## Tile reads`` section of
 ``docs/benchmarks.md`` (other sections are kept).
 
@@ -215,22 +217,20 @@ def rate(fn: Callable[[int, int], Any], windows: Sequence[tuple[int, int]]) -> f
     return len(windows) / (time.perf_counter() - start)
 
 
-def interleaved(methods: dict[str, Callable[[int, int], Any]], windows: Sequence[tuple[int, int]]) -> dict[str, float]:
-    """Windows per second of each method, timed window by window.
+def one_by_one(methods: dict[str, Callable[[int, int], Any]], windows: Sequence[tuple[int, int]], reverse: bool) -> dict[str, float]:
+    """Windows per second of each method, each timed over all ``windows`` in turn.
 
-    The order of the methods rotates from one window to the next, so that each
-    one reads a window first (cold caches) as often as the others and load
-    from other processes hits all of them alike.
+    Every method reads each window as a training pass would: cold, long after
+    the others read it (the windows of one pass hold more bytes than the CPU
+    caches). Timing method after method window by window instead would let all
+    but the first reader of each window find its chunks in cache. ``reverse``
+    runs the methods in the opposite order, so that over passes each one runs
+    early and late alike (the machine's load drifts).
     """
-    spent = dict.fromkeys(methods, 0.0)
-    order = list(methods.items())
-    for number, (y, x) in enumerate(windows):
-        shift = number % len(order)
-        for name, fn in order[shift:] + order[:shift]:
-            start = time.perf_counter()
-            fn(y, x)
-            spent[name] += time.perf_counter() - start
-    return {name: len(windows) / seconds for name, seconds in spent.items()}
+    out = {}
+    for name, fn in (reversed(methods.items()) if reverse else methods.items()):
+        out[name] = rate(fn, windows)
+    return out
 
 
 def ts_read(array: Any, y: int, x: int) -> np.ndarray:
@@ -272,8 +272,8 @@ class Slide:
         self.memory = tissue.image.numpy()
         return seconds, self.memory.nbytes
 
-    def measure(self) -> dict[str, float]:
-        """One pass of (a)-(e), windows per second; methods compared by a ratio are :func:`interleaved`."""
+    def measure(self, reverse: bool = False) -> dict[str, float]:
+        """One pass of (a)-(e), windows per second (see :func:`one_by_one`)."""
         import torch
 
         ds, ds_ts, arr, mem, xa, s = self.dataset, self.ts_dataset, self.ts, self.memory, self.xarray, WINDOW
@@ -286,7 +286,7 @@ class Slide:
             finally:
                 torch.set_num_threads(threads)
 
-        random = interleaved(
+        random = one_by_one(
             {
                 "a": lambda y, x: ds.read_tile(TISSUE, y, x, preprocess=False),
                 "a_ts": lambda y, x: ds_ts.read_tile(TISSUE, y, x, preprocess=False),
@@ -294,10 +294,11 @@ class Slide:
                 "e": lambda y, x: mem[:, y : y + s, x : x + s].copy(),
             },
             self.random,
+            reverse,
         )
-        random |= interleaved({"a_pre": lambda y, x: ds.read_tile(TISSUE, y, x, preprocess=True), "a_pre1": pre1}, self.random)
+        random |= one_by_one({"a_pre": lambda y, x: ds.read_tile(TISSUE, y, x, preprocess=True), "a_pre1": pre1}, self.random, reverse)
         crops = dict(zip(self.grid, (int(i) for i in self.crops.tile_id)))
-        on_grid = interleaved(
+        on_grid = one_by_one(
             {
                 "b": lambda y, x: ds.get_crop(TISSUE, crops[(y, x)], preprocess=False),
                 "b_read_tile": lambda y, x: ds.read_tile(TISSUE, y, x, preprocess=False),
@@ -305,6 +306,7 @@ class Slide:
                 "e_grid": lambda y, x: mem[:, y : y + s, x : x + s].copy(),
             },
             self.grid,
+            reverse,
         )
         dask = {"d": rate(lambda y, x: xa.isel(y=slice(y, y + s), x=slice(x, x + s)).values, self.dask_windows)}
         # stored negated: best() keeps the largest value of each figure, here the shortest time
@@ -327,12 +329,13 @@ class Slide:
                 best[name] = min(best[name], (time.perf_counter() - start) / calls)
         return {name: 1e6 * seconds for name, seconds in best.items()}
 
-    def measure_layout(self, other: Slide) -> dict[str, float]:
+    def measure_layout(self, other: Slide, reverse: bool = False) -> dict[str, float]:
         """(a) and (c) of this slide's windows on another store's level (same image, other layout)."""
         ds, arr = other.dataset, other.ts
-        random = interleaved(
+        random = one_by_one(
             {"a": lambda y, x: ds.read_tile(TISSUE, y, x, preprocess=False), "c": lambda y, x: ts_read(arr, y, x)},
             self.random,
+            reverse,
         )
         return random | {"c_grid": rate(lambda y, x: ts_read(arr, y, x), self.grid)}
 
@@ -474,7 +477,10 @@ def render(results: dict[str, Any]) -> str:
         "",
         (f"`python scripts/bench_tiles.py` on {r['date']}; {r['machine']}. Load average before / after: "
         f"{r['load'][0]} / {r['load'][1]} (a shared machine: every figure is the best of {r['passes']} passes, "
-        "ratios are taken within this run)."),
+        "ratios are taken within this run). Each method times all windows in turn, so that it reads every window "
+        "cold, as a training pass does, and the order of the methods is reversed every other pass. (Timing all "
+        "methods window by window, as an earlier version did, let every reader but the first find the window's "
+        "chunks in the CPU caches: the reader after the numpy copy paid for the others.)"),
         "",
         ("**Data.** One tissue converted by `convert_cohort` with its defaults: a 16 x 4096 x 4096 uint16 "
         "multiplex slide (`imc`, 1.0 mpp) and an 8192 x 8192 RGB H&E (`he`, 0.5 mpp), both generated by the "
@@ -692,11 +698,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults: dict[str, list[dict[str, float]]] = {label: [] for label in alt_slides}
     for number in range(args.passes):
         print(f"pass {number + 1}/{args.passes} ...", flush=True)
+        reverse = number % 2 == 1
         for label, slide in slides.items():
-            measured[label].append(slide.measure())
+            measured[label].append(slide.measure(reverse))
             if label in alt_slides:
-                defaults[label].append(slide.measure_layout(slide))
-                layouts[label].append(slide.measure_layout(alt_slides[label]))
+                defaults[label].append(slide.measure_layout(slide, reverse))
+                layouts[label].append(slide.measure_layout(alt_slides[label], reverse))
 
     loader: dict[str, list[dict[str, Any]]] = {}
     for number in range(args.passes):

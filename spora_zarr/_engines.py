@@ -34,8 +34,8 @@ into a forked child, and the child's first zarrs read hangs. *Opening* a
 handle is enough to start these thread pools, so readers open their engine
 handle lazily, on the first :meth:`~LevelReader.read`: a parent that only opens
 readers (for shapes and dtypes) leaves its forked children free to use any
-engine. The direct engine holds no file descriptors or threads that a fork
-breaks (its thread pool is made again in a child).
+engine. The direct engine holds no file descriptors between reads, and its
+compiled loop makes helper threads anew in a forked child.
 
 This module records the pid of the process that first used each engine
 (``_TENSORSTORE_USED_BY_PID``, ``_ZARRS_USED_BY_PID``). Those values are
