@@ -237,7 +237,7 @@ def child_ngff(src: Path, dest: Path, method_name: str | None, n_levels: int, cr
         method=Methods[method_name] if method_name else None,  # None: ngff-zarr's default
         chunks={"c": array.shape[0], "y": 112, "x": 112},
     )
-    codecs = [WriteOptions().compressor()] if compressed else None  # spora's codec, or none as spora chose
+    codecs = [WriteOptions().compressor()] if compressed else []  # spora's codec, or none as spora chose ([]: none)
     with dask.config.set(scheduler="threads"):
         ngff_zarr.to_ngff_zarr(str(dest), multiscales, version="0.5", chunks_per_shard=8, compressors=codecs)
     seconds = time.perf_counter() - start

@@ -44,6 +44,7 @@ __all__ = ["DirectArray", "UnsupportedLayout", "available", "set_threads"]
 _MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
 _INDEX_CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 256 chunks)
 _MAX_AXES = 8  # SPORA_MAX_AXES in _window.c
+_MAX_FILES_PER_CALL = 64  # a bigger window is read in parts, so that few files are open at once
 _BLOSC_MAX_OVERHEAD = 16
 
 # Windows of blosc chunks that decode fewer bytes are read on the calling thread alone: waking a
@@ -65,7 +66,7 @@ class _Window(ctypes.Structure):
     _fields_ = [
         ("ndim", _I64), ("chunk", _AXES), ("per_shard", _AXES), ("itemsize", _I64), ("compressed", _I64),
         ("validate", ctypes.c_void_p), ("decompress", ctypes.c_void_p), ("fill", ctypes.c_void_p),
-        ("start", _AXES), ("stop", _AXES), ("out", ctypes.c_void_p),
+        ("start", _AXES), ("stop", _AXES), ("out", ctypes.c_void_p), ("out_stride", _AXES),
         ("shard_lo", _AXES), ("shard_count", _AXES), ("fds", ctypes.c_void_p), ("tables", ctypes.c_void_p),
         ("file_sizes", ctypes.c_void_p), ("scratch", ctypes.c_void_p), ("scratch_stride", _I64), ("nthreads", _I64), ("parallel_min_bytes", _I64),
         ("error_code", _I64), ("error_shard", _I64), ("error_offset", _I64), ("error_nbytes", _I64), ("error_detail", _I64),
@@ -230,8 +231,24 @@ class DirectArray:
         out = np.empty([b - a for a, b in zip(starts, stops)], self.dtype)
         if out.size == 0:
             return out
+        self._read_into(out, starts, stops)
+        return out
+
+    def _read_into(self, out: np.ndarray, starts: list[int], stops: list[int]) -> None:
+        """Read ``[starts, stops)`` into ``out`` (a view of that shape), in parts of at most
+        ``_MAX_FILES_PER_CALL`` shard files, split at shard boundaries along the axis spanning most shards."""
         lo = [a // f for a, f in zip(starts, self._file_shape)]
         hi = [(b - 1) // f + 1 for b, f in zip(stops, self._file_shape)]
+        spans = [b - a for a, b in zip(lo, hi)]
+        if int(np.prod(spans)) > _MAX_FILES_PER_CALL:
+            axis = int(np.argmax(spans))
+            cut = (lo[axis] + spans[axis] // 2) * self._file_shape[axis]
+            for part_start, part_stop in ((starts[axis], cut), (cut, stops[axis])):
+                sub_starts, sub_stops = list(starts), list(stops)
+                sub_starts[axis], sub_stops[axis] = part_start, part_stop
+                view = out[(slice(None),) * axis + (slice(part_start - starts[axis], part_stop - starts[axis]),)]
+                self._read_into(view, sub_starts, sub_stops)
+            return
         files: list[_File] = []
         try:
             for shard in itertools.product(*(range(a, b) for a, b in zip(lo, hi))):
@@ -240,7 +257,7 @@ class DirectArray:
             window = call.window
             ndim = len(starts)
             window.start[:ndim], window.stop[:ndim], window.shard_lo[:ndim] = starts, stops, lo
-            window.shard_count[:ndim] = [b - a for a, b in zip(lo, hi)]
+            window.shard_count[:ndim], window.out_stride[:ndim] = spans, out.strides
             for i, file in enumerate(files):
                 call.fds[i], call.tables[i], call.sizes[i] = file.fd, file.table_address, file.size
             threads = _THREADS
@@ -253,7 +270,6 @@ class DirectArray:
             for file in files:
                 if file.fd >= 0:
                     os.close(file.fd)
-        return out
 
     def _call(self, shards: int) -> _Call:
         """The calling thread's argument block for reads of this array, with room for ``shards`` files."""

@@ -54,7 +54,8 @@ typedef struct {
     /* the window */
     int64_t start[SPORA_MAX_AXES];
     int64_t stop[SPORA_MAX_AXES];
-    char *out;
+    char *out;                         /* element `start` of the window */
+    int64_t out_stride[SPORA_MAX_AXES]; /* bytes between neighbours along each axis of `out` */
     /* the shards it touches: a box of shard coordinates, listed in C order */
     int64_t shard_lo[SPORA_MAX_AXES];
     int64_t shard_count[SPORA_MAX_AXES];
@@ -101,15 +102,14 @@ static void fill_run(const spora_window *w, char *dst, int64_t nbytes) {
 }
 
 /* Copy the box [lo, hi) (array coordinates) from a decoded chunk whose first element is at
- * `origin` into the window; chunk NULL fills the box. One memcpy per run along the last axis. */
+ * `origin` into the window; chunk NULL fills the box. One memcpy per run along the last axis,
+ * which is contiguous in `out` (out_stride[last] == itemsize). */
 static void copy_box(const spora_window *w, const char *chunk, const int64_t *origin, const int64_t *lo, const int64_t *hi) {
     const int64_t nd = w->ndim, last = nd - 1;
-    int64_t cstride[SPORA_MAX_AXES], ostride[SPORA_MAX_AXES], count[SPORA_MAX_AXES] = {0}, at[SPORA_MAX_AXES] = {0};
-    cstride[last] = ostride[last] = w->itemsize;
-    for (int64_t a = last - 1; a >= 0; a--) {
-        cstride[a] = cstride[a + 1] * w->chunk[a + 1];
-        ostride[a] = ostride[a + 1] * (w->stop[a + 1] - w->start[a + 1]);
-    }
+    int64_t cstride[SPORA_MAX_AXES], count[SPORA_MAX_AXES] = {0}, at[SPORA_MAX_AXES] = {0};
+    const int64_t *ostride = w->out_stride;
+    cstride[last] = w->itemsize;
+    for (int64_t a = last - 1; a >= 0; a--) cstride[a] = cstride[a + 1] * w->chunk[a + 1];
     int64_t src = 0, dst = 0, runs = 1;
     for (int64_t a = 0; a < nd; a++) {
         src += (lo[a] - origin[a]) * cstride[a];
@@ -292,7 +292,7 @@ static int64_t pool_claim(int64_t helpers) {
 int spora_window_read(spora_window *w) {
     pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     const int64_t nd = w->ndim;
-    if (nd < 1 || nd > SPORA_MAX_AXES || w->nthreads < 1) return -2;
+    if (nd < 1 || nd > SPORA_MAX_AXES || w->nthreads < 1 || w->out_stride[nd - 1] != w->itemsize) return -2;
     w->lock = &lock;
     w->error_code = SPORA_OK;
     w->next = 0;

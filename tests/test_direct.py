@@ -135,6 +135,16 @@ def test_windows_shared_with_helper_threads(tmp_path, helpers, name: str) -> Non
     assert _helper_threads() >= 2
 
 
+def test_big_windows_are_read_in_parts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window over more shard files than one call opens is split at shard boundaries, pixel-exact."""
+    monkeypatch.setattr(_direct, "_MAX_FILES_PER_CALL", 2)
+    data = _content("uint16")
+    location = _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])
+    fds = len(os.listdir("/proc/self/fd"))
+    _check_reads(location, data)
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_one_thread(tmp_path) -> None:
     data = _content("uint16")
     location = _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])
