@@ -92,7 +92,15 @@ def _native() -> tuple[Any, int, int]:
     loop.spora_window_read.argtypes = [ctypes.POINTER(_Window)]
     loop.spora_window_read.restype = ctypes.c_int
     blosc = _blosc_library()
-    return loop, ctypes.cast(blosc.blosc_cbuffer_validate, ctypes.c_void_p).value, ctypes.cast(blosc.blosc_decompress_ctx, ctypes.c_void_p).value
+    return loop, _address(blosc.blosc_cbuffer_validate), _address(blosc.blosc_decompress_ctx)
+
+
+def _address(function: Any) -> int:
+    """The address of a C function found through ctypes."""
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    if not address:
+        raise UnsupportedLayout(f"no address for {function!r}")
+    return address
 
 
 def _blosc_library() -> ctypes.CDLL:
@@ -339,7 +347,7 @@ class DirectArray:
 class _Table:
     """A chunk table and its address, for the C loop."""
 
-    __slots__ = ("entries", "address")
+    __slots__ = ("address", "entries")
 
     def __init__(self, entries: np.ndarray) -> None:
         self.entries = entries
