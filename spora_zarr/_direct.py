@@ -68,13 +68,13 @@ class _Window(ctypes.Structure):
         ("validate", ctypes.c_void_p), ("decompress", ctypes.c_void_p), ("fill", ctypes.c_void_p),
         ("start", _AXES), ("stop", _AXES), ("out", ctypes.c_void_p), ("out_stride", _AXES),
         ("shard_lo", _AXES), ("shard_count", _AXES), ("fds", ctypes.c_void_p), ("tables", ctypes.c_void_p),
-        ("file_sizes", ctypes.c_void_p), ("scratch", ctypes.c_void_p), ("scratch_stride", _I64), ("nthreads", _I64), ("parallel_min_bytes", _I64),
+        ("scratch", ctypes.c_void_p), ("scratch_stride", _I64), ("nthreads", _I64), ("parallel_min_bytes", _I64),
         ("error_code", _I64), ("error_shard", _I64), ("error_offset", _I64), ("error_nbytes", _I64), ("error_detail", _I64),
         ("chunk_lo", _AXES), ("chunk_n", _AXES), ("chunk_bytes", _I64), ("njobs", _I64), ("next", _I64), ("lock", ctypes.c_void_p),
     ]  # fmt: skip
 
 
-_ERR_READ, _ERR_SHORT, _ERR_DECODE, _ERR_SIZE, _ERR_BOUNDS = 1, 2, 3, 4, 5
+_ERR_READ, _ERR_SHORT, _ERR_DECODE, _ERR_SIZE = 1, 2, 3, 4
 
 
 class UnsupportedLayout(Exception):
@@ -210,7 +210,8 @@ class DirectArray:
         loop, validate, decompress = _native()
         self._read_window = loop.spora_window_read
         self._file_shape = self.shard_shape or self.chunk_shape  # the part of the array one file holds
-        self._chunks_per_file = int(np.prod([f // c for f, c in zip(self._file_shape, self.chunk_shape)]))
+        chunks_per_file = [f // c for f, c in zip(self._file_shape, self.chunk_shape)]
+        self._chunks_per_file = int(np.prod(chunks_per_file))
         self._chunk_nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
         self._scratch_stride = (2 * self._chunk_nbytes + _BLOSC_MAX_OVERHEAD + 63) // 64 * 64
         ndim = len(self.shape)
@@ -220,7 +221,7 @@ class DirectArray:
         template.fill = self.fill_value.ctypes.data
         template.scratch_stride = self._scratch_stride
         template.chunk[:ndim] = self.chunk_shape
-        template.per_shard[:ndim] = [f // c for f, c in zip(self._file_shape, self.chunk_shape)]
+        template.per_shard[:ndim] = chunks_per_file
         self._template = bytes(template)
         self._calls: dict[int, _Call] = {}  # per thread
 
@@ -267,7 +268,7 @@ class DirectArray:
             window.start[:ndim], window.stop[:ndim], window.shard_lo[:ndim] = starts, stops, lo
             window.shard_count[:ndim], window.out_stride[:ndim] = spans, out.strides
             for i, file in enumerate(files):
-                call.fds[i], call.tables[i], call.sizes[i] = file.fd, file.table_address, file.size
+                call.fds[i], call.tables[i] = file.fd, file.table.address
             threads = _THREADS
             window.scratch = _scratch(threads * self._scratch_stride)
             window.nthreads, window.out = threads, out.ctypes.data
@@ -296,7 +297,6 @@ class DirectArray:
             _ERR_SHORT: f"{where}: read {detail} bytes of {chunk} (truncated file)",
             _ERR_DECODE: f"{where}: cannot decode {chunk}: not a valid blosc buffer",
             _ERR_SIZE: f"{where}: {chunk} decodes to {detail} bytes, expected {self._chunk_nbytes}",
-            _ERR_BOUNDS: f"{where}: its index points past the end of the file ({detail} bytes) (corrupt file)",
         }
         return StoreError(messages.get(window.error_code, f"{where}: read failed with code {window.error_code}"))
 
@@ -306,10 +306,9 @@ class DirectArray:
         try:
             fd = os.open(where, os.O_RDONLY)
         except FileNotFoundError:
-            return _File(-1, where, 0, _NO_TABLE)
+            return _File(-1, where, _NO_TABLE)
         try:
-            stat = os.fstat(fd)
-            return _File(fd, where, stat.st_size, self._chunk_table(where, fd, stat))
+            return _File(fd, where, self._chunk_table(where, fd, os.fstat(fd)))
         except BaseException:
             os.close(fd)
             raise
@@ -355,13 +354,12 @@ class _Table:
 
 
 class _File:
-    """A shard file opened for one read: descriptor (-1: no file), path, size and chunk table."""
+    """A shard file opened for one read: descriptor (-1: no file), path and chunk table."""
 
-    __slots__ = ("fd", "path", "size", "table", "table_address")
+    __slots__ = ("fd", "path", "table")
 
-    def __init__(self, fd: int, path: str, size: int, table: _Table) -> None:
-        self.fd, self.path, self.size, self.table = fd, path, size, table
-        self.table_address = table.address
+    def __init__(self, fd: int, path: str, table: _Table) -> None:
+        self.fd, self.path, self.table = fd, path, table
 
 
 class _Call:
@@ -372,10 +370,8 @@ class _Call:
         self.window = _Window.from_buffer_copy(template)
         self.fds = (_I64 * capacity)()
         self.tables = (ctypes.c_void_p * capacity)()
-        self.sizes = (_I64 * capacity)()
         self.window.fds = ctypes.addressof(self.fds)
         self.window.tables = ctypes.addressof(self.tables)
-        self.window.file_sizes = ctypes.addressof(self.sizes)
         self.pointer = ctypes.byref(self.window)
 
 

@@ -319,16 +319,21 @@ def _tensorstore_context() -> Any:
         return _TS_CONTEXT
 
 
-def _tensorstore_threads_alive() -> bool:
-    """Whether tensorstore's thread pools run in this process (Linux only)."""
+def _thread_names() -> list[str]:
+    """The names of this process's threads (Linux; empty elsewhere)."""
+    names = []
     try:
         for task in os.listdir("/proc/self/task"):
             with open(f"/proc/self/task/{task}/comm") as fh:
-                if fh.read().startswith("ts_"):
-                    return True
+                names.append(fh.read().strip())
     except OSError:
         pass
-    return False
+    return names
+
+
+def _tensorstore_threads_alive() -> bool:
+    """Whether tensorstore's thread pools run in this process (Linux only)."""
+    return any(name.startswith("ts_") for name in _thread_names())
 
 
 def _before_fork() -> None:

@@ -37,7 +37,6 @@ enum {
     SPORA_ERR_SHORT = 2,  /* the file ends inside the chunk; error_detail = bytes read */
     SPORA_ERR_DECODE = 3, /* not a valid blosc buffer, or blosc failed; error_detail = its result */
     SPORA_ERR_SIZE = 4,   /* decoded (or stored) size is not the chunk's; error_detail = that size */
-    SPORA_ERR_BOUNDS = 5, /* the chunk's bytes lie past the end of the file; error_detail = file size */
 };
 
 /* One read. The layout mirrors spora_zarr._direct._Window (ctypes): int64 fields and pointers. */
@@ -60,8 +59,7 @@ typedef struct {
     int64_t shard_lo[SPORA_MAX_AXES];
     int64_t shard_count[SPORA_MAX_AXES];
     const int64_t *fds;                /* per shard; -1: no file (every chunk fill) */
-    const uint64_t *const *tables;     /* per shard: (offset, size) per chunk */
-    const int64_t *file_sizes;         /* per shard */
+    const uint64_t *const *tables;     /* per shard: (offset, size) per chunk, checked against the file by the caller */
     /* per-thread scratch: nthreads blocks of scratch_stride bytes (chunk bytes + max stored bytes) */
     char *scratch;
     int64_t scratch_stride;
@@ -177,10 +175,6 @@ static void do_job(spora_window *w, int64_t job, char *scratch) {
     const uint64_t nbytes = fd < 0 ? 0 : w->tables[shard][2 * slot + 1];
     if (offset == SPORA_MISSING) {
         copy_box(w, NULL, origin, lo, hi);
-        return;
-    }
-    if (offset + nbytes > (uint64_t)w->file_sizes[shard] || offset + nbytes < offset) {
-        fail(w, SPORA_ERR_BOUNDS, shard, offset, nbytes, w->file_sizes[shard]);
         return;
     }
     if (nbytes > (uint64_t)(w->scratch_stride - w->chunk_bytes)) { /* more than blosc ever stores */

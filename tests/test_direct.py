@@ -16,7 +16,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
-from spora_zarr import _direct
+from spora_zarr import _direct, _engines
 from spora_zarr._engines import open_level
 from spora_zarr._storage import Location
 from spora_zarr.errors import StoreError
@@ -120,19 +120,11 @@ def helpers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _direct.set_threads(threads)
 
 
-def _helper_threads() -> int:
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/comm") as fh:
-            names.append(fh.read().strip())
-    return names.count("spora_window")
-
-
 @pytest.mark.parametrize("name", ["sharded lz4 shuffle", "unsharded uncompressed"])
 def test_windows_shared_with_helper_threads(tmp_path, helpers, name: str) -> None:
     data = _content("uint16")
     _check_reads(_write(tmp_path, data, **LAYOUTS[name]), data)
-    assert _helper_threads() >= 2
+    assert _engines._thread_names().count("spora_window") >= 2
 
 
 def test_big_windows_are_read_in_parts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,9 +132,9 @@ def test_big_windows_are_read_in_parts(tmp_path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(_direct, "_MAX_FILES_PER_CALL", 2)
     data = _content("uint16")
     location = _write(tmp_path, data, **LAYOUTS["sharded lz4 shuffle"])
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = _open_fds()
     _check_reads(location, data)
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert _open_fds() == fds
 
 
 def test_one_thread(tmp_path) -> None:

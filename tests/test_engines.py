@@ -266,16 +266,8 @@ def _after_direct_parent(root: str, windows):
     """In a fresh process: read with the direct engine (its helper threads running), then fork."""
     reader = open_level(root, ARRAY)
     reader.read(0, 0, 500, 500)
-    assert reader.engine == "direct" and _thread_names().count("spora_window") == _direct._THREADS - 1
+    assert reader.engine == "direct" and _engines._thread_names().count("spora_window") == _direct._THREADS - 1
     return {"default": _forked(root, windows), "carried": _forked(root, windows, carry=reader)}
-
-
-def _thread_names() -> list[str]:
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/comm") as fh:
-            names.append(fh.read().strip())
-    return names
 
 
 def _limited_reads(root: str, windows):
