@@ -69,7 +69,7 @@ def rates(readers: dict, windows, passes: int) -> dict[str, float]:
 
 
 def images(workdir: Path) -> dict[str, np.ndarray]:
-    from spora_zarr.demo import large_multiplex_region
+    from spora_zarr.testing.cohorts import large_multiplex_region
 
     sparse = next(iter(sorted(workdir.glob("default.zarr/imc/images/*/1_0mpp"))), None)
     he = next(iter(sorted(workdir.glob("default.zarr/he/images/*/0_5mpp"))), None)
@@ -83,7 +83,7 @@ def images(workdir: Path) -> dict[str, np.ndarray]:
 
 
 def sweep(data: np.ndarray, scratch: str, image: int, passes: int) -> dict[str, dict[str, float]]:
-    from spora_zarr._engines import open_level
+    from spora_zarr.read.levels import open_level
 
     channels, height, width = data.shape
     rng = np.random.default_rng(0)

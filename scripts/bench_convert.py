@@ -134,7 +134,7 @@ def write_he_tiff(path: Path, *, edge: int = HE_EDGE, seed: int = 0) -> Path:
 
 def write_multiplex(path: Path, compression: str | None, seed: int = 0) -> Path:
     """Write the 16 x 5120 x 6144 uint16 slide: tiled BigTIFF, one page per channel, 256 px tiles."""
-    from spora_zarr.demo import write_large_multiplex_tiff
+    from spora_zarr.testing.cohorts import write_large_multiplex_tiff
 
     tmp = path.with_name(path.stem + ".partial.tif")
     write_large_multiplex_tiff(tmp, MULTIPLEX_SHAPE, "uint16", tile=TILE, page_per_channel=True, compression=compression, bigtiff=True, seed=seed)
@@ -220,7 +220,7 @@ def child_ngff(src: Path, dest: Path, method_name: str | None, n_levels: int, cr
     import zarr
     from ngff_zarr.methods import Methods
 
-    from spora_zarr.writer import WriteOptions
+    from spora_zarr.write.writer import WriteOptions
 
     path, mpp = _source_file(src)
     start = time.perf_counter()
@@ -489,7 +489,7 @@ def render(results: dict[str, dict[str, dict[str, Any]]], workers: dict[str, Any
     multiplex_desc = (
         f"16 x 5120 x 6144 uint16 ({_prod(MULTIPLEX_SHAPE) * 2 / 1e9:.2f} GB), tiled (256 x 256) BigTIFF written one page per channel,"
         " uncompressed (as IMC, MIBI and CODEX exporters commonly write them), made by"
-        " `spora_zarr.demo.write_large_multiplex_tiff` (smooth pattern + 4 % noise: barely compressible by lz4)"
+        " `spora_zarr.testing.cohorts.write_large_multiplex_tiff` (smooth pattern + 4 % noise: barely compressible by lz4)"
     )
     he_desc = f"{HE_EDGE} x {HE_EDGE} RGB uint8 H&E ({HE_EDGE * HE_EDGE * 3 / 1e6:.0f} MB), tiled (256 x 256) JPEG q85 TIFF, synthetic stain texture (tissue, stroma, nuclei)"
     lines = [

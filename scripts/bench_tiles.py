@@ -487,7 +487,7 @@ def render(results: dict[str, Any]) -> str:
         "script. The multiplex content imitates IMC ion counts: cells (about one per 12 x 12 px inside a blobby "
         "tissue area over ~60 % of the slide) each express a marker with probability 5-45 % (DNA: all), "
         "log-normal intensity over a ~5 px blob, Poisson counts plus weak background, so "
-        f"{r['zeros']:.0%} of the pixels are 0, as in real IMC data. (`demo.write_large_multiplex_tiff` writes dense "
+        f"{r['zeros']:.0%} of the pixels are 0, as in real IMC data. (`testing.cohorts.write_large_multiplex_tiff` writes dense "
         "sinusoid-plus-noise content without zeros, stored/raw ~0.62 in NOTES: less like real data.) The H&E has "
         "eosin tissue, hematoxylin nuclei and scanner noise."),
         "",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import SporaZarrError
-from .writer import BLOSC_CNAMES, WriteOptions
+from .write.writer import BLOSC_CNAMES, WriteOptions
 
 
 def _json_option(text: str) -> dict[str, Any]:
@@ -123,14 +123,14 @@ def _add_image(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .info import describe
+    from .read.info import describe
 
     print(describe(args.store, args.storage_options))
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .validate import validate_store
+    from .read.validate import validate_store
 
     problems = validate_store(args.store, args.storage_options)
     for problem in problems:

@@ -74,10 +74,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ._engines import limit_codec_threads
+from .read.levels import limit_codec_threads
 from .datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset, pixel_scale
 from .errors import InvalidInputError, NotFoundError
-from .layout import MASK_KINDS
+from .store.layout import MASK_KINDS
 
 __all__ = ["TileDataset", "available_cores", "worker_init_fn"]
 

@@ -11,7 +11,7 @@ import tifffile
 import zarr
 
 from spora_zarr import ConvertOptions, convert_cohort
-from spora_zarr.demo import make_synthetic_cohort
+from spora_zarr.testing.cohorts import make_synthetic_cohort
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 

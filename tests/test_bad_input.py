@@ -15,7 +15,7 @@ import tifffile
 
 from spora_zarr import open_cohort
 from spora_zarr.cli import main
-from spora_zarr.demo import make_synthetic_cohort
+from spora_zarr.testing.cohorts import make_synthetic_cohort
 
 
 @pytest.fixture

@@ -91,7 +91,7 @@ def test_add_image_rgba_tiff_keeps_rgb(tmp_path: Path) -> None:
 
 
 def test_layout_options_set_the_codec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from spora_zarr._engines import open_level
+    from spora_zarr.read.levels import open_level
 
     image = np.random.default_rng(3).poisson(3, size=(4, 300, 260)).astype(np.uint16)
     path = tmp_path / "slide.tif"
@@ -118,7 +118,7 @@ def _codec_names(meta: dict) -> list[str]:
 
 
 def test_incompressible_images_are_stored_uncompressed(tmp_path: Path) -> None:
-    from spora_zarr._engines import open_level
+    from spora_zarr.read.levels import open_level
 
     rng = np.random.default_rng(4)
     noise = rng.integers(0, 256, size=(300, 260, 3), dtype=np.uint8)  # RGB noise: blosc saves nothing

@@ -12,7 +12,7 @@ from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
 
 from spora_zarr import open_cohort, validate_store
-from spora_zarr.layout import MASK_KINDS, resolution_name
+from spora_zarr.store.layout import MASK_KINDS, resolution_name
 
 from .conftest import read_source_chw, source_images
 
@@ -127,7 +127,7 @@ def test_napari_ome_zarr_opens_every_group_with_channel_names(cohort_pair: tuple
 
 def test_non_integer_resolutions_and_computed_levels(tmp_path: Path) -> None:
     from spora_zarr import ConvertOptions, WriteOptions, convert_cohort
-    from spora_zarr.demo import make_synthetic_cohort
+    from spora_zarr.testing.cohorts import make_synthetic_cohort
 
     src = make_synthetic_cohort(tmp_path / "src", tissues=("X",), he_shape=(650, 389), resolutions=(0.65, 1.0), seed=3)
     dest = tmp_path / "out.zarr"

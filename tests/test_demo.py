@@ -14,7 +14,8 @@ import tifffile
 import zarr
 
 from spora_zarr import demo
-from spora_zarr.layout import resolution_name
+from spora_zarr.testing import cohorts, tiff_layout
+from spora_zarr.store.layout import resolution_name
 
 # the cohort builders need scikit-image (the ``demo`` extra); the TIFF writers do not
 needs_skimage = pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="needs scikit-image")
@@ -60,8 +61,8 @@ def _check_cohort(cohort: Path, resolutions: list[str], multiplex: list[str]) ->
             found = 0
             for res in resolutions:
                 for tiff in (cohort / modality / res / "images").glob(f"{tid}.tif*"):
-                    assert demo.tiff_channel_count(tiff) == n
-                    assert demo.read_multiplex_tiff(tiff).shape[0] == n
+                    assert tiff_layout.tiff_channel_count(tiff) == n
+                    assert tiff_layout.read_multiplex_tiff(tiff).shape[0] == n
                     found += 1
                 legacy = cohort / modality / res / f"{tid}.zarr"
                 if legacy.exists():
@@ -111,7 +112,7 @@ def test_demo_cohort_layout(demo_cohort: Path) -> None:
     cells = pq.read_table(cohort / "metadata" / "cells.parquet")
     assert cells.num_rows > 0
     # channels are distinct images (a channel-order bug must be visible)
-    t01 = demo.read_multiplex_tiff(cohort / "imc" / "1_0mpp" / "images" / "T01.tif")
+    t01 = tiff_layout.read_multiplex_tiff(cohort / "imc" / "1_0mpp" / "images" / "T01.tif")
     assert len({hashlib.md5(c.tobytes()).hexdigest() for c in t01}) == 6
     total = sum(p.stat().st_size for p in cohort.rglob("*") if p.is_file())
     assert total < 5_000_000
@@ -137,7 +138,7 @@ def test_demo_cohort_layout(demo_cohort: Path) -> None:
 def test_synthetic_cohort_layout(tmp_path: Path, options: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cohort = demo.make_synthetic_cohort(tmp_path / "c", **options)
+        cohort = cohorts.make_synthetic_cohort(tmp_path / "c", **options)
     resolutions = [resolution_name(r) for r in options.get("resolutions", (0.5, 1.0))]
     multiplex = list(options.get("multiplex_modalities", ("imc",)))
     _check_cohort(cohort, resolutions, multiplex)
@@ -147,12 +148,12 @@ def test_synthetic_cohort_layout(tmp_path: Path, options: dict) -> None:
     for tid in tissues:
         fine_hw = _image_hw(cohort / "he" / fine / "images" / f"{tid}{suffix}")
         assert fine_hw == (301, 517)
-        assert _image_hw(cohort / "he" / coarse / "images" / f"{tid}{suffix}") == demo.scaled_shape(fine_hw, fine, coarse)
+        assert _image_hw(cohort / "he" / coarse / "images" / f"{tid}{suffix}") == tiff_layout.scaled_shape(fine_hw, fine, coarse)
         assert (cohort / "ihc" / "ihc_CD3" / coarse / "images" / f"{tid}{suffix}").exists()
     legacy = options.get("legacy_zarr_tissue")
     if legacy:
         arr = zarr.open_array(str(cohort / "imc" / coarse / f"{legacy}.zarr"), mode="r")
-        assert arr.shape[:2] == demo.scaled_shape((301, 517), fine, coarse)
+        assert arr.shape[:2] == tiff_layout.scaled_shape((301, 517), fine, coarse)
         assert not (cohort / "imc" / coarse / "images" / f"{legacy}.tif").exists()
     cpt = pq.read_table(cohort / multiplex[0] / "channels_per_tissue.parquet").to_pydict()
     last = [n for t, n in zip(cpt["tissue_id"], cpt["channel_name"]) if t == tissues[-1]]
@@ -168,9 +169,9 @@ def test_synthetic_cohort_is_deterministic(tmp_path: Path) -> None:
         }
 
     kwargs = dict(he_shape=(97, 131), legacy_zarr_tissue="A", seed=7)
-    a = digest(demo.make_synthetic_cohort(tmp_path / "a", **kwargs))
-    b = digest(demo.make_synthetic_cohort(tmp_path / "b", **kwargs))
-    c = digest(demo.make_synthetic_cohort(tmp_path / "c", **{**kwargs, "seed": 8}))
+    a = digest(cohorts.make_synthetic_cohort(tmp_path / "a", **kwargs))
+    b = digest(cohorts.make_synthetic_cohort(tmp_path / "b", **kwargs))
+    c = digest(cohorts.make_synthetic_cohort(tmp_path / "c", **{**kwargs, "seed": 8}))
     assert a == b
     assert a["he/0_5mpp/images/A.tif"] != c["he/0_5mpp/images/A.tif"]
 
@@ -181,7 +182,7 @@ def test_write_multiplex_tiff_round_trip(tmp_path: Path, flavour: str, n_channel
     data = np.random.default_rng(n_channels).integers(0, 4000, (n_channels, 45, 77)).astype(np.uint16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        path = demo.write_multiplex_tiff(
+        path = tiff_layout.write_multiplex_tiff(
             tmp_path / "m.tif",
             data,
             page_per_channel=flavour == "page_per_channel",
@@ -189,8 +190,8 @@ def test_write_multiplex_tiff_round_trip(tmp_path: Path, flavour: str, n_channel
             tiled=(32, 32),
             compression="zstd",
         )
-    np.testing.assert_array_equal(demo.read_multiplex_tiff(path), data)
-    assert demo.tiff_channel_count(path) == n_channels
+    np.testing.assert_array_equal(tiff_layout.read_multiplex_tiff(path), data)
+    assert tiff_layout.tiff_channel_count(path) == n_channels
     full = tifffile.imread(path, is_shaped=False)
     np.testing.assert_array_equal(full.reshape(data.shape), data)
     with tifffile.TiffFile(path) as tf:
@@ -203,21 +204,21 @@ def test_write_multiplex_tiff_round_trip(tmp_path: Path, flavour: str, n_channel
 def test_write_rgb_and_mask_tiff(tmp_path: Path) -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (33, 47, 3)).astype(np.uint8)
     labels = np.arange(33 * 47, dtype=np.uint32).reshape(33, 47)
-    np.testing.assert_array_equal(tifffile.imread(demo.write_rgb_tiff(tmp_path / "r.tif", rgb, tiled=False)), rgb)
-    np.testing.assert_array_equal(tifffile.imread(demo.write_mask_tiff(tmp_path / "m.tif", labels)), labels)
+    np.testing.assert_array_equal(tifffile.imread(tiff_layout.write_rgb_tiff(tmp_path / "r.tif", rgb, tiled=False)), rgb)
+    np.testing.assert_array_equal(tifffile.imread(tiff_layout.write_mask_tiff(tmp_path / "m.tif", labels)), labels)
 
 
 @pytest.mark.parametrize("page_per_channel", [True, False])
 @pytest.mark.parametrize("dtype", ["uint16", "float32"])
 def test_large_multiplex_tiff_streams_known_content(tmp_path: Path, page_per_channel: bool, dtype: str) -> None:
     shape = (3, 301, 530)
-    path = demo.write_large_multiplex_tiff(
+    path = cohorts.write_large_multiplex_tiff(
         tmp_path / "big.tif", shape, dtype, tile=(64, 128), page_per_channel=page_per_channel, seed=3
     )
-    data = demo.read_multiplex_tiff(path)
+    data = tiff_layout.read_multiplex_tiff(path)
     assert data.shape == shape and data.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(data, demo.large_multiplex_region(shape, dtype, (0, 301), (0, 530), tile=(64, 128), seed=3))
-    region = demo.large_multiplex_region(shape, dtype, (60, 250), (100, 529), channels=[2, 0], tile=(64, 128), seed=3)
+    np.testing.assert_array_equal(data, cohorts.large_multiplex_region(shape, dtype, (0, 301), (0, 530), tile=(64, 128), seed=3))
+    region = cohorts.large_multiplex_region(shape, dtype, (60, 250), (100, 529), channels=[2, 0], tile=(64, 128), seed=3)
     np.testing.assert_array_equal(region, data[[2, 0], 60:250, 100:529])
     with tifffile.TiffFile(path) as tf:
         assert tf.pages[0].is_tiled and tf.pages[0].tilelength == 64
@@ -227,10 +228,10 @@ def test_large_multiplex_tiff_streams_known_content(tmp_path: Path, page_per_cha
 
 @needs_skimage
 def test_scaled_shape_and_downsampling() -> None:
-    assert demo.scaled_shape((301, 517), 0.5, 1.0) == (150, 258)
-    assert demo.scaled_shape((301, 517), "0_65mpp", "1_0mpp") == (195, 336)
+    assert tiff_layout.scaled_shape((301, 517), 0.5, 1.0) == (150, 258)
+    assert tiff_layout.scaled_shape((301, 517), "0_65mpp", "1_0mpp") == (195, 336)
     image = np.arange(4 * 6, dtype=np.uint16).reshape(4, 6)
-    np.testing.assert_array_equal(demo.downsample_image(image, (2, 3)), [[4, 6, 8], [16, 18, 20]])
-    assert demo.downsample_image(np.zeros((301, 517, 3), np.uint8), (195, 336)).shape == (195, 336, 3)
+    np.testing.assert_array_equal(tiff_layout.downsample_image(image, (2, 3)), [[4, 6, 8], [16, 18, 20]])
+    assert tiff_layout.downsample_image(np.zeros((301, 517, 3), np.uint8), (195, 336)).shape == (195, 336, 3)
     labels = np.repeat(np.repeat(np.arange(6, dtype=np.uint32).reshape(2, 3), 2, 0), 2, 1)
-    np.testing.assert_array_equal(demo.downsample_labels(labels, (2, 3)), np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(tiff_layout.downsample_labels(labels, (2, 3)), np.arange(6).reshape(2, 3))

@@ -16,9 +16,10 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
-from spora_zarr import _direct, _engines
-from spora_zarr._engines import open_level
-from spora_zarr._storage import Location
+from spora_zarr.read import levels as _engines
+from spora_zarr.read.engines import direct as _direct
+from spora_zarr.read.levels import open_level
+from spora_zarr.store.location import Location
 from spora_zarr.errors import StoreError
 
 SHAPE = (3, 300, 250)

@@ -17,9 +17,10 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from spora_zarr import _direct, _engines
-from spora_zarr._engines import ENGINES, LevelReader, default_engine, limit_codec_threads, open_level
-from spora_zarr._storage import Location
+from spora_zarr.read import levels as _engines
+from spora_zarr.read.engines import direct as _direct
+from spora_zarr.read.levels import ENGINES, LevelReader, default_engine, limit_codec_threads, open_level
+from spora_zarr.store.location import Location
 from spora_zarr.errors import InvalidInputError, NotFoundError
 
 ARRAY = "imc/images/T1/1_0mpp"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spora_zarr.errors import InvalidInputError
-from spora_zarr.layout import image_group_path, is_resolution_name, resolution_name, resolution_value, tile_table_path, validate_tissue_id
+from spora_zarr.store.layout import image_group_path, is_resolution_name, resolution_name, resolution_value, tile_table_path, validate_tissue_id
 
 
 @pytest.mark.parametrize(

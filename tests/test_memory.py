@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spora_zarr.demo import write_large_multiplex_tiff
+from spora_zarr.testing.cohorts import write_large_multiplex_tiff
 
 MiB = 2**20
 BUDGET_MIB = 48

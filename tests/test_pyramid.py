@@ -12,7 +12,7 @@ import zarr
 from ngff_zarr.methods import Methods
 
 from spora_zarr import WriteOptions, write_image, write_labels
-from spora_zarr.pyramid import bin_shrink, mode_shrink, plan_levels
+from spora_zarr.write.pyramid import bin_shrink, mode_shrink, plan_levels
 from spora_zarr.sources import ArraySource
 
 

@@ -17,8 +17,8 @@ import pytest
 import zarr
 
 from spora_zarr import ConvertOptions, WriteOptions, convert_cohort, open_cohort
-from spora_zarr.demo import make_synthetic_cohort
-from spora_zarr.layout import MASK_KINDS
+from spora_zarr.testing.cohorts import make_synthetic_cohort
+from spora_zarr.store.layout import MASK_KINDS
 
 LAYOUT = ["--shard", "224", "--chunk", "112"]
 

@@ -22,8 +22,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from spora_zarr import ConvertOptions, _engines, convert_cohort
-from spora_zarr._engines import open_level
+from spora_zarr import ConvertOptions, convert_cohort
+from spora_zarr.read import levels as _engines
+from spora_zarr.read.levels import open_level
 from spora_zarr.datasets import (
     ComposedImagingDataset,
     HEImagingDataset,
@@ -31,7 +32,7 @@ from spora_zarr.datasets import (
     SingleIHCImagingDataset,
     SporaDataset,
 )
-from spora_zarr.demo import make_synthetic_cohort
+from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.errors import InvalidInputError, NotFoundError
 from spora_zarr.torch import TileDataset, available_cores, worker_init_fn
 

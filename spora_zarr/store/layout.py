@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Union
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 Resolution = Union[float, int, str]
 

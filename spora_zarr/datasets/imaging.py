@@ -17,31 +17,29 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ._engines import open_level
-from ._storage import Location
-from .errors import InvalidInputError, NotFoundError
-from .layout import (
+from ..errors import InvalidInputError, NotFoundError
+from ..read.cohort import Cohort, open_cohort
+from ..read.levels import open_level
+from ..store.layout import (
     CELLS_TABLE,
     MASK_KINDS,
     TISSUES_TABLE,
     Resolution,
     channels_per_tissue_table_path,
     channels_table_path,
-    modality_dir,
     resolution_name,
-    resolution_value,
     tile_table_path,
 )
-from .reader import Cohort, open_cohort
+from ..store.location import Location
+from .modalities import HEModality, IHCModality, MultiplexModality, as_multiplex_modality
+from .tissues import CellMask, HETissue, IHCTissue, MultiplexTissue, TissueMask
 
 log = logging.getLogger("spora_zarr")
 
@@ -52,108 +50,6 @@ MEAN_STD = {
     "hibou": ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)),
 }
 
-
-# -- modalities --------------------------------------------------------------
-@dataclass(frozen=True)
-class Modality:
-    """An imaging modality: its name and canonical directory in the store."""
-
-    name: str
-    directory: str
-
-
-@dataclass(frozen=True)
-class HEModality(Modality):
-    name: str = "he"
-    directory: str = "he"
-
-
-@dataclass(frozen=True)
-class MultiplexModality(Modality):
-    """Base of the multiplex modalities (per-channel images with a channel table)."""
-
-
-@dataclass(frozen=True)
-class IMCModality(MultiplexModality):
-    name: str = "imc"
-    directory: str = "imc"
-
-
-@dataclass(frozen=True)
-class CycIFModality(MultiplexModality):
-    name: str = "cycif"
-    directory: str = "cycif"
-
-
-@dataclass(frozen=True)
-class IHCModality(Modality):
-    """Single-marker RGB IHC, stored under ``ihc/ihc_<marker>``."""
-
-    marker: str = ""
-    name: str = "ihc"
-    directory: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.directory:
-            object.__setattr__(self, "directory", modality_dir("ihc", self.marker))
-        object.__setattr__(self, "name", f"ihc_{self.marker}")
-
-
-MULTIPLEX_MODALITIES: dict[str, MultiplexModality] = {m.directory: m for m in (IMCModality(), CycIFModality())}
-
-
-def as_multiplex_modality(modality: str | MultiplexModality) -> MultiplexModality:
-    """A multiplex modality from its dataclass or directory name (unknown names are accepted)."""
-    if isinstance(modality, MultiplexModality):
-        return modality
-    return MULTIPLEX_MODALITIES.get(modality, MultiplexModality(name=modality, directory=modality))
-
-
-# -- tissues -------------------------------------------------------------------
-@dataclass
-class HETissue:
-    tissue_id: str
-    image: torch.Tensor
-    image_mode: str = "CHW"
-
-
-@dataclass
-class MultiplexTissue:
-    tissue_id: str
-    image: torch.Tensor
-    channel_names: list[str]
-    measured_mask: torch.Tensor
-    image_loading_mask: torch.Tensor
-    uniprot_ids: list[str | None] | None = None
-
-
-@dataclass
-class IHCTissue:
-    tissue_id: str
-    image: torch.Tensor
-    marker: str
-    image_mode: str = "CHW"
-
-
-@dataclass
-class ComposedTissue:
-    tissue_id: str
-    modalities: dict[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> Any:
-        return self.modalities[name]
-
-
-@dataclass
-class TissueMask:
-    tissue_id: str
-    mask: torch.Tensor
-
-
-@dataclass
-class CellMask:
-    tissue_id: str
-    mask: torch.Tensor
 
 
 Standardizer = Callable[[torch.Tensor, str, Sequence[str]], torch.Tensor]
@@ -491,88 +387,3 @@ class MultiplexImagingDataset(BaseImagingDataset):
             image_loading_mask=torch.tensor([c in names for c in stored]),
             uniprot_ids=[None if pd.isna(uniprot.get(n)) else uniprot.get(n) for n in names],
         )
-
-
-def pixel_scale(base: BaseImagingDataset, dataset: BaseImagingDataset) -> float:
-    """Pixels of ``dataset`` per pixel of ``base`` (their resolutions' ratio)."""
-    return resolution_value(base.resolution) / resolution_value(dataset.resolution)
-
-
-class ComposedImagingDataset:
-    """Several unimodal datasets of the same cohort as one multi-modal handle."""
-
-    def __init__(self, datasets: Mapping[str, BaseImagingDataset] | Sequence[BaseImagingDataset], name: str | None = None) -> None:
-        items = datasets.items() if isinstance(datasets, Mapping) else ((d.modality_dir(), d) for d in datasets)
-        self.datasets: dict[str, BaseImagingDataset] = dict(items)
-        if not self.datasets:
-            raise InvalidInputError("ComposedImagingDataset needs at least one dataset")
-        self.name = name or "+".join(self.datasets)
-
-    @property
-    def primary(self) -> BaseImagingDataset:
-        return next(iter(self.datasets.values()))
-
-    @functools.cached_property
-    def tissue_ids(self) -> list[str]:
-        """Tissues present in every modality."""
-        common = set.intersection(*(set(d.tissue_ids) for d in self.datasets.values()))
-        return [t for t in self.primary.tissue_ids if t in common]
-
-    def __len__(self) -> int:
-        return len(self.tissue_ids)
-
-    def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> ComposedTissue:
-        modalities = {}
-        for name, dataset in self.datasets.items():
-            modality_kind = kind if isinstance(dataset, MultiplexImagingDataset) else "complete"
-            modalities[name] = dataset.get_tissue(tissue_id, modality_kind, preprocess, image_mode)
-        return ComposedTissue(tissue_id, modalities)
-
-    def read_tile(self, tissue_id: str, row: int, col: int, size: int | None = None, *, kind: str = "complete", preprocess: bool = True) -> dict[str, torch.Tensor]:
-        """The same window of every modality (row/col at the primary dataset's resolution, scaled for the others)."""
-        base = self.primary
-        tiles = {}
-        for name, dataset in self.datasets.items():
-            factor = pixel_scale(base, dataset)
-            modality_kind = kind if isinstance(dataset, MultiplexImagingDataset) else "complete"
-            tiles[name] = dataset.read_tile(tissue_id, round(row * factor), round(col * factor),
-                                            round((size or base.crop_size) * factor), kind=modality_kind, preprocess=preprocess)
-        return tiles
-
-    @property
-    def tile_coordinates(self) -> pd.DataFrame:
-        tiles = self.primary.tile_coordinates
-        return tiles[tiles.tissue_id.isin(self.tissue_ids)].reset_index(drop=True)
-
-
-class SporaDataset:
-    """Several composed datasets, possibly from several cohorts, sampled by tissue or by tile."""
-
-    def __init__(self, datasets: Iterable[ComposedImagingDataset | BaseImagingDataset], sampling: str = "tissue", seed: int | None = None) -> None:
-        self.datasets = [d if isinstance(d, ComposedImagingDataset) else ComposedImagingDataset([d]) for d in datasets]
-        if sampling not in ("tissue", "tile"):
-            raise InvalidInputError(f"sampling must be 'tissue' or 'tile', got {sampling!r}")
-        self.sampling = sampling
-        self._rng = random.Random(seed)
-
-    @functools.cached_property
-    def index(self) -> list[tuple[int, str, int | None]]:
-        """``(dataset index, tissue_id, tile_id or None)`` of every sample."""
-        if self.sampling == "tissue":
-            return [(i, t, None) for i, d in enumerate(self.datasets) for t in d.tissue_ids]
-        return [(i, str(r.tissue_id), int(r.tile_id)) for i, d in enumerate(self.datasets) for r in d.tile_coordinates.itertuples()]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> ComposedTissue | dict[str, torch.Tensor]:
-        dataset_index, tissue_id, tile_id = self.index[i]
-        dataset = self.datasets[dataset_index]
-        if tile_id is None:
-            return dataset.get_tissue(tissue_id)
-        row, col = dataset.primary.tile_position(tissue_id, tile_id)
-        return dataset.read_tile(tissue_id, row, col)
-
-    def sample(self, n: int) -> list[tuple[int, str, int | None]]:
-        """``n`` samples drawn uniformly (with replacement) across all datasets."""
-        return [self._rng.choice(self.index) for _ in range(n)]

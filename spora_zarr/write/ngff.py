@@ -17,7 +17,7 @@ import ngff_zarr
 import numpy as np
 from ngff_zarr.methods import Methods
 
-from .layout import FORMAT_VERSION
+from ..store.layout import FORMAT_VERSION
 from .pyramid import Level, Method
 
 NGFF_VERSION = "0.5"
@@ -141,9 +141,3 @@ def label_attributes(levels: Sequence[Level], *, name: str, source_image: str | 
         image_label["source"] = {"image": source_image}
     ome = {"version": NGFF_VERSION, "multiscales": [entry], "image-label": image_label}
     return {"ome": ome, "spora": {"format_version": FORMAT_VERSION, "kind": "label", **spora}}
-
-
-def is_complete_group(attributes: dict[str, Any]) -> bool:
-    """Whether group attributes describe a finished multiscale (image or label)."""
-    ome = attributes.get("ome")
-    return isinstance(ome, dict) and bool(ome.get("multiscales"))

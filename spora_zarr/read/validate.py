@@ -6,10 +6,10 @@ from typing import Any
 
 import zarr
 
-from ._storage import Location
-from .errors import InvalidInputError, SporaZarrError
-from .layout import MASK_KINDS, is_resolution_name, resolution_value, validate_tissue_id
-from .reader import Cohort, open_cohort
+from ..store.location import Location
+from ..errors import InvalidInputError, SporaZarrError
+from ..store.layout import MASK_KINDS, is_resolution_name, resolution_value, validate_tissue_id
+from .cohort import Cohort, open_cohort
 
 
 def validate_store(location: str | Location, storage_options: dict[str, Any] | None = None) -> list[str]:

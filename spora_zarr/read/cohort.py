@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._staging import STAGING_DIR, Staging
-from ._storage import Location
-from .errors import NotFoundError
-from .layout import (
+from ..store.staging import STAGING_DIR, Staging
+from ..store.location import Location
+from ..errors import NotFoundError
+from ..store.layout import (
     MASK_KINDS,
     Resolution,
     image_group_path,

@@ -20,10 +20,10 @@ from typing import Any
 
 import multiprocessing
 
-from ._staging import Staging
-from ._storage import Location
-from .errors import InvalidInputError, SporaZarrError
-from .layout import (
+from ..store.staging import Staging
+from ..store.location import Location
+from ..errors import InvalidInputError, SporaZarrError
+from ..store.layout import (
     FORMAT_VERSION,
     IHC_PREFIX,
     MASK_KINDS,
@@ -36,8 +36,8 @@ from .layout import (
     resolution_value,
     validate_tissue_id,
 )
-from .sources import RASTER_SUFFIXES, TIFF_SUFFIXES, ImageSource, open_source
-from .writer import WriteOptions, WriteResult, write_image, write_labels
+from ..sources import RASTER_SUFFIXES, TIFF_SUFFIXES, ImageSource, open_source
+from ..write.writer import WriteOptions, WriteResult, write_image, write_labels
 
 log = logging.getLogger("spora_zarr")
 

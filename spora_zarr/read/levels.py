@@ -70,9 +70,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import zarr
 
-from . import _direct
-from ._storage import Location
-from .errors import InvalidInputError, NotFoundError
+from .engines import direct as _direct
+from ..store.location import Location
+from ..errors import InvalidInputError, NotFoundError
 
 __all__ = ["ENGINES", "LevelReader", "default_engine", "limit_codec_threads", "open_level"]
 

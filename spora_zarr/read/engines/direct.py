@@ -37,7 +37,7 @@ import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.chunk_grids import RegularChunkGrid
 
-from .errors import StoreError
+from ...errors import StoreError
 
 __all__ = ["DirectArray", "UnsupportedLayout", "available", "set_threads"]
 

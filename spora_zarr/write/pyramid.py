@@ -16,7 +16,7 @@ from enum import Enum
 
 import numpy as np
 
-from .layout import resolution_name
+from ..store.layout import resolution_name
 
 
 class Method(str, Enum):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._storage import Location
-from .layout import MASK_KINDS
-from .reader import open_cohort
+from ..store.location import Location
+from ..store.layout import MASK_KINDS
+from .cohort import open_cohort
 
 
 def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:

@@ -24,8 +24,7 @@ import shutil
 import uuid
 from typing import Any
 
-from ._storage import Location
-from .metadata import is_complete_group
+from .location import Location
 
 log = logging.getLogger("spora_zarr")
 
@@ -37,6 +36,12 @@ _OLD = ".old"
 def group_document(attributes: dict[str, Any] | None = None) -> bytes:
     """The ``zarr.json`` of a zarr v3 group with ``attributes``."""
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}, indent=2).encode()
+
+
+def is_complete_group(attributes: dict[str, Any]) -> bool:
+    """Whether group attributes describe a finished multiscale (image or label)."""
+    ome = attributes.get("ome")
+    return isinstance(ome, dict) and bool(ome.get("multiscales"))
 
 
 class Staging:

@@ -23,13 +23,13 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from . import _engines
-from ._staging import Staging
-from ._storage import Location
-from .errors import InvalidInputError
-from .metadata import channel_windows, image_attributes, label_attributes
+from ..read import levels as _engines
+from ..store.staging import Staging
+from ..store.location import Location
+from ..errors import InvalidInputError
+from .ngff import channel_windows, image_attributes, label_attributes
 from .pyramid import SHRINK, Level, Method, check_source_shapes, plan_levels
-from .sources import ImageSource
+from ..sources import ImageSource
 
 log = logging.getLogger("spora_zarr")
 

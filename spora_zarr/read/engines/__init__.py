@@ -1,0 +1,1 @@
+"""Read engines: the compiled direct engine (``_window.c``), tensorstore and zarr-python (zarrs)."""

@@ -1,0 +1,119 @@
+"""The ``ImageSource`` protocol: anything that produces pixels for the one writer.
+
+A source presents its image as ``(C, H, W)`` and is read window by window, so a
+slide larger than memory streams through :mod:`spora_zarr.write` block by block.
+The converter's files (TIFF, legacy zarr, PNG/JPEG), arrays in memory, and later
+stitched mosaics and model predictions are all sources: each gets the writer's
+pyramid, staging, resume and validation without a writer of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+
+@dataclass
+class SourceInfo:
+    """What a source says about itself beyond its pixels.
+
+    Attributes
+    ----------
+    channel_names
+        Names of the ``C`` channels, when the source records them (OME-TIFF).
+    mpp
+        Microns per pixel on y/x, when the source records it.
+    is_rgb
+        Whether the channels are the red, green and blue of a colour image.
+    """
+
+    channel_names: list[str] | None = None
+    mpp: float | None = None
+    is_rgb: bool = False
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """A ``(C, H, W)`` image read window by window; a context manager that closes it.
+
+    Implementations set ``name`` (shown in errors), ``shape``, ``dtype`` and
+    ``info``, implement :meth:`read`, and override :meth:`close` when they hold
+    files or threads. Subclassing this protocol gives the context manager and a
+    no-op ``close``.
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    info: SourceInfo
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[:, y0:y1, x0:x1]`` as a ``(C, y1 - y0, x1 - x0)`` array of ``dtype``.
+
+        The window lies inside the image. A source that cannot produce it raises
+        :class:`~spora_zarr.errors.InvalidInputError` naming itself and the reason.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release files and threads; the source is not read afterwards."""
+
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+@dataclass
+class ArraySource(ImageSource):
+    """An in-memory ``(C, H, W)`` (or ``(H, W)``) numpy or any sliceable array."""
+
+    array: Any
+    name: str = "<array>"
+    info: SourceInfo = field(default_factory=SourceInfo)
+
+    def __post_init__(self) -> None:
+        if self.array.ndim == 2:
+            self.array = self.array[None]
+        if self.array.ndim != 3:
+            raise InvalidInputError(f"{self.name}: expected a (C, H, W) or (H, W) array, got shape {self.array.shape}")
+        channels, height, width = (int(n) for n in self.array.shape)
+        self.shape = (channels, height, width)
+        self.dtype = np.dtype(self.array.dtype)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return np.asarray(self.array[:, y0:y1, x0:x1])
+
+
+class AxesView:
+    """Windows of one zarr view whose axes are named by tifffile letters, as ``(C, h, w)``."""
+
+    def __init__(self, array: Any, axes: str, name: str) -> None:
+        if "Y" not in axes or "X" not in axes:
+            raise InvalidInputError(f"{name}: unsupported TIFF axes {axes!r} (no Y/X plane)")
+        self.array, self.axes, self.name = array, axes, name
+        others = [i for i, a in enumerate(axes) if a not in "YX"]
+        self._order = [*others, axes.index("Y"), axes.index("X")]
+        self.channels = int(np.prod([array.shape[i] for i in others], dtype=np.int64))
+        self.height, self.width = array.shape[axes.index("Y")], array.shape[axes.index("X")]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        index: list[slice] = [slice(None)] * len(self.axes)
+        index[self.axes.index("Y")] = slice(y0, y1)
+        index[self.axes.index("X")] = slice(x0, x1)
+        window = np.asarray(self.array[tuple(index)])
+        return window.transpose(self._order).reshape(self.channels, y1 - y0, x1 - x0)
+
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when empty), at most 200 characters."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+

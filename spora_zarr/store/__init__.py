@@ -1,0 +1,29 @@
+"""The store: layout names and paths (no I/O), location (local or fsspec), metadata and staging."""
+
+from .layout import (
+    FORMAT_VERSION,
+    MASK_KINDS,
+    Resolution,
+    image_group_path,
+    is_resolution_name,
+    label_group_path,
+    resolution_name,
+    resolution_value,
+    tile_table_path,
+    validate_tissue_id,
+)
+from .location import Location
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MASK_KINDS",
+    "Location",
+    "Resolution",
+    "image_group_path",
+    "is_resolution_name",
+    "label_group_path",
+    "resolution_name",
+    "resolution_value",
+    "tile_table_path",
+    "validate_tissue_id",
+]
