@@ -67,7 +67,7 @@ def test_every_group_validates(cohort_pair: tuple[Path, Path]) -> None:
 def test_levels_are_named_by_resolution_and_carry_microns(cohort_pair: tuple[Path, Path]) -> None:
     _, dest = cohort_pair
     cohort = open_cohort(dest)
-    attrs = cohort.group_attributes("imc", "A")
+    attrs = cohort.group_metadata("imc", "A").to_attributes()
     multiscale = attrs["ome"]["multiscales"][0]
     assert [d["path"] for d in multiscale["datasets"]] == ["0_5mpp", "1_0mpp"]
     assert [d["coordinateTransformations"][0]["scale"] for d in multiscale["datasets"]] == [[1.0, 0.5, 0.5], [1.0, 1.0, 1.0]]
@@ -77,7 +77,7 @@ def test_levels_are_named_by_resolution_and_carry_microns(cohort_pair: tuple[Pat
     for channel in channels:
         window = channel["window"]
         assert window["min"] <= window["start"] < window["end"] <= window["max"]
-    he = cohort.group_attributes("he", "A")["ome"]["omero"]["channels"]
+    he = cohort.group_metadata("he", "A").to_attributes()["ome"]["omero"]["channels"]
     assert [(c["label"], c["color"]) for c in he] == [("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF")]
 
 

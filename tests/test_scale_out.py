@@ -29,7 +29,7 @@ def arrays_of(location: str | Path, storage_options: dict | None = None) -> dict
     found: dict[str, object] = {}
     groups = [(m, t) for m in cohort.modalities for t in cohort.tissues(m)] + [(k, t) for k in MASK_KINDS for t in cohort.mask_tissues(k)]
     for modality, tissue in groups:
-        found[cohort.group_path(modality, tissue)] = cohort.group_attributes(modality, tissue)
+        found[cohort.group_path(modality, tissue)] = cohort.group_metadata(modality, tissue).to_attributes()
         for res in cohort.resolutions(modality, tissue):
             array = cohort.open_array(modality, tissue, res)
             found[f"{cohort.group_path(modality, tissue)}/{res}"] = (array.metadata.to_dict(), array[...].tobytes())

@@ -116,7 +116,7 @@ class BaseImagingDataset:
         self.cohort.check_modality(self.modality_dir())
         self._init_modality()
         if not self.tissue_ids:
-            available = self.cohort.attributes.get("modalities", {}).get(self.modality_dir(), [])
+            available = self.cohort.attributes.modalities.get(self.modality_dir(), ())
             raise NotFoundError(
                 f"{self.cohort.location}: {self.modality_dir()} has no images at resolution {self.resolution}; "
                 f"it has {', '.join(available) or 'none'}"

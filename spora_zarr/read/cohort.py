@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..store.staging import STAGING_DIR, Staging
+from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
+from ..store.staging import STAGING_DIR, Staging, is_complete_group
 from ..store.location import Location
 from ..errors import NotFoundError
 from ..store.layout import (
@@ -32,11 +33,10 @@ class Cohort:
 
     def __init__(self, location: Location) -> None:
         self.location = location
-        staging = Staging(location)
-        attributes = staging.read_attributes("")
+        attributes = read_cohort_attributes(location)
         if attributes is None:
             raise NotFoundError(f"{location}: not a cohort store (no zarr group at its root)")
-        self.attributes: dict[str, Any] = attributes.get("spora", {})
+        self.attributes: CohortAttributes = attributes
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open_cohort, (self.location,))
@@ -48,7 +48,7 @@ class Cohort:
     @property
     def modalities(self) -> list[str]:
         """Modality directories holding images (``he``, ``imc``, ``ihc/ihc_CD3``, ...)."""
-        return sorted(self.attributes.get("modalities", {}))
+        return sorted(self.attributes.modalities)
 
     @property
     def mask_kinds(self) -> list[str]:
@@ -88,19 +88,18 @@ class Cohort:
         return image_group_path(modality, tissue_id)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019
-    def group_attributes(self, modality: str, tissue_id: str) -> dict[str, Any]:
-        """Attributes of a complete image or mask group; ``NotFoundError`` otherwise."""
+    def group_metadata(self, modality: str, tissue_id: str) -> GroupMetadata:
+        """Metadata of a complete image or mask group; ``NotFoundError`` otherwise, ``StoreError`` if invalid."""
         validate_tissue_id(tissue_id)
         path = self.group_path(modality, tissue_id)
         attributes = Staging(self.location).read_attributes(path)
-        if attributes is None or "ome" not in attributes:
+        if attributes is None or not is_complete_group(attributes):
             raise NotFoundError(f"{self.location}: no tissue {tissue_id!r} in {modality!r}")
-        return attributes
+        return GroupMetadata.from_attributes(attributes, where=self.location.join(path))
 
     def resolutions(self, modality: str, tissue_id: str) -> list[str]:
         """Level names of a tissue's image or mask, finest first."""
-        datasets = self.group_attributes(modality, tissue_id)["ome"]["multiscales"][0]["datasets"]
-        return [d["path"] for d in datasets]
+        return self.group_metadata(modality, tissue_id).level_names
 
     def level_path(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> str:
         """Store path of one level array; ``resolution=None`` is the finest level."""
@@ -116,29 +115,12 @@ class Cohort:
 
     def channel_names(self, modality: str, tissue_id: str) -> list[str]:
         """Channel labels of a tissue image, in stored order."""
-        attributes = self.group_attributes(modality, tissue_id)
-        omero = attributes["ome"].get("omero")
-        if omero:
-            return [c["label"] for c in omero["channels"]]
-        return list(attributes.get("spora", {}).get("channel_names", []))
+        return self.group_metadata(modality, tissue_id).channel_names
 
     def open_array(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> zarr.Array:
         """The zarr array of one level (no pixels read)."""
         path = self.level_path(modality, tissue_id, resolution)
         return zarr.open_array(self.location.zarr_store(read_only=True), path=path, mode="r")
-
-    def _transform(self, modality: str, tissue_id: str, name: str) -> tuple[float, float]:
-        """(mpp, translation in microns) of level ``name`` on y/x."""
-        for dataset in self.group_attributes(modality, tissue_id)["ome"]["multiscales"][0]["datasets"]:
-            if dataset["path"] == name:
-                scale = translation = None
-                for t in dataset["coordinateTransformations"]:
-                    if t["type"] == "scale":
-                        scale = t["scale"][-1]
-                    elif t["type"] == "translation":
-                        translation = t["translation"][-1]
-                return float(scale), float(translation or 0.0)
-        raise NotFoundError(name)
 
     def open_image(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> Any:
         """A level as a lazy ``xarray.DataArray``: dims ``(c, y, x)``, channel names, micron coordinates.
@@ -150,7 +132,8 @@ class Cohort:
 
         array = self.open_array(modality, tissue_id, resolution)
         name = array.path.rsplit("/", 1)[-1]
-        mpp, offset = self._transform(modality, tissue_id, name)
+        level = self.group_metadata(modality, tissue_id).level(name)
+        mpp, offset = level.mpp, level.offset
         chunks = array.shards or array.chunks
         data = da.from_zarr(array, chunks=chunks)
         coords: dict[str, Any] = {

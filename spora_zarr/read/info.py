@@ -12,7 +12,7 @@ from .cohort import open_cohort
 def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:
     """Multi-line text describing the store at ``location``."""
     cohort = open_cohort(location, storage_options)
-    lines = [f"cohort store {cohort.location}", f"format version {cohort.attributes.get('format_version', '?')}"]
+    lines = [f"cohort store {cohort.location}", f"format version {cohort.attributes.format_version}"]
     for modality in cohort.modalities:
         tissues = cohort.tissues(modality)
         lines.append(f"\nmodality {modality}: {len(tissues)} tissue(s)")
@@ -36,8 +36,7 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
 
 def _levels(cohort: Any, modality: str, tissue_id: str) -> list[str]:
     lines = []
-    attributes = cohort.group_attributes(modality, tissue_id)
-    stored = set(attributes.get("spora", {}).get("source_levels", []))
+    stored = set(cohort.group_metadata(modality, tissue_id).spora.source_levels)
     for name in cohort.resolutions(modality, tissue_id):
         array = cohort.open_array(modality, tissue_id, name)
         shards = f" shards {tuple(array.shards)}" if array.shards else ""

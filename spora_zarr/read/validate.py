@@ -60,35 +60,34 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
         ngff_zarr.validate(attributes, version="0.5", model="label" if labels else "image")
     except Exception as exc:
         problems.append(f"ngff_zarr.validate: {str(exc).splitlines()[0]}")
-    multiscale = attributes["ome"]["multiscales"][0]
+    metadata = cohort.group_metadata(modality, tissue_id)
     previous = None
-    for dataset in multiscale["datasets"]:
-        name = dataset["path"]
+    for level in metadata.levels:
+        name = level.name
         if not is_resolution_name(name):
             problems.append(f"level {name!r} is not named by its resolution")
             continue
-        scale = next((t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale"), None)
-        if scale is None or abs(scale[-1] - resolution_value(name)) > 1e-9 or abs(scale[-2] - resolution_value(name)) > 1e-9:
-            problems.append(f"level {name} has scale {scale}, expected {resolution_value(name)} micrometer on y/x")
+        expected = resolution_value(name)
+        if len(level.scale) < 2 or any(abs(s - expected) > 1e-9 for s in level.scale[-2:]):
+            problems.append(f"level {name} has scale {list(level.scale)}, expected {expected} micrometer on y/x")
         array = group[name]
         if not array.metadata.dimension_names:
             problems.append(f"level {name} has no dimension_names")
         if previous is not None and any(a > b for a, b in zip(array.shape[-2:], previous)):
             problems.append(f"level {name} {array.shape} is larger than the level before it {previous}")
         previous = array.shape[-2:]
-    axes = multiscale["axes"]
-    if any(a["type"] == "space" and a.get("unit") != "micrometer" for a in axes):
+    axes = metadata.ome.multiscales[0].axes
+    if any(axis.type == "space" and axis.unit != "micrometer" for axis in axes):
         problems.append("spatial axes must have unit 'micrometer'")
     if not labels:
-        omero = attributes["ome"].get("omero")
-        channels = group[multiscale["datasets"][0]["path"]].shape[0]
-        if not omero or len(omero.get("channels", [])) != channels:
+        channels = group[metadata.level_names[0]].shape[0]
+        if len(metadata.channels) != channels:
             problems.append(f"omero metadata must list {channels} channels")
         else:
-            for i, channel in enumerate(omero["channels"]):
-                missing = {"label", "color", "window"} - set(channel)
+            for i, channel in enumerate(metadata.channels):
+                missing = [key for key, value in (("label", channel.label), ("color", channel.color), ("window", channel.window)) if not value]
                 if missing:
-                    problems.append(f"omero channel {i} lacks {', '.join(sorted(missing))}")
+                    problems.append(f"omero channel {i} lacks {', '.join(missing)}")
     return problems
 
 

@@ -17,7 +17,7 @@ import ngff_zarr
 import numpy as np
 from ngff_zarr.methods import Methods
 
-from ..store.layout import FORMAT_VERSION
+from ..store.metadata import GroupMetadata, SporaGroupAttributes
 from .pyramid import Level, Method
 
 NGFF_VERSION = "0.5"
@@ -118,26 +118,27 @@ def channel_windows(sample: np.ndarray, dtype: np.dtype, *, rgb: bool) -> list[d
     return windows
 
 
-def image_attributes(
+def image_metadata(
     levels: Sequence[Level],
     *,
     name: str,
     channel_names: Sequence[str],
     windows: Sequence[dict[str, float]],
     rgb: bool,
-    spora: dict[str, Any],
-) -> dict[str, Any]:
-    """Attributes of an NGFF image group (``ome`` with multiscales and omero, plus ``spora``)."""
+    spora: SporaGroupAttributes,
+    where: str,
+) -> GroupMetadata:
+    """The metadata of an NGFF image group: multiscales and omero, validated, and the spora attributes."""
     entry = multiscales_metadata(levels, name=name, method=Method.BIN_SHRINK, labels=False)
     ome = {"version": NGFF_VERSION, "multiscales": [entry], "omero": omero_metadata(channel_names, windows, rgb=rgb)}
-    return {"ome": ome, "spora": {"format_version": FORMAT_VERSION, "kind": "image", **spora}}
+    return GroupMetadata.from_attributes({"ome": ome, "spora": spora.to_dict()}, where=where)
 
 
-def label_attributes(levels: Sequence[Level], *, name: str, source_image: str | None, spora: dict[str, Any]) -> dict[str, Any]:
-    """Attributes of an NGFF label image group (multiscales plus ``image-label``)."""
+def label_metadata(levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str) -> GroupMetadata:
+    """The metadata of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes."""
     entry = multiscales_metadata(levels, name=name, method=Method.MODE, labels=True)
     image_label: dict[str, Any] = {"version": NGFF_VERSION}
     if source_image:
         image_label["source"] = {"image": source_image}
     ome = {"version": NGFF_VERSION, "multiscales": [entry], "image-label": image_label}
-    return {"ome": ome, "spora": {"format_version": FORMAT_VERSION, "kind": "label", **spora}}
+    return GroupMetadata.from_attributes({"ome": ome, "spora": spora.to_dict()}, where=where)

@@ -1,0 +1,293 @@
+"""Typed metadata of a cohort store, parsed once and written from these objects.
+
+- :class:`CohortAttributes` is the root group's ``spora`` attribute: the store
+  format version, the modalities with their level names, the mask kinds.
+  :func:`update_cohort_attributes` is the one writer of the root document: it
+  merges what a run adds into what is there, never rebuilds it from one run.
+- :class:`GroupMetadata` is an image or label group: its NGFF 0.5 ``ome``
+  attribute, validated by ``ome-zarr-models`` (``ImageAttrs`` or
+  ``ImageLabelAttrs``; ``omero`` rides along as an extra field), seen through
+  its levels and channels, and its ``spora`` attribute
+  (:class:`SporaGroupAttributes`).
+
+A store whose ``format_version`` is newer than :data:`FORMAT_VERSION` is a
+:class:`~spora_zarr.errors.StoreError` on open: its layout may differ in ways
+this version would misread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import StoreError
+from .layout import FORMAT_VERSION, resolution_value
+from .location import Location
+from .staging import Staging
+
+__all__ = [
+    "ChannelMetadata",
+    "CohortAttributes",
+    "GroupMetadata",
+    "LevelMetadata",
+    "SporaGroupAttributes",
+    "check_format_version",
+    "read_cohort_attributes",
+    "update_cohort_attributes",
+]
+
+
+def check_format_version(version: object, where: str) -> str:
+    """``version`` as text if this version of spora_zarr reads it; else a ``StoreError``."""
+    text = str(version)
+    try:
+        number = int(text)
+    except ValueError:
+        raise StoreError(f"{where}: unknown spora format_version {version!r}") from None
+    if number > int(FORMAT_VERSION):
+        raise StoreError(
+            f"{where}: written in spora store format {number}, newer than format {FORMAT_VERSION} that this "
+            "version of spora_zarr reads; upgrade spora_zarr"
+        )
+    return text
+
+
+# -- the root document -------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class CohortAttributes:
+    """The ``spora`` attribute of the root group.
+
+    Attributes
+    ----------
+    format_version
+        The store format version (:data:`FORMAT_VERSION` when written here).
+    modalities
+        Modality directory (``he``, ``imc``, ``ihc/ihc_CD3``) -> level names, finest first.
+    mask_kinds
+        Mask kinds written (``tissue_masks``, ``cell_masks``).
+    """
+
+    format_version: str = FORMAT_VERSION
+    modalities: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    mask_kinds: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, spora: Mapping[str, Any], *, where: str) -> CohortAttributes:
+        """Parse the root's ``spora`` attribute; ``StoreError`` when malformed or too new."""
+        version = check_format_version(spora.get("format_version", FORMAT_VERSION), where)
+        modalities = spora.get("modalities", {})
+        if not isinstance(modalities, Mapping) or not all(isinstance(v, (list, tuple)) for v in modalities.values()):
+            raise StoreError(f"{where}: root attribute spora.modalities must map modality names to lists of levels")
+        return cls(
+            format_version=version,
+            modalities={str(m): tuple(map(str, levels)) for m, levels in sorted(modalities.items())},
+            mask_kinds=tuple(map(str, spora.get("mask_kinds", ()))),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "modalities": {m: list(levels) for m, levels in self.modalities.items()},
+            "mask_kinds": list(self.mask_kinds),
+        }
+
+    def merged(self, modalities: Mapping[str, Iterable[str]] | None = None, mask_kinds: Iterable[str] = ()) -> CohortAttributes:
+        """These attributes with ``modalities`` (and their levels) and ``mask_kinds`` added."""
+        merged = {m: set(levels) for m, levels in self.modalities.items()}
+        for modality, levels in (modalities or {}).items():
+            merged.setdefault(modality, set()).update(levels)
+        return dataclasses.replace(
+            self,
+            format_version=FORMAT_VERSION,
+            modalities={m: tuple(sorted(levels, key=resolution_value)) for m, levels in sorted(merged.items())},
+            mask_kinds=tuple(sorted({*self.mask_kinds, *mask_kinds})),
+        )
+
+
+def read_cohort_attributes(location: Location) -> CohortAttributes | None:
+    """The root's spora attributes, or ``None`` when there is no zarr group at the root."""
+    attributes = Staging(location).read_attributes("")
+    if attributes is None:
+        return None
+    return CohortAttributes.from_dict(attributes.get("spora", {}), where=str(location))
+
+
+def update_cohort_attributes(
+    location: Location, *, modalities: Mapping[str, Iterable[str]] | None = None, mask_kinds: Iterable[str] = ()
+) -> CohortAttributes:
+    """Create the root group, or merge ``modalities`` and ``mask_kinds`` into its attributes.
+
+    The one writer of the root document: modalities, levels and mask kinds
+    already recorded (by another conversion or by ``add-image``) are kept.
+    Other root attributes (not ``spora``) are kept as they are.
+    """
+    staging = Staging(location)
+    document = staging.read_attributes("") or {}
+    current = CohortAttributes.from_dict(document.get("spora", {}), where=str(location))
+    updated = current.merged(modalities, mask_kinds)
+    if not document or updated != current:
+        staging.write_group_document("", {**document, "spora": updated.to_dict()})
+    return updated
+
+
+# -- image and label groups --------------------------------------------------------------
+@dataclass(frozen=True)
+class LevelMetadata:
+    """One dataset of a multiscales: its array path (a resolution name) and y/x transform."""
+
+    name: str
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+
+    @property
+    def mpp(self) -> float:
+        """Microns per pixel on x (equal to y in a spora store)."""
+        return self.scale[-1]
+
+    @property
+    def offset(self) -> float:
+        """Translation in microns on x."""
+        return self.translation[-1] if self.translation else 0.0
+
+
+@dataclass(frozen=True)
+class ChannelMetadata:
+    """One ``omero`` channel: its label, colour (hex ``RRGGBB``) and contrast window, where given."""
+
+    label: str
+    color: str | None = None
+    window: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SporaGroupAttributes:
+    """The ``spora`` attribute of an image or label group."""
+
+    format_version: str = FORMAT_VERSION
+    kind: str = "image"
+    tissue_id: str | None = None
+    modality: str | None = None
+    mask_kind: str | None = None
+    channel_names: tuple[str, ...] = ()
+    source_levels: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    _KNOWN = ("format_version", "kind", "tissue_id", "modality", "mask_kind", "channel_names", "source_levels")
+
+    @classmethod
+    def from_dict(cls, spora: Mapping[str, Any], *, where: str) -> SporaGroupAttributes:
+        return cls(
+            format_version=check_format_version(spora.get("format_version", FORMAT_VERSION), where),
+            kind=str(spora.get("kind", "image")),
+            tissue_id=spora.get("tissue_id"),
+            modality=spora.get("modality"),
+            mask_kind=spora.get("mask_kind"),
+            channel_names=tuple(map(str, spora.get("channel_names", ()))),
+            source_levels=tuple(map(str, spora.get("source_levels", ()))),
+            extra={k: v for k, v in spora.items() if k not in cls._KNOWN},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {
+            "format_version": self.format_version,
+            "kind": self.kind,
+            "tissue_id": self.tissue_id,
+            "modality": self.modality,
+            "mask_kind": self.mask_kind,
+            "channel_names": list(self.channel_names) if self.kind == "image" else None,
+            "source_levels": list(self.source_levels),
+        }
+        return {**{k: v for k, v in values.items() if v is not None}, **self.extra}
+
+
+@dataclass(frozen=True)
+class GroupMetadata:
+    """An image or label group's attributes: the validated NGFF model and the spora attributes.
+
+    Attributes
+    ----------
+    ome
+        ``ome_zarr_models.v05.image.ImageAttrs`` or ``...image_label.ImageLabelAttrs``.
+    spora
+        The group's spora attributes.
+    """
+
+    ome: Any
+    spora: SporaGroupAttributes
+
+    @classmethod
+    def from_attributes(cls, attributes: Mapping[str, Any], *, where: str) -> GroupMetadata:
+        """Parse and validate a group's attributes; ``StoreError`` naming ``where`` when they are not NGFF 0.5."""
+        from ome_zarr_models.v05.image import ImageAttrs
+        from ome_zarr_models.v05.image_label import ImageLabelAttrs
+        from pydantic import ValidationError
+
+        ome = attributes.get("ome")
+        if not isinstance(ome, Mapping) or not ome.get("multiscales"):
+            raise StoreError(f"{where}: not a complete multiscale group (no ome.multiscales)")
+        model = ImageLabelAttrs if "image-label" in ome else ImageAttrs
+        try:
+            parsed = model.model_validate(dict(ome))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise StoreError(f"{where}: invalid NGFF 0.5 metadata at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return cls(parsed, SporaGroupAttributes.from_dict(attributes.get("spora", {}), where=where))
+
+    def to_attributes(self) -> dict[str, Any]:
+        """The group's ``attributes`` as written in its ``zarr.json``."""
+        return {"ome": self.ome.model_dump(mode="json", by_alias=True, exclude_none=True), "spora": self.spora.to_dict()}
+
+    @property
+    def is_label(self) -> bool:
+        return hasattr(self.ome, "image_label")
+
+    @property
+    def name(self) -> str:
+        """The multiscales ``name`` (shown by viewers)."""
+        return str(self.ome.multiscales[0].name or "")
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return tuple(axis.name for axis in self.ome.multiscales[0].axes)
+
+    @property
+    def levels(self) -> tuple[LevelMetadata, ...]:
+        """The levels, finest first, with their y/x scale and translation."""
+        levels = []
+        for dataset in self.ome.multiscales[0].datasets:
+            scale: tuple[float, ...] = ()
+            translation: tuple[float, ...] = ()
+            for transform in dataset.coordinateTransformations:
+                if transform.type == "scale":
+                    scale = tuple(float(v) for v in transform.scale)
+                elif transform.type == "translation":
+                    translation = tuple(float(v) for v in transform.translation)
+            levels.append(LevelMetadata(str(dataset.path), scale, translation))
+        return tuple(levels)
+
+    @property
+    def level_names(self) -> list[str]:
+        return [level.name for level in self.levels]
+
+    def level(self, name: str) -> LevelMetadata:
+        """The level called ``name``; ``KeyError`` when there is none."""
+        for level in self.levels:
+            if level.name == name:
+                return level
+        raise KeyError(name)
+
+    @property
+    def channels(self) -> tuple[ChannelMetadata, ...]:
+        """The ``omero`` channels (empty for labels or when ``omero`` is absent)."""
+        omero = (self.ome.model_extra or {}).get("omero") or {}
+        return tuple(
+            ChannelMetadata(str(c.get("label", "")), c.get("color"), c.get("window")) for c in omero.get("channels", []) if isinstance(c, Mapping)
+        )
+
+    @property
+    def channel_names(self) -> list[str]:
+        """Channel labels in stored order: ``omero`` labels, else the spora ``channel_names``."""
+        channels = self.channels
+        return [c.label for c in channels] if channels else list(self.spora.channel_names)
