@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import SporaZarrError
+from .runtime import configure_writer_process
 from .write.writer import BLOSC_CNAMES, WriteOptions
 
 
@@ -24,6 +25,28 @@ def _json_option(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"--storage-options is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--storage-options must be a JSON object")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a positive finite number (argparse names the flag in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
 
 
@@ -42,14 +65,14 @@ def _parser() -> argparse.ArgumentParser:
             "--min-saving", type=float, default=defaults.min_saving,
             help="store an image uncompressed when blosc saves less than this share of its bytes (default %(default)s; 0: always compress)",
         )
-        p.add_argument("--memory-budget", type=float, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker")
+        p.add_argument("--memory-budget", type=_positive_number, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker")
         p.add_argument("--overwrite", action="store_true", help="redo complete groups (the old version stays until the new one is complete)")
         p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
 
     convert = commands.add_parser("convert", help="convert a spora TIFF cohort into a cohort store")
     convert.add_argument("source")
     convert.add_argument("dest")
-    convert.add_argument("--workers", type=int, default=1, help="tissues converted in parallel")
+    convert.add_argument("--workers", type=_positive_int, default=1, help="tissues converted in parallel")
     convert.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
     convert.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
     convert.add_argument("--source-storage-options", type=_json_option, default=None, help="fsspec options of the source, as JSON")
@@ -61,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("file")
     add.add_argument("--modality", required=True)
     add.add_argument("--tissue-id", required=True)
-    add.add_argument("--mpp", type=float, help="microns per pixel (read from OME-TIFF when omitted)")
+    add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF when omitted)")
     add.add_argument("--channel-names", help="comma-separated channel names")
     layout_options(add)
 
@@ -86,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.command in ("convert", "add-image"):
+        configure_writer_process()
     try:
         return _COMMANDS[args.command](args)
     except SporaZarrError as exc:

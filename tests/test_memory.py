@@ -20,6 +20,8 @@ MEASURE = """
 import resource, sys
 import spora_zarr, tifffile, zarr, zarrs, numpy  # the imports every conversion pays for
 from spora_zarr import ConvertOptions, WriteOptions, convert_cohort
+from spora_zarr.runtime import configure_writer_process
+configure_writer_process()  # as the CLI does
 if sys.argv[1] != "-":
     report = convert_cohort(sys.argv[1], sys.argv[2], ConvertOptions(progress=False, write=WriteOptions(memory_budget={budget} * 2**20)))
     assert report.ok, report.summary()

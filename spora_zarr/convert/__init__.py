@@ -1,5 +1,21 @@
-"""Cohort conversion: scan a spora TIFF cohort into tasks and run them through the runner."""
+"""Cohort conversion: scan a spora TIFF cohort into tasks and run them through the one runner."""
 
-from .cohort import ConversionReport, ConvertOptions, add_image, convert_cohort, scan_cohort
+from .add_image import add_image
+from .cohort import ConversionReport, ConvertOptions, convert_cohort
+from .runner import RunOptions, RunReport, TaskOutcome, run_tasks
+from .scan import CohortPlan, ImageTask, MaskTask, scan_cohort
 
-__all__ = ["ConversionReport", "ConvertOptions", "add_image", "convert_cohort", "scan_cohort"]
+__all__ = [
+    "CohortPlan",
+    "ConversionReport",
+    "ConvertOptions",
+    "ImageTask",
+    "MaskTask",
+    "RunOptions",
+    "RunReport",
+    "TaskOutcome",
+    "add_image",
+    "convert_cohort",
+    "run_tasks",
+    "scan_cohort",
+]

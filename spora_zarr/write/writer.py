@@ -9,8 +9,6 @@ holds one block per level whatever the size of the slide.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import logging
 import math
 import threading
@@ -27,7 +25,8 @@ from ..read import levels as _engines
 from ..store.staging import Staging
 from ..store.location import Location
 from ..errors import InvalidInputError
-from .ngff import channel_windows, image_attributes, label_attributes
+from ..store.metadata import GroupMetadata, SporaGroupAttributes
+from .ngff import channel_windows, image_metadata, label_metadata
 from .pyramid import SHRINK, Level, Method, check_source_shapes, plan_levels
 from ..sources import ImageSource
 
@@ -163,12 +162,13 @@ def write_image(
     if len(names) != shape[0]:
         raise InvalidInputError(f"{_first(sources).name}: {shape[0]} channels but {len(names)} channel names")
 
-    def attributes(levels: list[Level], sample: np.ndarray) -> dict[str, Any]:
+    def metadata(levels: list[Level], sample: np.ndarray) -> GroupMetadata:
         windows = channel_windows(sample, np.dtype(_first(sources).dtype), rgb=rgb)
-        extra = {"channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
-        return image_attributes(levels, name=display_name(path), channel_names=names, windows=windows, rgb=rgb, spora=extra)
+        extra = {"kind": "image", "channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
+        attributes = SporaGroupAttributes.from_dict(extra, where=path)
+        return image_metadata(levels, name=display_name(path), channel_names=names, windows=windows, rgb=rgb, spora=attributes, where=path)
 
-    return _write_multiscale(Location.parse(location), path, sources, Method.BIN_SHRINK, attributes, options, overwrite, progress)
+    return _write_multiscale(Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress)
 
 
 def write_labels(
@@ -189,11 +189,12 @@ def write_labels(
     if not (np.issubdtype(first.dtype, np.integer) or first.dtype == np.bool_):
         raise InvalidInputError(f"{first.name}: a mask must hold integer labels, found dtype {first.dtype}")
 
-    def attributes(levels: list[Level], sample: np.ndarray) -> dict[str, Any]:
-        extra = {"source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
-        return label_attributes(levels, name=display_name(path), source_image=source_image, spora=extra)
+    def metadata(levels: list[Level], sample: np.ndarray) -> GroupMetadata:
+        extra = {"kind": "label", "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
+        attributes = SporaGroupAttributes.from_dict(extra, where=path)
+        return label_metadata(levels, name=display_name(path), source_image=source_image, spora=attributes, where=path)
 
-    return _write_multiscale(Location.parse(location), path, sources, Method.MODE, attributes, options, overwrite, progress)
+    return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress)
 
 
 def display_name(path: str) -> str:
@@ -213,13 +214,12 @@ def _write_multiscale(
     path: str,
     sources: Mapping[float, ImageSource],
     method: Method,
-    attributes: Callable[[list[Level], np.ndarray], dict[str, Any]],
+    metadata: Callable[[list[Level], np.ndarray], GroupMetadata],
     options: WriteOptions | None,
     overwrite: bool,
     progress: ProgressCallback | None,
 ) -> WriteResult:
     options = options or WriteOptions()
-    _bound_allocator()
     staging = Staging(location)
     staging.discard_for(path)
     if not overwrite and staging.is_complete(path):
@@ -241,30 +241,12 @@ def _write_multiscale(
             arrays = _create_arrays(location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels, compressors)
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], options, labels, progress)
             streamer.run()
-        staging.write_group_document(f"{area}/{path}", attributes(levels, streamer.sample()))
+        staging.write_group_document(f"{area}/{path}", metadata(levels, streamer.sample()).to_attributes())
         staging.promote(area, path)
     except BaseException:
         staging.discard(area)
         raise
     return WriteResult(path, levels=levels, bytes_read=streamer.bytes_read)
-
-
-@functools.cache
-def _bound_allocator() -> None:
-    """Keep glibc from hoarding freed block buffers: a fixed mmap threshold and two arenas.
-
-    By default every codec thread gets its own malloc arena and the mmap
-    threshold grows after large frees, so shard-sized buffers stay resident;
-    measured here this doubles peak RSS (docs/conversion.md). No-op off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    libc.mallopt(m_mmap_threshold, 1 << 20)
-    libc.mallopt(m_trim_threshold, 4 << 20)
-    libc.mallopt(m_arena_max, 2)
 
 
 @contextlib.contextmanager

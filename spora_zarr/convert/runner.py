@@ -1,0 +1,233 @@
+"""The one runner of cohort-wide work: tasks run serially, in worker processes or on dask.distributed.
+
+Every cohort-wide command (convert; later tile, standardize, predict) hands the
+runner a list of tasks and one picklable function ``work(task, progress)`` that
+does one task and returns its :class:`TaskOutcome`. A task is resumable by
+construction: ``work`` returns ``skipped`` for a task whose result is already
+complete at its final path. The runner never stops for one task: a task that
+raises is recorded as failed with its reason, the others finish, and the
+:class:`RunReport` says how many were written, kept and failed.
+
+``RunOptions.scheduler`` is ``None`` (this machine: ``workers`` spawned
+processes, or the calling process when ``workers == 1``), ``"local"`` (a dask
+``LocalCluster`` of ``workers`` processes, started and stopped here) or the
+address of a running ``dask.distributed`` scheduler (``tcp://HOST:PORT``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from ..errors import InvalidInputError, SporaZarrError
+from ..runtime import configure_writer_process
+
+log = logging.getLogger("spora_zarr")
+
+__all__ = ["RunOptions", "RunReport", "Task", "TaskOutcome", "run_tasks"]
+
+ProgressCallback = Callable[[int], None]
+
+
+class Task(Protocol):
+    """One unit of cohort-wide work: the store path of its result and a label for people."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+
+TaskT = TypeVar("TaskT", bound=Task)
+Work = Callable[[TaskT, "ProgressCallback | None"], "TaskOutcome"]
+
+
+@dataclass
+class TaskOutcome:
+    """The result of one task: written, skipped (already complete) or failed with a one-line reason."""
+
+    path: str
+    label: str
+    skipped: bool = False
+    error: str | None = None
+    bytes_read: int = 0
+
+
+@dataclass
+class RunReport:
+    """What a run did, task by task, in task order."""
+
+    outcomes: list[TaskOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[TaskOutcome]:
+        return [o for o in self.outcomes if o.error]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self, noun: str = "groups") -> str:
+        """One line of counts, then one ``FAILED <task>: <reason>`` line per failure."""
+        written = sum(1 for o in self.outcomes if not o.error and not o.skipped)
+        skipped = sum(1 for o in self.outcomes if o.skipped)
+        lines = [f"{written} {noun} written, {skipped} already complete, {len(self.failed)} failed"]
+        lines += [f"FAILED {o.label}: {o.error}" for o in self.failed]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Where tasks run and whether progress bars are shown."""
+
+    workers: int = 1
+    scheduler: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise InvalidInputError(f"--workers must be a whole number >= 1, got {self.workers!r}")
+        if self.scheduler is not None and self.scheduler != "local" and "://" not in self.scheduler:
+            raise InvalidInputError(f"--scheduler must be an address like tcp://HOST:PORT, got {self.scheduler!r}")
+
+    @property
+    def codec_threads(self) -> int:
+        """Codec threads per worker so that parallel tasks do not oversubscribe this machine's cores."""
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def run_tasks(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, *, noun: str = "groups") -> RunReport:
+    """Run ``work`` on every task where ``options`` say; return the outcomes in task order.
+
+    Parameters
+    ----------
+    tasks
+        The tasks; their ``path`` values are unique.
+    work
+        ``work(task, progress)`` does one task; ``progress(nbytes)`` (may be
+        ``None``) advances the task's progress bar. It must be picklable (a
+        module-level function or a ``functools.partial`` of one) for process
+        and distributed runs.
+    options
+        Where to run.
+    noun
+        What a task produces, for the progress bar and the summary.
+    """
+    if options.scheduler:
+        outcomes = _run_distributed(tasks, work, options, noun)
+    elif options.workers > 1 and len(tasks) > 1:
+        outcomes = _run_processes(tasks, work, options, noun)
+    else:
+        outcomes = _run_serial(tasks, work, options, noun)
+    order = {t.path: i for i, t in enumerate(tasks)}
+    return RunReport(sorted(outcomes, key=lambda o: order[o.path]))
+
+
+def _guarded(work: Work[TaskT], task: TaskT, progress: ProgressCallback | None) -> TaskOutcome:
+    """One task; an exception becomes a failed outcome, so the other tasks go on."""
+    try:
+        return work(task, progress)
+    except SporaZarrError as exc:
+        return TaskOutcome(task.path, task.label, error=str(exc))
+    except Exception as exc:  # a bug or an environment failure in one task must not stop the others
+        log.debug("task %s failed", task.label, exc_info=True)
+        return TaskOutcome(task.path, task.label, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+
+
+def _bar(total: int, enabled: bool, noun: str, **kwargs: Any) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc="cohort", unit=noun.rstrip("s"), **kwargs)
+
+
+def _task_bar(task: Task, enabled: bool, position: int = 1) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=task.label, disable=not enabled, unit="B", unit_scale=True, leave=False, position=position)
+
+
+def _report(outcome: TaskOutcome) -> None:
+    if outcome.error:
+        log.error("%s: %s", outcome.label, outcome.error)
+    else:
+        log.info("%s %s", "kept" if outcome.skipped else "wrote", outcome.path)
+
+
+def _run_serial(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:
+    outcomes = []
+    with _bar(len(tasks), options.progress, noun) as bar:
+        for task in tasks:
+            with _task_bar(task, options.progress) as task_bar:
+                outcomes.append(_guarded(work, task, task_bar.update))
+            _report(outcomes[-1])
+            bar.update()
+    return outcomes
+
+
+def _in_worker(work: Work[TaskT], task: TaskT, progress: bool) -> TaskOutcome:
+    with _task_bar(task, progress, (os.getpid() % 8) + 1) as task_bar:
+        return _guarded(work, task, task_bar.update)
+
+
+def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:
+    context = multiprocessing.get_context("spawn")  # no fork: codec thread pools do not survive it
+    outcomes = []
+    with ProcessPoolExecutor(
+        options.workers, mp_context=context, initializer=configure_writer_process, initargs=(options.codec_threads,)
+    ) as pool:
+        futures = {pool.submit(_in_worker, work, task, options.progress): task for task in tasks}
+        with _bar(len(futures), options.progress, noun, position=0) as bar:
+            for future in as_completed(futures):
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # the worker process died (killed, out of memory)
+                    task = futures[future]
+                    outcome = TaskOutcome(task.path, task.label, error=f"worker process failed: {type(exc).__name__}: {exc}")
+                outcomes.append(outcome)
+                _report(outcome)
+                bar.update()
+    return outcomes
+
+
+def _run_distributed(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise SporaZarrError("--scheduler/--cluster need dask.distributed: pip install 'spora_zarr[distributed]'") from None
+    cluster = None
+    if options.scheduler == "local":
+        cluster = LocalCluster(n_workers=max(2, options.workers), threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+        client.run(configure_writer_process, options.codec_threads)  # our own workers: set them up as the CLI's
+    else:
+        try:
+            client = Client(options.scheduler, timeout="30s")
+        except OSError as exc:
+            raise SporaZarrError(f"cannot reach the dask scheduler at {options.scheduler}: {exc}") from None
+    outcomes = []
+    try:
+        futures = {
+            client.submit(_guarded, work, task, None, key=f"spora-{task.path}-{i}", pure=False): task for i, task in enumerate(tasks)
+        }
+        with _bar(len(futures), options.progress, noun) as bar:
+            for future in dask_completed(list(futures)):
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # the worker was lost
+                    task = futures[future]
+                    outcome = TaskOutcome(task.path, task.label, error=f"dask worker failed: {type(exc).__name__}: {exc}")
+                outcomes.append(outcome)
+                _report(outcome)
+                bar.update()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return outcomes
