@@ -91,7 +91,9 @@ def sweep(data: np.ndarray, scratch: str, image: int, passes: int) -> dict[str, 
     grid_windows = [(y, x) for y in range(0, height - WINDOW + 1, WINDOW) for x in range(0, width - WINDOW + 1, WINDOW)]
     copy = {"numpy": lambda y, x: data[:, y : y + WINDOW, x : x + WINDOW].copy()}
     rows: dict[str, dict[str, float]] = {
-        "numpy (ceiling)": {f"{kind}_direct": rates(copy, w, passes)["numpy"] for kind, w in (("random", random_windows), ("grid", grid_windows))}
+        "numpy (ceiling)": {
+            f"{kind}_direct": rates(copy, w, passes)["numpy"] for kind, w in (("random", random_windows), ("grid", grid_windows))
+        }
     }
     for label, cname, clevel, shuffle, chunk in LAYOUTS:
         name = f"image{image}_layout{len(rows)}"  # a new path each time: readers are cached by path
@@ -110,8 +112,8 @@ def sweep(data: np.ndarray, scratch: str, image: int, passes: int) -> dict[str, 
         handle = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path + "/"}}, read=True).result()
         row = {"stored": stored, "write": write}
         readers = {
-            "direct": lambda y, x: direct.read(y, x, WINDOW, WINDOW),
-            "ts": lambda y, x: handle[:, y : y + WINDOW, x : x + WINDOW].read().result(),
+            "direct": lambda y, x, direct=direct: direct.read(y, x, WINDOW, WINDOW),
+            "ts": lambda y, x, handle=handle: handle[:, y : y + WINDOW, x : x + WINDOW].read().result(),
         }
         for kind, windows in (("random", random_windows), ("grid", grid_windows)):
             row |= {f"{kind}_{name}": value for name, value in rates(readers, windows, passes).items()}
@@ -131,8 +133,8 @@ def render(results: dict[str, dict[str, dict[str, float]]], passes: int) -> str:
          "written in (C, chunk, chunk) chunks in (C, 896, 896) shards by zarr-python with the zarrs pipeline "
          "(the converter's writer; write MB/s of raw pixels, one process, page cache), then 400 random and all "
          f"grid 224 px windows, all channels, are read by the direct engine (the default) and by tensorstore "
-         f"alone, in alternating order after an untimed pass; windows/s are the best of {passes} passes, and ÷ numpy is the share of the numpy copy ceiling "
-         "of the same windows in the same run."),
+         f"alone, in alternating order after an untimed pass; windows/s are the best of {passes} passes, and ÷ numpy is "
+         "the share of the numpy copy ceiling of the same windows in the same run."),
         "",
     ]
     for image, rows in results.items():
@@ -140,7 +142,8 @@ def render(results: dict[str, dict[str, dict[str, float]]], passes: int) -> str:
         lines += [
             f"**{image}** (numpy: {ceiling['random_direct']:,.0f} random, {ceiling['grid_direct']:,.0f} grid windows/s)",
             "",
-            "| codec, chunk | stored/raw | write MB/s | random /s direct (÷ numpy) | random /s tensorstore | grid /s direct (÷ numpy) | grid /s tensorstore |",
+            "| codec, chunk | stored/raw | write MB/s | random /s direct (÷ numpy) | random /s tensorstore "
+            "| grid /s direct (÷ numpy) | grid /s tensorstore |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for label, r in rows.items():
@@ -172,7 +175,8 @@ def notes(results: dict[str, dict[str, dict[str, float]]]) -> list[str]:
         f"(random) and {sparse[default]['grid_direct'] / sparse[default]['grid_ts']:.2f} x (grid) as fast as tensorstore "
         f"on the sparse multiplex image, {dense[default]['random_direct'] / dense[default]['random_ts']:.2f} / "
         f"{dense[default]['grid_direct'] / dense[default]['grid_ts']:.2f} x on the dense one and "
-        f"{he[default]['random_direct'] / he[default]['random_ts']:.2f} / {he[default]['grid_direct'] / he[default]['grid_ts']:.2f} x on the H&E.",
+        f"{he[default]['random_direct'] / he[default]['random_ts']:.2f} / "
+        f"{he[default]['grid_direct'] / he[default]['grid_ts']:.2f} x on the H&E.",
         f"- lz4hc level 1: stored/raw x{x(sparse, hc, 'stored')} and reads x{x(sparse, hc, 'random_direct')} (random) / "
         f"x{x(sparse, hc, 'grid_direct')} (grid) on sparse multiplex data; writes x{x(sparse, hc, 'write')} (sparse), "
         f"x{x(dense, hc, 'write')} (dense) and x{x(he, hc, 'write')} (H&E) as fast here. The converter, however, took "

@@ -127,7 +127,9 @@ def write_he_tiff(path: Path, *, edge: int = HE_EDGE, seed: int = 0) -> Path:
 
     tmp = path.with_suffix(".partial")
     with tifffile.TiffWriter(tmp) as tw:
-        tw.write(tiles(), shape=(edge, edge, 3), dtype="uint8", tile=TILE, photometric="rgb", compression="jpeg", compressionargs={"level": 85})
+        tw.write(
+            tiles(), shape=(edge, edge, 3), dtype="uint8", tile=TILE, photometric="rgb", compression="jpeg", compressionargs={"level": 85}
+        )
     tmp.rename(path)
     return path
 
@@ -137,7 +139,9 @@ def write_multiplex(path: Path, compression: str | None, seed: int = 0) -> Path:
     from spora_zarr.testing.cohorts import write_large_multiplex_tiff
 
     tmp = path.with_name(path.stem + ".partial.tif")
-    write_large_multiplex_tiff(tmp, MULTIPLEX_SHAPE, "uint16", tile=TILE, page_per_channel=True, compression=compression, bigtiff=True, seed=seed)
+    write_large_multiplex_tiff(
+        tmp, MULTIPLEX_SHAPE, "uint16", tile=TILE, page_per_channel=True, compression=compression, bigtiff=True, seed=seed
+    )
     tmp.rename(path)
     return path
 
@@ -172,7 +176,10 @@ def prepare_sources(workdir: Path, sources: list[str], two_tissues: bool) -> dic
         first = made["multiplex"] / "imc/1_0mpp/images/big.tif"
         made["multiplex2"] = _cohort(
             workdir / "multiplex2_raw",
-            {"imc/1_0mpp/images/big.tif": lambda p: os.link(first, p), "imc/1_0mpp/images/big2.tif": lambda p: write_multiplex(p, None, seed=1)},
+            {
+                "imc/1_0mpp/images/big.tif": lambda p: os.link(first, p),
+                "imc/1_0mpp/images/big2.tif": lambda p: write_multiplex(p, None, seed=1),
+            },
         )
     return made
 
@@ -295,7 +302,12 @@ def describe_layout(layout: list[dict[str, Any]]) -> str:
     chunk = inner["chunk_shape"] if inner else shard
     chain = (inner["codecs"] if inner else codecs)[1:]
     codec = ", ".join(
-        c["name"] + ("" if c["name"] != "blosc" else f" {c['configuration']['cname']} {c['configuration']['shuffle']} clevel {c['configuration']['clevel']}")
+        c["name"]
+        + (
+            ""
+            if c["name"] != "blosc"
+            else f" {c['configuration']['cname']} {c['configuration']['shuffle']} clevel {c['configuration']['clevel']}"
+        )
         for c in chain
     )
     shapes = " > ".join("x".join(map(str, lv["shape"])) for lv in layout)
@@ -305,7 +317,9 @@ def describe_layout(layout: list[dict[str, Any]]) -> str:
 def stored_and_raw(store: Path) -> tuple[int, int]:
     """Bytes on disk below ``store`` and the raw (uncompressed) bytes of its arrays."""
     stored = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-    itemsize = {"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4, "float32": 4, "uint64": 8, "int64": 8, "float64": 8}
+    itemsize = {
+        "uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4, "float32": 4, "uint64": 8, "int64": 8, "float64": 8
+    }
     raw = sum(_prod(meta["shape"]) * itemsize[meta["data_type"]] for _, meta in _arrays(store))
     return stored, raw
 
@@ -370,11 +384,15 @@ ROUTE_LABELS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/spora_bench"), help="source cache and scratch outputs (default %(default)s)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("/tmp/spora_bench"), help="source cache and scratch outputs (default %(default)s)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="passes of the fast routes; the best is reported (default %(default)s)")
     parser.add_argument("--default-repeat", type=int, default=1, help="passes of ngff-zarr's slow default method (default %(default)s)")
     parser.add_argument("--routes", default=",".join(ROUTES), help="comma-separated subset of " + ",".join(ROUTES))
-    parser.add_argument("--sources", default="multiplex,he", help="comma-separated subset of multiplex,multiplex_zlib,he (default %(default)s)")
+    parser.add_argument(
+        "--sources", default="multiplex,he", help="comma-separated subset of multiplex,multiplex_zlib,he (default %(default)s)"
+    )
     parser.add_argument("--default-crop", type=int, default=0, help="run the default method on a [:, :N, :N] crop (0: the whole slide)")
     parser.add_argument("--no-workers", action="store_true", help="skip --workers 2 against serial on two tissues")
     parser.add_argument("--no-docs", action="store_true", help=f"do not write {DOCS.relative_to(REPO)}")
@@ -423,7 +441,11 @@ def main(argv: list[str] | None = None) -> int:
                     compressed = "blosc" in json.dumps(result["layout"][0]["codecs"])
                 seconds = result["seconds"]
                 source_bytes = result.get("source_bytes") or path_raw_bytes(path)
-                print(f"  {source:9s} {route:16s} pass {attempt + 1}: {seconds:7.2f} s  {source_bytes / seconds / 1e6:7.1f} MB/s  peak RSS {result['peak_rss'] / MiB:6.0f} MiB", flush=True)
+                print(
+                    f"  {source:9s} {route:16s} pass {attempt + 1}: {seconds:7.2f} s  {source_bytes / seconds / 1e6:7.1f} MB/s  "
+                    f"peak RSS {result['peak_rss'] / MiB:6.0f} MiB",
+                    flush=True,
+                )
                 best = per_route.get(route)
                 result["source_bytes"], result["passes"] = source_bytes, (best or {}).get("passes", 0) + 1
                 result["peak_rss"] = max(result["peak_rss"], (best or {}).get("peak_rss", 0))
@@ -435,7 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         for route, result in per_route.items():
             same = result["layout"] == reference
             result["same_layout"] = same
-            print(f"  layout {source} {route}: {describe_layout(result['layout'])}" + ("" if route == "spora" else f"  -> {'equal to spora' if same else 'DIFFERENT from spora'}"))
+            print(
+                f"  layout {source} {route}: {describe_layout(result['layout'])}"
+                + ("" if route == "spora" else f"  -> {'equal to spora' if same else 'DIFFERENT from spora'}")
+            )
             if not same and route != "spora":
                 for mine, theirs in zip(reference, result["layout"]):
                     if mine != theirs:
@@ -453,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         for attempt in range(args.repeat):
             for n in (1, 2):
                 result = run_child("spora", cohort, out / f"multiplex2_w{n}.zarr", {"workers": n}, args.timeout)
-                print(f"  multiplex2 spora --workers {n} pass {attempt + 1}: {result['seconds']:7.2f} s  peak RSS {result['peak_rss'] / MiB:6.0f} MiB", flush=True)
+                print(
+                    f"  multiplex2 spora --workers {n} pass {attempt + 1}: {result['seconds']:7.2f} s  "
+                    f"peak RSS {result['peak_rss'] / MiB:6.0f} MiB",
+                    flush=True,
+                )
                 if n not in timings or result["seconds"] < timings[n]["seconds"]:
                     timings[n] = result
         raw = sum(path_raw_bytes(p) for p in cohort.glob("*/*/images/*.tif"))
@@ -491,7 +520,10 @@ def render(results: dict[str, dict[str, dict[str, Any]]], workers: dict[str, Any
         " uncompressed (as IMC, MIBI and CODEX exporters commonly write them), made by"
         " `spora_zarr.testing.cohorts.write_large_multiplex_tiff` (smooth pattern + 4 % noise: barely compressible by lz4)"
     )
-    he_desc = f"{HE_EDGE} x {HE_EDGE} RGB uint8 H&E ({HE_EDGE * HE_EDGE * 3 / 1e6:.0f} MB), tiled (256 x 256) JPEG q85 TIFF, synthetic stain texture (tissue, stroma, nuclei)"
+    he_desc = (
+        f"{HE_EDGE} x {HE_EDGE} RGB uint8 H&E ({HE_EDGE * HE_EDGE * 3 / 1e6:.0f} MB), tiled (256 x 256) JPEG q85 TIFF,"
+        " synthetic stain texture (tissue, stroma, nuclei)"
+    )
     lines = [
         "## Conversion",
         "",
@@ -510,7 +542,11 @@ def render(results: dict[str, dict[str, dict[str, Any]]], workers: dict[str, Any
         "checks that their level shapes, chunk and shard shapes and codecs equal spora's.",
         "",
         *([f"- multiplex: {multiplex_desc}."] if "multiplex" in results else []),
-        *(["- multiplex_zlib: the same slide with zlib-compressed tiles (decoding costs CPU on both sides)."] if "multiplex_zlib" in results else []),
+        *(
+            ["- multiplex_zlib: the same slide with zlib-compressed tiles (decoding costs CPU on both sides)."]
+            if "multiplex_zlib" in results
+            else []
+        ),
         *([f"- he: {he_desc}."] if "he" in results else []),
         "",
         "| source | route | seconds | MB/s | peak RSS (MiB) | stored/raw | layout = spora's |",
@@ -536,14 +572,18 @@ def render(results: dict[str, dict[str, dict[str, Any]]], workers: dict[str, Any
     for source in ("multiplex", "multiplex_zlib"):
         if source in results and "spora" in results[source]:
             rss = results[source]["spora"]["peak_rss"] / MiB
-            lines.append(f"| {source}: spora-zarr peak RSS | {rss:.0f} MiB | <= {TARGET_RSS_MIB} MiB | {'PASS' if rss <= TARGET_RSS_MIB else 'FAIL'} |")
+            lines.append(
+                f"| {source}: spora-zarr peak RSS | {rss:.0f} MiB | <= {TARGET_RSS_MIB} MiB | "
+                f"{'PASS' if rss <= TARGET_RSS_MIB else 'FAIL'} |"
+            )
     if workers:
         serial, parallel = workers["serial"], workers["parallel"]
         lines += [
             "",
             f"Two such multiplex tissues in one cohort ({workers['source_bytes'] / 1e9:.2f} GB; best of {args.repeat}): serial",
             f"{serial['seconds']:.2f} s ({workers['source_bytes'] / serial['seconds'] / 1e6:.0f} MB/s), `--workers 2` (two processes)",
-            f"{parallel['seconds']:.2f} s ({workers['source_bytes'] / parallel['seconds'] / 1e6:.0f} MB/s): {serial['seconds'] / parallel['seconds']:.2f}x. "
+            f"{parallel['seconds']:.2f} s ({workers['source_bytes'] / parallel['seconds'] / 1e6:.0f} MB/s): "
+            f"{serial['seconds'] / parallel['seconds']:.2f}x. "
             + (
                 "One conversion already keeps both cores busy (a decoding pool, two write threads and"
                 " zarrs' codec threads), so on this machine two processes cannot beat it; `--workers`"

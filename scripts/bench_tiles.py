@@ -360,7 +360,9 @@ def store_codecs(store: Path) -> dict[str, str]:
     for group, level in (("imc", "1_0mpp"), ("he", "0_5mpp")):
         meta = json.loads((store / group / "images" / TISSUE / level / "zarr.json").read_text())
         codecs = meta["codecs"][0]["configuration"]["codecs"] if meta["codecs"][0]["name"] == "sharding_indexed" else meta["codecs"]
-        names = [c["name"] if c["name"] != "blosc" else f"blosc {c['configuration']['cname']} + {c['configuration']['shuffle']}" for c in codecs]
+        names = [
+            c["name"] if c["name"] != "blosc" else f"blosc {c['configuration']['cname']} + {c['configuration']['shuffle']}" for c in codecs
+        ]
         out[f"{group}/{level}"] = "uncompressed" if names == ["bytes"] else ", ".join(n for n in names if n != "bytes")
     return out
 
@@ -604,7 +606,8 @@ def notes(r: dict[str, Any]) -> list[str]:
             "cache off (the default, and what a pass over a large cohort gets), reads each window's shard index "
             "again and spends time around the decodes; the direct engine reads an index once per shard file and "
             "then, in its compiled loop with the GIL released, one `pread`, one c-blosc decode (none for the "
-            "uncompressed H&E) and one copy per chunk, on two threads for windows that decode 256 KiB of blosc chunks or 1 MiB of uncompressed ones."
+            "uncompressed H&E) and one copy per chunk, on two threads for windows that decode 256 KiB of blosc chunks "
+            "or 1 MiB of uncompressed ones."
         ),
         (
             "- (a) / (e) and (b) / (e grid) on the multiplex slide are decode-bound: a random 224 px window decodes 3 x 3 chunks of "

@@ -60,13 +60,19 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in pixels (all channels per chunk)")
         p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels (0: no sharding)")
         p.add_argument("--cname", choices=BLOSC_CNAMES, default=defaults.cname, help="blosc compressor (default %(default)s)")
-        p.add_argument("--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.clevel, help="blosc level (default %(default)s)")
+        p.add_argument(
+            "--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.clevel, help="blosc level (default %(default)s)"
+        )
         p.add_argument(
             "--min-saving", type=float, default=defaults.min_saving,
             help="store an image uncompressed when blosc saves less than this share of its bytes (default %(default)s; 0: always compress)",
         )
-        p.add_argument("--memory-budget", type=_positive_number, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker")
-        p.add_argument("--overwrite", action="store_true", help="redo complete groups (the old version stays until the new one is complete)")
+        p.add_argument(
+            "--memory-budget", type=_positive_number, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker"
+        )
+        p.add_argument(
+            "--overwrite", action="store_true", help="redo complete groups (the old version stays until the new one is complete)"
+        )
         p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
 
     convert = commands.add_parser("convert", help="convert a spora TIFF cohort into a cohort store")
@@ -130,7 +136,9 @@ def _convert(args: argparse.Namespace) -> int:
         workers=args.workers, scheduler=args.scheduler or args.cluster, overwrite=args.overwrite,
         progress=not args.no_progress, write=_write_options(args),
     )
-    report = convert_cohort(args.source, args.dest, options, storage_options=args.storage_options, source_storage_options=args.source_storage_options)
+    report = convert_cohort(
+        args.source, args.dest, options, storage_options=args.storage_options, source_storage_options=args.source_storage_options
+    )
     print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
 

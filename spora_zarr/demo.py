@@ -12,6 +12,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -62,6 +63,25 @@ _DEMO_CHANNELS_PER_TISSUE: dict[str, tuple[str, ...]] = {
     "T03": ("DNA1", "CD3", "CD20", "PanCK", "Vimentin", "Ki67"),
 }
 
+
+class _Compression(TypedDict):
+    """Compression keywords of the demo's image writers."""
+
+    predictor: bool
+    level: int
+
+
+class _RGBLayout(TypedDict):
+    """TIFF layout keywords of :func:`write_rgb_tiff` that differ between the demo tissues."""
+
+    tiled: bool
+    compression: str
+
+
+class _MultiplexLayout(_RGBLayout):
+    """TIFF layout keywords of :func:`write_multiplex_tiff` that differ between the demo tissues."""
+
+    page_per_channel: bool
 
 
 def _demo_sources() -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -182,16 +202,16 @@ def make_demo_cohort(dest: str | Path) -> Path:
     sources = _demo_sources()
     fine, coarse = 0.5, 1.0
     fine_dir, coarse_dir = resolution_name(fine), resolution_name(coarse)
-    small = dict(predictor=True, level=15)
+    small = _Compression(predictor=True, level=15)
     he_opts = {
-        "T01": dict(tiled=True, compression="zstd"),
-        "T02": dict(tiled=True, compression="zstd"),
-        "T03": dict(tiled=False, compression="zstd"),
+        "T01": _RGBLayout(tiled=True, compression="zstd"),
+        "T02": _RGBLayout(tiled=True, compression="zstd"),
+        "T03": _RGBLayout(tiled=False, compression="zstd"),
     }
     imc_opts = {
-        "T01": dict(page_per_channel=True, tiled=True, compression="zstd"),
-        "T02": dict(page_per_channel=False, tiled=True, compression="zstd"),
-        "T03": dict(page_per_channel=False, tiled=False, compression="zlib"),
+        "T01": _MultiplexLayout(page_per_channel=True, tiled=True, compression="zstd"),
+        "T02": _MultiplexLayout(page_per_channel=False, tiled=True, compression="zstd"),
+        "T03": _MultiplexLayout(page_per_channel=False, tiled=False, compression="zlib"),
     }
     tissue_masks: dict[str, np.ndarray] = {}
     cell_masks: dict[str, np.ndarray] = {}

@@ -74,9 +74,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .read.levels import limit_codec_threads
 from .datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset, pixel_scale
 from .errors import InvalidInputError, NotFoundError
+from .read.levels import limit_codec_threads
 from .store.layout import MASK_KINDS
 
 __all__ = ["TileDataset", "available_cores", "worker_init_fn"]
@@ -325,9 +325,9 @@ class TileDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         """The tile at position ``index`` of :attr:`index`; see the module docstring for its keys."""
         global _CHECKED_PID
-        if _CHECKED_PID != os.getpid():
+        if os.getpid() != _CHECKED_PID:
             _CHECKED_PID = os.getpid()
-            if get_worker_info() is not None and _SETUP_PID != os.getpid():
+            if get_worker_info() is not None and os.getpid() != _SETUP_PID:
                 worker_init_fn()
                 self._forget_readers()  # also when the DataLoader holds a wrapper (Subset, ConcatDataset)
         try:
@@ -371,6 +371,7 @@ class TileDataset(Dataset):
         key = (number, name, tissue)
         if key not in cache:
             dataset = self.datasets[number].datasets[name]
+            assert isinstance(dataset, MultiplexImagingDataset)  # only multiplex datasets have panels
             panel = {channel: p for p, channel in enumerate(self.panels[name])}
             names = dataset.channel_names(tissue, self.kind)
             unknown = [n for n in names if n not in panel]

@@ -18,7 +18,12 @@ from spora_zarr.cli import main
 def test_add_image_reads_ome_names_and_pixel_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = np.random.default_rng(0).integers(0, 4000, size=(3, 150, 211), dtype=np.uint16)
     path = tmp_path / "slide.ome.tif"
-    tifffile.imwrite(path, image, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD8", "KI67"]}, "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65}, tile=(64, 64))
+    tifffile.imwrite(
+        path,
+        image,
+        metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD8", "KI67"]}, "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65},
+        tile=(64, 64),
+    )
     dest = tmp_path / "new.zarr"
     assert main(["add-image", str(dest), str(path), "--modality", "cycif", "--tissue-id", "S1"]) == 0
     cohort = open_cohort(dest)
@@ -40,9 +45,10 @@ def test_add_image_plain_files_need_mpp(tmp_path: Path, capsys: pytest.CaptureFi
     plain = tmp_path / "mx.tif"
     data = np.random.default_rng(2).integers(0, 9, size=(2, 40, 50), dtype=np.uint8)
     tifffile.imwrite(plain, data)
-    assert main(["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "P1", "--mpp", "1", "--channel-names", "a,b,c"]) == 1
+    add_p1 = ["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "P1", "--mpp", "1"]
+    assert main([*add_p1, "--channel-names", "a,b,c"]) == 1
     assert "2 channels but 3 channel names" in capsys.readouterr().err
-    assert main(["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "P1", "--mpp", "1", "--channel-names", "a,b"]) == 0
+    assert main([*add_p1, "--channel-names", "a,b"]) == 0
     assert main(["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "../x", "--mpp", "1"]) == 1
     cohort = open_cohort(dest)
     assert cohort.modalities == ["he", "imc"]
@@ -55,7 +61,14 @@ def test_info_summarises_the_store(cohort_pair: tuple[Path, Path], capsys: pytes
     _, dest = cohort_pair
     assert main(["info", str(dest)]) == 0
     out = capsys.readouterr().out
-    for expected in ("modality imc: 3 tissue(s)", "1_0mpp: shape (5, 150, 258) uint16", "shards", "masks cell_masks", "metadata/tissues.parquet", "channels DNA1"):
+    for expected in (
+        "modality imc: 3 tissue(s)",
+        "1_0mpp: shape (5, 150, 258) uint16",
+        "shards",
+        "masks cell_masks",
+        "metadata/tissues.parquet",
+        "channels DNA1",
+    ):
         assert expected in out, expected
 
 
@@ -126,7 +139,7 @@ def test_incompressible_images_are_stored_uncompressed(tmp_path: Path) -> None:
     for name, image in (("noise", noise), ("counts", counts)):
         tifffile.imwrite(tmp_path / f"{name}.tif", image, tile=(64, 64), photometric="rgb" if name == "noise" else "minisblack")
     written: dict[tuple[str, float], list[str]] = {}
-    for name, image in (("noise", noise), ("counts", counts)):
+    for name in ("noise", "counts"):
         for min_saving in (0.1, 0.0):
             dest = tmp_path / f"{name}-{min_saving}.zarr"
             args = ["add-image", str(dest), str(tmp_path / f"{name}.tif"), "--modality", "he" if name == "noise" else "imc"]

@@ -121,7 +121,9 @@ def test_napari_ome_zarr_opens_every_group_with_channel_names(cohort_pair: tuple
             names = cohort.channel_names(modality, tissue)
             assert [n.split(": ", 1)[1] for n in kwargs["name"]] == names
             assert len(kwargs["contrast_limits"]) == len(names)
-        assert [d.shape[-2:] for d in data] == [cohort.open_array(modality, tissue, r).shape[-2:] for r in cohort.resolutions(modality, tissue)]
+        assert [d.shape[-2:] for d in data] == [
+            cohort.open_array(modality, tissue, r).shape[-2:] for r in cohort.resolutions(modality, tissue)
+        ]
         assert list(kwargs["scale"])[-2:] == [0.5, 0.5]
 
 

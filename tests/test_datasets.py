@@ -59,7 +59,9 @@ def test_multiplex_tiles_and_tissues_equal_source(store: tuple[Path, Path], kind
     dataset = MultiplexImagingDataset("t", dest, 1.0, SIZE, modality="imc")
     for tissue in dataset.tissue_ids:
         full = read_source_chw(source_path(src, "imc", "1_0mpp", tissue))
-        stored_names = pq.read_table(src / "imc/channels_per_tissue.parquet").to_pandas().query("tissue_id == @tissue").channel_name.tolist()
+        stored_names = (
+            pq.read_table(src / "imc/channels_per_tissue.parquet").to_pandas().query("tissue_id == @tissue").channel_name.tolist()
+        )
         names = expected_channels(src, tissue, kind)
         picked = full[[stored_names.index(n) for n in names]]
         assert dataset.channel_names(tissue, kind) == names

@@ -14,8 +14,8 @@ import tifffile
 import zarr
 
 from spora_zarr import demo
-from spora_zarr.testing import cohorts, tiff_layout
 from spora_zarr.store.layout import resolution_name
+from spora_zarr.testing import cohorts, tiff_layout
 
 # the cohort builders need scikit-image (the ``demo`` extra); the TIFF writers do not
 needs_skimage = pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="needs scikit-image")

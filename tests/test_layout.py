@@ -5,12 +5,27 @@ from __future__ import annotations
 import pytest
 
 from spora_zarr.errors import InvalidInputError
-from spora_zarr.store.layout import image_group_path, is_resolution_name, resolution_name, resolution_value, tile_table_path, validate_tissue_id
+from spora_zarr.store.layout import (
+    image_group_path,
+    is_resolution_name,
+    resolution_name,
+    resolution_value,
+    tile_table_path,
+    validate_tissue_id,
+)
 
 
 @pytest.mark.parametrize(
     ("given", "name", "value"),
-    [(1.0, "1_0mpp", 1.0), (0.65, "0_65mpp", 0.65), (2, "2_0mpp", 2.0), ("1_0mpp", "1_0mpp", 1.0), ("0_65mpp", "0_65mpp", 0.65), ("0.5", "0_5mpp", 0.5), (0.325, "0_325mpp", 0.325)],
+    [
+        (1.0, "1_0mpp", 1.0),
+        (0.65, "0_65mpp", 0.65),
+        (2, "2_0mpp", 2.0),
+        ("1_0mpp", "1_0mpp", 1.0),
+        ("0_65mpp", "0_65mpp", 0.65),
+        ("0.5", "0_5mpp", 0.5),
+        (0.325, "0_325mpp", 0.325),
+    ],
 )
 def test_resolution_names(given: object, name: str, value: float) -> None:
     assert resolution_name(given) == name  # type: ignore[arg-type]

@@ -12,8 +12,8 @@ import zarr
 from ngff_zarr.methods import Methods
 
 from spora_zarr import WriteOptions, write_image, write_labels
-from spora_zarr.write.pyramid import bin_shrink, mode_shrink, plan_levels
 from spora_zarr.sources import ArraySource
+from spora_zarr.write.pyramid import bin_shrink, mode_shrink, plan_levels
 
 
 def reference_levels(array: np.ndarray, dims: tuple[str, ...], n_levels: int, method: Methods) -> list[np.ndarray]:
@@ -42,7 +42,12 @@ def test_bin_shrink_levels_equal_to_multiscales(tmp_path: Path, dtype: str, shap
 def test_label_levels_equal_to_multiscales_mode(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 6, size=(803, 611)).astype(np.uint32)
-    result = write_labels(tmp_path / "s.zarr", "segmentations/cell_masks/T", {1.0: ArraySource(labels)}, options=WriteOptions(chunk=32, shard=64, max_top_size=60))
+    result = write_labels(
+        tmp_path / "s.zarr",
+        "segmentations/cell_masks/T",
+        {1.0: ArraySource(labels)},
+        options=WriteOptions(chunk=32, shard=64, max_top_size=60),
+    )
     expected = reference_levels(labels, ("y", "x"), len(result.levels), Methods.DASK_IMAGE_MODE)
     group = zarr.open_group(tmp_path / "s.zarr/segmentations/cell_masks/T", mode="r")
     for level, reference in zip(result.levels, expected):

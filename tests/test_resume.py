@@ -5,6 +5,7 @@ Kill points are chosen by progress (bytes on disk in the destination), not by ti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,8 +18,8 @@ import pytest
 import zarr
 
 from spora_zarr import ConvertOptions, WriteOptions, convert_cohort, open_cohort
-from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.store.layout import MASK_KINDS
+from spora_zarr.testing.cohorts import make_synthetic_cohort
 
 LAYOUT = ["--shard", "224", "--chunk", "112"]
 
@@ -27,10 +28,8 @@ def disk_bytes(root: Path) -> int:
     total = 0
     for dirpath, _, files in os.walk(root):
         for name in files:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.stat(os.path.join(dirpath, name)).st_size
-            except FileNotFoundError:
-                pass
     return total
 
 
@@ -104,7 +103,9 @@ def assert_only_complete_groups_visible(dest: Path, ref: dict[str, object]) -> N
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.55, 0.8, 0.97])
-def test_killed_conversion_resumes_to_the_same_store(reference: tuple[Path, Path, dict[str, object]], tmp_path: Path, fraction: float) -> None:
+def test_killed_conversion_resumes_to_the_same_store(
+    reference: tuple[Path, Path, dict[str, object]], tmp_path: Path, fraction: float
+) -> None:
     src, ref_dest, ref = reference
     dest = tmp_path / "cohort.zarr"
     killed = kill_at(src, dest, int(disk_bytes(ref_dest) * fraction))

@@ -20,7 +20,9 @@ from spora_zarr.testing.cohorts import make_synthetic_cohort
 
 def _cycif_tiff(path: Path) -> Path:
     data = np.random.default_rng(0).integers(0, 1000, (2, 60, 75), dtype=np.uint16)  # tissue A at 1.0 mpp
-    tifffile.imwrite(path, data, ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD8"]}, "PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0})
+    tifffile.imwrite(
+        path, data, ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD8"]}, "PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0}
+    )
     return path
 
 
@@ -59,7 +61,14 @@ def test_convert_add_image_convert_overwrite_keeps_the_added_modality(tmp_path: 
 
 def test_two_source_cohorts_into_one_store(tmp_path: Path, source: Path) -> None:
     other = make_synthetic_cohort(
-        tmp_path / "other", tissues=("A",), he_shape=(60, 75), ihc_markers=(), with_he=False, multiplex_modalities=("cycif",), resolutions=(1.0,), seed=4
+        tmp_path / "other",
+        tissues=("A",),
+        he_shape=(60, 75),
+        ihc_markers=(),
+        with_he=False,
+        multiplex_modalities=("cycif",),
+        resolutions=(1.0,),
+        seed=4,
     )
     store = tmp_path / "cohort.zarr"
     assert convert_cohort(source, store, ConvertOptions(progress=False)).ok

@@ -15,8 +15,8 @@ import pytest
 import zarr
 
 from spora_zarr import ConvertOptions, WriteOptions, convert_cohort, open_cohort, validate_store
-from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.store.layout import MASK_KINDS
+from spora_zarr.testing.cohorts import make_synthetic_cohort
 
 from .conftest import read_source_chw, source_images
 
@@ -91,7 +91,9 @@ def s3_server() -> Iterator[str]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1"
+    )
     import s3fs
 
     s3fs.S3FileSystem(anon=False).mkdir("cohorts")
@@ -121,7 +123,8 @@ def test_convert_into_s3_with_aws_environment(serial: tuple[Path, dict[str, obje
     group = zarr.open_group(f"{url}/imc/images/A", mode="r", storage_options={"anon": False})
     assert group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0_5mpp"
     assert validate_store(url) == []
-    assert open_cohort(url).read_table("metadata/tissues.parquet").equals(open_cohort(src.parent / "serial.zarr").read_table("metadata/tissues.parquet"))
+    serial_tissues = open_cohort(src.parent / "serial.zarr").read_table("metadata/tissues.parquet")
+    assert open_cohort(url).read_table("metadata/tissues.parquet").equals(serial_tissues)
     import s3fs
 
     assert not s3fs.S3FileSystem().exists("cohorts/env.zarr/.spora_tmp")
@@ -141,8 +144,13 @@ def test_s3_source_and_storage_options(serial: tuple[Path, dict[str, object]], s
     again = convert_cohort("s3://cohorts/tiff-src", "s3://cohorts/opts.zarr", ConvertOptions(progress=False, write=WRITE),
                            storage_options=options, source_storage_options=options)
     assert all(o.skipped for o in again.outcomes)
-    overwritten = convert_cohort("s3://cohorts/tiff-src", "s3://cohorts/opts.zarr", ConvertOptions(progress=False, overwrite=True, write=WRITE),
-                                 storage_options=options, source_storage_options=options)
+    overwritten = convert_cohort(
+        "s3://cohorts/tiff-src",
+        "s3://cohorts/opts.zarr",
+        ConvertOptions(progress=False, overwrite=True, write=WRITE),
+        storage_options=options,
+        source_storage_options=options,
+    )
     assert overwritten.ok and not any(o.skipped for o in overwritten.outcomes)
     assert arrays_of("s3://cohorts/opts.zarr", options) == expected
     assert json.loads(s3fs.S3FileSystem().cat_file("cohorts/opts.zarr/zarr.json"))["attributes"]["spora"]["modalities"]

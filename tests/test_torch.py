@@ -23,8 +23,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from spora_zarr import ConvertOptions, convert_cohort
-from spora_zarr.read import levels as _engines
-from spora_zarr.read.levels import open_level
 from spora_zarr.datasets import (
     ComposedImagingDataset,
     HEImagingDataset,
@@ -32,8 +30,10 @@ from spora_zarr.datasets import (
     SingleIHCImagingDataset,
     SporaDataset,
 )
-from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.read import levels as _engines
+from spora_zarr.read.levels import open_level
+from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.torch import TileDataset, available_cores, worker_init_fn
 
 from .conftest import read_source_chw, source_images
@@ -284,7 +284,7 @@ def _parent_reads(tiles: TileDataset, engine: str) -> None:
     reader = open_level(primary.cohort.location, primary.cohort.level_path("he", item["tissue_id"], RES), engine=primary.engine)
     assert reader.engine == engine
     if engine == "tensorstore":
-        assert _engines._TENSORSTORE_USED_BY_PID == os.getpid()
+        assert os.getpid() == _engines._TENSORSTORE_USED_BY_PID
 
 
 @pytest.mark.timeout(3 * LOADER_TIMEOUT)
@@ -302,7 +302,7 @@ def test_loader_fork_after_parent_read(cohorts, workers: int, engine: str) -> No
     assert os.getpid() not in pids and len(pids) <= workers
     # Forked children of a tensorstore user never touch tensorstore (it would hang or abort), nor zarrs
     # (the fixture converted in this process, through zarrs): they read through the fork-safe direct engine.
-    assert _engines._ZARRS_USED_BY_PID == os.getpid()  # recorded by the writer
+    assert os.getpid() == _engines._ZARRS_USED_BY_PID  # recorded by the writer
     assert {item["engine"] for item in items} == {"direct"}
     assert {int(item["codec_threads"]) for item in items} == {max(1, available_cores() // workers)}
     assert {int(item["torch_threads"]) for item in items} == {1}
@@ -313,7 +313,7 @@ def _fresh_parent(dest: str, engine: str | None, queue) -> None:
     try:
         tiles = ProbeTiles(_composed("one", Path(dest), engine=engine), kind="qc_filtered")
         tiles[0]
-        parent = (_engines._TENSORSTORE_USED_BY_PID == os.getpid(), _engines._ZARRS_USED_BY_PID == os.getpid())
+        parent = (os.getpid() == _engines._TENSORSTORE_USED_BY_PID, os.getpid() == _engines._ZARRS_USED_BY_PID)
         loader = DataLoader(tiles, batch_size=16, num_workers=2, multiprocessing_context="fork", timeout=LOADER_TIMEOUT)
         seen = [(t, int(r), int(c), e) for b in loader for t, r, c, e in zip(b["tissue_id"], b["row"], b["col"], b["engine"])]
         queue.put(("ok", parent, seen))

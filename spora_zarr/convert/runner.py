@@ -137,7 +137,8 @@ def _guarded(work: Work[TaskT], task: TaskT, progress: ProgressCallback | None) 
         return TaskOutcome(task.path, task.label, error=str(exc))
     except Exception as exc:  # a bug or an environment failure in one task must not stop the others
         log.debug("task %s failed", task.label, exc_info=True)
-        return TaskOutcome(task.path, task.label, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        text = str(exc).strip()
+        return TaskOutcome(task.path, task.label, error=f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")
 
 
 def _bar(total: int, enabled: bool, noun: str, **kwargs: Any) -> Any:

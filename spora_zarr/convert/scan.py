@@ -111,10 +111,13 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     channel_tables = {m: _read_channels_per_tissue(src, m) for m in {m for m, _ in images}}
     tasks: list[Task] = []
     for (modality, tissue_id), per_res in sorted(images.items()):
-        names = channel_tables[modality].get(tissue_id, []) if channel_tables[modality] is not None else None
+        table = channel_tables[modality]
+        names = table.get(tissue_id, []) if table is not None else None
         tasks.append(ImageTask(modality, tissue_id, tuple(sorted(per_res.items())), tuple(names) if names is not None else None))
     for (kind, tissue_id), per_res in sorted(masks.items()):
-        related = tuple(sorted((mpp, path) for (m, t), res in images.items() if t == tissue_id for mpp, path in res.items() if mpp in per_res))
+        related = tuple(
+            sorted((mpp, path) for (m, t), res in images.items() if t == tissue_id for mpp, path in res.items() if mpp in per_res)
+        )
         source_image = next((f"../../../{image_group_path(m, t)}" for (m, t) in sorted(images) if t == tissue_id), None)
         tasks.append(MaskTask(kind, tissue_id, tuple(sorted(per_res.items())), related, source_image))
     modalities: dict[str, list[str]] = {}
@@ -146,7 +149,7 @@ def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str,
     """``("image"|"mask", modality or kind, resolution name, tissue id)`` for an image file, else ``None``."""
     name = parts[-1]
     lower = name.lower()
-    is_image = lower.endswith(TIFF_SUFFIXES + RASTER_SUFFIXES) or lower.endswith(".zarr")
+    is_image = lower.endswith((*TIFF_SUFFIXES, *RASTER_SUFFIXES, ".zarr"))
     if not is_image:
         return None
     tissue_id = name[: name.rfind(".")] if not lower.endswith(".zarr") else name[: -len(".zarr")]

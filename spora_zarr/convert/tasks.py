@@ -46,7 +46,14 @@ def run_task(
     return TaskOutcome(task.path, task.label, skipped=result.skipped, bytes_read=result.bytes_read)
 
 
-def _run_image(task: ImageTask, dest: Location, open_: Callable[[str], ImageSource], options: WriteOptions | None, overwrite: bool, progress: ProgressCallback | None) -> WriteResult:
+def _run_image(
+    task: ImageTask,
+    dest: Location,
+    open_: Callable[[str], ImageSource],
+    options: WriteOptions | None,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+) -> WriteResult:
     sources = {mpp: open_(path) for mpp, path in task.files}
     first_mpp = min(sources)
     first = sources[first_mpp]
@@ -55,7 +62,9 @@ def _run_image(task: ImageTask, dest: Location, open_: Callable[[str], ImageSour
         table = channels_per_tissue_table_path(task.modality)
         raise InvalidInputError(f"{first.name}: tissue {task.tissue_id!r} has no rows in {table}")
     names = list(task.channel_names) if task.channel_names is not None else None
-    rgb = bool(info and info.is_rgb) or (task.modality.split("/")[0] in RGB_MODALITIES and first.shape[0] == 3 and first.dtype.itemsize == 1)
+    rgb = bool(info and info.is_rgb) or (
+        task.modality.split("/")[0] in RGB_MODALITIES and first.shape[0] == 3 and first.dtype.itemsize == 1
+    )
     if names is None:
         names = list(info.channel_names) if info and info.channel_names else (["red", "green", "blue"] if rgb else None)
     for src in sources.values():
@@ -63,10 +72,19 @@ def _run_image(task: ImageTask, dest: Location, open_: Callable[[str], ImageSour
             table = channels_per_tissue_table_path(task.modality) if task.channel_names is not None else "its channel names"
             raise InvalidInputError(f"{src.name}: {src.shape[0]} channels but {table} lists {len(names)} for tissue {task.tissue_id!r}")
     spora = {"tissue_id": task.tissue_id, "modality": task.modality}
-    return write_image(dest, task.path, sources, channel_names=names, rgb=rgb, spora=spora, options=options, overwrite=overwrite, progress=progress)
+    return write_image(
+        dest, task.path, sources, channel_names=names, rgb=rgb, spora=spora, options=options, overwrite=overwrite, progress=progress
+    )
 
 
-def _run_mask(task: MaskTask, dest: Location, open_: Callable[[str], ImageSource], options: WriteOptions | None, overwrite: bool, progress: ProgressCallback | None) -> WriteResult:
+def _run_mask(
+    task: MaskTask,
+    dest: Location,
+    open_: Callable[[str], ImageSource],
+    options: WriteOptions | None,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+) -> WriteResult:
     sources = {mpp: open_(path) for mpp, path in task.files}
     for mpp, image_path in task.images:
         image = open_(image_path)
@@ -74,4 +92,6 @@ def _run_mask(task: MaskTask, dest: Location, open_: Callable[[str], ImageSource
         if mask.shape[1:] != image.shape[1:]:
             raise InvalidInputError(f"{mask.name}: mask shape {mask.shape[1:]} does not match image {image.name} shape {image.shape[1:]}")
     spora = {"tissue_id": task.tissue_id, "mask_kind": task.kind}
-    return write_labels(dest, task.path, sources, source_image=task.source_image, spora=spora, options=options, overwrite=overwrite, progress=progress)
+    return write_labels(
+        dest, task.path, sources, source_image=task.source_image, spora=spora, options=options, overwrite=overwrite, progress=progress
+    )

@@ -50,7 +50,9 @@ class ComposedImagingDataset:
             modalities[name] = dataset.get_tissue(tissue_id, modality_kind, preprocess, image_mode)
         return ComposedTissue(tissue_id, modalities)
 
-    def read_tile(self, tissue_id: str, row: int, col: int, size: int | None = None, *, kind: str = "complete", preprocess: bool = True) -> dict[str, torch.Tensor]:
+    def read_tile(
+        self, tissue_id: str, row: int, col: int, size: int | None = None, *, kind: str = "complete", preprocess: bool = True
+    ) -> dict[str, torch.Tensor]:
         """The same window of every modality (row/col at the primary dataset's resolution, scaled for the others)."""
         base = self.primary
         tiles = {}
@@ -70,7 +72,9 @@ class ComposedImagingDataset:
 class SporaDataset:
     """Several composed datasets, possibly from several cohorts, sampled by tissue or by tile."""
 
-    def __init__(self, datasets: Iterable[ComposedImagingDataset | BaseImagingDataset], sampling: str = "tissue", seed: int | None = None) -> None:
+    def __init__(
+        self, datasets: Iterable[ComposedImagingDataset | BaseImagingDataset], sampling: str = "tissue", seed: int | None = None
+    ) -> None:
         self.datasets = [d if isinstance(d, ComposedImagingDataset) else ComposedImagingDataset([d]) for d in datasets]
         if sampling not in ("tissue", "tile"):
             raise InvalidInputError(f"sampling must be 'tissue' or 'tile', got {sampling!r}")

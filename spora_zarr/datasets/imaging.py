@@ -194,7 +194,15 @@ class BaseImagingDataset:
         return self.tiling_strategy != "default" if pad is None else pad
 
     def read_tile(
-        self, tissue_id: str, row: int, col: int, size: int | None = None, *, kind: str = "complete", preprocess: bool = True, pad: bool | None = None
+        self,
+        tissue_id: str,
+        row: int,
+        col: int,
+        size: int | None = None,
+        *,
+        kind: str = "complete",
+        preprocess: bool = True,
+        pad: bool | None = None,
     ) -> torch.Tensor:
         """One ``(C, size, size)`` window at pixel ``(row, col)`` of this resolution.
 
@@ -227,7 +235,9 @@ class BaseImagingDataset:
             tensor = self._preprocess(tensor, tissue_id, kind)
         return self._make_tissue(tissue_id, tensor, kind, image_mode)
 
-    def get_crop(self, tissue_id: str, crop_id: int, image_mode: str = "CHW", preprocess: bool = True, kind: str = "complete") -> torch.Tensor:
+    def get_crop(
+        self, tissue_id: str, crop_id: int, image_mode: str = "CHW", preprocess: bool = True, kind: str = "complete"
+    ) -> torch.Tensor:
         """The crop ``crop_id`` of the tissue's row in the tile table for ``crop_size``."""
         try:
             row, col = self.tile_position(tissue_id, crop_id)
@@ -333,8 +343,18 @@ class SingleIHCImagingDataset(_RGBDataset):
 class MultiplexImagingDataset(BaseImagingDataset):
     """Multiplex ``(C, H, W)`` images with channel QC and UniProt filtering."""
 
-    def __init__(self, name: str, path: str | Location, resolution: Resolution, crop_size: int, modality: str | MultiplexModality = "imc",
-                 standardization: str | Standardizer = "identity", load_cell_metadata: bool = False, verbose: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str | Location,
+        resolution: Resolution,
+        crop_size: int,
+        modality: str | MultiplexModality = "imc",
+        standardization: str | Standardizer = "identity",
+        load_cell_metadata: bool = False,
+        verbose: bool = True,
+        **kwargs: Any,
+    ) -> None:
         self.modality = as_multiplex_modality(modality)
         self.standardization = standardization
         self.standardizer = resolve_standardizer(standardization)

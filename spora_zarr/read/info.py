@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.location import Location
 from ..store.layout import MASK_KINDS
+from ..store.location import Location
 from .cohort import open_cohort
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import zarr
+from zarr.core.metadata import ArrayV3Metadata
 
-from ..store.location import Location
 from ..errors import InvalidInputError, SporaZarrError
 from ..store.layout import MASK_KINDS, is_resolution_name, resolution_value, validate_tissue_id
+from ..store.location import Location
 from .cohort import Cohort, open_cohort
 
 
@@ -70,8 +71,8 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
         expected = resolution_value(name)
         if len(level.scale) < 2 or any(abs(s - expected) > 1e-9 for s in level.scale[-2:]):
             problems.append(f"level {name} has scale {list(level.scale)}, expected {expected} micrometer on y/x")
-        array = group[name]
-        if not array.metadata.dimension_names:
+        array = _level_array(group, name)
+        if not isinstance(array.metadata, ArrayV3Metadata) or not array.metadata.dimension_names:
             problems.append(f"level {name} has no dimension_names")
         if previous is not None and any(a > b for a, b in zip(array.shape[-2:], previous)):
             problems.append(f"level {name} {array.shape} is larger than the level before it {previous}")
@@ -80,12 +81,13 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
     if any(axis.type == "space" and axis.unit != "micrometer" for axis in axes):
         problems.append("spatial axes must have unit 'micrometer'")
     if not labels:
-        channels = group[metadata.level_names[0]].shape[0]
+        channels = _level_array(group, metadata.level_names[0]).shape[0]
         if len(metadata.channels) != channels:
             problems.append(f"omero metadata must list {channels} channels")
         else:
             for i, channel in enumerate(metadata.channels):
-                missing = [key for key, value in (("label", channel.label), ("color", channel.color), ("window", channel.window)) if not value]
+                fields = (("label", channel.label), ("color", channel.color), ("window", channel.window))
+                missing = [key for key, value in fields if not value]
                 if missing:
                     problems.append(f"omero channel {i} lacks {', '.join(missing)}")
     return problems
@@ -100,11 +102,20 @@ def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str) -> list[str]
             continue
         for name, shape in _level_shapes(cohort, modality, tissue_id).items():
             if name in mask_levels and shape[-2:] != mask_levels[name]:
-                problems.append(f"level {name} shape {mask_levels[name]} does not match {cohort.group_path(modality, tissue_id)} {shape[-2:]}")
+                image = cohort.group_path(modality, tissue_id)
+                problems.append(f"level {name} shape {mask_levels[name]} does not match {image} {shape[-2:]}")
     return problems
 
 
 def _level_shapes(cohort: Cohort, modality: str, tissue_id: str) -> dict[str, tuple[int, ...]]:
     """Shape of every level array a group's multiscales names (as written, unchecked)."""
     group = zarr.open_group(cohort.location.zarr_store(read_only=True), path=cohort.group_path(modality, tissue_id), mode="r")
-    return {name: tuple(group[name].shape) for name in cohort.resolutions(modality, tissue_id) if name in group}
+    return {name: tuple(_level_array(group, name).shape) for name in cohort.resolutions(modality, tissue_id) if name in group}
+
+
+def _level_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The level array ``name`` of ``group``; a group in its place makes the group uncheckable."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise InvalidInputError(f"level {name} is a group, not an array")
+    return node

@@ -62,6 +62,7 @@ class ImageSource(Protocol):
 
     def close(self) -> None:
         """Release files and threads; the source is not read afterwards."""
+        return None
 
     def __enter__(self) -> ImageSource:
         return self

@@ -116,7 +116,9 @@ class _TiffSegments:
                 self._keep(job[2:0:-1], segment, out.nbytes)
         return out
 
-    def _copy(self, out: np.ndarray, window: tuple[int, int, int, int], job: tuple[Any, int, int], segment: np.ndarray | None = None) -> np.ndarray | None:
+    def _copy(
+        self, out: np.ndarray, window: tuple[int, int, int, int], job: tuple[Any, int, int], segment: np.ndarray | None = None
+    ) -> np.ndarray | None:
         """Copy the overlap of segment ``index`` of ``page`` with ``window`` into ``out`` from ``channel`` on.
 
         The segment is decoded unless given; a decoded compressed segment that
@@ -128,7 +130,7 @@ class _TiffSegments:
         ya, yb, xa, xb = max(y0, sy), min(y1, sy + self.seg_h), max(x0, sx), min(x1, sx + self.seg_w)
         target = out[channel : channel + self.contig, ya - y0 : yb - y0, xa - x0 : xb - x0]
         decoded = segment is None
-        if decoded:
+        if segment is None:
             offset, count = page.dataoffsets[index], page.databytecounts[index]
             if not count:
                 target[...] = 0

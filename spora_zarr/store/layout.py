@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Union
 
 from ..errors import InvalidInputError
 
-Resolution = Union[float, int, str]
+Resolution = float | int | str
 
 FORMAT_VERSION = "1"
 MASK_KINDS = ("tissue_masks", "cell_masks")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-import zarr
+from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 
@@ -64,7 +64,7 @@ class Location:
         full = self.join(*parts)
         return full if self.is_local else full.split("://", 1)[1]
 
-    def zarr_store(self, *, read_only: bool = False) -> zarr.abc.store.Store:
+    def zarr_store(self, *, read_only: bool = False) -> Store:
         """A zarr store rooted at this location."""
         if self.is_local:
             return LocalStore(self.root, read_only=read_only)

@@ -283,7 +283,9 @@ class GroupMetadata:
         """The ``omero`` channels (empty for labels or when ``omero`` is absent)."""
         omero = (self.ome.model_extra or {}).get("omero") or {}
         return tuple(
-            ChannelMetadata(str(c.get("label", "")), c.get("color"), c.get("window")) for c in omero.get("channels", []) if isinstance(c, Mapping)
+            ChannelMetadata(str(c.get("label", "")), c.get("color"), c.get("window"))
+            for c in omero.get("channels", [])
+            if isinstance(c, Mapping)
         )
 
     @property

@@ -12,6 +12,7 @@ import tifffile
 from ..store.layout import resolution_name, resolution_value
 from .tiff_layout import (
     DEFAULT_TILE,
+    TiffWriteArgs,
     cast,
     cells_table,
     channel_tables,
@@ -399,7 +400,7 @@ def write_large_multiplex_tiff(
                 for tx in range(n_tx):
                     yield large_multiplex_tile((c, h, w), dtype, ch, ty, tx, tile=tile, seed=seed)
 
-    kwargs = dict(dtype=dtype, tile=tile, photometric="minisblack", compression=compression_arg(compression))
+    kwargs = TiffWriteArgs(dtype=dtype, tile=tile, photometric="minisblack", compression=compression_arg(compression))
     logger.info("writing a %s %s multiplex TIFF to %s", (c, h, w), dtype, path)
     if page_per_channel:
         with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:

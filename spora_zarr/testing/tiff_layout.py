@@ -33,16 +33,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tifffile
+from numpy.typing import DTypeLike
 
 from ..store.layout import resolution_name, resolution_value
 from ..tiling.grid import grid_tile_fractions
 
 DEFAULT_TILE = (256, 256)
+
+
+class TiffWriteArgs(TypedDict, total=False):
+    """Keyword arguments that the ``tifffile`` writes of one image share."""
+
+    dtype: np.dtype
+    tile: tuple[int, int] | None
+    compression: str | None
+    compressionargs: dict[str, Any] | None
+    predictor: bool | None
+    photometric: str
 
 
 # ---------------------------------------------------------------------------
@@ -70,7 +83,7 @@ def compression_arg(compression: str | None) -> str | None:
     return name
 
 
-def level_arg(compression: str | None, level: int | None) -> dict | None:
+def level_arg(compression: str | None, level: int | None) -> dict[str, Any] | None:
     if level is None or compression_arg(compression) is None:
         return None
     return {"level": int(level)}
@@ -127,7 +140,7 @@ def write_multiplex_tiff(
     if array_chw.ndim != 3:
         raise ValueError(f"multiplex image must be (C, H, W), got shape {array_chw.shape}")
     path = prepare(path)
-    kwargs = dict(
+    kwargs = TiffWriteArgs(
         tile=tile_arg(tiled),
         compression=compression_arg(compression),
         compressionargs=level_arg(compression, level),
@@ -266,7 +279,7 @@ def scaled_shape(shape: Sequence[int], from_mpp: float | str, to_mpp: float | st
     return tuple(max(1, int(math.floor(n * ratio + 1e-9))) for n in shape[:2])  # type: ignore[return-value]
 
 
-def cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast(values: np.ndarray, dtype: DTypeLike) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import ngff_zarr
@@ -27,7 +27,7 @@ PALETTE = ("0000FF", "00FF00", "FF00FF", "FFFF00", "00FFFF", "FF0000", "FF8000",
 
 def multiscales_metadata(levels: Sequence[Level], *, name: str, method: Method, labels: bool) -> dict[str, Any]:
     """The ``multiscales[0]`` entry for ``levels`` as ``ngff_zarr.to_multiscales`` models it."""
-    dims = ("y", "x") if labels else ("c", "y", "x")
+    dims: tuple[Literal["c", "y", "x"], ...] = ("y", "x") if labels else ("c", "y", "x")
     source_levels = [level for level in levels if level.from_source]
     base = source_levels[-1]
     computed = levels[len(source_levels):]
@@ -134,7 +134,9 @@ def image_metadata(
     return GroupMetadata.from_attributes({"ome": ome, "spora": spora.to_dict()}, where=where)
 
 
-def label_metadata(levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str) -> GroupMetadata:
+def label_metadata(
+    levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str
+) -> GroupMetadata:
     """The metadata of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes."""
     entry = multiscales_metadata(levels, name=name, method=Method.MODE, labels=True)
     image_label: dict[str, Any] = {"version": NGFF_VERSION}

@@ -19,7 +19,7 @@ import numpy as np
 from ..store.layout import resolution_name
 
 
-class Method(str, Enum):
+class Method(str, Enum):  # noqa: UP042 - StrEnum would change str() and format() of this public enum's members
     """How computed levels are reduced from the level above them."""
 
     BIN_SHRINK = "dask_bin_shrink"

@@ -19,16 +19,16 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCname, BloscCodec, BloscShuffle
 
-from ..read import levels as _engines
-from ..store.staging import Staging
-from ..store.location import Location
 from ..errors import InvalidInputError
+from ..read import levels as _engines
+from ..sources import ImageSource
+from ..store.location import Location
 from ..store.metadata import GroupMetadata, SporaGroupAttributes
+from ..store.staging import Staging
 from .ngff import channel_windows, image_metadata, label_metadata
 from .pyramid import SHRINK, Level, Method, check_source_shapes, plan_levels
-from ..sources import ImageSource
 
 log = logging.getLogger("spora_zarr")
 
@@ -83,7 +83,7 @@ class WriteOptions:
 
     def compressor(self) -> BloscCodec:
         """The blosc codec of written arrays (byte shuffle)."""
-        return BloscCodec(cname=self.cname, clevel=self.clevel, shuffle=BloscShuffle.shuffle)
+        return BloscCodec(cname=BloscCname(self.cname), clevel=self.clevel, shuffle=BloscShuffle.shuffle)
 
     def saving(self, source: ImageSource, samples: int = 16) -> float:
         """The share of bytes the blosc codec saves on ``samples`` chunks spread over ``source``."""
@@ -107,7 +107,12 @@ class WriteOptions:
         saving = self.saving(source)
         if saving >= self.min_saving:
             return [self.compressor()]
-        log.info("%s: blosc saves %.0f %% of sampled chunks (less than %.0f %%): stored uncompressed", source.name, 100 * saving, 100 * self.min_saving)
+        log.info(
+            "%s: blosc saves %.0f %% of sampled chunks (less than %.0f %%): stored uncompressed",
+            source.name,
+            100 * saving,
+            100 * self.min_saving,
+        )
         return []
 
     def block_edge(self, channels: int, itemsize: int, depth: int) -> int:
@@ -238,7 +243,9 @@ def _write_multiscale(
         with _codec_pipeline(location, options):
             dtype = dtypes.pop()
             compressors = options.compressors_for(_first(ordered))
-            arrays = _create_arrays(location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels, compressors)
+            arrays = _create_arrays(
+                location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels, compressors
+            )
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], options, labels, progress)
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer.sample()).to_attributes())
@@ -263,14 +270,20 @@ def _codec_pipeline(location: Location, options: WriteOptions) -> Iterator[None]
 
 
 def _create_arrays(
-    location: Location, prefix: str, levels: Sequence[Level], dtype: np.dtype, options: WriteOptions, labels: bool, compressors: list[BloscCodec]
+    location: Location,
+    prefix: str,
+    levels: Sequence[Level],
+    dtype: np.dtype,
+    options: WriteOptions,
+    labels: bool,
+    compressors: list[BloscCodec],
 ) -> list[zarr.Array]:
     store = location.zarr_store()
     channels = levels[0].shape[0]
     arrays = []
     for level in levels:
-        spatial = (options.chunk, options.chunk)
-        shards = (options.shard, options.shard) if options.shard else None
+        spatial: tuple[int, ...] = (options.chunk, options.chunk)
+        shards: tuple[int, ...] | None = (options.shard, options.shard) if options.shard else None
         shape: tuple[int, ...] = level.shape[1:] if labels else level.shape
         if not labels:
             spatial, shards = (channels, *spatial), ((channels, *shards) if shards else None)
