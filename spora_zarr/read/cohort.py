@@ -14,9 +14,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
-from ..store.staging import STAGING_DIR, Staging, is_complete_group
-from ..store.location import Location
 from ..errors import NotFoundError
 from ..store.layout import (
     MASK_KINDS,
@@ -26,6 +23,9 @@ from ..store.layout import (
     resolution_name,
     validate_tissue_id,
 )
+from ..store.location import Location
+from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
+from ..store.staging import STAGING_DIR, Staging, is_complete_group
 
 
 class Cohort:
@@ -55,7 +55,9 @@ class Cohort:
         return [k for k in MASK_KINDS if self._listing(f"segmentations/{k}")]
 
     def tissues(self, modality: str) -> list[str]:
-        """Tissue ids with a complete image of ``modality``."""
+        """Tissue ids with a complete image of ``modality``, or mask of a mask kind (as :meth:`open_image` takes)."""
+        if modality in MASK_KINDS:
+            return self.mask_tissues(modality)
         self.check_modality(modality)
         return self._listing(f"{modality}/images")
 
@@ -63,7 +65,7 @@ class Cohort:
         """Tissue ids with a complete mask of ``kind``."""
         return self._listing(label_group_path(kind, "x").rsplit("/", 1)[0])
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - the cohort lives as long as its caches should
+    @functools.cache  # noqa: B019 - the cohort lives as long as its caches should
     def _listing(self, path: str) -> list[str]:
         fs = self.location.fs()
         try:
