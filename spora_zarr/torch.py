@@ -12,7 +12,7 @@ collation batches it::
         "he": (3, S, S) float32,                   # every modality of the dataset, keyed by its directory
         "imc": (P, S, S) float32,                  # multiplex: aligned to the panel of ``kind``
         "imc_channel_mask": (P,) bool,             # which panel channels this tissue measured
-        "tissue_masks": (S, S), "cell_masks": (S, S),   # stored dtypes (uint8, uint32), primary resolution
+        "tissue_masks": (S, S), "cell_masks": (S, S),   # one integer dtype per kind (mask_dtypes), primary resolution
         "tissue_id": str, "tile_id": int, "row": int, "col": int, "cohort": str,
     }
 
@@ -32,7 +32,20 @@ Multiplex channels
     ``qc_filtered``, those with a UniProt id too for ``uniprot_filtered``), in
     table order; with several datasets, the union of their panels in order of
     first appearance (:attr:`TileDataset.panels`). Planes a tissue did not
-    measure are zeros and ``"<modality>_channel_mask"`` is ``False`` there.
+    measure are zeros and ``"<modality>_channel_mask"`` is ``False`` there,
+    as are all planes of a tissue with no channel of the kind (a tissue
+    without UniProt-mapped channels under ``uniprot_filtered``).
+One dtype per key
+    Tissues store one modality in different dtypes (uint16 counts, float32
+    unmixed stains, uint8) and masks in different integer types; the default
+    collation needs one. :attr:`TileDataset.dtypes` gives each modality's:
+    float32 when ``preprocess=True``, else numpy's promotion of every indexed
+    tissue's stored dtype (``np.result_type``: uint16 with float32 is float32,
+    which holds every uint16 value exactly), so ``preprocess=False`` keeps the
+    stored values. :attr:`TileDataset.mask_dtypes` gives each mask kind's: the
+    promotion of the stored integer types (uint16 with uint32 is uint32); a
+    mix no integer type holds (uint64 with a signed type) is an error at
+    construction. Both are decided when the index is built.
 Masks
     ``masks=None`` (the default) returns the mask kinds that *every* indexed
     tissue has at its dataset's resolution, so all items have the same keys;
@@ -40,7 +53,7 @@ Masks
 
 Workers and forks
     Readers open lazily in each process. Under ``fork`` a worker inherits the
-    parent's readers and :mod:`spora_zarr._engines` makes them reopen there.
+    parent's readers and :mod:`spora_zarr.read.levels` makes them reopen there.
     Local stores in the converter's layout are read by the direct engine,
     which is fork safe, whatever the parent did. Other layouts use an engine
     the parent did not make unsafe: a forked child of a process that used
@@ -120,6 +133,12 @@ def worker_init_fn(worker_id: int | None = None) -> None:
     _SETUP_PID = _CHECKED_PID = os.getpid()
 
 
+def _as_dtype(tensor: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
+    """``tensor`` with the values cast to ``dtype`` (through numpy: torch casts few unsigned types)."""
+    array = tensor.numpy()
+    return tensor if array.dtype == dtype else torch.from_numpy(array.astype(dtype))
+
+
 def _composed(dataset: Any) -> ComposedImagingDataset:
     if isinstance(dataset, ComposedImagingDataset):
         return dataset
@@ -190,6 +209,10 @@ class TileDataset(Dataset):
         Channel names of each multiplex modality's output planes.
     masks : tuple of str
         Mask kinds every item has.
+    dtypes : dict of str to numpy.dtype
+        The dtype of each modality's items (see "One dtype per key" above).
+    mask_dtypes : dict of str to numpy.dtype
+        The integer dtype of each mask kind's items.
 
     Raises
     ------
@@ -236,6 +259,8 @@ class TileDataset(Dataset):
 
         self._build_index()
         self.masks: tuple[str, ...] = self._check_masks(masks)
+        self.dtypes: dict[str, np.dtype] = {name: self._modality_dtype(name) for name in self.modalities}
+        self.mask_dtypes: dict[str, np.dtype] = {kind: self._mask_dtype(kind) for kind in self.masks}
 
     # -- construction -----------------------------------------------------------------
     def _add_layout(self, composed: ComposedImagingDataset) -> None:
@@ -297,6 +322,35 @@ class TileDataset(Dataset):
                 )
         return tuple(kept)
 
+    def _stored_dtypes(self, group: str | None, name: str) -> dict[np.dtype, list[str]]:
+        """Stored dtype -> tissues, over every indexed tissue, of modality ``name`` (``group`` None) or mask ``group``."""
+        found: dict[np.dtype, list[str]] = {}
+        for tissue, number in zip(self.tissue_ids, self._tissue_dataset):
+            composed = self.datasets[number]
+            dataset = composed.datasets[name] if group is None else composed.primary
+            reader = dataset._reader(group or dataset.modality_dir(), tissue)
+            found.setdefault(np.dtype(reader.dtype), []).append(tissue)
+        return found
+
+    def _modality_dtype(self, name: str) -> np.dtype:
+        """The one dtype of a modality's items: float32 when preprocessed, else the stored dtypes promoted."""
+        if self.preprocess:
+            return np.dtype(np.float32)
+        stored = self._stored_dtypes(None, name)
+        return np.result_type(*stored) if stored else np.dtype(np.float32)
+
+    def _mask_dtype(self, kind: str) -> np.dtype:
+        """The one integer dtype of a mask kind's items, able to hold every stored id."""
+        stored = self._stored_dtypes(kind, kind)
+        dtype = np.result_type(*stored)
+        if dtype.kind not in "ui":
+            listing = "; ".join(f"{d}: {', '.join(t[:3])}{' ...' if len(t) > 3 else ''}" for d, t in stored.items())
+            raise InvalidInputError(
+                f"{kind} are stored as {listing}: no integer type torch collates holds them all; store the masks as one "
+                "integer type (uint32 or smaller), or leave them out with masks="
+            )
+        return dtype
+
     @staticmethod
     def _has_mask(dataset: BaseImagingDataset, kind: str, tissue_id: str) -> bool:
         cohort = dataset.cohort
@@ -350,7 +404,7 @@ class TileDataset(Dataset):
             r, c, edge = round(row * factor), round(col * factor), self.modalities[name]
             multiplex = isinstance(dataset, MultiplexImagingDataset)
             kind = self.kind if multiplex else "complete"
-            tile = dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=self.preprocess, pad=True)
+            tile = _as_dtype(dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=self.preprocess, pad=True), self.dtypes[name])
             if multiplex:
                 positions, measured = self._panel_positions(number, name, tissue)
                 if positions is not None:  # not the whole panel in panel order: scatter into it
@@ -361,7 +415,7 @@ class TileDataset(Dataset):
             else:
                 item[name] = tile
         for kind in self.masks:
-            item[kind] = base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True)
+            item[kind] = _as_dtype(base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True), self.mask_dtypes[kind])
         item.update(tissue_id=tissue, tile_id=int(self._tile_id[i]), row=row, col=col, cohort=base.name)
         return item
 

@@ -16,6 +16,7 @@ from ..store.layout import (
     MASK_KINDS,
     TISSUES_TABLE,
     channels_per_tissue_table_path,
+    channels_table_path,
     image_group_path,
     is_resolution_name,
     label_group_path,
@@ -36,6 +37,7 @@ class ImageTask:
     tissue_id: str
     files: tuple[tuple[float, str], ...]
     channel_names: tuple[str, ...] | None = None
+    panel: tuple[str, ...] | None = None
 
     @property
     def path(self) -> str:
@@ -109,11 +111,12 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
         per_res[mpp] = src.join(rel)
 
     channel_tables = {m: _read_channels_per_tissue(src, m) for m in {m for m, _ in images}}
+    panels = {m: _read_panel(src, m) for m in channel_tables}
     tasks: list[Task] = []
     for (modality, tissue_id), per_res in sorted(images.items()):
         table = channel_tables[modality]
-        names = table.get(tissue_id, []) if table is not None else None
-        tasks.append(ImageTask(modality, tissue_id, tuple(sorted(per_res.items())), tuple(names) if names is not None else None))
+        names = tuple(table.get(tissue_id, [])) if table is not None else None
+        tasks.append(ImageTask(modality, tissue_id, tuple(sorted(per_res.items())), names, panels[modality]))
     for (kind, tissue_id), per_res in sorted(masks.items()):
         related = tuple(
             sorted((mpp, path) for (m, t), res in images.items() if t == tissue_id for mpp, path in res.items() if mpp in per_res)
@@ -205,6 +208,17 @@ def _read_tissue_ids(src: Location) -> list[str]:
             raise InvalidInputError(f"{where}: duplicate tissue id {tissue_id!r}")
         seen.add(tissue_id)
     return ids
+
+
+def _read_panel(src: Location, modality: str) -> tuple[str, ...] | None:
+    """The channel names of a modality's ``channels.parquet`` in table order, or ``None`` without one."""
+    rel = channels_table_path(modality)
+    if not src.fs().exists(src.fs_path(rel)):
+        return None
+    table = read_table(src, rel)
+    if "channel_name" not in table.column_names:
+        raise InvalidInputError(f"{src.join(rel)}: no 'channel_name' column (columns: {', '.join(table.column_names)})")
+    return tuple(map(str, table.column("channel_name").to_pylist()))
 
 
 def _read_channels_per_tissue(src: Location, modality: str) -> dict[str, list[str]] | None:

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import InvalidInputError, NotFoundError
 from ..read.cohort import Cohort, open_cohort
-from ..read.levels import open_level
+from ..read.levels import LevelReader, open_level
 from ..store.layout import (
     CELLS_TABLE,
     MASK_KINDS,
@@ -182,7 +182,7 @@ class BaseImagingDataset:
                 f"{self.name}: window row={row} col={col} size={size} lies outside {group} tissue {tissue_id!r} of shape {height}x{width}"
             )
         y0, x0 = max(row, 0), max(col, 0)
-        data = reader.read(y0, x0, min(row + size, height) - y0, min(col + size, width) - x0, channels)
+        data = _read(reader, y0, x0, min(row + size, height) - y0, min(col + size, width) - x0, channels)
         if not pad or data.shape[-2:] == (size, size):
             return data
         out = np.zeros((*data.shape[:-2], size, size), dtype=data.dtype)
@@ -229,7 +229,7 @@ class BaseImagingDataset:
         """The whole tissue at this resolution as a typed tissue."""
         self._check_tissue(tissue_id)
         reader = self._reader(self.modality_dir(), tissue_id)
-        data = reader.read(0, 0, reader.shape[-2], reader.shape[-1], self._channel_indices(tissue_id, kind))
+        data = _read(reader, 0, 0, reader.shape[-2], reader.shape[-1], self._channel_indices(tissue_id, kind))
         tensor = _to_tensor(data)
         if preprocess:
             tensor = self._preprocess(tensor, tissue_id, kind)
@@ -287,6 +287,14 @@ class BaseImagingDataset:
 
     def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> Any:
         raise NotImplementedError
+
+
+def _read(reader: LevelReader, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None) -> np.ndarray:
+    """A window of ``channels`` (``None``: all); no channels (a kind a tissue has none of) is a ``(0, h, w)`` array."""
+    if channels is not None and len(channels) == 0:
+        ny, nx = reader.shape[-2:]
+        return np.zeros((0, min(y0 + height, ny) - y0, min(x0 + width, nx) - x0), reader.dtype)
+    return reader.read(y0, x0, height, width, channels)
 
 
 def _to_mode(tensor: torch.Tensor, image_mode: str) -> torch.Tensor:

@@ -77,20 +77,39 @@ def _strip_none(value: Any) -> Any:
     return value
 
 
-def omero_metadata(channel_names: Sequence[str], windows: Sequence[dict[str, float]], *, rgb: bool) -> dict[str, Any]:
-    """OMERO rendering metadata: one entry per channel with label, colour and window."""
-    colors = RGB_COLORS if rgb else PALETTE
+def channel_colors(channel_names: Sequence[str], *, rgb: bool, panel: Sequence[str] | None = None) -> list[str]:
+    """Hex ``RRGGBB`` colour of each channel.
+
+    RGB images are red, green, blue; a single channel is white. Otherwise a
+    channel's colour comes from its position in ``panel`` (the modality's
+    ``channels.parquet`` order), so a marker has the same colour in every
+    tissue whatever order the tissue stores its channels in; channels outside
+    the panel (or all, without one) take the colours after it in turn.
+    """
+    if rgb:
+        return [RGB_COLORS[i % len(RGB_COLORS)] for i in range(len(channel_names))]
+    if len(channel_names) == 1 and not panel:
+        return ["FFFFFF"]
+    positions = {name: i for i, name in enumerate(panel or ())}
+    extra = iter(range(len(positions), len(positions) + len(channel_names)))
+    return [PALETTE[(positions[n] if n in positions else next(extra)) % len(PALETTE)] for n in channel_names]
+
+
+def omero_metadata(
+    channel_names: Sequence[str], windows: Sequence[dict[str, float]], *, rgb: bool, panel: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """OMERO rendering metadata: one entry per channel with label, colour (:func:`channel_colors`) and window."""
     channels = [
         {
             "label": str(label),
-            "color": colors[i % len(colors)] if (rgb or len(channel_names) > 1) else "FFFFFF",
+            "color": color,
             "window": window,
             "active": True,
             "coefficient": 1.0,
             "family": "linear",
             "inverted": False,
         }
-        for i, (label, window) in enumerate(zip(channel_names, windows))
+        for label, color, window in zip(channel_names, channel_colors(channel_names, rgb=rgb, panel=panel), windows)
     ]
     return {"channels": channels, "rdefs": {"model": "color"}}
 
@@ -125,12 +144,13 @@ def image_metadata(
     channel_names: Sequence[str],
     windows: Sequence[dict[str, float]],
     rgb: bool,
+    panel: Sequence[str] | None = None,
     spora: SporaGroupAttributes,
     where: str,
 ) -> GroupMetadata:
     """The metadata of an NGFF image group: multiscales and omero, validated, and the spora attributes."""
     entry = multiscales_metadata(levels, name=name, method=Method.BIN_SHRINK, labels=False)
-    ome = {"version": NGFF_VERSION, "multiscales": [entry], "omero": omero_metadata(channel_names, windows, rgb=rgb)}
+    ome = {"version": NGFF_VERSION, "multiscales": [entry], "omero": omero_metadata(channel_names, windows, rgb=rgb, panel=panel)}
     return GroupMetadata.from_attributes({"ome": ome, "spora": spora.to_dict()}, where=where)
 
 

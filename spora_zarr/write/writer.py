@@ -22,7 +22,7 @@ import zarr
 from zarr.codecs import BloscCname, BloscCodec, BloscShuffle
 
 from ..errors import InvalidInputError
-from ..read import levels as _engines
+from ..read.engines import process as _engines
 from ..sources import ImageSource
 from ..store.location import Location
 from ..store.metadata import GroupMetadata, SporaGroupAttributes
@@ -152,6 +152,7 @@ def write_image(
     *,
     channel_names: Sequence[str] | None = None,
     rgb: bool = False,
+    panel: Sequence[str] | None = None,
     spora: Mapping[str, Any] | None = None,
     options: WriteOptions | None = None,
     overwrite: bool = False,
@@ -160,7 +161,9 @@ def write_image(
     """Write an image given its sources per resolution (mpp -> ``(C, H, W)`` source) as a multiscale group.
 
     The group appears at ``path`` only once complete. Without ``overwrite`` an
-    existing complete group is left alone (``skipped``).
+    existing complete group is left alone (``skipped``). ``panel`` (the
+    modality's channel names in ``channels.parquet`` order) gives each
+    channel the colour of its panel position.
     """
     shape = _first(sources).shape
     names = list(channel_names) if channel_names is not None else [f"channel_{i}" for i in range(shape[0])]
@@ -171,7 +174,9 @@ def write_image(
         windows = channel_windows(sample, np.dtype(_first(sources).dtype), rgb=rgb)
         extra = {"kind": "image", "channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
-        return image_metadata(levels, name=display_name(path), channel_names=names, windows=windows, rgb=rgb, spora=attributes, where=path)
+        return image_metadata(
+            levels, name=display_name(path), channel_names=names, windows=windows, rgb=rgb, panel=panel, spora=attributes, where=path
+        )
 
     return _write_multiscale(Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress)
 
