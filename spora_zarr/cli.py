@@ -50,15 +50,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spora_zarr")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spora-zarr", description="OME-Zarr (NGFF 0.5) cohort stores for spora imaging cohorts.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def layout_options(p: argparse.ArgumentParser) -> None:
         defaults = WriteOptions()
-        p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in pixels (all channels per chunk)")
-        p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels (0: no sharding)")
+        p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in px, all channels per chunk (default %(default)s)")
+        p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels, 0: no sharding (default %(default)s)")
         p.add_argument("--cname", choices=BLOSC_CNAMES, default=defaults.cname, help="blosc compressor (default %(default)s)")
         p.add_argument(
             "--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.clevel, help="blosc level (default %(default)s)"
@@ -76,31 +86,33 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
 
     convert = commands.add_parser("convert", help="convert a spora TIFF cohort into a cohort store")
-    convert.add_argument("source")
-    convert.add_argument("dest")
+    convert.add_argument("source", help="the spora TIFF cohort: a directory or fsspec URL holding metadata/tissues.parquet")
+    convert.add_argument("dest", help="the cohort store to create or extend (a local path or fsspec URL such as s3://bucket/cohort.zarr)")
     convert.add_argument("--workers", type=_positive_int, default=1, help="tissues converted in parallel")
     convert.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
     convert.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
     convert.add_argument("--source-storage-options", type=_json_option, default=None, help="fsspec options of the source, as JSON")
-    convert.add_argument("--no-progress", action="store_true", help="no progress bars")
+    convert.add_argument(
+        "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
+    )
     layout_options(convert)
 
     add = commands.add_parser("add-image", help="add one image file to a store (created if missing)")
-    add.add_argument("dest")
-    add.add_argument("file")
-    add.add_argument("--modality", required=True)
-    add.add_argument("--tissue-id", required=True)
+    add.add_argument("dest", help="the cohort store (created if missing)")
+    add.add_argument("file", help="the image: TIFF / OME-TIFF (channel names and pixel size read from it), PNG or JPEG")
+    add.add_argument("--modality", required=True, help="modality directory in the store: he, imc, cycif, ihc/ihc_<marker>, ...")
+    add.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
     add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF when omitted)")
     add.add_argument("--channel-names", help="comma-separated channel names")
     layout_options(add)
 
     info = commands.add_parser("info", help="summarise a store")
-    info.add_argument("store")
-    info.add_argument("--storage-options", type=_json_option, default=None)
+    info.add_argument("store", help="the cohort store (local path or fsspec URL)")
+    info.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
 
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
-    validate.add_argument("store")
-    validate.add_argument("--storage-options", type=_json_option, default=None)
+    validate.add_argument("store", help="the cohort store (local path or fsspec URL)")
+    validate.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
     return parser
 
 

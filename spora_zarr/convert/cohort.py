@@ -49,10 +49,12 @@ class ConversionReport(RunReport):
     """What a conversion did, task by task, and the tables it copied."""
 
     tables: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self, noun: str = "groups") -> str:
         head, *failures = super().summary(noun).split("\n")
-        return "\n".join([f"{head}, {len(self.tables)} tables copied", *failures])
+        skipped = f", {len(self.skipped)} files skipped (not in the layout)" if self.skipped else ""
+        return "\n".join([f"{head}, {len(self.tables)} tables copied{skipped}", *failures])
 
 
 def convert_cohort(
@@ -87,7 +89,7 @@ def convert_cohort(
     report = run_tasks(plan.tasks, work, run)
     _record_plan(dst, plan)  # again: a store rewritten meanwhile (another add-image) keeps both
     staging.recover()
-    return ConversionReport(report.outcomes, tables)
+    return ConversionReport(report.outcomes, tables, plan.skipped)
 
 
 def _record_plan(dst: Location, plan: CohortPlan) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -141,10 +142,37 @@ def _guarded(work: Work[TaskT], task: TaskT, progress: ProgressCallback | None) 
         return TaskOutcome(task.path, task.label, error=f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")
 
 
-def _bar(total: int, enabled: bool, noun: str, **kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
+class _Progress:
+    """A run's progress: tqdm bars on a terminal, one line per finished task otherwise, nothing when off.
 
-    return tqdm(total=total, disable=not enabled, desc="cohort", unit=noun.rstrip("s"), **kwargs)
+    Without a terminal (a log file, CI), redrawn bars would flood the log, so
+    each finished task is one line ``[k/N] wrote <label>`` on stderr instead.
+    """
+
+    def __init__(self, total: int, options: RunOptions, noun: str, **bar: Any) -> None:
+        from tqdm.auto import tqdm
+
+        self.total, self.done = total, 0
+        self.bars = options.progress and sys.stderr.isatty()
+        self.lines = options.progress and not self.bars
+        self.bar = tqdm(total=total, disable=not self.bars, desc="cohort", unit=noun.rstrip("s"), **bar)
+
+    def finished(self, outcome: TaskOutcome) -> None:
+        self.done += 1
+        self.bar.update()
+        if outcome.error:
+            log.error("%s: %s", outcome.label, outcome.error)
+        else:
+            log.info("%s %s", "kept" if outcome.skipped else "wrote", outcome.path)
+        if self.lines:
+            state = "FAILED" if outcome.error else ("kept" if outcome.skipped else "wrote")
+            print(f"[{self.done}/{self.total}] {state} {outcome.label}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def _task_bar(task: Task, enabled: bool, position: int = 1) -> Any:
@@ -153,21 +181,13 @@ def _task_bar(task: Task, enabled: bool, position: int = 1) -> Any:
     return tqdm(desc=task.label, disable=not enabled, unit="B", unit_scale=True, leave=False, position=position)
 
 
-def _report(outcome: TaskOutcome) -> None:
-    if outcome.error:
-        log.error("%s: %s", outcome.label, outcome.error)
-    else:
-        log.info("%s %s", "kept" if outcome.skipped else "wrote", outcome.path)
-
-
 def _run_serial(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:
     outcomes = []
-    with _bar(len(tasks), options.progress, noun) as bar:
+    with _Progress(len(tasks), options, noun) as progress:
         for task in tasks:
-            with _task_bar(task, options.progress) as task_bar:
+            with _task_bar(task, progress.bars) as task_bar:
                 outcomes.append(_guarded(work, task, task_bar.update))
-            _report(outcomes[-1])
-            bar.update()
+            progress.finished(outcomes[-1])
     return outcomes
 
 
@@ -182,8 +202,9 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
     with ProcessPoolExecutor(
         options.workers, mp_context=context, initializer=configure_writer_process, initargs=(options.codec_threads,)
     ) as pool:
-        futures = {pool.submit(_in_worker, work, task, options.progress): task for task in tasks}
-        with _bar(len(futures), options.progress, noun, position=0) as bar:
+        bars = options.progress and sys.stderr.isatty()
+        futures = {pool.submit(_in_worker, work, task, bars): task for task in tasks}
+        with _Progress(len(futures), options, noun, position=0) as progress:
             for future in as_completed(futures):
                 try:
                     outcome = future.result()
@@ -191,8 +212,7 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
                     task = futures[future]
                     outcome = TaskOutcome(task.path, task.label, error=f"worker process failed: {type(exc).__name__}: {exc}")
                 outcomes.append(outcome)
-                _report(outcome)
-                bar.update()
+                progress.finished(outcome)
     return outcomes
 
 
@@ -217,7 +237,7 @@ def _run_distributed(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOpti
         futures = {
             client.submit(_guarded, work, task, None, key=f"spora-{task.path}-{i}", pure=False): task for i, task in enumerate(tasks)
         }
-        with _bar(len(futures), options.progress, noun) as bar:
+        with _Progress(len(futures), options, noun) as progress:
             for future in dask_completed(list(futures)):
                 try:
                     outcome = future.result()
@@ -225,8 +245,7 @@ def _run_distributed(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOpti
                     task = futures[future]
                     outcome = TaskOutcome(task.path, task.label, error=f"dask worker failed: {type(exc).__name__}: {exc}")
                 outcomes.append(outcome)
-                _report(outcome)
-                bar.update()
+                progress.finished(outcome)
     finally:
         client.close()
         if cluster is not None:

@@ -6,7 +6,8 @@ there stops the run before anything is written (``docs/tiff_layout.md``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -26,7 +27,10 @@ from ..store.layout import (
 )
 from ..store.location import Location
 
+log = logging.getLogger("spora_zarr")
+
 RESERVED_TOP = ("metadata", "segmentations", "tiling")
+LAYOUT_IMAGES = "<modality>/<res>/images/<tissue_id>.tif (or segmentations/<res>/<tissue_masks|cell_masks>/<tissue_id>.tif)"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class CohortPlan:
     tasks: list[Task]
     tables: list[str]
     modalities: dict[str, list[str]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None = None) -> CohortPlan:
@@ -87,6 +92,8 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     fs = src.fs()
     if not fs.isdir(src.fs_path()):
         raise InvalidInputError(f"{src}: source cohort directory not found")
+    if fs.exists(src.fs_path("zarr.json")):
+        raise InvalidInputError(f"{src}: this is a zarr store (it has a zarr.json), not a spora TIFF cohort; nothing to convert")
     tissue_ids = _read_tissue_ids(src)
     known = set(tissue_ids)
     files = _list_files(src)
@@ -94,10 +101,14 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
 
     images: dict[tuple[str, str], dict[float, str]] = {}
     masks: dict[tuple[str, str], dict[float, str]] = {}
+    skipped: list[tuple[str, str]] = []
     for rel in files:
         parts = rel.split("/")
         found = _classify(src, rel, parts)
         if found is None:
+            continue
+        if isinstance(found, str):
+            skipped.append((src.join(rel), found))
             continue
         group, key_name, res, tissue_id = found
         validate_tissue_id(tissue_id, source=src.join(rel))
@@ -127,7 +138,12 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     for (modality, _), per_res in images.items():
         modalities.setdefault(modality, [])
         modalities[modality] = sorted({*modalities[modality], *map(resolution_name, per_res)}, key=resolution_value)
-    return CohortPlan(src, tissue_ids, tasks, tables, dict(sorted(modalities.items())))
+    for path, reason in skipped:
+        log.warning("%s: skipped: %s", path, reason)
+    if not tasks:
+        found = f"; {len(skipped)} image file(s) skipped (listed above)" if skipped else ""
+        raise InvalidInputError(f"{src}: nothing to convert: no image found at {LAYOUT_IMAGES}{found}")
+    return CohortPlan(src, tissue_ids, tasks, tables, dict(sorted(modalities.items())), skipped)
 
 
 def _list_files(src: Location) -> list[str]:
@@ -148,8 +164,12 @@ def _list_files(src: Location) -> list[str]:
     return sorted(found)
 
 
-def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str, str] | None:
-    """``("image"|"mask", modality or kind, resolution name, tissue id)`` for an image file, else ``None``."""
+def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str, str] | str | None:
+    """``("image"|"mask", modality or kind, resolution name, tissue id)`` for an image file of the layout.
+
+    ``None`` for a file that is not an image; the reason, for an image file
+    outside the layout (skipped, and said so).
+    """
     name = parts[-1]
     lower = name.lower()
     is_image = lower.endswith((*TIFF_SUFFIXES, *RASTER_SUFFIXES, ".zarr"))
@@ -163,7 +183,7 @@ def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str,
             return "mask", parts[2], parts[1], tissue_id
         raise InvalidInputError(f"{where}: masks belong in segmentations/<res>/{{{','.join(MASK_KINDS)}}}/<tissue_id>.tif")
     if parts[0] in RESERVED_TOP:
-        return None
+        return f"image files under {parts[0]}/ are not part of the layout"
     modality_parts = parts[:2] if parts[0] == "ihc" and len(parts) > 1 and parts[1].startswith(IHC_PREFIX) else parts[:1]
     rest = parts[len(modality_parts):]
     modality = "/".join(modality_parts)
@@ -175,7 +195,7 @@ def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str,
         return "image", modality, rest[0], tissue_id
     if "images" in rest:
         raise InvalidInputError(f"{where}: images belong in <modality>/<res>/images/<tissue_id>.tif")
-    return None
+    return f"not in the layout: images belong in {LAYOUT_IMAGES}"
 
 
 def _check_resolution_dir(name: str, where: str) -> None:

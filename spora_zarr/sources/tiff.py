@@ -206,6 +206,8 @@ class TiffSource(ImageSource):
         info = SourceInfo(is_rgb=series.axes.endswith("S") and series.shape[-1] in (3, 4))
         if self._tiff.is_ome and self._tiff.ome_metadata:
             info.channel_names, info.mpp = _ome_channels_and_mpp(self._tiff.ome_metadata)
+            if info.is_rgb and info.channel_names is not None and len(info.channel_names) != 3:
+                info.channel_names = None  # one OME channel of 3 samples: the colour planes, named red/green/blue by the writer
         return info
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
