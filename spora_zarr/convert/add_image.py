@@ -1,18 +1,46 @@
-"""Add one image file to a cohort store (created if missing) as ``<modality>/images/<tissue_id>``."""
+"""Add one image file to a cohort store (created if missing) as a resolution of ``<modality>/images/<tissue_id>``.
+
+A new tissue gets a new multiscale image. A tissue whose image exists gets the
+file as one more source resolution, merged into its pyramid: the other source
+levels are kept pixel-exact (masks and tile tables refer to them), the computed
+levels are recomputed, and the new pyramid replaces the old one only once it is
+complete (the writer's staging). A resolution the image already has from a
+source is kept, unless ``overwrite`` replaces that level's pixels.
+
+The tables the datasets read are extended too, each written whole: the tissue
+is added to ``metadata/tissues.parquet``, and the channels of a multiplex image
+to ``<modality>/channels.parquet`` (a new channel with ``qc_pass`` true and no
+UniProt id) and ``<modality>/channels_per_tissue.parquet``. Rows already there
+are never rewritten; a tissue listed with other channels is an error before
+anything is written. See ``docs/conversion.md``.
+"""
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import zarr
+
 from ..errors import InvalidInputError
-from ..sources import open_source
-from ..store.layout import image_group_path, resolution_name, resolution_value, validate_tissue_id
+from ..sources import ArraySource, ImageSource, open_source
+from ..store.layout import (
+    TISSUES_TABLE,
+    channels_per_tissue_table_path,
+    channels_table_path,
+    image_group_path,
+    resolution_name,
+    resolution_value,
+    validate_tissue_id,
+)
 from ..store.location import Location
-from ..store.metadata import update_cohort_attributes
-from ..store.staging import Staging
+from ..store.metadata import GroupMetadata, update_cohort_attributes
+from ..store.staging import Staging, is_complete_group
+from ..store.tables import read_table, table_exists, write_table
 from ..write.writer import WriteOptions, WriteResult, write_image
+
+__all__ = ["add_image"]
 
 
 def add_image(
@@ -27,10 +55,11 @@ def add_image(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> WriteResult:
-    """Add one image file as ``<modality>/images/<tissue_id>``; create the store if needed.
+    """Add one image file as a resolution of ``<modality>/images/<tissue_id>``; create the store if needed.
 
     OME-TIFF channel names and pixel size are read from the file; other files
-    need ``mpp``.
+    need ``mpp``. Returns the write's result; ``skipped`` when the image already
+    has this resolution from a source and ``overwrite`` is false.
     """
     validate_tissue_id(tissue_id, source=path)
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
@@ -42,19 +71,107 @@ def add_image(
         if resolution is None:
             raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
         names = list(channel_names) if channel_names else (list(info.channel_names) if info.channel_names else None)
-        if names is not None and len(names) != source.shape[0]:
+        if names is None:
+            names = ["red", "green", "blue"] if info.is_rgb else [f"channel_{i}" for i in range(source.shape[0])]
+        if len(names) != source.shape[0]:
             raise InvalidInputError(f"{path}: {source.shape[0]} channels but {len(names)} channel names given")
-        if names is None and info.is_rgb:
-            names = ["red", "green", "blue"]
         update_cohort_attributes(dst)  # creates the store, or checks that it is one this version reads
         staging = Staging(dst)
         staging.recover()
         target = image_group_path(modality, tissue_id)
+        existing = _existing(dst, target)
+        level = resolution_name(resolution)
+        if existing is not None and existing.channel_names != names:
+            raise InvalidInputError(
+                f"{path}: {target} has channels {existing.channel_names}, the file {names}; a tissue's resolutions share their channels"
+            )
+        tables = _table_updates(dst, path, modality, tissue_id, names, multiplex=not info.is_rgb)
+        for rel, table in tables.items():
+            write_table(dst, rel, table)
+        if existing is not None and level in existing.spora.source_levels and not overwrite:
+            return WriteResult(target, skipped=True)
+        sources: dict[float, ImageSource] = {resolution_value(resolution): source}
+        if existing is not None:
+            group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
+            for kept in existing.spora.source_levels:
+                if kept != level:
+                    sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
+        panel = _panel(dst, modality) if not info.is_rgb else None
         staging.ensure_groups(posixpath.dirname(target))
         result = write_image(
-            dst, target, {resolution_value(resolution): source}, channel_names=names, rgb=info.is_rgb,
-            spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=overwrite,
+            dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
+            spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite,
         )
-    if not result.skipped:
-        update_cohort_attributes(dst, modalities={modality: [resolution_name(resolution)]})
+    update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]})
     return result
+
+
+def _existing(location: Location, path: str) -> GroupMetadata | None:
+    """The metadata of the complete image group at ``path``, or ``None``."""
+    attributes = Staging(location).read_attributes(path)
+    if attributes is None or not is_complete_group(attributes):
+        return None
+    return GroupMetadata.from_attributes(attributes, where=location.join(path))
+
+
+def _panel(location: Location, modality: str) -> list[str] | None:
+    rel = channels_table_path(modality)
+    return [str(n) for n in read_table(location, rel).column("channel_name").to_pylist()] if table_exists(location, rel) else None
+
+
+def _table_updates(
+    location: Location, path: str, modality: str, tissue_id: str, names: Sequence[str], *, multiplex: bool
+) -> dict[str, Any]:
+    """The tables to write (relative path -> new whole table) so the datasets find the added image.
+
+    Checked before anything is written: a tissue already listed in
+    ``channels_per_tissue.parquet`` with other channels is an error.
+    """
+    updates: dict[str, Any] = {}
+    tissues = _appended(location, TISSUES_TABLE, "tissue_id", [{"tissue_id": tissue_id}])
+    if tissues is not None:
+        updates[TISSUES_TABLE] = tissues
+    if not multiplex:
+        return updates
+    per_tissue_rel = channels_per_tissue_table_path(modality)
+    if table_exists(location, per_tissue_rel):
+        listed = read_table(location, per_tissue_rel).to_pydict()
+        stored = [c for t, c in zip(listed.get("tissue_id", []), listed.get("channel_name", [])) if t == tissue_id]
+        if stored and stored != list(names):
+            where = location.join(per_tissue_rel)
+            raise InvalidInputError(f"{path}: {where} lists channels {stored} for tissue {tissue_id!r}, the file {list(names)}")
+        if stored:
+            names = []
+    per_tissue = _appended(location, per_tissue_rel, None, [{"tissue_id": tissue_id, "channel_name": n} for n in names])
+    if per_tissue is not None:
+        updates[per_tissue_rel] = per_tissue
+    rows = [{"channel_name": n, "qc_pass": True, "uniprot_id": None} for n in names]
+    channels = _appended(location, channels_table_path(modality), "channel_name", rows)
+    if channels is not None:
+        updates[channels_table_path(modality)] = channels
+    return updates
+
+
+def _appended(location: Location, rel: str, key: str | None, rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The table at ``rel`` with ``rows`` appended (those whose ``key`` is new), or ``None`` when nothing is new.
+
+    Existing rows and columns are kept as they are; new rows get nulls in the
+    columns they do not name. A missing table is created from the rows.
+    """
+    import pyarrow as pa
+
+    if not rows:
+        return None
+    if not table_exists(location, rel):
+        created = pa.Table.from_pylist(list(rows))
+        return created.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in created.schema]))
+    table = read_table(location, rel)
+    if key is not None:
+        if key not in table.column_names:
+            raise InvalidInputError(f"{location.join(rel)}: no {key!r} column (columns: {', '.join(table.column_names)})")
+        present = set(table.column(key).to_pylist())
+        rows = [row for row in rows if row[key] not in present]
+        if not rows:
+            return None
+    new = pa.Table.from_pylist([{name: row.get(name) for name in table.column_names} for row in rows], schema=table.schema)
+    return pa.concat_tables([table, new])

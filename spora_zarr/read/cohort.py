@@ -26,6 +26,7 @@ from ..store.layout import (
 from ..store.location import Location
 from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
 from ..store.staging import STAGING_DIR, Staging, is_complete_group
+from ..store.tables import read_table
 
 
 class Cohort:
@@ -52,21 +53,22 @@ class Cohort:
 
     @property
     def mask_kinds(self) -> list[str]:
-        return [k for k in MASK_KINDS if self._listing(f"segmentations/{k}")]
+        return [k for k in MASK_KINDS if self.listing(f"segmentations/{k}")]
 
     def tissues(self, modality: str) -> list[str]:
         """Tissue ids with a complete image of ``modality``, or mask of a mask kind (as :meth:`open_image` takes)."""
         if modality in MASK_KINDS:
             return self.mask_tissues(modality)
         self.check_modality(modality)
-        return self._listing(f"{modality}/images")
+        return self.listing(f"{modality}/images")
 
     def mask_tissues(self, kind: str) -> list[str]:
         """Tissue ids with a complete mask of ``kind``."""
-        return self._listing(label_group_path(kind, "x").rsplit("/", 1)[0])
+        return self.listing(label_group_path(kind, "x").rsplit("/", 1)[0])
 
     @functools.cache  # noqa: B019 - the cohort lives as long as its caches should
-    def _listing(self, path: str) -> list[str]:
+    def listing(self, path: str) -> list[str]:
+        """Names of the complete multiscale groups directly below ``path`` (cached for the handle's life)."""
         fs = self.location.fs()
         try:
             entries = fs.ls(self.location.fs_path(path), detail=False)
@@ -152,14 +154,7 @@ class Cohort:
     # -- tables ---------------------------------------------------------------------
     def read_table(self, path: str) -> Any:
         """A parquet table of the cohort (same relative path as the TIFF layout) as a ``pyarrow.Table``."""
-        import pyarrow.parquet as pq
-
-        fs = self.location.fs()
-        full = self.location.fs_path(path)
-        if not fs.exists(full):
-            raise NotFoundError(f"{self.location}: no table {path}")
-        with fs.open(full, "rb") as handle:
-            return pq.read_table(handle)
+        return read_table(self.location, path)
 
     def tables(self) -> list[str]:
         """Relative paths of every parquet table in the store."""

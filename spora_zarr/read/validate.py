@@ -28,7 +28,52 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
     for kind in MASK_KINDS:
         for tissue_id in cohort.mask_tissues(kind):
             problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in _guarded(_mask_matches_images, cohort, kind, tissue_id)]
+    problems += [f"root attributes: {p}" for p in _guarded(_root_matches_groups, cohort)]
     return problems
+
+
+def _root_matches_groups(cohort: Cohort) -> list[str]:
+    """The root's modalities and levels must be those of the image groups on disk.
+
+    Every modality directory holding images is listed; every source level of
+    a tissue image is listed for its modality; every listed level is a level
+    of some tissue of the modality.
+    """
+    problems = []
+    for modality in _image_modalities_on_disk(cohort):
+        if modality not in cohort.attributes.modalities:
+            problems.append(f"modality {modality} has images on disk but is not listed (open_cohort would not see it)")
+    for modality, listed in cohort.attributes.modalities.items():
+        tissues = cohort.tissues(modality)
+        levels = {t: cohort.group_metadata(modality, t) for t in tissues}
+        for tissue_id, metadata in levels.items():
+            for name in metadata.spora.source_levels:
+                if name not in listed:
+                    problems.append(f"{modality} tissue {tissue_id!r} has source level {name}, which is not listed for {modality}")
+        for name in listed:
+            if tissues and not any(name in metadata.level_names for metadata in levels.values()):
+                problems.append(f"{modality} lists level {name}, but no tissue of {modality} has it")
+    return problems
+
+
+def _image_modalities_on_disk(cohort: Cohort) -> list[str]:
+    """Modality directories (``he``, ``ihc/ihc_CD3``) with at least one complete image group."""
+    fs = cohort.location.fs()
+    found = []
+
+    def children(path: str) -> list[str]:
+        try:
+            entries = fs.ls(cohort.location.fs_path(path), detail=False)
+        except (FileNotFoundError, OSError):
+            return []
+        return [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+
+    candidates = [n for n in children("") if not n.startswith(".") and n not in ("zarr.json", "metadata", "segmentations", "tiling")]
+    candidates += [f"ihc/{n}" for n in children("ihc") if n != "zarr.json"]
+    for modality in candidates:
+        if cohort.listing(f"{modality}/images"):
+            found.append(modality)
+    return sorted(found)
 
 
 def _guarded(check: Any, *args: Any) -> list[str]:

@@ -1,0 +1,106 @@
+"""add-image on an existing cohort: resolutions merged into the pyramid, tables extended, root kept truthful."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from spora_zarr import ConvertOptions, InvalidInputError, add_image, convert_cohort, open_cohort, validate_store
+from spora_zarr.cli import main
+from spora_zarr.datasets import MultiplexImagingDataset
+from spora_zarr.testing.cohorts import make_synthetic_cohort
+
+from .conftest import read_source_chw
+
+
+def _ome(path: Path, data: np.ndarray, mpp: float, names: list[str] | None = None, rgb: bool = False) -> Path:
+    metadata: dict[str, object] = {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
+    if names:
+        metadata.update(axes="CYX", Channel={"Name": names})
+    tifffile.imwrite(path, data, ome=True, photometric="rgb" if rgb else None, metadata=metadata)
+    return path
+
+
+@pytest.fixture
+def converted(tmp_path: Path) -> tuple[Path, Path]:
+    source = make_synthetic_cohort(tmp_path / "tiff", tissues=("A",), he_shape=(128, 160), ihc_markers=(), seed=6)
+    store = tmp_path / "cohort.zarr"
+    assert convert_cohort(source, store, ConvertOptions(progress=False)).ok
+    return source, store
+
+
+def test_a_new_resolution_is_merged_into_the_pyramid(converted: tuple[Path, Path], tmp_path: Path) -> None:
+    source, store = converted
+    before = open_cohort(store)
+    assert before.group_metadata("he", "A").spora.source_levels == ("0_5mpp", "1_0mpp")
+    fine = np.random.default_rng(1).integers(0, 255, (256, 320, 3), dtype=np.uint8)
+    result = add_image(store, str(_ome(tmp_path / "he_0_25.ome.tif", fine, 0.25, rgb=True)), modality="he", tissue_id="A")
+    assert not result.skipped
+    cohort = open_cohort(store)
+    metadata = cohort.group_metadata("he", "A")
+    assert metadata.spora.source_levels == ("0_25mpp", "0_5mpp", "1_0mpp")
+    np.testing.assert_array_equal(cohort.open_image("he", "A", 0.25).values, fine.transpose(2, 0, 1))
+    for res in ("0_5mpp", "1_0mpp"):  # the source levels that masks and tile tables refer to stay pixel-exact
+        np.testing.assert_array_equal(cohort.open_image("he", "A", res).values, read_source_chw(source / f"he/{res}/images/A.tif"))
+    assert cohort.attributes.modalities["he"] == ("0_25mpp", "0_5mpp", "1_0mpp")
+    assert validate_store(store) == []
+
+
+def test_an_existing_resolution_is_kept_unless_overwritten(
+    converted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, store = converted
+    root_before = json.loads((store / "zarr.json").read_text())
+    other = np.full((128, 160, 3), 7, np.uint8)
+    path = _ome(tmp_path / "he_0_5.ome.tif", other, 0.5, rgb=True)
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A"]) == 0
+    assert capsys.readouterr().out.startswith("kept existing")
+    assert json.loads((store / "zarr.json").read_text()) == root_before
+    add_image(store, str(path), modality="he", tissue_id="A", overwrite=True)
+    cohort = open_cohort(store)
+    np.testing.assert_array_equal(cohort.open_image("he", "A", 0.5).values, other.transpose(2, 0, 1))
+    np.testing.assert_array_equal(cohort.open_image("he", "A", 1.0).values, read_source_chw(source / "he/1_0mpp/images/A.tif"))
+    assert cohort.group_metadata("he", "A").spora.source_levels == ("0_5mpp", "1_0mpp")
+    assert validate_store(store) == []
+
+
+def test_a_multiplex_image_extends_the_channel_tables(converted: tuple[Path, Path], tmp_path: Path) -> None:
+    _, store = converted
+    cohort = open_cohort(store)
+    channels_before = cohort.read_table("imc/channels.parquet").to_pandas()
+    image = np.random.default_rng(2).integers(0, 900, (2, 64, 80), dtype=np.uint16)
+    names = [str(channels_before.channel_name[0]), "NEW1"]
+    add_image(store, str(_ome(tmp_path / "b.ome.tif", image, 1.0, names)), modality="imc", tissue_id="B")
+    cohort = open_cohort(store)
+    channels = cohort.read_table("imc/channels.parquet").to_pandas()
+    assert channels.iloc[: len(channels_before)].equals(channels_before)  # existing rows untouched
+    assert channels.channel_name.tolist()[len(channels_before) :] == ["NEW1"]
+    per_tissue = cohort.read_table("imc/channels_per_tissue.parquet").to_pandas()
+    assert per_tissue[per_tissue.tissue_id == "B"].channel_name.tolist() == names
+    assert "B" in cohort.read_table("metadata/tissues.parquet").column("tissue_id").to_pylist()
+    imc = MultiplexImagingDataset("c", store, 1.0, 32, modality="imc", verbose=False)
+    np.testing.assert_array_equal(imc.get_tissue("B", preprocess=False).image.numpy(), image)
+    assert imc.channel_names("B") == names
+
+    fresh = tmp_path / "fresh.zarr"
+    add_image(fresh, str(tmp_path / "b.ome.tif"), modality="cycif", tissue_id="B")
+    cycif = MultiplexImagingDataset("c", fresh, 1.0, 32, modality="cycif", verbose=False)
+    np.testing.assert_array_equal(cycif.read_tile("B", 0, 0, preprocess=False).numpy(), image[:, :32, :32])
+    with pytest.raises(InvalidInputError, match="share their channels"):
+        add_image(fresh, str(_ome(tmp_path / "c.ome.tif", image, 2.0, ["X", "Y"])), modality="cycif", tissue_id="B")
+
+
+def test_validate_catches_root_attributes_that_disagree_with_the_groups(converted: tuple[Path, Path]) -> None:
+    _, store = converted
+    document = json.loads((store / "zarr.json").read_text())
+    document["attributes"]["spora"]["modalities"]["he"] = ["0_25mpp", "0_5mpp"]
+    del document["attributes"]["spora"]["modalities"]["imc"]
+    (store / "zarr.json").write_text(json.dumps(document))
+    problems = validate_store(store)
+    assert any("modality imc has images on disk but is not listed" in p for p in problems), problems
+    assert any("he lists level 0_25mpp, but no tissue of he has it" in p for p in problems), problems
+    assert any("source level 1_0mpp, which is not listed for he" in p for p in problems), problems
