@@ -1,7 +1,7 @@
 """Window reads through every engine, against numpy slicing of the written data.
 
 Real stores on disk (and in fsspec memory / a moto S3 server); forked and
-spawned children prove the fork-safety rules of ``spora_zarr._engines``.
+spawned children prove the fork-safety rules of ``spora_zarr.read.engines.process``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from spora_zarr.read import levels as _engines
+from spora_zarr.errors import InvalidInputError, NotFoundError
 from spora_zarr.read.engines import direct as _direct
+from spora_zarr.read.engines import process
 from spora_zarr.read.levels import ENGINES, LevelReader, default_engine, limit_codec_threads, open_level
 from spora_zarr.store.location import Location
-from spora_zarr.errors import InvalidInputError, NotFoundError
 
 ARRAY = "imc/images/T1/1_0mpp"
 LABELS = "imc/labels/T1/1_0mpp"
@@ -243,7 +243,7 @@ def _after_tensorstore_parent(root: str, windows):
     """In a fresh process: read with tensorstore, then fork children."""
     reader = open_level(root, ARRAY, engine="tensorstore")
     reader.read(0, 0, 224, 224)
-    assert _engines._TENSORSTORE_USED_BY_PID == os.getpid()
+    assert process.used_by("tensorstore") == os.getpid()
     return {
         "default": _forked(root, windows),
         "explicit": _forked(root, windows, "tensorstore"),
@@ -255,7 +255,7 @@ def _after_zarrs_parent(root: str, windows):
     """In a fresh process: open a tensorstore reader without reading, read with zarrs, then fork."""
     open_level(root, ARRAY, engine="tensorstore")  # opening alone starts no tensorstore threads
     open_level(root, ARRAY, engine="zarrs").read(0, 0, 224, 224)
-    assert _engines._TENSORSTORE_USED_BY_PID is None and _engines._ZARRS_USED_BY_PID == os.getpid()
+    assert process.used_by("tensorstore") is None and process.used_by("zarrs") == os.getpid()
     return {
         "default": _forked(root, windows),
         "tensorstore": _forked(root, windows, "tensorstore"),
@@ -267,7 +267,7 @@ def _after_direct_parent(root: str, windows):
     """In a fresh process: read with the direct engine (its helper threads running), then fork."""
     reader = open_level(root, ARRAY)
     reader.read(0, 0, 500, 500)
-    assert reader.engine == "direct" and _engines._thread_names().count("spora_window") == _direct._THREADS - 1
+    assert reader.engine == "direct" and process.thread_names().count("spora_window") == _direct._THREADS - 1
     return {"default": _forked(root, windows), "carried": _forked(root, windows, carry=reader)}
 
 
@@ -284,18 +284,18 @@ def test_fork_after_tensorstore_read_in_this_process(store: Location) -> None:
     expected_child = "direct"
     for engine, arrays in (_forked(store.root, windows), _forked(store.root, windows, "tensorstore")):
         assert engine == expected_child
-        for window, got in zip(windows, arrays):
+        for window, got in zip(windows, arrays, strict=True):
             np.testing.assert_array_equal(got, _expected(data, window))
     engine, arrays = _forked(store.root, windows, carry=reader)  # the parent's reader, inherited
     assert engine == expected_child
-    for window, got in zip(windows, arrays):
+    for window, got in zip(windows, arrays, strict=True):
         np.testing.assert_array_equal(got, _expected(data, window))
 
 
 def _assert_all_windows(data: np.ndarray, windows: list, results: dict) -> None:
     """Every engine's reads in ``results`` equal numpy slicing of ``data``."""
     for _, arrays in results.values():
-        for window, got in zip(windows, arrays):
+        for window, got in zip(windows, arrays, strict=True):
             np.testing.assert_array_equal(got, _expected(data, window))
 
 
@@ -357,7 +357,7 @@ def test_fork_after_s3_read() -> None:
         assert reader.engine == "zarr"
         engine, arrays = _forked(location, windows, carry=reader)
         assert engine == "zarr"
-        for window, got in zip(windows, arrays):
+        for window, got in zip(windows, arrays, strict=True):
             np.testing.assert_array_equal(got, _expected(data, window))
     finally:
         server.stop()

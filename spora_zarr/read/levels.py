@@ -6,14 +6,17 @@
 The last two axes of every array are (y, x); a leading axis 0 is the channel
 axis that ``channels`` selects on, any further leading axes are read whole.
 
-Four engines read the same bytes:
+Four engines read the same bytes, each a module of :mod:`spora_zarr.read.engines`
+behind one interface (:class:`~spora_zarr.read.engines.base.Engine`: one
+slice per axis in, a new array out), listed in its ``REGISTRY``:
 
 ``"direct"``
-    :class:`spora_zarr._direct.DirectArray`: a compiled loop of ``pread`` and
-    c-blosc per chunk, for local arrays in the converter's layout (blosc or
-    uncompressed chunks, sharded or not). The fastest measured here, and fork
-    safe. An array in another layout is read by the next engine, and so is
-    every array where the loop (``_window.c``) was not built.
+    :class:`~spora_zarr.read.engines.direct.DirectArray`: a compiled loop of
+    ``pread`` and c-blosc per chunk, for local arrays in the converter's
+    layout (blosc or uncompressed chunks, sharded or not). The fastest
+    measured here, and fork safe. An array in another layout is read by the
+    next engine, and so is every array where the loop (``_window.c``) was not
+    built.
 ``"tensorstore"``
     tensorstore's zarr3 driver (kvstore driver ``file``); local stores only.
 ``"zarrs"``
@@ -25,25 +28,24 @@ Four engines read the same bytes:
     zarr-python's own pipeline (numcodecs): the slowest, and the one that is
     always safe to use.
 
+Every engine reports damaged chunk data as a :class:`~spora_zarr.errors.StoreError`
+naming the array (or its shard file).
+
 Fork safety
 -----------
-Once a process has used tensorstore, a forked child aborts (tensorstore 0.1.86:
-"fork() use detected") or hangs on its first tensorstore call, even through a
-fresh handle. The same holds for zarrs: its Rust thread pool is not carried
-into a forked child, and the child's first zarrs read hangs. *Opening* a
-handle is enough to start these thread pools, so readers open their engine
+Once a process has used tensorstore or zarrs, a forked child must not use it
+(it aborts or hangs; :mod:`spora_zarr.read.engines.process`). *Opening* a
+handle is enough to start their thread pools, so readers open their engine
 handle lazily, on the first :meth:`~LevelReader.read`: a parent that only opens
 readers (for shapes and dtypes) leaves its forked children free to use any
 engine. The direct engine holds no file descriptors between reads, and its
 compiled loop makes helper threads anew in a forked child.
 
-This module records the pid of the process that first used each engine
-(``_TENSORSTORE_USED_BY_PID``, ``_ZARRS_USED_BY_PID``). Those values are
-inherited by forked children, whose pid differs: such a child never uses that
-engine; an explicit request for it reads through the engine the child would
-pick by default and logs a warning on the ``spora_zarr`` logger. A
-tensorstore thread pool started by other code is also noticed at fork time
-(its threads are named ``ts_...``); zarrs use by other code is not.
+:mod:`~spora_zarr.read.engines.process` records the pid of the process that
+first used each of them; a forked child inherits the record with another pid
+and never uses that engine: an explicit request for it reads through the
+engine the child would pick by default and logs a warning on the
+``spora_zarr`` logger.
 
 The reader cache is per process (keyed by ``os.getpid()`` and cleared in a
 forked child), and a reader object that travels into a forked child (held by a
@@ -58,41 +60,28 @@ location, path and requested engine in the unpickling process.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import operator
 import os
-import sys
-import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import zarr
 
-from .engines import direct as _direct
+from ..errors import InvalidInputError
 from ..store.location import Location
-from ..errors import InvalidInputError, NotFoundError
+from .engines import REGISTRY, Engine, UnsupportedLayout, direct, process, tensorstore
+from .engines import zarr as zarr_engines
 
-__all__ = ["ENGINES", "LevelReader", "default_engine", "limit_codec_threads", "open_level"]
+__all__ = ["ENGINES", "LevelReader", "WindowReader", "default_engine", "limit_codec_threads", "open_level"]
 
 logger = logging.getLogger("spora_zarr")
 
-ENGINES: tuple[str, ...] = ("direct", "tensorstore", "zarrs", "zarr")
+ENGINES: tuple[str, ...] = tuple(REGISTRY)
 """Names of the read engines, fastest first."""
 
-_BATCHED_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
-_ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
-# tensorstore's cache of decoded chunks and shard indices, per process.
-_TS_CACHE_BYTES = 0
-
-_TENSORSTORE_USED_BY_PID: int | None = None
-_ZARRS_USED_BY_PID: int | None = None
-_CODEC_THREADS: int | None = None
-_TS_CONTEXT: Any = None
-_READERS: dict[tuple[Any, ...], _Reader] = {}
+_READERS: dict[tuple[Any, ...], WindowReader] = {}
 _WARNED: set[tuple[int, str]] = set()
-_LOCK = threading.RLock()
 
 
 @runtime_checkable
@@ -112,7 +101,9 @@ class LevelReader(Protocol):
 
     shape: tuple[int, ...]
     dtype: np.dtype
-    engine: str
+
+    @property
+    def engine(self) -> str: ...
 
     def read(
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None
@@ -140,6 +131,8 @@ class LevelReader(Protocol):
         ------
         InvalidInputError
             The window does not overlap the array, or a channel is out of range.
+        StoreError
+            The window's chunk data is damaged; the message names the array.
         """
         ...
 
@@ -147,26 +140,21 @@ class LevelReader(Protocol):
 # ----------------------------------------------------------------- engine choice
 
 
-def _available(engine: str) -> bool:
-    if engine == "direct":
-        return _direct.available() is None
-    return engine in sys.modules or importlib.util.find_spec(engine) is not None
-
-
-def _poisoned(engine: str) -> bool:
-    """Whether this process is a forked child of a process that used ``engine``."""
-    used_by = {"tensorstore": _TENSORSTORE_USED_BY_PID, "zarrs": _ZARRS_USED_BY_PID}.get(engine)
-    return used_by is not None and used_by != os.getpid()
-
-
-def _usable(engine: str) -> bool:
-    return _available(engine) and not _poisoned(engine)
+def _unusable_reason(location: Location, engine: str) -> str | None:
+    """Why this process cannot read ``location`` with ``engine``; None if it can."""
+    if REGISTRY[engine].local_only and not location.is_local:
+        return f"it reads local stores only, not {location.root}"
+    if process.poisoned(engine):
+        return (
+            f"this process (pid {os.getpid()}) is a fork of process {process.used_by(engine)}, "
+            f"which used {engine}, and {engine} is not fork safe"
+        )
+    return REGISTRY[engine].unavailable()
 
 
 def _candidates(location: Location) -> list[str]:
     """The engines this process may use on ``location``, in order of preference."""
-    local = ["direct", "tensorstore"] if location.is_local else []
-    return [engine for engine in (*local, "zarrs", "zarr") if _usable(engine)]
+    return [engine for engine in ENGINES if _unusable_reason(location, engine) is None]
 
 
 def default_engine(location: Location | str | os.PathLike[str] | None = None) -> str:
@@ -197,26 +185,11 @@ def _warn_once(message: str) -> None:
         logger.warning(message)
 
 
-def _unusable_reason(location: Location, engine: str) -> str | None:
-    """Why this process cannot read ``location`` with ``engine``; None if it can."""
-    if engine in ("direct", "tensorstore") and not location.is_local:
-        return f"it reads local stores only, not {location.root}"
-    if _poisoned(engine):
-        used_by = _TENSORSTORE_USED_BY_PID if engine == "tensorstore" else _ZARRS_USED_BY_PID
-        return (
-            f"this process (pid {os.getpid()}) is a fork of process {used_by}, "
-            f"which used {engine}, and {engine} is not fork safe"
-        )
-    if not _available(engine):
-        return "it is not installed"
-    return None
-
-
 def _resolve_engine(location: Location, engine: str | None) -> str:
     """The engine that can serve ``engine`` (or the default) in this process."""
     if engine is None:
         return default_engine(location)
-    if engine not in ENGINES:
+    if engine not in REGISTRY:
         raise InvalidInputError(f"unknown read engine {engine!r}; expected one of {', '.join(ENGINES)}")
     reason = _unusable_reason(location, engine)
     if reason is None:
@@ -226,15 +199,7 @@ def _resolve_engine(location: Location, engine: str | None) -> str:
     return fallback
 
 
-def _zarrs_supports(store: Any) -> bool:
-    """Whether the zarrs codec pipeline reads ``store`` itself (zarrs-python 0.2)."""
-    name = type(store).__name__
-    if name in ("LocalStore", "ObjectStore"):
-        return True
-    return name == "FsspecStore" and type(getattr(store, "fs", None)).__name__ == "HTTPFileSystem"
-
-
-# ------------------------------------------------------------- threads and forks
+# ------------------------------------------------------------------------ threads
 
 
 def limit_codec_threads(n: int) -> None:
@@ -258,7 +223,6 @@ def limit_codec_threads(n: int) -> None:
     n : int
         Threads per pool, >= 1.
     """
-    global _CODEC_THREADS, _TS_CONTEXT
     if isinstance(n, bool):
         raise InvalidInputError(f"codec thread count must be an integer >= 1, got {n!r}")
     try:
@@ -267,90 +231,21 @@ def limit_codec_threads(n: int) -> None:
         raise InvalidInputError(f"codec thread count must be an integer >= 1, got {n!r}") from None
     if n < 1:
         raise InvalidInputError(f"codec thread count must be an integer >= 1, got {n!r}")
-    with _LOCK:
-        _CODEC_THREADS = n
-        _TS_CONTEXT = None
-        zarr.config.set(
-            {
-                "threading.max_workers": n,
-                "codec_pipeline.chunk_concurrent_maximum": n,
-                "codec_pipeline.chunk_concurrent_minimum": 1,
-            }
-        )
-        if _ZARRS_USED_BY_PID is None:
-            # rayon sizes its global pool from this when zarrs first uses it.
-            os.environ["RAYON_NUM_THREADS"] = str(n)
-        try:
-            import numcodecs.blosc
-        except ImportError:  # pragma: no cover - numcodecs comes with zarr
-            pass
-        else:
-            numcodecs.blosc.set_nthreads(n)
-        _direct.set_threads(n)
+    with process.LOCK:
+        direct.set_threads(n)
+        tensorstore.set_threads(n)
+        zarr_engines.set_threads(n)
         pid = os.getpid()
         for key in [k for k in _READERS if k[0] == pid]:
             del _READERS[key]
 
 
-def note_zarrs_use() -> None:
-    """Record that this process runs zarrs' codec pipeline outside a reader (the writer does).
-
-    Its forked children then never read through zarrs: their first
-    multi-threaded zarrs call would hang on the thread pool they inherit
-    without its threads.
-    """
-    global _ZARRS_USED_BY_PID
-    with _LOCK:
-        if _ZARRS_USED_BY_PID is None:
-            _ZARRS_USED_BY_PID = os.getpid()
-
-
-def _tensorstore_context() -> Any:
-    global _TS_CONTEXT
-    import tensorstore as ts
-
-    with _LOCK:
-        if _TS_CONTEXT is None:
-            spec: dict[str, Any] = {"cache_pool": {"total_bytes_limit": _TS_CACHE_BYTES}}
-            if _CODEC_THREADS is not None:
-                spec["data_copy_concurrency"] = {"limit": _CODEC_THREADS}
-                spec["file_io_concurrency"] = {"limit": _CODEC_THREADS}
-            _TS_CONTEXT = ts.Context(spec)
-        return _TS_CONTEXT
-
-
-def _thread_names() -> list[str]:
-    """The names of this process's threads (Linux; empty elsewhere)."""
-    names = []
-    try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/comm") as fh:
-                names.append(fh.read().strip())
-    except OSError:
-        pass
-    return names
-
-
-def _tensorstore_threads_alive() -> bool:
-    """Whether tensorstore's thread pools run in this process (Linux only)."""
-    return any(name.startswith("ts_") for name in _thread_names())
-
-
-def _before_fork() -> None:
-    global _TENSORSTORE_USED_BY_PID
-    if _TENSORSTORE_USED_BY_PID is None and "tensorstore" in sys.modules and _tensorstore_threads_alive():
-        _TENSORSTORE_USED_BY_PID = os.getpid()
-
-
 def _after_fork_in_child() -> None:
-    global _TS_CONTEXT, _LOCK
-    _LOCK = threading.RLock()  # another thread may have held it at the fork
     _READERS.clear()
-    _TS_CONTEXT = None
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ----------------------------------------------------------------------- readers
@@ -375,24 +270,45 @@ def _reopen_level(location: Location, path: str, engine: str | None) -> LevelRea
     return open_level(location, path, engine=engine)
 
 
-class _Reader:
-    """Shared window logic; subclasses read one tuple of slices."""
+class WindowReader:
+    """The :class:`LevelReader` over any engine: window clipping, channel selection, fork reopen, pickling.
 
-    engine = "zarr"
+    Parameters
+    ----------
+    engine : Engine
+        Reads one slice per axis.
+    location : Location
+        Store root.
+    path : str
+        Array path below the root.
+    shape : tuple of int
+        The array's shape (two axes or more).
+    dtype : numpy.dtype
+        Its stored dtype.
+    requested : str, optional
+        The engine asked of :func:`open_level`, which a reopen (in a forked
+        child, or when unpickled) asks for again.
+    """
 
-    def __init__(self, location: Location, path: str, requested: str | None, array: zarr.Array) -> None:
+    def __init__(
+        self, engine: Engine, location: Location, path: str, shape: tuple[int, ...], dtype: np.dtype, requested: str | None = None
+    ) -> None:
         self.location = location
         self.path = path
-        self.shape: tuple[int, ...] = tuple(int(s) for s in array.shape)
-        self.dtype: np.dtype = np.dtype(array.dtype)
+        self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
+        self.dtype: np.dtype = np.dtype(dtype)
+        self._engine = engine
         self._requested = requested
-        self._meta = array  # zarr-python handle on zarr's own pipeline: metadata, fork safe
         self._pid = os.getpid()
-        self._lock = threading.Lock()
         self._where = location.join(path)
 
+    @property
+    def engine(self) -> str:
+        """The engine that reads (see :data:`ENGINES`)."""
+        return self._engine.engine
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._where} shape={self.shape} dtype={self.dtype}>"
+        return f"<{type(self).__name__} {self._where} engine={self.engine} shape={self.shape} dtype={self.dtype}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen_level, (self.location, self.path, self._requested))
@@ -402,21 +318,17 @@ class _Reader:
     ) -> np.ndarray:
         """Read one window; see :meth:`LevelReader.read`."""
         if os.getpid() != self._pid:  # carried into a forked child: use that process's reader
-            return open_level(self.location, self.path, engine=self._requested).read(
-                y0, x0, height, width, channels
-            )
+            return open_level(self.location, self.path, engine=self._requested).read(y0, x0, height, width, channels)
         index, take = self._selection(y0, x0, height, width, channels)
-        out = self._read(index)
+        out = self._engine.read(index)
         if take is not None:
             out = out[take]
         return out
 
-    def _read(self, index: tuple[slice, ...]) -> np.ndarray:
-        return np.asarray(self._meta[index])
-
     def _selection(
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None
     ) -> tuple[tuple[slice, ...], np.ndarray | None]:
+        """One in-bounds slice per axis for the engine, and the channel order to take from its result (None: as read)."""
         where = self._where
         try:
             y0, x0, height, width = operator.index(y0), operator.index(x0), operator.index(height), operator.index(width)
@@ -438,9 +350,9 @@ class _Reader:
             if channels is not None:
                 raise InvalidInputError(f"array {where} of shape {self.shape} has no channel axis to select on")
             return window, None
-        rest = (slice(None),) * (len(self.shape) - 3)
+        rest = tuple(slice(0, n) for n in self.shape[1:-2])
         if channels is None:
-            return (slice(None), *rest, *window), None
+            return (slice(0, self.shape[0]), *rest, *window), None
         idx = self._channel_indices(channels, where)
         lo, hi = int(idx.min()), int(idx.max()) + 1
         # Read the bounding run of channels (chunks hold all channels in this layout), then reorder.
@@ -464,110 +376,6 @@ class _Reader:
                 f"with {count} channels (shape {self.shape})"
             )
         return idx.astype(np.intp, copy=False)
-
-
-class _DirectReader(_Reader):
-    """The converter's layout read chunk by chunk (:mod:`spora_zarr._direct`)."""
-
-    engine = "direct"
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._array = _direct.DirectArray(self.location.fs_path(self.path), self._meta.metadata)
-
-    def _read(self, index: tuple[slice, ...]) -> np.ndarray:
-        return self._array.read(index)
-
-
-class _ZarrReader(_Reader):
-    """zarr-python with its own codec pipeline (numcodecs)."""
-
-    engine = "zarr"
-
-
-class _ZarrsReader(_Reader):
-    """zarr-python with the zarrs codec pipeline; opened on first read."""
-
-    engine = "zarrs"
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._array: zarr.Array | None = None
-
-    def _handle(self) -> zarr.Array:
-        if self._array is not None:
-            return self._array
-        with self._lock:
-            if self._array is None:
-                with _LOCK:
-                    note_zarrs_use()
-                    # The pipeline is chosen (and reads its thread settings from zarr.config)
-                    # when the array object is made; no I/O here.
-                    meta = self._meta.async_array
-                    with zarr.config.set({"codec_pipeline.path": _ZARRS_PIPELINE}):
-                        array = zarr.Array(
-                            zarr.AsyncArray(metadata=meta.metadata, store_path=meta.store_path, config=meta.config)
-                        )
-                if getattr(array.async_array.codec_pipeline, "impl", None) is None:
-                    logger.debug("zarrs does not read %s; zarr-python's pipeline reads it", self.location.root)
-                    self.engine = "zarr"
-                self._array = array
-        return self._array
-
-    def _read(self, index: tuple[slice, ...]) -> np.ndarray:
-        return np.asarray(self._handle()[index])
-
-
-class _TensorstoreReader(_Reader):
-    """tensorstore's zarr3 driver on a local ``file`` kvstore; opened on first read."""
-
-    engine = "tensorstore"
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._store: Any = None
-
-    def _handle(self) -> Any:
-        if self._store is not None:
-            return self._store
-        global _TENSORSTORE_USED_BY_PID
-        with self._lock:
-            if self._store is None:
-                import tensorstore as ts
-
-                with _LOCK:
-                    if _TENSORSTORE_USED_BY_PID is None:
-                        _TENSORSTORE_USED_BY_PID = os.getpid()
-                    context = _tensorstore_context()
-                spec = {
-                    "driver": "zarr3",
-                    "kvstore": {"driver": "file", "path": self.location.join(self.path) + "/"},
-                }
-                self._store = ts.open(spec, read=True, context=context).result()
-        return self._store
-
-    def _read(self, index: tuple[slice, ...]) -> np.ndarray:
-        return self._handle()[index].read().result()
-
-
-_READER_CLASSES: dict[str, type[_Reader]] = {
-    "direct": _DirectReader,
-    "tensorstore": _TensorstoreReader,
-    "zarrs": _ZarrsReader,
-    "zarr": _ZarrReader,
-}
-
-
-def _open_metadata(location: Location, path: str) -> zarr.Array:
-    """The array on zarr-python's own pipeline: reads metadata only, starts no codec threads."""
-    where = location.join(path)
-    try:
-        with zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
-            return zarr.open_array(location.zarr_store(read_only=True), path=path, mode="r")
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"no array at {where}: {exc}") from exc
-    except zarr.errors.NodeTypeValidationError as exc:
-        raise InvalidInputError(f"{where} is not an array: {exc}") from exc
 
 
 def open_level(
@@ -609,28 +417,29 @@ def open_level(
     location = Location.parse(location)
     path = str(path).strip("/")
     key = (os.getpid(), location.root, _freeze(location.storage_options), path, engine)
-    with _LOCK:
+    with process.LOCK:
         reader = _READERS.get(key)
         if reader is not None:
             return reader
         resolved = _resolve_engine(location, engine)
-        meta = _open_metadata(location, path)
+        meta = zarr_engines.open_array(location, path)
         if len(meta.shape) < 2:
             raise InvalidInputError(f"array {location.join(path)} of shape {meta.shape} has no (y, x) axes")
-        reader = None
-        if resolved == "direct":
+        candidates = _candidates(location)
+        refused: list[tuple[str, UnsupportedLayout]] = []
+        for name in candidates[candidates.index(resolved) :]:
             try:
-                reader = _DirectReader(location, path, engine, meta)
-            except _direct.UnsupportedLayout as exc:
-                resolved = _candidates(location)[1]
-                message = f"read engine 'direct' does not read {location.join(path)}: {exc}; using {resolved!r}"
-                if engine == "direct":
+                opened = REGISTRY[name].open(location, path, meta)
+            except UnsupportedLayout as exc:
+                refused.append((name, exc))
+                continue
+            for other, reason in refused:
+                message = f"read engine {other!r} does not read {location.join(path)}: {reason}; using {name!r}"
+                if engine == other:
                     _warn_once(message)
                 else:
                     logger.debug(message)
-        if reader is None:
-            if resolved == "zarrs" and not _zarrs_supports(meta.store):
-                resolved = "zarr"
-            reader = _READER_CLASSES[resolved](location, path, engine, meta)
-        _READERS[key] = reader
-        return reader
+            reader = WindowReader(opened, location, path, tuple(meta.shape), np.dtype(meta.dtype), engine)
+            _READERS[key] = reader
+            return reader
+        raise AssertionError(f"no engine reads {location.join(path)}: {refused}")  # zarr-python reads every array

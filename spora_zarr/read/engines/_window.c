@@ -1,4 +1,4 @@
-/* The inner loop of spora_zarr._direct: one window of a sharded (or unsharded) zarr v3 array of
+/* The inner loop of spora_zarr.read.engines.direct: one window of a sharded (or unsharded) zarr v3 array of
  * blosc-compressed or uncompressed little-endian chunks.
  *
  * spora_window_read() copies the window [start, stop) of a C-order array into `out` (C order, the
@@ -8,6 +8,12 @@
  * for the process) take them one at a time: a pread of the chunk's bytes, one c-blosc decode (the
  * functions of the blosc library the caller loaded, passed as pointers) into a per-thread buffer,
  * and a copy of the overlap into `out`. Chunks never written are filled with the fill value.
+ *
+ * It checks its own contract before it touches memory: the window inside the array shape, every
+ * copy inside the output buffer (out_bytes), every shard number below the number of files passed
+ * (nfiles), every chunk-table slot below the table length (table_slots) and the scratch buffer big
+ * enough; a violation is SPORA_ERR_CONTRACT, never a write out of bounds. spora_window_size() gives
+ * the size of the struct, which the caller compares with its own copy of the layout.
  *
  * A plain shared library, called through ctypes (which releases the GIL). A forked child (another
  * pid) starts helpers of its own; nothing the parent held is used there.
@@ -37,12 +43,24 @@ enum {
     SPORA_ERR_SHORT = 2,  /* the file ends inside the chunk; error_detail = bytes read */
     SPORA_ERR_DECODE = 3, /* not a valid blosc buffer, or blosc failed; error_detail = its result */
     SPORA_ERR_SIZE = 4,   /* decoded (or stored) size is not the chunk's; error_detail = that size */
+    SPORA_ERR_CONTRACT = 5, /* the caller broke the contract; error_detail = one of SPORA_BAD_*, error_offset = the axis or value */
 };
 
-/* One read. The layout mirrors spora_zarr._direct._Window (ctypes): int64 fields and pointers. */
+/* What a SPORA_ERR_CONTRACT read found wrong. */
+enum {
+    SPORA_BAD_ARRAY = 1,   /* axes, item size, chunk or shard shape, threads, pointers; error_offset = axis or -1 */
+    SPORA_BAD_WINDOW = 2,  /* start/stop not inside the array shape; error_offset = axis */
+    SPORA_BAD_OUTPUT = 3,  /* a copy would leave the output buffer; error_offset = axis or -1 */
+    SPORA_BAD_SHARD = 4,   /* a shard number outside the files passed; error_offset = the number */
+    SPORA_BAD_SLOT = 5,    /* a chunk-table slot outside the table; error_offset = the slot */
+    SPORA_BAD_SCRATCH = 6, /* the scratch buffer cannot hold nthreads blocks of a chunk */
+};
+
+/* One read. The layout mirrors spora_zarr.read.engines.direct._Window (ctypes): int64 fields and pointers. */
 typedef struct {
     /* the array */
     int64_t ndim;
+    int64_t shape[SPORA_MAX_AXES];     /* array shape */
     int64_t chunk[SPORA_MAX_AXES];     /* inner chunk shape */
     int64_t per_shard[SPORA_MAX_AXES]; /* inner chunks per shard along each axis (1: unsharded) */
     int64_t itemsize;
@@ -54,20 +72,24 @@ typedef struct {
     int64_t start[SPORA_MAX_AXES];
     int64_t stop[SPORA_MAX_AXES];
     char *out;                         /* element `start` of the window */
+    int64_t out_bytes;                 /* bytes of the output buffer from `out` on */
     int64_t out_stride[SPORA_MAX_AXES]; /* bytes between neighbours along each axis of `out` */
     /* the shards it touches: a box of shard coordinates, listed in C order */
     int64_t shard_lo[SPORA_MAX_AXES];
     int64_t shard_count[SPORA_MAX_AXES];
+    int64_t nfiles;                    /* entries of fds and tables */
+    int64_t table_slots;               /* (offset, size) pairs in each table */
     const int64_t *fds;                /* per shard; -1: no file (every chunk fill) */
     const uint64_t *const *tables;     /* per shard: (offset, size) per chunk, checked against the file by the caller */
     /* per-thread scratch: nthreads blocks of scratch_stride bytes (chunk bytes + max stored bytes) */
     char *scratch;
+    int64_t scratch_bytes;
     int64_t scratch_stride;
     int64_t nthreads;
     int64_t parallel_min_bytes;        /* windows that decode fewer bytes are read by the caller alone */
     /* the result */
     int64_t error_code;
-    int64_t error_shard;               /* index into fds / tables */
+    int64_t error_shard;               /* index into fds / tables; -1: none */
     int64_t error_offset;
     int64_t error_nbytes;
     int64_t error_detail;
@@ -101,21 +123,28 @@ static void fill_run(const spora_window *w, char *dst, int64_t nbytes) {
 
 /* Copy the box [lo, hi) (array coordinates) from a decoded chunk whose first element is at
  * `origin` into the window; chunk NULL fills the box. One memcpy per run along the last axis,
- * which is contiguous in `out` (out_stride[last] == itemsize). */
-static void copy_box(const spora_window *w, const char *chunk, const int64_t *origin, const int64_t *lo, const int64_t *hi) {
+ * which is contiguous in `out` (out_stride[last] == itemsize). Returns -1 (SPORA_BAD_OUTPUT) and
+ * copies nothing if the box does not lie inside the output buffer. */
+static int copy_box(spora_window *w, int64_t shard, const char *chunk, const int64_t *origin, const int64_t *lo, const int64_t *hi) {
     const int64_t nd = w->ndim, last = nd - 1;
     int64_t cstride[SPORA_MAX_AXES], count[SPORA_MAX_AXES] = {0}, at[SPORA_MAX_AXES] = {0};
     const int64_t *ostride = w->out_stride;
     cstride[last] = w->itemsize;
     for (int64_t a = last - 1; a >= 0; a--) cstride[a] = cstride[a + 1] * w->chunk[a + 1];
-    int64_t src = 0, dst = 0, runs = 1;
+    int64_t src = 0, dst = 0, runs = 1, end = 0;
     for (int64_t a = 0; a < nd; a++) {
         src += (lo[a] - origin[a]) * cstride[a];
         dst += (lo[a] - w->start[a]) * ostride[a];
         count[a] = hi[a] - lo[a];
+        end += (count[a] - 1) * ostride[a];
         if (a < last) runs *= count[a];
     }
     const int64_t run = count[last] * w->itemsize;
+    end += dst + w->itemsize; /* one past the last byte of the box in `out` */
+    if (dst < 0 || run < 1 || end > w->out_bytes) {
+        fail(w, SPORA_ERR_CONTRACT, shard, UINT64_MAX, 0, SPORA_BAD_OUTPUT); /* error_offset -1: no axis */
+        return -1;
+    }
     const char *fill_row = NULL;
     if (!chunk) {
         fill_run(w, w->out + dst, run);
@@ -134,6 +163,7 @@ static void copy_box(const spora_window *w, const char *chunk, const int64_t *or
             at[a] = 0;
         }
     }
+    return 0;
 }
 
 static int read_bytes(spora_window *w, int64_t shard, int fd, char *into, uint64_t offset, uint64_t nbytes) {
@@ -164,17 +194,30 @@ static void do_job(spora_window *w, int64_t job, char *scratch) {
         rest /= w->chunk_n[a];
     }
     for (int64_t a = 0; a < nd; a++) {
+        const int64_t along = k[a] / w->per_shard[a] - w->shard_lo[a]; /* the shard's place in the box along axis a */
+        if (along < 0 || along >= w->shard_count[a]) {
+            fail(w, SPORA_ERR_CONTRACT, -1, (uint64_t)along, 0, SPORA_BAD_SHARD);
+            return;
+        }
         origin[a] = k[a] * w->chunk[a];
         lo[a] = origin[a] > w->start[a] ? origin[a] : w->start[a];
         hi[a] = origin[a] + w->chunk[a] < w->stop[a] ? origin[a] + w->chunk[a] : w->stop[a];
-        shard = shard * w->shard_count[a] + (k[a] / w->per_shard[a] - w->shard_lo[a]);
+        shard = shard * w->shard_count[a] + along;
         slot = slot * w->per_shard[a] + k[a] % w->per_shard[a];
     }
+    if (shard >= w->nfiles) {
+        fail(w, SPORA_ERR_CONTRACT, -1, (uint64_t)shard, 0, SPORA_BAD_SHARD);
+        return;
+    }
     const int64_t fd = w->fds[shard];
+    if (fd >= 0 && slot >= w->table_slots) {
+        fail(w, SPORA_ERR_CONTRACT, shard, (uint64_t)slot, 0, SPORA_BAD_SLOT);
+        return;
+    }
     const uint64_t offset = fd < 0 ? SPORA_MISSING : w->tables[shard][2 * slot];
     const uint64_t nbytes = fd < 0 ? 0 : w->tables[shard][2 * slot + 1];
     if (offset == SPORA_MISSING) {
-        copy_box(w, NULL, origin, lo, hi);
+        copy_box(w, shard, NULL, origin, lo, hi);
         return;
     }
     if (nbytes > (uint64_t)(w->scratch_stride - w->chunk_bytes)) { /* more than blosc ever stores */
@@ -205,7 +248,7 @@ static void do_job(spora_window *w, int64_t job, char *scratch) {
         }
         decoded = stored;
     }
-    copy_box(w, decoded, origin, lo, hi);
+    copy_box(w, shard, decoded, origin, lo, hi);
 }
 
 static void work(spora_window *w, char *scratch) {
@@ -282,26 +325,60 @@ static int64_t pool_claim(int64_t helpers) {
     return pool.size < helpers ? pool.size : helpers;
 }
 
-/* Read the window into w->out; returns 0, or -1 with the error_* fields set. */
-int spora_window_read(spora_window *w) {
-    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+/* A contract violation found before the read starts (one thread, no lock yet). */
+static int reject(spora_window *w, int64_t reason, int64_t at) {
+    w->error_code = SPORA_ERR_CONTRACT;
+    w->error_shard = -1;
+    w->error_offset = at;
+    w->error_nbytes = 0;
+    w->error_detail = reason;
+    return -1;
+}
+
+/* Check the array, window, output and scratch the caller passed, and set the work-sharing fields;
+ * 0, or -1 with error_code SPORA_ERR_CONTRACT. Shard numbers and table slots are checked per chunk. */
+static int prepare(spora_window *w) {
     const int64_t nd = w->ndim;
-    if (nd < 1 || nd > SPORA_MAX_AXES || w->nthreads < 1 || w->out_stride[nd - 1] != w->itemsize) return -2;
-    w->lock = &lock;
-    w->error_code = SPORA_OK;
-    w->next = 0;
+    if (nd < 1 || nd > SPORA_MAX_AXES) return reject(w, SPORA_BAD_ARRAY, -1);
+    if (w->itemsize < 1 || w->nthreads < 1 || w->nfiles < 1 || w->table_slots < 1 || !w->fill || !w->out || !w->fds || !w->tables ||
+        !w->scratch || (w->compressed && (!w->validate || !w->decompress)))
+        return reject(w, SPORA_BAD_ARRAY, -1);
+    int64_t chunk_bytes = w->itemsize, span = w->itemsize, extent, need;
+    for (int64_t a = 0; a < nd; a++) {
+        if (w->chunk[a] < 1 || w->per_shard[a] < 1 || w->shard_count[a] < 1 || __builtin_mul_overflow(chunk_bytes, w->chunk[a], &chunk_bytes))
+            return reject(w, SPORA_BAD_ARRAY, a);
+        if (w->start[a] < 0 || w->start[a] >= w->stop[a] || w->stop[a] > w->shape[a]) return reject(w, SPORA_BAD_WINDOW, a);
+        if (w->out_stride[a] < 0 || __builtin_mul_overflow(w->stop[a] - w->start[a] - 1, w->out_stride[a], &extent) ||
+            __builtin_add_overflow(span, extent, &span))
+            return reject(w, SPORA_BAD_OUTPUT, a);
+    }
+    if (w->out_stride[nd - 1] != w->itemsize || w->out_bytes < span) return reject(w, SPORA_BAD_OUTPUT, -1);
+    if (w->compressed && chunk_bytes > INT32_MAX) return reject(w, SPORA_BAD_ARRAY, -1); /* blosc 1 decodes at most 2 GiB */
+    if (w->scratch_stride < chunk_bytes || __builtin_mul_overflow(w->nthreads, w->scratch_stride, &need) || need > w->scratch_bytes)
+        return reject(w, SPORA_BAD_SCRATCH, -1);
+    w->chunk_bytes = chunk_bytes;
     w->njobs = 1;
-    w->chunk_bytes = w->itemsize;
     for (int64_t a = 0; a < nd; a++) {
         w->chunk_lo[a] = w->start[a] / w->chunk[a];
         w->chunk_n[a] = (w->stop[a] - 1) / w->chunk[a] - w->chunk_lo[a] + 1;
-        w->njobs *= w->chunk_n[a];
-        w->chunk_bytes *= w->chunk[a];
+        if (__builtin_mul_overflow(w->njobs, w->chunk_n[a], &w->njobs)) return reject(w, SPORA_BAD_WINDOW, a);
     }
+    w->next = 0;
+    return 0;
+}
+
+size_t spora_window_size(void) { return sizeof(spora_window); }
+
+/* Read the window into w->out; returns 0, or -1 with the error_* fields set. */
+int spora_window_read(spora_window *w) {
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    if (prepare(w) != 0) return -1;
+    w->lock = &lock;
+    w->error_code = SPORA_OK;
     int64_t helpers = w->nthreads - 1;
     if (helpers > w->njobs - 1) helpers = w->njobs - 1;
     if (helpers > SPORA_MAX_HELPERS) helpers = SPORA_MAX_HELPERS;
-    if (w->njobs * w->chunk_bytes < w->parallel_min_bytes) helpers = 0;
+    if (w->njobs <= (w->parallel_min_bytes - 1) / w->chunk_bytes) helpers = 0; /* decodes fewer than parallel_min_bytes */
     if (helpers > 0) helpers = pool_claim(helpers);
     if (helpers > 0) {
         pthread_mutex_lock(&pool.mutex);

@@ -9,6 +9,11 @@ rest with the GIL released: per chunk one ``pread``, one c-blosc decode into a
 per-thread buffer and one copy of the overlap into the output, the chunks
 shared between the calling thread and helper threads it keeps per process.
 
+The loop checks its own contract (window inside the array, copies inside the
+output, shard numbers and chunk-table slots inside what it was passed) and
+:meth:`DirectArray.read` rejects any index but one in-bounds slice per axis, so
+a bad call is an error, never a write out of bounds.
+
 Measured on 2 cores (docs/benchmarks.md), this reads 224 px windows of the
 converter's layout several times faster than tensorstore. It is fork safe:
 no file descriptors are held between reads, cached indexes are plain data and
@@ -21,31 +26,36 @@ engine; so does every array when the compiled loop is not built
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import functools
 import importlib.machinery
 import itertools
+import operator
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import google_crc32c
 import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.chunk_grids import RegularChunkGrid
 
-from ...errors import StoreError
+from ...errors import InvalidInputError, StoreError
+from .base import UnsupportedLayout
+from .shards import ChunkTable, shard_table
 
-__all__ = ["DirectArray", "UnsupportedLayout", "available", "set_threads"]
+if TYPE_CHECKING:
+    import zarr
 
-_MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
-_INDEX_CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 256 chunks)
+    from ...store.location import Location
+
+__all__ = ["DirectArray", "UnsupportedLayout", "available", "open_direct", "set_threads"]
+
 _MAX_AXES = 8  # SPORA_MAX_AXES in _window.c
 _MAX_FILES_PER_CALL = 64  # a bigger window is read in parts, so that few files are open at once
 _BLOSC_MAX_OVERHEAD = 16
+_BLOSC_MAX_BYTES = 2**31 - 1 - _BLOSC_MAX_OVERHEAD  # c-blosc 1 decodes at most this into one buffer
 
 # Windows of blosc chunks that decode fewer bytes are read on the calling thread alone: waking a
 # helper costs more than it saves there; uncompressed chunks (a copy each) need four times as many
@@ -53,7 +63,6 @@ _BLOSC_MAX_OVERHEAD = 16
 PARALLEL_MIN_BYTES = 256 * 1024
 _THREADS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _LOCK = threading.Lock()
-_INDEXES: collections.OrderedDict[tuple[Any, ...], _Table] = collections.OrderedDict()
 _LOCAL = threading.local()  # per-thread scratch buffers
 
 _I64 = ctypes.c_int64
@@ -64,21 +73,27 @@ class _Window(ctypes.Structure):
     """``spora_window`` of ``_window.c``, field for field."""
 
     _fields_ = [
-        ("ndim", _I64), ("chunk", _AXES), ("per_shard", _AXES), ("itemsize", _I64), ("compressed", _I64),
+        ("ndim", _I64), ("shape", _AXES), ("chunk", _AXES), ("per_shard", _AXES), ("itemsize", _I64), ("compressed", _I64),
         ("validate", ctypes.c_void_p), ("decompress", ctypes.c_void_p), ("fill", ctypes.c_void_p),
-        ("start", _AXES), ("stop", _AXES), ("out", ctypes.c_void_p), ("out_stride", _AXES),
-        ("shard_lo", _AXES), ("shard_count", _AXES), ("fds", ctypes.c_void_p), ("tables", ctypes.c_void_p),
-        ("scratch", ctypes.c_void_p), ("scratch_stride", _I64), ("nthreads", _I64), ("parallel_min_bytes", _I64),
+        ("start", _AXES), ("stop", _AXES), ("out", ctypes.c_void_p), ("out_bytes", _I64), ("out_stride", _AXES),
+        ("shard_lo", _AXES), ("shard_count", _AXES), ("nfiles", _I64), ("table_slots", _I64),
+        ("fds", ctypes.c_void_p), ("tables", ctypes.c_void_p),
+        ("scratch", ctypes.c_void_p), ("scratch_bytes", _I64), ("scratch_stride", _I64), ("nthreads", _I64), ("parallel_min_bytes", _I64),
         ("error_code", _I64), ("error_shard", _I64), ("error_offset", _I64), ("error_nbytes", _I64), ("error_detail", _I64),
         ("chunk_lo", _AXES), ("chunk_n", _AXES), ("chunk_bytes", _I64), ("njobs", _I64), ("next", _I64), ("lock", ctypes.c_void_p),
     ]  # fmt: skip
 
 
-_ERR_READ, _ERR_SHORT, _ERR_DECODE, _ERR_SIZE = 1, 2, 3, 4
-
-
-class UnsupportedLayout(Exception):
-    """The array is not in a layout :class:`DirectArray` reads; its message says why."""
+_WINDOW_BYTES = ctypes.sizeof(_Window)
+_ERR_READ, _ERR_SHORT, _ERR_DECODE, _ERR_SIZE, _ERR_CONTRACT = 1, 2, 3, 4, 5
+_CONTRACT = {  # error_detail of _ERR_CONTRACT (SPORA_BAD_* in _window.c)
+    1: "the array description (axes, item size, chunk or shard shape, threads) is invalid",
+    2: "the window is not inside the array",
+    3: "a copy would fall outside the output buffer",
+    4: "a shard number is outside the files passed",
+    5: "a chunk-table slot is outside the table",
+    6: "the scratch buffer is too small",
+}
 
 
 @functools.cache
@@ -89,6 +104,15 @@ def _native() -> tuple[Any, int, int]:
     if not built:
         raise UnsupportedLayout(f"the compiled window reader (_window.c) is not built in {here}; reinstall spora_zarr with a C compiler")
     loop = ctypes.CDLL(str(built[0]))
+    size = getattr(loop, "spora_window_size", None)
+    if size is None:
+        raise UnsupportedLayout(f"the compiled window reader {built[0]} is older than this spora_zarr (no spora_window_size); rebuild it")
+    size.argtypes, size.restype = [], ctypes.c_size_t
+    if size() != _WINDOW_BYTES:
+        raise UnsupportedLayout(
+            f"the compiled window reader {built[0]} takes a {size()}-byte call block, "
+            f"this spora_zarr passes {_WINDOW_BYTES} bytes; rebuild it"
+        )
     loop.spora_window_read.argtypes = [ctypes.POINTER(_Window)]
     loop.spora_window_read.restype = ctypes.c_int
     blosc = _blosc_library()
@@ -151,6 +175,17 @@ def _scratch(nbytes: int) -> int:
     return _LOCAL.scratch_address
 
 
+def open_direct(location: Location, path: str, meta: zarr.Array) -> DirectArray:
+    """The direct engine for the array at ``<location>/<path>`` (``meta``: its zarr handle); local stores only.
+
+    Raises
+    ------
+    UnsupportedLayout
+        The array is not in a layout the direct engine reads, or the compiled loop is not built.
+    """
+    return DirectArray(location.fs_path(path), meta.metadata)
+
+
 class DirectArray:
     """Window reads of one local zarr v3 array in the converter's layout.
 
@@ -167,6 +202,8 @@ class DirectArray:
         The array uses a codec, chunk grid or data type this reader does not
         decode, or the compiled loop is not built.
     """
+
+    engine = "direct"
 
     def __init__(self, directory: str, metadata: Any) -> None:
         self.directory = directory.rstrip("/")
@@ -210,19 +247,23 @@ class DirectArray:
         loop, validate, decompress = _native()
         self._read_window = loop.spora_window_read
         self._file_shape = self.shard_shape or self.chunk_shape  # the part of the array one file holds
-        chunks_per_file = [f // c for f, c in zip(self._file_shape, self.chunk_shape)]
+        chunks_per_file = [f // c for f, c in zip(self._file_shape, self.chunk_shape, strict=True)]
         self._chunks_per_file = int(np.prod(chunks_per_file))
         self._chunk_nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
+        self._compressed = len(codecs) == 2
+        if self._compressed and self._chunk_nbytes > _BLOSC_MAX_BYTES:
+            raise UnsupportedLayout(f"chunks of {self._chunk_nbytes} bytes are more than c-blosc decodes at once")
         self._scratch_stride = (2 * self._chunk_nbytes + _BLOSC_MAX_OVERHEAD + 63) // 64 * 64
         ndim = len(self.shape)
-        self._compressed = len(codecs) == 2
         template = _Window(ndim=ndim, itemsize=self.dtype.itemsize, compressed=int(self._compressed))
         template.validate, template.decompress = validate, decompress
         template.fill = self.fill_value.ctypes.data
         template.scratch_stride = self._scratch_stride
+        template.table_slots = self._chunks_per_file
+        template.shape[:ndim] = self.shape
         template.chunk[:ndim] = self.chunk_shape
         template.per_shard[:ndim] = chunks_per_file
-        self._template = bytes(template)
+        self._template = bytes(template)  # every field a read does not set: the array's, or zero
         self._calls: dict[int, _Call] = {}  # per thread
 
     def __repr__(self) -> str:
@@ -231,24 +272,57 @@ class DirectArray:
     # ------------------------------------------------------------------ reading
 
     def read(self, index: Sequence[slice]) -> np.ndarray:
-        """The window ``index`` (one slice per axis, step 1, within the array) as a new array."""
-        starts, stops = [], []
-        for axis, n in zip(index, self.shape):
-            a, b, _ = axis.indices(n)
-            starts.append(a)
-            stops.append(max(a, b))
-        out = np.empty([b - a for a, b in zip(starts, stops)], self.dtype)
-        if out.size == 0:
-            return out
-        self._read_into(out, starts, stops)
+        """The window ``index`` as a new array.
+
+        Parameters
+        ----------
+        index : sequence of slice
+            One slice per axis, bounds integers (or None) with
+            ``0 <= start <= stop <= length``, step 1 (or None).
+
+        Raises
+        ------
+        InvalidInputError
+            Any other index.
+        StoreError
+            A shard file of the window is damaged or cannot be read.
+        """
+        starts, stops = self._bounds(index)
+        out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], self.dtype)
+        if out.size:
+            self._read_into(out, starts, stops)
         return out
+
+    def _bounds(self, index: Sequence[slice]) -> tuple[list[int], list[int]]:
+        """(starts, stops) of ``index``; InvalidInputError unless it is one in-bounds slice of step 1 per axis."""
+        shape = self.shape
+        starts, stops = [], []
+        if isinstance(index, (tuple, list)) and len(index) == len(shape):
+            for axis, n in zip(index, shape, strict=True):
+                if not isinstance(axis, slice) or axis.step not in (None, 1):
+                    break
+                try:
+                    a = 0 if axis.start is None else operator.index(axis.start)
+                    b = n if axis.stop is None else operator.index(axis.stop)
+                except TypeError:
+                    break
+                if not 0 <= a <= b <= n:
+                    break
+                starts.append(a)
+                stops.append(b)
+            else:
+                return starts, stops
+        raise InvalidInputError(
+            f"array {self.directory} of shape {shape}: cannot read {index!r}; a window is one slice per axis "
+            f"({len(shape)}), with integer bounds 0 <= start <= stop <= the axis length and step 1"
+        )
 
     def _read_into(self, out: np.ndarray, starts: list[int], stops: list[int]) -> None:
         """Read ``[starts, stops)`` into ``out`` (a view of that shape), in parts of at most
         ``_MAX_FILES_PER_CALL`` shard files, split at shard boundaries along the axis spanning most shards."""
-        lo = [a // f for a, f in zip(starts, self._file_shape)]
-        hi = [(b - 1) // f + 1 for b, f in zip(stops, self._file_shape)]
-        spans = [b - a for a, b in zip(lo, hi)]
+        lo = [a // f for a, f in zip(starts, self._file_shape, strict=True)]
+        hi = [(b - 1) // f + 1 for b, f in zip(stops, self._file_shape, strict=True)]
+        spans = [b - a for a, b in zip(lo, hi, strict=True)]
         if int(np.prod(spans)) > _MAX_FILES_PER_CALL:
             axis = int(np.argmax(spans))
             cut = (lo[axis] + spans[axis] // 2) * self._file_shape[axis]
@@ -260,18 +334,22 @@ class DirectArray:
             return
         files: list[_File] = []
         try:
-            for shard in itertools.product(*(range(a, b) for a, b in zip(lo, hi))):
+            for shard in itertools.product(*(range(a, b) for a, b in zip(lo, hi, strict=True))):
                 files.append(self._open(shard))
             call = self._call(len(files))
+            ctypes.memmove(call.address, self._template, _WINDOW_BYTES)  # no field left from the last read
             window = call.window
             ndim = len(starts)
             window.start[:ndim], window.stop[:ndim], window.shard_lo[:ndim] = starts, stops, lo
             window.shard_count[:ndim], window.out_stride[:ndim] = spans, out.strides
+            window.out = out.ctypes.data
+            window.out_bytes = out.itemsize + sum((n - 1) * stride for n, stride in zip(out.shape, out.strides, strict=True))
+            window.nfiles, window.fds, window.tables = len(files), call.fds_address, call.tables_address
             for i, file in enumerate(files):
                 call.fds[i], call.tables[i] = file.fd, file.table.address
             threads = _THREADS
-            window.scratch = _scratch(threads * self._scratch_stride)
-            window.nthreads, window.out = threads, out.ctypes.data
+            window.nthreads, window.scratch_bytes = threads, threads * self._scratch_stride
+            window.scratch = _scratch(window.scratch_bytes)
             window.parallel_min_bytes = PARALLEL_MIN_BYTES if self._compressed else 4 * PARALLEL_MIN_BYTES
             if self._read_window(call.pointer) != 0:
                 raise self._error(window, files)
@@ -285,20 +363,29 @@ class DirectArray:
         thread = threading.get_ident()
         call = self._calls.get(thread)
         if call is None or call.capacity < shards:
-            call = self._calls[thread] = _Call(self._template, max(shards, 4))
+            call = self._calls[thread] = _Call(max(shards, 4))
         return call
 
     def _error(self, window: _Window, files: list[_File]) -> StoreError:
-        """The StoreError for a failed read, naming the file and the chunk."""
-        where, offset, nbytes, detail = files[window.error_shard].path, window.error_offset, window.error_nbytes, window.error_detail
-        chunk = f"the chunk of {nbytes} bytes at offset {offset}"
+        """The StoreError for a failed read, naming the file and the chunk (the array for a broken contract)."""
+        code, shard, offset, detail = window.error_code, window.error_shard, window.error_offset, window.error_detail
+        if code == _ERR_CONTRACT:
+            what = _CONTRACT.get(detail, f"contract check {detail} failed")
+            ndim = len(self.shape)
+            window_text = ", ".join(f"{a}:{b}" for a, b in zip(window.start[:ndim], window.stop[:ndim], strict=True))
+            return StoreError(
+                f"array {self.directory} of shape {self.shape}: the compiled window loop refused to read [{window_text}]: "
+                f"{what} (value {offset})"
+            )
+        where = files[shard].path if 0 <= shard < len(files) else self.directory
+        chunk = f"the chunk of {window.error_nbytes} bytes at offset {offset}"
         messages = {
             _ERR_READ: f"{where}: cannot read {chunk}: {os.strerror(detail)}",
             _ERR_SHORT: f"{where}: read {detail} bytes of {chunk} (truncated file)",
             _ERR_DECODE: f"{where}: cannot decode {chunk}: not a valid blosc buffer",
             _ERR_SIZE: f"{where}: {chunk} decodes to {detail} bytes, expected {self._chunk_nbytes}",
         }
-        return StoreError(messages.get(window.error_code, f"{where}: read failed with code {window.error_code}"))
+        return StoreError(messages.get(code, f"{where}: read failed with code {code}"))
 
     def _open(self, shard: tuple[int, ...]) -> _File:
         """Open the file of ``shard`` (a chunk, unsharded) for this read, with its chunk table."""
@@ -306,51 +393,20 @@ class DirectArray:
         try:
             fd = os.open(where, os.O_RDONLY)
         except FileNotFoundError:
-            return _File(-1, where, _NO_TABLE)
+            return _File(-1, where, _NO_FILE)
+        except OSError as exc:
+            raise StoreError(f"{where}: cannot open: {exc}") from exc
         try:
             return _File(fd, where, self._chunk_table(where, fd, os.fstat(fd)))
         except BaseException:
             os.close(fd)
             raise
 
-    def _chunk_table(self, where: str, fd: int, stat: os.stat_result) -> _Table:
-        """(offset, size) of each chunk in the file as uint64 pairs, C order; shard indexes are cached by file identity."""
-        size = stat.st_size
+    def _chunk_table(self, where: str, fd: int, stat: os.stat_result) -> ChunkTable:
+        """(offset, size) of each chunk in the file, C order; a whole file for an unsharded array."""
         if self.shard_shape is None:
-            return _Table(np.array([0, size], np.uint64))
-        key = (where, stat.st_ino, stat.st_mtime_ns, size)
-        with _LOCK:
-            table = _INDEXES.get(key)
-            if table is not None:
-                _INDEXES.move_to_end(key)
-                return table
-        index_bytes = self._chunks_per_file * 16 + 4
-        if size < index_bytes:
-            raise StoreError(f"shard {where} is {size} bytes, too short for its {index_bytes}-byte index")
-        raw = os.pread(fd, index_bytes, size - index_bytes if self._index_at_end else 0)
-        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-            raise StoreError(f"shard {where}: the checksum of its chunk index does not match (corrupt file)")
-        entries = np.frombuffer(raw[:-4], dtype="<u8").astype(np.uint64)
-        pairs = entries.reshape(-1, 2)
-        written = pairs[:, 0] != _MISSING
-        if np.any(pairs[written, 0] + pairs[written, 1] > size):
-            raise StoreError(f"shard {where}: its index points past the end of the file (corrupt file)")
-        table = _Table(entries)
-        with _LOCK:
-            _INDEXES[key] = table
-            while len(_INDEXES) > _INDEX_CACHE_ENTRIES:
-                _INDEXES.popitem(last=False)
-        return table
-
-
-class _Table:
-    """A chunk table and its address, for the C loop."""
-
-    __slots__ = ("address", "entries")
-
-    def __init__(self, entries: np.ndarray) -> None:
-        self.entries = entries
-        self.address = entries.ctypes.data
+            return ChunkTable(np.array([0, stat.st_size], np.uint64))
+        return shard_table(where, fd, stat, self._chunks_per_file, self._index_at_end)
 
 
 class _File:
@@ -358,24 +414,24 @@ class _File:
 
     __slots__ = ("fd", "path", "table")
 
-    def __init__(self, fd: int, path: str, table: _Table) -> None:
+    def __init__(self, fd: int, path: str, table: ChunkTable) -> None:
         self.fd, self.path, self.table = fd, path, table
 
 
 class _Call:
-    """A thread's reusable arguments for ``spora_window_read``: the window and per-file arrays."""
+    """A thread's reusable arguments for ``spora_window_read``: the call block and per-file arrays of ``capacity`` files."""
 
-    def __init__(self, template: bytes, capacity: int) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.window = _Window.from_buffer_copy(template)
+        self.window = _Window()
+        self.address = ctypes.addressof(self.window)
+        self.pointer = ctypes.byref(self.window)
         self.fds = (_I64 * capacity)()
         self.tables = (ctypes.c_void_p * capacity)()
-        self.window.fds = ctypes.addressof(self.fds)
-        self.window.tables = ctypes.addressof(self.tables)
-        self.pointer = ctypes.byref(self.window)
+        self.fds_address, self.tables_address = ctypes.addressof(self.fds), ctypes.addressof(self.tables)
 
 
-_NO_TABLE = _Table(np.zeros(2, np.uint64))
+_NO_FILE = ChunkTable(np.zeros(2, np.uint64))  # the table of a file that is not there (never read)
 
 
 def _little_endian(codec: BytesCodec) -> bool:

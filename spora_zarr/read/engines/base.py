@@ -1,0 +1,62 @@
+"""The one interface of a read engine, and how engines report damaged data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from ...errors import StoreError
+
+if TYPE_CHECKING:
+    import zarr
+
+    from ...store.location import Location
+
+__all__ = ["DATA_ERRORS", "Engine", "Opener", "UnsupportedLayout", "damaged"]
+
+# What tensorstore (ValueError), zarrs (RuntimeError) and zarr-python (ValueError, RuntimeError and
+# whatever numcodecs raises) raise on bytes they cannot read or decode; OSError for the file system.
+DATA_ERRORS: tuple[type[Exception], ...] = (ValueError, RuntimeError, OSError, LookupError)
+
+
+class UnsupportedLayout(Exception):
+    """An engine does not read this array (its layout, or the engine is not built here); the message says why."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Reads windows of one array for :mod:`spora_zarr.read.levels`.
+
+    Attributes
+    ----------
+    engine : str
+        The name of the engine that reads (one of ``spora_zarr.read.ENGINES``).
+    """
+
+    engine: str
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The window ``index`` as a new array in the stored dtype.
+
+        Parameters
+        ----------
+        index : tuple of slice
+            One slice per axis, integer bounds inside the array, ``start < stop``, step 1.
+
+        Raises
+        ------
+        StoreError
+            The stored bytes are damaged or cannot be read; the message names the array.
+        """
+        ...
+
+
+Opener = Callable[["Location", str, "zarr.Array"], Engine]
+"""Makes an engine for ``(location, path, metadata handle)``; raises ``UnsupportedLayout`` for an array it does not read."""
+
+
+def damaged(where: str, engine: str, exc: BaseException) -> StoreError:
+    """The StoreError for a read of array ``where`` that ``engine`` failed with ``exc``."""
+    return StoreError(f"array {where}: {engine} cannot read it (damaged or unreadable chunk data): {type(exc).__name__}: {exc}")

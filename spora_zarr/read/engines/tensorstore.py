@@ -1,0 +1,83 @@
+"""tensorstore's zarr3 driver on a local ``file`` kvstore; local stores only."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ...store.location import Location
+from . import process
+from .base import DATA_ERRORS, damaged
+
+__all__ = ["TensorstoreEngine", "set_threads"]
+
+_CACHE_BYTES = 0  # tensorstore's cache of decoded chunks and shard indices, per process
+_THREADS: int | None = None
+_CONTEXT: Any = None
+
+
+def set_threads(n: int) -> None:
+    """Bound ``data_copy_concurrency`` and ``file_io_concurrency`` of handles opened from now on to ``n``."""
+    global _THREADS, _CONTEXT
+    with process.LOCK:
+        _THREADS, _CONTEXT = n, None
+
+
+def _context() -> Any:
+    """This process's tensorstore context (made on first use, after :func:`set_threads`)."""
+    global _CONTEXT
+    import tensorstore as ts
+
+    with process.LOCK:
+        if _CONTEXT is None:
+            spec: dict[str, Any] = {"cache_pool": {"total_bytes_limit": _CACHE_BYTES}}
+            if _THREADS is not None:
+                spec["data_copy_concurrency"] = {"limit": _THREADS}
+                spec["file_io_concurrency"] = {"limit": _THREADS}
+            _CONTEXT = ts.Context(spec)
+        return _CONTEXT
+
+
+def _after_fork_in_child() -> None:
+    global _CONTEXT
+    _CONTEXT = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class TensorstoreEngine:
+    """tensorstore's zarr3 driver; its handle (and tensorstore's thread pools) opens on the first read."""
+
+    engine = "tensorstore"
+
+    def __init__(self, location: Location, path: str, meta: zarr.Array) -> None:
+        self._where = location.join(path)
+        self._store: Any = None
+        self._lock = threading.Lock()
+
+    def _handle(self) -> Any:
+        if self._store is not None:
+            return self._store
+        with self._lock:
+            if self._store is None:
+                import tensorstore as ts
+
+                with process.LOCK:
+                    process.note_use("tensorstore")
+                    context = _context()
+                spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": self._where + "/"}}
+                self._store = ts.open(spec, read=True, context=context).result()
+        return self._store
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The window ``index``; see :class:`~spora_zarr.read.engines.base.Engine`."""
+        try:
+            return self._handle()[index].read().result()
+        except DATA_ERRORS as exc:
+            raise damaged(self._where, self.engine, exc) from exc
