@@ -1,0 +1,359 @@
+"""Standardization statistics computed from the store in one streaming pass, through the one runner.
+
+Each tissue is one runner task: its level is read block by block (shard-aligned
+blocks, never the whole slide) and every channel's value histogram is
+accumulated (:mod:`.histograms`) and written as a compact parquet table,
+``<modality>/<res>/standardization/_histograms/<all_pixels|within_mask>/<tissue>.parquet``
+(columns ``channel_name, value, count``). A tissue whose histogram table is
+already there for the same level (shape, dtype, channel names) is kept, so a
+run is resumable per tissue and a new spec or quantile level is derived from
+the histograms without reading pixels again.
+
+Every spec's ``stats.parquet`` (``tissue_id, channel_name, quantile, upper,
+mean, std``, one row per tissue and channel the tissue measured) is then a
+function of the histograms: ``upper`` is the clipping quantile of the tissue's
+channel (``_image``) or of the channel over the cohort (``_global``, merged
+histograms); ``mean`` and ``std`` (ddof 0) are per channel over the cohort, of
+``clip(x, 0, upper)`` with each tissue's own ``upper`` (after ``log1p`` for the
+log1p spec), repeated on each of the channel's rows. See ``docs/standardization.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..convert.runner import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
+from ..errors import InvalidInputError, NotFoundError, StoreError
+from ..read.cohort import open_cohort
+from ..read.levels import open_level
+from ..store.layout import Resolution, modality_dir, resolution_name, standardization_dir
+from ..store.location import Location
+from ..store.tables import read_table, table_exists, write_table
+from .histograms import ChannelHistogram, HistogramAccumulator, clipped_moments, merge, quantile
+from .specs import Spec, parse_spec
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = [
+    "HISTOGRAMS_DIR",
+    "STATS_FILE",
+    "HistogramTask",
+    "StandardizeReport",
+    "available_specs",
+    "compute_statistics",
+    "derive_statistics",
+    "histogram_path",
+    "read_histograms",
+    "read_statistics",
+]
+
+HISTOGRAMS_DIR = "_histograms"
+STATS_FILE = "stats.parquet"
+_META_KEY = b"spora_histogram"
+_STATS_META_KEY = b"spora_standardization"
+DEFAULT_BLOCK = 896
+
+
+def histogram_path(modality: str, resolution: Resolution, tissue_id: str, within_mask: bool = False) -> str:
+    """Store path of a tissue's persisted channel histograms."""
+    kind = "within_mask" if within_mask else "all_pixels"
+    return f"{modality_dir(modality)}/{resolution_name(resolution)}/standardization/{HISTOGRAMS_DIR}/{kind}/{tissue_id}.parquet"
+
+
+def stats_path(modality: str, resolution: Resolution, spec: str) -> str:
+    """Store path of a spec's ``stats.parquet``."""
+    return f"{standardization_dir(modality, resolution, spec)}/{STATS_FILE}"
+
+
+def command_hint(location: Location | str, modality: str, resolution: Resolution, spec: str = "quantile_clipping/uq_0.99_image") -> str:
+    """The command line that computes ``spec``'s statistics."""
+    return f"spora-zarr standardize {location} --modality {modality} --resolution {resolution_name(resolution)} --spec {spec}"
+
+
+# -- one tissue: the streaming pass --------------------------------------------------
+@dataclass(frozen=True)
+class HistogramTask:
+    """One tissue's histogram pass: where its result goes and which arrays it reads."""
+
+    path: str
+    label: str
+    tissue_id: str
+    level_path: str
+    mask_path: str | None
+    channel_names: tuple[str, ...]
+
+
+def _describe_level(location: Location, path: str) -> tuple[tuple[int, ...], np.dtype, tuple[int, int]]:
+    """Shape, dtype and the (y, x) block edge (the shard, else the chunk) of a level array."""
+    import zarr
+
+    array = zarr.open_array(location.zarr_store(read_only=True), path=path, mode="r")
+    grid = array.shards or array.chunks
+    return tuple(int(s) for s in array.shape), np.dtype(array.dtype), (int(grid[-2]), int(grid[-1]))
+
+
+def _level_key(task: HistogramTask, shape: Sequence[int], dtype: np.dtype) -> dict[str, Any]:
+    return {
+        "level_path": task.level_path,
+        "shape": [int(s) for s in shape],
+        "dtype": str(dtype),
+        "channel_names": list(task.channel_names),
+        "within_mask": task.mask_path is not None,
+    }
+
+
+def _stored_key(location: Location, path: str) -> dict[str, Any] | None:
+    import pyarrow.parquet as pq
+
+    try:
+        with location.fs().open(location.fs_path(path), "rb") as handle:
+            metadata = pq.read_schema(handle).metadata or {}
+        value = json.loads(metadata[_META_KEY])
+        return value if isinstance(value, dict) else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def histogram_work(
+    task: HistogramTask, progress: ProgressCallback | None, *, location: Location, overwrite: bool = False, block: int | None = None
+) -> TaskOutcome:
+    """Accumulate and write one tissue's channel histograms (the runner's ``work``)."""
+    import pyarrow as pa
+
+    shape, dtype, grid = _describe_level(location, task.level_path)
+    key = _level_key(task, shape, dtype)
+    if not overwrite and table_exists(location, task.path):
+        stored = _stored_key(location, task.path)
+        if stored is not None and {k: stored.get(k) for k in key} == key:
+            return TaskOutcome(task.path, task.label, skipped=True)
+    reader = open_level(location, task.level_path)
+    mask_reader = open_level(location, task.mask_path) if task.mask_path else None
+    if mask_reader is not None and tuple(mask_reader.shape[-2:]) != tuple(shape[-2:]):
+        raise StoreError(f"{location.join(task.mask_path or '')}: mask shape {mask_reader.shape} differs from the image's {shape}")
+    by, bx = (block, block) if block else grid
+    accumulator = HistogramAccumulator(shape[0], dtype)
+    height, width = shape[-2:]
+    nbytes = 0
+    for y0 in range(0, height, by):
+        for x0 in range(0, width, bx):
+            data = reader.read(y0, x0, by, bx)
+            mask = mask_reader.read(y0, x0, by, bx) > 0 if mask_reader is not None else None
+            accumulator.add(data, mask)
+            nbytes += data.nbytes
+            if progress is not None:
+                progress(data.nbytes)
+    names, values, counts = [], [], []
+    for name, histogram in zip(task.channel_names, accumulator.result()):
+        names.extend([name] * histogram.values.size)
+        values.append(histogram.values)
+        counts.append(histogram.counts)
+    key["exact"] = accumulator.exact
+    table = pa.table(
+        {
+            "channel_name": pa.array(names, pa.string()).dictionary_encode(),
+            "value": pa.array(np.concatenate(values) if values else np.zeros(0), pa.float64()),
+            "count": pa.array(np.concatenate(counts) if counts else np.zeros(0, np.int64), pa.int64()),
+        }
+    ).replace_schema_metadata({_META_KEY: json.dumps(key).encode()})
+    write_table(location, task.path, table)
+    return TaskOutcome(task.path, task.label, bytes_read=nbytes)
+
+
+def read_histograms(location: Location, path: str) -> dict[str, ChannelHistogram]:
+    """A tissue's persisted histograms, by channel name (channels in stored order)."""
+    table = read_table(location, path)
+    key = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
+    exact = bool(key.get("exact", True))
+    names = table.column("channel_name").to_pylist()
+    values = table.column("value").to_numpy()
+    counts = table.column("count").to_numpy()
+    empty = ChannelHistogram(np.zeros(0), np.zeros(0, np.int64), exact)
+    out: dict[str, ChannelHistogram] = dict.fromkeys(key.get("channel_names", []), empty)
+    if names:
+        order = np.asarray(names, dtype=object)
+        starts = np.flatnonzero(np.r_[True, order[1:] != order[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            out[str(order[s])] = ChannelHistogram(values[s:e].astype(np.float64), counts[s:e].astype(np.int64), exact)
+    return out
+
+
+# -- the cohort: derive every spec from the histograms -----------------------------------
+def derive_statistics(histograms: dict[str, dict[str, ChannelHistogram]], spec: str | Spec) -> pa.Table:
+    """The ``stats.parquet`` table of ``spec`` from per-tissue, per-channel histograms.
+
+    Parameters
+    ----------
+    histograms
+        ``{tissue_id: {channel_name: histogram}}``; a tissue lists only the channels it measured.
+    spec
+        A stats-backed spec (see :func:`~.specs.parse_spec`).
+    """
+    import pyarrow as pa
+
+    parsed = spec if isinstance(spec, Spec) else parse_spec(spec)
+    channels: dict[str, list[str]] = {}
+    for tissue, by_channel in histograms.items():
+        for name in by_channel:
+            channels.setdefault(name, []).append(tissue)
+    upper: dict[tuple[str, str], float] = {}
+    for name, tissues in channels.items():
+        if parsed.scope == "global":
+            bound = quantile(merge([histograms[t][name] for t in tissues]), parsed.quantile)
+            upper.update({(t, name): bound for t in tissues})
+        else:
+            upper.update({(t, name): quantile(histograms[t][name], parsed.quantile) for t in tissues})
+    moments = {
+        name: clipped_moments([(histograms[t][name], upper[(t, name)]) for t in tissues if histograms[t][name].total], parsed.log1p)
+        for name, tissues in channels.items()
+    }
+    rows: dict[str, list[Any]] = {k: [] for k in ("tissue_id", "channel_name", "quantile", "upper", "mean", "std")}
+    for tissue, by_channel in histograms.items():
+        for name, histogram in by_channel.items():
+            if not histogram.total:  # no counted pixel (an empty mask): no statistics for it
+                continue
+            mean, std, _ = moments[name]
+            for column, value in zip(rows, (tissue, name, parsed.quantile, upper[(tissue, name)], mean, std)):
+                rows[column].append(value)
+    schema = pa.schema(
+        [("tissue_id", pa.string()), ("channel_name", pa.string()), ("quantile", pa.float64()),
+         ("upper", pa.float64()), ("mean", pa.float64()), ("std", pa.float64())]
+    )
+    return pa.table(rows, schema=schema)
+
+
+@dataclass
+class StandardizeReport(RunReport):
+    """What a ``standardize`` run did: the tissues' histogram passes, then the specs written."""
+
+    specs: list[str] = field(default_factory=list)
+
+    def summary(self, noun: str = "tissue histograms") -> str:
+        head, *failures = super().summary(noun).split("\n")
+        written = f", statistics written for {', '.join(self.specs)}" if self.specs else ", no statistics written"
+        return "\n".join([head + written, *failures])
+
+
+def compute_statistics(
+    store: str | Location,
+    modality: str,
+    resolution: Resolution,
+    specs: Sequence[str],
+    *,
+    within_mask: bool = False,
+    tissues: Sequence[str] | None = None,
+    options: RunOptions | None = None,
+    overwrite: bool = False,
+    block: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> StandardizeReport:
+    """Compute and write the statistics of ``specs`` for one modality and resolution of a cohort store.
+
+    Parameters
+    ----------
+    store
+        The cohort store (local path or fsspec URL).
+    modality, resolution
+        Which images (``imc``, ``1.0`` or ``"1_0mpp"``).
+    specs
+        Stats-backed specs (``quantile_clipping/uq_0.99_image``, ...); several share one pass.
+    within_mask
+        Count only pixels inside the tissue mask of the same resolution.
+    tissues
+        Restrict to these tissues (default: every tissue with that level).
+    options
+        Where the per-tissue passes run (``--workers``, ``--scheduler``, ``--cluster local``).
+    overwrite
+        Recompute histograms that are already stored.
+    block
+        Block edge in pixels (default: the array's shard edge).
+
+    Returns
+    -------
+    StandardizeReport
+        Per-tissue outcomes and the specs written; no ``stats.parquet`` is
+        written when a tissue failed (its statistics would be partial).
+    """
+    parsed = [parse_spec(s) for s in specs]
+    if not parsed:
+        raise InvalidInputError("give at least one --spec, e.g. quantile_clipping/uq_0.99_image")
+    cohort = open_cohort(store, storage_options)
+    location = cohort.location
+    name = resolution_name(resolution)
+    ids = [t for t in cohort.tissues(modality) if name in cohort.resolutions(modality, t)]
+    if tissues is not None:
+        unknown = sorted(set(tissues) - set(ids))
+        if unknown:
+            raise NotFoundError(
+                f"{location}: no {modality} image at {name} for tissues {', '.join(unknown)}; there are {', '.join(ids) or 'none'}"
+            )
+        ids = [t for t in ids if t in set(tissues)]
+    if not ids:
+        raise NotFoundError(f"{location}: {modality} has no images at resolution {name}")
+    tasks = []
+    for tissue in ids:
+        mask_path = None
+        if within_mask:
+            if tissue not in cohort.mask_tissues("tissue_masks"):
+                raise NotFoundError(f"{location}: --within-mask needs a tissue mask of {tissue!r}; it has none")
+            mask_path = cohort.level_path("tissue_masks", tissue, name)
+        tasks.append(
+            HistogramTask(
+                histogram_path(modality, name, tissue, within_mask), f"{modality}/{tissue}", tissue,
+                cohort.level_path(modality, tissue, name), mask_path, tuple(cohort.channel_names(modality, tissue)),
+            )
+        )
+    work = functools.partial(histogram_work, location=location, overwrite=overwrite, block=block)
+    run = run_tasks(tasks, work, options or RunOptions(), noun="tissue histograms")
+    report = StandardizeReport(run.outcomes)
+    if not run.ok:
+        return report
+    histograms = {t.tissue_id: read_histograms(location, t.path) for t in tasks}
+    for spec in parsed:
+        table = derive_statistics(histograms, spec)
+        exact = all(h.exact for hs in histograms.values() for h in hs.values())
+        meta = json.dumps({"spec": spec.name, "within_mask": within_mask, "tissues": ids, "exact": exact}).encode()
+        write_table(location, stats_path(modality, name, spec.name), table.replace_schema_metadata({_STATS_META_KEY: meta}))
+        report.specs.append(spec.name)
+    return report
+
+
+# -- reading statistics back ---------------------------------------------------------------
+def available_specs(
+    store: str | Location, modality: str, resolution: Resolution, storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Specs with a ``stats.parquet`` for this modality and resolution (``method/suffix`` names)."""
+    location = Location.parse(store, storage_options)
+    base = standardization_dir(modality, resolution, "")
+    fs = location.fs()
+    root = location.fs_path(base).rstrip("/")
+    try:
+        found = fs.glob(f"{root}/*/*/{STATS_FILE}")
+    except (FileNotFoundError, OSError):
+        return []
+    names = ["/".join(str(p).rstrip("/").split("/")[-3:-1]) for p in found]
+    return sorted(n for n in names if not n.startswith(HISTOGRAMS_DIR))
+
+
+def read_statistics(
+    store: str | Location, modality: str, resolution: Resolution, spec: str, storage_options: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """A spec's statistics as a DataFrame; ``NotFoundError`` listing the specs present and the command otherwise."""
+    parsed = parse_spec(spec)
+    location = Location.parse(store, storage_options)
+    path = stats_path(modality, resolution, parsed.name)
+    if not table_exists(location, path):
+        present = available_specs(location, modality, resolution)
+        raise NotFoundError(
+            f"{location}: no standardization statistics {parsed.name!r} for {modality_dir(modality)} at {resolution_name(resolution)} "
+            f"(present: {', '.join(present) or 'none'}); compute them with: {command_hint(location, modality, resolution, parsed.name)}"
+        )
+    return read_table(location, path).to_pandas()
