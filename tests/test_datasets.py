@@ -154,7 +154,7 @@ def test_bad_requests(store: tuple[Path, Path]) -> None:
         dataset.read_tile("A", -SIZE, 0)
     with pytest.raises(NotFoundError, match="no modality 'cycif'"):
         MultiplexImagingDataset("t", dest, 1.0, SIZE, modality="cycif")
-    with pytest.raises(InvalidInputError, match="not available"):
-        MultiplexImagingDataset("t", dest, 1.0, SIZE, standardization="quantile_clipping/uq_0.99_image")
+    with pytest.raises(InvalidInputError, match="malformed standardization spec"):
+        MultiplexImagingDataset("t", dest, 1.0, SIZE, standardization="quantile_clipping/uq_0.99_everywhere")
     with pytest.raises(InvalidInputError, match="multiplex"):
         HEImagingDataset("t", dest, 1.0, SIZE).read_tile("A", 0, 0, kind="qc_filtered")

@@ -27,6 +27,8 @@ import torch
 from ..errors import InvalidInputError, NotFoundError
 from ..read.cohort import Cohort, open_cohort
 from ..read.levels import LevelReader, open_level
+from ..standardize.standardizers import MEAN_STD as MEAN_STD  # re-exported by spora_zarr.datasets
+from ..standardize.standardizers import BaseStandardizer, IdentityStandardizer, MeanStdStandardizer, build_standardizer
 from ..store.layout import (
     CELLS_TABLE,
     MASK_KINDS,
@@ -45,10 +47,6 @@ log = logging.getLogger("spora_zarr")
 
 CHANNEL_KINDS = ("complete", "qc_filtered", "uniprot_filtered")
 IMAGE_MODES = ("CHW", "HWC")
-MEAN_STD = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "hibou": ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)),
-}
 
 
 
@@ -60,16 +58,16 @@ def identity_standardizer(image: torch.Tensor, tissue_id: str, channel_names: Se
     return image.to(torch.float32)
 
 
-def resolve_standardizer(standardization: str | Standardizer) -> Standardizer:
-    """A standardizer from a spec name or a callable ``(image, tissue_id, channel_names) -> image``."""
-    if callable(standardization):
+def resolve_standardizer(standardization: str | Standardizer, dataset: Any = None) -> Standardizer:
+    """A standardizer from a spec (:func:`~spora_zarr.standardize.build_standardizer`, statistics of ``dataset``) or a callable.
+
+    A callable ``(image, tissue_id, channel_names) -> image`` is used as is.
+    """
+    if callable(standardization) and not isinstance(standardization, BaseStandardizer):
         return standardization
     if standardization == "identity":
-        return identity_standardizer
-    raise InvalidInputError(
-        f"standardization {standardization!r} is not available in this version; pass 'identity' or a callable "
-        "(image, tissue_id, channel_names) -> image"
-    )
+        return IdentityStandardizer()
+    return build_standardizer(standardization, dataset)
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -307,11 +305,10 @@ class _RGBDataset(BaseImagingDataset):
     """RGB images (H&E, IHC) normalised with a mean/std preset."""
 
     mean_std_type: str = "imagenet"
+    standardizer: BaseStandardizer
 
     def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
-        mean, std = MEAN_STD[self.mean_std_type]
-        image = tensor.to(torch.float32) / 255.0
-        return (image - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        return self.standardizer(tensor, tissue_id, ())
 
 
 class HEImagingDataset(_RGBDataset):
@@ -321,8 +318,7 @@ class HEImagingDataset(_RGBDataset):
 
     def __init__(self, name: str, path: str | Location, resolution: Resolution, crop_size: int, load_cell_metadata: bool = False,
                  verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
-        if mean_std_type not in MEAN_STD:
-            raise InvalidInputError(f"mean_std_type must be one of {', '.join(MEAN_STD)}, got {mean_std_type!r}")
+        self.standardizer = MeanStdStandardizer(mean_std_type)  # refuses an unknown preset
         self.mean_std_type = mean_std_type
         self.modality = HEModality()
         super().__init__(name, path, resolution, crop_size, load_cell_metadata, verbose, **kwargs)
@@ -338,6 +334,7 @@ class SingleIHCImagingDataset(_RGBDataset):
                  load_cell_metadata: bool = False, verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
         self.marker_name = marker_name
         self.modality = IHCModality(marker=marker_name)
+        self.standardizer = MeanStdStandardizer(mean_std_type)
         self.mean_std_type = mean_std_type
         super().__init__(name, path, resolution, crop_size, load_cell_metadata, verbose, **kwargs)
 
@@ -365,8 +362,8 @@ class MultiplexImagingDataset(BaseImagingDataset):
     ) -> None:
         self.modality = as_multiplex_modality(modality)
         self.standardization = standardization
-        self.standardizer = resolve_standardizer(standardization)
         super().__init__(name, path, resolution, crop_size, load_cell_metadata, verbose, **kwargs)
+        self.standardizer = resolve_standardizer(standardization, self)  # stats-backed specs read this store's statistics
 
     def modality_dir(self) -> str:
         return self.modality.directory

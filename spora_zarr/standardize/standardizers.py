@@ -1,0 +1,358 @@
+"""The standardizers spora users know: ``build_standardizer`` and the ``BaseStandardizer`` classes.
+
+A standardizer is a callable ``(image, tissue_id, channel_names) -> image``
+taking a ``(C, H, W)`` tensor of stored values and returning float32. The
+stats-backed ones apply, per channel,
+``x -> (f(clip(x, 0, upper)) - mean) / std`` with ``f`` the identity
+(``quantile_clipping``) or ``log1p`` (``quantile_clipping_log1p``) and
+``upper, mean, std`` the rows of the spec's ``stats.parquet`` for that tissue
+and channel (:mod:`.statistics`). :class:`BatchStandardizer` applies the same
+transform to ``(B, C, H, W)`` batches on any device (the fast training path:
+uint16 items through the DataLoader, standardized on the GPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError, NotFoundError
+from ..store.layout import Resolution, resolution_name
+from .specs import IDENTITY, Spec, parse_spec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "MEAN_STD",
+    "BaseStandardizer",
+    "BatchStandardizer",
+    "IdentityStandardizer",
+    "MeanStdStandardizer",
+    "QuantileClippingLog1PStandardizer",
+    "QuantileClippingStandardizer",
+    "StatsBackedStandardizer",
+    "build_standardizer",
+]
+
+MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "hibou": ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)),
+}
+
+ChannelParameters = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]
+
+
+class BaseStandardizer:
+    """A standardization: ``(image (C, H, W), tissue_id, channel_names) -> float32 image``."""
+
+    spec: str = ""
+
+    def __call__(self, image: torch.Tensor, tissue_id: str, channel_names: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def channel_parameters(self, tissue_id: str, channel_names: Sequence[str]) -> ChannelParameters:
+        """``(lower, upper, mean, std, log1p)`` per channel, for :class:`BatchStandardizer` (per-channel affine ones only)."""
+        raise InvalidInputError(f"{type(self).__name__} has no per-channel parameters for a batch standardizer")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+class IdentityStandardizer(BaseStandardizer):
+    """The ``identity`` spec: values unchanged, as float32."""
+
+    spec = IDENTITY
+
+    def __call__(self, image: torch.Tensor, tissue_id: str, channel_names: Sequence[str]) -> torch.Tensor:
+        return image.to(torch.float32)
+
+    def channel_parameters(self, tissue_id: str, channel_names: Sequence[str]) -> ChannelParameters:
+        n = len(channel_names)
+        return np.full(n, -np.inf), np.full(n, np.inf), np.zeros(n), np.ones(n), False
+
+
+class MeanStdStandardizer(BaseStandardizer):
+    """RGB (H&E, IHC) normalisation: ``(x / 255 - mean) / std`` with a ``mean_std_type`` preset.
+
+    Parameters
+    ----------
+    mean_std_type : str
+        ``"imagenet"`` (mean 0.485, 0.456, 0.406; std 0.229, 0.224, 0.225) or
+        ``"hibou"`` (mean 0.7068, 0.5755, 0.722; std 0.195, 0.2316, 0.1816).
+    """
+
+    def __init__(self, mean_std_type: str = "imagenet") -> None:
+        if mean_std_type not in MEAN_STD:
+            raise InvalidInputError(f"mean_std_type must be one of {', '.join(MEAN_STD)}, got {mean_std_type!r}")
+        self.spec = self.mean_std_type = mean_std_type
+        mean, std = MEAN_STD[mean_std_type]
+        self._mean = torch.tensor(mean).view(3, 1, 1)
+        self._std = torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, image: torch.Tensor, tissue_id: str = "", channel_names: Sequence[str] = ()) -> torch.Tensor:
+        return (image.to(torch.float32) / 255.0 - self._mean) / self._std
+
+
+class StatsBackedStandardizer(BaseStandardizer):
+    """Per tissue and channel clipping and standardization from a spec's ``stats.parquet``.
+
+    Parameters
+    ----------
+    stats : pandas.DataFrame
+        Columns ``tissue_id, channel_name, upper, mean, std`` (``quantile`` is informative).
+    spec : str or Spec
+        The spec the statistics belong to (names the transform: ``log1p`` or not).
+    source : str
+        Where the statistics come from, for error messages (the command that computes them).
+    """
+
+    log1p: bool = False
+
+    def __init__(self, stats: pd.DataFrame, spec: str | Spec, *, source: str = "") -> None:
+        parsed = spec if isinstance(spec, Spec) else parse_spec(spec)
+        self.spec = parsed.name
+        self.log1p = parsed.log1p
+        self.source = source
+        missing = {"tissue_id", "channel_name", "upper", "mean", "std"} - set(stats.columns)
+        if missing:
+            raise InvalidInputError(f"statistics of {self.spec} lack columns {', '.join(sorted(missing))}")
+        self._rows: dict[tuple[str, str], tuple[float, float, float]] = {
+            (str(t), str(c)): (float(u), float(m), float(s))
+            for t, c, u, m, s in zip(stats.tissue_id, stats.channel_name, stats.upper, stats["mean"], stats["std"])
+        }
+        self._cache: dict[tuple[str, tuple[str, ...]], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_store(
+        cls, store: Any, modality: str, resolution: Resolution, spec: str, storage_options: dict[str, Any] | None = None
+    ) -> StatsBackedStandardizer:
+        """The standardizer of ``spec`` from a store's ``stats.parquet`` (``NotFoundError`` listing the specs there)."""
+        from .statistics import command_hint, read_statistics
+
+        parsed = parse_spec(spec)
+        stats = read_statistics(store, modality, resolution, parsed.name, storage_options)
+        kind = QuantileClippingLog1PStandardizer if parsed.log1p else QuantileClippingStandardizer
+        return kind(stats, parsed, source=command_hint(store, modality, resolution, parsed.name))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": {}}
+
+    @property
+    def tissues(self) -> list[str]:
+        """Tissues the statistics cover."""
+        return sorted({t for t, _ in self._rows})
+
+    def channel_parameters(self, tissue_id: str, channel_names: Sequence[str]) -> ChannelParameters:
+        """``(lower, upper, mean, std, log1p)`` arrays over ``channel_names``; ``NotFoundError`` naming missing rows."""
+        rows = [self._rows.get((str(tissue_id), str(name))) for name in channel_names]
+        missing = [name for name, row in zip(channel_names, rows) if row is None]
+        if missing:
+            hint = f"; recompute them with: {self.source}" if self.source else ""
+            covered = "covers no channel of it" if all(t != tissue_id for t, _ in self._rows) else "lacks them"
+            raise NotFoundError(
+                f"no {self.spec} statistics for channel(s) {', '.join(missing)} of tissue {tissue_id!r} "
+                f"(the table {covered}; {len(self.tissues)} tissues covered){hint}"
+            )
+        values = np.array([row for row in rows if row is not None], dtype=np.float64).reshape(-1, 3)
+        std = values[:, 2].copy()
+        std[~(std > 0)] = 1.0  # a constant channel: centred, not scaled
+        return np.zeros(len(values)), values[:, 0], values[:, 1], std, self.log1p
+
+    def _tensors(self, tissue_id: str, channel_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = (str(tissue_id), tuple(channel_names))
+        cached = self._cache.get(key)
+        if cached is None:
+            lower, upper, mean, std, _ = self.channel_parameters(tissue_id, channel_names)
+
+            def column(values: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(values.astype(np.float32)).view(-1, 1, 1)
+
+            cached = column(lower), column(upper), column(mean), column(std)
+            self._cache[key] = cached
+        return cached
+
+    def __call__(self, image: torch.Tensor, tissue_id: str, channel_names: Sequence[str]) -> torch.Tensor:
+        if image.shape[0] != len(channel_names):
+            raise InvalidInputError(f"image has {image.shape[0]} channels but {len(channel_names)} channel names were given")
+        lower, upper, mean, std = self._tensors(tissue_id, channel_names)
+        out = image.to(torch.float32, copy=True)
+        out.clamp_(min=lower, max=upper)
+        if self.log1p:
+            out.log1p_()
+        return out.sub_(mean).div_(std)
+
+
+class QuantileClippingStandardizer(StatsBackedStandardizer):
+    """``quantile_clipping/uq_<q>_<image|global>``: ``(clip(x, 0, upper) - mean) / std``."""
+
+    log1p = False
+
+
+class QuantileClippingLog1PStandardizer(StatsBackedStandardizer):
+    """``quantile_clipping_log1p/uq_<q>_<image|global>``: ``(log1p(clip(x, 0, upper)) - mean) / std``."""
+
+    log1p = True
+
+
+def build_standardizer(
+    spec: str | BaseStandardizer,
+    source: Any = None,
+    *,
+    modality: str | None = None,
+    resolution: Resolution | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> BaseStandardizer:
+    """Resolve a spec to its standardizer.
+
+    Parameters
+    ----------
+    spec : str or BaseStandardizer
+        ``identity``; ``imagenet``/``hibou`` (RGB mean/std presets);
+        ``quantile_clipping/uq_<q>_<image|global>`` or
+        ``quantile_clipping_log1p/uq_<q>_<image|global>``. A standardizer is
+        returned as is.
+    source : dataset, Cohort, str or Location, optional
+        Where stats-backed specs read their statistics: a multiplex dataset
+        (its store, modality and resolution) or a store with ``modality`` and
+        ``resolution``.
+    modality, resolution
+        For a store ``source``.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown or malformed spec, or a stats-backed spec without a source.
+    NotFoundError
+        The spec's statistics are not in the store (the message lists those
+        present and the command that computes them).
+    """
+    if isinstance(spec, BaseStandardizer):
+        return spec
+    if not isinstance(spec, str):
+        raise InvalidInputError(f"standardization must be a spec name or a BaseStandardizer, got {type(spec).__name__}")
+    if spec == IDENTITY:
+        return IdentityStandardizer()
+    if spec in MEAN_STD:
+        return MeanStdStandardizer(spec)
+    parsed = parse_spec(spec)
+    cohort = getattr(source, "cohort", None)
+    if cohort is not None:  # a dataset
+        store, modality = cohort.location, modality or source.modality_dir()
+        resolution = resolution if resolution is not None else source.resolution
+    else:
+        store = getattr(source, "location", source)
+    if store is None or modality is None or resolution is None:
+        raise InvalidInputError(
+            f"standardization {parsed.name!r} reads statistics from a store: pass a dataset, or a store with modality and resolution"
+        )
+    return StatsBackedStandardizer.from_store(store, modality, resolution_name(resolution), parsed.name, storage_options)
+
+
+class BatchStandardizer(torch.nn.Module):
+    """A per-channel standardizer for ``(B, C, H, W)`` batches of stored values, on any device.
+
+    The parameters of every tissue are tables (buffers) indexed on the device, so
+    a batch mixing tissues is one gather and three element-wise operations.
+    Channels a tissue did not measure (zeros in :class:`~spora_zarr.torch.TileDataset`
+    items) stay zero.
+
+    Parameters
+    ----------
+    standardizer : BaseStandardizer
+        Identity or stats-backed.
+    tissue_ids : sequence of str
+        The tissues batches may hold; position ``i`` is tissue index ``i``.
+    panel : sequence of str
+        Channel names of the ``C`` planes, in order.
+    channels : mapping of str to sequence of str, optional
+        The channels each tissue measured (default: the whole panel).
+    """
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        standardizer: BaseStandardizer,
+        tissue_ids: Sequence[str],
+        panel: Sequence[str],
+        channels: dict[str, Sequence[str]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.tissue_ids = [str(t) for t in tissue_ids]
+        self.panel = [str(c) for c in panel]
+        self._index = {t: i for i, t in enumerate(self.tissue_ids)}
+        lower = np.zeros((len(self.tissue_ids), len(self.panel)))
+        upper = np.zeros_like(lower)
+        mean = np.zeros_like(lower)
+        std = np.ones_like(upper)
+        logs = set()
+        position = {c: p for p, c in enumerate(self.panel)}
+        for i, tissue in enumerate(self.tissue_ids):
+            names = [c for c in (channels or {}).get(tissue, self.panel) if c in position]
+            if not names:
+                continue
+            lo, u, m, s, log1p = standardizer.channel_parameters(tissue, names)
+            where = [position[c] for c in names]
+            lower[i, where], upper[i, where], mean[i, where], std[i, where] = lo, u, m, s
+            logs.add(log1p)
+        self.log1p = logs == {True}
+        self.register_buffer("lower", torch.from_numpy(lower.astype(np.float32)))
+        self.register_buffer("upper", torch.from_numpy(upper.astype(np.float32)))
+        self.register_buffer("mean", torch.from_numpy(mean.astype(np.float32)))
+        self.register_buffer("std", torch.from_numpy(std.astype(np.float32)))
+
+    @classmethod
+    def for_tiles(cls, tiles: Any, modality: str) -> BatchStandardizer:
+        """The batch standardizer of a ``TileDataset``'s multiplex ``modality`` (its datasets' standardization).
+
+        Build the TileDataset with ``preprocess=False`` (uint16 items) and call
+        ``module(batch[modality], batch["tissue_id"])`` on the device.
+        """
+        panel = tiles.panels.get(modality)
+        if panel is None:
+            raise InvalidInputError(f"the TileDataset has no multiplex modality {modality!r}; it has {', '.join(tiles.panels) or 'none'}")
+        standardizers: dict[str, BaseStandardizer] = {}
+        measured: dict[str, Sequence[str]] = {}
+        for tissue, number in zip(tiles.tissue_ids, tiles._tissue_dataset):
+            dataset = tiles.datasets[number].datasets[modality]
+            standardizers[tissue] = dataset.standardizer
+            measured[tissue] = dataset.channel_names(tissue, tiles.kind)
+        kinds = {id(s) for s in standardizers.values()}
+        if len(kinds) > 1:
+            raise InvalidInputError("the TileDataset's datasets use different standardizers; build one BatchStandardizer per dataset")
+        standardizer = next(iter(standardizers.values()))
+        return cls(standardizer, list(standardizers), panel, measured)
+
+    def indices(self, tissues: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Row indices of ``tissues`` (names, or already indices)."""
+        if isinstance(tissues, torch.Tensor):
+            return tissues.to(device=self.upper.device, dtype=torch.long)
+        try:
+            rows = [self._index[str(t)] for t in tissues]
+        except KeyError as exc:
+            raise NotFoundError(f"the batch standardizer has no parameters for tissue {exc.args[0]!r}") from None
+        return torch.tensor(rows, dtype=torch.long, device=self.upper.device)
+
+    def forward(self, batch: torch.Tensor, tissues: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Standardize ``batch`` (``(B, C, H, W)``, any numeric dtype) of the tissues ``tissues`` (B names or indices)."""
+        if batch.ndim != 4 or batch.shape[1] != len(self.panel):
+            raise InvalidInputError(f"expected a (B, {len(self.panel)}, H, W) batch, got shape {tuple(batch.shape)}")
+        rows = self.indices(tissues)
+        lower = self.lower[rows][:, :, None, None]
+        upper = self.upper[rows][:, :, None, None]
+        mean = self.mean[rows][:, :, None, None]
+        std = self.std[rows][:, :, None, None]
+        out = batch.to(device=self.upper.device).to(torch.float32)
+        if out.data_ptr() == batch.data_ptr():  # already float32 there: never modify the caller's batch
+            out = out.clone()
+        out = torch.clamp(out, min=lower, max=upper, out=out)
+        if self.log1p:
+            out.log1p_()
+        return out.sub_(mean).div_(std)
