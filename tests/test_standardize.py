@@ -1,0 +1,288 @@
+"""Standardization statistics from real converted stores, against numpy on the full arrays, and the standardizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from spora_zarr import ConvertOptions, convert_cohort, open_cohort
+from spora_zarr.cli import main
+from spora_zarr.convert.runner import RunOptions
+from spora_zarr.datasets import HEImagingDataset, MultiplexImagingDataset
+from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.standardize.specs import parse_spec
+from spora_zarr.standardize.standardizers import (
+    BatchStandardizer,
+    IdentityStandardizer,
+    MeanStdStandardizer,
+    QuantileClippingLog1PStandardizer,
+    QuantileClippingStandardizer,
+    build_standardizer,
+)
+from spora_zarr.standardize.statistics import available_specs, compute_statistics, histogram_path, read_statistics
+from spora_zarr.testing.cohorts import make_synthetic_cohort
+from spora_zarr.testing.mixed import MIXED_CHANNELS, make_mixed_cohort
+from spora_zarr.torch import TileDataset
+
+SPECS = [
+    "quantile_clipping/uq_0.99_image",
+    "quantile_clipping/uq_0.9_global",
+    "quantile_clipping_log1p/uq_0.99_image",
+    "quantile_clipping_log1p/uq_0.95_global",
+]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three uint16 tissues; the last one lacks the panel's second channel (CD3) and stores the rest reversed."""
+    root = tmp_path_factory.mktemp("standardize")
+    source = make_synthetic_cohort(root / "tiff", tissues=("A", "B", "C"), he_shape=(301, 517), seed=3, ihc_markers=())
+    dest = root / "cohort.zarr"
+    assert convert_cohort(source, dest, ConvertOptions(progress=False)).ok
+    report = compute_statistics(dest, "imc", 1.0, SPECS, options=RunOptions(progress=False), block=112)
+    assert report.ok and report.specs == SPECS, report.summary()
+    return dest
+
+
+def _arrays(store: Path, modality: str = "imc", resolution: float = 1.0) -> dict[str, dict[str, np.ndarray]]:
+    """``{tissue: {channel: full plane}}`` read with zarr (independent of the statistics code)."""
+    cohort = open_cohort(store)
+    out = {}
+    for tissue in cohort.tissues(modality):
+        array = cohort.open_array(modality, tissue, resolution)[:]
+        out[tissue] = dict(zip(cohort.channel_names(modality, tissue), array))
+    return out
+
+
+def _reference(planes: dict[str, dict[str, np.ndarray]], spec: str, masks: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The statistics of ``spec`` computed with numpy on the concatenated pixels."""
+    parsed = parse_spec(spec)
+    values = {t: {c: (p[masks[t]] if masks else p.ravel()).astype(np.float64) for c, p in by.items()} for t, by in planes.items()}
+    channels = sorted({c for by in values.values() for c in by})
+    rows = []
+    for channel in channels:
+        tissues = [t for t in values if channel in values[t]]
+        if parsed.scope == "global":
+            everything = np.concatenate([values[t][channel] for t in tissues])
+            upper = {t: float(np.quantile(everything, parsed.quantile, method="inverted_cdf")) for t in tissues}
+        else:
+            upper = {t: float(np.quantile(values[t][channel], parsed.quantile, method="inverted_cdf")) for t in tissues}
+        clipped = np.concatenate([np.clip(values[t][channel], 0, upper[t]) for t in tissues])
+        if parsed.log1p:
+            clipped = np.log1p(clipped)
+        for t in tissues:
+            rows.append((t, channel, parsed.quantile, upper[t], clipped.mean(), clipped.std()))
+    return pd.DataFrame(rows, columns=["tissue_id", "channel_name", "quantile", "upper", "mean", "std"])
+
+
+def _compare(got: pd.DataFrame, want: pd.DataFrame, *, exact: bool = True) -> None:
+    got = got.sort_values(["tissue_id", "channel_name"]).reset_index(drop=True)
+    want = want.sort_values(["tissue_id", "channel_name"]).reset_index(drop=True)
+    assert got[["tissue_id", "channel_name"]].equals(want[["tissue_id", "channel_name"]])
+    if exact:
+        np.testing.assert_array_equal(got.upper.to_numpy(), want.upper.to_numpy())
+        np.testing.assert_allclose(got[["mean", "std"]].to_numpy(), want[["mean", "std"]].to_numpy(), rtol=1e-10)
+    np.testing.assert_array_equal(got["quantile"].to_numpy(), want["quantile"].to_numpy())
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_statistics_equal_numpy_on_the_full_arrays(store: Path, spec: str) -> None:
+    _compare(read_statistics(store, "imc", 1.0, spec), _reference(_arrays(store), spec))
+
+
+def test_a_tissue_missing_a_channel_contributes_nothing_to_it(store: Path) -> None:
+    planes = _arrays(store)
+    assert "CD3" not in planes["C"] and "CD3" in planes["A"]
+    stats = read_statistics(store, "imc", 1.0, "quantile_clipping/uq_0.9_global")
+    assert set(stats[stats.channel_name == "CD3"].tissue_id) == {"A", "B"}
+    both = np.concatenate([planes["A"]["CD3"].ravel(), planes["B"]["CD3"].ravel()])
+    assert stats[stats.channel_name == "CD3"].upper.iloc[0] == np.quantile(both, 0.9, method="inverted_cdf")
+
+
+def test_within_mask_counts_only_masked_pixels(store: Path) -> None:
+    spec = "quantile_clipping/uq_0.99_image"
+    report = compute_statistics(store, "imc", 1.0, [spec], within_mask=True, options=RunOptions(progress=False))
+    assert report.ok, report.summary()
+    cohort = open_cohort(store)
+    masks = {t: cohort.open_array("tissue_masks", t, 1.0)[:] > 0 for t in cohort.tissues("imc")}
+    assert all(0 < m.mean() < 1 for m in masks.values())
+    planes = _arrays(store)
+    _compare(read_statistics(store, "imc", 1.0, spec), _reference(planes, spec, masks))
+    # back to all pixels (the all-pixel histograms are kept: no pixel is read again)
+    report = compute_statistics(store, "imc", 1.0, [spec], options=RunOptions(progress=False))
+    assert all(o.skipped for o in report.outcomes)
+    _compare(read_statistics(store, "imc", 1.0, spec), _reference(planes, spec))
+
+
+def test_new_specs_come_from_the_stored_histograms(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import spora_zarr.standardize.statistics as statistics
+
+    def no_pixels(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pixels read again")
+
+    monkeypatch.setattr(statistics, "open_level", no_pixels)
+    report = compute_statistics(store, "imc", "1_0mpp", ["quantile_clipping/uq_0.5_image"], options=RunOptions(progress=False))
+    assert report.ok and all(o.skipped for o in report.outcomes), report.summary()
+    assert (store / histogram_path("imc", 1.0, "A")).is_file()
+    spec = "quantile_clipping/uq_0.5_image"
+    _compare(read_statistics(store, "imc", 1.0, spec), _reference(_arrays(store), spec))
+    assert "quantile_clipping/uq_0.5_image" in available_specs(store, "imc", 1.0)
+
+
+def test_worker_processes_give_the_same_statistics(tmp_path: Path) -> None:
+    source = make_synthetic_cohort(tmp_path / "tiff", tissues=("A", "B"), he_shape=(120, 150), seed=5, ihc_markers=(), with_he=False)
+    dest = tmp_path / "cohort.zarr"
+    assert convert_cohort(source, dest, ConvertOptions(progress=False)).ok
+    spec = "quantile_clipping_log1p/uq_0.99_global"
+    report = compute_statistics(dest, "imc", 0.5, [spec], options=RunOptions(workers=2, progress=False))
+    assert report.ok and len(report.outcomes) == 2, report.summary()
+    _compare(read_statistics(dest, "imc", 0.5, spec), _reference(_arrays(dest, resolution=0.5), spec))
+
+
+def test_mixed_dtypes(tmp_path: Path) -> None:
+    """uint16, float32 and uint8 tissues: integer ones exact, the float one within its bin bound."""
+    source = make_mixed_cohort(tmp_path / "tiff")
+    dest = tmp_path / "cohort.zarr"
+    assert convert_cohort(source, dest, ConvertOptions(progress=False)).ok
+    spec = "quantile_clipping/uq_0.99_image"
+    assert compute_statistics(dest, "imc", 1.0, [spec], options=RunOptions(progress=False)).ok
+    got = read_statistics(dest, "imc", 1.0, spec)
+    planes = _arrays(dest)
+    want = _reference(planes, spec)
+    assert sorted(got.tissue_id.unique()) == sorted(MIXED_CHANNELS)
+    for tissue, by_channel in planes.items():
+        for channel, plane in by_channel.items():
+            row = got[(got.tissue_id == tissue) & (got.channel_name == channel)].iloc[0]
+            expected = float(np.quantile(plane.astype(np.float64), 0.99, method="inverted_cdf"))
+            if plane.dtype.kind == "f":
+                assert abs(row.upper - expected) <= abs(expected) * 2**-8
+            else:
+                assert row.upper == expected
+    merged = got.merge(want, on=["tissue_id", "channel_name"], suffixes=("", "_ref"))
+    np.testing.assert_allclose(merged["mean"], merged["mean_ref"], rtol=2**-7)
+    np.testing.assert_allclose(merged["std"], merged["std_ref"], rtol=2**-6)
+
+
+# -- errors -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("zscore/uq_0.99_image", "unknown standardization spec"),
+        ("quantile_clipping/uq_0.99", "malformed"),
+        ("quantile_clipping/uq_1.5_image", "in \\(0, 1\\]"),
+        ("quantile_clipping/uq_0.99_tissue", "scope must be one of image, global"),
+    ],
+)
+def test_bad_specs(store: Path, spec: str, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        compute_statistics(store, "imc", 1.0, [spec])
+    with pytest.raises(InvalidInputError, match=message):
+        MultiplexImagingDataset("t", store, 1.0, SIZE, standardization=spec)
+
+
+def test_missing_statistics_list_what_exists_and_the_command(store: Path) -> None:
+    listed = r"present: .*quantile_clipping/uq_0.99_image.*spora-zarr standardize .* --spec quantile_clipping/uq_0.42_image"
+    with pytest.raises(NotFoundError, match=listed):
+        MultiplexImagingDataset("t", store, 1.0, SIZE, standardization="quantile_clipping/uq_0.42_image")
+    with pytest.raises(NotFoundError, match=r"at 0_5mpp \(present: quantile_clipping/uq_0.99_image\)"):
+        read_statistics(store, "imc", 0.5, "quantile_clipping/uq_0.99_global")
+    with pytest.raises(InvalidInputError, match="pass a dataset, or a store"):
+        build_standardizer("quantile_clipping/uq_0.99_image")
+
+
+def test_cli(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = "quantile_clipping/uq_0.8_global"
+    args = ["standardize", str(store), "--modality", "imc", "--resolution", "1.0", "--spec", spec, "--spec", SPECS[0], "--no-progress"]
+    assert main(args) == 0
+    assert "statistics written for quantile_clipping/uq_0.8_global" in capsys.readouterr().out
+    _compare(read_statistics(store, "imc", 1.0, spec), _reference(_arrays(store), spec))
+    assert main(["standardize", str(store), "--modality", "imc", "--resolution", "1.0", "--spec", "nope/uq_0.9_image"]) == 1
+    assert "unknown standardization spec 'nope/uq_0.9_image'" in capsys.readouterr().err
+    assert main(["standardize", str(store), "--modality", "imc", "--resolution", "3.0", "--spec", spec]) == 1
+    assert "no images at resolution 3_0mpp" in capsys.readouterr().err
+
+
+# -- standardizers on the read path -------------------------------------------------------------
+def _transform(raw: np.ndarray, names: list[str], tissue: str, stats: pd.DataFrame, log1p: bool) -> np.ndarray:
+    table = stats.set_index(["tissue_id", "channel_name"])
+    out = np.empty(raw.shape, np.float64)
+    for i, name in enumerate(names):
+        upper, mean, std = table.loc[(tissue, name), ["upper", "mean", "std"]]
+        clipped = np.clip(raw[i].astype(np.float64), 0, upper)
+        out[i] = ((np.log1p(clipped) if log1p else clipped) - mean) / std
+    return out
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("kind", ["complete", "qc_filtered", "uniprot_filtered"])
+def test_standardized_reads_equal_the_reference_transform(store: Path, spec: str, kind: str) -> None:
+    dataset = MultiplexImagingDataset("t", store, 1.0, SIZE, standardization=spec)
+    log1p = parse_spec(spec).log1p
+    assert isinstance(dataset.standardizer, QuantileClippingLog1PStandardizer if log1p else QuantileClippingStandardizer)
+    stats = read_statistics(store, "imc", 1.0, spec)
+    for tissue in dataset.tissue_ids:
+        names = dataset.channel_names(tissue, kind)
+        raw = dataset.read_tile(tissue, 32, 64, kind=kind, preprocess=False).numpy()
+        tile = dataset.read_tile(tissue, 32, 64, kind=kind)
+        assert tile.dtype == torch.float32 and tile.shape == raw.shape
+        np.testing.assert_allclose(tile.numpy(), _transform(raw, names, tissue, stats, log1p), rtol=1e-5, atol=1e-5)
+        whole = dataset.get_tissue(tissue, kind=kind)
+        full = dataset.get_tissue(tissue, kind=kind, preprocess=False).image.numpy()
+        np.testing.assert_allclose(whole.image.numpy(), _transform(full, names, tissue, stats, log1p), rtol=1e-5, atol=1e-5)
+        row, col = dataset.tile_position(tissue, 0)
+        crop = dataset.get_crop(tissue, 0, kind=kind)
+        raw_crop = dataset.read_tile(tissue, row, col, kind=kind, preprocess=False).numpy()
+        np.testing.assert_allclose(crop.numpy(), _transform(raw_crop, names, tissue, stats, log1p), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_standardizer_equals_the_item_path(store: Path) -> None:
+    """uint16 items through DataLoader(num_workers=2) + the batch standardizer == float32 items standardized in the workers."""
+    spec = "quantile_clipping_log1p/uq_0.99_image"
+    dataset = MultiplexImagingDataset("t", store, 1.0, SIZE, standardization=spec)
+    raw_tiles = TileDataset(dataset, kind="qc_filtered", preprocess=False, masks=())
+    float_tiles = TileDataset(dataset, kind="qc_filtered", preprocess=True, masks=())
+    module = BatchStandardizer.for_tiles(raw_tiles, "imc")
+    assert isinstance(module, torch.nn.Module) and module.panel == raw_tiles.panels["imc"]
+    raw_batches = list(DataLoader(raw_tiles, batch_size=16, num_workers=2, timeout=120))
+    float_batches = list(DataLoader(float_tiles, batch_size=16, num_workers=0))
+    assert raw_batches[0]["imc"].dtype == torch.uint16
+    assert any(not bool(b["imc_channel_mask"].all()) for b in raw_batches)  # tissue C lacks CD3
+    for raw, ref in zip(raw_batches, float_batches):
+        assert raw["tissue_id"] == ref["tissue_id"]
+        out = module(raw["imc"], raw["tissue_id"])
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, ref["imc"], rtol=1e-5, atol=1e-5)
+    indices = module.indices(raw_batches[0]["tissue_id"])
+    torch.testing.assert_close(module(raw_batches[0]["imc"], indices), module(raw_batches[0]["imc"], raw_batches[0]["tissue_id"]))
+    with pytest.raises(NotFoundError, match="no parameters for tissue 'Z'"):
+        module(raw_batches[0]["imc"][:1], ["Z"])
+
+
+def test_identity_and_callables(store: Path) -> None:
+    dataset = MultiplexImagingDataset("t", store, 1.0, SIZE)
+    assert isinstance(dataset.standardizer, IdentityStandardizer)
+    raw = dataset.read_tile("A", 0, 0, preprocess=False)
+    torch.testing.assert_close(dataset.read_tile("A", 0, 0), raw.to(torch.float32))
+    doubled = MultiplexImagingDataset("t", store, 1.0, SIZE, standardization=lambda image, tissue, names: image.float() * 2)
+    torch.testing.assert_close(doubled.read_tile("A", 0, 0), raw.float() * 2)
+    module = BatchStandardizer(IdentityStandardizer(), ["A"], dataset.channel_names("A"))
+    torch.testing.assert_close(module(raw[None], ["A"]), raw[None].float())
+
+
+@pytest.mark.parametrize("preset", ["imagenet", "hibou"])
+def test_he_mean_std_type(store: Path, preset: str) -> None:
+    presets = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "hibou": ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))}
+    mean, std = presets[preset]
+    dataset = HEImagingDataset("t", store, 1.0, SIZE, mean_std_type=preset)
+    assert isinstance(dataset.standardizer, MeanStdStandardizer) and build_standardizer(preset).spec == preset
+    raw = dataset.read_tile("A", 0, 0, preprocess=False).numpy().astype(np.float64)
+    want = (raw / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    np.testing.assert_allclose(dataset.read_tile("A", 0, 0).numpy(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="mean_std_type must be one of imagenet, hibou"):
+        HEImagingDataset("t", store, 1.0, SIZE, mean_std_type="resnet")
