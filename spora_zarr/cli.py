@@ -110,9 +110,66 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("store", help="the cohort store (local path or fsspec URL)")
     info.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
 
+    standardize = commands.add_parser(
+        "standardize", help="compute standardization statistics (stats.parquet per spec) from a store's images"
+    )
+    standardize.add_argument("store", help="the cohort store (local path or fsspec URL)")
+    standardize.add_argument("--modality", required=True, help="multiplex modality directory in the store: imc, cycif, ...")
+    standardize.add_argument("--resolution", required=True, help="the level: microns per pixel (1.0) or a name (1_0mpp)")
+    standardize.add_argument(
+        "--spec", action="append", required=True,
+        help="a spec to compute, repeatable: quantile_clipping/uq_0.99_image, quantile_clipping_log1p/uq_0.99_global, ...",
+    )
+    standardize.add_argument("--within-mask", action="store_true", help="count only pixels inside the tissue mask of that resolution")
+    standardize.add_argument("--overwrite", action="store_true", help="recompute the stored per-tissue histograms")
+    standardize.add_argument("--workers", type=_positive_int, default=1, help="tissues read in parallel")
+    standardize.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
+    standardize.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
+    standardize.add_argument(
+        "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
+    )
+    standardize.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
+
+    tile = commands.add_parser("tile", help="tile the tissue masks of a store; write tiling/<res>/<strategy>/<size>_tile_*.parquet")
+    tile.add_argument("store", help="the cohort store (local path or fsspec URL)")
+    tile.add_argument("--resolution", required=True, help="the mask level to tile: microns per pixel (1.0) or a name (1_0mpp)")
+    tile.add_argument("--tile-size", type=_positive_int, required=True, help="tile edge in pixels of that resolution")
+    tile.add_argument(
+        "--strategy", choices=["best", "grid"], default="best",
+        help="best: greedy best coverage (best_mask_tiling_try_to_stop); grid: fixed grid (get_grid_tile) (default %(default)s)",
+    )
+    tile.add_argument("--stride", type=_positive_int, help="step of the candidate grid in pixels (default: the tile size)")
+    tile.add_argument("--tolerance", type=float, default=0.2, help="largest invalid fraction in a tile, in [0, 1] (default %(default)s)")
+    tile.add_argument(
+        "--coverage-goal", type=float, default=0.99,
+        help="best: coverage below which it does not stop while tiles add pixels (default %(default)s)",
+    )
+    tile.add_argument(
+        "--min-gain-ratio", type=float, default=0.05,
+        help="best: past the goal, stop once the best tile adds under this share of its area; 0: stop at the goal (default %(default)s)",
+    )
+    tile.add_argument("--max-tiles", type=int, help="best: at most this many tiles per tissue")
+    tile.add_argument("--no-overlap", action="store_true", help="best: picked tiles never overlap")
+    tile.add_argument("--tissue", action="append", help="tissue id to tile (repeatable; default: every tissue with a tissue mask)")
+    tile.add_argument(
+        "--overwrite", action="store_true", help="recompute tissues already in the tables; replace tables made with other parameters"
+    )
+    tile.add_argument("--workers", type=_positive_int, default=1, help="tissues tiled in parallel")
+    tile.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
+    tile.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
+    tile.add_argument(
+        "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
+    )
+    tile.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
+
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
     validate.add_argument("store", help="the cohort store (local path or fsspec URL)")
     validate.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
+    view = commands.add_parser("view", help="open a tissue of a store in napari (needs the napari extra)")
+    view.add_argument("store", help="the cohort store (local path or fsspec URL)")
+    view.add_argument("tissue", nargs="?", help="tissue id to show first (default: the first tissue)")
+    view.add_argument("--modality", action="append", help="modality to show (repeatable; default: all)")
+    view.add_argument("--kind", default="complete", help="channel kind of multiplex modalities (complete, qc_filtered, uniprot_filtered)")
     return parser
 
 
@@ -174,6 +231,39 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _standardize(args: argparse.Namespace) -> int:
+    from .convert.runner import RunOptions
+    from .standardize.statistics import compute_statistics
+
+    if args.scheduler and args.cluster:
+        raise SporaZarrError("give --scheduler or --cluster, not both")
+    options = RunOptions(workers=args.workers, scheduler=args.scheduler or args.cluster, progress=not args.no_progress)
+    report = compute_statistics(
+        args.store, args.modality, args.resolution, args.spec, within_mask=args.within_mask, options=options,
+        overwrite=args.overwrite, storage_options=args.storage_options,
+    )
+    print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
+    return 0 if report.ok else 1
+
+
+def _tile(args: argparse.Namespace) -> int:
+    from .convert.runner import RunOptions
+    from .tiling import TilingOptions, tile_cohort
+
+    if args.scheduler and args.cluster:
+        raise SporaZarrError("give --scheduler or --cluster, not both")
+    options = TilingOptions(
+        resolution=args.resolution, tile_size=args.tile_size, strategy=args.strategy, stride=args.stride, tolerance=args.tolerance,
+        coverage_goal=args.coverage_goal, min_gain_ratio=args.min_gain_ratio, max_tiles=args.max_tiles, allow_overlap=not args.no_overlap,
+    )
+    run = RunOptions(workers=args.workers, scheduler=args.scheduler or args.cluster, progress=not args.no_progress)
+    report = tile_cohort(
+        args.store, options, tissues=args.tissue, run=run, overwrite=args.overwrite, storage_options=args.storage_options
+    )
+    print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
+    return 0 if report.ok else 1
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .read.validate import validate_store
 
@@ -187,7 +277,30 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"convert": _convert, "add-image": _add_image, "info": _info, "validate": _validate}
+def _view(args: argparse.Namespace) -> int:
+    from .read.cohort import open_cohort
+
+    cohort = open_cohort(args.store)
+    tissues = sorted({t for m in (args.modality or cohort.modalities) for t in cohort.tissues(m)})
+    if args.tissue is not None and args.tissue not in tissues:
+        raise SporaZarrError(f"{args.store}: no tissue {args.tissue!r}; it has {', '.join(tissues[:20]) or 'none'}")
+    try:
+        import napari
+    except ImportError:
+        raise SporaZarrError("spora-zarr view needs napari: pip install 'spora_zarr[napari]'") from None
+    from .napari.widget import CohortBrowser, CohortWidget
+
+    viewer = napari.Viewer(title=f"spora-zarr {args.store}")
+    browser = CohortBrowser(viewer, args.store, modalities=args.modality, kind=args.kind)
+    if tissues:
+        browser.show(args.tissue or tissues[0])
+    viewer.window.add_dock_widget(CohortWidget(viewer, browser=browser), name="spora cohort", area="right")
+    napari.run()
+    return 0
+
+
+_COMMANDS = {"convert": _convert, "add-image": _add_image, "info": _info, "validate": _validate, "view": _view, "standardize": _standardize,
+    "tile": _tile}
 
 if __name__ == "__main__":
     sys.exit(main())
