@@ -42,7 +42,7 @@ import tifffile
 from numpy.typing import DTypeLike
 
 from ..store.layout import resolution_name, resolution_value
-from ..tiling.grid import grid_tile_fractions
+from ..tiling.tilers import get_grid_tile
 
 DEFAULT_TILE = (256, 256)
 
@@ -376,9 +376,9 @@ def tile_tables(
     stats: dict[str, list] = {"tissue_id": [], "tile_id": [], "tissue_fraction": [], "n_cells": []}
     for tid, mask in tissue_masks.items():
         cells = cell_masks.get(tid)
-        rows, cols, fractions = grid_tile_fractions(mask, size)
-        kept = fractions >= 0.25
-        for tile_id, (row, col, fraction) in enumerate(zip(rows[kept].tolist(), cols[kept].tolist(), fractions[kept].tolist())):
+        tiles, _, _ = get_grid_tile(mask, size, tolerance=0.75)  # tissue fraction >= 0.25
+        for tile_id, tile in enumerate(tiles):
+            row, col, fraction = tile.row, tile.col, tile.valid / (size * size)
             coords["tissue_id"].append(tid)
             coords["tile_id"].append(tile_id)
             coords["row"].append(row)
