@@ -286,3 +286,59 @@ def test_he_mean_std_type(store: Path, preset: str) -> None:
     np.testing.assert_allclose(dataset.read_tile("A", 0, 0).numpy(), want, rtol=1e-5, atol=1e-5)
     with pytest.raises(InvalidInputError, match="mean_std_type must be one of imagenet, hibou"):
         HEImagingDataset("t", store, 1.0, SIZE, mean_std_type="resnet")
+
+
+# -- filters ------------------------------------------------------------------------------------
+FILTERS = {
+    "DNA1": {"name": "median", "size": 5},
+    "CD3": {"name": "gaussian", "sigma": 1.5},
+    "CD20": {"name": "clip", "high": 700},
+    "*": {"name": "hot_pixel", "threshold": 40},
+}
+
+
+def test_filter_factory_builds_named_filters() -> None:
+    from scipy import ndimage
+
+    from spora_zarr.standardize.filters import FilterFactory
+
+    plane = np.random.default_rng(0).integers(0, 1000, (40, 50)).astype(np.uint16)
+    np.testing.assert_array_equal(FilterFactory.create("median", size=3)(plane), ndimage.median_filter(plane, 3, mode="reflect"))
+    np.testing.assert_array_equal(FilterFactory.create("clip", low=100, high=500)(plane), np.clip(plane, 100, 500))
+    assert FilterFactory.create("identity")(plane) is plane
+    hot = plane.copy()
+    hot[20, 20] = 60000
+    cleaned = FilterFactory.create("hot_pixel", threshold=2000)(hot)
+    assert cleaned[20, 20] < 2000 and np.array_equal(np.delete(cleaned.ravel(), 20 * 50 + 20), np.delete(hot.ravel(), 20 * 50 + 20))
+    assert FilterFactory.create("gaussian", sigma=2.0).margin == 8
+    with pytest.raises(InvalidInputError, match="unknown filter 'sharpen'; expected one of identity, median, gaussian, clip, hot_pixel"):
+        FilterFactory.create("sharpen")
+    with pytest.raises(InvalidInputError, match="bad parameters"):
+        FilterFactory.from_config({"CD3": {"name": "median", "radius": 2}})
+
+
+def test_filtered_tiles_equal_the_filtered_image_cropped(store: Path) -> None:
+    import pickle
+
+    from spora_zarr.standardize.filters import FilterFactory
+
+    dataset = MultiplexImagingDataset("t", store, 1.0, SIZE, filters=FILTERS)
+    plain = MultiplexImagingDataset("t", store, 1.0, SIZE)
+    filters = FilterFactory.from_config(FILTERS)
+    assert filters.margin == 6
+    for tissue in dataset.tissue_ids:
+        for kind in ("complete", "qc_filtered"):
+            whole = plain.get_tissue(tissue, kind=kind, preprocess=False).image.numpy()
+            filtered = filters.apply(whole, plain.channel_names(tissue, kind))
+            assert not np.array_equal(filtered, whole)
+            np.testing.assert_array_equal(dataset.get_tissue(tissue, kind=kind, preprocess=False).image.numpy(), filtered)
+            height, width = whole.shape[-2:]
+            for row, col in [(0, 0), (37, 91), (height - 20, width - 30), (height - SIZE, width - SIZE)]:
+                tile = dataset.read_tile(tissue, row, col, kind=kind, preprocess=False, pad=True).numpy()
+                expected = np.zeros_like(tile)
+                part = filtered[:, row : row + SIZE, col : col + SIZE]
+                expected[:, : part.shape[1], : part.shape[2]] = part
+                np.testing.assert_array_equal(tile, expected)
+    clone = pickle.loads(pickle.dumps(dataset))
+    again = clone.read_tile("A", 5, 5, preprocess=False).numpy()
+    np.testing.assert_array_equal(again, dataset.read_tile("A", 5, 5, preprocess=False).numpy())

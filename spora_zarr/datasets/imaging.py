@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 from ..errors import InvalidInputError, NotFoundError
 from ..read.cohort import Cohort, open_cohort
 from ..read.levels import LevelReader, open_level
+from ..standardize.filters import ChannelFilters, FilterFactory
 from ..standardize.standardizers import MEAN_STD as MEAN_STD  # re-exported by spora_zarr.datasets
 from ..standardize.standardizers import BaseStandardizer, IdentityStandardizer, MeanStdStandardizer, build_standardizer
 from ..store.layout import (
@@ -228,7 +229,7 @@ class BaseImagingDataset:
         self._check_tissue(tissue_id)
         reader = self._reader(self.modality_dir(), tissue_id)
         data = _read(reader, 0, 0, reader.shape[-2], reader.shape[-1], self._channel_indices(tissue_id, kind))
-        tensor = _to_tensor(data)
+        tensor = _to_tensor(self._filter(data, tissue_id, kind))
         if preprocess:
             tensor = self._preprocess(tensor, tissue_id, kind)
         return self._make_tissue(tissue_id, tensor, kind, image_mode)
@@ -282,6 +283,10 @@ class BaseImagingDataset:
 
     def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
         return tensor
+
+    def _filter(self, data: np.ndarray, tissue_id: str, kind: str) -> np.ndarray:
+        """Image filters applied to a read (multiplex ``filters``); none here."""
+        return data
 
     def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> Any:
         raise NotImplementedError
@@ -358,10 +363,13 @@ class MultiplexImagingDataset(BaseImagingDataset):
         standardization: str | Standardizer = "identity",
         load_cell_metadata: bool = False,
         verbose: bool = True,
+        *,
+        filters: Mapping[str, Any] | ChannelFilters | None = None,
         **kwargs: Any,
     ) -> None:
         self.modality = as_multiplex_modality(modality)
         self.standardization = standardization
+        self.filters = None if filters is None else FilterFactory.from_config(filters)
         super().__init__(name, path, resolution, crop_size, load_cell_metadata, verbose, **kwargs)
         self.standardizer = resolve_standardizer(standardization, self)  # stats-backed specs read this store's statistics
 
@@ -399,6 +407,30 @@ class MultiplexImagingDataset(BaseImagingDataset):
 
     def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
         return self.standardizer(tensor, tissue_id, self.channel_names(tissue_id, kind))
+
+    def _filter(self, data: np.ndarray, tissue_id: str, kind: str) -> np.ndarray:
+        return data if self.filters is None else self.filters.apply(data, self.channel_names(tissue_id, kind))
+
+    def _window(self, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool) -> np.ndarray:
+        """A window; with ``filters``, read with their margin (clipped at the border), filtered, then cropped."""
+        if self.filters is None or group != self.modality_dir():
+            return super()._window(group, tissue_id, row, col, size, channels, pad)
+        reader = self._reader(group, tissue_id)
+        height, width = reader.shape[-2:]
+        if row >= height or col >= width or row + size <= 0 or col + size <= 0:
+            return super()._window(group, tissue_id, row, col, size, channels, pad)  # raises, naming the window
+        margin = self.filters.margin
+        y0, x0, y1, x1 = max(row, 0), max(col, 0), min(row + size, height), min(col + size, width)
+        ya, xa, yb, xb = max(y0 - margin, 0), max(x0 - margin, 0), min(y1 + margin, height), min(x1 + margin, width)
+        stored = self.cohort.channel_names(group, tissue_id)
+        names = stored if channels is None else [stored[i] for i in channels]
+        grown = self.filters.apply(_read(reader, ya, xa, yb - ya, xb - xa, channels), names)
+        data = np.ascontiguousarray(grown[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa])
+        if not pad or data.shape[-2:] == (size, size):
+            return data
+        out = np.zeros((*data.shape[:-2], size, size), dtype=data.dtype)
+        out[..., y0 - row : y0 - row + data.shape[-2], x0 - col : x0 - col + data.shape[-1]] = data
+        return out
 
     def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> MultiplexTissue:
         stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
