@@ -321,7 +321,7 @@ _CONTRACT = """
 
     def python_side(name, out, starts, stops):  # past DirectArray.read's own checks
         try:
-            array._read_into(out, starts, stops)
+            array._read_into(out, starts, stops, out.nbytes)
             results[name] = None
         except StoreError as exc:
             results[name] = str(exc)

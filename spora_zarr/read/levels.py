@@ -103,7 +103,9 @@ class LevelReader(Protocol):
     dtype: np.dtype
 
     @property
-    def engine(self) -> str: ...
+    def engine(self) -> str:
+        """The engine that reads."""
+        ...
 
     def read(
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None
@@ -301,6 +303,7 @@ class WindowReader:
         self._requested = requested
         self._pid = os.getpid()
         self._where = location.join(path)
+        self._rest = tuple(slice(0, n) for n in self.shape[1:-2])  # leading axes after the channels, read whole
 
     @property
     def engine(self) -> str:
@@ -350,7 +353,7 @@ class WindowReader:
             if channels is not None:
                 raise InvalidInputError(f"array {where} of shape {self.shape} has no channel axis to select on")
             return window, None
-        rest = tuple(slice(0, n) for n in self.shape[1:-2])
+        rest = self._rest
         if channels is None:
             return (slice(0, self.shape[0]), *rest, *window), None
         idx = self._channel_indices(channels, where)

@@ -293,9 +293,9 @@ class EngineConformance:
         reader, data = self._reader(written, "uint16"), written.data["uint16"]
         for channels in ([2, 0], [1], [0, 1, 2], [2, 2, 0], [1, 2]):
             np.testing.assert_array_equal(reader.read(100, 90, 60, 70, channels=channels), data[channels, 100:160, 90:160])
-        for channels in ([3], [-1], [], [0.5]):
+        for bad in ([3], [-1], [], [0.5]):
             with pytest.raises(InvalidInputError, match="channel"):
-                reader.read(0, 0, 10, 10, channels=channels)
+                reader.read(0, 0, 10, 10, channels=bad)  # type: ignore[arg-type]
 
     def test_two_dimensional_labels(self, written: Written) -> None:
         reader = self._reader(written, "labels uint64")

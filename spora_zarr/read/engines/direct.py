@@ -4,7 +4,7 @@
 blosc-compressed (or uncompressed) little-endian ``bytes``, in shards or one
 file each. Python opens the files of the shards the window touches and looks
 up their chunk tables (the shard index, read once per shard file, checked
-against its crc32c and cached); the compiled loop in ``_window.c`` does the
+and cached by :mod:`.shards`); the compiled loop in ``_window.c`` does the
 rest with the GIL released: per chunk one ``pread``, one c-blosc decode into a
 per-thread buffer and one copy of the overlap into the output, the chunks
 shared between the calling thread and helper threads it keeps per process.
@@ -30,6 +30,7 @@ import ctypes
 import functools
 import importlib.machinery
 import itertools
+import math
 import operator
 import os
 import threading
@@ -290,7 +291,7 @@ class DirectArray:
         starts, stops = self._bounds(index)
         out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], self.dtype)
         if out.size:
-            self._read_into(out, starts, stops)
+            self._read_into(out, starts, stops, out.nbytes)
         return out
 
     def _bounds(self, index: Sequence[slice]) -> tuple[list[int], list[int]]:
@@ -317,20 +318,22 @@ class DirectArray:
             f"({len(shape)}), with integer bounds 0 <= start <= stop <= the axis length and step 1"
         )
 
-    def _read_into(self, out: np.ndarray, starts: list[int], stops: list[int]) -> None:
-        """Read ``[starts, stops)`` into ``out`` (a view of that shape), in parts of at most
-        ``_MAX_FILES_PER_CALL`` shard files, split at shard boundaries along the axis spanning most shards."""
+    def _read_into(self, out: np.ndarray, starts: list[int], stops: list[int], out_bytes: int) -> None:
+        """Read ``[starts, stops)`` into ``out`` (a view of that shape, ``out_bytes`` bytes of its buffer from its first
+        element on), in parts of at most ``_MAX_FILES_PER_CALL`` shard files, split at shard boundaries along the axis
+        spanning most shards."""
         lo = [a // f for a, f in zip(starts, self._file_shape, strict=True)]
         hi = [(b - 1) // f + 1 for b, f in zip(stops, self._file_shape, strict=True)]
         spans = [b - a for a, b in zip(lo, hi, strict=True)]
-        if int(np.prod(spans)) > _MAX_FILES_PER_CALL:
+        if math.prod(spans) > _MAX_FILES_PER_CALL:
             axis = int(np.argmax(spans))
             cut = (lo[axis] + spans[axis] // 2) * self._file_shape[axis]
             for part_start, part_stop in ((starts[axis], cut), (cut, stops[axis])):
                 sub_starts, sub_stops = list(starts), list(stops)
                 sub_starts[axis], sub_stops[axis] = part_start, part_stop
-                view = out[(slice(None),) * axis + (slice(part_start - starts[axis], part_stop - starts[axis]),)]
-                self._read_into(view, sub_starts, sub_stops)
+                skip = part_start - starts[axis]
+                view = out[(slice(None),) * axis + (slice(skip, part_stop - starts[axis]),)]
+                self._read_into(view, sub_starts, sub_stops, out_bytes - skip * out.strides[axis])
             return
         files: list[_File] = []
         try:
@@ -342,8 +345,7 @@ class DirectArray:
             ndim = len(starts)
             window.start[:ndim], window.stop[:ndim], window.shard_lo[:ndim] = starts, stops, lo
             window.shard_count[:ndim], window.out_stride[:ndim] = spans, out.strides
-            window.out = out.ctypes.data
-            window.out_bytes = out.itemsize + sum((n - 1) * stride for n, stride in zip(out.shape, out.strides, strict=True))
+            window.out, window.out_bytes = out.ctypes.data, out_bytes
             window.nfiles, window.fds, window.tables = len(files), call.fds_address, call.tables_address
             for i, file in enumerate(files):
                 call.fds[i], call.tables[i] = file.fd, file.table.address
