@@ -169,20 +169,25 @@ def histogram_work(
 
 def read_histograms(location: Location, path: str) -> dict[str, ChannelHistogram]:
     """A tissue's persisted histograms, by channel name (channels in stored order)."""
+    import pyarrow as pa
+
     table = read_table(location, path)
     key = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
     exact = bool(key.get("exact", True))
-    names = table.column("channel_name").to_pylist()
+    column = table.column("channel_name").combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    codes = column.indices.to_numpy(zero_copy_only=False)  # channel codes, not a Python string per bin
+    dictionary = column.dictionary.to_pylist()
     values = table.column("value").to_numpy()
     counts = table.column("count").to_numpy()
     empty = ChannelHistogram(np.zeros(0), np.zeros(0, np.int64), exact)
     out: dict[str, ChannelHistogram] = dict.fromkeys(key.get("channel_names", []), empty)
-    if names:
-        order = np.asarray(names, dtype=object)
-        starts = np.flatnonzero(np.r_[True, order[1:] != order[:-1]])
-        ends = np.r_[starts[1:], len(order)]
+    if codes.size:
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        ends = np.r_[starts[1:], codes.size]
         for s, e in zip(starts.tolist(), ends.tolist()):
-            out[str(order[s])] = ChannelHistogram(values[s:e].astype(np.float64), counts[s:e].astype(np.int64), exact)
+            out[str(dictionary[codes[s]])] = ChannelHistogram(values[s:e].astype(np.float64), counts[s:e].astype(np.int64), exact)
     return out
 
 
