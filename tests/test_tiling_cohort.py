@@ -192,3 +192,26 @@ def test_datasets_and_tile_dataset_read_the_tables(copy: Path) -> None:
     item = tiles[len(tiles) - 1]
     assert (item["tissue_id"], item["row"], item["col"]) == (coords[-1]["tissue_id"], coords[-1]["row"], coords[-1]["col"])
     assert tuple(item["he"].shape) == (3, TILE, TILE) and tuple(item["imc"].shape[-2:]) == (TILE, TILE)
+
+
+def test_napari_reader_shows_the_written_tables(copy: Path) -> None:
+    from spora_zarr.napari.reader import tile_tables, tissue_layers
+    from spora_zarr.read import open_cohort
+
+    assert tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE, stride=STRIDE), tissues=["A"], run=SERIAL).ok
+    path = f"tiling/1_0mpp/best/{TILE}_tile_coordinates.parquet"
+    cohort = open_cohort(copy)
+    assert path in tile_tables(cohort)
+    layers = tissue_layers(cohort, "A", modalities=(), masks=(), tiles=path)
+    coords, _ = _tables(copy)
+    shapes = [layer for layer in layers if layer[2] == "shapes"]
+    assert len(shapes) == 1 and len(shapes[0][0]) == len([r for r in coords if r["tissue_id"] == "A"])
+    np.testing.assert_array_equal(np.asarray(shapes[0][0][0])[0], [coords[0]["row"], coords[0]["col"]])
+
+
+def test_a_missing_strategy_lists_the_strategies_present(copy: Path) -> None:
+    from spora_zarr.datasets import HEImagingDataset
+
+    assert tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE, strategy="grid"), tissues=["A"], run=SERIAL).ok
+    with pytest.raises(NotFoundError, match="strategies present: default, grid"):
+        HEImagingDataset("t", copy, 1.0, TILE, verbose=False, tiling_strategy="best").tile_coordinates

@@ -2,7 +2,7 @@
 
 ``path`` is the store (local path or fsspec URL) and ``resolution`` a float or a
 level name. Tiles are read by :meth:`BaseImagingDataset.read_tile`, which slices
-the level array directly through :mod:`spora_zarr._engines` (no dask graph per
+the level array directly through :mod:`spora_zarr.read.levels` (no dask graph per
 window); whole tissues by :meth:`get_tissue`. Datasets pickle to their
 constructor arguments, so each DataLoader worker opens its own readers.
 
@@ -272,7 +272,15 @@ class BaseImagingDataset:
     @functools.cached_property
     def tile_coordinates(self) -> pd.DataFrame:
         """The tile table (tissue_id, tile_id, row, col) of this resolution, crop size and strategy."""
-        table = self.cohort.read_table(self.tile_table_path).to_pandas()
+        try:
+            table = self.cohort.read_table(self.tile_table_path).to_pandas()
+        except NotFoundError:
+            prefix, name = f"tiling/{self.resolution}/", f"/{self.crop_size}_tile_coordinates.parquet"
+            present = sorted({t.split("/")[2] for t in self.cohort.tables() if t.startswith(prefix) and t.endswith(name)})
+            raise NotFoundError(
+                f"{self.name}: no {self.crop_size} px tile table for tiling_strategy={self.tiling_strategy!r} at {self.resolution} "
+                f"({self.tile_table_path}); strategies present: {', '.join(present) or 'none'} (spora-zarr tile computes 'best' and 'grid')"
+            ) from None
         return table[table.tissue_id.isin(self.tissue_ids)].reset_index(drop=True)
 
     # -- per modality ------------------------------------------------------------------

@@ -50,7 +50,7 @@ STRATEGIES = ("best", "grid")
 
 PARTS_DIR = ".spora_tmp/tiling-parts"
 #: Bytes of mask read at once (a row band of whole chunk rows, at least one chunk row).
-BAND_BYTES = 32 * 2**20
+BAND_BYTES = 16 * 2**20
 _MASK_KIND = "tissue_masks"
 _STATS_KEY = b"spora_tile_stats"
 
@@ -165,10 +165,10 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
 
 
 def _band_rows(cohort: Any, level: str, height: int, width: int, itemsize: int) -> int:
-    """Rows per band: whole rows of chunks (shards where sharded), about :data:`BAND_BYTES`, at least one chunk row."""
+    """Rows per band: whole rows of chunks, about :data:`BAND_BYTES`, at least one chunk row."""
     try:
         array = cohort.open_array(_MASK_KIND, *_split_level(level))
-        unit = int((array.shards or array.chunks)[-2])
+        unit = int(array.chunks[-2])  # the inner chunks of a sharded array: each is read once
     except Exception:  # noqa: BLE001 - the layout is a read-speed hint only
         unit = 256
     per_unit = max(1, unit * width * itemsize)

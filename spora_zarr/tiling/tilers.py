@@ -172,14 +172,15 @@ class CellCounter:
         if band.shape[1] != self.width or y0 < 0 or y0 + rows > self.height:
             raise InvalidInputError(f"band of shape {band.shape} at row {y0} does not fit a {self.height}x{self.width} mask")
         g = self.cell
-        valid = (band if band.dtype == np.bool_ else band != 0).view(np.uint8)
         first, last = y0 // g, (y0 + rows - 1) // g
-        # Sum the rows of each cell row (np.sum along axis 0 is a vectorised row add; reduceat is ~50x slower).
+        # Sum the rows of each cell row (np.sum along axis 0 is a vectorised row add; reduceat is ~50x slower),
+        # one cell row at a time so that the boolean temporary is one cell row, not the band.
         acc = np.uint8 if g <= 255 else np.int32
         per_row_cell = np.empty((last - first + 1, self.width), dtype=acc)
         for i, cell_row in enumerate(range(first, last + 1)):
-            lo, hi = max(cell_row * g - y0, 0), min((cell_row + 1) * g - y0, rows)
-            np.sum(valid[lo:hi], axis=0, dtype=acc, out=per_row_cell[i])
+            part = band[max(cell_row * g - y0, 0) : min((cell_row + 1) * g - y0, rows)]
+            valid = (part if part.dtype == np.bool_ else part != 0).view(np.uint8)
+            np.sum(valid, axis=0, dtype=acc, out=per_row_cell[i])
         ncx = self.counts.shape[1]
         full = (self.width // g) * g
         out = self.counts[first : last + 1]
