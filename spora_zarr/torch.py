@@ -112,7 +112,7 @@ def worker_init_fn(worker_id: int | None = None) -> None:
     """Set up a ``DataLoader`` worker: bounded codec threads, one torch thread.
 
     Gives each of the ``num_workers`` workers ``max(1, cores // num_workers)``
-    codec threads (:func:`spora_zarr._engines.limit_codec_threads`) and calls
+    codec threads (:func:`spora_zarr.limit_codec_threads`) and calls
     ``torch.set_num_threads(1)``. Outside a worker it assumes one worker and
     leaves torch's threads alone. :class:`TileDataset` calls it on its first
     item in a worker when the ``DataLoader`` did not.

@@ -31,7 +31,8 @@ from spora_zarr.datasets import (
     SporaDataset,
 )
 from spora_zarr.errors import InvalidInputError, NotFoundError
-from spora_zarr.read import levels as _engines
+from spora_zarr.read.engines import process
+from spora_zarr.read.engines import tensorstore as _tensorstore
 from spora_zarr.read.levels import open_level
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.torch import TileDataset, available_cores, worker_init_fn
@@ -259,7 +260,7 @@ class ProbeTiles(TileDataset):
         item.update(
             pid=os.getpid(),
             engine=reader.engine,
-            codec_threads=_engines._CODEC_THREADS or 0,
+            codec_threads=_tensorstore._THREADS or 0,
             torch_threads=torch.get_num_threads(),
         )
         return item
@@ -277,14 +278,14 @@ def _run_loader(tiles: TileDataset, source: Source, dest: Path, **kwargs) -> lis
 
 
 def _parent_reads(tiles: TileDataset, engine: str) -> None:
-    if engine == "tensorstore" and _engines._poisoned("tensorstore"):
+    if engine == "tensorstore" and process.poisoned("tensorstore"):
         pytest.skip("this test process is a forked child of a tensorstore user")
     item = tiles[0]
     primary = tiles.datasets[0].primary
     reader = open_level(primary.cohort.location, primary.cohort.level_path("he", item["tissue_id"], RES), engine=primary.engine)
     assert reader.engine == engine
     if engine == "tensorstore":
-        assert os.getpid() == _engines._TENSORSTORE_USED_BY_PID
+        assert os.getpid() == process.used_by("tensorstore")
 
 
 @pytest.mark.timeout(3 * LOADER_TIMEOUT)
@@ -302,7 +303,7 @@ def test_loader_fork_after_parent_read(cohorts, workers: int, engine: str) -> No
     assert os.getpid() not in pids and len(pids) <= workers
     # Forked children of a tensorstore user never touch tensorstore (it would hang or abort), nor zarrs
     # (the fixture converted in this process, through zarrs): they read through the fork-safe direct engine.
-    assert os.getpid() == _engines._ZARRS_USED_BY_PID  # recorded by the writer
+    assert os.getpid() == process.used_by("zarrs")  # recorded by the writer
     assert {item["engine"] for item in items} == {"direct"}
     assert {int(item["codec_threads"]) for item in items} == {max(1, available_cores() // workers)}
     assert {int(item["torch_threads"]) for item in items} == {1}
@@ -313,7 +314,7 @@ def _fresh_parent(dest: str, engine: str | None, queue) -> None:
     try:
         tiles = ProbeTiles(_composed("one", Path(dest), engine=engine), kind="qc_filtered")
         tiles[0]
-        parent = (os.getpid() == _engines._TENSORSTORE_USED_BY_PID, os.getpid() == _engines._ZARRS_USED_BY_PID)
+        parent = (os.getpid() == process.used_by("tensorstore"), os.getpid() == process.used_by("zarrs"))
         loader = DataLoader(tiles, batch_size=16, num_workers=2, multiprocessing_context="fork", timeout=LOADER_TIMEOUT)
         seen = [(t, int(r), int(c), e) for b in loader for t, r, c, e in zip(b["tissue_id"], b["row"], b["col"], b["engine"])]
         queue.put(("ok", parent, seen))
