@@ -214,4 +214,4 @@ def test_a_missing_strategy_lists_the_strategies_present(copy: Path) -> None:
 
     assert tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE, strategy="grid"), tissues=["A"], run=SERIAL).ok
     with pytest.raises(NotFoundError, match="strategies present: default, grid"):
-        HEImagingDataset("t", copy, 1.0, TILE, verbose=False, tiling_strategy="best").tile_coordinates
+        _ = HEImagingDataset("t", copy, 1.0, TILE, verbose=False, tiling_strategy="best").tile_coordinates
