@@ -97,20 +97,26 @@ def prepare(workdir: Path, edge: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------- children
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited from the parent across exec), bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def stats_child(store: str) -> dict[str, Any]:
     """In a fresh process: one full statistics pass (histograms recomputed), its time and peak RSS."""
-    import resource
-
     from spora_zarr.convert.runner import RunOptions
     from spora_zarr.standardize.statistics import compute_statistics
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the imports alone
+    baseline = _peak_rss()  # the imports alone
     start = time.perf_counter()
     report = compute_statistics(store, "imc", 1.0, SPECS, options=RunOptions(progress=False), overwrite=True)
     seconds = time.perf_counter() - start
     if not report.ok:
         raise SystemExit(report.summary())
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = _peak_rss()
     return {"seconds": seconds, "bytes": sum(o.bytes_read for o in report.outcomes), "rss": rss, "baseline": baseline}
 
 

@@ -391,9 +391,12 @@ class MultiplexImagingDataset(BaseImagingDataset):
 
     def channel_names(self, tissue_id: str, kind: str = "complete") -> list[str]:
         """Names of the channels a read of ``kind`` returns, in order."""
-        stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
-        indices = self._channel_indices(tissue_id, kind)
-        return stored if indices is None else [stored[i] for i in indices]
+        cache = self.__dict__.setdefault("_cache_names", {})  # looked up on every standardized read
+        if (tissue_id, kind) not in cache:
+            stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
+            indices = self._channel_indices(tissue_id, kind)
+            cache[(tissue_id, kind)] = stored if indices is None else [stored[i] for i in indices]
+        return list(cache[(tissue_id, kind)])
 
     def _kind_keeps(self, kind: str) -> set[str]:
         if kind not in CHANNEL_KINDS:
@@ -414,7 +417,8 @@ class MultiplexImagingDataset(BaseImagingDataset):
         return cache[(tissue_id, kind)]
 
     def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
-        return self.standardizer(tensor, tissue_id, self.channel_names(tissue_id, kind))
+        self.channel_names(tissue_id, kind)
+        return self.standardizer(tensor, tissue_id, self.__dict__["_cache_names"][(tissue_id, kind)])
 
     def _filter(self, data: np.ndarray, tissue_id: str, kind: str) -> np.ndarray:
         return data if self.filters is None else self.filters.apply(data, self.channel_names(tissue_id, kind))
