@@ -12,10 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import dask.array as da
-import ngff_zarr
 import numpy as np
-from ngff_zarr.methods import Methods
 
 from ..store.metadata import GroupMetadata, SporaGroupAttributes
 from .pyramid import Level, Method
@@ -27,6 +24,10 @@ PALETTE = ("0000FF", "00FF00", "FF00FF", "FFFF00", "00FFFF", "FF0000", "FF8000",
 
 def multiscales_metadata(levels: Sequence[Level], *, name: str, method: Method, labels: bool) -> dict[str, Any]:
     """The ``multiscales[0]`` entry for ``levels`` as ``ngff_zarr.to_multiscales`` models it."""
+    import dask.array as da  # ngff-zarr and dask load here, when a group is written, not with the package
+    import ngff_zarr
+    from ngff_zarr.methods import Methods
+
     dims: tuple[Literal["c", "y", "x"], ...] = ("y", "x") if labels else ("c", "y", "x")
     source_levels = [level for level in levels if level.from_source]
     base = source_levels[-1]
