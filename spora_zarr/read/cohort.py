@@ -53,18 +53,28 @@ class Cohort:
 
     @property
     def mask_kinds(self) -> list[str]:
-        return [k for k in MASK_KINDS if self.listing(f"segmentations/{k}")]
+        """Mask kinds with a complete mask: ``tissue_masks``, ``cell_masks``, then the label predictions the root records."""
+        return [k for k in self.known_mask_kinds if self.listing(f"segmentations/{k}")]
+
+    @property
+    def known_mask_kinds(self) -> list[str]:
+        """``MASK_KINDS`` and the further kinds of the root's ``mask_kinds`` (label predictions)."""
+        return list(dict.fromkeys([*MASK_KINDS, *self.attributes.mask_kinds]))
+
+    def is_mask_kind(self, name: str) -> bool:
+        """Whether ``name`` is a mask kind of this store (``segmentations/<name>``) rather than a modality."""
+        return name in MASK_KINDS or name in self.attributes.mask_kinds
 
     def tissues(self, modality: str) -> list[str]:
         """Tissue ids with a complete image of ``modality``, or mask of a mask kind (as :meth:`open_image` takes)."""
-        if modality in MASK_KINDS:
+        if self.is_mask_kind(modality):
             return self.mask_tissues(modality)
         self.check_modality(modality)
         return self.listing(f"{modality}/images")
 
     def mask_tissues(self, kind: str) -> list[str]:
         """Tissue ids with a complete mask of ``kind``."""
-        return self.listing(label_group_path(kind, "x").rsplit("/", 1)[0])
+        return self.listing(label_group_path(kind, "x", extra_kinds=self.attributes.mask_kinds).rsplit("/", 1)[0])
 
     @functools.cache  # noqa: B019 - the cohort lives as long as its caches should
     def listing(self, path: str) -> list[str]:
@@ -86,8 +96,8 @@ class Cohort:
     # -- groups and levels --------------------------------------------------------
     def group_path(self, modality: str, tissue_id: str) -> str:
         """Store path of a tissue image (``modality``) or mask (``tissue_masks``/``cell_masks``)."""
-        if modality in MASK_KINDS:
-            return label_group_path(modality, tissue_id)
+        if self.is_mask_kind(modality):
+            return label_group_path(modality, tissue_id, extra_kinds=self.attributes.mask_kinds)
         self.check_modality(modality)
         return image_group_path(modality, tissue_id)
 

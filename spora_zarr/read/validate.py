@@ -8,7 +8,7 @@ import zarr
 from zarr.core.metadata import ArrayV3Metadata
 
 from ..errors import InvalidInputError, SporaZarrError
-from ..store.layout import MASK_KINDS, is_resolution_name, resolution_value, validate_tissue_id
+from ..store.layout import is_resolution_name, resolution_value, validate_tissue_id
 from ..store.location import Location
 from .cohort import Cohort, open_cohort
 
@@ -21,11 +21,11 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
         return [str(exc)]
     problems: list[str] = []
     groups = [(m, t) for m in cohort.modalities for t in cohort.tissues(m)]
-    groups += [(k, t) for k in MASK_KINDS for t in cohort.mask_tissues(k)]
+    groups += [(k, t) for k in cohort.known_mask_kinds for t in cohort.mask_tissues(k)]
     for modality, tissue_id in groups:
         found = _guarded(validate_group, cohort, modality, tissue_id)
         problems += [f"{cohort.group_path(modality, tissue_id)}: {p}" for p in found]
-    for kind in MASK_KINDS:
+    for kind in cohort.known_mask_kinds:
         for tissue_id in cohort.mask_tissues(kind):
             problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in _guarded(_mask_matches_images, cohort, kind, tissue_id)]
     problems += [f"root attributes: {p}" for p in _guarded(_root_matches_groups, cohort)]
@@ -91,7 +91,7 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
     from ome_zarr_models.v05.image_label import ImageLabel
 
     problems = []
-    labels = modality in MASK_KINDS
+    labels = cohort.is_mask_kind(modality)
     try:
         validate_tissue_id(tissue_id)
     except InvalidInputError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
 from ..errors import InvalidInputError
 
@@ -16,6 +17,7 @@ Resolution = float | int | str
 
 FORMAT_VERSION = "1"
 MASK_KINDS = ("tissue_masks", "cell_masks")
+PREDICTIONS_DIR = "predictions"
 IHC_PREFIX = "ihc_"
 _RESOLUTION_NAME = re.compile(r"^(\d+)_(\d+)mpp$")
 
@@ -92,11 +94,20 @@ def image_group_path(modality: str, tissue_id: str) -> str:
     return f"{modality_dir(modality)}/images/{validate_tissue_id(tissue_id)}"
 
 
-def label_group_path(kind: str, tissue_id: str) -> str:
-    """Path of a tissue's mask (NGFF labels) multiscale group inside the store."""
-    if kind not in MASK_KINDS:
-        raise InvalidInputError(f"unknown mask kind {kind!r}; expected one of {', '.join(MASK_KINDS)}")
+def label_group_path(kind: str, tissue_id: str, *, extra_kinds: Iterable[str] = ()) -> str:
+    """Path of a tissue's mask (NGFF labels) multiscale group inside the store.
+
+    ``extra_kinds`` are further kinds the store records (label predictions,
+    ``segmentations/<name>``; the root's ``mask_kinds``).
+    """
+    if kind not in MASK_KINDS and kind not in extra_kinds:
+        raise InvalidInputError(f"unknown mask kind {kind!r}; expected one of {', '.join(dict.fromkeys([*MASK_KINDS, *extra_kinds]))}")
     return f"segmentations/{kind}/{validate_tissue_id(tissue_id)}"
+
+
+def prediction_dir(name: str) -> str:
+    """Modality directory of the image predictions called ``name``: ``predictions/<name>`` (images below ``images/``)."""
+    return f"{PREDICTIONS_DIR}/{validate_tissue_id(name, source='prediction name')}"
 
 
 def standardization_dir(modality: str, resolution: Resolution, spec: str) -> str:
