@@ -162,6 +162,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
 
+    predict = commands.add_parser(
+        "predict", help="run a model over whole tissues; write predictions/<name>/images/<id> or segmentations/<name>/<id>"
+    )
+    predict.add_argument("store", help="the cohort store (local path or fsspec URL)")
+    predict.add_argument("--model", required=True, help="a TorchScript file, or module:callable (an nn.Module, a class, or a function)")
+    predict.add_argument("--modality", required=True, help="input modality directory: he, imc, ihc/ihc_CD3, predictions/<name>, ...")
+    predict.add_argument("--resolution", required=True, help="the input level: microns per pixel (1.0) or a name (1_0mpp)")
+    predict.add_argument("--name", required=True, help="name of the prediction (one path segment)")
+    predict.add_argument("--labels", action="store_true", help="write labels (argmax of per-class scores) to segmentations/<name>")
+    predict.add_argument(
+        "--mode", choices=["crop", "blend"], default="crop",
+        help="crop: keep each tile's centre; blend: Gaussian-weighted average of overlaps (default %(default)s)",
+    )
+    predict.add_argument("--tile-size", type=_positive_int, default=256, help="tile edge in pixels (default %(default)s)")
+    predict.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in pixels (default %(default)s)")
+    predict.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per model call (default %(default)s)")
+    predict.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default %(default)s)")
+    predict.add_argument("--channel-names", help="comma-separated names of the output channels (images)")
+    predict.add_argument("--kind", default="complete", help="channel kind of multiplex input (complete, qc_filtered, uniprot_filtered)")
+    predict.add_argument("--standardization", default="identity", help="standardization spec of multiplex input (default %(default)s)")
+    predict.add_argument("--min-tissue", type=float, help="skip tiles whose tissue-mask fraction is below this; they get --fill-value")
+    predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
+    predict.add_argument("--tissue", action="append", help="tissue id to predict (repeatable; default: every tissue of the modality)")
+    predict.add_argument("--workers", type=_positive_int, default=1, help="tissues predicted in parallel")
+    predict.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
+    predict.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
+    predict.add_argument(
+        "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
+    )
+    layout_options(predict)
+
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
     validate.add_argument("store", help="the cohort store (local path or fsspec URL)")
     validate.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
@@ -184,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    if args.command in ("convert", "add-image"):
+    if args.command in ("convert", "add-image", "predict"):
         configure_writer_process()
     try:
         return _COMMANDS[args.command](args)
@@ -264,6 +295,27 @@ def _tile(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .convert.runner import RunOptions
+    from .inference.predict import PredictOptions, predict_cohort
+
+    if args.scheduler and args.cluster:
+        raise SporaZarrError("give --scheduler or --cluster, not both")
+    names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
+    options = PredictOptions(
+        modality=args.modality, resolution=args.resolution, name=args.name, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch_size, mode=args.mode, labels=args.labels, device=args.device, kind=args.kind,
+        standardization=args.standardization, channel_names=names, min_tissue=args.min_tissue, fill_value=args.fill_value,
+        write=_write_options(args),
+    )
+    run = RunOptions(workers=args.workers, scheduler=args.scheduler or args.cluster, progress=not args.no_progress)
+    report = predict_cohort(
+        args.store, args.model, options, tissues=args.tissue, run=run, overwrite=args.overwrite, storage_options=args.storage_options
+    )
+    print(report.summary("tissues"), file=sys.stderr if not report.ok else sys.stdout)
+    return 0 if report.ok else 1
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .read.validate import validate_store
 
@@ -300,7 +352,7 @@ def _view(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"convert": _convert, "add-image": _add_image, "info": _info, "validate": _validate, "view": _view, "standardize": _standardize,
-    "tile": _tile}
+    "tile": _tile, "predict": _predict}
 
 if __name__ == "__main__":
     sys.exit(main())

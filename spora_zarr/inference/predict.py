@@ -1,0 +1,382 @@
+"""Whole-tissue prediction written back into the store (``spora-zarr predict``).
+
+:func:`predict_tissue` runs a model over one tissue of a dataset and writes the
+prediction through the one writer (:func:`~spora_zarr.write.writer.write_image`
+or :func:`~spora_zarr.write.writer.write_labels`) from a
+:class:`~spora_zarr.inference.source.PredictionSource`: streaming, with a
+pyramid, staged (visible only when complete) and validated metadata.
+
+- images: ``predictions/<name>/images/<tissue_id>``, float32, one channel per
+  model output channel; ``predictions/<name>`` is recorded as a modality in the
+  root attributes and gets ``channels.parquet`` / ``channels_per_tissue.parquet``,
+  so ``open_cohort(...).open_image("predictions/<name>", tissue)`` and
+  ``MultiplexImagingDataset(..., modality="predictions/<name>")`` read it.
+- labels: ``segmentations/<name>/<tissue_id>``, label-preserving pyramid;
+  ``<name>`` is recorded in the root's ``mask_kinds`` so the cohort reads it as
+  a mask kind.
+
+:func:`predict_cohort` runs one task per tissue through the one runner
+(:func:`~spora_zarr.convert.runner.run_tasks`): workers, dask.distributed, a
+failure summary, and resume (a tissue whose group is complete is skipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError, NotFoundError
+from ..store.layout import (
+    IHC_PREFIX,
+    MASK_KINDS,
+    Resolution,
+    channels_per_tissue_table_path,
+    channels_table_path,
+    image_group_path,
+    label_group_path,
+    prediction_dir,
+    resolution_name,
+    resolution_value,
+    validate_tissue_id,
+)
+from ..store.location import Location
+from ..tiling.patching import _check_tiling
+from ..write.writer import WriteOptions, WriteResult
+from .models import Model, load_model, model_channel_names, model_label
+from .source import MODES, InputWindows, PredictionSource
+
+if TYPE_CHECKING:
+    from ..convert.runner import ProgressCallback, RunOptions, RunReport, TaskOutcome
+
+__all__ = ["PredictOptions", "PredictTask", "make_dataset", "output_path", "predict_cohort", "predict_tissue"]
+
+
+def output_path(name: str, tissue_id: str, *, labels: bool = False) -> str:
+    """Store path of a tissue's prediction: ``predictions/<name>/images/<id>`` or ``segmentations/<name>/<id>``."""
+    if labels:
+        if name in MASK_KINDS:
+            raise InvalidInputError(f"prediction name {name!r} is a mask kind of the converter; choose another name")
+        return label_group_path(validate_tissue_id(name, source="prediction name"), tissue_id, extra_kinds=(name,))
+    return image_group_path(prediction_dir(name), tissue_id)
+
+
+def make_dataset(
+    store: str | Location, modality: str, resolution: Resolution, tile_size: int, *, standardization: str = "identity",
+    storage_options: dict[str, Any] | None = None,
+) -> Any:
+    """The dataset of ``modality``: ``he`` (H&E), ``ihc/ihc_<marker>``, or a multiplex modality (any other, predictions too)."""
+    from ..datasets import HEImagingDataset, MultiplexImagingDataset, SingleIHCImagingDataset
+
+    kwargs: dict[str, Any] = {"verbose": False, "storage_options": storage_options}
+    if modality == "he":
+        return HEImagingDataset("predict", store, resolution, tile_size, **kwargs)
+    if modality.startswith(f"ihc/{IHC_PREFIX}"):
+        return SingleIHCImagingDataset("predict", store, modality.split(IHC_PREFIX, 1)[1], resolution, tile_size, **kwargs)
+    return MultiplexImagingDataset("predict", store, resolution, tile_size, modality=modality, standardization=standardization, **kwargs)
+
+
+def predict_tissue(
+    model: str | Model,
+    dataset: Any,
+    tissue_id: str,
+    tile_size: int = 256,
+    overlap: int = 32,
+    batch_size: int = 8,
+    *,
+    output: str,
+    labels: bool = False,
+    mode: str = "crop",
+    device: str = "cpu",
+    kind: str = "complete",
+    preprocess: bool = True,
+    channel_names: Sequence[str] | None = None,
+    min_tissue: float | None = None,
+    fill_value: float = 0,
+    options: WriteOptions | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    record: bool = True,
+) -> WriteResult:
+    """Predict one tissue of ``dataset`` with ``model`` and write it into the dataset's store as ``output``.
+
+    Parameters
+    ----------
+    model
+        A TorchScript file, ``module:callable``, or a callable / ``nn.Module``
+        (:func:`~spora_zarr.inference.models.load_model`).
+    dataset
+        A spora dataset (:mod:`spora_zarr.datasets`): its store, modality,
+        resolution and preprocessing (standardization) give the model input.
+    tissue_id
+        The tissue.
+    tile_size, overlap, batch_size
+        The tiling (:func:`~spora_zarr.tiling.patching.tile_specs`) and tiles per model call.
+    output
+        The prediction's name (``predictions/<output>`` or ``segmentations/<output>``).
+    labels
+        Write labels (argmax of per-class scores, or one integer channel).
+    mode
+        ``"crop"`` (keep each tile's centre) or ``"blend"`` (Gaussian-weighted average).
+    device
+        ``"cpu"``, ``"cuda"``, ...
+    kind
+        Channel kind of multiplex input (``complete``, ``qc_filtered``, ``uniprot_filtered``).
+    preprocess
+        Standardize the input as the dataset's ``read_tile`` does.
+    channel_names
+        Names of the output channels (default: the model's ``channel_names``,
+        else ``<output>`` or ``<output>_<k>``).
+    min_tissue
+        Skip tiles whose tissue-mask fraction is below this; their pixels are ``fill_value``.
+    options, overwrite, progress
+        As for :func:`~spora_zarr.write.writer.write_image`.
+    record
+        Record the prediction in the root attributes and channel tables
+        (:func:`predict_cohort` records once after all tissues instead).
+
+    Returns
+    -------
+    WriteResult
+        ``skipped`` when the prediction was already complete (nothing run).
+    """
+    from ..read.levels import open_level
+    from ..store.staging import Staging
+    from ..write.writer import write_image, write_labels
+
+    if mode not in MODES:
+        raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    _check_tiling(tile_size, overlap)
+    path = output_path(output, tissue_id, labels=labels)
+    cohort = dataset.cohort
+    location: Location = cohort.location
+    modality = dataset.modality_dir()
+    dataset._check_tissue(tissue_id)  # NotFoundError naming the tissue
+    if not overwrite and Staging(location).is_complete(path):
+        return WriteResult(path, skipped=True)
+    loaded = load_model(model, device)
+    where = f"model {model_label(model)}, tissue {tissue_id!r}"
+    reader = open_level(location, cohort.level_path(modality, tissue_id, dataset.resolution), engine=dataset.engine)
+    mask = None
+    if min_tissue is not None:
+        mask = open_level(location, cohort.level_path("tissue_masks", tissue_id, dataset.resolution), engine=dataset.engine)
+    channels = dataset._channel_indices(tissue_id, kind)
+
+    def standardize(tensor: Any) -> Any:
+        return dataset._preprocess(tensor, tissue_id, kind)
+
+    inputs = InputWindows(reader, channels, standardize if preprocess else None, mask)
+    mpp = resolution_value(dataset.resolution)
+    source = PredictionSource(
+        loaded, inputs, tile_size, overlap, batch_size, mode=mode, labels=labels, device=device, min_tissue=min_tissue,
+        fill_value=fill_value, name=where, mpp=mpp,
+    )
+    if not labels:
+        names = list(channel_names or model_channel_names(loaded) or [])
+        if not names:
+            names = [output] if source.shape[0] == 1 else [f"{output}_{k}" for k in range(source.shape[0])]
+        if len(names) != source.shape[0]:
+            raise InvalidInputError(f"{where}: the model gives {source.shape[0]} channels but {len(names)} channel names were given")
+    spora = {
+        "tissue_id": tissue_id,
+        "prediction": {
+            "model": model_label(model), "input": modality, "resolution": dataset.resolution, "tile_size": source.tile_size,
+            "overlap": int(overlap), "mode": mode, "min_tissue": min_tissue, "fill_value": fill_value,
+        },
+    }
+    if labels:
+        spora["mask_kind"] = output
+        result = write_labels(
+            location, path, {mpp: source}, source_image=f"../../../{image_group_path(modality, tissue_id)}", spora=spora,
+            options=options, overwrite=overwrite, progress=progress,
+        )
+    else:
+        spora["modality"] = prediction_dir(output)
+        result = write_image(
+            location, path, {mpp: source}, channel_names=names, spora=spora, options=options, overwrite=overwrite, progress=progress
+        )
+    if record:
+        record_predictions(location, output, labels=labels)
+    return result
+
+
+def record_predictions(location: Location, name: str, *, labels: bool = False) -> None:
+    """Record the complete predictions ``name`` in the root attributes (and, for images, the channel tables).
+
+    Images: ``predictions/<name>`` becomes a modality with the level names of
+    its tissues, and ``predictions/<name>/channels.parquet`` /
+    ``channels_per_tissue.parquet`` list its channels (all ``qc_pass``, no
+    UniProt id). Labels: ``<name>`` joins the root's ``mask_kinds``.
+    """
+    from ..read.cohort import open_cohort
+    from ..store.metadata import update_cohort_attributes
+
+    if labels:
+        update_cohort_attributes(location, mask_kinds=[name])
+        return
+    directory = prediction_dir(name)
+    cohort = open_cohort(location)
+    tissues = cohort.listing(f"{directory}/images")
+    if not tissues:
+        return
+    levels: set[str] = set()
+    per_tissue: dict[str, list[str]] = {}
+    for tissue_id in tissues:
+        metadata = _metadata(location, directory, tissue_id)
+        levels.update(metadata.level_names)
+        per_tissue[tissue_id] = metadata.channel_names
+    _write_channel_tables(location, directory, per_tissue)
+    update_cohort_attributes(location, modalities={directory: sorted(levels, key=resolution_value)})
+
+
+def _metadata(location: Location, directory: str, tissue_id: str) -> Any:
+    from ..store.metadata import GroupMetadata
+    from ..store.staging import Staging
+
+    path = f"{directory}/images/{tissue_id}"
+    return GroupMetadata.from_attributes(Staging(location).read_attributes(path) or {}, where=location.join(path))
+
+
+def _write_channel_tables(location: Location, directory: str, per_tissue: dict[str, list[str]]) -> None:
+    import pyarrow as pa
+
+    from ..store.tables import write_table
+
+    panel = list(dict.fromkeys(n for names in per_tissue.values() for n in names))
+    channels = pa.table(
+        {
+            "channel_name": pa.array(panel, pa.string()),
+            "qc_pass": pa.array([True] * len(panel), pa.bool_()),
+            "uniprot_id": pa.array([None] * len(panel), pa.string()),
+        }
+    )
+    rows = [(t, n) for t, names in per_tissue.items() for n in names]
+    cpt = pa.table({"tissue_id": pa.array([r[0] for r in rows], pa.string()), "channel_name": pa.array([r[1] for r in rows], pa.string())})
+    write_table(location, channels_table_path(directory), channels)
+    write_table(location, channels_per_tissue_table_path(directory), cpt)
+
+
+# -- the cohort, through the one runner ----------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions:
+    """What :func:`predict_cohort` predicts and how (see :func:`predict_tissue` for each field)."""
+
+    modality: str
+    resolution: Resolution
+    name: str
+    tile_size: int = 256
+    overlap: int = 32
+    batch_size: int = 8
+    mode: str = "crop"
+    labels: bool = False
+    device: str = "cpu"
+    kind: str = "complete"
+    standardization: str = "identity"
+    preprocess: bool = True
+    channel_names: tuple[str, ...] | None = None
+    min_tissue: float | None = None
+    fill_value: float = 0
+    write: WriteOptions = field(default_factory=WriteOptions)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        _check_tiling(self.tile_size, self.overlap, "prediction")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InvalidInputError(f"--batch-size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.min_tissue is not None and not 0 <= self.min_tissue <= 1:
+            raise InvalidInputError(f"--min-tissue must be in [0, 1], got {self.min_tissue!r}")
+        resolution_name(self.resolution)
+        output_path(self.name, "x", labels=self.labels)  # the name is a valid path segment, not a converter mask kind
+        if self.channel_names is not None:
+            object.__setattr__(self, "channel_names", tuple(self.channel_names))
+
+
+@dataclass(frozen=True)
+class PredictTask:
+    """One tissue to predict: the store path of its prediction group (``path``) and what the work needs."""
+
+    path: str
+    label: str
+    tissue_id: str
+    location: Location
+    model: Any
+    options: PredictOptions
+    overwrite: bool = False
+
+
+_DATASETS: dict[tuple[Any, ...], Any] = {}
+
+
+def _dataset_for(task: PredictTask) -> Any:
+    """The task's dataset, made once per process."""
+    import os
+
+    o = task.options
+    key = (os.getpid(), task.location.root, o.modality, resolution_name(o.resolution), o.tile_size, o.standardization)
+    if key not in _DATASETS:
+        _DATASETS[key] = make_dataset(
+            task.location, o.modality, o.resolution, o.tile_size, standardization=o.standardization,
+            storage_options=task.location.storage_options or None,
+        )
+    return _DATASETS[key]
+
+
+def predict_task(task: PredictTask, progress: ProgressCallback | None = None) -> TaskOutcome:
+    """Predict one tissue (the runner's ``work``); ``skipped`` when its prediction is complete."""
+    from ..convert.runner import TaskOutcome
+
+    o = task.options
+    result = predict_tissue(
+        task.model, _dataset_for(task), task.tissue_id, o.tile_size, o.overlap, o.batch_size, output=o.name, labels=o.labels,
+        mode=o.mode, device=o.device, kind=o.kind, preprocess=o.preprocess, channel_names=o.channel_names, min_tissue=o.min_tissue,
+        fill_value=o.fill_value, options=o.write, overwrite=task.overwrite, progress=progress, record=False,
+    )
+    return TaskOutcome(task.path, task.label, skipped=result.skipped, bytes_read=result.bytes_read)
+
+
+def predict_cohort(
+    store: str | Location,
+    model: str | Model,
+    options: PredictOptions,
+    *,
+    tissues: Sequence[str] | None = None,
+    run: RunOptions | None = None,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> RunReport:
+    """Predict every tissue (or ``tissues``) of a modality of a store, one runner task per tissue.
+
+    The model is loaded once here first, so a file that does not load is one
+    error before anything is written; an unknown tissue is a ``NotFoundError``
+    listing the tissues there. A model that fails on a tissue fails that task
+    only (the report names it). Complete predictions are skipped (resume) unless
+    ``overwrite``. When the run is over the predictions are recorded in the
+    root attributes (:func:`record_predictions`).
+    """
+    from ..convert.runner import RunOptions, run_tasks
+
+    location = Location.parse(store, storage_options)
+    dataset = make_dataset(location, options.modality, options.resolution, options.tile_size, standardization=options.standardization,
+                           storage_options=storage_options)
+    available = list(dataset.tissue_ids)
+    if tissues is None:
+        wanted = available
+    else:
+        wanted = list(dict.fromkeys(validate_tissue_id(t) for t in tissues))
+        missing = [t for t in wanted if t not in available]
+        if missing:
+            shown = ", ".join(available[:10]) + (", ..." if len(available) > 10 else "")
+            raise NotFoundError(
+                f"{location}: no tissue {', '.join(map(repr, missing))} in {options.modality} at {dataset.resolution}; "
+                f"it has {shown or 'none'}"
+            )
+    load_model(model, options.device)
+    tasks = [
+        PredictTask(output_path(options.name, t, labels=options.labels), t, t, location, model, options, overwrite) for t in wanted
+    ]
+    report = run_tasks(tasks, predict_task, run or RunOptions(), noun="tissues")
+    if any(not o.error for o in report.outcomes):
+        record_predictions(location, options.name, labels=options.labels)
+    return report
+
