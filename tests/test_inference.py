@@ -311,3 +311,48 @@ def test_make_dataset_picks_the_dataset_of_the_modality(store: Path) -> None:
     assert type(make_dataset(store, "imc", 1.0, 32)).__name__ == "MultiplexImagingDataset"
     with pytest.raises(NotFoundError, match="no modality 'nope'"):
         make_dataset(store, "nope", 1.0, 32)
+
+
+def test_predictions_open_in_the_napari_reader(store: Path, dataset, identity_file: Path) -> None:
+    from spora_zarr.napari import napari_get_reader, read_store, tissue_layers
+
+    predict_tissue(str(identity_file), dataset, "C", 64, 16, output="napari")
+    predict_tissue("tests.test_inference:Scores", dataset, "C", 64, 16, output="napari_labels", labels=True)
+    layers = read_store(str(store), "C", modalities=["imc", "predictions/napari"])
+    names = [kwargs["name"] for _, kwargs, _ in layers]
+    assert ["napari_0", "napari_1", "napari_2", "napari_3"] in names  # one named channel per model output
+    group = store / "predictions/napari/images/C"
+    reader = napari_get_reader(str(group))
+    assert reader is not None and len(reader(str(group))) > 0
+    labels = tissue_layers(open_cohort(store), "C", modalities=[], masks=["napari_labels"], tiles=None)
+    assert [kind for _, _, kind in labels] == ["labels"]
+
+
+def test_patch_specs_dataset_through_a_dataloader(store: Path, dataset) -> None:
+    from spora_zarr.inference.dataset import PatchSpecsDataset
+    from spora_zarr.torch import worker_init_fn
+
+    tissue = dataset.tissue_ids.index("B")
+    height, width = dataset.image_shape("B")[-2:]
+    specs = tile_specs((height, width), 48, 8, data_idx=tissue)
+    patches = PatchSpecsDataset(dataset, specs, mask="tissue_masks")
+    loader = torch.utils.data.DataLoader(
+        patches, batch_size=5, num_workers=2, worker_init_fn=worker_init_fn, multiprocessing_context="fork"
+    )
+    image = _level(store, "imc/images/B").astype(np.float32)
+    mask = _level(store, "segmentations/tissue_masks/B")
+    seen = 0
+    for batch in loader:
+        for k in range(batch["image"].shape[0]):
+            y, x = int(batch["specs"]["coords"][0][k]), int(batch["specs"]["coords"][1][k])
+            want = np.zeros((image.shape[0], 48, 48), np.float32)
+            part = image[:, y : y + 48, x : x + 48]
+            want[:, : part.shape[1], : part.shape[2]] = part
+            np.testing.assert_array_equal(batch["image"][k].numpy(), want)
+            np.testing.assert_array_equal(batch["mask"][k].numpy()[: part.shape[1], : part.shape[2]], mask[y : y + 48, x : x + 48])
+            seen += 1
+    assert seen == len(specs)
+    small = PatchSpecsDataset(dataset, tile_specs((5, 7), 16, 4, data_idx=tissue))
+    assert small[0]["image"].shape == (image.shape[0], 16, 16)
+    with pytest.raises(InvalidInputError, match="data_idx 9"):
+        PatchSpecsDataset(dataset, tile_specs((5, 7), 16, 4, data_idx=9))
