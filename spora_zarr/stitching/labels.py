@@ -1,0 +1,152 @@
+"""Label tiles stitched into one label image: ids made unique across tiles, objects cut by tile borders merged.
+
+Each tile's ids are offset so they are unique across the tileset; then, for
+every pair of overlapping tiles, the overlap of both label tiles is read (only
+the overlap) and two objects that cover the same pixels there (intersection
+over union within the overlap at least ``min_iou``) are joined with a
+union-find. The roots are renumbered ``1..K``. Memory holds one overlap and a
+lookup table per tile (its largest id), never the stitched image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..sources.base import ImageSource, SourceInfo
+from .mosaic import MosaicSource
+from .tiles import Tileset
+
+__all__ = ["LabelMosaicSource", "apply_new_ids", "deduplicate_blob_ids", "find_overlapping_blobs", "relabel_tables"]
+
+
+def _overlap(tileset: Tileset, i: int, j: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The label pixels of tiles ``i`` and ``j`` over their common region, or ``None`` when they do not overlap."""
+    a, b = tileset.tiles[i].box, tileset.tiles[j].box
+    lo = [max(a[k], b[k]) for k in range(3)]
+    hi = [min(a[k + 3], b[k + 3]) for k in range(3)]
+    if any(h <= low for low, h in zip(lo, hi)):
+        return None
+
+    def local(box: tuple[int, ...], index: int) -> np.ndarray:
+        z, y, x = box[:3]
+        return tileset.read_tile(index, lo[0] - z, hi[0] - z, lo[1] - y, hi[1] - y, lo[2] - x, hi[2] - x, labels=True)[0]
+
+    return local(a, i), local(b, j)
+
+
+def find_overlapping_blobs(tileset: Tileset, pairs: Sequence[tuple[int, int]] | None = None, progress: bool = False, *,
+                           min_iou: float = 0.0) -> list[list[int]]:
+    """Rows ``[tile1, blob1, tile2, blob2, overlap_area]`` of objects that share pixels in the overlap of two tiles.
+
+    Only pairs whose intersection over union *within the overlap* is at least ``min_iou`` are listed.
+    """
+    if pairs is None:
+        source = MosaicSource(tileset)
+        pairs = [(i, int(j)) for i in range(len(tileset)) for j in source.tiles_in(*_range(tileset.tiles[i].box)) if j > i]
+    rows: list[list[int]] = []
+    for i, j in pairs:
+        both = _overlap(tileset, i, j)
+        if both is None:
+            continue
+        a, b = (x.ravel().astype(np.int64) for x in both)
+        keep = (a > 0) & (b > 0)
+        if not keep.any():
+            continue
+        pairs_ab, counts = np.unique(np.stack([a[keep], b[keep]]), axis=1, return_counts=True)
+        ids_a, area_a = np.unique(a[a > 0], return_counts=True)
+        ids_b, area_b = np.unique(b[b > 0], return_counts=True)
+        size_a = area_a[np.searchsorted(ids_a, pairs_ab[0])]
+        size_b = area_b[np.searchsorted(ids_b, pairs_ab[1])]
+        iou = counts / (size_a + size_b - counts)
+        for (blob_a, blob_b), count, score in zip(pairs_ab.T, counts, iou):
+            if score >= min_iou:
+                rows.append([i, int(blob_a), j, int(blob_b), int(count)])
+    return rows
+
+
+def _range(box: tuple[int, int, int, int, int, int]) -> tuple[int, int, int, int, int, int]:
+    z0, y0, x0, z1, y1, x1 = box
+    return z0, z1, y0, y1, x0, x1
+
+
+def relabel_tables(tileset: Tileset, overlaps: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Per tile a lookup ``old id -> new id`` (0 stays 0): unique ids, joined objects sharing one, numbered ``1..K``."""
+    present: list[np.ndarray] = []
+    for i, tile in enumerate(tileset.tiles):
+        depth, height, width = tile.size
+        ids = np.unique(tileset.read_tile(i, 0, depth, 0, height, 0, width, labels=True))
+        if ids.size and ids[0] < 0:
+            raise InvalidInputError(f"{tile.labels}: negative label ids")
+        present.append(ids[ids > 0].astype(np.int64))
+    starts = np.cumsum([0, *(len(p) for p in present)])
+    parent = np.arange(int(starts[-1]), dtype=np.int64)
+
+    def find(k: int) -> int:
+        root = k
+        while parent[root] != root:
+            root = int(parent[root])
+        while parent[k] != root:
+            parent[k], k = root, int(parent[k])
+        return root
+
+    def node(tile: int, blob: int) -> int:
+        return int(starts[tile] + np.searchsorted(present[tile], blob))
+
+    for t1, b1, t2, b2, *_ in overlaps:
+        r1, r2 = find(node(int(t1), int(b1))), find(node(int(t2), int(b2)))
+        if r1 != r2:
+            parent[max(r1, r2)] = min(r1, r2)
+    roots = np.array([find(k) for k in range(len(parent))], dtype=np.int64)
+    _, numbered = np.unique(roots, return_inverse=True)
+    tables = []
+    for t, ids in enumerate(present):
+        table = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.uint64)
+        table[ids] = numbered[starts[t] : starts[t + 1]] + 1
+        tables.append(table)
+    return tables
+
+
+def deduplicate_blob_ids(tileset: Tileset, progress: bool = False, *, min_iou: float = 0.5) -> dict[tuple[int, int], int]:
+    """``(tile_id, blob_id) -> new id``: unique across tiles, objects cut by tile borders (IoU in the overlap >= ``min_iou``) merged."""
+    tables = relabel_tables(tileset, find_overlapping_blobs(tileset, progress=progress, min_iou=min_iou))
+    return {(t, int(old)): int(table[old]) for t, table in enumerate(tables) for old in np.flatnonzero(table)}
+
+
+def apply_new_ids(img: np.ndarray, new_ids: Mapping[tuple[int, int], int] | np.ndarray, tile_id: int) -> np.ndarray:
+    """``img`` (tile ``tile_id``'s labels) with each id replaced by ``new_ids[(tile_id, id)]`` (or a lookup array); unmapped ids -> 0."""
+    if isinstance(new_ids, np.ndarray):
+        table = new_ids
+    else:
+        mine = {old: new for (t, old), new in new_ids.items() if t == tile_id}
+        table = np.zeros(max(mine, default=0) + 1, dtype=np.uint64)
+        for old, new in mine.items():
+            table[old] = new
+    img = np.asarray(img)
+    inside = (img >= 0) & (img < len(table))
+    return np.where(inside, table[np.where(inside, img, 0)], 0).astype(table.dtype)
+
+
+class LabelMosaicSource(ImageSource):
+    """The stitched label image ``(1, H, W)``: each tile's ids mapped through its table, the last tile in table order winning."""
+
+    def __init__(self, tileset: Tileset, tables: Sequence[np.ndarray], *, z: int = 0, name: str = "<label mosaic>") -> None:
+        if len(tables) != len(tileset):
+            raise InvalidInputError(f"{len(tables)} id tables for {len(tileset)} tiles")
+        self.tileset, self.tables, self.z, self.name = tileset, list(tables), z, name
+        self.mosaic = MosaicSource(tileset, z=z)
+        largest = max((int(t.max()) for t in tables), default=0)
+        self.dtype = np.dtype(np.uint32 if largest < 2**32 else np.uint64)
+        self.shape = (1, *self.mosaic.shape[1:])
+        self.info = SourceInfo()
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        out = np.zeros((1, y1 - y0, x1 - x0), self.dtype)
+        for i in self.mosaic.tiles_in(self.z, self.z + 1, y0, y1, x0, x1):
+            tz0, ty0, tx0, _, ty1, tx1 = (int(v) for v in self.mosaic.boxes[i])
+            ya, yb, xa, xb = max(y0, ty0), min(y1, ty1), max(x0, tx0), min(x1, tx1)
+            part = self.tileset.read_tile(int(i), self.z - tz0, self.z - tz0 + 1, ya - ty0, yb - ty0, xa - tx0, xb - tx0, labels=True)
+            out[0, ya - y0 : yb - y0, xa - x0 : xb - x0] = apply_new_ids(part[0, 0], self.tables[int(i)], int(i))
+        return out

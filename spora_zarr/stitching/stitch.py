@@ -1,0 +1,199 @@
+"""Stitch a folder of tiles into a cohort store: ``<modality>/images/<tissue_id>`` and, with labels, ``segmentations/<kind>/<tissue_id>``.
+
+Everything is checked before the store is touched (the offsets table, every
+tile's header, label tiles); then the mosaic source streams through the one
+writer, which gives the pyramid, ``omero``, staging and resume. With
+``register`` the refined offsets are written to
+``<modality>/stitching/<tissue_id>/offsets.parquet`` (with the measured pairs in
+``pairs.parquet``).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..store.layout import MASK_KINDS, image_group_path, label_group_path, modality_dir, resolution_name, validate_tissue_id
+from ..store.location import Location
+from ..write.writer import WriteOptions, WriteResult
+from .labels import LabelMosaicSource, find_overlapping_blobs, relabel_tables
+from .mosaic import BLENDS, MosaicSource
+from .tiles import Tileset
+
+__all__ = ["StitchResult", "get_centroids", "stitch", "stitching_dir"]
+
+
+@dataclass
+class StitchResult:
+    """What :func:`stitch` wrote: the image (and label) group results, the offsets used, the object count."""
+
+    image: WriteResult
+    labels: WriteResult | None = None
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    objects: int | None = None
+    pairs_kept: int | None = None
+
+
+def stitching_dir(modality: str, tissue_id: str) -> str:
+    """Where a stitched tissue's refined offsets go: ``<modality>/stitching/<tissue_id>``."""
+    return f"{modality_dir(modality)}/stitching/{validate_tissue_id(tissue_id)}"
+
+
+def stitch(
+    tiles_dir: str | os.PathLike[str],
+    offsets: str | os.PathLike[str],
+    dest: str | Location,
+    *,
+    modality: str,
+    tissue_id: str,
+    mpp: float,
+    blend: str = "none",
+    labels: str | None = None,
+    register: bool = False,
+    offset_unit: str = "pixel",
+    channel_names: Sequence[str] | None = None,
+    min_iou: float = 0.5,
+    min_correlation: float = 0.5,
+    options: WriteOptions | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, int], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> StitchResult:
+    """Stitch the tiles of ``tiles_dir`` placed by ``offsets`` into the cohort store ``dest`` (created if missing).
+
+    Parameters
+    ----------
+    tiles_dir, offsets
+        The tile folder and the offsets table (CSV or parquet, ``file, x, y[, z][, labels]``).
+    modality, tissue_id, mpp
+        Where the image goes and its pixel size (microns per output pixel).
+    blend
+        ``none`` (last tile in table order wins), ``max`` or ``linear``.
+    labels
+        A mask kind (``cell_masks``, ``tissue_masks``): stitch the table's ``labels`` column too.
+    register
+        Refine the offsets by phase correlation and least squares first.
+    progress
+        Called with ``("image" | "labels", bytes read)`` as the writer advances.
+    """
+    from ..convert.add_image import _panel, _table_updates  # the same tables add-image keeps, written the same way
+    from ..store.metadata import update_cohort_attributes
+    from ..store.staging import Staging
+    from ..store.tables import write_table
+    from ..write.writer import write_image, write_labels
+
+    validate_tissue_id(tissue_id, source=os.fspath(offsets))
+    if not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
+        raise InvalidInputError(f"{os.fspath(offsets)}: mpp must be a positive number of microns per pixel, got {mpp!r}")
+    if blend not in BLENDS:
+        raise InvalidInputError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    if labels is not None and labels not in MASK_KINDS:
+        raise InvalidInputError(f"unknown mask kind {labels!r}; expected one of {', '.join(MASK_KINDS)}")
+    with Tileset.from_offsets_table(tiles_dir, offsets, offset_unit=offset_unit, mpp=mpp) as tileset:
+        if tileset.ndim == 3 and tileset.shape[0] > 1:
+            raise InvalidInputError(
+                f"{os.fspath(offsets)}: the store holds 2-D images; read 3-D tilesets with MosaicSource.read_volume"
+            )
+        if labels is not None and tileset.tiles[0].labels is None:
+            raise InvalidInputError(f"{os.fspath(offsets)}: --labels needs a 'labels' column naming each tile's label image")
+        names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(tileset.channels)]
+        if len(names) != tileset.channels:
+            raise InvalidInputError(f"{os.fspath(offsets)}: the tiles have {tileset.channels} channels but {len(names)} names were given")
+        dst = Location.parse(dest, storage_options)
+        pairs = None
+        if register:
+            from .register import register_tileset
+
+            _, pairs = register_tileset(tileset, min_correlation=min_correlation)
+        tables = None
+        if labels is not None:
+            tables = relabel_tables(tileset, find_overlapping_blobs(tileset, min_iou=min_iou))
+        update_cohort_attributes(dst)
+        staging = Staging(dst)
+        staging.recover()
+        target = image_group_path(modality, tissue_id)
+        for rel, table in _table_updates(dst, os.fspath(offsets), modality, tissue_id, names, multiplex=True).items():
+            write_table(dst, rel, table)
+        staging.ensure_groups(posixpath.dirname(target))
+        source = MosaicSource(tileset, blend=blend, mpp=mpp, channel_names=names, name=os.fspath(tiles_dir))
+        spora = {"tissue_id": tissue_id, "modality": modality}
+        image = write_image(
+            dst, target, {float(mpp): source}, channel_names=names, panel=_panel(dst, modality), spora=spora, options=options,
+            overwrite=overwrite, progress=(lambda n: progress("image", n)) if progress else None,
+        )
+        update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp)]})
+        if pairs is not None:
+            _write_offsets(dst, stitching_dir(modality, tissue_id), tileset, pairs, min_correlation)
+        kept = None if pairs is None else sum(p.correlation >= min_correlation for p in pairs)
+        result = StitchResult(image, offsets=tileset.offsets, pairs_kept=kept)
+        if labels is not None and tables is not None:
+            mask_path = label_group_path(labels, tissue_id)
+            staging.ensure_groups(posixpath.dirname(mask_path))
+            label_source = LabelMosaicSource(tileset, tables, name=os.fspath(tiles_dir))
+            result.labels = write_labels(
+                dst, mask_path, {float(mpp): label_source}, source_image=f"../../../{target}",
+                spora={"tissue_id": tissue_id, "mask_kind": labels},
+                options=options, overwrite=overwrite, progress=(lambda n: progress("labels", n)) if progress else None,
+            )
+            update_cohort_attributes(dst, mask_kinds=[labels])
+            result.objects = max((int(t.max()) for t in tables), default=0)
+    return result
+
+
+def _write_offsets(location: Location, where: str, tileset: Tileset, pairs: Sequence[Any], min_correlation: float) -> None:
+    import pyarrow as pa
+
+    from ..store.tables import write_table
+
+    offsets = tileset.offsets
+    write_table(location, f"{where}/offsets.parquet", pa.table({
+        "file": [os.path.basename(t.path) for t in tileset.tiles],
+        "x": offsets[:, 0], "y": offsets[:, 1], "z": offsets[:, 2],
+    }))
+    write_table(location, f"{where}/pairs.parquet", pa.table({
+        "i": [p.i for p in pairs], "j": [p.j for p in pairs],
+        "dx": [float(p.relative[0]) for p in pairs], "dy": [float(p.relative[1]) for p in pairs],
+        "dz": [float(p.relative[2]) for p in pairs],
+        "correlation": [p.correlation for p in pairs], "kept": [p.correlation >= min_correlation for p in pairs],
+    }))
+
+
+def get_centroids(store: str | Location, kind: str, tissue_id: str, *, band: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and ``(x, y)`` centroids (level-0 pixels) of the objects of a stored label image, read band by band.
+
+    Memory holds one band and per-id sums (proportional to the number of objects, never the image).
+    """
+    from ..read.levels import open_level
+    from ..store.staging import Staging
+
+    location = Location.parse(store)
+    path = label_group_path(kind, tissue_id)
+    attributes = Staging(location).read_attributes(path)
+    if attributes is None:
+        from ..errors import NotFoundError
+
+        raise NotFoundError(f"{location}: no labels {path}")
+    first = attributes["ome"]["multiscales"][0]["datasets"][0]["path"]
+    reader = open_level(location, f"{path}/{first}")
+    height, width = reader.shape[-2:]
+    sums = np.zeros((0, 3))
+    for y in range(0, height, band):
+        window = np.asarray(reader.read(y, 0, min(band, height - y), width)).reshape(-1, width)
+        ids = window.ravel().astype(np.int64)
+        if ids.size == 0 or ids.max() == 0:
+            continue
+        if ids.max() >= len(sums):
+            sums = np.vstack([sums, np.zeros((int(ids.max()) + 1 - len(sums), 3))])
+        yy, xx = np.divmod(np.arange(ids.size), width)
+        sums[:, 0] += np.bincount(ids, minlength=len(sums))
+        sums[:, 1] += np.bincount(ids, weights=xx, minlength=len(sums))
+        sums[:, 2] += np.bincount(ids, weights=yy + y, minlength=len(sums))
+    present = np.flatnonzero(sums[:, 0])
+    present = present[present > 0]
+    return present, sums[present, 1:] / sums[present, :1]

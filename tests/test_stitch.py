@@ -1,0 +1,257 @@
+"""Stitching: real images cut into overlapping tiles stitch back exactly; labels keep their partition; bad input fails first."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from skimage import data, filters, measure
+from skimage.segmentation import relabel_sequential
+
+from spora_zarr import WriteOptions, open_cohort, validate_store
+from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.stitching import (
+    MosaicSource,
+    Tileset,
+    apply_new_ids,
+    blend,
+    deduplicate_blob_ids,
+    get_centroids,
+    get_offsets,
+    get_tiles_overlaps,
+    get_top_surface,
+    overlapping,
+    preview,
+    stitch,
+)
+
+OPTIONS = WriteOptions(chunk=32, shard=64, max_top_size=64)
+
+
+def grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Top-left corners ``(y, x)`` of tiles covering the image, the last row/column anchored at the image end."""
+
+    def starts(n: int) -> list[int]:
+        out = list(range(0, max(1, n - tile) + 1, tile - overlap))
+        return out if out[-1] + tile >= n else [*out, n - tile]
+
+    return [(y, x) for y in starts(height) for x in starts(width)]
+
+
+def cut(image: np.ndarray, folder: Path, tile: int = 96, overlap: int = 20, labels: np.ndarray | None = None,
+        shifts: dict[int, tuple[int, int]] | None = None) -> Path:
+    """Write ``image`` ``(C, H, W)`` as TIFF tiles and an offsets CSV; ``labels`` as per-tile sequential label tiles."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, (y, x) in enumerate(grid(image.shape[-2], image.shape[-1], tile, overlap)):
+        dy, dx = (shifts or {}).get(n, (0, 0))
+        tifffile.imwrite(folder / f"t{n:03d}.tif", image[:, y + dy : y + dy + tile, x + dx : x + dx + tile])
+        row = {"file": f"t{n:03d}.tif", "x": x, "y": y}
+        if labels is not None:
+            local = relabel_sequential(labels[y : y + tile, x : x + tile])[0].astype(np.uint16)
+            tifffile.imwrite(folder / f"l{n:03d}.tif", local)
+            row["labels"] = f"l{n:03d}.tif"
+        rows.append(row)
+    table = folder / "offsets.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return table
+
+
+def rgb() -> np.ndarray:
+    return np.moveaxis(data.immunohistochemistry()[:300, :400], -1, 0).copy()
+
+
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """The adjusted Rand index of two partitions of the same pixels."""
+    a, b = a.ravel().astype(np.int64), b.ravel().astype(np.int64)
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    _, table = np.unique(ai * (bi.max() + 1) + bi, return_counts=True)
+
+    def pairs(counts: np.ndarray) -> float:
+        return float((counts.astype(float) * (counts - 1) / 2).sum())
+
+    index, rows, cols = pairs(table), pairs(np.bincount(ai)), pairs(np.bincount(bi))
+    expected = rows * cols / pairs(np.array([a.size]))
+    return (index - expected) / ((rows + cols) / 2 - expected)
+
+
+@pytest.mark.parametrize("mode", ["none", "max", "linear"])
+def test_a_real_image_cut_into_tiles_stitches_back_exactly(tmp_path: Path, mode: str) -> None:
+    image = rgb()
+    table = cut(image, tmp_path / "tiles")
+    store = tmp_path / "c.zarr"
+    result = stitch(tmp_path / "tiles", table, store, modality="he", tissue_id="T1", mpp=0.5, blend=mode, options=OPTIONS)
+    assert not result.image.skipped
+    cohort = open_cohort(store)
+    np.testing.assert_array_equal(cohort.open_image("he", "T1", 0.5).values, image)
+    assert validate_store(store) == []
+
+
+def test_linear_blending_feathers_differing_overlaps(tmp_path: Path) -> None:
+    image = np.full((1, 120, 200), 100, np.uint16)
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", image[:, :, :120])
+    tifffile.imwrite(folder / "b.tif", image[:, :, :120] + 100)
+    (folder / "offsets.csv").write_text("file,x,y\na.tif,0,0\nb.tif,80,0\n")
+    tileset = Tileset.from_offsets_table(folder, folder / "offsets.csv")
+    row = MosaicSource(tileset, blend="linear").read(60, 61, 0, 200)[0, 0]
+    assert row[0] == 100 and row[-1] == 200
+    assert np.all(np.diff(row[80:120].astype(int)) >= 0) and 100 < row[100] < 200  # a ramp across the overlap
+    assert MosaicSource(tileset, blend="none").read(60, 61, 0, 200)[0, 0, 80] == 200  # the last tile wins
+    assert MosaicSource(tileset, blend="max").read(60, 61, 0, 200)[0, 0, 80] == 200
+
+
+def test_the_mosaic_reads_only_the_tiles_of_a_window(tmp_path: Path) -> None:
+    table = cut(rgb(), tmp_path / "tiles")
+    with Tileset.from_offsets_table(tmp_path / "tiles", table) as tileset:
+        source = MosaicSource(tileset)
+        assert len(source.tiles_in(0, 1, 0, 10, 0, 10)) == 1
+        assert len(source.tiles_in(0, 1, 80, 90, 80, 90)) == 4  # a corner where four tiles overlap
+        assert len(tileset.readers._open) == 0
+        source.read(0, 10, 0, 10)
+        assert len(tileset.readers._open) == 1
+
+
+def test_labels_cut_by_tile_borders_are_merged(tmp_path: Path) -> None:
+    coins = data.coins()
+    labels = measure.label(coins > filters.threshold_otsu(coins))
+    image = coins[None]
+    table = cut(image, tmp_path / "tiles", labels=labels)
+    store = tmp_path / "c.zarr"
+    result = stitch(tmp_path / "tiles", table, store, modality="imc", tissue_id="T1", mpp=1.0, labels="cell_masks", options=OPTIONS)
+    stitched = np.asarray(zarr.open_group(store, mode="r")["segmentations/cell_masks/T1/1_0mpp"]).reshape(labels.shape)
+    assert adjusted_rand_index(stitched, labels) == pytest.approx(1.0)
+    assert result.objects == labels.max() == len(np.unique(stitched)) - 1
+    assert validate_store(store) == []
+    ids, centroids = get_centroids(store, "cell_masks", "T1")
+    assert len(ids) == labels.max()
+    truth = {tuple(np.round(p.centroid[::-1], 6)) for p in measure.regionprops(labels)}
+    assert {tuple(np.round(c, 6)) for c in centroids} == truth
+
+
+def test_register_recovers_jittered_offsets(tmp_path: Path) -> None:
+    gray = data.camera()[None]
+    rng = np.random.default_rng(0)
+    corners = grid(512, 512, 160, 40)
+    shifts = {n: (0, 0) if n == 0 else (int(rng.integers(-3, 4)), int(rng.integers(-3, 4))) for n in range(len(corners))}
+    shifts = {n: (dy if 0 <= y + dy <= 512 - 160 else 0, dx if 0 <= x + dx <= 512 - 160 else 0)
+              for n, ((y, x), (dy, dx)) in enumerate(zip(corners, shifts.values()))}
+    table = cut(gray, tmp_path / "tiles", tile=160, overlap=40, shifts=shifts)
+    store = tmp_path / "c.zarr"
+    result = stitch(tmp_path / "tiles", table, store, modality="imc", tissue_id="T1", mpp=1.0, register=True, options=OPTIONS)
+    truth = np.array([[x + shifts[n][1], y + shifts[n][0]] for n, (y, x) in enumerate(corners)])
+    assert np.abs(result.offsets[:, :2] - truth).max() <= 1.0
+    assert any(v != (0, 0) for v in shifts.values())
+    refined = open_cohort(store).read_table("imc/stitching/T1/offsets.parquet").to_pydict()
+    assert refined["x"] == pytest.approx(result.offsets[:, 0].tolist())
+
+
+def test_micrometer_offsets(tmp_path: Path) -> None:
+    image = rgb()
+    table = cut(image, tmp_path / "tiles")
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "x", "y"])
+        writer.writeheader()
+        writer.writerows({"file": r["file"], "x": int(r["x"]) * 0.25, "y": int(r["y"]) * 0.25} for r in rows)
+    tileset = Tileset.from_offsets_table(tmp_path / "tiles", table, offset_unit="micrometer", mpp=0.25)
+    np.testing.assert_array_equal(MosaicSource(tileset).read(0, 300, 0, 400), image)
+
+
+def test_three_d_tiles_stitch_back_exactly(tmp_path: Path) -> None:
+    volume = np.stack([np.roll(data.camera()[:200, :260], 7 * z, axis=1) for z in range(5)])
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    lines = ["file,x,y,z"]
+    for n, (y, x) in enumerate(grid(200, 260, 96, 24)):
+        tifffile.imwrite(folder / f"s{n}.tif", volume[:, y : y + 96, x : x + 96])
+        lines.append(f"s{n}.tif,{x},{y},0")
+    (folder / "offsets.csv").write_text("\n".join(lines) + "\n")
+    tileset = Tileset.from_offsets_table(folder, folder / "offsets.csv")
+    assert tileset.ndim == 3 and tileset.shape == (5, 200, 260)
+    for mode in ("none", "max", "linear"):
+        np.testing.assert_array_equal(MosaicSource(tileset, blend=mode).read_volume(0, 5, 0, 200, 0, 260)[0], volume)
+    np.testing.assert_array_equal(tileset.get_slice(1, 3)[0], volume[3, :96, 72:168])
+    with pytest.raises(InvalidInputError, match="2-D images"):
+        stitch(folder, folder / "offsets.csv", tmp_path / "c.zarr", modality="m", tissue_id="T", mpp=1.0)
+    assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "match"),
+    [
+        ("file,x,y\nt000.tif,0,0\nmissing.tif,0,0\n", NotFoundError, "missing.tif: tile file not found"),
+        ("file,x,y\nt000.tif,0,0\n,5,5\n", InvalidInputError, "row 2 names no file"),
+        ("file,x,y\nt000.tif,-4,0\n", InvalidInputError, "x='-4' must be finite and not negative"),
+        ("file,x,y\nt000.tif,abc,0\n", InvalidInputError, "x='abc' is not a number"),
+        ("file,x\nt000.tif,0\n", InvalidInputError, "lacks column"),
+        ("file,x,y\nt000.tif,0,0\nbytes.tif,10,0\n", InvalidInputError, "dtype uint16"),
+        ("file,x,y\nt000.tif,0,0\ngray.tif,10,0\n", InvalidInputError, "1 channels"),
+    ],
+)
+def test_bad_input_fails_before_anything_is_written(tmp_path: Path, content: str, error: type, match: str) -> None:
+    cut(rgb(), tmp_path / "tiles")
+    tifffile.imwrite(tmp_path / "tiles" / "bytes.tif", np.zeros((3, 96, 96), np.uint16))
+    tifffile.imwrite(tmp_path / "tiles" / "gray.tif", np.zeros((96, 96), np.uint8))
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(error, match=match):
+        stitch(tmp_path / "tiles", tmp_path / "bad.csv", tmp_path / "c.zarr", modality="he", tissue_id="T1", mpp=1.0)
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_bdv_xml_offsets(tmp_path: Path) -> None:
+    views = "".join(
+        f'<ViewRegistration timepoint="0" setup="{s}"><ViewTransform type="affine"><affine>1 0 0 {x} 0 1 0 {y} 0 0 1 0</affine>'
+        f'</ViewTransform><ViewTransform type="affine"><affine>2 0 0 1 0 2 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>'
+        for s, (x, y) in enumerate([(0, 0), (100, 5)])
+    )
+    (tmp_path / "d.xml").write_text(f"<SpimData><ViewRegistrations>{views}</ViewRegistrations></SpimData>")
+    np.testing.assert_allclose(get_offsets(tmp_path / "d.xml"), [[1, 0, 0], [101, 5, 0]])
+    (tmp_path / "empty.xml").write_text("<SpimData><ViewRegistrations/></SpimData>")
+    with pytest.raises(InvalidInputError, match="without registrations"):
+        get_offsets(tmp_path / "empty.xml")
+
+
+def test_seed_helpers(tmp_path: Path) -> None:
+    assert overlapping((0, 0, 0), (90, 0, 0), (100, 100, 1)) and not overlapping((0, 0, 0), (100, 0, 0), (100, 100, 1))
+    assert get_tiles_overlaps(np.array([[0, 0, 0], [90, 0, 0], [300, 0, 0]]), (100, 100, 1)) == {(0, 1)}
+    a, b = np.ones((4, 4), np.uint8), np.full((4, 4), 2, np.uint8)
+    np.testing.assert_array_equal(blend(np.array([[0, 0], [2, 0]]), [a, b])[0], [1, 1, 2, 2, 2, 2])
+    image = rgb()
+    table = cut(image, tmp_path / "tiles")
+    tileset = Tileset.from_offsets_table(tmp_path / "tiles", table, mpp=0.5)
+    np.testing.assert_array_equal(preview(tileset, down_sample=4), image[:, ::4, ::4])
+    np.testing.assert_allclose(tileset.local_to_global(np.array([[1, 2.0, 3.0, 0.0]])), [[2.0 + 76 * 0.5, 3.0, 0.0]])
+    tileset.scale_intensity((10, 200))
+    assert MosaicSource(tileset).dtype == np.uint8
+    tileset.scale_offset((2, 2, 1))
+    assert tileset[1].offset[0] == 152
+    stack = np.zeros((6, 3, 3), np.uint16)
+    stack[4:, 1, 1] = 100
+    stack[2:, 0, 0] = 100
+    _, top, _ = get_top_surface(stack, thresh=50)
+    assert top[1, 1] == 5 and top[2, 2] == -1
+
+
+def test_deduplicated_ids_map_tiles(tmp_path: Path) -> None:
+    labels = np.zeros((100, 180), np.uint16)
+    labels[40:60, 70:110] = 7  # one object across the overlap of two tiles
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for name, x in (("a", 0), ("b", 60)):
+        tifffile.imwrite(folder / f"{name}.tif", np.zeros((100, 120), np.uint8))
+        tifffile.imwrite(folder / f"{name}_l.tif", relabel_sequential(labels[:, x : x + 120])[0])
+    (folder / "o.csv").write_text("file,x,y,labels\na.tif,0,0,a_l.tif\nb.tif,60,0,b_l.tif\n")
+    tileset = Tileset.from_offsets_table(folder, folder / "o.csv")
+    new_ids = deduplicate_blob_ids(tileset)
+    assert new_ids == {(0, 1): 1, (1, 1): 1}
+    assert apply_new_ids(np.array([[0, 1]]), new_ids, 1).tolist() == [[0, 1]]
