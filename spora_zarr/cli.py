@@ -196,6 +196,27 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
     validate.add_argument("store", help="the cohort store (local path or fsspec URL)")
     validate.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
+    stitch = commands.add_parser("stitch", help="stitch overlapping tiles (fields of view) + offsets into one image of a store")
+    stitch.add_argument("tiles_dir", help="folder of the TIFF tiles (the table's file names are relative to it)")
+    stitch.add_argument("offsets", help="offsets table, CSV or parquet: file, x, y[, z][, labels]; top-left of each tile")
+    stitch.add_argument("dest", help="the cohort store (created if missing)")
+    stitch.add_argument("--modality", required=True, help="modality directory in the store: imc, cycif, he, ...")
+    stitch.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
+    stitch.add_argument("--mpp", type=_positive_number, required=True, help="microns per pixel of the stitched image")
+    stitch.add_argument(
+        "--blend", choices=["none", "max", "linear"], default="none",
+        help="overlaps: last tile in table order wins (none, the default), max, or linear feathering",
+    )
+    stitch.add_argument(
+        "--labels", choices=["cell_masks", "tissue_masks"],
+        help="also stitch the table's 'labels' column into segmentations/<KIND>/<tissue-id> (ids unique, cut objects merged)",
+    )
+    stitch.add_argument("--register", action="store_true", help="refine offsets by phase correlation + least squares first")
+    stitch.add_argument("--offset-unit", choices=["pixel", "micrometer"], default="pixel", help="unit of x, y (default %(default)s)")
+    stitch.add_argument("--channel-names", help="comma-separated channel names")
+    stitch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    layout_options(stitch)
+
     view = commands.add_parser("view", help="open a tissue of a store in napari (needs the napari extra)")
     view.add_argument("store", help="the cohort store (local path or fsspec URL)")
     view.add_argument("tissue", nargs="?", help="tissue id to show first (default: the first tissue)")
@@ -215,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    if args.command in ("convert", "add-image", "predict"):
+    if args.command in ("convert", "add-image", "predict", "stitch"):
         configure_writer_process()
     try:
         return _COMMANDS[args.command](args)
@@ -316,6 +337,34 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _stitch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .stitching import stitch
+
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, nbytes: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(desc=stage, unit="B", unit_scale=True, disable=args.no_progress, leave=False)
+        bars[stage].update(nbytes)
+
+    names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    try:
+        result = stitch(
+            args.tiles_dir, args.offsets, args.dest, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, blend=args.blend,
+            labels=args.labels, register=args.register, offset_unit=args.offset_unit, channel_names=names,
+            options=_write_options(args), overwrite=args.overwrite, progress=progress, storage_options=args.storage_options,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(f"{'kept existing' if result.image.skipped else 'wrote'} {result.image.path}")
+    if result.labels is not None:
+        print(f"{'kept existing' if result.labels.skipped else 'wrote'} {result.labels.path} ({result.objects} objects)")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .read.validate import validate_store
 
@@ -352,7 +401,7 @@ def _view(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"convert": _convert, "add-image": _add_image, "info": _info, "validate": _validate, "view": _view, "standardize": _standardize,
-    "tile": _tile, "predict": _predict}
+    "tile": _tile, "predict": _predict, "stitch": _stitch}
 
 if __name__ == "__main__":
     sys.exit(main())
