@@ -304,8 +304,9 @@ class TileDataset(Dataset):
     def _check_masks(self, masks: Sequence[str] | None) -> tuple[str, ...]:
         requested = MASK_KINDS if masks is None else tuple([masks] if isinstance(masks, str) else masks)
         for kind in requested:
-            if kind not in MASK_KINDS:
-                raise InvalidInputError(f"unknown mask kind {kind!r}; expected one of {', '.join(MASK_KINDS)}")
+            known = {k for d in self.datasets for k in d.primary.cohort.known_mask_kinds}
+            if kind not in known:
+                raise InvalidInputError(f"unknown mask kind {kind!r}; expected one of {', '.join(sorted(known))}")
         kept = []
         for kind in requested:
             missing = [

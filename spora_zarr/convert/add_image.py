@@ -18,7 +18,7 @@ anything is written. See ``docs/conversion.md``.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import zarr
@@ -26,9 +26,6 @@ import zarr
 from ..errors import InvalidInputError
 from ..sources import ArraySource, ImageSource, open_source
 from ..store.layout import (
-    TISSUES_TABLE,
-    channels_per_tissue_table_path,
-    channels_table_path,
     image_group_path,
     resolution_name,
     resolution_value,
@@ -37,7 +34,7 @@ from ..store.layout import (
 from ..store.location import Location
 from ..store.metadata import GroupMetadata, update_cohort_attributes
 from ..store.staging import Staging, is_complete_group
-from ..store.tables import read_table, table_exists, write_table
+from ..store.tables import modality_panel, tissue_table_updates, write_table
 from ..write.writer import WriteOptions, WriteResult, write_image
 
 __all__ = ["add_image"]
@@ -85,7 +82,7 @@ def add_image(
             raise InvalidInputError(
                 f"{path}: {target} has channels {existing.channel_names}, the file {names}; a tissue's resolutions share their channels"
             )
-        tables = _table_updates(dst, path, modality, tissue_id, names, multiplex=not info.is_rgb)
+        tables = tissue_table_updates(dst, path, modality, tissue_id, names, multiplex=not info.is_rgb)
         for rel, table in tables.items():
             write_table(dst, rel, table)
         if existing is not None and level in existing.spora.source_levels and not overwrite:
@@ -96,7 +93,7 @@ def add_image(
             for kept in existing.spora.source_levels:
                 if kept != level:
                     sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
-        panel = _panel(dst, modality) if not info.is_rgb else None
+        panel = modality_panel(dst, modality) if not info.is_rgb else None
         staging.ensure_groups(posixpath.dirname(target))
         result = write_image(
             dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
@@ -112,66 +109,3 @@ def _existing(location: Location, path: str) -> GroupMetadata | None:
     if attributes is None or not is_complete_group(attributes):
         return None
     return GroupMetadata.from_attributes(attributes, where=location.join(path))
-
-
-def _panel(location: Location, modality: str) -> list[str] | None:
-    rel = channels_table_path(modality)
-    return [str(n) for n in read_table(location, rel).column("channel_name").to_pylist()] if table_exists(location, rel) else None
-
-
-def _table_updates(
-    location: Location, path: str, modality: str, tissue_id: str, names: Sequence[str], *, multiplex: bool
-) -> dict[str, Any]:
-    """The tables to write (relative path -> new whole table) so the datasets find the added image.
-
-    Checked before anything is written: a tissue already listed in
-    ``channels_per_tissue.parquet`` with other channels is an error.
-    """
-    updates: dict[str, Any] = {}
-    tissues = _appended(location, TISSUES_TABLE, "tissue_id", [{"tissue_id": tissue_id}])
-    if tissues is not None:
-        updates[TISSUES_TABLE] = tissues
-    if not multiplex:
-        return updates
-    per_tissue_rel = channels_per_tissue_table_path(modality)
-    if table_exists(location, per_tissue_rel):
-        listed = read_table(location, per_tissue_rel).to_pydict()
-        stored = [c for t, c in zip(listed.get("tissue_id", []), listed.get("channel_name", [])) if t == tissue_id]
-        if stored and stored != list(names):
-            where = location.join(per_tissue_rel)
-            raise InvalidInputError(f"{path}: {where} lists channels {stored} for tissue {tissue_id!r}, the file {list(names)}")
-        if stored:
-            names = []
-    per_tissue = _appended(location, per_tissue_rel, None, [{"tissue_id": tissue_id, "channel_name": n} for n in names])
-    if per_tissue is not None:
-        updates[per_tissue_rel] = per_tissue
-    rows = [{"channel_name": n, "qc_pass": True, "uniprot_id": None} for n in names]
-    channels = _appended(location, channels_table_path(modality), "channel_name", rows)
-    if channels is not None:
-        updates[channels_table_path(modality)] = channels
-    return updates
-
-
-def _appended(location: Location, rel: str, key: str | None, rows: Sequence[Mapping[str, Any]]) -> Any:
-    """The table at ``rel`` with ``rows`` appended (those whose ``key`` is new), or ``None`` when nothing is new.
-
-    Existing rows and columns are kept as they are; new rows get nulls in the
-    columns they do not name. A missing table is created from the rows.
-    """
-    import pyarrow as pa
-
-    if not rows:
-        return None
-    if not table_exists(location, rel):
-        created = pa.Table.from_pylist(list(rows))
-        return created.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in created.schema]))
-    table = read_table(location, rel)
-    if key is not None:
-        if key not in table.column_names:
-            raise InvalidInputError(f"{location.join(rel)}: no {key!r} column (columns: {', '.join(table.column_names)})")
-        present = set(table.column(key).to_pylist())
-        rows = [row for row in rows if row[key] not in present]
-        if not rows:
-            return None
-    new = pa.Table.from_pylist([{name: row.get(name) for name in table.column_names} for row in rows], schema=table.schema)
-    return pa.concat_tables([table, new])

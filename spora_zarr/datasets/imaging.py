@@ -32,7 +32,6 @@ from ..standardize.standardizers import MEAN_STD as MEAN_STD  # re-exported by s
 from ..standardize.standardizers import BaseStandardizer, IdentityStandardizer, MeanStdStandardizer, build_standardizer
 from ..store.layout import (
     CELLS_TABLE,
-    MASK_KINDS,
     TISSUES_TABLE,
     Resolution,
     channels_per_tissue_table_path,
@@ -220,8 +219,8 @@ class BaseImagingDataset:
         self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks", pad: bool | None = None
     ) -> torch.Tensor:
         """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile`."""
-        if mask not in MASK_KINDS:
-            raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(MASK_KINDS)}")
+        if mask not in self.cohort.known_mask_kinds:
+            raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(self.cohort.known_mask_kinds)}")
         return _to_tensor(self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads(pad)))
 
     def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> Any:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import SporaZarrError
 from ..read.cohort import Cohort, open_cohort
-from ..store.layout import MASK_KINDS, resolution_value
+from ..store.layout import resolution_value
 from ..store.location import Location
 from ..store.metadata import GroupMetadata
 from ..store.staging import Staging
@@ -92,7 +92,7 @@ def locate(path: str) -> Target | None:
     tissue_id, modality, mask_kind = spora.get("tissue_id"), spora.get("modality"), spora.get("mask_kind")
     if spora.get("kind") == "image" and isinstance(modality, str) and isinstance(tissue_id, str):
         suffix = f"{modality}/images/{tissue_id}"
-    elif spora.get("kind") == "label" and mask_kind in MASK_KINDS and isinstance(tissue_id, str):
+    elif spora.get("kind") == "label" and isinstance(mask_kind, str) and isinstance(tissue_id, str):
         suffix = f"segmentations/{mask_kind}/{tissue_id}"
     else:
         return None
@@ -158,15 +158,15 @@ def tissue_layers(
     *,
     modalities: Sequence[str] | None = None,
     kind: str = "complete",
-    masks: Sequence[str] = MASK_KINDS,
+    masks: Sequence[str] | None = None,
     tiles: str | None = "first",
 ) -> list[LayerData]:
-    """Every layer of one tissue: its modalities, its masks and a tile table (``"first"``: the first there is)."""
+    """Every layer of one tissue: its modalities, its masks (default: every recorded kind) and a tile table (``"first"``: the first)."""
     layers: list[LayerData] = []
     for modality in modalities if modalities is not None else cohort.modalities:
         if tissue_id in cohort.tissues(modality):
             layers.append(_image_layer(cohort, modality, tissue_id, kind))
-    for mask_kind in masks:
+    for mask_kind in cohort.known_mask_kinds if masks is None else masks:
         if tissue_id in cohort.mask_tissues(mask_kind):
             layers.append(_label_layer(cohort, mask_kind, tissue_id))
     if tiles == "first":

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..read.cohort import open_cohort
-from ..store.layout import MASK_KINDS
 from .reader import LayerData, tile_tables, tissue_layers
 
 __all__ = ["CohortBrowser", "CohortWidget", "add_layers"]
@@ -65,7 +64,7 @@ class CohortBrowser:
     def tissues(self, text: str = "") -> list[str]:
         """Tissues with any shown modality or a mask, whose id contains ``text`` (case-insensitive)."""
         found = {t for m in self.modalities for t in self.cohort.tissues(m)}
-        found |= {t for k in MASK_KINDS for t in self.cohort.mask_tissues(k)}
+        found |= {t for k in self.cohort.known_mask_kinds for t in self.cohort.mask_tissues(k)}
         needle = text.strip().lower()
         return sorted(t for t in found if needle in t.lower())
 

@@ -82,10 +82,9 @@ def stitch(
     progress
         Called with ``("image" | "labels", bytes read)`` as the writer advances.
     """
-    from ..convert.add_image import _panel, _table_updates  # the same tables add-image keeps, written the same way
     from ..store.metadata import update_cohort_attributes
     from ..store.staging import Staging
-    from ..store.tables import write_table
+    from ..store.tables import modality_panel, tissue_table_updates, write_table
     from ..write.writer import write_image, write_labels
 
     validate_tissue_id(tissue_id, source=os.fspath(offsets))
@@ -118,13 +117,13 @@ def stitch(
         staging = Staging(dst)
         staging.recover()
         target = image_group_path(modality, tissue_id)
-        for rel, table in _table_updates(dst, os.fspath(offsets), modality, tissue_id, names, multiplex=True).items():
+        for rel, table in tissue_table_updates(dst, os.fspath(offsets), modality, tissue_id, names, multiplex=True).items():
             write_table(dst, rel, table)
         staging.ensure_groups(posixpath.dirname(target))
         source = MosaicSource(tileset, blend=blend, mpp=mpp, channel_names=names, name=os.fspath(tiles_dir))
         spora = {"tissue_id": tissue_id, "modality": modality}
         image = write_image(
-            dst, target, {float(mpp): source}, channel_names=names, panel=_panel(dst, modality), spora=spora, options=options,
+            dst, target, {float(mpp): source}, channel_names=names, panel=modality_panel(dst, modality), spora=spora, options=options,
             overwrite=overwrite, progress=(lambda n: progress("image", n)) if progress else None,
         )
         update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp)]})

@@ -8,16 +8,18 @@ all written through :func:`write_table`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..errors import NotFoundError, StoreError
+from ..errors import InvalidInputError, NotFoundError, StoreError
+from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path
 from .location import Location
 from .staging import Staging
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["read_table", "table_exists", "write_table"]
+__all__ = ["appended_rows", "modality_panel", "read_table", "table_exists", "tissue_table_updates", "write_table"]
 
 
 def table_exists(location: Location, path: str) -> bool:
@@ -46,3 +48,72 @@ def write_table(location: Location, path: str, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     Staging(location).write_file(path, sink.getvalue().to_pybytes())
+
+
+def modality_panel(location: Location, modality: str) -> list[str] | None:
+    """The channel names of ``<modality>/channels.parquet`` in table order, or ``None`` without one."""
+    rel = channels_table_path(modality)
+    return [str(n) for n in read_table(location, rel).column("channel_name").to_pylist()] if table_exists(location, rel) else None
+
+
+def tissue_table_updates(
+    location: Location, path: str, modality: str, tissue_id: str, names: Sequence[str], *, multiplex: bool
+) -> dict[str, Any]:
+    """The tables to write (relative path -> new whole table) so the datasets find a tissue's new image.
+
+    The tissue goes into ``metadata/tissues.parquet``; for a multiplex image
+    (``multiplex``) its channels into ``<modality>/channels.parquet`` (new
+    channels with ``qc_pass`` true and no UniProt id) and
+    ``<modality>/channels_per_tissue.parquet``. Existing rows are kept.
+
+    Checked before anything is written: a tissue already listed in
+    ``channels_per_tissue.parquet`` with other channels is an error.
+    """
+    updates: dict[str, Any] = {}
+    tissues = appended_rows(location, TISSUES_TABLE, "tissue_id", [{"tissue_id": tissue_id}])
+    if tissues is not None:
+        updates[TISSUES_TABLE] = tissues
+    if not multiplex:
+        return updates
+    per_tissue_rel = channels_per_tissue_table_path(modality)
+    if table_exists(location, per_tissue_rel):
+        listed = read_table(location, per_tissue_rel).to_pydict()
+        stored = [c for t, c in zip(listed.get("tissue_id", []), listed.get("channel_name", [])) if t == tissue_id]
+        if stored and stored != list(names):
+            where = location.join(per_tissue_rel)
+            raise InvalidInputError(f"{path}: {where} lists channels {stored} for tissue {tissue_id!r}, the file {list(names)}")
+        if stored:
+            names = []
+    per_tissue = appended_rows(location, per_tissue_rel, None, [{"tissue_id": tissue_id, "channel_name": n} for n in names])
+    if per_tissue is not None:
+        updates[per_tissue_rel] = per_tissue
+    rows = [{"channel_name": n, "qc_pass": True, "uniprot_id": None} for n in names]
+    channels = appended_rows(location, channels_table_path(modality), "channel_name", rows)
+    if channels is not None:
+        updates[channels_table_path(modality)] = channels
+    return updates
+
+
+def appended_rows(location: Location, rel: str, key: str | None, rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The table at ``rel`` with ``rows`` appended (those whose ``key`` is new), or ``None`` when nothing is new.
+
+    Existing rows and columns are kept as they are; new rows get nulls in the
+    columns they do not name. A missing table is created from the rows.
+    """
+    import pyarrow as pa
+
+    if not rows:
+        return None
+    if not table_exists(location, rel):
+        created = pa.Table.from_pylist(list(rows))
+        return created.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in created.schema]))
+    table = read_table(location, rel)
+    if key is not None:
+        if key not in table.column_names:
+            raise InvalidInputError(f"{location.join(rel)}: no {key!r} column (columns: {', '.join(table.column_names)})")
+        present = set(table.column(key).to_pylist())
+        rows = [row for row in rows if row[key] not in present]
+        if not rows:
+            return None
+    new = pa.Table.from_pylist([{name: row.get(name) for name in table.column_names} for row in rows], schema=table.schema)
+    return pa.concat_tables([table, new])
