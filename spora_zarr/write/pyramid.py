@@ -59,8 +59,32 @@ def bin_shrink(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     c, d = block[..., 1:h:2, 0:w:2], block[..., 1:h:2, 1:w:2]
     if np.issubdtype(dtype, np.integer):
         return _into(_bin_shrink_wide(a, b, c, d, dtype), out)
-    windows = np.stack([a, b, c, d], axis=-1).astype(np.float64)
-    return _into(np.mean(windows, axis=-1).astype(dtype), out)
+    return _bin_shrink_float(a, b, c, d, dtype, out)
+
+
+def _bin_shrink_float(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, dtype: np.dtype, out: np.ndarray | None) -> np.ndarray:
+    """The 2x2 mean of float samples as ngff-zarr computes it, band by band of rows.
+
+    ngff-zarr takes ``np.mean`` over the four samples in float64, which adds
+    them in order and divides by 4; this does the same additions in the same
+    order (so the result is bit for bit equal) in a float64 accumulator of a few
+    rows, instead of stacking the whole block in float64 first.
+    """
+    if out is None:
+        out = np.empty(a.shape, dtype)
+    rows = max(1, _BAND_BYTES // max(1, a.shape[-1] * 8))
+    lead = a.shape[:-2]
+    for index in np.ndindex(*lead):
+        pa, pb, pc, pd, target = a[index], b[index], c[index], d[index], out[index]
+        for r in range(0, pa.shape[0], rows):
+            band = slice(r, r + rows)
+            total = pa[band].astype(np.float64)
+            total += pb[band]
+            total += pc[band]
+            total += pd[band]
+            total /= 4.0
+            target[band] = total
+    return out
 
 
 def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
