@@ -204,9 +204,11 @@ def _peak_rss(who: str = "self") -> int:
 
 
 def child_spora(src: Path, dest: Path, workers: int) -> dict[str, Any]:
-    """spora-zarr with its defaults (``--workers`` only when asked)."""
+    """spora-zarr with its defaults (``--workers`` only when asked), in a process set up as the CLI sets it up."""
     from spora_zarr import ConvertOptions, convert_cohort
+    from spora_zarr.runtime import configure_writer_process
 
+    configure_writer_process()  # what `spora-zarr convert` does first: the bounded allocator
     start = time.perf_counter()
     report = convert_cohort(src, dest, ConvertOptions(progress=False, workers=workers))
     seconds = time.perf_counter() - start
