@@ -45,8 +45,10 @@ __all__ = ["MAX_TILE_SHAPES", "LayerData", "napari_get_reader", "read_store", "t
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: Above this many tiles, a tile table is shown as a rasterised labels layer instead of rectangles.
-MAX_TILE_SHAPES = 20_000
+#: Above this many tiles, a tile table is shown as a rasterised labels layer instead of rectangles:
+#: napari 0.9 meshes each rectangle in Python (10,000 of them took 3.7 s to add here, and ~50,000
+#: freeze it), while the raster costs one labels layer whatever the count (docs/napari.md).
+MAX_TILE_SHAPES = 2_000
 
 _DEFAULT_COLORS = ("0000FF", "00FF00", "FF00FF", "FFFF00", "00FFFF", "FF0000", "FF8000", "8000FF")
 
