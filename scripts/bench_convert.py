@@ -209,6 +209,8 @@ def child_spora(src: Path, dest: Path, workers: int) -> dict[str, Any]:
     from spora_zarr.runtime import configure_writer_process
 
     configure_writer_process()  # what `spora-zarr convert` does first: the bounded allocator
+    import dask.array  # noqa: F401 - loaded by the writer on first use; imports are not timed (module docstring)
+    import ngff_zarr  # noqa: F401
     start = time.perf_counter()
     report = convert_cohort(src, dest, ConvertOptions(progress=False, workers=workers))
     seconds = time.perf_counter() - start
