@@ -161,8 +161,8 @@ def main() -> int:
             "reads metadata and the tile table only: omero carries every colour and window).\n\n"
             f"{table}\n"
         )
-        tail = text.split(marker)[1].split("\n## ", 1) if marker in text else ["", ""]
-        rest = ("\n## " + tail[1]) if len(tail) > 1 else ""
+        after = text.split(marker, 1)[1].split("\n## ", 1) if marker in text else []
+        rest = "\n## " + after[1] if len(after) > 1 else ""  # the sections after this one, kept
         docs.write_text(head + section + rest)
     return 0
 
