@@ -11,11 +11,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SporaZarrError
 from .runtime import configure_writer_process
 from .write.writer import BLOSC_CNAMES, WriteOptions
+
+if TYPE_CHECKING:
+    from .convert.runner import RunOptions
 
 
 def _json_option(text: str) -> dict[str, Any]:
@@ -85,16 +88,20 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
 
+    def runner_options(p: argparse.ArgumentParser, done: str) -> None:
+        """The flags of the one runner, shared by every cohort-wide verb."""
+        p.add_argument("--workers", type=_positive_int, default=1, help=f"tissues {done} in parallel")
+        p.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
+        p.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
+        p.add_argument(
+            "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
+        )
+
     convert = commands.add_parser("convert", help="convert a spora TIFF cohort into a cohort store")
     convert.add_argument("source", help="the spora TIFF cohort: a directory or fsspec URL holding metadata/tissues.parquet")
     convert.add_argument("dest", help="the cohort store to create or extend (a local path or fsspec URL such as s3://bucket/cohort.zarr)")
-    convert.add_argument("--workers", type=_positive_int, default=1, help="tissues converted in parallel")
-    convert.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
-    convert.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
+    runner_options(convert, "converted")
     convert.add_argument("--source-storage-options", type=_json_option, default=None, help="fsspec options of the source, as JSON")
-    convert.add_argument(
-        "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
-    )
     layout_options(convert)
 
     add = commands.add_parser("add-image", help="add one image file to a store (created if missing)")
@@ -122,12 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     standardize.add_argument("--within-mask", action="store_true", help="count only pixels inside the tissue mask of that resolution")
     standardize.add_argument("--overwrite", action="store_true", help="recompute the stored per-tissue histograms")
-    standardize.add_argument("--workers", type=_positive_int, default=1, help="tissues read in parallel")
-    standardize.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
-    standardize.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
-    standardize.add_argument(
-        "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
-    )
+    runner_options(standardize, "read")
     standardize.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
 
     tile = commands.add_parser("tile", help="tile the tissue masks of a store; write tiling/<res>/<strategy>/<size>_tile_*.parquet")
@@ -154,12 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     tile.add_argument(
         "--overwrite", action="store_true", help="recompute tissues already in the tables; replace tables made with other parameters"
     )
-    tile.add_argument("--workers", type=_positive_int, default=1, help="tissues tiled in parallel")
-    tile.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
-    tile.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
-    tile.add_argument(
-        "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
-    )
+    runner_options(tile, "tiled")
     tile.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
 
     predict = commands.add_parser(
@@ -185,12 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-tissue", type=float, help="skip tiles whose tissue-mask fraction is below this; they get --fill-value")
     predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
     predict.add_argument("--tissue", action="append", help="tissue id to predict (repeatable; default: every tissue of the modality)")
-    predict.add_argument("--workers", type=_positive_int, default=1, help="tissues predicted in parallel")
-    predict.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://HOST:PORT)")
-    predict.add_argument("--cluster", choices=["local"], help="start a dask.distributed LocalCluster of --workers processes")
-    predict.add_argument(
-        "--no-progress", action="store_true", help="no progress output (bars on a terminal, else one line per finished tissue)"
-    )
+    runner_options(predict, "predicted")
     layout_options(predict)
 
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
@@ -225,6 +217,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """Where a cohort-wide verb runs, from its runner flags."""
+    from .convert.runner import RunOptions
+
+    if args.scheduler and args.cluster:
+        raise SporaZarrError("give --scheduler or --cluster, not both")
+    return RunOptions(workers=args.workers, scheduler=args.scheduler or args.cluster, progress=not args.no_progress)
+
+
 def _write_options(args: argparse.Namespace) -> WriteOptions:
     return WriteOptions(
         chunk=args.chunk, shard=args.shard or None, cname=args.cname, clevel=args.clevel, min_saving=args.min_saving,
@@ -251,11 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from .convert import ConvertOptions, convert_cohort
 
-    if args.scheduler and args.cluster:
-        raise SporaZarrError("give --scheduler or --cluster, not both")
+    run = _run_options(args)
     options = ConvertOptions(
-        workers=args.workers, scheduler=args.scheduler or args.cluster, overwrite=args.overwrite,
-        progress=not args.no_progress, write=_write_options(args),
+        workers=run.workers, scheduler=run.scheduler, overwrite=args.overwrite, progress=run.progress, write=_write_options(args)
     )
     report = convert_cohort(
         args.source, args.dest, options, storage_options=args.storage_options, source_storage_options=args.source_storage_options
@@ -284,12 +283,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _standardize(args: argparse.Namespace) -> int:
-    from .convert.runner import RunOptions
     from .standardize.statistics import compute_statistics
 
-    if args.scheduler and args.cluster:
-        raise SporaZarrError("give --scheduler or --cluster, not both")
-    options = RunOptions(workers=args.workers, scheduler=args.scheduler or args.cluster, progress=not args.no_progress)
+    options = _run_options(args)
     report = compute_statistics(
         args.store, args.modality, args.resolution, args.spec, within_mask=args.within_mask, options=options,
         overwrite=args.overwrite, storage_options=args.storage_options,
@@ -299,16 +295,13 @@ def _standardize(args: argparse.Namespace) -> int:
 
 
 def _tile(args: argparse.Namespace) -> int:
-    from .convert.runner import RunOptions
     from .tiling import TilingOptions, tile_cohort
 
-    if args.scheduler and args.cluster:
-        raise SporaZarrError("give --scheduler or --cluster, not both")
     options = TilingOptions(
         resolution=args.resolution, tile_size=args.tile_size, strategy=args.strategy, stride=args.stride, tolerance=args.tolerance,
         coverage_goal=args.coverage_goal, min_gain_ratio=args.min_gain_ratio, max_tiles=args.max_tiles, allow_overlap=not args.no_overlap,
     )
-    run = RunOptions(workers=args.workers, scheduler=args.scheduler or args.cluster, progress=not args.no_progress)
+    run = _run_options(args)
     report = tile_cohort(
         args.store, options, tissues=args.tissue, run=run, overwrite=args.overwrite, storage_options=args.storage_options
     )
@@ -317,11 +310,8 @@ def _tile(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .convert.runner import RunOptions
     from .inference.predict import PredictOptions, predict_cohort
 
-    if args.scheduler and args.cluster:
-        raise SporaZarrError("give --scheduler or --cluster, not both")
     names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
     options = PredictOptions(
         modality=args.modality, resolution=args.resolution, name=args.name, tile_size=args.tile_size, overlap=args.overlap,
@@ -329,7 +319,7 @@ def _predict(args: argparse.Namespace) -> int:
         standardization=args.standardization, channel_names=names, min_tissue=args.min_tissue, fill_value=args.fill_value,
         write=_write_options(args),
     )
-    run = RunOptions(workers=args.workers, scheduler=args.scheduler or args.cluster, progress=not args.no_progress)
+    run = _run_options(args)
     report = predict_cohort(
         args.store, args.model, options, tissues=args.tissue, run=run, overwrite=args.overwrite, storage_options=args.storage_options
     )
