@@ -8,7 +8,7 @@ slide, with holes; generated here, seeded):
    ``best_mask_tiling_try_to_stop`` (and of its parts: cell counts, greedy,
    covered mask);
 2. a 2,048 x 2,048 mask: the same function against the straightforward greedy
-   reference (``spora_zarr.tiling.reference``: integral image recomputed
+   reference (``spora_zarr.testing.tiling_reference``: integral image recomputed
    after each pick), side by side: tiles, coverage, speed ratio;
 3. tiles needed for coverage 0.95 by the best tiler (``coverage_goal=0.95,
    min_gain_ratio=0``) against the 224 grid at the same tolerance (its windows
@@ -45,8 +45,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from spora_zarr.sources.base import ImageSource, SourceInfo
+from spora_zarr.testing.tiling_reference import reference_best_tiling
 from spora_zarr.tiling import best_mask_tiling_try_to_stop, get_grid_tile
-from spora_zarr.tiling.reference import reference_best_tiling
 from spora_zarr.tiling.tilers import best_tiling_from_counts, mask_cell_counts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from spora_zarr.errors import InvalidInputError
+from spora_zarr.testing.tiling_reference import reference_best_tiling
 from spora_zarr.tiling import Tile, best_mask_tiling_try_to_stop, get_grid_tile
-from spora_zarr.tiling.reference import reference_best_tiling
 from spora_zarr.tiling.tilers import CellCounter, mask_cell_counts
 
 

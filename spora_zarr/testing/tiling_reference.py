@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tilers import Tile, check_parameters
+from ..tiling.tilers import Tile, check_parameters
 
 
 def reference_best_tiling(
