@@ -1,7 +1,8 @@
-"""Pixel readers of one tile: windows ``(C, z, h, w)`` of a TIFF plane, a TIFF stack, or a decoded array.
+"""Pixel readers of one tile: windows ``(C, z, h, w)`` of a TIFF plane, a TIFF stack, BDV H5 datasets, an nd2 position, or a decoded array.
 
 A reader holds at most one open file (2-D TIFFs read segment by segment through
-:class:`~spora_zarr.sources.TiffSource`, stacks through tifffile's zarr view);
+:class:`~spora_zarr.sources.TiffSource`, stacks through tifffile's zarr view,
+BDV H5 ``cells`` datasets by h5py slicing, nd2 positions frame by frame);
 :class:`OpenReaders` keeps a bounded number of them open, so the memory of a
 mosaic does not grow with the number of tiles.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -86,6 +87,79 @@ class ArrayReader:
 
     def close(self) -> None:
         self.array = np.empty((0, 0, 0, 0))
+
+
+class H5Reader:
+    """A BDV H5 tile: one ``ZYX`` ``cells`` dataset per channel, read by h5py slicing (only the chunks a window meets).
+
+    ``int16`` datasets are read as ``uint16`` (BigDataViewer stores 16-bit data signed).
+    """
+
+    def __init__(self, path: str, datasets: Sequence[str]) -> None:
+        import h5py
+
+        try:
+            self._file = h5py.File(path, "r")
+            self.datasets = [self._file[name] for name in datasets]
+        except (OSError, KeyError) as exc:
+            raise InvalidInputError(f"{path}: unreadable H5 dataset ({reason(exc)})") from None
+
+    def read(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        window = np.stack([np.asarray(d[z0:z1, y0:y1, x0:x1]) for d in self.datasets])
+        return window.view(np.uint16) if window.dtype == np.int16 else window
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def h5_geometry(path: str, datasets: Sequence[str], ndim: int) -> tuple[int, tuple[int, int, int], np.dtype]:
+    """Channels, ``(depth, height, width)`` and dtype of a BDV H5 tile (its datasets share shape and dtype)."""
+    import h5py
+
+    if not os.path.isfile(path):
+        raise NotFoundError(f"{path}: H5 file not found")
+    try:
+        with h5py.File(path, "r") as h5:
+            found = [(tuple(int(n) for n in h5[name].shape), np.dtype(h5[name].dtype)) for name in datasets]
+    except (OSError, KeyError) as exc:
+        raise InvalidInputError(f"{path}: unreadable H5 dataset ({reason(exc)})") from None
+    (shape, dtype), where = found[0], f"{path}:{datasets[0]}"
+    if len(shape) != 3 or any(f != found[0] for f in found):
+        raise InvalidInputError(f"{where}: BDV cells must be ZYX datasets of one shape and dtype per tile, found {found}")
+    if ndim == 2 and shape[0] != 1:
+        raise InvalidInputError(f"{where}: a stack of {shape[0]} planes; read it with Tileset(ndim=3)")
+    return len(datasets), shape, np.dtype(np.uint16) if dtype == np.int16 else dtype
+
+
+class Nd2Reader:
+    """One position of an nd2 file (first timepoint): frame ``frames[z]`` holds plane ``z``, its channels and RGB components as channels."""
+
+    def __init__(self, path: str, frames: Sequence[int]) -> None:
+        import nd2
+
+        try:
+            self._file = nd2.ND2File(path)
+        except Exception as exc:
+            raise InvalidInputError(f"{path}: unreadable nd2 ({reason(exc)})") from None
+        self.frames = list(frames)
+        self.layout = nd2_frame_layout(self._file)
+
+    def read(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        channels, height, width, components = self.layout
+        planes = []
+        for z in range(z0, z1):
+            frame = np.reshape(self._file.read_frame(self.frames[z]), self.layout)[:, y0:y1, x0:x1]
+            planes.append(np.moveaxis(frame, -1, 1).reshape(channels * components, y1 - y0, x1 - x0))
+        return np.stack(planes, axis=1)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def nd2_frame_layout(handle: Any) -> tuple[int, int, int, int]:
+    """``(channels, height, width, components)`` of one frame of an open ``nd2.ND2File`` (``read_frame`` gives it squeezed)."""
+    attributes = handle.attributes
+    return int(attributes.channelCount or 1), int(attributes.heightPx), int(attributes.widthPx), int(handle.components_per_channel)
 
 
 def stack_axes(axes: str, shape: tuple[int, ...], path: str) -> str:

@@ -38,6 +38,9 @@ class Tile:
         Channel count, ``(depth, height, width)`` in pixels, and pixel type.
     labels
         The file of the tile's label image (per-tile object ids), when there is one.
+    loader, reader
+        A decoder of the whole tile ``(C, Z, H, W)`` (JPEG 2000, downscaled tiles), or a factory of a
+        window reader (BDV H5, nd2); TIFF tiles have neither.
     """
 
     fovnum: int
@@ -48,6 +51,7 @@ class Tile:
     dtype: np.dtype
     labels: str | None = None
     loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    reader: Callable[[], TileReader] | None = field(default=None, repr=False)
 
     @property
     def origin(self) -> tuple[int, int, int]:
@@ -66,6 +70,8 @@ class Tile:
         """A reader of the tile's pixels (the caller closes it)."""
         if self.loader is not None:
             return ArrayReader(self.loader)
+        if self.reader is not None:
+            return self.reader()
         return StackReader(self.path) if ndim == 3 else PlaneReader(self.path)
 
     def find_intensity_scale(self, ndim: int = 2, samples: int = 512) -> tuple[float, float]:
@@ -174,39 +180,92 @@ class Tileset:
         self.set_offsets(_xyz(offsets[1:]) / scale)
 
     def init_from_bdv(self, filename: str | os.PathLike[str], tiles: Sequence[str | os.PathLike[str]] | None = None) -> None:
-        """Offsets from a BigDataViewer XML (its view registrations' translations); tiles from ``tiles`` (TIFFs, one per view).
+        """Tiles and offsets from a BigDataViewer dataset (the ``.xml``, or the ``.h5`` next to it).
 
-        BDV H5 pixel data needs h5py (not a dependency); give the views as TIFF files.
+        The offsets are the view registrations' translations. Pixels are read
+        from the BDV H5 the XML names (needs ``h5py``), window by window, one
+        tile per view setup (setups sharing a ``tile`` attribute are its
+        channels); or from ``tiles``, one TIFF file per view.
         """
-        from .bdv import get_offsets
+        from .bdv import bdv_tiles, get_offsets, require_h5py
 
-        offsets = get_offsets(filename)
-        if tiles is None:
-            try:
-                import h5py  # noqa: F401
-            except ImportError:
-                raise InvalidInputError(
-                    f"{os.fspath(filename)}: reading BDV H5 pixels needs h5py (pip install h5py); pass the views as TIFF tiles"
-                ) from None
-            raise InvalidInputError(f"{os.fspath(filename)}: BDV H5 pixels are not read yet; pass the views as TIFF tiles")
-        if len(tiles) != len(offsets):
-            raise InvalidInputError(f"{os.fspath(filename)}: {len(offsets)} views but {len(tiles)} tiles")
         self.tiles = []
-        self.init_from_tiff_files(tiles)
-        self.set_offsets(offsets)
+        if tiles is not None:
+            offsets = get_offsets(filename)
+            if len(tiles) != len(offsets):
+                raise InvalidInputError(f"{os.fspath(filename)}: {len(offsets)} views but {len(tiles)} tiles")
+            self.init_from_tiff_files(tiles)
+            self.set_offsets(offsets)
+            return
+        views = bdv_tiles(filename)
+        require_h5py(os.fspath(filename))
+        self._append_h5(views)
+        self.set_offsets(np.array([view.offset for view in views]))
+
+    def init_from_h5(self, filename: str | os.PathLike[str], downscale: Sequence[int] = (1, 1, 1), progress: bool = False) -> None:
+        """Tiles from a BigDataViewer-layout H5 without its XML (``t00000/s{setup:02d}/0/cells``), offsets zero until set.
+
+        Set them with :meth:`update_offsets` or :meth:`set_offsets`; ``downscale``
+        ``(z, y, x)`` factors decode each tile whole when read.
+        """
+        from .bdv import bdv_h5_tiles, require_h5py
+
+        require_h5py(os.fspath(filename))
+        self.tiles = []
+        self._append_h5(bdv_h5_tiles(filename), _factors(downscale))
+
+    def init_from_nd2(self, nd2: str | os.PathLike[str]) -> None:
+        """Tiles from an nd2 file: one per XY position (first timepoint), offsets from the stage positions, pixels read per frame.
+
+        Needs the ``nd2`` package. ``voxel_size`` becomes the file's; a file
+        with z planes needs ``ndim=3``.
+        """
+        from .nikon import nd2_tiles
+        from .readers import Nd2Reader
+
+        path = os.fspath(nd2)
+        found = nd2_tiles(path, self.ndim)
+        self.tiles = []
+        self.voxel_size = np.asarray(found.voxel_size, dtype=float)
+        for frames in found.frames:
+            self._append(path, found.channels, found.size, found.dtype, None, reader=lambda f=frames: Nd2Reader(path, f))  # type: ignore[misc]
+        self.check_tiles()
+        self.set_offsets(found.offsets)
+
+    def _append_h5(self, views: Sequence[Any], factors: tuple[int, int, int] = (1, 1, 1)) -> None:
+        """One tile per BDV view (``h5``, ``datasets``), its geometry checked from the H5 headers."""
+        from .readers import H5Reader, h5_geometry
+
+        for view in views:
+            channels, size, dtype = h5_geometry(view.h5, view.datasets, self.ndim)
+            reader = lambda v=view: H5Reader(v.h5, v.datasets)  # noqa: E731
+            loader = None
+            if factors != (1, 1, 1):
+                loader = _downscaled_loader(lambda r=reader, s=size: _read_all(r(), s), factors, dtype)  # type: ignore[misc]
+                size = _shrunk(size, factors)
+            self._append(f"{view.h5}:{view.datasets[0]}", channels, size, dtype, loader, reader=reader)
+        self.check_tiles()
 
     def update_offsets(self, xml_file: str | os.PathLike[str], scale_factor: Sequence[float] | None = None) -> None:
-        """Replace the offsets by those of a BDV XML (times ``scale_factor``, ``(x, y, z)``); pixels untouched."""
-        from .bdv import get_offsets
+        """Replace the offsets by those of a BDV XML (times ``scale_factor``, ``(x, y, z)``); pixels untouched.
+
+        One offset per view, or per tile when the tileset's tiles group the views' channels.
+        """
+        from .bdv import get_offsets, tile_offsets
 
         offsets = get_offsets(xml_file)
+        if len(offsets) != len(self.tiles):
+            offsets = tile_offsets(xml_file)
         if len(offsets) != len(self.tiles):
             raise InvalidInputError(f"{os.fspath(xml_file)}: {len(offsets)} views but the tileset has {len(self.tiles)} tiles")
         self.set_offsets(offsets * (np.asarray(scale_factor, float) if scale_factor is not None else 1.0))
 
-    def _append(self, path: str, channels: int, size: Sequence[int], dtype: np.dtype, loader: Callable[[], np.ndarray] | None) -> None:
+    def _append(self, path: str, channels: int, size: Sequence[int], dtype: np.dtype, loader: Callable[[], np.ndarray] | None,
+                reader: Callable[[], TileReader] | None = None) -> None:
         depth, height, width = (int(n) for n in size)
-        self.tiles.append(Tile(len(self.tiles), path, np.zeros(3), int(channels), (depth, height, width), np.dtype(dtype), loader=loader))
+        self.tiles.append(
+            Tile(len(self.tiles), path, np.zeros(3), int(channels), (depth, height, width), np.dtype(dtype), loader=loader, reader=reader)
+        )
 
     def check_tiles(self) -> None:
         """One error naming the first tile whose dtype or channel count differs from the first tile's."""
@@ -412,9 +471,13 @@ def _shrunk(size: Sequence[int], factors: tuple[int, int, int]) -> tuple[int, in
 
 
 def _read_tiff(path: str, ndim: int) -> np.ndarray:
-    reader = StackReader(path) if ndim == 3 else PlaneReader(path)
+    return _read_all(StackReader(path) if ndim == 3 else PlaneReader(path), tiff_geometry(path, ndim)[1])
+
+
+def _read_all(reader: TileReader, size: Sequence[int]) -> np.ndarray:
+    """The whole tile ``(C, Z, H, W)`` of ``size`` ``(depth, height, width)`` from ``reader``, which is closed."""
     try:
-        _, (depth, height, width), _ = tiff_geometry(path, ndim)
+        depth, height, width = size
         return reader.read(0, depth, 0, height, 0, width)
     finally:
         reader.close()
