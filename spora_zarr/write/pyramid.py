@@ -108,6 +108,8 @@ def _bin_shrink_banded(block: np.ndarray, h: int, w: int, out: np.ndarray | None
     planes = block.reshape(-1, *block.shape[-2:])
     if out is None:
         out = np.empty((*block.shape[:-2], h // 2, w // 2), dtype)
+    if out.size == 0:  # an edge block one pixel wide or high has an empty quadrant
+        return out
     targets = out if out.ndim == 3 else out.reshape(-1, h // 2, w // 2)
     if not np.may_share_memory(targets, out):
         raise ValueError("out must be 3-D, 2-D or contiguous")
