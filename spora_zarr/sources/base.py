@@ -2,6 +2,9 @@
 
 A source presents its image as ``(C, H, W)`` and is read window by window, so a
 slide larger than memory streams through :mod:`spora_zarr.write` block by block.
+A source of a z stack says so with ``nz > 1`` (``shape`` stays ``(C, H, W)``, one
+plane) and is read with :meth:`ImageSource.read_volume`; the writer streams it
+plane by plane.
 The converter's files (TIFF, legacy zarr, PNG/JPEG), arrays in memory, and later
 stitched mosaics and model predictions are all sources: each gets the writer's
 pyramid, staging, resume and validation without a writer of its own.
@@ -51,6 +54,8 @@ class ImageSource(Protocol):
     shape: tuple[int, int, int]
     dtype: np.dtype
     info: SourceInfo
+    #: Number of z planes; 1 for a 2-D image.
+    nz: int = 1
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``[:, y0:y1, x0:x1]`` as a ``(C, y1 - y0, x1 - x0)`` array of ``dtype``.
@@ -59,6 +64,12 @@ class ImageSource(Protocol):
         :class:`~spora_zarr.errors.InvalidInputError` naming itself and the reason.
         """
         ...
+
+    def read_volume(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels of planes ``z0:z1`` as ``(C, z1 - z0, y1 - y0, x1 - x0)``; a 2-D source has the one plane 0."""
+        if (z0, z1) != (0, 1):
+            raise InvalidInputError(f"{self.name}: a 2-D image has no planes {z0}:{z1}")
+        return self.read(y0, y1, x0, x1)[:, None]
 
     def close(self) -> None:
         """Release files and threads; the source is not read afterwards."""
@@ -73,7 +84,7 @@ class ImageSource(Protocol):
 
 @dataclass
 class ArraySource(ImageSource):
-    """An in-memory ``(C, H, W)`` (or ``(H, W)``) numpy or any sliceable array."""
+    """An in-memory ``(C, H, W)`` (or ``(H, W)``, or a ``(C, Z, H, W)`` stack) numpy or any sliceable array."""
 
     array: Any
     name: str = "<array>"
@@ -82,14 +93,22 @@ class ArraySource(ImageSource):
     def __post_init__(self) -> None:
         if self.array.ndim == 2:
             self.array = self.array[None]
-        if self.array.ndim != 3:
-            raise InvalidInputError(f"{self.name}: expected a (C, H, W) or (H, W) array, got shape {self.array.shape}")
-        channels, height, width = (int(n) for n in self.array.shape)
-        self.shape = (channels, height, width)
+        if self.array.ndim not in (3, 4):
+            raise InvalidInputError(f"{self.name}: expected a (C, H, W), (H, W) or (C, Z, H, W) array, got shape {self.array.shape}")
+        channels, *rest = (int(n) for n in self.array.shape)
+        self.nz = rest[0] if len(rest) == 3 else 1
+        self.shape = (channels, rest[-2], rest[-1])
         self.dtype = np.dtype(self.array.dtype)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self.array.ndim == 4:
+            return np.asarray(self.array[:, 0, y0:y1, x0:x1])
         return np.asarray(self.array[:, y0:y1, x0:x1])
+
+    def read_volume(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self.array.ndim == 3:
+            return super().read_volume(z0, z1, y0, y1, x0, x1)
+        return np.asarray(self.array[:, z0:z1, y0:y1, x0:x1])
 
 
 class AxesView:

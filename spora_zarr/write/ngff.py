@@ -3,13 +3,15 @@
 The multiscales model is the one ``ngff_zarr.to_multiscales`` defines for the
 levels computed from the coarsest source resolution (axes, scale and
 translation of each level); finer source resolutions are prepended with their
-own scale. Level paths are renamed to resolution names (``1_0mpp``).
+own scale. Level paths are renamed to resolution names (``1_0mpp``). A z stack
+has axes ``c, z, y, x`` (labels ``z, y, x``) and keeps its planes at every
+level (scale factors 1 on z, 2, 4, ... on y and x).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -22,28 +24,35 @@ RGB_COLORS = ("FF0000", "00FF00", "0000FF")
 PALETTE = ("0000FF", "00FF00", "FF00FF", "FFFF00", "00FFFF", "FF0000", "FF8000", "8000FF", "80FF00", "FF0080", "0080FF", "FFFFFF")
 
 
-def multiscales_metadata(levels: Sequence[Level], *, name: str, method: Method, labels: bool) -> dict[str, Any]:
-    """The ``multiscales[0]`` entry for ``levels`` as ``ngff_zarr.to_multiscales`` models it."""
+def multiscales_metadata(
+    levels: Sequence[Level], *, name: str, method: Method, labels: bool, z_mpp: float | None = None
+) -> dict[str, Any]:
+    """The ``multiscales[0]`` entry for ``levels`` as ``ngff_zarr.to_multiscales`` models it (with a z axis of ``z_mpp`` when given)."""
     import dask.array as da  # ngff-zarr and dask load here, when a group is written, not with the package
     import ngff_zarr
     from ngff_zarr.methods import Methods
 
-    dims: tuple[Literal["c", "y", "x"], ...] = ("y", "x") if labels else ("c", "y", "x")
+    dims: tuple[Literal["c", "z", "y", "x"], ...] = ("y", "x") if labels else ("c", "y", "x")
     source_levels = [level for level in levels if level.from_source]
     base = source_levels[-1]
     computed = levels[len(source_levels):]
-    shape = base.shape[1:] if labels else base.shape
+    shape: tuple[int, ...] = base.shape[1:] if labels else base.shape
+    axes: tuple[str, ...] = ("y", "x")
+    factors: list[Any] = [2 ** (i + 1) for i in range(len(computed))]
+    if z_mpp is not None:  # one plane stands for the stack: to_multiscales only models the metadata
+        dims, shape, axes = (*dims[:-2], "z", "y", "x"), (*shape[:-2], 1, *shape[-2:]), ("z", "y", "x")
+        factors = [{"z": 1, "y": f, "x": f} for f in factors]
+    scale: dict[Hashable, float] = {axis: z_mpp if axis == "z" and z_mpp is not None else base.mpp for axis in axes}
+    translation: dict[Hashable, float] = dict.fromkeys(axes, 0.0)
     image = ngff_zarr.to_ngff_image(
         da.zeros(shape, dtype=np.uint8, chunks=shape),
         dims=dims,
-        scale={"y": base.mpp, "x": base.mpp},
-        translation={"y": 0.0, "x": 0.0},
-        axes_units={"y": "micrometer", "x": "micrometer"},
+        scale=scale,
+        translation=translation,
+        axes_units=dict.fromkeys(axes, "micrometer"),
         name=name,
     )
-    multiscales = ngff_zarr.to_multiscales(
-        image, scale_factors=[2 ** (i + 1) for i in range(len(computed))], method=Methods(method.value)
-    )
+    multiscales = ngff_zarr.to_multiscales(image, scale_factors=factors, method=Methods(method.value))
     metadata = multiscales.metadata.to_version(NGFF_VERSION)
     metadata.type = method.value
     entry = _strip_none(dataclasses.asdict(metadata))
@@ -54,7 +63,7 @@ def multiscales_metadata(levels: Sequence[Level], *, name: str, method: Method, 
         {
             "path": level.name,
             "coordinateTransformations": [
-                {"type": "scale", "scale": _scale(level.mpp, labels)},
+                {"type": "scale", "scale": _scale(level.mpp, labels, z_mpp)},
                 {"type": "translation", "translation": [0.0] * len(dims)},
             ],
         }
@@ -66,8 +75,9 @@ def multiscales_metadata(levels: Sequence[Level], *, name: str, method: Method, 
     return entry
 
 
-def _scale(mpp: float, labels: bool) -> list[float]:
-    return [mpp, mpp] if labels else [1.0, mpp, mpp]
+def _scale(mpp: float, labels: bool, z_mpp: float | None) -> list[float]:
+    spatial = [mpp, mpp] if z_mpp is None else [z_mpp, mpp, mpp]
+    return spatial if labels else [1.0, *spatial]
 
 
 def _strip_none(value: Any) -> Any:
@@ -148,18 +158,20 @@ def image_metadata(
     panel: Sequence[str] | None = None,
     spora: SporaGroupAttributes,
     where: str,
+    z_mpp: float | None = None,
 ) -> GroupMetadata:
     """The metadata of an NGFF image group: multiscales and omero, validated, and the spora attributes."""
-    entry = multiscales_metadata(levels, name=name, method=Method.BIN_SHRINK, labels=False)
+    entry = multiscales_metadata(levels, name=name, method=Method.BIN_SHRINK, labels=False, z_mpp=z_mpp)
     ome = {"version": NGFF_VERSION, "multiscales": [entry], "omero": omero_metadata(channel_names, windows, rgb=rgb, panel=panel)}
     return GroupMetadata.from_attributes({"ome": ome, "spora": spora.to_dict()}, where=where)
 
 
 def label_metadata(
-    levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str
+    levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str,
+    z_mpp: float | None = None,
 ) -> GroupMetadata:
     """The metadata of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes."""
-    entry = multiscales_metadata(levels, name=name, method=Method.MODE, labels=True)
+    entry = multiscales_metadata(levels, name=name, method=Method.MODE, labels=True, z_mpp=z_mpp)
     image_label: dict[str, Any] = {"version": NGFF_VERSION}
     if source_image:
         image_label["source"] = {"image": source_image}

@@ -4,6 +4,12 @@ Levels that exist as source files are copied pixel-exact; coarser levels are
 computed block by block in a depth-first quadtree over shard-sized blocks, so a
 block of every level is written exactly once, as a whole shard, and memory
 holds one block per level whatever the size of the slide.
+
+A z stack (a source with ``nz > 1``) is written as axes ``c, z, y, x``
+(labels ``z, y, x``) with chunks and shards one plane deep, and streamed
+plane by plane through the same traversal: levels are downsampled in y and x
+only (every level keeps every plane), and memory does not grow with the
+number of planes.
 """
 
 from __future__ import annotations
@@ -95,7 +101,8 @@ class WriteOptions:
         raw = stored = 0
         for y in np.linspace(0, max(0, height - self.chunk), side).astype(int):
             for x in np.linspace(0, max(0, width - self.chunk), side).astype(int):
-                block = np.ascontiguousarray(source.read(int(y), min(height, int(y) + self.chunk), int(x), min(width, int(x) + self.chunk)))
+                window = (int(y), min(height, int(y) + self.chunk), int(x), min(width, int(x) + self.chunk))
+                block = np.ascontiguousarray(read_plane(source, source_depth(source) // 2, *window))
                 raw += block.nbytes
                 stored += len(codec.encode(block))
         return 1 - stored / raw if raw else 1.0
@@ -145,6 +152,30 @@ class WriteResult:
 ProgressCallback = Callable[[int], None]
 
 
+def source_depth(source: ImageSource) -> int:
+    """The number of z planes of a source (1 for a 2-D image)."""
+    return int(getattr(source, "nz", 1))
+
+
+def read_plane(source: ImageSource, z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """The ``(C, h, w)`` window of plane ``z`` (of a 2-D source: its only plane, read with ``read``)."""
+    if source_depth(source) == 1:
+        return source.read(y0, y1, x0, x1)
+    return source.read_volume(z, z + 1, y0, y1, x0, x1)[:, 0]
+
+
+def _z_scale(sources: Mapping[float, ImageSource], z_mpp: float | None) -> float | None:
+    """Microns between planes of a stack (``z_mpp``, by default the finest y/x mpp); ``None`` for a 2-D image."""
+    first = _first(sources)
+    if source_depth(first) == 1:
+        return None
+    if z_mpp is None:
+        return float(min(sources))
+    if not (isinstance(z_mpp, (int, float)) and 0 < z_mpp < float("inf")):
+        raise InvalidInputError(f"{first.name}: z_mpp must be a positive number of microns between planes, got {z_mpp!r}")
+    return float(z_mpp)
+
+
 def write_image(
     location: Location | str,
     path: str,
@@ -157,15 +188,19 @@ def write_image(
     options: WriteOptions | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    z_mpp: float | None = None,
 ) -> WriteResult:
     """Write an image given its sources per resolution (mpp -> ``(C, H, W)`` source) as a multiscale group.
 
     The group appears at ``path`` only once complete. Without ``overwrite`` an
     existing complete group is left alone (``skipped``). ``panel`` (the
     modality's channel names in ``channels.parquet`` order) gives each
-    channel the colour of its panel position.
+    channel the colour of its panel position. Sources of a z stack
+    (``nz > 1``) give axes ``c, z, y, x`` with ``z_mpp`` microns between
+    planes (default: the finest y/x mpp).
     """
     shape = _first(sources).shape
+    z_scale = _z_scale(sources, z_mpp)
     names = list(channel_names) if channel_names is not None else [f"channel_{i}" for i in range(shape[0])]
     if len(names) != shape[0]:
         raise InvalidInputError(f"{_first(sources).name}: {shape[0]} channels but {len(names)} channel names")
@@ -175,7 +210,8 @@ def write_image(
         extra = {"kind": "image", "channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         return image_metadata(
-            levels, name=display_name(path), channel_names=names, windows=windows, rgb=rgb, panel=panel, spora=attributes, where=path
+            levels, name=display_name(path), channel_names=names, windows=windows, rgb=rgb, panel=panel, spora=attributes, where=path,
+            z_mpp=z_scale,
         )
 
     return _write_multiscale(Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress)
@@ -191,9 +227,11 @@ def write_labels(
     options: WriteOptions | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    z_mpp: float | None = None,
 ) -> WriteResult:
-    """Write a mask (one channel of integer labels) as an NGFF label multiscale group."""
+    """Write a mask (one channel of integer labels) as an NGFF label multiscale group (``z, y, x`` for a stack, as :func:`write_image`)."""
     first = _first(sources)
+    z_scale = _z_scale(sources, z_mpp)
     if first.shape[0] != 1:
         raise InvalidInputError(f"{first.name}: a mask must have one channel, found {first.shape[0]}")
     if not (np.issubdtype(first.dtype, np.integer) or first.dtype == np.bool_):
@@ -202,7 +240,9 @@ def write_labels(
     def metadata(levels: list[Level], sample: np.ndarray) -> GroupMetadata:
         extra = {"kind": "label", "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
-        return label_metadata(levels, name=display_name(path), source_image=source_image, spora=attributes, where=path)
+        return label_metadata(
+            levels, name=display_name(path), source_image=source_image, spora=attributes, where=path, z_mpp=z_scale
+        )
 
     return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress)
 
@@ -241,6 +281,10 @@ def _write_multiscale(
     problem = check_source_shapes({mpp: s.shape for mpp, s in ordered.items()}, _first(ordered).name)
     if problem:
         raise InvalidInputError(problem)
+    depths = {mpp: source_depth(s) for mpp, s in ordered.items()}
+    depth = depths[min(depths)]
+    if len(set(depths.values())) != 1:
+        raise InvalidInputError(f"{_first(ordered).name}: resolutions of one stack have different plane counts {depths}")
     levels = plan_levels({mpp: s.shape for mpp, s in ordered.items()}, max_top_size=options.max_top_size)
     labels = method is Method.MODE
     area = staging.new_area()
@@ -249,9 +293,9 @@ def _write_multiscale(
             dtype = dtypes.pop()
             compressors = options.compressors_for(_first(ordered))
             arrays = _create_arrays(
-                location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels, compressors
+                location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels, compressors, depth
             )
-            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], options, labels, progress)
+            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], options, labels, progress, depth)
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer.sample()).to_attributes())
         staging.promote(area, path)
@@ -282,14 +326,22 @@ def _create_arrays(
     options: WriteOptions,
     labels: bool,
     compressors: list[BloscCodec],
+    depth: int = 1,
 ) -> list[zarr.Array]:
+    """One array per level; a stack (``depth > 1``) gets a ``z`` axis before ``y, x`` with chunks and shards one plane deep."""
     store = location.zarr_store()
     channels = levels[0].shape[0]
+    dims: tuple[str, ...] = ("y", "x") if labels else ("c", "y", "x")
+    if depth > 1:
+        dims = (*dims[:-2], "z", "y", "x")
     arrays = []
     for level in levels:
         spatial: tuple[int, ...] = (options.chunk, options.chunk)
         shards: tuple[int, ...] | None = (options.shard, options.shard) if options.shard else None
         shape: tuple[int, ...] = level.shape[1:] if labels else level.shape
+        if depth > 1:
+            spatial, shards = (1, *spatial), ((1, *shards) if shards else None)
+            shape = (*shape[:-2], depth, *shape[-2:])
         if not labels:
             spatial, shards = (channels, *spatial), ((channels, *shards) if shards else None)
         arrays.append(
@@ -302,7 +354,7 @@ def _create_arrays(
                 dtype=dtype,
                 fill_value=0,
                 compressors=compressors or None,
-                dimension_names=("y", "x") if labels else ("c", "y", "x"),
+                dimension_names=dims,
                 overwrite=True,
                 config={"write_empty_chunks": True},
             )
@@ -311,7 +363,7 @@ def _create_arrays(
 
 
 class _Streamer:
-    """Streams the sources through the levels, writing each shard-sized block once."""
+    """Streams the sources through the levels, writing each shard-sized block once (plane by plane for a stack)."""
 
     def __init__(
         self,
@@ -322,8 +374,10 @@ class _Streamer:
         options: WriteOptions,
         labels: bool,
         progress: ProgressCallback | None,
+        depth: int = 1,
     ) -> None:
         self.levels, self.arrays, self.sources, self.shrink = levels, arrays, sources, shrink
+        self.depth, self.plane = depth, 0
         self.labels, self.progress = labels, progress
         channels, itemsize = levels[0].shape[0], np.dtype(arrays[0].dtype).itemsize
         chain = len(levels) - len(sources) + 1
@@ -332,7 +386,8 @@ class _Streamer:
             log.info("blocks of %d px (shard %d) keep memory within %d MiB", self.edge, options.shard, options.memory_budget // MiB)
         self.bytes_read = 0
         top = levels[-1].shape
-        self._stride = max(1, math.ceil(math.sqrt(top[1] * top[2] / 262_144)))
+        self._sampled_planes = {int(z) for z in np.linspace(0, depth - 1, min(depth, 16)).round()}
+        self._stride = max(1, math.ceil(math.sqrt(top[1] * top[2] * len(self._sampled_planes) / 262_144)))
         self._samples: list[np.ndarray] = []
         self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="spora-write")
         self._inflight = threading.BoundedSemaphore(IN_FLIGHT)
@@ -341,15 +396,17 @@ class _Streamer:
     def run(self) -> None:
         try:
             n_sources = len(self.sources)
-            for index in range(n_sources - 1):
-                self._copy_level(index)
-            self._chain(n_sources - 1)
+            for plane in range(self.depth):
+                self.plane = plane
+                for index in range(n_sources - 1):
+                    self._copy_level(index)
+                self._chain(n_sources - 1)
             self._drain()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def sample(self) -> np.ndarray:
-        """A strided sample of the top level, ``(C, N)``, for contrast windows."""
+        """A strided sample of the top level (of at most 16 planes of a stack), ``(C, N)``, for contrast windows."""
         if not self._samples:
             return np.zeros((self.levels[0].shape[0], 0))
         return np.concatenate([s.reshape(s.shape[0], -1) for s in self._samples], axis=1)
@@ -357,7 +414,7 @@ class _Streamer:
     # -- reading -------------------------------------------------------------
     def _read(self, index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         source = self.sources[index]
-        block = source.read(y0, y1, x0, x1)
+        block = read_plane(source, self.plane, y0, y1, x0, x1)
         expected = (source.shape[0], y1 - y0, x1 - x0)
         if block.shape != expected:
             raise InvalidInputError(f"{source.name}: read a window of shape {block.shape}, expected {expected}")
@@ -370,10 +427,12 @@ class _Streamer:
     def _write(self, index: int, y0: int, x0: int, block: np.ndarray) -> None:
         if block.shape[1] == 0 or block.shape[2] == 0:
             return
-        if index == len(self.levels) - 1:
+        if index == len(self.levels) - 1 and self.plane in self._sampled_planes:
             self._samples.append(block[:, :: self._stride, :: self._stride].copy())
         array = self.arrays[index]
-        region = (slice(y0, y0 + block.shape[1]), slice(x0, x0 + block.shape[2]))
+        region: tuple[int | slice, ...] = (slice(y0, y0 + block.shape[1]), slice(x0, x0 + block.shape[2]))
+        if self.depth > 1:
+            region = (self.plane, *region)
         target = (block[0] if self.labels else block)
         self._inflight.acquire()
         future = self._pool.submit(self._store, array, region if self.labels else (slice(None), *region), target)
@@ -385,7 +444,7 @@ class _Streamer:
         if self.progress:
             self.progress(block.nbytes)
 
-    def _store(self, array: zarr.Array, region: tuple[slice, ...], block: np.ndarray) -> None:
+    def _store(self, array: zarr.Array, region: tuple[int | slice, ...], block: np.ndarray) -> None:
         try:
             array[region] = block
         finally:
