@@ -163,7 +163,11 @@ class BaseImagingDataset:
         key = (group, tissue_id)
         if key not in cache:
             path = self.cohort.level_path(group, tissue_id, self.resolution)
-            cache[key] = open_level(self.cohort.location, path, engine=self.engine)
+            reader = open_level(self.cohort.location, path, engine=self.engine)
+            if len(reader.shape) > (2 if self.cohort.is_mask_kind(group) else 3):
+                where = self.cohort.location.join(path)
+                raise InvalidInputError(f"{where}: tissue {tissue_id!r} is a z stack {reader.shape}; the datasets read 2-D tissues only")
+            cache[key] = reader
         return cache[key]
 
     def image_shape(self, tissue_id: str) -> tuple[int, ...]:

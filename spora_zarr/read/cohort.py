@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import NotFoundError
+from ..errors import NotFoundError, StoreError
 from ..store.layout import (
     MASK_KINDS,
     Resolution,
@@ -139,14 +139,16 @@ class Cohort:
     def open_image(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> Any:
         """A level as a lazy ``xarray.DataArray``: dims ``(c, y, x)``, channel names, micron coordinates.
 
-        Masks (``modality`` ``tissue_masks``/``cell_masks``) have dims ``(y, x)``.
+        Masks (``modality`` ``tissue_masks``/``cell_masks``) have dims ``(y, x)``; a z stack has a ``z``
+        before ``y`` (coordinates in microns from its z scale).
         """
         import dask.array as da
         import xarray as xr
 
         array = self.open_array(modality, tissue_id, resolution)
         name = array.path.rsplit("/", 1)[-1]
-        level = self.group_metadata(modality, tissue_id).level(name)
+        metadata = self.group_metadata(modality, tissue_id)
+        level = metadata.level(name)
         mpp, offset = level.mpp, level.offset
         chunks = array.shards or array.chunks
         data = da.from_zarr(array, chunks=chunks)
@@ -154,9 +156,12 @@ class Cohort:
             "y": offset + mpp * np.arange(array.shape[-2]),
             "x": offset + mpp * np.arange(array.shape[-1]),
         }
-        dims: Sequence[str] = ("y", "x")
-        if array.ndim == 3:
-            dims = ("c", "y", "x")
+        dims: Sequence[str] = metadata.axes
+        if len(dims) != array.ndim:
+            raise StoreError(f"{self.location.join(array.path)}: {array.ndim} axes but the multiscales names {len(dims)}")
+        if "z" in dims:
+            coords["z"] = level.scale[dims.index("z")] * np.arange(array.shape[dims.index("z")])
+        if "c" in dims:
             coords["c"] = self.channel_names(modality, tissue_id)
         attrs = {"tissue_id": tissue_id, "modality": modality, "resolution": name, "mpp": mpp, "units": "micrometer"}
         return xr.DataArray(data, dims=dims, coords=coords, name=f"{modality}/{tissue_id}", attrs=attrs)

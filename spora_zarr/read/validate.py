@@ -139,16 +139,16 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
 
 
 def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
-    """A mask level must have the shape of every image level of the same name."""
+    """A mask level must have the shape of every image level of the same name (without its channel axis: ``(z,) y, x``)."""
     problems = []
     mask_levels = _level_shapes(cohort, kind, tissue_id)
     for modality in cohort.modalities:
         if tissue_id not in cohort.tissues(modality):
             continue
         for name, shape in _level_shapes(cohort, modality, tissue_id).items():
-            if name in mask_levels and shape[-2:] != mask_levels[name]:
+            if name in mask_levels and shape[1:] != mask_levels[name]:
                 image = cohort.group_path(modality, tissue_id)
-                problems.append(f"level {name} shape {mask_levels[name]} does not match {image} {shape[-2:]}")
+                problems.append(f"level {name} shape {mask_levels[name]} does not match {image} {shape[1:]}")
     return problems
 
 
