@@ -195,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     stitch.add_argument("--modality", required=True, help="modality directory in the store: imc, cycif, he, ...")
     stitch.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
     stitch.add_argument("--mpp", type=_positive_number, required=True, help="microns per pixel of the stitched image")
+    stitch.add_argument("--z-mpp", type=_positive_number, help="microns between planes of a 3-D stack (default: --mpp)")
     stitch.add_argument(
         "--blend", choices=["none", "max", "linear"], default="none",
         help="overlaps: last tile in table order wins (none, the default), max, or linear feathering",
@@ -342,8 +343,8 @@ def _stitch(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
     try:
         result = stitch(
-            args.tiles_dir, args.offsets, args.dest, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, blend=args.blend,
-            labels=args.labels, register=args.register, offset_unit=args.offset_unit, channel_names=names,
+            args.tiles_dir, args.offsets, args.dest, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, z_mpp=args.z_mpp,
+            blend=args.blend, labels=args.labels, register=args.register, offset_unit=args.offset_unit, channel_names=names,
             options=_write_options(args), overwrite=args.overwrite, progress=progress, storage_options=args.storage_options,
         )
     finally:

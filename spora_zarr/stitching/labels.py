@@ -130,23 +130,33 @@ def apply_new_ids(img: np.ndarray, new_ids: Mapping[tuple[int, int], int] | np.n
 
 
 class LabelMosaicSource(ImageSource):
-    """The stitched label image ``(1, H, W)``: each tile's ids mapped through its table, the last tile in table order winning."""
+    """The stitched label image ``(1, H, W)`` (a stack, or plane ``z``, as :class:`MosaicSource`).
 
-    def __init__(self, tileset: Tileset, tables: Sequence[np.ndarray], *, z: int = 0, name: str = "<label mosaic>") -> None:
+    Each tile's ids are mapped through its table, the last tile in table order winning.
+    """
+
+    def __init__(self, tileset: Tileset, tables: Sequence[np.ndarray], *, z: int | None = None, name: str = "<label mosaic>") -> None:
         if len(tables) != len(tileset):
             raise InvalidInputError(f"{len(tables)} id tables for {len(tileset)} tiles")
-        self.tileset, self.tables, self.z, self.name = tileset, list(tables), z, name
-        self.mosaic = MosaicSource(tileset, z=z)
+        self.tileset, self.tables, self.name = tileset, list(tables), name
+        self.mosaic = MosaicSource(tileset, z=z, name=name)
+        self.z, self.nz = self.mosaic.z, self.mosaic.nz
         largest = max((int(t.max()) for t in tables), default=0)
         self.dtype = np.dtype(np.uint32 if largest < 2**32 else np.uint64)
         self.shape = (1, *self.mosaic.shape[1:])
         self.info = SourceInfo()
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        out = np.zeros((1, y1 - y0, x1 - x0), self.dtype)
-        for i in self.mosaic.tiles_in(self.z, self.z + 1, y0, y1, x0, x1):
-            tz0, ty0, tx0, _, ty1, tx1 = (int(v) for v in self.mosaic.boxes[i])
-            ya, yb, xa, xb = max(y0, ty0), min(y1, ty1), max(x0, tx0), min(x1, tx1)
-            part = self.tileset.read_tile(int(i), self.z - tz0, self.z - tz0 + 1, ya - ty0, yb - ty0, xa - tx0, xb - tx0, labels=True)
-            out[0, ya - y0 : yb - y0, xa - x0 : xb - x0] = apply_new_ids(part[0, 0], self.tables[int(i)], int(i))
+        return self.read_volume(self.z, self.z + 1, y0, y1, x0, x1)[:, 0]
+
+    def read_volume(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The window ``(1, z1 - z0, y1 - y0, x1 - x0)`` of the stitched labels."""
+        out = np.zeros((1, z1 - z0, y1 - y0, x1 - x0), self.dtype)
+        for i in self.mosaic.tiles_in(z0, z1, y0, y1, x0, x1):
+            box = [int(v) for v in self.mosaic.boxes[i]]
+            lo = [max(a, b) for a, b in zip((z0, y0, x0), box[:3])]
+            hi = [min(a, b) for a, b in zip((z1, y1, x1), box[3:])]
+            part = self.tileset.read_tile(int(i), *(v - box[k] for k in range(3) for v in (lo[k], hi[k])), labels=True)
+            region = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, (z0, y0, x0)))
+            out[0][region] = apply_new_ids(part[0], self.tables[int(i)], int(i))
         return out

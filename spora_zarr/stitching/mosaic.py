@@ -61,7 +61,7 @@ def _edge_weight(length: int, start: int, stop: int) -> np.ndarray:
 
 
 class MosaicSource(ImageSource):
-    """A tileset's stitched ``(C, H, W)`` image (one z plane of a 3-D tileset), read window by window.
+    """A tileset's stitched image, read window by window: the whole stack (``nz`` planes), or one plane ``z``.
 
     Parameters
     ----------
@@ -70,19 +70,24 @@ class MosaicSource(ImageSource):
     blend
         ``none``, ``max`` or ``linear``.
     z
-        The output plane read by :meth:`read` (3-D tilesets).
+        ``None``: the source is the stitched stack (``nz`` = its depth, written
+        with a z axis; :meth:`read` gives plane 0). A plane index: the source is
+        that plane alone (``nz`` 1, :meth:`read` gives plane ``z``).
     mpp, channel_names
         Recorded in ``info``.
     """
 
-    def __init__(self, tileset: Tileset, *, blend: str = "none", z: int = 0, mpp: float | None = None,
+    def __init__(self, tileset: Tileset, *, blend: str = "none", z: int | None = None, mpp: float | None = None,
                  channel_names: Sequence[str] | None = None, name: str = "<mosaic>") -> None:
         if blend not in BLENDS:
             raise InvalidInputError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
         tileset.check_tiles()
-        self.tileset, self.blend, self.z, self.name = tileset, blend, z, name
         depth, height, width = tileset.shape
+        if z is not None and not 0 <= z < depth:
+            raise InvalidInputError(f"{name}: plane z={z} outside the stitched stack's 0..{depth - 1}")
+        self.tileset, self.blend, self.z, self.name = tileset, blend, z or 0, name
         self.depth = depth
+        self.nz = depth if z is None else 1
         self.shape = (tileset.channels, height, width)
         self.dtype = tileset.dtype
         self.info = SourceInfo(channel_names=list(channel_names) if channel_names else None, mpp=mpp)
@@ -98,7 +103,7 @@ class MosaicSource(ImageSource):
         return self.read_volume(self.z, self.z + 1, y0, y1, x0, x1)[:, 0]
 
     def read_volume(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """The window ``(C, z1 - z0, y1 - y0, x1 - x0)`` of the stitched volume."""
+        """The window ``(C, z1 - z0, y1 - y0, x1 - x0)`` of the stitched volume (planes of the whole stack)."""
         shape = (self.shape[0], z1 - z0, y1 - y0, x1 - x0)
         source_dtype = self.tileset.tiles[0].dtype
         linear = self.blend == "linear"

@@ -8,7 +8,8 @@ the shifted overlap reaches ``min_correlation``. Positions then solve
 weak pull of every tile to its nominal offset (so tiles no kept pair reaches
 stay where the table put them) and the first tile anchored; pairs that
 disagree with the solution are dropped one by one. Only one pair's
-overlap is in memory at a time.
+overlap is in memory at a time. For stacks the overlap is a box, the phase
+correlation is 3-D and the positions are solved in x, y and z.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ tile's header, label tiles); then the mosaic source streams through the one
 writer, which gives the pyramid, ``omero``, staging and resume. With
 ``register`` the refined offsets are written to
 ``<modality>/stitching/<tissue_id>/offsets.parquet`` (with the measured pairs in
-``pairs.parquet``).
+``pairs.parquet``). A tileset of more than one plane (an offsets table with a
+``z`` column, stacked tiles) is written as a z stack: axes ``c, z, y, x``, levels
+downsampled in y and x only, streamed plane by plane.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def stitch(
     modality: str,
     tissue_id: str,
     mpp: float,
+    z_mpp: float | None = None,
     blend: str = "none",
     labels: str | None = None,
     register: bool = False,
@@ -73,6 +76,8 @@ def stitch(
         The tile folder and the offsets table (CSV or parquet, ``file, x, y[, z][, labels]``).
     modality, tissue_id, mpp
         Where the image goes and its pixel size (microns per output pixel).
+    z_mpp
+        Microns between planes of a stack (default ``mpp``); the z offsets are in planes.
     blend
         ``none`` (last tile in table order wins), ``max`` or ``linear``.
     labels
@@ -90,15 +95,14 @@ def stitch(
     validate_tissue_id(tissue_id, source=os.fspath(offsets))
     if not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
         raise InvalidInputError(f"{os.fspath(offsets)}: mpp must be a positive number of microns per pixel, got {mpp!r}")
+    if z_mpp is not None and not (isinstance(z_mpp, (int, float)) and 0 < z_mpp < float("inf")):
+        raise InvalidInputError(f"{os.fspath(offsets)}: z_mpp must be a positive number of microns between planes, got {z_mpp!r}")
     if blend not in BLENDS:
         raise InvalidInputError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     if labels is not None and labels not in MASK_KINDS:
         raise InvalidInputError(f"unknown mask kind {labels!r}; expected one of {', '.join(MASK_KINDS)}")
     with Tileset.from_offsets_table(tiles_dir, offsets, offset_unit=offset_unit, mpp=mpp) as tileset:
-        if tileset.ndim == 3 and tileset.shape[0] > 1:
-            raise InvalidInputError(
-                f"{os.fspath(offsets)}: the store holds 2-D images; read 3-D tilesets with MosaicSource.read_volume"
-            )
+        tileset.voxel_size[2] = z_mpp or mpp
         if labels is not None and tileset.tiles[0].labels is None:
             raise InvalidInputError(f"{os.fspath(offsets)}: --labels needs a 'labels' column naming each tile's label image")
         names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(tileset.channels)]
@@ -124,7 +128,7 @@ def stitch(
         spora = {"tissue_id": tissue_id, "modality": modality}
         image = write_image(
             dst, target, {float(mpp): source}, channel_names=names, panel=modality_panel(dst, modality), spora=spora, options=options,
-            overwrite=overwrite, progress=(lambda n: progress("image", n)) if progress else None,
+            overwrite=overwrite, progress=(lambda n: progress("image", n)) if progress else None, z_mpp=z_mpp,
         )
         update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp)]})
         if pairs is not None:
@@ -138,7 +142,7 @@ def stitch(
             result.labels = write_labels(
                 dst, mask_path, {float(mpp): label_source}, source_image=f"../../../{target}",
                 spora={"tissue_id": tissue_id, "mask_kind": labels},
-                options=options, overwrite=overwrite, progress=(lambda n: progress("labels", n)) if progress else None,
+                options=options, overwrite=overwrite, progress=(lambda n: progress("labels", n)) if progress else None, z_mpp=z_mpp,
             )
             update_cohort_attributes(dst, mask_kinds=[labels])
             result.objects = max((int(t.max()) for t in tables), default=0)
@@ -164,9 +168,9 @@ def _write_offsets(location: Location, where: str, tileset: Tileset, pairs: Sequ
 
 
 def get_centroids(store: str | Location, kind: str, tissue_id: str, *, band: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and ``(x, y)`` centroids (level-0 pixels) of the objects of a stored label image, read band by band.
+    """Ids and ``(x, y)`` centroids (``(x, y, z)`` for a stack; level-0 pixels) of a stored label image's objects, read band by band.
 
-    Memory holds one band and per-id sums (proportional to the number of objects, never the image).
+    Memory holds one band (of every plane) and per-id sums (proportional to the number of objects, never the image).
     """
     from ..read.levels import open_level
     from ..store.staging import Staging
@@ -181,18 +185,19 @@ def get_centroids(store: str | Location, kind: str, tissue_id: str, *, band: int
     first = attributes["ome"]["multiscales"][0]["datasets"][0]["path"]
     reader = open_level(location, f"{path}/{first}")
     height, width = reader.shape[-2:]
-    sums = np.zeros((0, 3))
+    axes = 3 if len(reader.shape) == 3 else 2  # (z, y, x) labels of a stack, or (y, x)
+    sums = np.zeros((0, 1 + axes))
     for y in range(0, height, band):
-        window = np.asarray(reader.read(y, 0, min(band, height - y), width)).reshape(-1, width)
+        window = np.asarray(reader.read(y, 0, min(band, height - y), width))
         ids = window.ravel().astype(np.int64)
         if ids.size == 0 or ids.max() == 0:
             continue
         if ids.max() >= len(sums):
-            sums = np.vstack([sums, np.zeros((int(ids.max()) + 1 - len(sums), 3))])
-        yy, xx = np.divmod(np.arange(ids.size), width)
+            sums = np.vstack([sums, np.zeros((int(ids.max()) + 1 - len(sums), 1 + axes))])
+        position = np.unravel_index(np.arange(ids.size), window.shape)
         sums[:, 0] += np.bincount(ids, minlength=len(sums))
-        sums[:, 1] += np.bincount(ids, weights=xx, minlength=len(sums))
-        sums[:, 2] += np.bincount(ids, weights=yy + y, minlength=len(sums))
+        for column, (coords, start) in enumerate(zip(position[::-1], (0, y, 0)), start=1):  # x, y[, z]
+            sums[:, column] += np.bincount(ids, weights=coords + start, minlength=len(sums))
     present = np.flatnonzero(sums[:, 0])
     present = present[present > 0]
     return present, sums[present, 1:] / sums[present, :1]
