@@ -25,7 +25,7 @@ from spora_zarr.inference.source import InputWindows, PredictionSource
 from spora_zarr.read.levels import open_level
 from spora_zarr.sources.base import ArraySource
 from spora_zarr.tiling.patching import tile_specs
-from spora_zarr.write.writer import write_image
+from spora_zarr.write.writer import WriteOptions, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 SERIAL = RunOptions(progress=False)
@@ -119,6 +119,27 @@ def test_identity_prediction_equals_the_input(tmp_path: Path, shape, size: int, 
     write_image(root, "predictions/p/images/T", {1.0: source}, options=None)
     written = _level(root, "predictions/p/images/T")
     assert written.dtype == np.float32 and written.shape == image.shape
+    if mode == "crop":
+        np.testing.assert_array_equal(written, image.astype(np.float32))
+    else:
+        np.testing.assert_allclose(written, image, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["crop", "blend"])
+@pytest.mark.parametrize(("size", "overlap", "cache_bytes"), [(24, 6, 128 * 2**20), (48, 10, 128 * 2**20), (24, 6, 0)])
+def test_each_tile_runs_once_across_writer_blocks(tmp_path: Path, mode: str, size: int, overlap: int, cache_bytes: int) -> None:
+    """Writer blocks of 32 px cut most tiles: their leftovers are kept for the next blocks, or without a cache they run again."""
+    root, image = _random_store(tmp_path / "s.zarr", (2, 150, 171), seed=3)
+    reader = open_level(root, "imc/images/T/1_0mpp")
+    source = PredictionSource(
+        torch.nn.Identity(), InputWindows(reader), size, overlap, batch_size=5, mode=mode, mpp=1.0, cache_bytes=cache_bytes
+    )
+    write_image(root, "predictions/p/images/T", {1.0: source}, options=WriteOptions(chunk=16, shard=32, min_saving=0))
+    if cache_bytes:
+        assert source.tiles_run == source.tiles_total
+    else:
+        assert source.tiles_run > source.tiles_total
+    written = _level(root, "predictions/p/images/T")
     if mode == "crop":
         np.testing.assert_array_equal(written, image.astype(np.float32))
     else:

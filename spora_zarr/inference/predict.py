@@ -141,6 +141,7 @@ def predict_tissue(
         ``skipped`` when the prediction was already complete (nothing run).
     """
     from ..read.levels import open_level
+    from ..standardize.standardizers import IdentityStandardizer
     from ..store.staging import Staging
     from ..write.writer import write_image, write_labels
 
@@ -165,7 +166,9 @@ def predict_tissue(
     def standardize(tensor: Any) -> Any:
         return dataset._preprocess(tensor, tissue_id, kind)
 
-    inputs = InputWindows(reader, channels, standardize if preprocess else None, mask)
+    # the identity standardization is the cast into the batch buffer: no float32 copy of each window first
+    identity = isinstance(getattr(dataset, "standardizer", None), IdentityStandardizer)
+    inputs = InputWindows(reader, channels, standardize if preprocess and not identity else None, mask)
     mpp = resolution_value(dataset.resolution)
     source = PredictionSource(
         loaded, inputs, tile_size, overlap, batch_size, mode=mode, labels=labels, device=device, min_tissue=min_tissue,

@@ -3,8 +3,8 @@
 The writer asks :class:`PredictionSource` for windows ``read(y0, y1, x0, x1)``
 block by block. The source finds the tiles (:func:`~spora_zarr.tiling.patching.axis_tiles`)
 that the window needs, reads their input through :mod:`spora_zarr.read`
-(one window per batch of tiles), runs the model in batches and assembles the
-window:
+(one window per batch of tiles, cast once into a reused float32 batch
+buffer), runs the model in batches and assembles the window:
 
 ``crop``
     each pixel comes from the one tile whose crop holds it (the crops
@@ -13,11 +13,15 @@ window:
     each pixel is the average of the tiles that hold it, weighted by a
     Gaussian window (sigma = tile / 8, floored at 1e-3), as MONAI blends.
 
-Tile outputs are kept in a small least-recently-used cache (``cache_bytes``),
-so a tile whose crop spans two of the writer's blocks usually runs once;
-memory holds one batch, one block and the cache, whatever the size of the
-slide. Tiles whose tissue-mask fraction is below ``min_tissue`` do not run:
-their pixels are ``fill_value``.
+Each tile's *footprint* (its crop, or in blend mode its window inside the
+image) is pasted into the block being read, and only the part of it outside
+that block is kept (a strip of a few rows or columns) until the neighbouring
+block takes it; the writer's blocks partition the image, so a footprint is
+dropped once all its pixels are taken. These leftovers are bounded by
+``cache_bytes`` (least recently used out first; an evicted tile runs again),
+so each tile runs once and memory holds one batch, one block and the strips,
+whatever the size of the slide. Tiles whose tissue-mask fraction is below
+``min_tissue`` do not run: their pixels are ``fill_value``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ __all__ = ["MODES", "InputWindows", "PredictionSource", "blend_window"]
 MODES = ("crop", "blend")
 MiB = 2**20
 
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in image pixels
+
 
 @dataclass
 class InputWindows:
@@ -51,7 +57,8 @@ class InputWindows:
     channels
         Channel indices to read (``None``: all).
     preprocess
-        ``(C, h, w)`` float tensor -> float tensor (standardization), or ``None``.
+        ``(C, h, w)`` tensor of the stored dtype -> float tensor (standardization),
+        or ``None`` (the stored values, as float32).
     mask
         A reader of the tissue mask at the same level, for ``min_tissue``.
     """
@@ -69,23 +76,34 @@ class InputWindows:
     def width(self) -> int:
         return int(self.reader.shape[-1])
 
-    def read(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
-        """A float32 ``(C, height, width)`` window; zeros (after preprocessing) outside the image."""
-        import torch
+    @property
+    def channel_count(self) -> int:
+        """Channels of a window."""
+        if self.channels is not None:
+            return len(self.channels)
+        return int(self.reader.shape[0]) if len(self.reader.shape) == 3 else 1
 
-        ya, xa = max(y0, 0), max(x0, 0)
-        yb, xb = min(y0 + height, self.height), min(x0 + width, self.width)
+    def fill(self, batch: np.ndarray, corners: Sequence[tuple[int, int]]) -> None:
+        """Put the windows at ``corners`` (top-left, of ``batch``'s edge) into ``batch[:len(corners)]``.
+
+        The bounding window of all of them is read once; each tile is then cast
+        into its float32 slot (the one conversion), zeros past the image.
+        """
+        size_y, size_x = batch.shape[-2:]
+        ya, xa = max(0, min(y for y, _ in corners)), max(0, min(x for _, x in corners))
+        yb, xb = min(self.height, max(y for y, _ in corners) + size_y), min(self.width, max(x for _, x in corners) + size_x)
         data = self.reader.read(ya, xa, yb - ya, xb - xa, self.channels)
         if data.ndim == 2:
             data = data[None]
         if self.preprocess is not None:
+            import torch
+
             data = self.preprocess(torch.from_numpy(np.ascontiguousarray(data))).numpy()
-        data = np.asarray(data, dtype=np.float32)
-        if data.shape[-2:] == (height, width):
-            return data
-        out = np.zeros((data.shape[0], height, width), np.float32)
-        out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = data
-        return out
+        for slot, (y, x) in zip(batch, corners):
+            y0, y1, x0, x1 = max(y, ya), min(y + size_y, yb), max(x, xa), min(x + size_x, xb)
+            if (y1 - y0, x1 - x0) != (size_y, size_x):
+                slot.fill(0)
+            np.copyto(slot[:, y0 - y : y1 - y, x0 - x : x1 - x], data[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa], casting="unsafe")
 
     def tissue_fraction(self, y0: int, x0: int, size_y: int, size_x: int) -> float:
         """The share of mask pixels != 0 in the part of the window inside the image."""
@@ -103,6 +121,46 @@ def blend_window(size_y: int, size_x: int) -> np.ndarray:
         return np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2)
 
     return np.maximum(np.outer(axis(size_y), axis(size_x)), 1e-3).astype(np.float32)
+
+
+def _meet(a: Box, b: Box) -> Box | None:
+    """The intersection of two boxes, or ``None``."""
+    y0, y1, x0, x1 = max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
+    return (y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None
+
+
+def _area(box: Box) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+def _outside(box: Box, block: Box) -> Box:
+    """The bounding box of the part of ``box`` outside ``block`` (``box`` itself unless ``block`` covers a side)."""
+    y0, y1, x0, x1 = box
+    by0, by1, bx0, bx1 = block
+    if by0 <= y0 and y1 <= by1:  # the block spans the box's rows: columns are left
+        if bx0 <= x0 < bx1:
+            x0 = min(bx1, x1)
+        elif bx0 < x1 <= bx1:
+            x1 = bx0
+    elif bx0 <= x0 and x1 <= bx1:  # the block spans the box's columns: rows are left
+        if by0 <= y0 < by1:
+            y0 = min(by1, y1)
+        elif by0 < y1 <= by1:
+            y1 = by0
+    return y0, y1, x0, x1
+
+
+@dataclass
+class _Part:
+    """What is kept of a tile: ``data`` (``None`` for a skipped tile) over ``box``, and its pixels not yet taken."""
+
+    box: Box
+    data: np.ndarray | None
+    left: int
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.data is None else int(self.data.nbytes)
 
 
 class PredictionSource(ImageSource):
@@ -132,7 +190,7 @@ class PredictionSource(ImageSource):
     name
         Shown in errors (model and tissue).
     cache_bytes
-        Bytes of tile outputs kept for neighbouring blocks.
+        Bytes of tile leftovers kept for neighbouring blocks.
 
     The first tile runs in the constructor: a model whose output has another
     spatial size than its input, or that fails, is an ``InvalidInputError``
@@ -169,13 +227,13 @@ class PredictionSource(ImageSource):
         self.tiles_x: AxisTiles = axis_tiles(inputs.width, tile_size, overlap)
         self.tile_size = self.tiles_y.tile_size
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], _Part] = OrderedDict()
         self._cached = 0
         self.tiles_run = 0
         self.tiles_skipped = 0
-        probe = self._model_batch(self.inputs.read(0, 0, self.tile_size, self.tile_size)[None])[0]
+        self._batch = np.empty((batch_size, inputs.channel_count, self.tile_size, self.tile_size), np.float32)
+        probe = self._run([(0, 0)])[0]
         self.scores = int(probe.shape[0])
-        self._score_dtype = probe.dtype
         self.dtype = np.dtype(np.float32)
         if labels:
             if self.scores > 1:
@@ -195,16 +253,23 @@ class PredictionSource(ImageSource):
         self.shape = (channels, inputs.height, inputs.width)
         self.info = SourceInfo(channel_names=list(channel_names) if channel_names else None, mpp=mpp)
         self._weights = blend_window(self.tile_size, self.tile_size) if mode == "blend" else None
-        if min_tissue is None:  # the probe is tile (0, 0): keep it
-            self._remember((0, 0), self._keep((0, 0), probe))
-            self.tiles_run = 1
+        if min_tissue is None:  # the probe is tile (0, 0): keep it (outside any block yet)
+            self._keep((0, 0), self._fresh((0, 0), probe), (0, 0, 0, 0))
 
     # -- the model -------------------------------------------------------------------
+    def _run(self, keys: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Outputs ``(n, K, T, T)`` of tiles ``keys`` (at most a batch); a view of the batch buffer for in-place models."""
+        batch = self._batch[: len(keys)]
+        self.inputs.fill(batch, [self._corner(*key) for key in keys])
+        outputs = self._model_batch(batch)
+        self.tiles_run += len(keys)
+        return outputs
+
     def _model_batch(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on ``(B, C, T, T)`` float32; ``(B, K, T, T)`` numpy out (floats as float32)."""
         import torch
 
-        tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        tensor = torch.from_numpy(batch).to(self.device)
         try:
             with torch.inference_mode():
                 out = self.model(tensor)
@@ -233,67 +298,84 @@ class PredictionSource(ImageSource):
             return np.argmax(scores, axis=0)[None].astype(self.dtype)
         return scores.astype(self.dtype, copy=False)
 
-    # -- tiles and the cache ---------------------------------------------------------------
-    def _tile_box(self, i: int, j: int) -> tuple[int, int]:
+    # -- tiles, footprints and leftovers ------------------------------------------------------
+    def _corner(self, i: int, j: int) -> tuple[int, int]:
         return self.tiles_y.starts[i], self.tiles_x.starts[j]
 
-    def _compute(self, wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray | None]:
-        """Outputs of tiles ``wanted`` (cached or computed now); ``None`` for a skipped tile."""
-        found: dict[tuple[int, int], np.ndarray | None] = {}
+    def _footprint(self, i: int, j: int) -> Box:
+        """The pixels tile ``(i, j)`` gives: its crop, or (blend) its window inside the image."""
+        if self._weights is None:
+            return self.tiles_y.crop_starts[i], self.tiles_y.crop_stops[i], self.tiles_x.crop_starts[j], self.tiles_x.crop_stops[j]
+        y, x = self._corner(i, j)
+        return y, min(y + self.tile_size, self.shape[1]), x, min(x + self.tile_size, self.shape[2])
+
+    def _fresh(self, key: tuple[int, int], scores: np.ndarray | None) -> _Part:
+        """A tile's whole footprint from its ``(K, T, T)`` scores: output pixels of its crop, or weighted scores (blend)."""
+        box = self._footprint(*key)
+        if scores is None:
+            return _Part(box, None, _area(box))
+        y, x = self._corner(*key)
+        window = scores[:, box[0] - y : box[1] - y, box[2] - x : box[3] - x]
+        if self._weights is None:
+            return _Part(box, self._as_output(window), _area(box))
+        weights = self._weights[: box[1] - box[0], : box[3] - box[2]]
+        return _Part(box, window.astype(np.float32, copy=False) * weights, _area(box))
+
+    def _visit(self, keys: Sequence[tuple[int, int]], block: Box, use: Callable[[tuple[int, int], _Part, Box], None]) -> None:
+        """Call ``use(key, part, region)`` for each tile of ``keys`` with the ``region`` of its footprint in ``block``.
+
+        Leftovers that hold the region are used; the other tiles run in
+        batches. What is left of each footprint outside ``block`` is kept.
+        """
         missing = []
-        for key in wanted:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                found[key] = self._cache[key]
-            else:
-                missing.append(key)
+        for key in keys:
+            region = _meet(self._footprint(*key), block)
+            if region is None:
+                continue
+            part = self._cache.pop(key, None)
+            if part is not None:
+                self._cached -= part.nbytes
+                if _meet(part.box, region) == region:
+                    use(key, part, region)
+                    self._keep(key, part, block)
+                    continue
+            missing.append(key)
         size = self.tile_size
         for start in range(0, len(missing), self.batch_size):
             group = missing[start : start + self.batch_size]
             if self.min_tissue is not None:
-                keep = []
-                for key in group:
-                    y, x = self._tile_box(*key)
-                    if self.inputs.tissue_fraction(y, x, size, size) >= self.min_tissue:
-                        keep.append(key)
-                    else:
-                        found[key] = None
-                        self._remember(key, None)
-                        self.tiles_skipped += 1
-                group = keep
+                for key in [k for k in group if self.inputs.tissue_fraction(*self._corner(*k), size, size) < self.min_tissue]:
+                    group.remove(key)
+                    self.tiles_skipped += 1
+                    part = self._fresh(key, None)
+                    use(key, part, _meet(part.box, block))  # type: ignore[arg-type]
+                    self._keep(key, part, block)
             if not group:
                 continue
-            boxes = [self._tile_box(*key) for key in group]
-            y0, x0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
-            y1, x1 = max(b[0] for b in boxes) + size, max(b[1] for b in boxes) + size
-            window = self.inputs.read(y0, x0, y1 - y0, x1 - x0)
-            batch = np.stack([window[:, y - y0 : y - y0 + size, x - x0 : x - x0 + size] for y, x in boxes])
-            outputs = self._model_batch(batch)
-            self.tiles_run += len(group)
-            for key, out in zip(group, outputs):
-                kept = self._keep(key, out)
-                found[key] = kept
-                self._remember(key, kept)
-        return found
+            for key, scores in zip(group, self._run(group)):
+                part = self._fresh(key, scores)
+                use(key, part, _meet(part.box, block))  # type: ignore[arg-type]
+                self._keep(key, part, block)
 
-    def _keep(self, key: tuple[int, int], out: np.ndarray) -> np.ndarray:
-        """What the cache holds of a tile: its crop (crop mode, as output pixels) or its weighted scores (blend)."""
-        if self._weights is not None:  # blend
-            return (out.astype(np.float32, copy=False) * self._weights).astype(np.float32, copy=False)
-        i, j = key
-        ys, xs = self._tile_box(i, j)
-        cy0, cy1 = self.tiles_y.crop_starts[i] - ys, self.tiles_y.crop_stops[i] - ys
-        cx0, cx1 = self.tiles_x.crop_starts[j] - xs, self.tiles_x.crop_stops[j] - xs
-        return np.ascontiguousarray(self._as_output(out[:, cy0:cy1, cx0:cx1]))
-
-    def _remember(self, key: tuple[int, int], value: np.ndarray | None) -> None:
-        if value is not None and value.nbytes > self.cache_bytes:
+    def _keep(self, key: tuple[int, int], part: _Part, block: Box) -> None:
+        """Keep what ``block`` did not take of ``part`` (a copy of the bounding box left), least recently used out first."""
+        taken = _meet(part.box, block)
+        left = part.left - (0 if taken is None else _area(taken))
+        if left <= 0:
             return
-        self._cache[key] = value
-        self._cached += 0 if value is None else value.nbytes
+        box = _outside(part.box, block)
+        data = part.data
+        if data is not None:
+            y0, x0 = box[0] - part.box[0], box[2] - part.box[2]
+            data = np.array(data[:, y0 : y0 + box[1] - box[0], x0 : x0 + box[3] - box[2]])
+        kept = _Part(box, data, left)
+        if kept.nbytes > self.cache_bytes:
+            return
+        self._cache[key] = kept
+        self._cached += kept.nbytes
         while self._cached > self.cache_bytes and self._cache:
             _, old = self._cache.popitem(last=False)
-            self._cached -= 0 if old is None else old.nbytes
+            self._cached -= old.nbytes
 
     # -- the ImageSource ------------------------------------------------------------------
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -302,32 +384,37 @@ class PredictionSource(ImageSource):
         return self._read_blend(y0, y1, x0, x1)
 
     def _read_crop(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        out = np.full((self.shape[0], y1 - y0, x1 - x0), self.fill_value, dtype=self.dtype)
+        out = np.empty((self.shape[0], y1 - y0, x1 - x0), dtype=self.dtype)  # the crops partition the image
+
+        def paste(key: tuple[int, int], part: _Part, region: Box) -> None:
+            ry0, ry1, rx0, rx1 = region
+            target = out[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
+            if part.data is None:
+                target[...] = self.fill_value
+            else:
+                py, px = part.box[0], part.box[2]
+                target[...] = part.data[:, ry0 - py : ry1 - py, rx0 - px : rx1 - px]
+
         rows, cols = self.tiles_y.covering(y0, y1), self.tiles_x.covering(x0, x1)
-        crops = self._compute([(i, j) for i in rows for j in cols])
-        for (i, j), crop in crops.items():
-            if crop is None:
-                continue
-            cy, cx = self.tiles_y.crop_starts[i], self.tiles_x.crop_starts[j]
-            ya, yb = max(y0, cy), min(y1, cy + crop.shape[1])
-            xa, xb = max(x0, cx), min(x1, cx + crop.shape[2])
-            out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = crop[:, ya - cy : yb - cy, xa - cx : xb - cx]
+        self._visit([(i, j) for i in rows for j in cols], (y0, y1, x0, x1), paste)
         return out
 
     def _read_blend(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         acc = np.zeros((self.scores, y1 - y0, x1 - x0), np.float32)
         weight = np.zeros((y1 - y0, x1 - x0), np.float32)
-        assert self._weights is not None
+        weights = self._weights
+        assert weights is not None
+
+        def add(key: tuple[int, int], part: _Part, region: Box) -> None:
+            if part.data is None:
+                return
+            ry0, ry1, rx0, rx1 = region
+            (py, px), (ty, tx) = (part.box[0], part.box[2]), self._corner(*key)
+            acc[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += part.data[:, ry0 - py : ry1 - py, rx0 - px : rx1 - px]
+            weight[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += weights[ry0 - ty : ry1 - ty, rx0 - tx : rx1 - tx]
+
         rows, cols = self.tiles_y.touching(y0, y1), self.tiles_x.touching(x0, x1)
-        tiles = self._compute([(i, j) for i in rows for j in cols])
-        for (i, j), weighted in tiles.items():
-            if weighted is None:
-                continue
-            ty, tx = self._tile_box(i, j)
-            ya, yb = max(y0, ty), min(y1, ty + self.tile_size)
-            xa, xb = max(x0, tx), min(x1, tx + self.tile_size)
-            acc[:, ya - y0 : yb - y0, xa - x0 : xb - x0] += weighted[:, ya - ty : yb - ty, xa - tx : xb - tx]
-            weight[ya - y0 : yb - y0, xa - x0 : xb - x0] += self._weights[ya - ty : yb - ty, xa - tx : xb - tx]
+        self._visit([(i, j) for i in rows for j in cols], (y0, y1, x0, x1), add)
         covered = weight > 0
         out = np.full((self.shape[0], y1 - y0, x1 - x0), self.fill_value, dtype=self.dtype)
         if covered.any():
@@ -340,4 +427,3 @@ class PredictionSource(ImageSource):
     def tiles_total(self) -> int:
         """Tiles of the whole tissue."""
         return len(self.tiles_y) * len(self.tiles_x)
-
