@@ -1,49 +1,58 @@
-/* Value histograms of 8- and 16-bit samples for spora_zarr.standardize.histograms.
+/* The compiled kernels of spora_zarr.standardize (loaded through ctypes by kernels.py, which releases
+ * the GIL for each call, so several threads run them at once).
  *
- * spora_count_u16 / spora_count_u8 add one count per sample to counts[sample ^ flip] (flip = 0x8000
- * or 0x80 turns signed samples into their offset bin, 0 for unsigned ones). numpy's bincount
- * converts its input to intp first (8 bytes read and written per sample); this reads each sample
- * once. Four partial tables break the store-to-load dependency of runs of equal values. Called
- * through ctypes, which releases the GIL, so channels are counted on several threads.
+ * spora_count_u16 / spora_count_u8: value histograms. Each sample adds one to counts[sample ^ flip]
+ * (flip = 0x8000 or 0x80 turns signed samples into their offset bin, 0 for unsigned ones). Stored
+ * multiplex counts are mostly zero, so the samples are taken 8 bytes at a time and an all-zero word
+ * only adds to a register; the other words count their samples straight into the int64 table (no
+ * per-call partial tables to clear and sum). numpy's bincount converts its input to intp first.
+ *
+ * spora_lut_u16 / spora_lut_u8: the standardization of 8/16-bit samples as one gather. Plane p of
+ * `planes` planes of `plane_n` samples is mapped through its table table[offsets[p] ...] of
+ * lengths[p] float32 entries, the sample clamped to the last entry (values above the clipping bound
+ * share that entry). The tables are built by the standardizers with the same float32 operations as
+ * their element-wise path.
  */
 
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
-int spora_count_u16(const uint16_t *data, int64_t n, uint16_t flip, int64_t *counts) {
-    /* uint32 partial tables (1 MiB, kinder to the cache than int64 ones): flushed every 2^31 samples. */
-    uint32_t *parts = malloc(4 * 65536 * sizeof(uint32_t));
-    if (!parts) return -1;
-    for (int64_t begin = 0; begin < n; begin += (int64_t)1 << 31) {
-        const int64_t end = n - begin > ((int64_t)1 << 31) ? begin + ((int64_t)1 << 31) : n;
-        memset(parts, 0, 4 * 65536 * sizeof(uint32_t));
-        int64_t i = begin;
-        for (; i + 4 <= end; i += 4) {
-            parts[(uint16_t)(data[i] ^ flip)]++;
-            parts[65536 + (uint16_t)(data[i + 1] ^ flip)]++;
-            parts[2 * 65536 + (uint16_t)(data[i + 2] ^ flip)]++;
-            parts[3 * 65536 + (uint16_t)(data[i + 3] ^ flip)]++;
-        }
-        for (; i < end; i++) parts[(uint16_t)(data[i] ^ flip)]++;
-        for (int64_t b = 0; b < 65536; b++)
-            counts[b] += (int64_t)parts[b] + parts[65536 + b] + parts[2 * 65536 + b] + parts[3 * 65536 + b];
+#define SPORA_COUNT(NAME, T, PER_WORD)                                                              \
+    int NAME(const T *data, int64_t n, T flip, int64_t *counts) {                                   \
+        int64_t zeros = 0, i = 0;                                                                  \
+        for (; i + PER_WORD <= n; i += PER_WORD) {                                                 \
+            uint64_t word;                                                                         \
+            memcpy(&word, data + i, 8);                                                            \
+            if (word == 0) {                                                                       \
+                zeros += PER_WORD;                                                                 \
+                continue;                                                                          \
+            }                                                                                      \
+            for (int k = 0; k < PER_WORD; k++) counts[(T)(data[i + k] ^ flip)]++;                  \
+        }                                                                                          \
+        for (; i < n; i++) counts[(T)(data[i] ^ flip)]++;                                          \
+        counts[flip] += zeros; /* the bin of the sample value 0 */                                  \
+        return 0;                                                                                  \
     }
-    free(parts);
-    return 0;
-}
 
-int spora_count_u8(const uint8_t *data, int64_t n, uint8_t flip, int64_t *counts) {
-    int64_t parts[4][256];
-    memset(parts, 0, sizeof parts);
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        parts[0][(uint8_t)(data[i] ^ flip)]++;
-        parts[1][(uint8_t)(data[i + 1] ^ flip)]++;
-        parts[2][(uint8_t)(data[i + 2] ^ flip)]++;
-        parts[3][(uint8_t)(data[i + 3] ^ flip)]++;
+SPORA_COUNT(spora_count_u16, uint16_t, 4)
+SPORA_COUNT(spora_count_u8, uint8_t, 8)
+
+#define SPORA_LUT(NAME, T)                                                                          \
+    int NAME(const T *data, int64_t planes, int64_t plane_n, const float *table, const int64_t *offsets, \
+             const int64_t *lengths, float *out) {                                                 \
+        for (int64_t p = 0; p < planes; p++) {                                                     \
+            if (lengths[p] < 1) return -1;                                                         \
+            const float *t = table + offsets[p];                                                   \
+            const T last = lengths[p] - 1 > (int64_t)(T)~(T)0 ? (T)~(T)0 : (T)(lengths[p] - 1);      \
+            const T *x = data + p * plane_n;                                                       \
+            float *o = out + p * plane_n;                                                          \
+            for (int64_t i = 0; i < plane_n; i++) {                                                \
+                const T v = x[i];                                                                  \
+                o[i] = t[v < last ? v : last];                                                     \
+            }                                                                                      \
+        }                                                                                          \
+        return 0;                                                                                  \
     }
-    for (; i < n; i++) parts[0][(uint8_t)(data[i] ^ flip)]++;
-    for (int b = 0; b < 256; b++) counts[b] += parts[0][b] + parts[1][b] + parts[2][b] + parts[3][b];
-    return 0;
-}
+
+SPORA_LUT(spora_lut_u16, uint16_t)
+SPORA_LUT(spora_lut_u8, uint8_t)

@@ -11,16 +11,12 @@ mean or standard deviation by about as much; NaNs are not counted.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import importlib.machinery
-import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from .kernels import count_into
 
 __all__ = ["ChannelHistogram", "HistogramAccumulator", "clipped_moments", "merge", "quantile"]
 
@@ -115,43 +111,6 @@ def _float_bin_values(keys: np.ndarray) -> np.ndarray:
     return values
 
 
-@functools.cache
-def _native() -> Any:
-    """The compiled counter (``_histogram.c``), or ``None`` where it was not built (numpy counts then)."""
-    here = Path(__file__).parent
-    built = [p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in sorted(here.glob(f"_histogram{suffix}"))]
-    if not built:
-        return None
-    library = ctypes.CDLL(str(built[0]))
-    for name, item in (("spora_count_u16", ctypes.c_uint16), ("spora_count_u8", ctypes.c_uint8)):
-        function = getattr(library, name)
-        function.argtypes = [ctypes.c_void_p, ctypes.c_int64, item, ctypes.c_void_p]
-        function.restype = ctypes.c_int
-    return library
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def count_into(data: np.ndarray, counts: np.ndarray, *, signed: bool) -> None:
-    """Add the values of 8- or 16-bit ``data`` to ``counts`` (one int64 bin per value; signed values offset by half).
-
-    The compiled counter reads each sample once and releases the GIL (channels
-    can be counted on several threads); without it, ``np.bincount``.
-    """
-    data = np.ascontiguousarray(data).reshape(-1)
-    native = _native()
-    bits = data.dtype.itemsize * 8
-    if native is not None and counts.dtype == np.int64 and counts.flags.c_contiguous and counts.size == 1 << bits:
-        function = native.spora_count_u16 if bits == 16 else native.spora_count_u8
-        if function(data.ctypes.data, data.size, (1 << (bits - 1)) if signed else 0, counts.ctypes.data) != 0:
-            raise MemoryError("cannot allocate the histogram's partial counts")
-        return
-    values = data.astype(np.int32) + (1 << (bits - 1)) if signed else data
-    counts += np.bincount(values, minlength=counts.size)
-
-
 class HistogramAccumulator:
     """Accumulates per-channel histograms of ``(C, ...)`` blocks of one dtype.
 
@@ -183,18 +142,23 @@ class HistogramAccumulator:
         self._pending: list[dict[int, int]] = [{} for _ in range(self.channels)] if not size else []
 
     def add(self, block: np.ndarray, mask: np.ndarray | None = None) -> None:
-        """Count the pixels of a ``(C, h, w)`` block (only where ``mask`` is true, if given).
-
-        With the compiled counter, channels of a big block are counted on
-        several threads at once (the counter releases the GIL).
-        """
-        threads = min(self.channels, _cores()) if self._mode == "bincount" and _native() is not None and block.nbytes >= 1 << 20 else 1
-        if threads > 1:
-            with ThreadPoolExecutor(threads, thread_name_prefix="spora-histogram") as pool:
-                list(pool.map(lambda c: self._add_channel(c, block[c], mask), range(self.channels)))
-            return
+        """Count the pixels of a ``(C, h, w)`` block (only where ``mask`` is true, if given)."""
         for c in range(self.channels):
             self._add_channel(c, block[c], mask)
+
+    def merge(self, others: Iterable[HistogramAccumulator]) -> HistogramAccumulator:
+        """Add the counts of ``others`` (accumulators of the same channels and dtype, filled by other threads) to this one."""
+        for other in others:
+            if other is self:
+                continue
+            if (other.channels, other.dtype) != (self.channels, self.dtype):
+                raise ValueError(f"cannot merge histograms of {other.channels} x {other.dtype} into {self.channels} x {self.dtype}")
+            for mine, theirs in zip(self._counts, other._counts):
+                mine += theirs
+            for pending, extra in zip(self._pending, other._pending):
+                for value, n in extra.items():
+                    pending[value] = pending.get(value, 0) + n
+        return self
 
     def _add_channel(self, c: int, plane: np.ndarray, mask: np.ndarray | None) -> None:
         data = plane[mask] if mask is not None else plane.ravel()

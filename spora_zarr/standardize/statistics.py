@@ -1,8 +1,10 @@
 """Standardization statistics computed from the store in one streaming pass, through the one runner.
 
-Each tissue is one runner task: its level is read block by block (shard-aligned
-blocks, never the whole slide) and every channel's value histogram is
-accumulated (:mod:`.histograms`) and written as a compact parquet table,
+Each tissue is one runner task: its level is read block by block (blocks of
+whole chunks of about ``BLOCK_EDGE`` pixels, never the whole slide; one block
+per core at a time, each read and counted on a pool thread with the GIL
+released) and every channel's value histogram is accumulated
+(:mod:`.histograms`, one accumulator per thread, merged) and written as a compact parquet table,
 ``<modality>/<res>/standardization/_histograms/<all_pixels|within_mask>/<tissue>.parquet``
 (columns ``channel_name, value, count``). A tissue whose histogram table is
 already there for the same level (shape, dtype, channel names) is kept, so a
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,7 @@ from ..store.layout import Resolution, modality_dir, resolution_name, standardiz
 from ..store.location import Location
 from ..store.tables import read_table, table_exists, write_table
 from .histograms import ChannelHistogram, HistogramAccumulator, clipped_moments, merge, quantile
+from .kernels import cores
 from .specs import Spec, parse_spec
 
 if TYPE_CHECKING:
@@ -59,7 +64,7 @@ HISTOGRAMS_DIR = "_histograms"
 STATS_FILE = "stats.parquet"
 _META_KEY = b"spora_histogram"
 _STATS_META_KEY = b"spora_standardization"
-DEFAULT_BLOCK = 896
+BLOCK_EDGE = 224  # pixels: a (24, 224, 224) uint16 block (2.4 MB) is counted while it is still in the cache
 
 
 def histogram_path(modality: str, resolution: Resolution, tissue_id: str, within_mask: bool = False) -> str:
@@ -92,12 +97,13 @@ class HistogramTask:
 
 
 def _describe_level(location: Location, path: str) -> tuple[tuple[int, ...], np.dtype, tuple[int, int]]:
-    """Shape, dtype and the (y, x) block edge (the shard, else the chunk) of a level array."""
+    """Shape, dtype and the (y, x) edges of the blocks the pass reads: whole chunks, about ``BLOCK_EDGE`` pixels."""
     import zarr
 
     array = zarr.open_array(location.zarr_store(read_only=True), path=path, mode="r")
-    grid = array.shards or array.chunks
-    return tuple(int(s) for s in array.shape), np.dtype(array.dtype), (int(grid[-2]), int(grid[-1]))
+    chunk = [int(c) for c in array.chunks[-2:]]  # the inner chunks of a sharded array
+    by, bx = (max(c, BLOCK_EDGE // c * c) for c in chunk)
+    return tuple(int(s) for s in array.shape), np.dtype(array.dtype), (by, bx)
 
 
 def _level_key(task: HistogramTask, shape: Sequence[int], dtype: np.dtype) -> dict[str, Any]:
@@ -128,7 +134,7 @@ def histogram_work(
     """Accumulate and write one tissue's channel histograms (the runner's ``work``)."""
     import pyarrow as pa
 
-    shape, dtype, grid = _describe_level(location, task.level_path)
+    shape, dtype, edges = _describe_level(location, task.level_path)
     key = _level_key(task, shape, dtype)
     if not overwrite and table_exists(location, task.path):
         stored = _stored_key(location, task.path)
@@ -138,18 +144,31 @@ def histogram_work(
     mask_reader = open_level(location, task.mask_path) if task.mask_path else None
     if mask_reader is not None and tuple(mask_reader.shape[-2:]) != tuple(shape[-2:]):
         raise StoreError(f"{location.join(task.mask_path or '')}: mask shape {mask_reader.shape} differs from the image's {shape}")
-    by, bx = (block, block) if block else grid
-    accumulator = HistogramAccumulator(shape[0], dtype)
+    by, bx = (block, block) if block else edges
     height, width = shape[-2:]
+    corners = [(y0, x0) for y0 in range(0, height, by) for x0 in range(0, width, bx)]
+    accumulators: list[HistogramAccumulator] = []
+    local = threading.local()
+
+    def count(corner: tuple[int, int]) -> int:
+        """Read and count one block on a pool thread, into that thread's accumulator."""
+        accumulator = getattr(local, "accumulator", None)
+        if accumulator is None:
+            accumulator = local.accumulator = HistogramAccumulator(shape[0], dtype)
+            accumulators.append(accumulator)
+        y0, x0 = corner
+        data = reader.read(y0, x0, by, bx)  # the read and the counter release the GIL: blocks overlap on the cores
+        mask = mask_reader.read(y0, x0, by, bx) > 0 if mask_reader is not None else None
+        accumulator.add(data, mask)
+        return int(data.nbytes)
+
     nbytes = 0
-    for y0 in range(0, height, by):
-        for x0 in range(0, width, bx):
-            data = reader.read(y0, x0, by, bx)
-            mask = mask_reader.read(y0, x0, by, bx) > 0 if mask_reader is not None else None
-            accumulator.add(data, mask)
-            nbytes += data.nbytes
+    with ThreadPoolExecutor(min(cores(), len(corners)), thread_name_prefix="spora-histogram") as pool:
+        for done in pool.map(count, corners):
+            nbytes += done
             if progress is not None:
-                progress(data.nbytes)
+                progress(done)
+    accumulator = accumulators[0].merge(accumulators[1:])
     names, values, counts = [], [], []
     for name, histogram in zip(task.channel_names, accumulator.result()):
         names.extend([name] * histogram.values.size)
@@ -279,7 +298,7 @@ def compute_statistics(
     overwrite
         Recompute histograms that are already stored.
     block
-        Block edge in pixels (default: the array's shard edge).
+        Block edge in pixels (default: whole chunks, about ``BLOCK_EDGE``).
 
     Returns
     -------
