@@ -162,6 +162,12 @@ def test_stitched_stack_labels_keep_their_partition(tmp_path: Path) -> None:
     ids, centroids = get_centroids(store, "cell_masks", "T1", band=40)
     truth = {tuple(np.round(p.centroid[::-1], 6)) for p in measure.regionprops(labels)}  # (x, y, z)
     assert len(ids) == labels.max() and {tuple(np.round(c, 6)) for c in centroids} == truth
+    group = zarr.open_group(store / "segmentations/cell_masks/T1", mode="r+")
+    ome = group.attrs.asdict()["ome"]
+    ome["multiscales"][0]["datasets"][2]["coordinateTransformations"][0]["scale"][0] = 4.0
+    group.attrs["ome"] = ome
+    problem = "segmentations/cell_masks/T1: level 4_0mpp has 14 planes 4.0 micrometer apart, the finest level 14 x 1.0"
+    assert validate_store(store) == [problem]
 
 
 def test_register_recovers_jittered_stack_offsets(tmp_path: Path) -> None:
@@ -172,8 +178,8 @@ def test_register_recovers_jittered_stack_offsets(tmp_path: Path) -> None:
     shifts: dict[int, tuple[int, int, int]] = {}
     for n, corner in enumerate(corners):
         jitter = [0, 0, 0] if n == 0 else [int(v) for v in rng.integers(-3, 4, size=3)]
-        shifts[n] = tuple(d if 0 <= c + d <= size - t else 0  # type: ignore[misc]
-                          for c, d, size, t in zip(corner, jitter, volume.shape[1:], tile))
+        dz, dy, dx = (d if 0 <= c + d <= size - t else 0 for c, d, size, t in zip(corner, jitter, volume.shape[1:], tile))
+        shifts[n] = (dz, dy, dx)
     table = cut_stack(volume, tmp_path / "tiles", tile=tile, overlap=overlap, shifts=shifts)
     store = tmp_path / "c.zarr"
     result = stitch(tmp_path / "tiles", table, store, modality="exm", tissue_id="T1", mpp=1.0, register=True, options=OPTIONS)

@@ -108,6 +108,8 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
         problems.append(f"ngff_zarr.validate: {str(exc).splitlines()[0]}")
     metadata = cohort.group_metadata(modality, tissue_id)
     previous = None
+    z_axis = metadata.axes.index("z") if "z" in metadata.axes else None
+    planes: tuple[int, float] | None = None  # a stack's depth and z scale, the same at every level
     for level in metadata.levels:
         name = level.name
         if not is_resolution_name(name):
@@ -122,6 +124,11 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
         if previous is not None and any(a > b for a, b in zip(array.shape[-2:], previous)):
             problems.append(f"level {name} {array.shape} is larger than the level before it {previous}")
         previous = array.shape[-2:]
+        if z_axis is not None and len(level.scale) == array.ndim == len(metadata.axes):
+            here = (int(array.shape[z_axis]), float(level.scale[z_axis]))
+            if planes is not None and here != planes:
+                problems.append(f"level {name} has {here[0]} planes {here[1]} micrometer apart, the finest level {planes[0]} x {planes[1]}")
+            planes = planes or here
     axes = metadata.ome.multiscales[0].axes
     if any(axis.type == "space" and axis.unit != "micrometer" for axis in axes):
         problems.append("spatial axes must have unit 'micrometer'")
