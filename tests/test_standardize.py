@@ -15,10 +15,12 @@ from spora_zarr.cli import main
 from spora_zarr.convert.runner import RunOptions
 from spora_zarr.datasets import HEImagingDataset, MultiplexImagingDataset
 from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.standardize import kernels
 from spora_zarr.standardize.specs import parse_spec
 from spora_zarr.standardize.standardizers import (
     BatchStandardizer,
     IdentityStandardizer,
+    LookupTables,
     MeanStdStandardizer,
     QuantileClippingLog1PStandardizer,
     QuantileClippingStandardizer,
@@ -342,3 +344,88 @@ def test_filtered_tiles_equal_the_filtered_image_cropped(store: Path) -> None:
     clone = pickle.loads(pickle.dumps(dataset))
     again = clone.read_tile("A", 5, 5, preprocess=False).numpy()
     np.testing.assert_array_equal(again, dataset.read_tile("A", 5, 5, preprocess=False).numpy())
+
+
+# -- compiled kernels -----------------------------------------------------------------------------
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="the compiled standardization kernels are not built")
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_counter_skips_zero_words_at_every_alignment_and_length(dtype: type) -> None:
+    """Runs of zeros of every length, at every start within an 8-byte word, with a non-zero before/after, equal bincount."""
+    info = np.iinfo(dtype)
+    signed = info.min < 0
+    rng = np.random.default_rng(0)
+    buffer: np.ndarray = np.zeros(64 + 16, dtype)
+    for start in range(16):  # element offsets: every phase against the 8-byte words
+        for length in range(41):
+            data = buffer[start : start + length + 2]
+            data[:] = 0
+            data[0], data[-1] = info.max, info.min if signed else 1  # a non-zero on each side of the run
+            data[1 : 1 + length // 3] = rng.integers(info.min, int(info.max) + 1, length // 3)  # some values inside it
+            data = data[: rng.integers(0, data.size + 1)]  # and every tail length
+            counts = np.zeros(1 << (8 * np.dtype(dtype).itemsize), np.int64)
+            kernels.count_into(data, counts, signed=signed)
+            offset = -int(info.min) if signed else 0
+            assert np.array_equal(counts, np.bincount(data.astype(np.int64) + offset, minlength=counts.size)), (start, length)
+    sparse: np.ndarray = np.where(rng.random(100_003) < 0.9, 0, rng.integers(1, 200, 100_003)).astype(dtype)
+    counts = np.zeros(1 << (8 * np.dtype(dtype).itemsize), np.int64)
+    kernels.count_into(sparse[3:], counts, signed=signed)  # a misaligned start: copied to an aligned buffer first
+    assert np.array_equal(counts, np.bincount(sparse[3:].astype(np.int64) + (-int(info.min) if signed else 0), minlength=counts.size))
+
+
+def _reference_transform(x: np.ndarray, upper: np.ndarray, mean: np.ndarray, std: np.ndarray, log1p: bool) -> np.ndarray:
+    clipped = np.minimum(x.astype(np.float64), upper[:, None, None])
+    return ((np.log1p(clipped) if log1p else clipped) - mean[:, None, None]) / std[:, None, None]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("log1p", [False, True])
+def test_lookup_tables_equal_the_elementwise_transform(dtype: type, log1p: bool) -> None:
+    """Bounds below, at and between values, at and past the dtype's maximum, infinite, 0: gather == element-wise path."""
+    top = int(np.iinfo(dtype).max)
+    upper = np.array([3.0, 7.5, 100.0, top, top + 10.0, np.inf, 0.0, 250.0])
+    mean = np.linspace(-1.0, 4.0, upper.size)
+    std = np.linspace(0.5, 3.0, upper.size)
+    rng = np.random.default_rng(1)
+    image: np.ndarray = rng.integers(0, top + 1, (upper.size, 37, 29)).astype(dtype)
+    image[:, 0, :10] = np.arange(10)  # every small value, the bounds among them
+    image[:, 1, :3] = (top, top - 1, 0)
+    stats = pd.DataFrame({"tissue_id": "T", "channel_name": [f"c{i}" for i in range(upper.size)], "upper": upper, "mean": mean, "std": std})
+    standardizer = (QuantileClippingLog1PStandardizer if log1p else QuantileClippingStandardizer)(
+        stats, "quantile_clipping_log1p/uq_0.99_image" if log1p else "quantile_clipping/uq_0.99_image"
+    )
+    names = list(stats.channel_name)
+    gathered = standardizer(torch.from_numpy(image), "T", names)  # uint8/uint16 on the CPU: the tables
+    elementwise = standardizer(torch.from_numpy(image.astype(np.int32)), "T", names)  # int32: the element-wise path
+    if log1p:  # torch's vectorised and scalar log1p may differ in the last bit
+        torch.testing.assert_close(gathered, elementwise, rtol=2e-7, atol=2e-7)
+    else:
+        assert torch.equal(gathered, elementwise)
+    finite = np.where(np.isfinite(upper), upper, 1e30)
+    np.testing.assert_allclose(gathered.numpy(), _reference_transform(image, finite, mean, std, log1p), rtol=1e-5, atol=1e-5)
+    tables = LookupTables(torch.tensor(upper, dtype=torch.float32), torch.ones(upper.size), torch.zeros(upper.size), log1p, np.dtype(dtype))
+    assert tables.lengths.tolist() == [min(int(np.floor(min(u, top))) + 2, top + 1) for u in upper]
+    with pytest.raises(InvalidInputError, match="cannot map a torch.int32 image"):
+        tables.apply(torch.from_numpy(image.astype(np.int32)))
+
+
+def test_batch_standardizer_writes_into_out(store: Path) -> None:
+    """``out=``: the same values written into the caller's tensor, on the gather path and the element-wise path."""
+    dataset = MultiplexImagingDataset("t", store, 1.0, SIZE, standardization="quantile_clipping/uq_0.99_image")
+    names = dataset.channel_names("A")
+    assert isinstance(dataset.standardizer, QuantileClippingStandardizer)
+    module = BatchStandardizer(dataset.standardizer, ["A", "B"], names)
+    batch = torch.stack([dataset.read_tile("A", 0, 0, preprocess=False), dataset.read_tile("B", 0, 0, preprocess=False)])
+    want = module(batch, ["A", "B"])
+    for items in (batch, batch.to(torch.int32), batch.to(torch.float32)):
+        out = torch.full(batch.shape, torch.nan)
+        assert module(items, ["A", "B"], out=out) is out
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
+    floats = batch.to(torch.float32)
+    assert module(floats, ["A", "B"], out=floats) is floats  # in place, when asked
+    torch.testing.assert_close(floats, want, rtol=0, atol=1e-6)
+    with pytest.raises(InvalidInputError, match="out must be a contiguous float32 tensor of shape"):
+        module(batch, ["A", "B"], out=torch.empty(batch.shape, dtype=torch.float64))

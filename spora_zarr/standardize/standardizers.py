@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InvalidInputError, NotFoundError
 from ..store.layout import Resolution, resolution_name
+from . import kernels
 from .specs import IDENTITY, Spec, parse_spec
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "BaseStandardizer",
     "BatchStandardizer",
     "IdentityStandardizer",
+    "LookupTables",
     "MeanStdStandardizer",
     "QuantileClippingLog1PStandardizer",
     "QuantileClippingStandardizer",
@@ -46,8 +48,82 @@ MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]
 ChannelParameters = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]
 
 
+_LUT_TYPES: dict[torch.dtype, np.dtype] = {torch.uint8: np.dtype(np.uint8), torch.uint16: np.dtype(np.uint16)}  # kernels.LUT_DTYPES
+
+
 def _unsigned(tensor: torch.Tensor) -> bool:
     return tensor.dtype in (torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.bool)
+
+
+def _transform_(
+    out: torch.Tensor, lower: torch.Tensor | None, upper: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, log1p: bool
+) -> torch.Tensor:
+    """``f(clip(out, lower, upper)) * scale + bias`` in place on float32 ``out`` (parameters broadcast per channel).
+
+    The one element-wise form of the transform: the standardizers apply it to
+    tiles and batches, and :class:`LookupTables` to every possible sample value.
+    ``lower`` is None for samples of unsigned types (>= 0 already).
+    """
+    if lower is not None:
+        torch.maximum(out, lower, out=out)
+    torch.minimum(out, upper, out=out)  # minimum/maximum with (C, 1, 1) bounds: 5x faster than clamp_ with tensors
+    if log1p:
+        out.log1p_()
+    return out.mul_(scale).add_(bias)
+
+
+def _lut_type(tensor: torch.Tensor) -> np.dtype | None:
+    """The sample type when ``tensor`` can go through :class:`LookupTables` here (CPU, 8/16-bit unsigned, kernels built)."""
+    dtype = _LUT_TYPES.get(tensor.dtype)
+    return dtype if dtype is not None and tensor.device.type == "cpu" and kernels.available() else None
+
+
+class LookupTables:
+    """The transform of 8/16-bit unsigned samples as per-channel float32 tables, applied by one compiled gather.
+
+    Channel ``c``'s table holds ``f(min(v, upper_c)) * scale_c + bias_c`` for
+    ``v = 0 .. floor(upper_c) + 1`` (every value of the dtype when the bound
+    is beyond it), computed by the element-wise transform itself on those
+    values, so a gathered sample equals the element-wise result: bit for bit
+    without ``log1p``; with ``log1p`` within the float32 rounding of torch's
+    vectorised and scalar ``log1p`` (one ulp). A sample above ``floor(upper) + 1``
+    takes the last entry, ``f(upper)``. A table is at most 256 KiB (uint16 up to
+    65,535); clipping bounds of counts make them small.
+
+    Parameters
+    ----------
+    upper, scale, bias : torch.Tensor
+        float32 per channel (any shape with ``C`` elements).
+    log1p : bool
+        ``f`` is ``log1p``.
+    dtype : numpy.dtype
+        uint8 or uint16.
+    """
+
+    def __init__(self, upper: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, log1p: bool, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        top = int(np.iinfo(self.dtype).max)
+        upper, scale, bias = (t.detach().to("cpu", torch.float32).reshape(-1, 1) for t in (upper, scale, bias))
+        bound = upper.reshape(-1).double().numpy()
+        finite = np.nan_to_num(np.clip(bound, 0, top), nan=top)
+        self.lengths = np.minimum(np.floor(finite).astype(np.int64) + 2, top + 1)
+        values = torch.arange(int(self.lengths.max()), dtype=torch.float32).expand(len(self.lengths), -1).contiguous()
+        rows = _transform_(values, None, upper, scale, bias, log1p).numpy()
+        self.table = np.concatenate([row[:n] for row, n in zip(rows, self.lengths)])
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    def apply(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``image`` (``(C, ...)``, this dtype, on the CPU) standardized into float32 ``out`` (new if None)."""
+        if image.shape[0] != self.lengths.size or _LUT_TYPES.get(image.dtype) != self.dtype:
+            raise InvalidInputError(
+                f"lookup tables of {self.lengths.size} {self.dtype} channels cannot map a {image.dtype} image of shape {tuple(image.shape)}"
+            )
+        image = image.contiguous()
+        if out is None:
+            out = torch.empty(image.shape, dtype=torch.float32)
+        kernels.lut_apply(image.data_ptr(), self.dtype, self.lengths.size, image[0].numel(), self.table,
+                          self.offsets, self.lengths, out.data_ptr())
+        return out
 
 
 class BaseStandardizer:
@@ -129,6 +205,7 @@ class StatsBackedStandardizer(BaseStandardizer):
             for t, c, u, m, s in zip(stats.tissue_id, stats.channel_name, stats.upper, stats["mean"], stats["std"])
         }
         self._cache: dict[tuple[str, tuple[str, ...]], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple[str, tuple[str, ...], np.dtype], LookupTables] = {}
 
     @classmethod
     def from_store(
@@ -143,7 +220,7 @@ class StatsBackedStandardizer(BaseStandardizer):
         return kind(stats, parsed, source=command_hint(store, modality, resolution, parsed.name))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": {}}
+        return {**self.__dict__, "_cache": {}, "_tables": {}}
 
     @property
     def tissues(self) -> list[str]:
@@ -182,14 +259,16 @@ class StatsBackedStandardizer(BaseStandardizer):
     def __call__(self, image: torch.Tensor, tissue_id: str, channel_names: Sequence[str]) -> torch.Tensor:
         if image.shape[0] != len(channel_names):
             raise InvalidInputError(f"image has {image.shape[0]} channels but {len(channel_names)} channel names were given")
+        dtype = _lut_type(image)
+        if dtype is not None:  # stored counts: one gather through per-channel tables
+            key = (str(tissue_id), tuple(channel_names), dtype)
+            tables = self._tables.get(key)
+            if tables is None:
+                _, upper, scale, bias = self._tensors(tissue_id, channel_names)
+                tables = self._tables[key] = LookupTables(upper, scale, bias, self.log1p, dtype)
+            return tables.apply(image)
         lower, upper, scale, bias = self._tensors(tissue_id, channel_names)
-        out = image.to(torch.float32, copy=True)
-        if not _unsigned(image):  # (stored values of unsigned types are >= 0 already)
-            torch.maximum(out, lower, out=out)
-        torch.minimum(out, upper, out=out)  # minimum/maximum with (C, 1, 1) bounds: 5x faster than clamp_ with tensors
-        if self.log1p:
-            out.log1p_()
-        return out.mul_(scale).add_(bias)
+        return _transform_(image.to(torch.float32, copy=True), None if _unsigned(image) else lower, upper, scale, bias, self.log1p)
 
 
 class QuantileClippingStandardizer(StatsBackedStandardizer):
@@ -317,6 +396,8 @@ class BatchStandardizer(torch.nn.Module):
         self.register_buffer("std", torch.from_numpy(std.astype(np.float32)))
         self.register_buffer("scale", torch.from_numpy((1.0 / std).astype(np.float32)))
         self.register_buffer("bias", torch.from_numpy((-mean / std).astype(np.float32)))
+        self._tables: dict[tuple[int, np.dtype], LookupTables] = {}
+        self._tables_stamp: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def for_tiles(cls, tiles: Any, modality: str) -> BatchStandardizer:
@@ -350,19 +431,46 @@ class BatchStandardizer(torch.nn.Module):
             raise NotFoundError(f"the batch standardizer has no parameters for tissue {exc.args[0]!r}") from None
         return torch.tensor(rows, dtype=torch.long, device=self.upper.device)
 
-    def forward(self, batch: torch.Tensor, tissues: Sequence[str] | torch.Tensor) -> torch.Tensor:
-        """Standardize ``batch`` (``(B, C, H, W)``, any numeric dtype) of the tissues ``tissues`` (B names or indices)."""
+    def forward(self, batch: torch.Tensor, tissues: Sequence[str] | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardize ``batch`` (``(B, C, H, W)``, any numeric dtype) of the tissues ``tissues`` (B names or indices).
+
+        ``out``: a float32 tensor of the batch's shape on the module's device to
+        write into (and return), e.g. one reused across batches: on the CPU a
+        fresh output of a large batch costs more in page faults than the
+        transform itself (``docs/standardization.md``).
+        """
         if batch.ndim != 4 or batch.shape[1] != len(self.panel):
             raise InvalidInputError(f"expected a (B, {len(self.panel)}, H, W) batch, got shape {tuple(batch.shape)}")
+        device = self.upper.device
+        if out is not None and (out.shape != batch.shape or out.dtype != torch.float32 or out.device != device or not out.is_contiguous()):
+            raise InvalidInputError(
+                f"out must be a contiguous float32 tensor of shape {tuple(batch.shape)} on {device}, "
+                f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+            )
         rows = self.indices(tissues)
-        lower = self.lower[rows][:, :, None, None]
-        upper = self.upper[rows][:, :, None, None]
-        out = batch.to(device=self.upper.device).to(torch.float32)
-        if out.data_ptr() == batch.data_ptr():  # already float32 there: never modify the caller's batch
-            out = out.clone()
-        if not _unsigned(batch):
-            torch.maximum(out, lower, out=out)
-        torch.minimum(out, upper, out=out)
-        if self.log1p:
-            out.log1p_()
-        return out.mul_(self.scale[rows][:, :, None, None]).add_(self.bias[rows][:, :, None, None])
+        dtype = _lut_type(batch) if device.type == "cpu" else None
+        if dtype is not None:  # stored counts on the CPU: one gather per item through its tissue's tables
+            batch = batch.contiguous()
+            out = torch.empty(batch.shape, dtype=torch.float32) if out is None else out
+            for item, row in enumerate(rows.tolist()):
+                self._lookup_tables(row, dtype).apply(batch[item], out[item])
+            return out
+        if out is None:
+            out = batch.to(device=device).to(torch.float32)
+            if out.data_ptr() == batch.data_ptr():  # already float32 there: never modify the caller's batch
+                out = out.clone()
+        elif out.data_ptr() != batch.data_ptr():
+            out.copy_(batch)
+        lower = None if _unsigned(batch) else self.lower[rows][:, :, None, None]
+        per_item = (self.upper[rows][:, :, None, None], self.scale[rows][:, :, None, None], self.bias[rows][:, :, None, None])
+        return _transform_(out, lower, *per_item, self.log1p)
+
+    def _lookup_tables(self, row: int, dtype: np.dtype) -> LookupTables:
+        """Tissue ``row``'s tables for samples of ``dtype``, built on first use and again after the buffers change."""
+        stamp = tuple((t.data_ptr(), t._version) for t in (self.upper, self.scale, self.bias))
+        if stamp != self._tables_stamp:
+            self._tables, self._tables_stamp = {}, stamp
+        tables = self._tables.get((row, dtype))
+        if tables is None:
+            tables = self._tables[(row, dtype)] = LookupTables(self.upper[row], self.scale[row], self.bias[row], self.log1p, dtype)
+        return tables
