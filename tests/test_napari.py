@@ -15,6 +15,7 @@ import pytest
 
 from spora_zarr import ConvertOptions, add_image, convert_cohort, open_cohort
 from spora_zarr.napari import CohortBrowser, add_layers, napari_get_reader, read_store, tissue_layers
+from spora_zarr.napari.levels import LazyLevel
 from spora_zarr.napari.reader import MAX_TILE_SHAPES
 from spora_zarr.store.tables import write_table
 from spora_zarr.testing.mixed import MIXED_CHANNELS, MIXED_TILE, make_mixed_cohort
@@ -59,8 +60,7 @@ def test_a_tissue_as_layers_in_microns(store: Path, capsys: pytest.CaptureFixtur
     metadata = cohort.group_metadata("imc", "R1")
     for i, channel in enumerate(metadata.channels):
         assert imc[1]["contrast_limits"][i] == (channel.window["start"], channel.window["end"])
-        rgba = imc[1]["colormap"][i].colors[-1]
-        assert "".join(f"{round(v * 255):02X}" for v in rgba[:3]) == channel.color
+        assert imc[1]["colormap"][i] == f"#{channel.color.lower()}"
     tiles = cohort.read_table(f"tiling/1_0mpp/default/{MIXED_TILE}_tile_coordinates.parquet").to_pandas()
     assert len(layers[4][0]) == int((tiles.tissue_id == "R1").sum())
     # H&E at 0.5 um/px and the multiplex at 1.0 um/px cover the same microns
@@ -72,6 +72,7 @@ def test_a_tissue_as_layers_in_microns(store: Path, capsys: pytest.CaptureFixtur
 def test_layers_in_a_viewer_model(store: Path) -> None:
     viewer = ViewerModel()
     add_layers(viewer, read_store(str(store), "R2"))
+    colors = {c.label: c for c in open_cohort(store).group_metadata("imc", "R2").channels}
     names = [layer.name for layer in viewer.layers]
     assert names[:4] == ["R2: he", *MIXED_CHANNELS["R2"]]
     assert viewer.layers["R2: cell_masks"].contour == 1 and viewer.layers["R2: cell_masks"].visible
@@ -82,6 +83,10 @@ def test_layers_in_a_viewer_model(store: Path) -> None:
         elif layer.name in MIXED_CHANNELS["R2"]:
             assert tuple(layer.scale) == (1.0, 1.0)
             assert layer.blending == "additive"
+            channel = colors[layer.name]
+            np.testing.assert_allclose(layer.colormap.colors[0], [0, 0, 0, 1])  # black to the omero colour
+            assert "".join(f"{round(v * 255):02X}" for v in layer.colormap.colors[-1][:3]) == channel.color
+            assert tuple(layer.contrast_limits) == (channel.window["start"], channel.window["end"])
 
 
 def test_multiscale_levels_are_all_handed_lazily(tmp_path: Path) -> None:
@@ -95,7 +100,7 @@ def test_multiscale_levels_are_all_handed_lazily(tmp_path: Path) -> None:
     add_image(store, str(tmp_path / "b.ome.tif"), modality="cycif", tissue_id="T", mpp=0.5, options=WriteOptions(max_top_size=128))
     data, kwargs, _ = read_store(str(store))[0]
     assert kwargs["multiscale"] and len(data) == len(open_cohort(store).resolutions("cycif", "T")) == 4
-    assert all(type(level).__name__ == "Array" and type(level).__module__.startswith("dask") for level in data)
+    assert all(isinstance(level, LazyLevel) for level in data)  # lazy: shards are read when napari indexes
     np.testing.assert_array_equal(np.asarray(data[0][1, 10:20, 30:40]), big[1, 10:20, 30:40])
 
 

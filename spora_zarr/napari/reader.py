@@ -5,7 +5,7 @@
 The returned reader gives, for one tissue, :func:`tissue_layers`:
 
 - each modality as a multiscale image layer handed every pyramid level lazily
-  (dask arrays over the zarr levels; no pixels are read): multiplex images
+  (lazy arrays read shard by shard through the read layer; no pixels are read): multiplex images
   split into one layer per channel (``channel_axis``) named by the channel,
   coloured and contrast-limited from ``omero`` (defaults, with a warning, where
   ``omero`` lacks a colour or a window); RGB H&E and IHC as one RGB layer;
@@ -182,14 +182,17 @@ def tissue_layers(
 
 
 # -- layers ---------------------------------------------------------------------------------
-def _levels(cohort: Cohort, group: str, tissue_id: str, metadata: GroupMetadata) -> list[Any]:
-    """Every level of a group as a lazy dask array (one dask chunk per shard), finest first."""
-    import dask.array as da
+def _levels(cohort: Cohort, group: str, tissue_id: str, metadata: GroupMetadata, *, rgb: bool = False) -> list[Any]:
+    """Every level of a group as a :class:`~spora_zarr.napari.levels.LazyLevel` (nothing read), finest first."""
+    from ..read.levels import open_level
+    from .levels import LazyLevel
 
     arrays = []
     for name in metadata.level_names:
         array = cohort.open_array(group, tissue_id, name)
-        arrays.append(da.from_zarr(array, chunks=array.shards or array.chunks))
+        reader = open_level(cohort.location, cohort.level_path(group, tissue_id, name))
+        shard = (array.shards or array.chunks)[-2:]
+        arrays.append(LazyLevel(reader, (int(shard[0]), int(shard[1])), rgb=rgb))
     return arrays
 
 
@@ -206,13 +209,12 @@ def _meta(cohort: Cohort, **values: Any) -> dict[str, Any]:
 
 def _image_layer(cohort: Cohort, modality: str, tissue_id: str, kind: str) -> LayerData:
     metadata = cohort.group_metadata(modality, tissue_id)
-    data = _levels(cohort, modality, tissue_id, metadata)
+    data = _levels(cohort, modality, tissue_id, metadata, rgb=_is_rgb(metadata))
     channels = list(metadata.channels)
     names = metadata.channel_names
     common = {**_placement(metadata), "multiscale": len(data) > 1, "metadata": _meta(cohort, modality=modality, tissue_id=tissue_id)}
     if _is_rgb(metadata):
-        moved = [level.transpose(1, 2, 0) for level in data]
-        return (_one_or_all(moved), {**common, "name": f"{tissue_id}: {modality}", "rgb": True}, "image")
+        return (_one_or_all(data), {**common, "name": f"{tissue_id}: {modality}", "rgb": True}, "image")
     selected = _channel_selection(cohort, modality, tissue_id, names, kind)
     if selected is not None:
         data = [level[selected] for level in data]
@@ -225,7 +227,7 @@ def _image_layer(cohort: Cohort, modality: str, tissue_id: str, kind: str) -> La
         **common,
         "channel_axis": 0,
         "name": list(names),
-        "colormap": [_colormap(c) for c in colors],
+        "colormap": [f"#{c.lower()}" for c in colors],  # napari maps black to this colour
         "contrast_limits": limits,
         "blending": "additive",
     }
@@ -287,13 +289,6 @@ def _colors_and_limits(
     return colors, limits
 
 
-def _colormap(color: str) -> Any:
-    from napari.utils.colormaps import Colormap
-
-    rgb = [int(color[i : i + 2], 16) / 255 for i in (0, 2, 4)]
-    return Colormap([[0.0, 0.0, 0.0, 1.0], [*rgb, 1.0]], name=f"spora #{color.upper()}")
-
-
 def _label_layer(cohort: Cohort, kind: str, tissue_id: str) -> LayerData:
     metadata = cohort.group_metadata(kind, tissue_id)
     data = _levels(cohort, kind, tissue_id, metadata)
@@ -313,11 +308,11 @@ def _tiles_layer(cohort: Cohort, table_path: str, tissue_id: str) -> LayerData |
     parts = table_path.split("/")
     mpp = resolution_value(parts[1])
     size = int(parts[-1].split("_", 1)[0])
-    table = cohort.read_table(table_path).to_pandas()
-    tiles = table[table.tissue_id.astype(str) == tissue_id]
-    if tiles.empty:
+    table = cohort.read_table(table_path)
+    mine = np.asarray(table.column("tissue_id").cast("string").to_numpy(zero_copy_only=False) == tissue_id)
+    if not mine.any():
         return None
-    rows, cols = tiles.row.to_numpy(np.int64), tiles.col.to_numpy(np.int64)
+    rows, cols = (np.asarray(table.column(name).to_numpy(), np.int64)[mine] for name in ("row", "col"))
     name = f"{tissue_id}: tiles {parts[1]} {parts[2]} {size}px"
     meta = _meta(cohort, tiles=table_path, tissue_id=tissue_id)
     if len(rows) <= MAX_TILE_SHAPES:
@@ -345,7 +340,7 @@ def _tiles_layer(cohort: Cohort, table_path: str, tissue_id: str) -> LayerData |
     height = int(((rows.max() + size) // cell) + 1)
     width = int(((cols.max() + size) // cell) + 1)
     raster = np.zeros((height, width), np.int32)
-    ids = tiles.tile_id.to_numpy(np.int64) + 1
+    ids = np.asarray(table.column("tile_id").to_numpy(), np.int64)[mine] + 1
     edge = -(-size // cell)
     for r, c, label in zip(rows // cell, cols // cell, ids):
         raster[max(r, 0) : r + edge, max(c, 0) : c + edge] = label

@@ -172,11 +172,24 @@ class Cohort:
         return read_table(self.location, path)
 
     def tables(self) -> list[str]:
-        """Relative paths of every parquet table in the store."""
+        """Relative paths of every parquet table in the store.
+
+        Image and mask groups are not walked into (tables never live there, and
+        their shard files are most of the store's entries).
+        """
         fs = self.location.fs()
-        root = self.location.fs_path()
-        found = [p[len(root):].strip("/") for p in fs.find(root) if p.endswith(".parquet")]
-        return sorted(p for p in found if not p.startswith(STAGING_DIR))
+        root = self.location.fs_path().rstrip("/")
+        found = []
+        for directory, subdirs, files in fs.walk(root, topdown=True):
+            relative = directory[len(root) :].strip("/")
+            parts = relative.split("/") if relative else []
+            if parts[:1] == [STAGING_DIR]:
+                subdirs[:] = []
+                continue
+            found += [posixpath.join(relative, name) for name in files if name.endswith(".parquet")]
+            if parts[-1:] == ["images"] or (len(parts) == 2 and parts[0] == "segmentations"):
+                subdirs[:] = []  # a modality's image groups or a mask kind's tissue groups
+        return sorted(found)
 
 
 def open_cohort(location: str | Location, storage_options: dict[str, Any] | None = None) -> Cohort:
