@@ -11,7 +11,8 @@ fi
 . "$VENV/bin/activate"
 STAMP="$VENV/.spora-installed-$EXTRAS"
 # Reinstall when the project's metadata or its compiled part changed since the last install.
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ] || [ "$ROOT/spora_zarr/read/engines/_window.c" -nt "$STAMP" ] || [ "$ROOT/spora_zarr/standardize/_histogram.c" -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ] \
+  || [ -n "$(find "$ROOT/spora_zarr" -name '*.c' -newer "$STAMP" -print -quit)" ]; then
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
   python -m pip install -q -e "$ROOT[$EXTRAS]"
