@@ -168,3 +168,17 @@ def test_view_refuses_an_unknown_tissue_before_opening_a_window(store: Path, cap
     assert main(["view", str(store), "NOPE"]) == 1
     err = capsys.readouterr().err
     assert "no tissue 'NOPE'" in err and "R1" in err
+
+
+def test_napari_discovers_the_plugin_and_its_reader(store: Path) -> None:
+    """The installed npe2 manifest loads (its name must match the distribution) and offers the reader for store paths."""
+    from npe2 import PluginManager
+
+    manager = PluginManager.instance()
+    manager.discover()
+    assert "spora_zarr" in manager._manifests, "the spora_zarr napari manifest did not register"
+    for path in (store, store / "imc" / "images" / "R1", store / "segmentations" / "cell_masks" / "R1"):
+        readers = [reader.plugin_name for reader in manager.iter_compatible_readers([str(path)])]
+        assert "spora_zarr" in readers, (path, readers)
+    widgets = [w.command for w in manager.get_manifest("spora_zarr").contributions.widgets or []]
+    assert widgets == ["spora_zarr.cohort_widget"]

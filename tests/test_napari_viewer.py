@@ -35,7 +35,10 @@ layers = browser.show("T01")
 viewer.window.add_dock_widget(CohortWidget(viewer, browser=browser), name="spora cohort", area="right")
 viewer.reset_view()
 viewer.screenshot(shot, canvas_only=True, flash=False)
-print(json.dumps({layer.name: [layer.__class__.__name__, bool(layer.visible)] for layer in viewer.layers}))
+state = {layer.name: [layer.__class__.__name__, bool(layer.visible)] for layer in viewer.layers}
+dropped = viewer.open(store + "/segmentations/cell_masks/T01", plugin="spora_zarr")  # as dropping the group on napari
+state["dropped"] = [layer.name for layer in dropped] + [layer.contour for layer in dropped]
+print(json.dumps(state))
 viewer.close()
 """
 
@@ -74,6 +77,7 @@ def test_a_real_viewer_shows_a_demo_tissue(display: str, tmp_path: Path) -> None
     channels = {name: state for name, state in layers.items() if state[0] == "Image"}
     assert set(channels) == {"DNA1", "CD3", "CD20", "PanCK", "Vimentin", "Ki67"} and all(visible for _, visible in channels.values())
     assert layers["T01: tissue_masks"] == ["Labels", True] and layers["T01: cell_masks"] == ["Labels", True]
+    assert layers.pop("dropped")[1:] == [1]  # a cell mask dropped on napari is drawn as contours too
     picture = iio.imread(shot)
     rgb = picture[..., :3].astype(np.int32)
     assert rgb.std() > 5 and len(np.unique(rgb.reshape(-1, 3), axis=0)) > 100  # not blank: an image with structure

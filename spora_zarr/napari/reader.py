@@ -26,6 +26,8 @@ from __future__ import annotations
 import functools
 import logging
 import posixpath
+import sys
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +122,7 @@ def _locate_modality(location: Location) -> Target | None:
 
 
 def _read_target(target: Target, path: Any = None) -> list[LayerData]:
+    _contours_when_added()
     cohort = open_cohort(target.root)
     if target.mask_kind is not None and target.tissue_id is not None:
         return [_label_layer(cohort, target.mask_kind, target.tissue_id)]
@@ -131,6 +134,31 @@ def _read_target(target: Target, path: Any = None) -> list[LayerData]:
         log.warning("%s: no tissue to show", target.root)
         return []
     return tissue_layers(cohort, tissues[0], modalities=modalities)
+
+
+_CONTOURED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _contours_when_added() -> None:
+    """Have napari's current viewer draw spora masks as contours when it adds them.
+
+    napari's ``Labels`` takes ``contour`` only after it is made, and a reader
+    only returns layer data; so the viewer that called the reader sets it from
+    the layer's ``metadata["spora"]["contour"]`` on insertion. Nothing happens
+    outside a running napari (no viewer, or napari not imported).
+    """
+    napari = sys.modules.get("napari")
+    viewer = napari.current_viewer() if napari is not None else None
+    if viewer is None or viewer in _CONTOURED:
+        return
+
+    def on_inserted(event: Any) -> None:
+        contour = getattr(event.value, "metadata", {}).get("spora", {}).get("contour")
+        if contour and hasattr(event.value, "contour") and not event.value.contour:
+            event.value.contour = contour
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    _CONTOURED.add(viewer)
 
 
 def read_store(
