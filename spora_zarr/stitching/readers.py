@@ -143,13 +143,15 @@ class Nd2Reader:
             raise InvalidInputError(f"{path}: unreadable nd2 ({reason(exc)})") from None
         self.frames = list(frames)
         self.layout = nd2_frame_layout(self._file)
+        self._lock = threading.Lock()  # the writer may read windows of one tile from several threads
 
     def read(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         channels, height, width, components = self.layout
         planes = []
         for z in range(z0, z1):
-            frame = np.reshape(self._file.read_frame(self.frames[z]), self.layout)[:, y0:y1, x0:x1]
-            planes.append(np.moveaxis(frame, -1, 1).reshape(channels * components, y1 - y0, x1 - x0))
+            with self._lock:
+                frame = np.reshape(self._file.read_frame(self.frames[z]), self.layout)[:, y0:y1, x0:x1]
+                planes.append(np.moveaxis(frame, -1, 1).reshape(channels * components, y1 - y0, x1 - x0))
         return np.stack(planes, axis=1)
 
     def close(self) -> None:
