@@ -182,3 +182,30 @@ def test_napari_discovers_the_plugin_and_its_reader(store: Path) -> None:
         assert "spora_zarr" in readers, (path, readers)
     widgets = [w.command for w in manager.get_manifest("spora_zarr").contributions.widgets or []]
     assert widgets == ["spora_zarr.cohort_widget"]
+
+
+def test_a_z_stack_opens_with_its_z_spacing(tmp_path: Path) -> None:
+    """A stitched z stack: channel layers and labels of (z, y, x) in microns, one plane read per slice."""
+    from spora_zarr.sources import ArraySource
+    from spora_zarr.store.location import Location
+    from spora_zarr.store.metadata import update_cohort_attributes
+    from spora_zarr.write import WriteOptions, write_image, write_labels
+
+    rng = np.random.default_rng(5)
+    volume = rng.integers(0, 4000, (2, 6, 300, 280), dtype=np.uint16)
+    labels = rng.integers(0, 50, (1, 6, 300, 280), dtype=np.uint32)
+    location = Location.parse(tmp_path / "s.zarr")
+    update_cohort_attributes(location, modalities={"exm": ["0_5mpp"]}, mask_kinds=["cell_masks"])
+    options = WriteOptions(max_top_size=128)
+    write_image(location, "exm/images/T1", {0.5: ArraySource(volume)}, channel_names=["a", "b"], options=options, z_mpp=2.0,
+                spora={"tissue_id": "T1", "modality": "exm"})
+    write_labels(location, "segmentations/cell_masks/T1", {0.5: ArraySource(labels)}, options=options, z_mpp=2.0,
+                 spora={"tissue_id": "T1", "mask_kind": "cell_masks"})
+    viewer = ViewerModel()
+    add_layers(viewer, read_store(str(tmp_path / "s.zarr")))
+    assert [layer.name for layer in viewer.layers] == ["a", "b", "T1: cell_masks"]
+    for layer in viewer.layers:
+        assert layer.ndim == 3 and tuple(layer.scale) == (2.0, 0.5, 0.5) and layer.multiscale
+    np.testing.assert_array_equal(np.asarray(viewer.layers["b"].data[0][4, 10:20, 30:40]), volume[1, 4, 10:20, 30:40])
+    np.testing.assert_array_equal(np.asarray(viewer.layers["T1: cell_masks"].data[0][5]), labels[0, 5])
+    assert viewer.dims.range[0].stop == pytest.approx(10.0)  # 6 planes of 2 um

@@ -211,24 +211,35 @@ def tissue_layers(
 
 # -- layers ---------------------------------------------------------------------------------
 def _levels(cohort: Cohort, group: str, tissue_id: str, metadata: GroupMetadata, *, rgb: bool = False) -> list[Any]:
-    """Every level of a group as a :class:`~spora_zarr.napari.levels.LazyLevel` (nothing read), finest first."""
+    """Every level of a group, nothing read, finest first.
+
+    A :class:`~spora_zarr.napari.levels.LazyLevel` for a 2-D image or mask; a z stack as a dask
+    array over its zarr level (one dask chunk per plane-deep shard), so that napari's slider reads
+    one plane at a time.
+    """
     from ..read.levels import open_level
     from .levels import LazyLevel
 
-    arrays = []
+    arrays: list[Any] = []
     for name in metadata.level_names:
         array = cohort.open_array(group, tissue_id, name)
+        shard = array.shards or array.chunks
+        if "z" in metadata.axes:
+            import dask.array as da
+
+            arrays.append(da.from_zarr(array, chunks=shard))
+            continue
         reader = open_level(cohort.location, cohort.level_path(group, tissue_id, name))
-        shard = (array.shards or array.chunks)[-2:]
-        arrays.append(LazyLevel(reader, (int(shard[0]), int(shard[1])), rgb=rgb))
+        arrays.append(LazyLevel(reader, (int(shard[-2]), int(shard[-1])), rgb=rgb))
     return arrays
 
 
 def _placement(metadata: GroupMetadata) -> dict[str, Any]:
-    """``scale`` and ``translate`` in microns (y, x) of the finest level."""
+    """``scale`` and ``translate`` in microns of the finest level: ``(y, x)``, or ``(z, y, x)`` for a stack."""
+    n = 3 if "z" in metadata.axes else 2
     level = metadata.levels[0]
-    offsets = level.translation[-2:] if len(level.translation) >= 2 else (0.0, 0.0)
-    return {"scale": tuple(level.scale[-2:]), "translate": tuple(float(v) for v in offsets), "units": ("micrometer", "micrometer")}
+    offsets = level.translation[-n:] if len(level.translation) >= n else (0.0,) * n
+    return {"scale": tuple(level.scale[-n:]), "translate": tuple(float(v) for v in offsets), "units": ("micrometer",) * n}
 
 
 def _meta(cohort: Cohort, **values: Any) -> dict[str, Any]:
@@ -268,7 +279,8 @@ def _one_or_all(levels: list[Any]) -> Any:
 
 
 def _is_rgb(metadata: GroupMetadata) -> bool:
-    return metadata.channel_names == ["red", "green", "blue"] and [c.color for c in metadata.channels] == ["FF0000", "00FF00", "0000FF"]
+    colors = [c.color for c in metadata.channels]
+    return "z" not in metadata.axes and metadata.channel_names == ["red", "green", "blue"] and colors == ["FF0000", "00FF00", "0000FF"]
 
 
 def _channel_selection(cohort: Cohort, modality: str, tissue_id: str, names: list[str], kind: str) -> list[int] | None:
