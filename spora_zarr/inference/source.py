@@ -15,9 +15,9 @@ buffer), runs the model in batches and assembles the window:
 
 Each tile's *footprint* (its crop, or in blend mode its window inside the
 image) is pasted into the block being read, and only the part of it outside
-that block is kept (a strip of a few rows or columns) until the neighbouring
-block takes it; the writer's blocks partition the image, so a footprint is
-dropped once all its pixels are taken. These leftovers are bounded by
+that block is kept (strips of a few rows or columns, at most four boxes) until
+the neighbouring blocks take it; the writer's blocks partition the image, so
+a footprint is dropped once all its pixels are taken. These leftovers are bounded by
 ``cache_bytes`` (least recently used out first; an evicted tile runs again),
 so each tile runs once and memory holds one batch, one block and the strips,
 whatever the size of the slide. Tiles whose tissue-mask fraction is below
@@ -129,38 +129,31 @@ def _meet(a: Box, b: Box) -> Box | None:
     return (y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None
 
 
-def _area(box: Box) -> int:
-    return (box[1] - box[0]) * (box[3] - box[2])
+def _area(box: Box | None) -> int:
+    return 0 if box is None else (box[1] - box[0]) * (box[3] - box[2])
 
 
-def _outside(box: Box, block: Box) -> Box:
-    """The bounding box of the part of ``box`` outside ``block`` (``box`` itself unless ``block`` covers a side)."""
+def _minus(box: Box, block: Box) -> list[Box]:
+    """``box`` less ``block``, as at most four disjoint boxes (bands above and below, then left and right)."""
+    meet = _meet(box, block)
+    if meet is None:
+        return [box]
     y0, y1, x0, x1 = box
-    by0, by1, bx0, bx1 = block
-    if by0 <= y0 and y1 <= by1:  # the block spans the box's rows: columns are left
-        if bx0 <= x0 < bx1:
-            x0 = min(bx1, x1)
-        elif bx0 < x1 <= bx1:
-            x1 = bx0
-    elif bx0 <= x0 and x1 <= bx1:  # the block spans the box's columns: rows are left
-        if by0 <= y0 < by1:
-            y0 = min(by1, y1)
-        elif by0 < y1 <= by1:
-            y1 = by0
-    return y0, y1, x0, x1
+    my0, my1, mx0, mx1 = meet
+    bands = [(y0, my0, x0, x1), (my1, y1, x0, x1), (my0, my1, x0, mx0), (my0, my1, mx1, x1)]
+    return [b for b in bands if _area(b) > 0]
 
 
-@dataclass
-class _Part:
-    """What is kept of a tile: ``data`` (``None`` for a skipped tile) over ``box``, and its pixels not yet taken."""
+#: Pieces of a tile's footprint not yet taken: image box and its pixels (``None``: a skipped tile).
+Pieces = list[tuple[Box, "np.ndarray | None"]]
 
-    box: Box
-    data: np.ndarray | None
-    left: int
 
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.data is None else int(self.data.nbytes)
+#: Called with a tile's key, a piece ``(box, data)`` and the ``region`` of the piece in the block being read.
+Use = Callable[[tuple[int, int], Box, "np.ndarray | None", Box], None]
+
+
+def _nbytes(pieces: Pieces) -> int:
+    return sum(0 if data is None else int(data.nbytes) for _, data in pieces)
 
 
 class PredictionSource(ImageSource):
@@ -227,7 +220,7 @@ class PredictionSource(ImageSource):
         self.tiles_x: AxisTiles = axis_tiles(inputs.width, tile_size, overlap)
         self.tile_size = self.tiles_y.tile_size
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[tuple[int, int], _Part] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], Pieces] = OrderedDict()
         self._cached = 0
         self.tiles_run = 0
         self.tiles_skipped = 0
@@ -253,8 +246,8 @@ class PredictionSource(ImageSource):
         self.shape = (channels, inputs.height, inputs.width)
         self.info = SourceInfo(channel_names=list(channel_names) if channel_names else None, mpp=mpp)
         self._weights = blend_window(self.tile_size, self.tile_size) if mode == "blend" else None
-        if min_tissue is None:  # the probe is tile (0, 0): keep it (outside any block yet)
-            self._keep((0, 0), self._fresh((0, 0), probe), (0, 0, 0, 0))
+        if min_tissue is None:  # the probe is tile (0, 0): keep it for the first block
+            self._take((0, 0), self._fresh((0, 0), probe), (0, 0, 0, 0), None, owned=False)
 
     # -- the model -------------------------------------------------------------------
     def _run(self, keys: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -309,35 +302,34 @@ class PredictionSource(ImageSource):
         y, x = self._corner(i, j)
         return y, min(y + self.tile_size, self.shape[1]), x, min(x + self.tile_size, self.shape[2])
 
-    def _fresh(self, key: tuple[int, int], scores: np.ndarray | None) -> _Part:
+    def _fresh(self, key: tuple[int, int], scores: np.ndarray | None) -> Pieces:
         """A tile's whole footprint from its ``(K, T, T)`` scores: output pixels of its crop, or weighted scores (blend)."""
         box = self._footprint(*key)
         if scores is None:
-            return _Part(box, None, _area(box))
+            return [(box, None)]
         y, x = self._corner(*key)
         window = scores[:, box[0] - y : box[1] - y, box[2] - x : box[3] - x]
         if self._weights is None:
-            return _Part(box, self._as_output(window), _area(box))
-        weights = self._weights[: box[1] - box[0], : box[3] - box[2]]
-        return _Part(box, window.astype(np.float32, copy=False) * weights, _area(box))
+            return [(box, self._as_output(window))]
+        return [(box, window.astype(np.float32, copy=False) * self._weights[: box[1] - box[0], : box[3] - box[2]])]
 
-    def _visit(self, keys: Sequence[tuple[int, int]], block: Box, use: Callable[[tuple[int, int], _Part, Box], None]) -> None:
-        """Call ``use(key, part, region)`` for each tile of ``keys`` with the ``region`` of its footprint in ``block``.
+    def _visit(self, keys: Sequence[tuple[int, int]], block: Box, use: Use) -> None:
+        """Call ``use(key, box, data, region)`` for the pieces ``(box, data)`` of the tiles ``keys`` that meet ``block`` there.
 
-        Leftovers that hold the region are used; the other tiles run in
-        batches. What is left of each footprint outside ``block`` is kept.
+        Kept pieces that hold a tile's part of the block are used; the other
+        tiles run in batches. What is left of each footprint outside ``block``
+        is kept.
         """
         missing = []
         for key in keys:
-            region = _meet(self._footprint(*key), block)
-            if region is None:
+            need = _meet(self._footprint(*key), block)
+            if need is None:
                 continue
-            part = self._cache.pop(key, None)
-            if part is not None:
-                self._cached -= part.nbytes
-                if _meet(part.box, region) == region:
-                    use(key, part, region)
-                    self._keep(key, part, block)
+            pieces = self._cache.pop(key, None)
+            if pieces is not None:
+                self._cached -= _nbytes(pieces)
+                if sum(_area(_meet(box, need)) for box, _ in pieces) == _area(need):
+                    self._take(key, pieces, block, use, owned=True)
                     continue
             missing.append(key)
         size = self.tile_size
@@ -347,35 +339,32 @@ class PredictionSource(ImageSource):
                 for key in [k for k in group if self.inputs.tissue_fraction(*self._corner(*k), size, size) < self.min_tissue]:
                     group.remove(key)
                     self.tiles_skipped += 1
-                    part = self._fresh(key, None)
-                    use(key, part, _meet(part.box, block))  # type: ignore[arg-type]
-                    self._keep(key, part, block)
-            if not group:
-                continue
-            for key, scores in zip(group, self._run(group)):
-                part = self._fresh(key, scores)
-                use(key, part, _meet(part.box, block))  # type: ignore[arg-type]
-                self._keep(key, part, block)
+                    self._take(key, self._fresh(key, None), block, use, owned=True)
+            if group:
+                for key, scores in zip(group, self._run(group)):
+                    self._take(key, self._fresh(key, scores), block, use, owned=False)
 
-    def _keep(self, key: tuple[int, int], part: _Part, block: Box) -> None:
-        """Keep what ``block`` did not take of ``part`` (a copy of the bounding box left), least recently used out first."""
-        taken = _meet(part.box, block)
-        left = part.left - (0 if taken is None else _area(taken))
-        if left <= 0:
-            return
-        box = _outside(part.box, block)
-        data = part.data
-        if data is not None:
-            y0, x0 = box[0] - part.box[0], box[2] - part.box[2]
-            data = np.array(data[:, y0 : y0 + box[1] - box[0], x0 : x0 + box[3] - box[2]])
-        kept = _Part(box, data, left)
-        if kept.nbytes > self.cache_bytes:
+    def _take(self, key: tuple[int, int], pieces: Pieces, block: Box, use: Use | None, *, owned: bool) -> None:
+        """Give ``use`` what ``block`` takes of ``pieces`` and keep the rest (copied unless ``owned``), least recently used out first."""
+        kept: Pieces = []
+        for box, data in pieces:
+            region = _meet(box, block)
+            if region is None:
+                kept.append((box, data if owned or data is None else np.array(data)))
+                continue
+            if use is not None:
+                use(key, box, data, region)
+            for rest in _minus(box, block):
+                y0, x0 = rest[0] - box[0], rest[2] - box[2]
+                kept.append((rest, None if data is None else np.array(data[:, y0 : y0 + rest[1] - rest[0], x0 : x0 + rest[3] - rest[2]])))
+        size = _nbytes(kept)
+        if not kept or size > self.cache_bytes:
             return
         self._cache[key] = kept
-        self._cached += kept.nbytes
+        self._cached += size
         while self._cached > self.cache_bytes and self._cache:
             _, old = self._cache.popitem(last=False)
-            self._cached -= old.nbytes
+            self._cached -= _nbytes(old)
 
     # -- the ImageSource ------------------------------------------------------------------
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -386,14 +375,13 @@ class PredictionSource(ImageSource):
     def _read_crop(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         out = np.empty((self.shape[0], y1 - y0, x1 - x0), dtype=self.dtype)  # the crops partition the image
 
-        def paste(key: tuple[int, int], part: _Part, region: Box) -> None:
+        def paste(key: tuple[int, int], box: Box, data: np.ndarray | None, region: Box) -> None:
             ry0, ry1, rx0, rx1 = region
             target = out[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
-            if part.data is None:
+            if data is None:
                 target[...] = self.fill_value
             else:
-                py, px = part.box[0], part.box[2]
-                target[...] = part.data[:, ry0 - py : ry1 - py, rx0 - px : rx1 - px]
+                target[...] = data[:, ry0 - box[0] : ry1 - box[0], rx0 - box[2] : rx1 - box[2]]
 
         rows, cols = self.tiles_y.covering(y0, y1), self.tiles_x.covering(x0, x1)
         self._visit([(i, j) for i in rows for j in cols], (y0, y1, x0, x1), paste)
@@ -405,12 +393,12 @@ class PredictionSource(ImageSource):
         weights = self._weights
         assert weights is not None
 
-        def add(key: tuple[int, int], part: _Part, region: Box) -> None:
-            if part.data is None:
+        def add(key: tuple[int, int], box: Box, data: np.ndarray | None, region: Box) -> None:
+            if data is None:
                 return
             ry0, ry1, rx0, rx1 = region
-            (py, px), (ty, tx) = (part.box[0], part.box[2]), self._corner(*key)
-            acc[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += part.data[:, ry0 - py : ry1 - py, rx0 - px : rx1 - px]
+            ty, tx = self._corner(*key)
+            acc[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += data[:, ry0 - box[0] : ry1 - box[0], rx0 - box[2] : rx1 - box[2]]
             weight[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += weights[ry0 - ty : ry1 - ty, rx0 - tx : rx1 - tx]
 
         rows, cols = self.tiles_y.touching(y0, y1), self.tiles_x.touching(x0, x1)
