@@ -65,7 +65,7 @@ def count_into(data: np.ndarray, counts: np.ndarray, *, signed: bool) -> None:
     The compiled counter reads each sample once (an all-zero 8-byte word at a
     time) and releases the GIL; without it, ``np.bincount``.
     """
-    data = np.require(data, requirements="CA").reshape(-1)  # contiguous and aligned samples
+    data = np.require(data, requirements=("C", "A")).reshape(-1)  # contiguous and aligned samples
     native = _native()
     bits = data.dtype.itemsize * 8
     if native is not None and counts.dtype == np.int64 and counts.flags.c_contiguous and counts.size == 1 << bits:

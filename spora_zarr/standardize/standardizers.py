@@ -14,6 +14,7 @@ uint16 items through the DataLoader, standardized on the GPU).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -452,8 +453,10 @@ class BatchStandardizer(torch.nn.Module):
         if dtype is not None:  # stored counts on the CPU: one gather per item through its tissue's tables
             batch = batch.contiguous()
             out = torch.empty(batch.shape, dtype=torch.float32) if out is None else out
-            for item, row in enumerate(rows.tolist()):
-                self._lookup_tables(row, dtype).apply(batch[item], out[item])
+            jobs = [(self._lookup_tables(row, dtype), batch[item], out[item]) for item, row in enumerate(rows.tolist())]
+            # The gather releases the GIL: items on torch's intra-op thread count.
+            with ThreadPoolExecutor(max(1, min(len(jobs), torch.get_num_threads())), thread_name_prefix="spora-standardize") as pool:
+                list(pool.map(lambda job: job[0].apply(job[1], job[2]), jobs))
             return out
         if out is None:
             out = batch.to(device=device).to(torch.float32)
