@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import time
 import uuid
 
 import numpy as np
@@ -250,7 +251,12 @@ def _after_direct_parent(root: str, windows):
     """In a fresh process: read with the direct engine (its helper threads running), then fork."""
     reader = open_level(root, ARRAY)
     reader.read(0, 0, 500, 500)
-    assert reader.engine == "direct" and process.thread_names().count("spora_window") == _direct._THREADS - 1
+    assert reader.engine == "direct"
+    # A helper names itself when it first runs, which a loaded machine may delay past the read.
+    deadline = time.monotonic() + 10
+    while process.thread_names().count("spora_window") < _direct._THREADS - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.thread_names().count("spora_window") == _direct._THREADS - 1
     return {"default": _forked(root, windows), "carried": _forked(root, windows, carry=reader)}
 
 
