@@ -19,8 +19,8 @@ from spora_zarr.standardize import kernels
 from spora_zarr.standardize.specs import parse_spec
 from spora_zarr.standardize.standardizers import (
     BatchStandardizer,
+    CompiledTransform,
     IdentityStandardizer,
-    LookupTables,
     MeanStdStandardizer,
     QuantileClippingLog1PStandardizer,
     QuantileClippingStandardizer,
@@ -383,8 +383,8 @@ def _reference_transform(x: np.ndarray, upper: np.ndarray, mean: np.ndarray, std
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("log1p", [False, True])
-def test_lookup_tables_equal_the_elementwise_transform(dtype: type, log1p: bool) -> None:
-    """Bounds below, at and between values, at and past the dtype's maximum, infinite, 0: gather == element-wise path."""
+def test_compiled_transform_equals_the_elementwise_transform(dtype: type, log1p: bool) -> None:
+    """Bounds below, at and between values, at and past the dtype's maximum, infinite, 0: compiled == element-wise path."""
     top = int(np.iinfo(dtype).max)
     upper = np.array([3.0, 7.5, 100.0, top, top + 10.0, np.inf, 0.0, 250.0])
     mean = np.linspace(-1.0, 4.0, upper.size)
@@ -398,18 +398,21 @@ def test_lookup_tables_equal_the_elementwise_transform(dtype: type, log1p: bool)
         stats, "quantile_clipping_log1p/uq_0.99_image" if log1p else "quantile_clipping/uq_0.99_image"
     )
     names = list(stats.channel_name)
-    gathered = standardizer(torch.from_numpy(image), "T", names)  # uint8/uint16 on the CPU: the tables
+    compiled = standardizer(torch.from_numpy(image), "T", names)  # uint8/uint16 on the CPU: the compiled pass
+    assert any(isinstance(t, CompiledTransform) for t in standardizer._transforms.values())
     elementwise = standardizer(torch.from_numpy(image.astype(np.int32)), "T", names)  # int32: the element-wise path
-    if log1p:  # torch's vectorised and scalar log1p may differ in the last bit
-        torch.testing.assert_close(gathered, elementwise, rtol=2e-7, atol=2e-7)
-    else:
-        assert torch.equal(gathered, elementwise)
+    if log1p:  # the tables: torch's vectorised and scalar log1p may differ in the last bit
+        torch.testing.assert_close(compiled, elementwise, rtol=2e-7, atol=2e-7)
+    else:  # min, multiply, add: the same float32 operations
+        assert torch.equal(compiled, elementwise)
     finite = np.where(np.isfinite(upper), upper, 1e30)
-    np.testing.assert_allclose(gathered.numpy(), _reference_transform(image, finite, mean, std, log1p), rtol=1e-5, atol=1e-5)
-    tables = LookupTables(torch.tensor(upper, dtype=torch.float32), torch.ones(upper.size), torch.zeros(upper.size), log1p, np.dtype(dtype))
-    assert tables.lengths.tolist() == [min(int(np.floor(min(u, top))) + 2, top + 1) for u in upper]
+    np.testing.assert_allclose(compiled.numpy(), _reference_transform(image, finite, mean, std, log1p), rtol=1e-5, atol=1e-5)
+    bounds = torch.tensor(upper, dtype=torch.float32)
+    transform = CompiledTransform(bounds, torch.ones(upper.size), torch.zeros(upper.size), log1p, np.dtype(dtype))
+    if log1p:
+        assert transform.lengths.tolist() == [min(int(np.floor(min(u, top))) + 2, top + 1) for u in upper]
     with pytest.raises(InvalidInputError, match="cannot map a torch.int32 image"):
-        tables.apply(torch.from_numpy(image.astype(np.int32)))
+        transform.apply(torch.from_numpy(image.astype(np.int32)))
 
 
 def test_batch_standardizer_writes_into_out(store: Path) -> None:

@@ -4,7 +4,7 @@
 - :mod:`.specs`: spec names (``identity``, ``quantile_clipping/uq_0.99_image``, ...);
 - :mod:`.statistics`: the streaming pass over a cohort through the one runner, ``stats.parquet`` per spec;
 - :mod:`.standardizers`: ``build_standardizer``, the ``BaseStandardizer`` classes and ``BatchStandardizer`` (torch);
-- :mod:`.kernels`: the compiled histogram counter and lookup-table gather (ctypes), with numpy fallbacks;
+- :mod:`.kernels`: the compiled histogram counter and transforms (ctypes), with numpy fallbacks;
 - :mod:`.filters`: ``FilterFactory``, named per-channel image filters.
 
 Names are imported on first use, so ``import spora_zarr.standardize`` loads neither torch nor pyarrow.
@@ -32,7 +32,7 @@ _NAMES = {
     "QuantileClippingLog1PStandardizer": "standardizers",
     "MeanStdStandardizer": "standardizers",
     "BatchStandardizer": "standardizers",
-    "LookupTables": "standardizers",
+    "CompiledTransform": "standardizers",
     "FilterFactory": "filters",
 }
 

@@ -7,6 +7,10 @@
  * only adds to a register; the other words count their samples straight into the int64 table (no
  * per-call partial tables to clear and sum). numpy's bincount converts its input to intp first.
  *
+ * spora_affine_u16 / spora_affine_u8: the standardization without log1p in one pass: plane p's samples
+ * become min(x, upper[p]) * scale[p] + bias[p] in float32, the same operations as the element-wise
+ * path (no contraction into fused multiply-adds: -std=c11), vectorised by the compiler.
+ *
  * spora_lut_u16 / spora_lut_u8: the standardization of 8/16-bit samples as one gather. Plane p of
  * `planes` planes of `plane_n` samples is mapped through its table table[offsets[p] ...] of
  * lengths[p] float32 entries, the sample clamped to the last entry (values above the clipping bound
@@ -56,3 +60,23 @@ SPORA_COUNT(spora_count_u8, uint8_t, 8)
 
 SPORA_LUT(spora_lut_u16, uint16_t)
 SPORA_LUT(spora_lut_u8, uint8_t)
+
+#define SPORA_AFFINE(NAME, T)                                                                       \
+    int NAME(const T *data, int64_t planes, int64_t plane_n, const float *upper, const float *scale, \
+             const float *bias, float *out) {                                                      \
+        for (int64_t p = 0; p < planes; p++) {                                                     \
+            const float u = upper[p], s = scale[p], b = bias[p];                                   \
+            const T *x = data + p * plane_n;                                                       \
+            float *o = out + p * plane_n;                                                          \
+            for (int64_t i = 0; i < plane_n; i++) {                                                \
+                const float v = (float)x[i];                                                       \
+                const float clipped = v < u ? v : u; /* a NaN bound gives NaN, as torch.minimum */    \
+                const float scaled = clipped * s;                                                  \
+                o[i] = scaled + b;                                                                 \
+            }                                                                                      \
+        }                                                                                          \
+        return 0;                                                                                  \
+    }
+
+SPORA_AFFINE(spora_affine_u16, uint16_t)
+SPORA_AFFINE(spora_affine_u8, uint8_t)

@@ -3,7 +3,9 @@
 - :func:`count_into`: per-value histograms of 8/16-bit samples (all-zero
   8-byte words skipped; the statistics pass).
 - :func:`lut_apply`: the standardization of 8/16-bit samples as one gather
-  through per-plane float32 lookup tables (the standardizers' fast path).
+  through per-plane float32 lookup tables (the standardizers' fast path with log1p);
+- :func:`affine_apply`: ``min(x, upper) * scale + bias`` per plane in one vectorised
+  pass (without log1p).
 
 ctypes releases the GIL for each call, so threads run them on several cores.
 Without a C compiler at install time, counting falls back to ``np.bincount``
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LUT_DTYPES", "available", "cores", "count_into", "lut_apply"]
+__all__ = ["LUT_DTYPES", "affine_apply", "available", "cores", "count_into", "lut_apply"]
 
 LUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 """Sample types :func:`lut_apply` maps (the tables have one entry per value up to the clipping bound)."""
@@ -40,9 +42,9 @@ def _native() -> Any:
         function = getattr(library, name)
         function.argtypes = [pointer, i64, item, pointer]
         function.restype = ctypes.c_int
-    for name in ("spora_lut_u16", "spora_lut_u8"):
+    for name in ("spora_lut_u16", "spora_lut_u8", "spora_affine_u16", "spora_affine_u8"):
         function = getattr(library, name, None)
-        if function is None:  # a library built from an older _histogram.c: reinstall to get the tables
+        if function is None:  # a library built from an older _histogram.c: reinstall to get the transforms
             return None
         function.argtypes = [pointer, i64, i64, pointer, pointer, pointer, pointer]
         function.restype = ctypes.c_int
@@ -96,3 +98,16 @@ def lut_apply(data_address: int, dtype: np.dtype, planes: int, plane_n: int, tab
     function = native.spora_lut_u16 if np.dtype(dtype).itemsize == 2 else native.spora_lut_u8
     if function(data_address, planes, plane_n, table.ctypes.data, offsets.ctypes.data, lengths.ctypes.data, out_address) != 0:
         raise ValueError("a lookup table is empty")
+
+
+def affine_apply(data_address: int, dtype: np.dtype, planes: int, plane_n: int, upper: np.ndarray,
+                 scale: np.ndarray, bias: np.ndarray, out_address: int) -> None:
+    """``min(x, upper) * scale + bias`` of ``planes`` contiguous planes of ``plane_n`` samples into float32 ``out``.
+
+    ``upper``, ``scale``, ``bias``: float32 per plane; the samples as for :func:`lut_apply`.
+    """
+    native = _native()
+    if native is None:
+        raise RuntimeError("the compiled standardization kernels are not built; use the element-wise path")
+    function = native.spora_affine_u16 if np.dtype(dtype).itemsize == 2 else native.spora_affine_u8
+    function(data_address, planes, plane_n, upper.ctypes.data, scale.ctypes.data, bias.ctypes.data, out_address)

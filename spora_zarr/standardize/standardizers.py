@@ -33,7 +33,7 @@ __all__ = [
     "BaseStandardizer",
     "BatchStandardizer",
     "IdentityStandardizer",
-    "LookupTables",
+    "CompiledTransform",
     "MeanStdStandardizer",
     "QuantileClippingLog1PStandardizer",
     "QuantileClippingStandardizer",
@@ -62,7 +62,7 @@ def _transform_(
     """``f(clip(out, lower, upper)) * scale + bias`` in place on float32 ``out`` (parameters broadcast per channel).
 
     The one element-wise form of the transform: the standardizers apply it to
-    tiles and batches, and :class:`LookupTables` to every possible sample value.
+    tiles and batches, and :class:`CompiledTransform` to every possible sample value.
     ``lower`` is None for samples of unsigned types (>= 0 already).
     """
     if lower is not None:
@@ -74,56 +74,64 @@ def _transform_(
 
 
 def _lut_type(tensor: torch.Tensor) -> np.dtype | None:
-    """The sample type when ``tensor`` can go through :class:`LookupTables` here (CPU, 8/16-bit unsigned, kernels built)."""
+    """The sample type when ``tensor`` can go through :class:`CompiledTransform` here (CPU, 8/16-bit unsigned, kernels built)."""
     dtype = _LUT_TYPES.get(tensor.dtype)
     return dtype if dtype is not None and tensor.device.type == "cpu" and kernels.available() else None
 
 
-class LookupTables:
-    """The transform of 8/16-bit unsigned samples as per-channel float32 tables, applied by one compiled gather.
+class CompiledTransform:
+    """The transform of 8/16-bit unsigned samples per channel in one compiled pass (``_histogram.c``).
 
-    Channel ``c``'s table holds ``f(min(v, upper_c)) * scale_c + bias_c`` for
-    ``v = 0 .. floor(upper_c) + 1`` (every value of the dtype when the bound
-    is beyond it), computed by the element-wise transform itself on those
-    values, so a gathered sample equals the element-wise result: bit for bit
-    without ``log1p``; with ``log1p`` within the float32 rounding of torch's
-    vectorised and scalar ``log1p`` (one ulp). A sample above ``floor(upper) + 1``
-    takes the last entry, ``f(upper)``. A table is at most 256 KiB (uint16 up to
-    65,535); clipping bounds of counts make them small.
+    Without ``log1p``: ``min(x, upper_c) * scale_c + bias_c`` in float32, the
+    element-wise path's operations in its order (vectorised by the compiler),
+    so the result equals it bit for bit. With ``log1p``: one gather through
+    per-channel float32 lookup tables; channel ``c``'s holds the transform of
+    ``v = 0 .. floor(upper_c) + 1`` (every value of the dtype when the bound is
+    beyond it), computed by the element-wise transform itself on those values,
+    so a sample equals the element-wise result within the float32 rounding of
+    torch's vectorised and scalar ``log1p`` (one ulp); a larger sample takes the
+    last entry, the transform of ``upper_c``. A table is ``4 x (upper + 2)``
+    bytes, at most 256 KiB (uint16).
 
     Parameters
     ----------
     upper, scale, bias : torch.Tensor
         float32 per channel (any shape with ``C`` elements).
     log1p : bool
-        ``f`` is ``log1p``.
+        The transform takes ``log1p`` after clipping.
     dtype : numpy.dtype
         uint8 or uint16.
     """
 
     def __init__(self, upper: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, log1p: bool, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
-        top = int(np.iinfo(self.dtype).max)
+        self.log1p = bool(log1p)
         upper, scale, bias = (t.detach().to("cpu", torch.float32).reshape(-1, 1) for t in (upper, scale, bias))
-        bound = upper.reshape(-1).double().numpy()
-        finite = np.nan_to_num(np.clip(bound, 0, top), nan=top)
-        self.lengths = np.minimum(np.floor(finite).astype(np.int64) + 2, top + 1)
-        values = torch.arange(int(self.lengths.max()), dtype=torch.float32).expand(len(self.lengths), -1).contiguous()
-        rows = _transform_(values, None, upper, scale, bias, log1p).numpy()
-        self.table = np.concatenate([row[:n] for row, n in zip(rows, self.lengths)])
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.channels = upper.shape[0]
+        self.upper, self.scale, self.bias = (np.ascontiguousarray(t.numpy().reshape(-1)) for t in (upper, scale, bias))
+        if self.log1p:
+            top = int(np.iinfo(self.dtype).max)
+            finite = np.nan_to_num(np.clip(self.upper.astype(np.float64), 0, top), nan=top)
+            self.lengths = np.minimum(np.floor(finite).astype(np.int64) + 2, top + 1)
+            values = torch.arange(int(self.lengths.max()), dtype=torch.float32).expand(self.channels, -1).contiguous()
+            rows = _transform_(values, None, upper, scale, bias, log1p=True).numpy()
+            self.table = np.concatenate([row[:n] for row, n in zip(rows, self.lengths)])
+            self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
 
     def apply(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``image`` (``(C, ...)``, this dtype, on the CPU) standardized into float32 ``out`` (new if None)."""
-        if image.shape[0] != self.lengths.size or _LUT_TYPES.get(image.dtype) != self.dtype:
+        if image.shape[0] != self.channels or _LUT_TYPES.get(image.dtype) != self.dtype:
             raise InvalidInputError(
-                f"lookup tables of {self.lengths.size} {self.dtype} channels cannot map a {image.dtype} image of shape {tuple(image.shape)}"
+                f"a transform of {self.channels} {self.dtype} channels cannot map a {image.dtype} image of shape {tuple(image.shape)}"
             )
         image = image.contiguous()
         if out is None:
             out = torch.empty(image.shape, dtype=torch.float32)
-        kernels.lut_apply(image.data_ptr(), self.dtype, self.lengths.size, image[0].numel(), self.table,
-                          self.offsets, self.lengths, out.data_ptr())
+        planes, plane_n = self.channels, image[0].numel()
+        if self.log1p:
+            kernels.lut_apply(image.data_ptr(), self.dtype, planes, plane_n, self.table, self.offsets, self.lengths, out.data_ptr())
+        else:
+            kernels.affine_apply(image.data_ptr(), self.dtype, planes, plane_n, self.upper, self.scale, self.bias, out.data_ptr())
         return out
 
 
@@ -206,7 +214,7 @@ class StatsBackedStandardizer(BaseStandardizer):
             for t, c, u, m, s in zip(stats.tissue_id, stats.channel_name, stats.upper, stats["mean"], stats["std"])
         }
         self._cache: dict[tuple[str, tuple[str, ...]], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self._tables: dict[tuple[str, tuple[str, ...], np.dtype], LookupTables] = {}
+        self._transforms: dict[tuple[str, tuple[str, ...], np.dtype], CompiledTransform] = {}
 
     @classmethod
     def from_store(
@@ -221,7 +229,7 @@ class StatsBackedStandardizer(BaseStandardizer):
         return kind(stats, parsed, source=command_hint(store, modality, resolution, parsed.name))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": {}, "_tables": {}}
+        return {**self.__dict__, "_cache": {}, "_transforms": {}}
 
     @property
     def tissues(self) -> list[str]:
@@ -261,13 +269,13 @@ class StatsBackedStandardizer(BaseStandardizer):
         if image.shape[0] != len(channel_names):
             raise InvalidInputError(f"image has {image.shape[0]} channels but {len(channel_names)} channel names were given")
         dtype = _lut_type(image)
-        if dtype is not None:  # stored counts: one gather through per-channel tables
+        if dtype is not None:  # stored counts: one compiled pass
             key = (str(tissue_id), tuple(channel_names), dtype)
-            tables = self._tables.get(key)
-            if tables is None:
+            transform = self._transforms.get(key)
+            if transform is None:
                 _, upper, scale, bias = self._tensors(tissue_id, channel_names)
-                tables = self._tables[key] = LookupTables(upper, scale, bias, self.log1p, dtype)
-            return tables.apply(image)
+                transform = self._transforms[key] = CompiledTransform(upper, scale, bias, self.log1p, dtype)
+            return transform.apply(image)
         lower, upper, scale, bias = self._tensors(tissue_id, channel_names)
         return _transform_(image.to(torch.float32, copy=True), None if _unsigned(image) else lower, upper, scale, bias, self.log1p)
 
@@ -342,7 +350,8 @@ class BatchStandardizer(torch.nn.Module):
     """A per-channel standardizer for ``(B, C, H, W)`` batches of stored values, on any device.
 
     The parameters of every tissue are tables (buffers) indexed on the device, so
-    a batch mixing tissues is one gather and three element-wise operations.
+    a batch mixing tissues is one gather and three element-wise operations; on
+    the CPU, uint8/uint16 items go through :class:`CompiledTransform` instead.
     Channels a tissue did not measure (zeros in :class:`~spora_zarr.torch.TileDataset`
     items) stay zero.
 
@@ -397,8 +406,8 @@ class BatchStandardizer(torch.nn.Module):
         self.register_buffer("std", torch.from_numpy(std.astype(np.float32)))
         self.register_buffer("scale", torch.from_numpy((1.0 / std).astype(np.float32)))
         self.register_buffer("bias", torch.from_numpy((-mean / std).astype(np.float32)))
-        self._tables: dict[tuple[int, np.dtype], LookupTables] = {}
-        self._tables_stamp: tuple[tuple[int, int], ...] = ()
+        self._transforms: dict[tuple[int, np.dtype], CompiledTransform] = {}
+        self._transforms_stamp: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def for_tiles(cls, tiles: Any, modality: str) -> BatchStandardizer:
@@ -450,11 +459,11 @@ class BatchStandardizer(torch.nn.Module):
             )
         rows = self.indices(tissues)
         dtype = _lut_type(batch) if device.type == "cpu" else None
-        if dtype is not None:  # stored counts on the CPU: one gather per item through its tissue's tables
+        if dtype is not None:  # stored counts on the CPU: one compiled pass per item with its tissue's parameters
             batch = batch.contiguous()
             out = torch.empty(batch.shape, dtype=torch.float32) if out is None else out
-            jobs = [(self._lookup_tables(row, dtype), batch[item], out[item]) for item, row in enumerate(rows.tolist())]
-            # The gather releases the GIL: items on torch's intra-op thread count.
+            jobs = [(self._compiled(row, dtype), batch[item], out[item]) for item, row in enumerate(rows.tolist())]
+            # The compiled pass releases the GIL: items on torch's intra-op thread count.
             with ThreadPoolExecutor(max(1, min(len(jobs), torch.get_num_threads())), thread_name_prefix="spora-standardize") as pool:
                 list(pool.map(lambda job: job[0].apply(job[1], job[2]), jobs))
             return out
@@ -468,12 +477,13 @@ class BatchStandardizer(torch.nn.Module):
         per_item = (self.upper[rows][:, :, None, None], self.scale[rows][:, :, None, None], self.bias[rows][:, :, None, None])
         return _transform_(out, lower, *per_item, self.log1p)
 
-    def _lookup_tables(self, row: int, dtype: np.dtype) -> LookupTables:
-        """Tissue ``row``'s tables for samples of ``dtype``, built on first use and again after the buffers change."""
+    def _compiled(self, row: int, dtype: np.dtype) -> CompiledTransform:
+        """Tissue ``row``'s compiled transform for samples of ``dtype``, built on first use and again after the buffers change."""
         stamp = tuple((t.data_ptr(), t._version) for t in (self.upper, self.scale, self.bias))
-        if stamp != self._tables_stamp:
-            self._tables, self._tables_stamp = {}, stamp
-        tables = self._tables.get((row, dtype))
-        if tables is None:
-            tables = self._tables[(row, dtype)] = LookupTables(self.upper[row], self.scale[row], self.bias[row], self.log1p, dtype)
-        return tables
+        if stamp != self._transforms_stamp:
+            self._transforms, self._transforms_stamp = {}, stamp
+        transform = self._transforms.get((row, dtype))
+        if transform is None:
+            parameters = (self.upper[row], self.scale[row], self.bias[row])
+            transform = self._transforms[(row, dtype)] = CompiledTransform(*parameters, self.log1p, dtype)
+        return transform
