@@ -79,7 +79,7 @@ def snapshot(dest: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, object]]:
     root = tmp_path_factory.mktemp("resume")
-    src = make_synthetic_cohort(root / "src", tissues=("A", "B", "C", "D"), he_shape=(700, 900), seed=5)
+    src = make_synthetic_cohort(root / "src", tissues=("A", "B", "C", "D"), he_shape=(460, 470), seed=5)
     dest = root / "reference.zarr"
     subprocess.run(convert_command(src, dest), check=True, capture_output=True)
     return src, dest, snapshot(dest)
