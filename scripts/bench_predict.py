@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/spora_bench_predict", help="where slides and stores go (default %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
     parser.add_argument("--no-docs", action="store_true", help="print the docs/benchmarks.md section only")
+    parser.add_argument("--no-conv", action="store_true", help="skip the conv model (tiles/s) on the smallest slide")
     args = parser.parse_args()
     from spora_zarr.tiling.patching import axis_tiles
 
@@ -111,7 +112,7 @@ def main() -> None:
                   "--batch-size", str(BATCH), "--no-progress"]
         predict = _measured(["predict", str(store), "--model", str(identity), "--name", "identity", *common])
         row = {"edge": edge, "raw": raw, "convert": convert, "predict": predict}
-        if edge == min(sizes):
+        if edge == min(sizes) and not args.no_conv:
             row["conv"] = _measured(["predict", str(store), "--model", str(conv), "--name", "conv", *common])
             row["tiles"] = len(axis_tiles(edge, TILE, OVERLAP)) ** 2
         rows.append(row)
