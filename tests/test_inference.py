@@ -188,6 +188,21 @@ def test_a_prediction_is_a_modality_of_the_store(store: Path, dataset, identity_
     assert validate_store(store) == []
 
 
+def test_standardization_is_applied_to_the_stored_values(store: Path, identity_file: Path) -> None:
+    """A standardization other than the identity gets windows in the stored dtype; the prediction is its output."""
+    seen = set()
+
+    def scaled(image: torch.Tensor, tissue_id: str, channel_names) -> torch.Tensor:
+        seen.add(image.dtype)
+        return image.to(torch.float32) / 7 + 1
+
+    dataset = MultiplexImagingDataset("s", store, 1.0, 64, modality="imc", standardization=scaled, verbose=False)
+    predict_tissue(str(identity_file), dataset, "A", 48, 8, 4, output="scaled")
+    stored = _level(store, "imc/images/A")
+    np.testing.assert_array_equal(_level(store, "predictions/scaled/images/A"), scaled(torch.from_numpy(stored), "A", []).numpy())
+    assert seen == {torch.from_numpy(stored).dtype}
+
+
 def test_conv_model_tiled_equals_untiled(store: Path, dataset, tmp_path: Path) -> None:
     model = conv_model(5, 2, seed=1)
     path = tmp_path / "conv.pt"
