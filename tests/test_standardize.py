@@ -373,6 +373,11 @@ def test_counter_skips_zero_words_at_every_alignment_and_length(dtype: type) -> 
     counts = np.zeros(1 << (8 * np.dtype(dtype).itemsize), np.int64)
     kernels.count_into(sparse[3:], counts, signed=signed)  # a misaligned start: copied to an aligned buffer first
     assert np.array_equal(counts, np.bincount(sparse[3:].astype(np.int64) + (-int(info.min) if signed else 0), minlength=counts.size))
+    block = sparse[: 3 * 5 * 7].reshape(3, 5, 7)  # planes of 35 samples: each starts at another phase of the words
+    rows = np.zeros((3, counts.size), np.int64)
+    kernels.count_into(block, rows, signed=signed)  # one call, plane c into row c
+    for plane, row in zip(block, rows):
+        assert np.array_equal(row, np.bincount(plane.ravel().astype(np.int64) + (-int(info.min) if signed else 0), minlength=counts.size))
 
 
 def _reference_transform(x: np.ndarray, upper: np.ndarray, mean: np.ndarray, std: np.ndarray, log1p: bool) -> np.ndarray:
@@ -432,3 +437,22 @@ def test_batch_standardizer_writes_into_out(store: Path) -> None:
     torch.testing.assert_close(floats, want, rtol=0, atol=1e-6)
     with pytest.raises(InvalidInputError, match="out must be a contiguous float32 tensor of shape"):
         module(batch, ["A", "B"], out=torch.empty(batch.shape, dtype=torch.float64))
+
+
+def test_without_the_compiled_kernels_numpy_and_the_elementwise_path_give_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install without a C compiler: counts from np.bincount, standardization element-wise; the same results."""
+    rng = np.random.default_rng(2)
+    data = np.where(rng.random(10_001) < 0.8, 0, rng.integers(0, 65_536, 10_001)).astype(np.uint16)
+    image = torch.from_numpy(data[:10_000].reshape(4, 50, 50).copy())
+    stats = pd.DataFrame({"tissue_id": "T", "channel_name": list("abcd"), "upper": [5.0, 300.0, 65_535.0, 0.0], "mean": 1.0, "std": 2.0})
+    standardizer = QuantileClippingStandardizer(stats, "quantile_clipping/uq_0.99_image")
+    compiled = standardizer(image, "T", list("abcd"))
+    counts = np.zeros(65_536, np.int64)
+    kernels.count_into(data, counts, signed=False)
+    monkeypatch.setattr(kernels, "_native", lambda: None)
+    assert not kernels.available()
+    fallback = np.zeros(65_536, np.int64)
+    kernels.count_into(data, fallback, signed=False)
+    assert np.array_equal(fallback, counts) and np.array_equal(fallback, np.bincount(data, minlength=65_536))
+    elementwise = QuantileClippingStandardizer(stats, "quantile_clipping/uq_0.99_image")(image, "T", list("abcd"))
+    assert torch.equal(elementwise, compiled)

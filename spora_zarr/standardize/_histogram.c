@@ -1,7 +1,8 @@
 /* The compiled kernels of spora_zarr.standardize (loaded through ctypes by kernels.py, which releases
  * the GIL for each call, so several threads run them at once).
  *
- * spora_count_u16 / spora_count_u8: value histograms. Each sample adds one to counts[sample ^ flip]
+ * spora_count_u16 / spora_count_u8: value histograms of a block's planes, one call per block. Each
+ * sample of plane p adds one to counts[p * stride + (sample ^ flip)]
  * (flip = 0x8000 or 0x80 turns signed samples into their offset bin, 0 for unsigned ones). Stored
  * multiplex counts are mostly zero, so the samples are taken 8 bytes at a time and an all-zero word
  * only adds to a register; the other words count their samples straight into the int64 table (no
@@ -22,7 +23,7 @@
 #include <string.h>
 
 #define SPORA_COUNT(NAME, T, PER_WORD)                                                              \
-    int NAME(const T *data, int64_t n, T flip, int64_t *counts) {                                   \
+    static void NAME(const T *data, int64_t n, T flip, int64_t *counts) {                           \
         int64_t zeros = 0, i = 0;                                                                  \
         for (; i + PER_WORD <= n; i += PER_WORD) {                                                 \
             uint64_t word;                                                                         \
@@ -35,11 +36,21 @@
         }                                                                                          \
         for (; i < n; i++) counts[(T)(data[i] ^ flip)]++;                                          \
         counts[flip] += zeros; /* the bin of the sample value 0 */                                  \
-        return 0;                                                                                  \
     }
 
-SPORA_COUNT(spora_count_u16, uint16_t, 4)
-SPORA_COUNT(spora_count_u8, uint8_t, 8)
+SPORA_COUNT(count_u16, uint16_t, 4)
+SPORA_COUNT(count_u8, uint8_t, 8)
+
+/* `planes` contiguous planes of `plane_n` samples, plane p counted into counts + p * stride (one call per block). */
+int spora_count_u16(const uint16_t *data, int64_t planes, int64_t plane_n, uint16_t flip, int64_t *counts, int64_t stride) {
+    for (int64_t p = 0; p < planes; p++) count_u16(data + p * plane_n, plane_n, flip, counts + p * stride);
+    return 0;
+}
+
+int spora_count_u8(const uint8_t *data, int64_t planes, int64_t plane_n, uint8_t flip, int64_t *counts, int64_t stride) {
+    for (int64_t p = 0; p < planes; p++) count_u8(data + p * plane_n, plane_n, flip, counts + p * stride);
+    return 0;
+}
 
 #define SPORA_LUT(NAME, T)                                                                          \
     int NAME(const T *data, int64_t planes, int64_t plane_n, const float *table, const int64_t *offsets, \

@@ -138,11 +138,14 @@ class HistogramAccumulator:
         else:
             raise TypeError(f"cannot histogram dtype {self.dtype}")
         self._size = size
-        self._counts = [np.zeros(size, np.int64) for _ in range(self.channels)] if size else []
+        self._counts = np.zeros((self.channels, size), np.int64)  # one row per channel (no columns when counting by value)
         self._pending: list[dict[int, int]] = [{} for _ in range(self.channels)] if not size else []
 
     def add(self, block: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Count the pixels of a ``(C, h, w)`` block (only where ``mask`` is true, if given)."""
+        if self._mode == "bincount" and mask is None and block.size:
+            count_into(block, self._counts, signed=bool(self._offset))  # every channel in one call
+            return
         for c in range(self.channels):
             self._add_channel(c, block[c], mask)
 
@@ -153,8 +156,7 @@ class HistogramAccumulator:
                 continue
             if (other.channels, other.dtype) != (self.channels, self.dtype):
                 raise ValueError(f"cannot merge histograms of {other.channels} x {other.dtype} into {self.channels} x {self.dtype}")
-            for mine, theirs in zip(self._counts, other._counts):
-                mine += theirs
+            self._counts += other._counts
             for pending, extra in zip(self._pending, other._pending):
                 for value, n in extra.items():
                     pending[value] = pending.get(value, 0) + n

@@ -40,7 +40,7 @@ def _native() -> Any:
     pointer, i64 = ctypes.c_void_p, ctypes.c_int64
     for name, item in (("spora_count_u16", ctypes.c_uint16), ("spora_count_u8", ctypes.c_uint8)):
         function = getattr(library, name)
-        function.argtypes = [pointer, i64, item, pointer]
+        function.argtypes = [pointer, i64, i64, item, pointer, i64]
         function.restype = ctypes.c_int
     for name in ("spora_lut_u16", "spora_lut_u8", "spora_affine_u16", "spora_affine_u8"):
         function = getattr(library, name, None)
@@ -64,18 +64,21 @@ def cores() -> int:
 def count_into(data: np.ndarray, counts: np.ndarray, *, signed: bool) -> None:
     """Add the values of 8- or 16-bit ``data`` to ``counts`` (one int64 bin per value; signed values offset by half).
 
-    The compiled counter reads each sample once (an all-zero 8-byte word at a
-    time) and releases the GIL; without it, ``np.bincount``.
+    ``data`` of shape ``(C, ...)`` with ``counts`` of shape ``(C, bins)`` counts each plane into its row
+    in one call; 1-D ``counts`` takes every sample. The compiled counter reads each sample once (an
+    all-zero 8-byte word at a time) and releases the GIL; without it, ``np.bincount``.
     """
-    data = np.require(data, requirements=("C", "A")).reshape(-1)  # contiguous and aligned samples
-    native = _native()
     bits = data.dtype.itemsize * 8
-    if native is not None and counts.dtype == np.int64 and counts.flags.c_contiguous and counts.size == 1 << bits:
+    planes = counts.shape[0] if counts.ndim == 2 else 1
+    data = np.require(data, requirements=("C", "A")).reshape(planes, -1)  # contiguous and aligned samples
+    native = _native()
+    if native is not None and counts.dtype == np.int64 and counts.flags.c_contiguous and counts.shape[-1] == 1 << bits:
         function = native.spora_count_u16 if bits == 16 else native.spora_count_u8
-        function(data.ctypes.data, data.size, (1 << (bits - 1)) if signed else 0, counts.ctypes.data)
+        function(data.ctypes.data, planes, data.shape[1], (1 << (bits - 1)) if signed else 0, counts.ctypes.data, counts.shape[-1])
         return
-    values = data.astype(np.int32) + (1 << (bits - 1)) if signed else data
-    counts += np.bincount(values, minlength=counts.size)
+    rows = counts.reshape(planes, -1)
+    for plane, row in zip(data, rows):
+        row += np.bincount(plane.astype(np.int32) + (1 << (bits - 1)) if signed else plane, minlength=row.size)
 
 
 def lut_apply(data_address: int, dtype: np.dtype, planes: int, plane_n: int, table: np.ndarray,
