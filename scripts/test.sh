@@ -11,4 +11,6 @@ if ! command -v Xvfb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ 
 fi
 ruff check spora_zarr tests scripts
 mypy
-python -m pytest -q -p no:cacheprovider "$@"
+# One pytest worker per core, each test file whole on one worker (its module fixtures built once; the
+# slow files run side by side). Tests use their own tmp paths, free ports and display numbers.
+python -m pytest -q -p no:cacheprovider -n auto --dist loadfile "$@"
