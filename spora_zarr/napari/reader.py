@@ -145,10 +145,10 @@ def _contours_when_added() -> None:
     napari's ``Labels`` takes ``contour`` only after it is made, and a reader
     only returns layer data; so the viewer that called the reader sets it from
     the layer's ``metadata["spora"]["contour"]`` on insertion. Nothing happens
-    outside a running napari (no viewer, or napari not imported).
+    outside a running napari (no ``napari.Viewer`` made in this process).
     """
-    napari = sys.modules.get("napari")
-    viewer = napari.current_viewer() if napari is not None else None
+    viewers = sys.modules.get("napari.viewer")  # imported wherever a Viewer exists; importing it here would load Qt
+    viewer = viewers.current_viewer() if viewers is not None else None
     if viewer is None or viewer in _CONTOURED:
         return
 
@@ -349,7 +349,8 @@ def _tiles_layer(cohort: Cohort, table_path: str, tissue_id: str) -> LayerData |
     mpp = resolution_value(parts[1])
     size = int(parts[-1].split("_", 1)[0])
     table = cohort.read_table(table_path)
-    mine = np.asarray(table.column("tissue_id").cast("string").to_numpy(zero_copy_only=False) == tissue_id)
+    ids = table.column("tissue_id").to_pylist()  # not pyarrow.compute: it imports pandas (0.3 s)
+    mine = np.fromiter((str(i) == tissue_id for i in ids), bool, len(ids))
     if not mine.any():
         return None
     rows, cols = (np.asarray(table.column(name).to_numpy(), np.int64)[mine] for name in ("row", "col"))
