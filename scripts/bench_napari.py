@@ -42,7 +42,7 @@ if mode.startswith("spora"):
     from spora_zarr.napari import add_layers, napari_get_reader
     if not mode.endswith("_cold"):  # the modules a first read loads, as in a napari session that has read a store
         import spora_zarr.read.cohort, spora_zarr.napari.reader, pyarrow.parquet
-        import ome_zarr_models.v05.image, ome_zarr_models.v05.image_label
+        import ome_zarr_models.v05.image, ome_zarr_models.v05.image_label, pandas  # pyarrow's to_numpy loads pandas
 else:
     from napari_ome_zarr import napari_get_reader
 before, start, cpu = rchar(), time.perf_counter(), time.process_time()
@@ -149,7 +149,7 @@ def main() -> int:
     labels = {
         "spora": "spora reader: every layer of the tissue",
         "spora_viewer": "spora reader + headless ViewerModel with the layers",
-        "spora_viewer_cold": "the same, the reader's imports (ome-zarr-models, pyarrow) included",
+        "spora_viewer_cold": "the same, the reader's imports (ome-zarr-models, pyarrow, pandas) included",
         "napari_ome_zarr": "stock napari-ome-zarr: the multiplex image group alone",
         "napari_ome_zarr_viewer": "stock napari-ome-zarr + headless ViewerModel: the multiplex image group alone",
     }
