@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -33,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import tensorstore as ts
 import zarr
+from _benchmarks_doc import DOCS, write_section
 from zarr.codecs import BloscCodec, BloscShuffle
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Codec sweep"
 WINDOW = 224
 EDGE = 4096
@@ -202,17 +201,6 @@ def notes(results: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     ]
 
 
-def write_docs(section: str) -> None:
-    """Replace (or append) this script's section of docs/benchmarks.md, keeping the others."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}.*?\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    DOCS.write_text(text.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/spora_tiles"), help="bench_tiles.py's work directory")
@@ -230,7 +218,7 @@ def main() -> None:
     section = render(results, args.passes)
     print("\n" + section)
     if not args.no_docs:
-        write_docs(section)
+        write_section(section)
         print(f"wrote the {SECTION!r} section of {DOCS}")
 
 

@@ -32,7 +32,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -40,9 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _benchmarks_doc import DOCS, write_section
+
 MiB = 2**20
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
 
 MULTIPLEX_SHAPE = (16, 5120, 6144)  # (C, H, W) uint16: 1.0 GB
 HE_EDGE = 8192  # (H, W, 3) uint8: 201 MB
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report)
     if not args.no_docs:
-        write_section(DOCS, report)
+        write_section(report)
         print(f"\nwrote the '## Conversion' section of {DOCS}")
     return 0
 
@@ -612,18 +612,6 @@ def render(results: dict[str, dict[str, dict[str, Any]]], workers: dict[str, Any
         "decoded once and kept for the neighbouring block).",
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or add) the ``## Conversion`` section of ``path``, keeping every other section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Conversion\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _benchmarks_doc import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -168,12 +169,8 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_docs:
-        docs = ROOT / "docs" / "benchmarks.md"
-        text = docs.read_text()
-        marker = "\n## napari\n"
-        head = text.split(marker)[0].rstrip() + "\n"
         section = (
-            f"{marker}\n`python scripts/bench_napari.py` ({time.strftime('%Y-%m-%d')}; 2 shared cores). One tissue written by "
+            f"## napari\n\n`python scripts/bench_napari.py` ({time.strftime('%Y-%m-%d')}; 2 shared cores). One tissue written by "
             f"the writer: {args.channels} x {args.size:,} x {args.size:,} uint16 multiplex at 1.0 um/px, RGB H&E "
             f"{2 * args.size:,}^2 at 0.5 um/px, tissue and cell masks, a {args.tiles:,}-tile table. Each route in a fresh "
             "process (napari and `ViewerModel` imported before timing; for the first two routes also the modules the reader "
@@ -182,9 +179,7 @@ def main() -> int:
             "window; the viewer reads the coarsest level of each layer).\n\n"
             f"{table}\n"
         )
-        after = text.split(marker, 1)[1].split("\n## ", 1) if marker in text else []
-        rest = "\n## " + after[1] if len(after) > 1 else ""  # the sections after this one, kept
-        docs.write_text(head + section + rest)
+        write_section(section)
     return 0
 
 

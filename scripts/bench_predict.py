@@ -27,16 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _benchmarks_doc import write_section
+
 MiB = 2**20
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
 TILE, OVERLAP, BATCH = 256, 32, 16
 TARGET_EDGE = 8192  # the issue's speed target is on a 16-channel 8k x 8k slide
 
@@ -128,7 +128,7 @@ def main() -> None:
         )
     print("\n" + (text := section(args, rows, loads)))
     if not args.no_docs:
-        write_docs(text)
+        write_section(text)
 
 
 def section(args: argparse.Namespace, rows: list[dict], loads: list[float]) -> str:
@@ -169,14 +169,6 @@ def section(args: argparse.Namespace, rows: list[dict], loads: list[float]) -> s
                  "windows are cast once into a reused float32 batch buffer, and the prediction writes float32: twice the bytes "
                  "of the uint16 input to paste, shrink, compress and store (`docs/inference.md`).")
     return "\n".join(lines) + "\n"
-
-
-def write_docs(text: str) -> None:
-    """Replace (or append) the ``## Inference`` section of docs/benchmarks.md, keeping the others."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Inference\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    current = pattern.sub(lambda _: text + "\n", current, count=1) if pattern.search(current) else current.rstrip() + "\n\n" + text
-    DOCS.write_text(current.rstrip() + "\n")
 
 
 if __name__ == "__main__":

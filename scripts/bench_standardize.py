@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -50,10 +49,10 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Standardization"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _benchmarks_doc import write_section  # noqa: E402
 from bench_tiles import _tissue_field, _write_table, machine, multiplex_channel  # noqa: E402
 
 TISSUE = "S1"
@@ -367,17 +366,6 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str) -> None:
-    """Replace (or append) the ``## Standardization`` section of docs/benchmarks.md, keeping every other section."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    DOCS.write_text(text.rstrip() + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/spora_standardize"), help="source and store (reused)")
@@ -412,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = render(results)
     print(section)
     if not args.no_docs:
-        write_docs(section)
+        write_section(section)
     return 0
 
 

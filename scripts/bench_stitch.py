@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -34,10 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _benchmarks_doc import DOCS, write_section
 
 CHANNELS = 8
 SPACING, RADIUS = 37, 12
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def pixels(y0: int, y1: int, x0: int, x1: int, channels: range = range(CHANNELS)) -> np.ndarray:
@@ -192,14 +191,6 @@ def section(fov: int, counts: list[int], compare: int, rows: dict[int, dict[str,
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    """Replace (or append) the ``## Stitching`` section of docs/benchmarks.md, keeping the others."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Stitching\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    current = pattern.sub(lambda _: text + "\n", current, count=1) if pattern.search(current) else current.rstrip() + "\n\n" + text
-    DOCS.write_text(current.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fov", type=int, default=512, help="FOV edge in pixels (target: 2048)")
@@ -257,7 +248,7 @@ def main() -> None:
                       f"{labelled['objects']} objects (ground truth {extra['truth']})")
     load = f"{min(loads):.1f}-{max(loads):.1f}"
     if not args.no_docs:
-        write_docs(section(args.fov, counts, compare, rows, extra, load))
+        write_section(section(args.fov, counts, compare, rows, extra, load))
         print(f"wrote the Stitching section of {DOCS}")
 
 

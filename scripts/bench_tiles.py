@@ -36,7 +36,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -45,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _benchmarks_doc import DOCS, write_section
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Tile reads"
 
 TISSUE = "S1"
@@ -652,18 +651,6 @@ def notes(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def write_docs(section: str) -> None:
-    """Replace (or append) the ``## Tile reads`` section of docs/benchmarks.md, keeping every other section."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip() + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/spora_tiles"), help="sources and stores (reused)")
@@ -750,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(section)
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     if not args.no_docs:
-        write_docs(section)
+        write_section(section)
         print(f"wrote the '{SECTION}' section of {DOCS}")
     return 0
 

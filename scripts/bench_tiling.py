@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _benchmarks_doc import DOCS, write_section
 from scipy import ndimage as ndi
 
 from spora_zarr.sources.base import ImageSource, SourceInfo
@@ -50,7 +51,6 @@ from spora_zarr.tiling import best_mask_tiling_try_to_stop, get_grid_tile
 from spora_zarr.tiling.tilers import best_tiling_from_counts, mask_cell_counts
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Tiling"
 TILE, STRIDE, TOLERANCE = 224, 112, 0.2
 WRITE_S: list[float] = []
@@ -224,7 +224,7 @@ def main() -> None:
     section = render(out, args)
     print("\n" + section)
     if not args.no_docs:
-        write_docs(section)
+        write_section(section)
         print(f"wrote the '{SECTION}' section of {DOCS}")
 
 
@@ -287,17 +287,6 @@ def render(out: dict, args: argparse.Namespace) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_docs(section: str) -> None:
-    """Replace (or append) this script's section of docs/benchmarks.md, keeping the others."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text)
 
 
 if __name__ == "__main__":
