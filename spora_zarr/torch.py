@@ -77,7 +77,6 @@ Throughput
 
 from __future__ import annotations
 
-import ctypes
 import operator
 import os
 from collections.abc import Iterable, Sequence
@@ -91,6 +90,7 @@ from torch.utils.data import Dataset, get_worker_info
 from .datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset, pixel_scale
 from .errors import InvalidInputError, NotFoundError
 from .read.levels import limit_codec_threads
+from .runtime import keep_freed_batches
 from .store.layout import MASK_KINDS
 
 __all__ = ["TileDataset", "available_cores", "worker_init_fn"]
@@ -109,32 +109,13 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _keep_freed_batches() -> None:
-    """In a worker: let glibc reuse a batch's freed tile buffers for the next batch instead of returning them to the OS.
-
-    A worker holds a batch of tiles (2.4 MB each at 24 x 224 x 224 uint16)
-    until collation, then frees them all; by default glibc gives the freed
-    top of its heap back to the OS and the next batch faults every page in
-    again, which costs a worker about a quarter of its CPU time on the 2-core
-    development machine (``docs/standardization.md``). Buffers up to 32 MiB
-    come from the heap and up to 256 MiB of freed heap stays. No-op off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest mmap threshold on 64-bit systems
-    libc.mallopt(m_trim_threshold, 256 << 20)
-
-
 def worker_init_fn(worker_id: int | None = None) -> None:
     """Set up a ``DataLoader`` worker: bounded codec threads, one torch thread, freed tiles reused.
 
     Gives each of the ``num_workers`` workers ``max(1, cores // num_workers)``
     codec threads (:func:`spora_zarr.limit_codec_threads`) and calls
     ``torch.set_num_threads(1)``; in a worker, glibc keeps up to a batch of
-    freed tile buffers for the next batch (:func:`_keep_freed_batches`).
+    freed tile buffers for the next batch (:func:`spora_zarr.runtime.keep_freed_batches`).
     Outside a worker it assumes one worker and leaves torch's threads and
     the allocator alone. :class:`TileDataset` calls it on its first
     item in a worker when the ``DataLoader`` did not.
@@ -150,7 +131,7 @@ def worker_init_fn(worker_id: int | None = None) -> None:
     limit_codec_threads(max(1, available_cores() // workers))
     if info is not None:
         torch.set_num_threads(1)
-        _keep_freed_batches()
+        keep_freed_batches()
         if isinstance(info.dataset, TileDataset):
             info.dataset._forget_readers()
     _SETUP_PID = _CHECKED_PID = os.getpid()
