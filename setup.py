@@ -1,5 +1,5 @@
 """The compiled parts of spora_zarr: the direct read engine's inner loop (spora_zarr/read/engines/_window.c)
-and the histogram counter of the standardization statistics (spora_zarr/standardize/_histogram.c).
+and the kernels of standardization, its histogram counter and transforms (spora_zarr/standardize/_kernels.c).
 
 Plain C shared libraries loaded through ctypes (no Python headers needed). They are declared here rather
 than in pyproject.toml because setuptools still calls its pyproject ``ext-modules`` table experimental
@@ -19,8 +19,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "spora_zarr.standardize._histogram",
-            sources=["spora_zarr/standardize/_histogram.c"],
+            "spora_zarr.standardize._kernels",
+            sources=["spora_zarr/standardize/_kernels.c"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra"],
             optional=True,
         ),

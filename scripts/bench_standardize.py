@@ -339,7 +339,7 @@ def render(r: dict[str, Any]) -> str:
         f"| (4) float32 DataLoader / one-process `read_tile` | report | {float_ratio:.2f} |",
         "",
         "**Reading the results.** (2) The pass reads chunk-aligned (C, 224, 224) blocks, one per core, each read and "
-        "counted on a pool thread: the direct engine's decode and the compiled counter (`spora_zarr/standardize/_histogram.c`) "
+        "counted on a pool thread: the direct engine's decode and the compiled counter (`spora_zarr/standardize/_kernels.c`) "
         "both release the GIL, so decoding and counting overlap on the two cores and a block is counted while it is still "
         "in the cache. "
         "The counter skips all-zero 8-byte words (most of an IMC count image) and counts the other samples straight into "

@@ -1,4 +1,4 @@
-"""The compiled kernels of standardization (``_histogram.c``, through ctypes) and their numpy fallbacks.
+"""The compiled kernels of standardization (``_kernels.c``, through ctypes) and their numpy fallbacks.
 
 - :func:`count_into`: per-value histograms of 8/16-bit samples (all-zero
   8-byte words skipped; the statistics pass).
@@ -31,9 +31,9 @@ LUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 @functools.cache
 def _native() -> Any:
-    """The compiled kernels, or ``None`` where ``_histogram.c`` was not built."""
+    """The compiled kernels, or ``None`` where ``_kernels.c`` was not built."""
     here = Path(__file__).parent
-    built = [p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in sorted(here.glob(f"_histogram{suffix}"))]
+    built = [p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in sorted(here.glob(f"_kernels{suffix}"))]
     if not built:
         return None
     library = ctypes.CDLL(str(built[0]))
@@ -43,9 +43,7 @@ def _native() -> Any:
         function.argtypes = [pointer, i64, i64, item, pointer, i64]
         function.restype = ctypes.c_int
     for name in ("spora_lut_u16", "spora_lut_u8", "spora_affine_u16", "spora_affine_u8"):
-        function = getattr(library, name, None)
-        if function is None:  # a library built from an older _histogram.c: reinstall to get the transforms
-            return None
+        function = getattr(library, name)
         function.argtypes = [pointer, i64, i64, pointer, pointer, pointer, pointer]
         function.restype = ctypes.c_int
     return library

@@ -80,7 +80,7 @@ def _lut_type(tensor: torch.Tensor) -> np.dtype | None:
 
 
 class CompiledTransform:
-    """The transform of 8/16-bit unsigned samples per channel in one compiled pass (``_histogram.c``).
+    """The transform of 8/16-bit unsigned samples per channel in one compiled pass (``_kernels.c``).
 
     Without ``log1p``: ``min(x, upper_c) * scale_c + bias_c`` in float32, the
     element-wise path's operations in its order (vectorised by the compiler),
