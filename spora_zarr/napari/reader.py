@@ -5,7 +5,8 @@
 The returned reader gives, for one tissue, :func:`tissue_layers`:
 
 - each modality as a multiscale image layer handed every pyramid level lazily
-  (lazy arrays read shard by shard through the read layer; no pixels are read): multiplex images
+  (lazy arrays read shard by shard through the read layer, dask arrays for a
+  z stack; no pixels are read): multiplex images
   split into one layer per channel (``channel_axis``) named by the channel,
   coloured and contrast-limited from ``omero`` (defaults, with a warning, where
   ``omero`` lacks a colour or a window); RGB H&E and IHC as one RGB layer;
@@ -349,8 +350,8 @@ def _tiles_layer(cohort: Cohort, table_path: str, tissue_id: str) -> LayerData |
     mpp = resolution_value(parts[1])
     size = int(parts[-1].split("_", 1)[0])
     table = cohort.read_table(table_path)
-    ids = table.column("tissue_id").to_pylist()  # not pyarrow.compute: it imports pandas (0.3 s)
-    mine = np.fromiter((str(i) == tissue_id for i in ids), bool, len(ids))
+    tissues = table.column("tissue_id").to_pylist()
+    mine = np.fromiter((str(t) == tissue_id for t in tissues), bool, len(tissues))  # ids stored as text or numbers
     if not mine.any():
         return None
     rows, cols = (np.asarray(table.column(name).to_numpy(), np.int64)[mine] for name in ("row", "col"))
