@@ -14,6 +14,7 @@ from ngff_zarr.methods import Methods
 from spora_zarr import WriteOptions, write_image, write_labels
 from spora_zarr.sources import ArraySource
 from spora_zarr.write.pyramid import bin_shrink, mode_shrink, plan_levels
+from spora_zarr.write.writer import IN_FLIGHT
 
 
 def reference_levels(array: np.ndarray, dims: tuple[str, ...], n_levels: int, method: Methods) -> list[np.ndarray]:
@@ -66,3 +67,23 @@ def test_level_plan_stops_under_the_top_size() -> None:
     assert [lv.name for lv in levels] == ["0_5mpp", "1_0mpp", "2_0mpp", "4_0mpp"]
     assert [lv.from_source for lv in levels] == [True, True, False, False]
     assert [lv.shape for lv in levels[2:]] == [(3, 2250, 1250), (3, 1125, 625)]
+
+
+def test_a_tight_memory_budget_halves_the_shards_and_writes_each_once(tmp_path: Path) -> None:
+    """Blocks that must shrink to fit the budget make the shards shrink with them: every shard file written once."""
+    rng = np.random.default_rng(2)
+    array = rng.integers(0, 60_000, size=(6, 700, 650), dtype=np.uint16)
+    roomy = WriteOptions(chunk=32, shard=256, max_top_size=100)
+    result = write_image(tmp_path / "a.zarr", "x/images/T", {1.0: ArraySource(array)}, options=roomy)
+    held = len(result.levels) + 1 + IN_FLIGHT  # blocks held at once: one per level, the one read, those queued
+    tight = WriteOptions(chunk=32, shard=256, max_top_size=100, memory_budget=held * 6 * 128 * 128 * 2)
+    assert roomy.block_edge(6, 2, len(result.levels)) == 256 and tight.block_edge(6, 2, len(result.levels)) == 128
+    write_image(tmp_path / "b.zarr", "x/images/T", {1.0: ArraySource(array)}, options=tight)
+    for level in result.levels:
+        wide = zarr.open_array(tmp_path / f"a.zarr/x/images/T/{level.name}", mode="r")
+        narrow = zarr.open_array(tmp_path / f"b.zarr/x/images/T/{level.name}", mode="r")
+        assert wide.shards == (6, 256, 256) and narrow.shards == (6, 128, 128), level.name
+        np.testing.assert_array_equal(narrow[...], wide[...], err_msg=level.name)
+        files = sorted((tmp_path / f"b.zarr/x/images/T/{level.name}/c").rglob("*"))
+        shards = [f for f in files if f.is_file()]
+        assert len(shards) == int(np.prod([-(-n // 128) for n in narrow.shape[1:]])), level.name

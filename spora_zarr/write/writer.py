@@ -287,15 +287,19 @@ def _write_multiscale(
         raise InvalidInputError(f"{_first(ordered).name}: resolutions of one stack have different plane counts {depths}")
     levels = plan_levels({mpp: s.shape for mpp, s in ordered.items()}, max_top_size=options.max_top_size)
     labels = method is Method.MODE
+    dtype = dtypes.pop()
+    stored = np.dtype(np.uint8) if dtype == np.bool_ else dtype
+    edge = options.block_edge(levels[0].shape[0], stored.itemsize, len(levels) - len(ordered) + 1)
+    if options.shard and edge != options.shard:  # each block still a whole shard: no shard is written twice
+        log.info("shards of %d px (default %d) keep memory within %d MiB", edge, options.shard, options.memory_budget // MiB)
     area = staging.new_area()
     try:
         with _codec_pipeline(location, options):
-            dtype = dtypes.pop()
             compressors = options.compressors_for(_first(ordered))
             arrays = _create_arrays(
-                location, f"{area}/{path}", levels, np.dtype(np.uint8) if dtype == np.bool_ else dtype, options, labels, compressors, depth
+                location, f"{area}/{path}", levels, stored, options, labels, compressors, depth, shard=edge if options.shard else None
             )
-            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], options, labels, progress, depth)
+            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth)
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer.sample()).to_attributes())
         staging.promote(area, path)
@@ -327,8 +331,10 @@ def _create_arrays(
     labels: bool,
     compressors: list[BloscCodec],
     depth: int = 1,
+    shard: int | None = None,
 ) -> list[zarr.Array]:
-    """One array per level; a stack (``depth > 1``) gets a ``z`` axis before ``y, x`` with chunks and shards one plane deep."""
+    """One array per level, sharded by ``shard`` px (``None``: unsharded); a stack (``depth > 1``) gets a ``z`` axis
+    before ``y, x`` with chunks and shards one plane deep."""
     store = location.zarr_store()
     channels = levels[0].shape[0]
     dims: tuple[str, ...] = ("y", "x") if labels else ("c", "y", "x")
@@ -337,7 +343,7 @@ def _create_arrays(
     arrays = []
     for level in levels:
         spatial: tuple[int, ...] = (options.chunk, options.chunk)
-        shards: tuple[int, ...] | None = (options.shard, options.shard) if options.shard else None
+        shards: tuple[int, ...] | None = (shard, shard) if shard else None
         shape: tuple[int, ...] = level.shape[1:] if labels else level.shape
         if depth > 1:
             spatial, shards = (1, *spatial), ((1, *shards) if shards else None)
@@ -371,7 +377,7 @@ class _Streamer:
         arrays: list[zarr.Array],
         sources: list[ImageSource],
         shrink: Callable[..., np.ndarray],
-        options: WriteOptions,
+        edge: int,
         labels: bool,
         progress: ProgressCallback | None,
         depth: int = 1,
@@ -379,11 +385,7 @@ class _Streamer:
         self.levels, self.arrays, self.sources, self.shrink = levels, arrays, sources, shrink
         self.depth, self.plane = depth, 0
         self.labels, self.progress = labels, progress
-        channels, itemsize = levels[0].shape[0], np.dtype(arrays[0].dtype).itemsize
-        chain = len(levels) - len(sources) + 1
-        self.edge = options.block_edge(channels, itemsize, chain)
-        if options.shard and self.edge != options.shard:
-            log.info("blocks of %d px (shard %d) keep memory within %d MiB", self.edge, options.shard, options.memory_budget // MiB)
+        self.edge = edge
         self.bytes_read = 0
         top = levels[-1].shape
         self._sampled_planes = {int(z) for z in np.linspace(0, depth - 1, min(depth, 16)).round()}
