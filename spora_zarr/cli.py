@@ -68,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def layout_options(p: argparse.ArgumentParser) -> None:
-        defaults = WriteOptions()
+    def layout_options(p: argparse.ArgumentParser, defaults: WriteOptions | None = None) -> None:
+        defaults = defaults or WriteOptions()
         p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in px, all channels per chunk (default %(default)s)")
         p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels, 0: no sharding (default %(default)s)")
         p.add_argument("--cname", choices=BLOSC_CNAMES, default=defaults.cname, help="blosc compressor (default %(default)s)")
@@ -183,7 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
     predict.add_argument("--tissue", action="append", help="tissue id to predict (repeatable; default: every tissue of the modality)")
     runner_options(predict, "predicted")
-    layout_options(predict)
+    from .inference.predict import prediction_write_options  # noqa: PLC0415 - the predict verb's own defaults
+
+    layout_options(predict, prediction_write_options())
 
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
     validate.add_argument("store", help="the cohort store (local path or fsspec URL)")

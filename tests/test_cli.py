@@ -159,3 +159,17 @@ def test_incompressible_images_are_stored_uncompressed(tmp_path: Path) -> None:
         ("counts", 0.1): ["bytes", "blosc"],
         ("counts", 0.0): ["bytes", "blosc"],
     }
+
+
+def test_predict_gives_the_writer_half_the_converters_memory_budget() -> None:
+    """A prediction's writer gets 256 MiB by default (the process also holds the model runtime), convert 512."""
+    from spora_zarr.cli import _parser, _write_options
+
+    parser = _parser()
+    predict = parser.parse_args(["predict", "s.zarr", "--model", "m.pt", "--modality", "imc", "--resolution", "1", "--name", "p"])
+    convert = parser.parse_args(["convert", "in", "out"])
+    assert _write_options(predict).memory_budget == 256 * 2**20
+    assert _write_options(convert).memory_budget == 512 * 2**20
+    explicit = parser.parse_args(["predict", "s.zarr", "--model", "m.pt", "--modality", "imc", "--resolution", "1", "--name", "p",
+                                  "--memory-budget", "100"])
+    assert _write_options(explicit).memory_budget == 100 * 2**20

@@ -49,7 +49,27 @@ from .source import MODES, InputWindows, PredictionSource
 if TYPE_CHECKING:
     from ..convert.runner import ProgressCallback, RunOptions, RunReport, TaskOutcome
 
-__all__ = ["PredictOptions", "PredictTask", "make_dataset", "output_path", "predict_cohort", "predict_tissue"]
+__all__ = [
+    "PREDICTION_MEMORY_BUDGET",
+    "PredictOptions",
+    "PredictTask",
+    "make_dataset",
+    "output_path",
+    "predict_cohort",
+    "predict_tissue",
+    "prediction_write_options",
+]
+
+#: The writer's memory budget of a prediction (bytes): half the converter's, because the predicting process
+#: also holds the model runtime and its batches, and its float32 output has twice the bytes of uint16 input.
+#: Blocks and shards of 448 px then hold a 16-channel float32 prediction, so one more pyramid level (a slide
+#: twice as wide) adds 13 MiB, not 51 (docs/benchmarks.md, "Inference").
+PREDICTION_MEMORY_BUDGET = 256 * 2**20
+
+
+def prediction_write_options() -> WriteOptions:
+    """The writer options of a prediction when none are given: the defaults with :data:`PREDICTION_MEMORY_BUDGET`."""
+    return WriteOptions(memory_budget=PREDICTION_MEMORY_BUDGET)
 
 
 def output_path(name: str, tissue_id: str, *, labels: bool = False) -> str:
@@ -130,7 +150,8 @@ def predict_tissue(
     min_tissue
         Skip tiles whose tissue-mask fraction is below this; their pixels are ``fill_value``.
     options, overwrite, progress
-        As for :func:`~spora_zarr.write.writer.write_image`.
+        As for :func:`~spora_zarr.write.writer.write_image` (default options:
+        :func:`prediction_write_options`).
     record
         Record the prediction in the root attributes and channel tables
         (:func:`predict_cohort` records once after all tissues instead).
@@ -148,6 +169,7 @@ def predict_tissue(
     if mode not in MODES:
         raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     _check_tiling(tile_size, overlap)
+    options = options or prediction_write_options()
     path = output_path(output, tissue_id, labels=labels)
     cohort = dataset.cohort
     location: Location = cohort.location
@@ -279,7 +301,7 @@ class PredictOptions:
     channel_names: tuple[str, ...] | None = None
     min_tissue: float | None = None
     fill_value: float = 0
-    write: WriteOptions = field(default_factory=WriteOptions)
+    write: WriteOptions = field(default_factory=prediction_write_options)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
