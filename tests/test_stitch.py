@@ -56,7 +56,11 @@ def cut(image: np.ndarray, folder: Path, tile: int = 96, overlap: int = 20, labe
             tifffile.imwrite(folder / f"l{n:03d}.tif", local)
             row["labels"] = f"l{n:03d}.tif"
         rows.append(row)
-    table = folder / "offsets.csv"
+    return write_offsets(folder / "offsets.csv", rows)
+
+
+def write_offsets(table: Path, rows: list[dict[str, object]]) -> Path:
+    """Write an offsets CSV (columns from the first row) and return its path."""
     with open(table, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -159,10 +163,7 @@ def test_micrometer_offsets(tmp_path: Path) -> None:
     image = rgb()
     table = cut(image, tmp_path / "tiles")
     rows = list(csv.DictReader(table.read_text().splitlines()))
-    with open(table, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "x", "y"])
-        writer.writeheader()
-        writer.writerows({"file": r["file"], "x": int(r["x"]) * 0.25, "y": int(r["y"]) * 0.25} for r in rows)
+    write_offsets(table, [{"file": r["file"], "x": int(r["x"]) * 0.25, "y": int(r["y"]) * 0.25} for r in rows])
     tileset = Tileset.from_offsets_table(tmp_path / "tiles", table, offset_unit="micrometer", mpp=0.25)
     np.testing.assert_array_equal(MosaicSource(tileset).read(0, 300, 0, 400), image)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from spora_zarr.sources.base import ArraySource
 from spora_zarr.stitching import MosaicSource, Tileset, get_centroids, stitch
 from spora_zarr.write.pyramid import bin_shrink, mode_shrink
 from spora_zarr.write.writer import write_image, write_labels
-from tests.test_stitch import adjusted_rand_index
+from tests.test_stitch import adjusted_rand_index, write_offsets
 
 OPTIONS = WriteOptions(chunk=32, shard=64, max_top_size=64)
 
@@ -69,12 +68,7 @@ def cut_stack(volume: np.ndarray, folder: Path, tile: tuple[int, int, int] = (8,
             tifffile.imwrite(folder / f"l{n:03d}.tif", local, metadata={"axes": "ZYX"})
             row["labels"] = f"l{n:03d}.tif"
         rows.append(row)
-    table = folder / "offsets.csv"
-    with open(table, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return table
+    return write_offsets(folder / "offsets.csv", rows)
 
 
 class PlaneCountingSource(ArraySource):
