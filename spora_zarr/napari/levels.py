@@ -96,15 +96,16 @@ class _Shards:
             y0, x0 = r * sy, c * sx
             height, width = min(sy, ny - y0), min(sx, nx - x0)
             part = self.cache.get((self.id, r, c), functools.partial(self.reader.read, y0, x0, height, width))
-            if channels is not None:
-                part = part[channels]
-            if len(rows) == 1 and len(cols) == 1:
-                return part[..., ya - y0 : yb - y0, xa - x0 : xb - x0]
-            if out is None:
-                out = np.empty((*part.shape[:-2], yb - ya, xb - xa), part.dtype)
             ty, tx = max(ya, y0), max(xa, x0)
             uy, ux = min(yb, y0 + height), min(xb, x0 + width)
-            out[..., ty - ya : uy - ya, tx - xa : ux - xa] = part[..., ty - y0 : uy - y0, tx - x0 : ux - x0]
+            piece = part[..., ty - y0 : uy - y0, tx - x0 : ux - x0]  # the window's part first, then its channels
+            if channels is not None:
+                piece = piece[channels]
+            if len(rows) == 1 and len(cols) == 1:
+                return piece
+            if out is None:
+                out = np.empty((*piece.shape[:-2], yb - ya, xb - xa), piece.dtype)
+            out[..., ty - ya : uy - ya, tx - xa : ux - xa] = piece
         assert out is not None
         return out
 
