@@ -253,3 +253,44 @@ def test_deduplicated_ids_map_tiles(tmp_path: Path) -> None:
     new_ids = deduplicate_blob_ids(tileset)
     assert new_ids == {(0, 1): 1, (1, 1): 1}
     assert apply_new_ids(np.array([[0, 1]]), new_ids, 1).tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_last_tile_wins_over_irregular_overlaps_equals_blend(tmp_path: Path, ndim: int) -> None:
+    """Blend ``none`` reads only each tile's visible part: tiles of several sizes, three over one corner, one inside
+    another, a gap left uncovered; every window (aligned or not) equals the in-memory ``blend`` of the tiles."""
+    rng = np.random.default_rng(7)
+    # (x, y, z, width, height, depth): tiles 1-3 cover one corner of tile 0, tile 4 lies inside tile 1, tile 5 stands apart
+    boxes = [(0, 0, 0, 60, 50, 4), (40, 30, 1, 50, 45, 4), (50, 20, 0, 40, 40, 5), (30, 40, 2, 35, 30, 3),
+             (45, 35, 1, 10, 12, 2), (110, 5, 0, 20, 70, 6)]
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    pictures, lines = [], ["file,x,y" + (",z" if ndim == 3 else "")]
+    for n, (x, y, z, w, h, d) in enumerate(boxes):
+        picture = rng.integers(1, 60000, (d, h, w) if ndim == 3 else (h, w), dtype=np.uint16)
+        tifffile.imwrite(folder / f"t{n}.tif", picture, metadata={"axes": "ZYX" if ndim == 3 else "YX"})
+        pictures.append(picture)
+        lines.append(f"t{n}.tif,{x},{y}" + (f",{z}" if ndim == 3 else ""))
+    (folder / "offsets.csv").write_text("\n".join(lines) + "\n")
+    offsets = np.array([b[: ndim] for b in boxes])
+    expected = blend(offsets, pictures)
+    expected = expected if ndim == 3 else expected[None]
+    source = MosaicSource(Tileset.from_offsets_table(folder, folder / "offsets.csv"))
+    assert (source.depth, *source.shape[1:]) == expected.shape
+    depth, height, width = expected.shape
+    np.testing.assert_array_equal(source.read_volume(0, depth, 0, height, 0, width)[0], expected)
+    for z0, z1, y0, y1, x0, x1 in [(0, 6, 25, 61, 37, 95), (1, 3, 0, 17, 0, 130), (2, 6, 44, 75, 88, 120), (5, 6, 60, 75, 0, 40)]:
+        z0, z1 = min(z0, depth - 1), min(z1, depth)
+        np.testing.assert_array_equal(source.read_volume(z0, z1, y0, y1, x0, x1)[0], expected[z0:z1, y0:y1, x0:x1])
+
+
+def test_prefetch_is_best_effort(tmp_path: Path) -> None:
+    """Reading tiles ahead never fails a stitch: a missing file is ignored, the mosaic reads back the same pixels."""
+    from spora_zarr.stitching import readers
+
+    readers.prefetch(str(tmp_path / "missing.tif"))
+    image = rgb()
+    table = cut(image, tmp_path / "tiles")
+    np.testing.assert_array_equal(MosaicSource(Tileset.from_offsets_table(tmp_path / "tiles", table)).read(0, 300, 0, 400), image)
+    if readers._prefetcher is not None:  # platforms with posix_fadvise: the advice thread ran every request
+        assert readers._prefetcher.submit(lambda: True).result()

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..sources.base import ImageSource, SourceInfo
+from .readers import prefetch
 from .tiles import Tileset
 
 __all__ = ["BLENDS", "MosaicSource", "blend", "get_tiles_overlaps", "overlapping", "preview"]
@@ -60,6 +61,32 @@ def _edge_weight(length: int, start: int, stop: int) -> np.ndarray:
     return np.minimum(index + 1, length - index)
 
 
+def _intersect(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """The intersection of two boxes ``(z0, y0, x0, z1, y1, x1)`` (empty boxes have a stop <= start)."""
+    return (*(max(a[k], b[k]) for k in range(3)), *(min(a[k], b[k]) for k in range(3, 6)))
+
+
+def _volume(box: Sequence[int]) -> int:
+    """The number of pixels of a box (0 when empty)."""
+    return int(np.prod([max(0, box[k + 3] - box[k]) for k in range(3)]))
+
+
+def _subtract(box: tuple[int, ...], cut: Sequence[int]) -> list[tuple[int, ...]]:
+    """``box`` less ``cut`` as at most six disjoint boxes (slabs below/above in z, then in y, then in x)."""
+    inner = _intersect(box, cut)
+    if _volume(inner) == 0:
+        return [box]
+    pieces: list[tuple[int, ...]] = []
+    rest = list(box)
+    for axis in range(3):
+        if rest[axis] < inner[axis]:
+            pieces.append((*rest[:axis + 3], inner[axis], *rest[axis + 4 :]))
+        if inner[axis + 3] < rest[axis + 3]:
+            pieces.append((*rest[:axis], inner[axis + 3], *rest[axis + 1 :]))
+        rest[axis], rest[axis + 3] = inner[axis], inner[axis + 3]
+    return pieces
+
+
 class MosaicSource(ImageSource):
     """A tileset's stitched image, read window by window: the whole stack (``nz`` planes), or one plane ``z``.
 
@@ -92,6 +119,7 @@ class MosaicSource(ImageSource):
         self.dtype = tileset.dtype
         self.info = SourceInfo(channel_names=list(channel_names) if channel_names else None, mpp=mpp)
         self.boxes = np.array([t.box for t in tileset.tiles], dtype=np.int64).reshape(-1, 6)  # the index: (z0, y0, x0, z1, y1, x1)
+        self._read_ahead = {i for i, t in enumerate(tileset.tiles) if t.loader is not None or t.reader is not None}
 
     def tiles_in(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Indices (table order) of the tiles overlapping a window."""
@@ -104,6 +132,9 @@ class MosaicSource(ImageSource):
 
     def read_volume(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The window ``(C, z1 - z0, y1 - y0, x1 - x0)`` of the stitched volume (planes of the whole stack)."""
+        self._prefetch_around(z0, z1, y0, y1, x0, x1)
+        if self.blend == "none":
+            return self._scaled(self._read_last_wins((z0, y0, x0, z1, y1, x1)))
         shape = (self.shape[0], z1 - z0, y1 - y0, x1 - x0)
         source_dtype = self.tileset.tiles[0].dtype
         linear = self.blend == "linear"
@@ -117,7 +148,7 @@ class MosaicSource(ImageSource):
             tz0, ty0, tx0, tz1, ty1, tx1 = (int(v) for v in self.boxes[i])
             a = (max(z0, tz0), max(y0, ty0), max(x0, tx0))
             b = (min(z1, tz1), min(y1, ty1), min(x1, tx1))
-            part = self.tileset.read_tile(int(i), a[0] - tz0, b[0] - tz0, a[1] - ty0, b[1] - ty0, a[2] - tx0, b[2] - tx0)
+            part = self._read_part(int(i), (*a, *b))
             region = (slice(None), slice(a[0] - z0, b[0] - z0), slice(a[1] - y0, b[1] - y0), slice(a[2] - x0, b[2] - x0))
             if linear:
                 _, height, width = self.tileset.tiles[int(i)].size
@@ -126,10 +157,8 @@ class MosaicSource(ImageSource):
                 w = np.minimum(wy[:, None], wx[None, :])[None]
                 total[region] += part * w
                 weights[region[1:]] += w
-            elif self.blend == "max":
-                np.maximum(out[region], part, out=out[region])
             else:
-                out[region] = part
+                np.maximum(out[region], part, out=out[region])
         if linear:
             covered = weights > 0
             mean = np.divide(total, weights, out=np.zeros_like(total), where=covered)
@@ -138,6 +167,41 @@ class MosaicSource(ImageSource):
                 mean = np.clip(np.rint(mean), info.min, info.max)
             out = mean.astype(source_dtype)
         return self._scaled(out)
+
+    def _prefetch_around(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> None:
+        """Start reading ahead the TIFF tiles within one window's size of this window (each tile once)."""
+        dy, dx = y1 - y0, x1 - x0
+        for i in self.tiles_in(z0, z1, y0 - dy, y1 + dy, x0 - dx, x1 + dx):
+            if int(i) not in self._read_ahead:
+                self._read_ahead.add(int(i))
+                prefetch(self.tileset.tiles[int(i)].path)
+
+    def _read_part(self, i: int, box: tuple[int, ...]) -> np.ndarray:
+        """Tile ``i``'s pixels inside ``box`` ``(z0, y0, x0, z1, y1, x1)`` (output pixels, within the tile)."""
+        tz0, ty0, tx0 = (int(v) for v in self.boxes[i][:3])
+        return self.tileset.read_tile(i, box[0] - tz0, box[3] - tz0, box[1] - ty0, box[4] - ty0, box[2] - tx0, box[5] - tx0)
+
+    def _read_last_wins(self, window: tuple[int, int, int, int, int, int]) -> np.ndarray:
+        """Blend ``none``: each tile's visible part only (its box less those of later tiles), each pixel read once.
+
+        The visible parts are disjoint, so the window is allocated uninitialised
+        when they cover it, and zeroed only where no tile reaches.
+        """
+        z0, y0, x0, z1, y1, x1 = window
+        indices = self.tiles_in(z0, z1, y0, y1, x0, x1)
+        boxes = [tuple(int(v) for v in self.boxes[i]) for i in indices]
+        parts = []
+        for k, i in enumerate(indices):
+            visible = [_intersect(boxes[k], window)]
+            for later in boxes[k + 1 :]:
+                visible = [piece for box in visible for piece in _subtract(box, later)]
+            parts += [(int(i), box) for box in visible]
+        shape = (self.shape[0], z1 - z0, y1 - y0, x1 - x0)
+        covered = sum(_volume(box) for _, box in parts) == _volume(window)
+        out = np.empty(shape, self.tileset.tiles[0].dtype) if covered else np.zeros(shape, self.tileset.tiles[0].dtype)
+        for i, box in parts:
+            out[:, box[0] - z0 : box[3] - z0, box[1] - y0 : box[4] - y0, box[2] - x0 : box[5] - x0] = self._read_part(i, box)
+        return out
 
     def _scaled(self, window: np.ndarray) -> np.ndarray:
         if self.tileset.intensity is None:

@@ -4,7 +4,10 @@ A reader holds at most one open file (2-D TIFFs read segment by segment through
 :class:`~spora_zarr.sources.TiffSource`, stacks through tifffile's zarr view,
 BDV H5 ``cells`` datasets by h5py slicing, nd2 positions frame by frame);
 :class:`OpenReaders` keeps a bounded number of them open, so the memory of a
-mosaic does not grow with the number of tiles.
+mosaic does not grow with the number of tiles. Opening a TIFF tile asks the
+kernel to read it ahead in the background (:func:`prefetch`), so the windows
+that follow find it in the page cache instead of waiting on one small read
+after another.
 """
 
 from __future__ import annotations
@@ -19,6 +22,45 @@ import numpy as np
 
 from ..errors import InvalidInputError, NotFoundError
 from ..sources.base import reason
+
+#: Tiles larger than this are not read ahead (the windows read them part by part, as before).
+PREFETCH_LIMIT = 512 << 20
+_PREFETCH_CHUNK = 4 << 20  # the kernel reads at most its readahead size (a few MiB) per advice
+_prefetcher: Any = None
+_prefetch_lock = threading.Lock()
+
+
+def prefetch(path: str) -> None:
+    """Start reading a tile file into the page cache in the background (``posix_fadvise`` ``WILLNEED``), where supported.
+
+    Best effort: files over :data:`PREFETCH_LIMIT` and platforms without
+    ``posix_fadvise`` are left to be read on demand; errors are ignored.
+    """
+    global _prefetcher
+    if not hasattr(os, "posix_fadvise"):
+        return
+    with _prefetch_lock:
+        if _prefetcher is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _prefetcher = ThreadPoolExecutor(1, thread_name_prefix="spora-prefetch")
+    _prefetcher.submit(_advise, path)
+
+
+def _advise(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        if size <= PREFETCH_LIMIT:
+            for offset in range(0, size, _PREFETCH_CHUNK):
+                os.posix_fadvise(fd, offset, _PREFETCH_CHUNK, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class TileReader(Protocol):
@@ -40,6 +82,7 @@ class PlaneReader:
         from ..sources.tiff import TiffSource
 
         self.source = TiffSource(path)
+        prefetch(path)
 
     def read(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self.source.read(y0, y1, x0, x1)[:, None]
@@ -62,6 +105,7 @@ class StackReader:
         except Exception as exc:
             raise InvalidInputError(f"{path}: unreadable TIFF ({reason(exc)})") from None
         self.axes, self.name = stack_axes(series.axes, series.shape, path), path
+        prefetch(path)
 
     def read(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         index: list[slice] = [slice(None)] * len(self.axes)
