@@ -68,11 +68,14 @@ Workers and forks
     Pass ``timeout=`` to the ``DataLoader`` so that a stuck worker fails
     instead of hanging.
 Throughput
-    Workers hand batches over in shared memory; float32 multiplex items
-    (``preprocess=True``) are twice the bytes of the stored uint16 ones, and
-    on a small machine that copy costs as much as the read. Training that
-    standardises on the GPU can take ``preprocess=False`` items
-    (``docs/benchmarks.md``, "Tile reads").
+    ``DataLoader``'s default collation hands every batch over in new shared
+    memory, faulted in by the worker and again by the training process; on a
+    small machine that costs more than the reads. :class:`~spora_zarr.torch.TileLoader`
+    hands batches over in reused shared memory. Float32 multiplex items
+    (``preprocess=True``) are twice the bytes of the stored uint16 ones:
+    training that standardises on the GPU takes ``preprocess=False`` items and
+    a :class:`~spora_zarr.standardize.BatchStandardizer`
+    (``docs/standardization.md``).
 """
 
 from __future__ import annotations
@@ -87,11 +90,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset, pixel_scale
-from .errors import InvalidInputError, NotFoundError
-from .read.levels import limit_codec_threads
-from .runtime import keep_freed_batches
-from .store.layout import MASK_KINDS
+from ..datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset, pixel_scale
+from ..errors import InvalidInputError, NotFoundError
+from ..read.levels import limit_codec_threads
+from ..runtime import keep_freed_batches
+from ..store.layout import MASK_KINDS
 
 __all__ = ["TileDataset", "available_cores", "worker_init_fn"]
 

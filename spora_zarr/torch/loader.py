@@ -1,0 +1,171 @@
+"""Batches handed from ``DataLoader`` workers to the training process in reused shared memory.
+
+``DataLoader``'s default collation stacks every batch into new shared memory in
+the worker, and the training process maps it anew: each page is faulted in
+twice per batch, which on a small machine costs more than reading the tiles
+(``docs/benchmarks.md``, "Standardization"). :class:`SharedBatches` stacks each
+fixed-shape tensor of a batch into one of a few shared buffers that the worker
+keeps (a ring of ``slots`` per tensor of an item), and :class:`TileLoader`, a
+``DataLoader`` that collates with it, keeps the training process's mappings of
+those buffers, so after the first batches neither side faults a page in again.
+
+Lifetime
+    A batch's tensors are views of a worker's buffers, refilled ``slots``
+    batches of that worker later: a batch stays valid until the next one is
+    taken from the loader (``TileLoader`` sizes the ring so); ``.clone()`` what
+    must live longer, as with any loader that reuses memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_collate, default_collate_fn_map
+
+from ..errors import InvalidInputError
+from .tiles import worker_init_fn
+
+__all__ = ["SharedBatches", "TileLoader"]
+
+
+class SharedBatches:
+    """A ``collate_fn`` that stacks each fixed-shape tensor of a batch into a worker's ring of shared buffers.
+
+    Collates like ``default_collate`` (dicts, sequences, numbers, strings),
+    except that in a ``DataLoader`` worker a tensor whose items share one
+    shape and dtype and whose batch is at least ``min_bytes`` is stacked into
+    the next buffer of its ring (the ``i``-th tensor of an item has ring
+    ``i``). Outside a worker (``num_workers=0``) it is ``default_collate``.
+
+    Parameters
+    ----------
+    slots : int
+        Buffers per ring; a buffer is refilled ``slots`` batches of the same
+        worker later. A ``DataLoader`` needs ``prefetch_factor + 2`` for a
+        batch to stay valid until the next one is taken (:class:`TileLoader`).
+    min_bytes : int
+        Smaller batches of a tensor go through the default collation.
+    """
+
+    def __init__(self, slots: int = 4, min_bytes: int = 1 << 16) -> None:
+        if slots < 2:
+            raise InvalidInputError(f"SharedBatches needs at least 2 slots, got {slots}")
+        self.slots, self.min_bytes = int(slots), int(min_bytes)
+        self._rings: dict[tuple[int, tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
+        self._turn = self._visit = 0
+        self._pid: int | None = None
+        self._map: dict[type | tuple[type, ...], Callable] = {**default_collate_fn_map, torch.Tensor: self._stack}
+
+    def __call__(self, items: list[Any]) -> Any:
+        if get_worker_info() is None:
+            return default_collate(items)
+        if os.getpid() != self._pid:  # a new worker: its own rings
+            self._rings, self._turn, self._pid = {}, 0, os.getpid()
+        self._visit = 0
+        try:
+            return collate(items, collate_fn_map=self._map)
+        finally:
+            self._turn += 1
+
+    def _stack(self, batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
+        first = batch[0]
+        uniform = first.layout == torch.strided and all(t.shape == first.shape and t.dtype == first.dtype for t in batch)
+        if not uniform or first.nbytes * len(batch) < self.min_bytes:
+            return collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
+        key = (self._visit, tuple(first.shape), first.dtype)
+        self._visit += 1
+        ring = self._rings.get(key)
+        if ring is None or ring[0].shape[0] < len(batch):
+            shape = (len(batch), *first.shape)
+            ring = self._rings[key] = [torch.empty(shape, dtype=first.dtype).share_memory_() for _ in range(self.slots)]
+        out = ring[self._turn % self.slots][: len(batch)]
+        return torch.stack(list(batch), out=out)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_rings={}, _turn=0, _pid=None, _map=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._map = {**default_collate_fn_map, torch.Tensor: self._stack}
+
+
+class TileLoader(DataLoader):
+    """A ``DataLoader`` whose workers hand batches over in reused shared memory.
+
+    Takes ``DataLoader``'s arguments but ``collate_fn`` (it collates with
+    :class:`SharedBatches`, ``prefetch_factor + 2`` slots) and changes two
+    defaults: ``worker_init_fn`` is :func:`~spora_zarr.torch.worker_init_fn`
+    and workers persist across epochs (``persistent_workers=True`` with
+    workers), so their buffers do too. Batches stay valid until the next
+    one is taken (see the module docstring).
+
+    With ``pin_memory=True`` batches are copied into pinned memory as they
+    arrive, so the training process maps each buffer anew: the workers still
+    reuse theirs.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int | None = 1,
+        *,
+        num_workers: int = 0,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool | None = None,
+        worker_init_fn: Callable[[int], None] | None = worker_init_fn,
+        **kwargs: Any,
+    ) -> None:
+        if "collate_fn" in kwargs:
+            raise InvalidInputError("TileLoader collates batches itself; use torch.utils.data.DataLoader for a custom collate_fn")
+        if num_workers > 0 and prefetch_factor is None:
+            prefetch_factor = 2
+        super().__init__(
+            dataset,
+            batch_size,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
+            worker_init_fn=worker_init_fn,
+            collate_fn=SharedBatches(slots=(prefetch_factor or 0) + 2),
+            **kwargs,
+        )
+        self._held: OrderedDict[int, torch.UntypedStorage] = OrderedDict()
+        self._held_limit = 0
+
+    def __iter__(self) -> Any:
+        if not self.persistent_workers:
+            self._held.clear()  # new workers, new buffers
+        for batch in super().__iter__():
+            self._hold(batch)
+            yield batch
+
+    def _hold(self, batch: Any) -> None:
+        """Keep a batch's shared storages of ring size mapped; past twice the rings' bytes the least recent go."""
+        collate_fn = self.collate_fn
+        assert isinstance(collate_fn, SharedBatches)
+        storages = [s for s in _storages(batch) if s.is_shared() and s.nbytes() >= collate_fn.min_bytes]
+        for storage in storages:
+            self._held[storage.data_ptr()] = storage
+            self._held.move_to_end(storage.data_ptr())
+        size = sum(s.nbytes() for s in storages)
+        self._held_limit = max(self._held_limit, 2 * size * collate_fn.slots * max(1, self.num_workers))
+        while sum(s.nbytes() for s in self._held.values()) > self._held_limit:
+            self._held.popitem(last=False)
+
+
+def _storages(value: Any) -> list[torch.UntypedStorage]:
+    """The storages of the tensors in a collated batch (dicts, lists and tuples walked)."""
+    if isinstance(value, torch.Tensor):
+        return [value.untyped_storage()]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _storages(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _storages(v)]
+    return []

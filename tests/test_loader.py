@@ -1,0 +1,116 @@
+"""spora_zarr.torch.TileLoader and SharedBatches: batches in reused shared memory, equal to default collation.
+
+A real converted cohort is read through TileDataset; every batch of a
+TileLoader with fork (and spawn) workers is compared, when it arrives and
+again after the training step's time has passed, with the batch DataLoader's
+default collation gives in one process for the same indices.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from spora_zarr import ConvertOptions, convert_cohort
+from spora_zarr.datasets import ComposedImagingDataset, HEImagingDataset, MultiplexImagingDataset
+from spora_zarr.errors import InvalidInputError
+from spora_zarr.testing.cohorts import make_synthetic_cohort
+from spora_zarr.torch import SharedBatches, TileDataset, TileLoader
+
+TILE = 32
+BATCH = 16
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory) -> TileDataset:
+    root = tmp_path_factory.mktemp("loader")
+    src = make_synthetic_cohort(root / "tiff", tissues=("A", "B"), he_shape={"A": (301, 517), "B": (200, 150)}, tile_size=TILE, seed=3)
+    dest = root / "cohort.zarr"
+    assert convert_cohort(src, dest, ConvertOptions(progress=False)).ok
+    composed = ComposedImagingDataset(
+        [HEImagingDataset("c", dest, "0_5mpp", TILE, verbose=False), MultiplexImagingDataset("c", dest, 0.5, TILE, verbose=False)]
+    )
+    dataset = TileDataset(composed, preprocess=False)
+    assert len(dataset) % BATCH, "the last batch should be smaller"
+    return dataset
+
+
+def _expected(tiles: TileDataset) -> list[dict]:
+    return list(DataLoader(tiles, batch_size=BATCH))
+
+
+def _assert_equal(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            assert torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key
+
+
+@pytest.mark.timeout(4 * TIMEOUT)
+def test_batches_equal_default_collation_and_reuse_buffers(tiles) -> None:
+    want = _expected(tiles)
+    loader = TileLoader(tiles, batch_size=BATCH, num_workers=2, multiprocessing_context="fork", timeout=TIMEOUT)
+    assert loader.persistent_workers
+    buffers: dict[int, int] = {}
+    for _ in range(3):  # epochs: every worker's ring of prefetch_factor + 2 buffers comes round
+        count = 0
+        for number, batch in enumerate(loader):
+            _assert_equal(batch, want[number])
+            time.sleep(0.02)  # a training step: the workers run ahead meanwhile
+            _assert_equal(batch, want[number])  # still intact until the next batch is taken
+            pointer = batch["imc"].untyped_storage().data_ptr()
+            buffers[pointer] = buffers.get(pointer, 0) + 1
+            assert batch["imc"].untyped_storage().is_shared()
+            count += 1
+        assert count == len(want)
+    assert len(buffers) <= 2 * (2 + 2), "each worker reuses prefetch_factor + 2 buffers"
+    assert max(buffers.values()) >= 3
+
+
+def test_one_process_and_spawn_workers(tiles) -> None:
+    want = _expected(tiles)
+    for batch, expected in zip(TileLoader(tiles, batch_size=BATCH), want, strict=True):
+        _assert_equal(batch, expected)
+    spawned = TileLoader(tiles, batch_size=BATCH, num_workers=1, multiprocessing_context="spawn", timeout=TIMEOUT)
+    for batch, expected in zip(spawned, want, strict=True):
+        _assert_equal(batch, expected)
+
+
+class _Mixed(Dataset):
+    """Items with a large fixed-shape tensor, a tensor whose shape varies, a small one, a tuple and a string."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> dict:
+        big = torch.arange(64 * 64 * 8, dtype=torch.int32).reshape(8, 64, 64) * (i + 1)
+        ragged = torch.full((2, 2 + i % 2), i, dtype=torch.float64)
+        return {"big": big, "pair": (big[0] + 1, i), "small": torch.tensor([i]), "ragged_sum": ragged.sum(), "name": f"n{i}"}
+
+
+def test_shared_batches_collate_as_default_in_workers() -> None:
+    data = _Mixed()
+    want = list(DataLoader(data, batch_size=4))
+    loader = TileLoader(data, batch_size=4, num_workers=1, multiprocessing_context="fork", timeout=TIMEOUT)
+    for _ in range(2):
+        for batch, expected in zip(loader, want, strict=True):
+            assert torch.equal(batch["big"], expected["big"]) and torch.equal(batch["small"], expected["small"])
+            assert torch.equal(batch["pair"][0], expected["pair"][0]) and torch.equal(batch["pair"][1], expected["pair"][1])
+            assert batch["name"] == expected["name"] and torch.equal(batch["ragged_sum"], expected["ragged_sum"])
+            assert batch["big"].untyped_storage().nbytes() >= batch["big"].nbytes
+
+
+def test_bad_arguments(tiles) -> None:
+    with pytest.raises(InvalidInputError, match="collates batches itself"):
+        TileLoader(tiles, batch_size=BATCH, collate_fn=lambda items: items)
+    with pytest.raises(InvalidInputError, match="at least 2 slots"):
+        SharedBatches(slots=1)
+    assert np.isscalar(len(TileLoader(tiles, batch_size=BATCH)))
