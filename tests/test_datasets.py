@@ -92,6 +92,29 @@ def test_edge_tiles_slice_directly_by_default_and_pad_otherwise(store: tuple[Pat
     assert padded[:, 10:, :].abs().sum() == 0 and padded[:, :, 20:].abs().sum() == 0
 
 
+def test_read_tile_into_out(store: tuple[Path, Path]) -> None:
+    """``out=`` receives exactly what a plain read returns (channel subsets, zero padding over stale values, masks)."""
+    _, dest = store
+    imc = MultiplexImagingDataset("t", dest, 1.0, SIZE, modality="imc", tiling_strategy="best_mask")
+    tissue = imc.tissue_ids[0]
+    height, width = imc.image_shape(tissue)[1:]
+    for kind in ("complete", "qc_filtered"):
+        for row, col in [(0, 0), (17, 33), (height - 10, width - 20), (-5, -7)]:
+            want = imc.read_tile(tissue, row, col, kind=kind, preprocess=False)
+            out = torch.full(want.shape, 999, dtype=want.dtype)
+            assert imc.read_tile(tissue, row, col, kind=kind, preprocess=False, out=out) is out
+            assert torch.equal(out, want), (kind, row, col)
+            array = np.full(tuple(want.shape), 999, np.uint16)
+            np.testing.assert_array_equal(imc.read_tile(tissue, row, col, kind=kind, preprocess=False, out=array).numpy(), want.numpy())
+    mask = imc.read_mask_tile(tissue, height - 10, 3, mask="cell_masks")
+    out = torch.full(mask.shape, 5, dtype=mask.dtype)
+    assert torch.equal(imc.read_mask_tile(tissue, height - 10, 3, mask="cell_masks", out=out), mask) and out.sum() == mask.sum()
+    with pytest.raises(InvalidInputError, match="takes stored values; pass preprocess=False"):
+        imc.read_tile(tissue, 0, 0, out=torch.zeros(want.shape, dtype=torch.float32))
+    with pytest.raises(InvalidInputError, match="out for a window of"):
+        imc.read_tile(tissue, 0, 0, preprocess=False, out=torch.zeros((1, SIZE, SIZE), dtype=torch.uint16))
+
+
 def test_he_modes_normalisation_and_crops(store: tuple[Path, Path]) -> None:
     src, dest = store
     full = read_source_chw(src / "he/0_5mpp/images/B.tif")

@@ -115,6 +115,25 @@ def test_leading_axes_beyond_channels(tmp_path, engine: str) -> None:
     np.testing.assert_array_equal(reader.read(0, 0, 500, 500), data)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_read_into_out(store: Location, engine: str) -> None:
+    """``out=``: the same pixels written into a given array (or a strided view of a larger one), which is returned."""
+    reader, data = open_level(store, ARRAY, engine=engine), _data()
+    for window in _windows(seed=5, count=6):
+        want = _expected(data, window)
+        padded = np.full((want.shape[0], want.shape[1] + 3, want.shape[2] + 5), 7, np.uint16)
+        view = padded[:, 2 : 2 + want.shape[1], 4 : 4 + want.shape[2]]
+        assert reader.read(*window[:4], channels=window[4], out=view) is view
+        np.testing.assert_array_equal(view, want, err_msg=str(window))
+        assert (padded[:, :2] == 7).all() and (padded[:, :, :4] == 7).all() and (padded[:, -1] == 7).all(), window
+    strided = np.zeros((5, 10, 20), np.uint16)[..., ::2]  # a last axis that is not contiguous
+    np.testing.assert_array_equal(reader.read(3, 4, 10, 10, out=strided), data[:, 3:13, 4:14])
+    with pytest.raises(InvalidInputError, match=r"must be uint16 \(5, 10, 10\), got float32"):
+        reader.read(0, 0, 10, 10, out=np.zeros((5, 10, 10), np.float32))
+    with pytest.raises(InvalidInputError, match=r"must be uint16 \(2, 10, 10\), got uint16 \(5, 10, 10\)"):
+        reader.read(0, 0, 10, 10, channels=[1, 0], out=np.zeros((5, 10, 10), np.uint16))
+
+
 def test_cache_returns_the_same_reader(store: Location) -> None:
     reader = open_level(store, ARRAY, engine="zarr")
     assert open_level(str(store), "/" + ARRAY + "/", engine="zarr") is reader

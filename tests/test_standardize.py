@@ -341,6 +341,9 @@ def test_filtered_tiles_equal_the_filtered_image_cropped(store: Path) -> None:
                 part = filtered[:, row : row + SIZE, col : col + SIZE]
                 expected[:, : part.shape[1], : part.shape[2]] = part
                 np.testing.assert_array_equal(tile, expected)
+                out = torch.full(tile.shape, 7, dtype=torch.from_numpy(tile).dtype)
+                dataset.read_tile(tissue, row, col, kind=kind, preprocess=False, pad=True, out=out)
+                np.testing.assert_array_equal(out.numpy(), expected)  # out= takes the filtered window too
     clone = pickle.loads(pickle.dumps(dataset))
     again = clone.read_tile("A", 5, 5, preprocess=False).numpy()
     np.testing.assert_array_equal(again, dataset.read_tile("A", 5, 5, preprocess=False).numpy())

@@ -176,7 +176,11 @@ class BaseImagingDataset:
         return tuple(self._reader(self.modality_dir(), tissue_id).shape)
 
     # -- windows -------------------------------------------------------------------
-    def _window(self, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool) -> np.ndarray:
+    def _window(
+        self, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """A window of ``group``, clipped to the image or zero-padded to ``size``; read into ``out`` when given."""
         reader = self._reader(group, tissue_id)
         height, width = reader.shape[-2:]
         if row >= height or col >= width or row + size <= 0 or col + size <= 0:
@@ -184,11 +188,19 @@ class BaseImagingDataset:
                 f"{self.name}: window row={row} col={col} size={size} lies outside {group} tissue {tissue_id!r} of shape {height}x{width}"
             )
         y0, x0 = max(row, 0), max(col, 0)
-        data = _read(reader, y0, x0, min(row + size, height) - y0, min(col + size, width) - x0, channels)
-        if not pad or data.shape[-2:] == (size, size):
-            return data
-        out = np.zeros((*data.shape[:-2], size, size), dtype=data.dtype)
-        out[..., y0 - row : y0 - row + data.shape[-2], x0 - col : x0 - col + data.shape[-1]] = data
+        h, w = min(row + size, height) - y0, min(col + size, width) - x0
+        if out is None:
+            data = _read(reader, y0, x0, h, w, channels)
+            if not pad or data.shape[-2:] == (size, size):
+                return data
+            out = np.zeros((*data.shape[:-2], size, size), dtype=data.dtype)
+            out[..., y0 - row : y0 - row + h, x0 - col : x0 - col + w] = data
+            return out
+        inner = out
+        if pad and (h, w) != (size, size):
+            out[...] = 0
+            inner = out[..., y0 - row : y0 - row + h, x0 - col : x0 - col + w]
+        _read(reader, y0, x0, h, w, channels, out=inner)
         return out
 
     def _pads(self, pad: bool | None) -> bool:
@@ -205,27 +217,41 @@ class BaseImagingDataset:
         kind: str = "complete",
         preprocess: bool = True,
         pad: bool | None = None,
+        out: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
         """One ``(C, size, size)`` window at pixel ``(row, col)`` of this resolution.
 
         The default tiling strategy slices directly (an edge window may be
         smaller); other strategies, or ``pad=True``, zero-pad edge windows to
         ``size`` (before preprocessing). With ``preprocess=False`` values and
-        dtype are the stored ones.
+        dtype are the stored ones, and ``out`` (a CPU tensor or array of the
+        window's shape and the stored dtype) receives them without a copy where
+        the engine decodes into it; the result is then ``out`` (as a tensor).
         """
         self._check_tissue(tissue_id)
+        if out is not None and preprocess:
+            raise InvalidInputError(f"{self.name}: read_tile(out=...) takes stored values; pass preprocess=False")
         channels = self._channel_indices(tissue_id, kind)
-        data = self._window(self.modality_dir(), tissue_id, int(row), int(col), int(size or self.crop_size), channels, self._pads(pad))
+        size = int(size or self.crop_size)
+        target = out.numpy() if isinstance(out, torch.Tensor) else out
+        data = self._window(self.modality_dir(), tissue_id, int(row), int(col), size, channels, self._pads(pad), out=target)
+        if out is not None:
+            return out if isinstance(out, torch.Tensor) else torch.from_numpy(data)
         tensor = _to_tensor(data)
         return self._preprocess(tensor, tissue_id, kind) if preprocess else tensor
 
     def read_mask_tile(
-        self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks", pad: bool | None = None
+        self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks", pad: bool | None = None,
+        out: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
-        """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile`."""
+        """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile` (``out`` as there)."""
         if mask not in self.cohort.known_mask_kinds:
             raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(self.cohort.known_mask_kinds)}")
-        return _to_tensor(self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads(pad)))
+        target = out.numpy() if isinstance(out, torch.Tensor) else out
+        data = self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads(pad), out=target)
+        if out is not None:
+            return out if isinstance(out, torch.Tensor) else torch.from_numpy(data)
+        return _to_tensor(data)
 
     def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> Any:
         """The whole tissue at this resolution as a typed tissue."""
@@ -303,12 +329,14 @@ class BaseImagingDataset:
         raise NotImplementedError
 
 
-def _read(reader: LevelReader, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None) -> np.ndarray:
-    """A window of ``channels`` (``None``: all); no channels (a kind a tissue has none of) is a ``(0, h, w)`` array."""
+def _read(
+    reader: LevelReader, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """A window of ``channels`` (``None``: all), into ``out`` if given; no channels (a kind a tissue has none of) is ``(0, h, w)``."""
     if channels is not None and len(channels) == 0:
         ny, nx = reader.shape[-2:]
-        return np.zeros((0, min(y0 + height, ny) - y0, min(x0 + width, nx) - x0), reader.dtype)
-    return reader.read(y0, x0, height, width, channels)
+        return out if out is not None else np.zeros((0, min(y0 + height, ny) - y0, min(x0 + width, nx) - x0), reader.dtype)
+    return reader.read(y0, x0, height, width, channels, out=out)
 
 
 def _to_mode(tensor: torch.Tensor, image_mode: str) -> torch.Tensor:
@@ -426,14 +454,30 @@ class MultiplexImagingDataset(BaseImagingDataset):
     def _filter(self, data: np.ndarray, tissue_id: str, kind: str) -> np.ndarray:
         return data if self.filters is None else self.filters.apply(data, self.channel_names(tissue_id, kind))
 
-    def _window(self, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool) -> np.ndarray:
-        """A window; with ``filters``, read with their margin (clipped at the border), filtered, then cropped."""
+    def _window(
+        self, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """A window; with ``filters``, read with their margin (clipped at the border), filtered, then cropped (into ``out``)."""
         if self.filters is None or group != self.modality_dir():
-            return super()._window(group, tissue_id, row, col, size, channels, pad)
+            return super()._window(group, tissue_id, row, col, size, channels, pad, out)
         reader = self._reader(group, tissue_id)
         height, width = reader.shape[-2:]
         if row >= height or col >= width or row + size <= 0 or col + size <= 0:
             return super()._window(group, tissue_id, row, col, size, channels, pad)  # raises, naming the window
+        data = self._filtered_window(reader, group, tissue_id, row, col, size, channels, pad)
+        if out is None:
+            return data
+        if out.shape != data.shape or out.dtype != data.dtype:
+            raise InvalidInputError(f"{self.name}: out must be {data.dtype} {data.shape} for this window, got {out.dtype} {out.shape}")
+        out[...] = data
+        return out
+
+    def _filtered_window(
+        self, reader: LevelReader, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool
+    ) -> np.ndarray:
+        assert self.filters is not None
+        height, width = reader.shape[-2:]
         margin = self.filters.margin
         y0, x0, y1, x1 = max(row, 0), max(col, 0), min(row + size, height), min(col + size, width)
         ya, xa, yb, xb = max(y0 - margin, 0), max(x0 - margin, 0), min(y1 + margin, height), min(x1 + margin, width)

@@ -108,7 +108,7 @@ class LevelReader(Protocol):
         ...
 
     def read(
-        self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None
+        self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None, *, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Read the window ``[y0:y0+height, x0:x0+width]``, clipped to the array.
 
@@ -122,6 +122,9 @@ class LevelReader(Protocol):
         channels : sequence of int, optional
             Indices on axis 0, returned in this order (repeats allowed);
             ``None`` reads all. Not allowed for a 2-D array.
+        out : numpy.ndarray, optional
+            Where to write the window (the clipped shape, the stored dtype, a
+            view is fine); it is returned. The direct engine decodes into it.
 
         Returns
         -------
@@ -317,16 +320,27 @@ class WindowReader:
         return (_reopen_level, (self.location, self.path, self._requested))
 
     def read(
-        self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None
+        self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None, *, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Read one window; see :meth:`LevelReader.read`."""
         if os.getpid() != self._pid:  # carried into a forked child: use that process's reader
-            return open_level(self.location, self.path, engine=self._requested).read(y0, x0, height, width, channels)
+            return open_level(self.location, self.path, engine=self._requested).read(y0, x0, height, width, channels, out=out)
         index, take = self._selection(y0, x0, height, width, channels)
-        out = self._engine.read(index)
-        if take is not None:
-            out = out[take]
-        return out
+        if out is not None:
+            sizes = [i.stop - i.start for i in index]
+            if take is not None:  # a channel selection: axis 0 of the result
+                sizes[0] = len(take)
+            shape = tuple(sizes)
+            if out.shape != shape or out.dtype != self.dtype:
+                raise InvalidInputError(f"out for a window of {self._where} must be {self.dtype} {shape}, got {out.dtype} {out.shape}")
+            read_into = getattr(self._engine, "read_into", None)
+            if take is None and read_into is not None:
+                read_into(index, out)
+            else:
+                out[...] = self._engine.read(index) if take is None else self._engine.read(index)[take]
+            return out
+        window = self._engine.read(index)
+        return window if take is None else window[take]
 
     def _selection(
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None

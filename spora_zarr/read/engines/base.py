@@ -29,6 +29,10 @@ class UnsupportedLayout(Exception):
 class Engine(Protocol):
     """Reads windows of one array for :mod:`spora_zarr.read.levels`.
 
+    An engine may also offer ``read_into(index, out)``, decoding into a given
+    array (the direct engine does); :meth:`LevelReader.read` with ``out=``
+    uses it where present and copies a :meth:`read` otherwise.
+
     Attributes
     ----------
     engine : str

@@ -294,6 +294,23 @@ class DirectArray:
             self._read_into(out, starts, stops, out.nbytes)
         return out
 
+    def read_into(self, index: Sequence[slice], out: np.ndarray) -> np.ndarray:
+        """Decode the window ``index`` straight into ``out`` (its shape and this dtype; a view is fine) and return it.
+
+        A view whose last axis is not contiguous, or with negative strides, gets a copy of :meth:`read`.
+        """
+        starts, stops = self._bounds(index)
+        shape = tuple(b - a for a, b in zip(starts, stops, strict=True))
+        if out.shape != shape or out.dtype != self.dtype or not out.flags.writeable:
+            raise InvalidInputError(
+                f"array {self.directory}: out must be a writable {self.dtype} array of shape {shape}, got {out.dtype} {out.shape}"
+            )
+        if out.strides[-1] != out.itemsize or any(s <= 0 for s in out.strides):
+            out[...] = self.read(index)
+        elif out.size:
+            self._read_into(out, starts, stops, out.itemsize + sum((n - 1) * s for n, s in zip(out.shape, out.strides)))
+        return out
+
     def _bounds(self, index: Sequence[slice]) -> tuple[list[int], list[int]]:
         """(starts, stops) of ``index``; InvalidInputError unless it is one in-bounds slice of step 1 per axis."""
         shape = self.shape
