@@ -18,6 +18,7 @@ Lifetime
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +31,7 @@ from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_
 from ..errors import InvalidInputError
 from .tiles import worker_init_fn
 
-__all__ = ["SharedBatches", "TileLoader"]
+__all__ = ["SharedBatches", "TileLoader", "lend_batch"]
 
 
 class SharedBatches:
@@ -40,7 +41,10 @@ class SharedBatches:
     except that in a ``DataLoader`` worker a tensor whose items share one
     shape and dtype and whose batch is at least ``min_bytes`` is stacked into
     the next buffer of its ring (the ``i``-th tensor of an item has ring
-    ``i``). Outside a worker (``num_workers=0``) it is ``default_collate``.
+    ``i``). A dataset may instead have its items read into buffer rows lent
+    by :func:`lend_batch` (:meth:`TileDataset.__getitems__` does): such a
+    batch is the lent buffer, not copied. Outside a worker (``num_workers=0``)
+    it is ``default_collate``.
 
     Parameters
     ----------
@@ -56,44 +60,92 @@ class SharedBatches:
         if slots < 2:
             raise InvalidInputError(f"SharedBatches needs at least 2 slots, got {slots}")
         self.slots, self.min_bytes = int(slots), int(min_bytes)
-        self._rings: dict[tuple[int, tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
-        self._turn = self._visit = 0
-        self._pid: int | None = None
+        self._reset(None)
+
+    def _reset(self, pid: int | None) -> None:
+        self._rings: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        self._turns: dict[tuple[Any, ...], int] = {}
+        self._lent: dict[int, torch.Tensor] = {}
+        self._visit = 0
+        self._pid = pid
         self._map: dict[type | tuple[type, ...], Callable] = {**default_collate_fn_map, torch.Tensor: self._stack}
 
     def __call__(self, items: list[Any]) -> Any:
         if get_worker_info() is None:
             return default_collate(items)
-        if os.getpid() != self._pid:  # a new worker: its own rings
-            self._rings, self._turn, self._pid = {}, 0, os.getpid()
+        self._own_process()
         self._visit = 0
         try:
             return collate(items, collate_fn_map=self._map)
         finally:
-            self._turn += 1
+            self._lent.clear()
+
+    def lend(self, count: int, like: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The next buffers of ``count`` rows for the large fixed-shape tensors of the item ``like``, by key."""
+        self._own_process()
+        lent = {}
+        for key, value in like.items():
+            if isinstance(value, torch.Tensor) and value.layout == torch.strided and value.nbytes * count >= self.min_bytes:
+                buffer = self._next(("lent", key, tuple(value.shape), value.dtype), count, value)
+                self._lent[buffer.data_ptr()] = lent[key] = buffer
+        return lent
+
+    def _own_process(self) -> None:
+        if os.getpid() != self._pid:  # a new worker: its own rings
+            self._reset(os.getpid())
+
+    def _next(self, key: tuple[Any, ...], count: int, like: torch.Tensor) -> torch.Tensor:
+        """The next buffer of ring ``key``: ``count`` rows shaped like ``like`` (the ring grows if a batch is larger)."""
+        ring = self._rings.get(key)
+        if ring is None or ring[0].shape[0] < count:
+            shape = (count, *like.shape)
+            ring = self._rings[key] = [torch.empty(shape, dtype=like.dtype).share_memory_() for _ in range(self.slots)]
+        turn = self._turns[key] = self._turns.get(key, -1) + 1
+        return ring[turn % self.slots][:count]
 
     def _stack(self, batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
         first = batch[0]
+        lent = self._lent.pop(first.data_ptr(), None)
+        if lent is not None and len(batch) == lent.shape[0] and all(
+            t.shape == lent.shape[1:] and t.dtype == lent.dtype and t.data_ptr() == row.data_ptr() for t, row in zip(batch, lent)
+        ):
+            return lent  # the items were read into the lent rows
         uniform = first.layout == torch.strided and all(t.shape == first.shape and t.dtype == first.dtype for t in batch)
         if not uniform or first.nbytes * len(batch) < self.min_bytes:
             return collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
-        key = (self._visit, tuple(first.shape), first.dtype)
         self._visit += 1
-        ring = self._rings.get(key)
-        if ring is None or ring[0].shape[0] < len(batch):
-            shape = (len(batch), *first.shape)
-            ring = self._rings[key] = [torch.empty(shape, dtype=first.dtype).share_memory_() for _ in range(self.slots)]
-        out = ring[self._turn % self.slots][: len(batch)]
+        out = self._next((self._visit, tuple(first.shape), first.dtype), len(batch), first)
         return torch.stack(list(batch), out=out)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.update(_rings={}, _turn=0, _pid=None, _map=None)
-        return state
+        return {"slots": self.slots, "min_bytes": self.min_bytes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._map = {**default_collate_fn_map, torch.Tensor: self._stack}
+        self.slots, self.min_bytes = state["slots"], state["min_bytes"]
+        self._reset(None)
+
+
+_ACTIVE: SharedBatches | None = None  # the collation of the TileLoader this worker process serves
+
+
+def lend_batch(count: int, like: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Shared buffers of ``count`` rows for the large tensors of the item ``like``, lent by this worker's :class:`TileLoader`.
+
+    A dataset's ``__getitems__`` reads its items into the rows (row ``i`` of
+    each buffer for item ``i``); the collation then hands the buffers over as
+    the batch, without stacking. Empty outside a ``TileLoader`` worker.
+    """
+    if _ACTIVE is None or get_worker_info() is None:
+        return {}
+    return _ACTIVE.lend(count, like)
+
+
+def _start_worker(collate_fn: SharedBatches, init: Callable[[int], None] | None, worker_id: int) -> None:
+    """A TileLoader worker's ``worker_init_fn``: its collation lends buffers, then the user's ``init`` runs."""
+    global _ACTIVE
+    _ACTIVE = collate_fn
+    if init is not None:
+        init(worker_id)
 
 
 class TileLoader(DataLoader):
@@ -126,14 +178,15 @@ class TileLoader(DataLoader):
             raise InvalidInputError("TileLoader collates batches itself; use torch.utils.data.DataLoader for a custom collate_fn")
         if num_workers > 0 and prefetch_factor is None:
             prefetch_factor = 2
+        collate_fn = SharedBatches(slots=(prefetch_factor or 0) + 2)
         super().__init__(
             dataset,
             batch_size,
             num_workers=num_workers,
             prefetch_factor=prefetch_factor,
             persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
-            worker_init_fn=worker_init_fn,
-            collate_fn=SharedBatches(slots=(prefetch_factor or 0) + 2),
+            worker_init_fn=functools.partial(_start_worker, collate_fn, worker_init_fn),
+            collate_fn=collate_fn,
             **kwargs,
         )
         self._held: OrderedDict[int, torch.UntypedStorage] = OrderedDict()

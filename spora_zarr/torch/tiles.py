@@ -146,6 +146,12 @@ def _as_dtype(tensor: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
     return tensor if array.dtype == dtype else torch.from_numpy(array.astype(dtype))
 
 
+def _torch_dtype(dataset: BaseImagingDataset, tissue: str, mask: str | None = None) -> torch.dtype:
+    """The torch dtype of a tissue's stored image (or ``mask``) at the dataset's resolution."""
+    reader = dataset._reader(mask or dataset.modality_dir(), tissue)
+    return torch.from_numpy(np.empty(0, reader.dtype)).dtype
+
+
 def _composed(dataset: Any) -> ComposedImagingDataset:
     if isinstance(dataset, ComposedImagingDataset):
         return dataset
@@ -386,6 +392,29 @@ class TileDataset(Dataset):
     # -- items ----------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:
         """The tile at position ``index`` of :attr:`index`; see the module docstring for its keys."""
+        return self._item(index)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The items of a batch; in a :class:`~spora_zarr.torch.TileLoader` worker, read straight into its shared buffers.
+
+        The first item is read as :meth:`__getitem__` reads it; the loader then
+        lends one buffer row per item for each of its large tensors, and the
+        other items are decoded into their rows. A subclass that overrides
+        :meth:`__getitem__` gets its items from it.
+        """
+        from .loader import lend_batch
+
+        if not indices or type(self).__getitem__ is not TileDataset.__getitem__:
+            return [self[i] for i in indices]
+        first = self._item(indices[0])
+        rows = lend_batch(len(indices), first)
+        for key, buffer in rows.items():
+            buffer.numpy()[0] = first[key].numpy()
+            first[key] = buffer[0]
+        return [first, *(self._item(i, rows, n) for n, i in enumerate(indices[1:], start=1))]
+
+    def _item(self, index: int, rows: dict[str, torch.Tensor] | None = None, row_number: int = 0) -> dict[str, Any]:
+        """Item ``index``; its tensors of keys in ``rows`` are written into row ``row_number`` of those buffers."""
         global _CHECKED_PID
         if os.getpid() != _CHECKED_PID:
             _CHECKED_PID = os.getpid()
@@ -405,6 +434,7 @@ class TileDataset(Dataset):
         row, col = int(self._row[i]), int(self._col[i])
         composed = self.datasets[number]
         base = composed.primary
+        into = {} if rows is None else {key: buffer[row_number] for key, buffer in rows.items()}
 
         item: dict[str, Any] = {}
         for name, dataset in composed.datasets.items():
@@ -412,18 +442,31 @@ class TileDataset(Dataset):
             r, c, edge = round(row * factor), round(col * factor), self.modalities[name]
             multiplex = isinstance(dataset, MultiplexImagingDataset)
             kind = self.kind if multiplex else "complete"
-            tile = _as_dtype(dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=self.preprocess, pad=True), self.dtypes[name])
-            if multiplex:
-                positions, measured = self._panel_positions(number, name, tissue)
+            positions, measured = self._panel_positions(number, name, tissue) if multiplex else (None, None)
+            target = into.get(name)
+            if target is not None and positions is None and not self.preprocess and target.dtype == _torch_dtype(dataset, tissue):
+                tile = dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=False, pad=True, out=target)
+            else:
+                tile = _as_dtype(dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=self.preprocess, pad=True), self.dtypes[name])
                 if positions is not None:  # not the whole panel in panel order: scatter into it
-                    aligned = tile.new_zeros((len(self.panels[name]), edge, edge))
+                    aligned = tile.new_zeros((len(self.panels[name]), edge, edge)) if target is None else target.zero_()
                     aligned.numpy()[positions] = tile.numpy()  # numpy: torch has no index_put for uint16
                     tile = aligned
-                item[name], item[f"{name}_channel_mask"] = tile, measured.clone()
-            else:
-                item[name] = tile
+                elif target is not None:
+                    target.numpy()[...] = tile.numpy()
+                    tile = target
+            item[name] = tile
+            if measured is not None:
+                item[f"{name}_channel_mask"] = measured.clone()
         for kind in self.masks:
-            item[kind] = _as_dtype(base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True), self.mask_dtypes[kind])
+            target = into.get(kind)
+            if target is not None and target.dtype == _torch_dtype(base, tissue, kind):
+                item[kind] = base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True, out=target)
+            else:
+                mask = _as_dtype(base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True), self.mask_dtypes[kind])
+                if target is not None:
+                    target.numpy()[...] = mask.numpy()
+                item[kind] = mask if target is None else target
         item.update(tissue_id=tissue, tile_id=int(self._tile_id[i]), row=row, col=col, cohort=base.name)
         return item
 
