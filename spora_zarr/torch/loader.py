@@ -3,11 +3,13 @@
 ``DataLoader``'s default collation stacks every batch into new shared memory in
 the worker, and the training process maps it anew: each page is faulted in
 twice per batch, which on a small machine costs more than reading the tiles
-(``docs/benchmarks.md``, "Standardization"). :class:`SharedBatches` stacks each
+(``docs/benchmarks.md``, "Standardization"). :class:`SharedBatches` puts each
 fixed-shape tensor of a batch into one of a few shared buffers that the worker
-keeps (a ring of ``slots`` per tensor of an item), and :class:`TileLoader`, a
-``DataLoader`` that collates with it, keeps the training process's mappings of
-those buffers, so after the first batches neither side faults a page in again.
+keeps (a ring of ``slots`` per tensor of an item): stacked there, or read there
+by a dataset that asks :func:`lend_batch` for rows (``TileDataset`` does).
+:class:`TileLoader`, a ``DataLoader`` that collates with it, keeps the training
+process's mappings of those buffers, so after the first batches neither side
+faults a page in again.
 
 Lifetime
     A batch's tensors are views of a worker's buffers, refilled ``slots``
@@ -156,7 +158,8 @@ class TileLoader(DataLoader):
     defaults: ``worker_init_fn`` is :func:`~spora_zarr.torch.worker_init_fn`
     and workers persist across epochs (``persistent_workers=True`` with
     workers), so their buffers do too. Batches stay valid until the next
-    one is taken (see the module docstring).
+    one is taken (see the module docstring). Its workers lend buffer rows to
+    the dataset's ``__getitems__`` (:func:`lend_batch`).
 
     With ``pin_memory=True`` batches are copied into pinned memory as they
     arrive, so the training process maps each buffer anew: the workers still
