@@ -111,6 +111,8 @@ def test_shared_batches_collate_as_default_in_workers() -> None:
 def test_bad_arguments(tiles) -> None:
     with pytest.raises(InvalidInputError, match="collates batches itself"):
         TileLoader(tiles, batch_size=BATCH, collate_fn=lambda items: items)
+    with pytest.raises(InvalidInputError, match="not batch_size=None"):
+        TileLoader(tiles, batch_size=None)
     with pytest.raises(InvalidInputError, match="at least 2 slots"):
         SharedBatches(slots=1)
     assert np.isscalar(len(TileLoader(tiles, batch_size=BATCH)))

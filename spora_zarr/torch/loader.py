@@ -179,6 +179,8 @@ class TileLoader(DataLoader):
     ) -> None:
         if "collate_fn" in kwargs:
             raise InvalidInputError("TileLoader collates batches itself; use torch.utils.data.DataLoader for a custom collate_fn")
+        if batch_size is None and kwargs.get("batch_sampler") is None:
+            raise InvalidInputError("TileLoader hands over batches: give batch_size (or a batch_sampler), not batch_size=None")
         if num_workers > 0 and prefetch_factor is None:
             prefetch_factor = 2
         collate_fn = SharedBatches(slots=(prefetch_factor or 0) + 2)
