@@ -449,7 +449,11 @@ class TileDataset(Dataset):
             else:
                 tile = _as_dtype(dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=self.preprocess, pad=True), self.dtypes[name])
                 if positions is not None:  # not the whole panel in panel order: scatter into it
-                    aligned = tile.new_zeros((len(self.panels[name]), edge, edge)) if target is None else target.zero_()
+                    if target is None:
+                        aligned = tile.new_zeros((len(self.panels[name]), edge, edge))
+                    else:  # a lent row still holds an earlier batch's tile
+                        aligned = target
+                        aligned.numpy()[...] = 0
                     aligned.numpy()[positions] = tile.numpy()  # numpy: torch has no index_put for uint16
                     tile = aligned
                 elif target is not None:
