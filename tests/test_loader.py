@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from spora_zarr import ConvertOptions, convert_cohort
 from spora_zarr.datasets import ComposedImagingDataset, HEImagingDataset, MultiplexImagingDataset
@@ -56,23 +56,28 @@ def _assert_equal(got: dict, want: dict) -> None:
 
 @pytest.mark.timeout(4 * TIMEOUT)
 def test_batches_equal_default_collation_and_reuse_buffers(tiles) -> None:
-    want = _expected(tiles)
-    loader = TileLoader(tiles, batch_size=BATCH, num_workers=2, multiprocessing_context="fork", timeout=TIMEOUT)
+    """Shuffled epochs, so that buffer rows are refilled with other tiles (a tissue missing a channel among them)."""
+    position = {(t, r, c): i for i, (t, r, c) in enumerate(zip(tiles.index.tissue_id, tiles.index.row, tiles.index.col))}
+    loader = TileLoader(tiles, batch_size=BATCH, shuffle=True, num_workers=2, multiprocessing_context="fork", timeout=TIMEOUT,
+                        generator=torch.Generator().manual_seed(0))
     assert loader.persistent_workers
     buffers: dict[int, int] = {}
     for _ in range(3):  # epochs: every worker's ring of prefetch_factor + 2 buffers comes round
-        count = 0
-        for number, batch in enumerate(loader):
-            _assert_equal(batch, want[number])
+        seen = []
+        for batch in loader:
+            indices = [position[(t, int(r), int(c))] for t, r, c in zip(batch["tissue_id"], batch["row"], batch["col"])]
+            want = default_collate([tiles[i] for i in indices])
+            _assert_equal(batch, want)
             time.sleep(0.02)  # a training step: the workers run ahead meanwhile
-            _assert_equal(batch, want[number])  # still intact until the next batch is taken
+            _assert_equal(batch, want)  # still intact until the next batch is taken
             pointer = batch["imc"].untyped_storage().data_ptr()
             buffers[pointer] = buffers.get(pointer, 0) + 1
             assert batch["imc"].untyped_storage().is_shared()
-            count += 1
-        assert count == len(want)
+            seen.extend(indices)
+        assert sorted(seen) == list(range(len(tiles)))
     assert len(buffers) <= 2 * (2 + 2), "each worker reuses prefetch_factor + 2 buffers"
     assert max(buffers.values()) >= 3
+    assert not all(tiles.index.tissue_id.map(lambda t: bool(tiles._panel_positions(0, "imc", t)[0] is None))), "a tissue misses a channel"
 
 
 def test_one_process_and_spawn_workers(tiles) -> None:
