@@ -294,3 +294,28 @@ def test_prefetch_is_best_effort(tmp_path: Path) -> None:
     np.testing.assert_array_equal(MosaicSource(Tileset.from_offsets_table(tmp_path / "tiles", table)).read(0, 300, 0, 400), image)
     if readers._prefetcher is not None:  # platforms with posix_fadvise: the advice thread ran every request
         assert readers._prefetcher.submit(lambda: True).result()
+
+
+@pytest.mark.parametrize("layout", ["tiled", "compressed", "strips", "rgba"])
+def test_tiff_windows_read_straight_into_a_strided_output(tmp_path: Path, layout: str) -> None:
+    """``TiffSource.read(out=...)`` (the mosaic's path for 2-D TIFF tiles) fills a view of a larger array as ``read`` returns it."""
+    from spora_zarr.sources.tiff import TiffSource
+
+    rng = np.random.default_rng(3)
+    if layout == "rgba":
+        image = rng.integers(0, 255, (70, 90, 4), dtype=np.uint8)
+        tifffile.imwrite(tmp_path / "t.tif", image, photometric="rgb", extrasamples=["unassalpha"])
+    else:
+        image = rng.integers(0, 60000, (3, 70, 90), dtype=np.uint16)
+        options = {"tiled": {"tile": (16, 32)}, "compressed": {"tile": (16, 32), "compression": "zlib"}, "strips": {"rowsperstrip": 8}}
+        tifffile.imwrite(tmp_path / "t.tif", image, photometric="minisblack", **options[layout])
+    source = TiffSource(tmp_path / "t.tif")
+    try:
+        window = source.read(13, 61, 7, 80)
+        big = np.zeros((source.shape[0], 2, 60, 100), source.dtype)
+        target = big[:, 1, 5:53, 11:84]
+        assert source.read(13, 61, 7, 80, out=target) is target
+        np.testing.assert_array_equal(target, window)
+        assert not big[:, 0].any() and not big[:, 1, :5].any() and not big[:, 1, :, :11].any()
+    finally:
+        source.close()

@@ -89,9 +89,10 @@ class _TiffSegments:
             return None
         return cls(tiff, pages, workers)
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Pixels ``[:, y0:y1, x0:x1]`` of all pages as ``(C, y1 - y0, x1 - x0)``."""
-        out = np.empty((self.channels, y1 - y0, x1 - x0), self.dtype)
+    def read(self, y0: int, y1: int, x0: int, x1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Pixels ``[:, y0:y1, x0:x1]`` of all pages as ``(C, y1 - y0, x1 - x0)``, into ``out`` (any strides) when given."""
+        if out is None:
+            out = np.empty((self.channels, y1 - y0, x1 - x0), self.dtype)
         jobs = [
             (page, (sample * self.rows + row) * self.cols + col, (number * self.separate + sample) * self.contig)
             for number, page in enumerate(self.pages)
@@ -210,10 +211,11 @@ class TiffSource(ImageSource):
                 info.channel_names = None  # one OME channel of 3 samples: the colour planes, named red/green/blue by the writer
         return info
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def read(self, y0: int, y1: int, x0: int, x1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The window ``(C, h, w)``; with ``out`` (that shape and dtype) written into it and ``out`` returned."""
         try:
-            if self._segments is not None:
-                window = self._segments.read(y0, y1, x0, x1)
+            if self._segments is not None and (out is None or out.shape[0] == self._segments.channels):
+                window = self._segments.read(y0, y1, x0, x1, out)
             else:
                 parts = [view.read(y0, y1, x0, x1) for view in self._views]
                 window = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
@@ -221,6 +223,9 @@ class TiffSource(ImageSource):
             raise InvalidInputError(f"{self.name}: unreadable TIFF data ({reason(exc)})") from None
         if self.info.is_rgb and window.shape[0] == 4:
             window = window[:3]
+        if out is not None and window is not out:
+            out[...] = window
+            return out
         return window
 
     def close(self) -> None:

@@ -176,16 +176,17 @@ class MosaicSource(ImageSource):
                 self._read_ahead.add(int(i))
                 prefetch(self.tileset.tiles[int(i)].path)
 
-    def _read_part(self, i: int, box: tuple[int, ...]) -> np.ndarray:
-        """Tile ``i``'s pixels inside ``box`` ``(z0, y0, x0, z1, y1, x1)`` (output pixels, within the tile)."""
+    def _read_part(self, i: int, box: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """Tile ``i``'s pixels inside ``box`` ``(z0, y0, x0, z1, y1, x1)`` (output pixels, within the tile), into ``out`` when given."""
         tz0, ty0, tx0 = (int(v) for v in self.boxes[i][:3])
-        return self.tileset.read_tile(i, box[0] - tz0, box[3] - tz0, box[1] - ty0, box[4] - ty0, box[2] - tx0, box[5] - tx0)
+        return self.tileset.read_tile(i, box[0] - tz0, box[3] - tz0, box[1] - ty0, box[4] - ty0, box[2] - tx0, box[5] - tx0, out=out)
 
     def _read_last_wins(self, window: tuple[int, int, int, int, int, int]) -> np.ndarray:
         """Blend ``none``: each tile's visible part only (its box less those of later tiles), each pixel read once.
 
         The visible parts are disjoint, so the window is allocated uninitialised
-        when they cover it, and zeroed only where no tile reaches.
+        when they cover it (zeroed only where no tile reaches), and each part is
+        read straight into it.
         """
         z0, y0, x0, z1, y1, x1 = window
         indices = self.tiles_in(z0, z1, y0, y1, x0, x1)
@@ -200,7 +201,7 @@ class MosaicSource(ImageSource):
         covered = sum(_volume(box) for _, box in parts) == _volume(window)
         out = np.empty(shape, self.tileset.tiles[0].dtype) if covered else np.zeros(shape, self.tileset.tiles[0].dtype)
         for i, box in parts:
-            out[:, box[0] - z0 : box[3] - z0, box[1] - y0 : box[4] - y0, box[2] - x0 : box[5] - x0] = self._read_part(i, box)
+            self._read_part(i, box, out[:, box[0] - z0 : box[3] - z0, box[1] - y0 : box[4] - y0, box[2] - x0 : box[5] - x0])
         return out
 
     def _scaled(self, window: np.ndarray) -> np.ndarray:

@@ -84,8 +84,12 @@ class PlaneReader:
         self.source = TiffSource(path)
         prefetch(path)
 
-    def read(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return self.source.read(y0, y1, x0, x1)[:, None]
+    def read(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The window ``(C, 1, h, w)``; with ``out`` of that shape the TIFF segments are copied straight into it."""
+        if out is None:
+            return self.source.read(y0, y1, x0, x1)[:, None]
+        self.source.read(y0, y1, x0, x1, out=out[:, 0])
+        return out
 
     def close(self) -> None:
         self.source.close()

@@ -335,8 +335,12 @@ class Tileset:
         """Multiply every offset by ``scale`` ``(x, y, z)``."""
         self.set_offsets(self.offsets * np.asarray(scale, dtype=float))
 
-    def read_tile(self, i: int, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int, *, labels: bool = False) -> np.ndarray:
-        """Tile ``i``'s window ``(C, z, h, w)`` in tile-local pixels (its label image with ``labels``)."""
+    def read_tile(self, i: int, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int, *, labels: bool = False,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """Tile ``i``'s window ``(C, z, h, w)`` in tile-local pixels (its label image with ``labels``), into ``out`` when given.
+
+        A 2-D TIFF tile is read straight into ``out`` (no intermediate window); other readers' windows are copied into it.
+        """
         tile = self.tiles[i]
         if labels:
             if tile.labels is None:
@@ -345,7 +349,13 @@ class Tileset:
             reader = self.readers.get(-1 - i, lambda: StackReader(path) if self.ndim == 3 else PlaneReader(path))
         else:
             reader = self.readers.get(i, lambda: tile.open(self.ndim))
-        return reader.read(z0, z1, y0, y1, x0, x1)
+        if out is not None and isinstance(reader, PlaneReader):
+            return reader.read(z0, z1, y0, y1, x0, x1, out=out)
+        window = reader.read(z0, z1, y0, y1, x0, x1)
+        if out is None:
+            return window
+        out[...] = window
+        return out
 
     def get_slice(self, fovnum: int, z: int) -> np.ndarray:
         """Plane ``z`` of tile ``fovnum`` as ``(C, H, W)``; reads only that plane."""
