@@ -476,6 +476,7 @@ class MultiplexImagingDataset(BaseImagingDataset):
     def _filtered_window(
         self, reader: LevelReader, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool
     ) -> np.ndarray:
+        """The filtered window (read grown by the filters' margin, then cropped)."""
         assert self.filters is not None
         height, width = reader.shape[-2:]
         margin = self.filters.margin

@@ -335,12 +335,13 @@ class WindowReader:
                 raise InvalidInputError(f"out for a window of {self._where} must be {self.dtype} {shape}, got {out.dtype} {out.shape}")
             read_into = getattr(self._engine, "read_into", None)
             if take is None and read_into is not None:
-                read_into(index, out)
-            else:
-                out[...] = self._engine.read(index) if take is None else self._engine.read(index)[take]
-            return out
+                return read_into(index, out)
         window = self._engine.read(index)
-        return window if take is None else window[take]
+        window = window if take is None else window[take]
+        if out is None:
+            return window
+        out[...] = window
+        return out
 
     def _selection(
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None
