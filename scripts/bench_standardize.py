@@ -360,8 +360,8 @@ def render(r: dict[str, Any]) -> str:
         "into one output reused for every batch (`out=buffer[:len(batch)]`: a new float32 output would be 37,600 more "
         "faults per batch, more than the transform). On 2 cores the two workers (reading) and the main process "
         "(standardizing, about 10-20 ms of CPU per batch: a memory-bound pass over 77 MB in and 154 MB out) share the "
-        "cores that the one-process loop has to itself. The batch standardizer ran on the CPU here (no GPU on this machine); on a GPU it is a few "
-        "element-wise kernels per batch and torch's caching allocator reuses memory. "
+        "cores that the one-process loop has to itself. The batch standardizer ran on the CPU here (no GPU on this "
+        "machine); on a GPU it is a few element-wise kernels per batch and torch's caching allocator reuses memory. "
         f"Load average (1 min) at the start and the end of this run: {r['load'][0]:.1f}, {r['load'][1]:.1f} "
         "(other developers' jobs share the 2 cores): each ratio is of measures taken in turn, seconds apart, in one "
         "process ((2)/(1)), one loop ((3)) or one loader process ((4)).",
