@@ -8,12 +8,13 @@ default collation gives in one process for the same indices.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
 
 from spora_zarr import ConvertOptions, convert_cohort
 from spora_zarr.datasets import ComposedImagingDataset, HEImagingDataset, MultiplexImagingDataset
@@ -82,7 +83,9 @@ def test_batches_equal_default_collation_and_reuse_buffers(tiles) -> None:
 
 def test_one_process_and_spawn_workers(tiles) -> None:
     want = _expected(tiles)
-    for batch, expected in zip(TileLoader(tiles, batch_size=BATCH), want, strict=True):
+    iterator = iter(TileLoader(tiles, batch_size=BATCH))
+    assert len(iterator) == len(want)
+    for batch, expected in zip(iterator, want, strict=True):
         _assert_equal(batch, expected)
     spawned = TileLoader(tiles, batch_size=BATCH, num_workers=1, multiprocessing_context="spawn", timeout=TIMEOUT)
     for batch, expected in zip(spawned, want, strict=True):
@@ -121,3 +124,66 @@ def test_bad_arguments(tiles) -> None:
     with pytest.raises(InvalidInputError, match="at least 2 slots"):
         SharedBatches(slots=1)
     assert np.isscalar(len(TileLoader(tiles, batch_size=BATCH)))
+
+
+class _Uneven(IterableDataset):
+    """Three workers; two run dry after one batch, so torch queues every task on the third."""
+
+    def __iter__(self):
+        worker = get_worker_info()
+        count = 4 if worker.id < 2 else 160
+        for k in range(count):
+            yield torch.full((64, 64), worker.id * 10000 + k, dtype=torch.int64)
+
+
+@pytest.mark.timeout(4 * TIMEOUT)
+def test_iterable_dataset_batches_stay_intact_when_workers_run_dry() -> None:
+    loader = TileLoader(_Uneven(), batch_size=4, num_workers=3, multiprocessing_context="fork", timeout=TIMEOUT)
+    count = 0
+    for batch in loader:
+        first = batch[:, 0, 0].clone()
+        time.sleep(0.02)  # the busy worker runs ahead with every queued task meanwhile
+        assert torch.equal(batch[:, 0, 0], first) and torch.equal(batch, first[:, None, None].expand(-1, 64, 64))
+        count += 1
+    assert count == 2 + 160 // 4
+
+
+class _Bucketed(Dataset):
+    """Each batch pads its items to a length of its own (bucketing); items report their worker's open descriptors."""
+
+    def __len__(self) -> int:
+        return 4 * 60
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        length = 64 + indices[0] // 4
+        descriptors = len(os.listdir("/proc/self/fd"))
+        return [{"x": torch.full((length, 256), i, dtype=torch.int32), "fds": descriptors} for i in indices]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors through /proc")
+def test_worker_buffers_do_not_grow_with_the_shapes_seen() -> None:
+    loader = TileLoader(_Bucketed(), batch_size=4, num_workers=1, multiprocessing_context="fork", timeout=TIMEOUT)
+    descriptors = []
+    for number, batch in enumerate(loader):
+        assert torch.equal(batch["x"][:, 0, 0], torch.arange(4 * number, 4 * number + 4, dtype=torch.int32))
+        assert batch["x"].shape == (4, 64 + number, 256)
+        descriptors.append(int(batch["fds"][0]))
+    assert max(descriptors[10:]) - min(descriptors[10:]) <= 8, descriptors  # one ring of 4 buffers, replaced per shape
+
+
+class _Transposed(TileDataset):
+    """The fast batch path, then an augmentation that returns views of the lent rows (square tiles transposed)."""
+
+    def __getitems__(self, indices):
+        items = super().__getitems__(indices)
+        for item in items:
+            item["imc"] = item["imc"].transpose(-1, -2)
+        return items
+
+
+def test_views_of_lent_rows_are_collated_as_views(tiles) -> None:
+    augmented = _Transposed(tiles.datasets, preprocess=False)
+    indices = list(range(BATCH))
+    want = default_collate(augmented.__getitems__(indices))
+    got = next(iter(TileLoader(augmented, batch_size=BATCH, num_workers=1, multiprocessing_context="fork", timeout=TIMEOUT)))
+    assert torch.equal(got["imc"], want["imc"]) and not torch.equal(got["imc"], want["imc"].transpose(-1, -2))

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_collate, default_collate_fn_map
 
 from ..errors import InvalidInputError
@@ -88,7 +88,7 @@ class SharedBatches:
         lent = {}
         for key, value in like.items():
             if isinstance(value, torch.Tensor) and value.layout == torch.strided and value.nbytes * count >= self.min_bytes:
-                buffer = self._next(("lent", key, tuple(value.shape), value.dtype), count, value)
+                buffer = self._next(("lent", key), count, value)
                 self._lent[buffer.data_ptr()] = lent[key] = buffer
         return lent
 
@@ -97,26 +97,33 @@ class SharedBatches:
             self._reset(os.getpid())
 
     def _next(self, key: tuple[Any, ...], count: int, like: torch.Tensor) -> torch.Tensor:
-        """The next buffer of ring ``key``: ``count`` rows shaped like ``like`` (the ring grows if a batch is larger)."""
+        """The next buffer of ring ``key``: ``count`` rows shaped like ``like``.
+
+        One ring per key: a batch of another item shape or dtype, or with more
+        rows, replaces it (the old buffers stay valid where they are held), so
+        the shared memory a worker keeps does not grow with the shapes it saw.
+        """
         ring = self._rings.get(key)
-        if ring is None or ring[0].shape[0] < count:
+        if ring is None or ring[0].shape[1:] != like.shape or ring[0].dtype != like.dtype or ring[0].shape[0] < count:
             shape = (count, *like.shape)
             ring = self._rings[key] = [torch.empty(shape, dtype=like.dtype).share_memory_() for _ in range(self.slots)]
-        turn = self._turns[key] = self._turns.get(key, -1) + 1
+            self._turns[key] = -1
+        turn = self._turns[key] = self._turns[key] + 1
         return ring[turn % self.slots][:count]
 
     def _stack(self, batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
         first = batch[0]
         lent = self._lent.pop(first.data_ptr(), None)
         if lent is not None and len(batch) == lent.shape[0] and all(
-            t.shape == lent.shape[1:] and t.dtype == lent.dtype and t.data_ptr() == row.data_ptr() for t, row in zip(batch, lent)
+            t.shape == row.shape and t.stride() == row.stride() and t.dtype == row.dtype and t.data_ptr() == row.data_ptr()
+            for t, row in zip(batch, lent)
         ):
-            return lent  # the items were read into the lent rows
+            return lent  # the items are the lent rows themselves (not views of them)
         uniform = first.layout == torch.strided and all(t.shape == first.shape and t.dtype == first.dtype for t in batch)
         if not uniform or first.nbytes * len(batch) < self.min_bytes:
             return collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
         self._visit += 1
-        out = self._next((self._visit, tuple(first.shape), first.dtype), len(batch), first)
+        out = self._next((self._visit,), len(batch), first)
         return torch.stack(list(batch), out=out)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -183,7 +190,10 @@ class TileLoader(DataLoader):
             raise InvalidInputError("TileLoader hands over batches: give batch_size (or a batch_sampler), not batch_size=None")
         if num_workers > 0 and prefetch_factor is None:
             prefetch_factor = 2
-        collate_fn = SharedBatches(slots=(prefetch_factor or 0) + 2)
+        ahead = prefetch_factor or 0  # batches a worker may have queued beyond the one held
+        if isinstance(dataset, IterableDataset):  # workers that run dry leave every queued task to the others
+            ahead *= max(1, num_workers)
+        collate_fn = SharedBatches(slots=ahead + 2)
         super().__init__(
             dataset,
             batch_size,
@@ -197,12 +207,10 @@ class TileLoader(DataLoader):
         self._held: OrderedDict[int, torch.UntypedStorage] = OrderedDict()
         self._held_limit = 0
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> _HoldingIterator:  # type: ignore[override]  # DataLoader's iterator, wrapped
         if not self.persistent_workers:
             self._held.clear()  # new workers, new buffers
-        for batch in super().__iter__():
-            self._hold(batch)
-            yield batch
+        return _HoldingIterator(self, super().__iter__())
 
     def _hold(self, batch: Any) -> None:
         """Keep a batch's shared storages of ring size mapped; past twice the rings' bytes the least recent go."""
@@ -216,6 +224,32 @@ class TileLoader(DataLoader):
         self._held_limit = max(self._held_limit, 2 * size * collate_fn.slots * max(1, self.num_workers))
         while sum(s.nbytes() for s in self._held.values()) > self._held_limit:
             self._held.popitem(last=False)
+
+
+class _HoldingIterator:
+    """``DataLoader``'s iterator (started as ``iter()`` starts it, with its ``len``), keeping each batch's buffers mapped."""
+
+    def __init__(self, loader: TileLoader, iterator: Any) -> None:
+        self._loader, self._iterator = loader, iterator
+
+    def __iter__(self) -> _HoldingIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def __next__(self) -> Any:
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            if not self._loader.persistent_workers:
+                self._loader._held.clear()  # the workers are gone: their buffers need not stay mapped
+            raise
+        self._loader._hold(batch)
+        return batch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._iterator, name)
 
 
 def _storages(value: Any) -> list[torch.UntypedStorage]:
