@@ -52,8 +52,9 @@ class SharedBatches:
     ----------
     slots : int
         Buffers per ring; a buffer is refilled ``slots`` batches of the same
-        worker later. A ``DataLoader`` needs ``prefetch_factor + 2`` for a
-        batch to stay valid until the next one is taken (:class:`TileLoader`).
+        worker later. A ``DataLoader`` needs ``prefetch_factor + 2`` (over an
+        ``IterableDataset``, ``prefetch_factor * num_workers + 2``) for a batch
+        to stay valid until the next one is taken (:class:`TileLoader`).
     min_bytes : int
         Smaller batches of a tensor go through the default collation.
     """
