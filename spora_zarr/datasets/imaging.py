@@ -74,6 +74,18 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def _array_of(out: torch.Tensor | np.ndarray | None) -> np.ndarray | None:
+    """The numpy view of a caller's ``out=`` (a CPU tensor or an array)."""
+    return out.numpy() if isinstance(out, torch.Tensor) else out
+
+
+def _tensor_of(data: np.ndarray, out: torch.Tensor | np.ndarray | None) -> torch.Tensor:
+    """A read window as a tensor: the caller's ``out`` itself when it was a tensor, else a tensor sharing ``data``."""
+    if isinstance(out, torch.Tensor):
+        return out
+    return _to_tensor(data) if out is None else torch.from_numpy(data)
+
+
 # -- datasets --------------------------------------------------------------------
 class BaseImagingDataset:
     """Metadata, shared masks and tile tables of one cohort store at one resolution.
@@ -233,11 +245,8 @@ class BaseImagingDataset:
             raise InvalidInputError(f"{self.name}: read_tile(out=...) takes stored values; pass preprocess=False")
         channels = self._channel_indices(tissue_id, kind)
         size = int(size or self.crop_size)
-        target = out.numpy() if isinstance(out, torch.Tensor) else out
-        data = self._window(self.modality_dir(), tissue_id, int(row), int(col), size, channels, self._pads(pad), out=target)
-        if out is not None:
-            return out if isinstance(out, torch.Tensor) else torch.from_numpy(data)
-        tensor = _to_tensor(data)
+        data = self._window(self.modality_dir(), tissue_id, int(row), int(col), size, channels, self._pads(pad), out=_array_of(out))
+        tensor = _tensor_of(data, out)
         return self._preprocess(tensor, tissue_id, kind) if preprocess else tensor
 
     def read_mask_tile(
@@ -247,11 +256,8 @@ class BaseImagingDataset:
         """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile` (``out`` as there)."""
         if mask not in self.cohort.known_mask_kinds:
             raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(self.cohort.known_mask_kinds)}")
-        target = out.numpy() if isinstance(out, torch.Tensor) else out
-        data = self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads(pad), out=target)
-        if out is not None:
-            return out if isinstance(out, torch.Tensor) else torch.from_numpy(data)
-        return _to_tensor(data)
+        data = self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads(pad), out=_array_of(out))
+        return _tensor_of(data, out)
 
     def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> Any:
         """The whole tissue at this resolution as a typed tissue."""

@@ -146,10 +146,9 @@ def _as_dtype(tensor: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
     return tensor if array.dtype == dtype else torch.from_numpy(array.astype(dtype))
 
 
-def _torch_dtype(dataset: BaseImagingDataset, tissue: str, mask: str | None = None) -> torch.dtype:
-    """The torch dtype of a tissue's stored image (or ``mask``) at the dataset's resolution."""
-    reader = dataset._reader(mask or dataset.modality_dir(), tissue)
-    return torch.from_numpy(np.empty(0, reader.dtype)).dtype
+def _stored_dtype(dataset: BaseImagingDataset, tissue: str, mask: str | None = None) -> np.dtype:
+    """The dtype of a tissue's stored image (or ``mask``) at the dataset's resolution (no pixel read)."""
+    return np.dtype(dataset._reader(mask or dataset.modality_dir(), tissue).dtype)
 
 
 def _composed(dataset: Any) -> ComposedImagingDataset:
@@ -342,8 +341,7 @@ class TileDataset(Dataset):
         for tissue, number in zip(self.tissue_ids, self._tissue_dataset):
             composed = self.datasets[number]
             dataset = composed.datasets[name] if group is None else composed.primary
-            reader = dataset._reader(group or dataset.modality_dir(), tissue)
-            found.setdefault(np.dtype(reader.dtype), []).append(tissue)
+            found.setdefault(_stored_dtype(dataset, tissue, group), []).append(tissue)
         return found
 
     def _modality_dtype(self, name: str) -> np.dtype:
@@ -444,7 +442,7 @@ class TileDataset(Dataset):
             kind = self.kind if multiplex else "complete"
             positions, measured = self._panel_positions(number, name, tissue) if multiplex else (None, None)
             target = into.get(name)
-            if target is not None and positions is None and not self.preprocess and target.dtype == _torch_dtype(dataset, tissue):
+            if target is not None and positions is None and not self.preprocess and target.numpy().dtype == _stored_dtype(dataset, tissue):
                 tile = dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=False, pad=True, out=target)
             else:
                 tile = _as_dtype(dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=self.preprocess, pad=True), self.dtypes[name])
@@ -464,7 +462,7 @@ class TileDataset(Dataset):
                 item[f"{name}_channel_mask"] = measured.clone()
         for kind in self.masks:
             target = into.get(kind)
-            if target is not None and target.dtype == _torch_dtype(base, tissue, kind):
+            if target is not None and target.numpy().dtype == _stored_dtype(base, tissue, kind):
                 item[kind] = base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True, out=target)
             else:
                 mask = _as_dtype(base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True), self.mask_dtypes[kind])
