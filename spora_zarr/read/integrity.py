@@ -32,6 +32,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
 from ..errors import SporaZarrError, StoreError
 from ..store.layout import TISSUES_TABLE
+from ..store.location import Location
 from .cohort import Cohort
 from .engines import REGISTRY, Engine, UnsupportedLayout
 from .engines.shards import MISSING, shard_table
@@ -125,22 +126,20 @@ def _mask_levels_match(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
     names = cohort.resolutions(kind, tissue_id)
     path = cohort.group_path(kind, tissue_id)
     label = cohort.group_metadata(kind, tissue_id).to_attributes()["ome"].get("image-label") or {}
-    image = (label.get("source") or {}).get("image")
-    if image:
-        target = posixpath.normpath(posixpath.join(path, image))
-        candidates = [(m, tissue_id) for m in cohort.modalities if tissue_id in cohort.tissues(m) and cohort.group_path(m, tissue_id) == target]
-        if not candidates:
-            return [f"its image-label source {image} ({target}) is not an image of the store"]
-    else:
-        candidates = [(m, tissue_id) for m in cohort.modalities if tissue_id in cohort.tissues(m)]
-        if not candidates:
-            return [f"tissue {tissue_id!r} has no image in any modality"]
-    for modality, _ in candidates:
-        if cohort.resolutions(modality, tissue_id) == names:
-            return []
-    modality = candidates[0][0]
-    theirs = cohort.resolutions(modality, tissue_id)
-    return [f"levels {', '.join(names)} are not the levels of {cohort.group_path(modality, tissue_id)} ({', '.join(theirs)})"]
+    source = (label.get("source") or {}).get("image")
+    imaged = [m for m in cohort.modalities if tissue_id in cohort.tissues(m)]
+    levels = {cohort.group_path(m, tissue_id): cohort.resolutions(m, tissue_id) for m in imaged}
+    images = list(levels)
+    if source:
+        target = posixpath.normpath(posixpath.join(path, source))
+        if target not in levels:
+            return [f"its image-label source {source} ({target}) is not an image of the store"]
+        images = [target]
+    if not images:
+        return [f"tissue {tissue_id!r} has no image in any modality"]
+    if any(levels[image] == names for image in images):
+        return []
+    return [f"levels {', '.join(names)} are not the levels of {images[0]} ({', '.join(levels[images[0]])})"]
 
 
 # -- pixels ---------------------------------------------------------------------------
@@ -211,35 +210,44 @@ class _LevelCheck:
                 if self.reads_index:
                     self._absent_chunks(key, shard)
                 self.engine.read(region)
-            except StoreError as exc:
+            except (StoreError, OSError) as exc:
                 problems.append(f"{self.path}/{key}: {self._relative(str(exc), key)}")
         return problems
 
     def missing_with_data(self, coarser: _LevelCheck) -> list[str]:
-        """Absent regions of this level whose pixels at ``coarser`` (computed from this level) are not fill value."""
+        """Absent regions of this level whose pixels at ``coarser`` (computed from this level) are not fill value.
+
+        The footprint of the absent parts of one shard is read once.
+        """
         problems = []
-        for gap in self.missing:
-            *rest, y, x = gap.region
-            window = (*rest, *(slice(s.start // 2, min(s.stop // 2, n)) for s, n in zip((y, x), coarser.shape[-2:], strict=True)))
+        for key, group in itertools.groupby(self.missing, key=lambda gap: gap.key):
+            gaps = list(group)
+            box = tuple(slice(min(g.region[a].start for g in gaps), max(g.region[a].stop for g in gaps)) for a in range(len(self.shape)))
+            window = _footprint(box, coarser.shape)
             if any(s.stop <= s.start for s in window):
                 continue
             try:
                 pixels = coarser.engine.read(window)
             except StoreError:
                 continue  # that shard is reported as damaged already
-            if np.any(pixels != coarser.fill):
-                problems.append(f"{self.path}/{gap.key}: {gap.what}, but level {coarser.name}, computed from it, has data there")
+            for gap in gaps:
+                footprint = _footprint(gap.region, coarser.shape)
+                part = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(footprint, window, strict=True))
+                if all(s.stop > s.start for s in part) and np.any(pixels[part] != coarser.fill):
+                    problems.append(f"{self.path}/{key}: {gap.what}, but level {coarser.name}, computed from it, has data there")
         return problems
 
     def _files(self) -> set[str]:
         """Keys of the files below the array's directory."""
         fs = self.location.fs()
-        base = self.location.fs_path(self.path).rstrip("/")
+        directory = self.location.fs_path(self.path)
         try:
-            found = fs.find(base)
+            found = fs.find(directory)
         except (FileNotFoundError, OSError):
             return set()
-        return {p[len(base) + 1 :] for p in found if p.startswith(base + "/")}
+        base = directory.strip("/")
+        paths = (p.strip("/") for p in found)  # memory:// lists "/x/..." for "x"
+        return {p[len(base) + 1 :] for p in paths if p.startswith(base + "/")}
 
     def _absent_chunks(self, key: str, shard: tuple[int, ...]) -> None:
         """Check the shard's index (raises ``StoreError``) and note the chunks inside the array it marks absent."""
@@ -262,12 +270,19 @@ class _LevelCheck:
 
     def _relative(self, message: str, key: str) -> str:
         """An engine's message without the shard file's or array's own path in front."""
-        for prefix in (self.location.fs_path(self.path, key), self.location.join(self.path, key), f"array {self.location.join(self.path)}"):
-            message = message.replace(f"shard {prefix}: ", "").replace(f"{prefix}: ", "")
+        shard = f"{self.path}/{key}"
+        for prefix in (self.location.fs_path(shard), self.location.join(shard), f"array {self.location.join(self.path)}", shard):
+            message = message.replace(f"shard {prefix}: ", "").replace(f"{prefix}: ", "").replace(f" {prefix} ", " ")
         return message
 
 
-def _engine(location: Any, path: str, meta: zarr.Array) -> Engine:
+def _footprint(region: Region, coarser: tuple[int, ...]) -> Region:
+    """The pixels of the next level computed from ``region`` alone: y and x halved (2 x 2 blocks), other axes kept."""
+    *rest, y, x = region
+    return (*rest, *(slice(s.start // 2, min(s.stop // 2, n)) for s, n in zip((y, x), coarser[-2:], strict=True)))
+
+
+def _engine(location: Location, path: str, meta: zarr.Array) -> Engine:
     """The direct engine for a local array in the converter's layout, zarr-python's own pipeline for any other."""
     for name in ("direct", "zarr") if location.is_local else ("zarr",):
         try:
