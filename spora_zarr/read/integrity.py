@@ -10,7 +10,8 @@ the end of the file, a chunk that does not decode to its size) as a
 
 A missing shard file, or a chunk a shard index marks as absent, reads as the
 fill value, and zarr leaves out shards and chunks that hold only the fill
-value; the spora writer does too (``write_empty_chunks`` notwithstanding). So
+value; so does the spora writer on local stores (the zarrs pipeline skips them,
+``write_empty_chunks`` notwithstanding). So
 a missing one is reported only where the pyramid proves it held data: the next
 level is computed from this one (it is not a source level), and its pixels
 over the missing region are not all fill value (2 x 2 means and modes of fill
