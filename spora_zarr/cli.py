@@ -190,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
     validate.add_argument("store", help="the cohort store (local path or fsspec URL)")
     validate.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the store, as JSON")
+    validate.add_argument("--deep", action="store_true", help="also decode every shard and check the tables and masks against the images")
     stitch = commands.add_parser("stitch", help="stitch overlapping tiles (fields of view) + offsets into one image of a store")
     stitch.add_argument("tiles_dir", help="folder of the TIFF tiles (the table's file names are relative to it)")
     stitch.add_argument("offsets", help="offsets table, CSV or parquet: file, x, y[, z][, labels]; top-left of each tile")
@@ -361,7 +362,7 @@ def _stitch(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from .read.validate import validate_store
 
-    problems = validate_store(args.store, args.storage_options)
+    problems = validate_store(args.store, args.storage_options, deep=args.deep)
     for problem in problems:
         print(problem)
     if problems:

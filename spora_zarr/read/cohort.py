@@ -181,7 +181,7 @@ class Cohort:
         root = self.location.fs_path().rstrip("/")
         found = []
         for directory, subdirs, files in fs.walk(root, topdown=True):
-            relative = directory[len(root) :].strip("/")
+            relative = directory.strip("/")[len(root.strip("/")) :].strip("/")  # memory:// lists "/x" for "x"
             parts = relative.split("/") if relative else []
             if parts[:1] == [STAGING_DIR]:
                 subdirs[:] = []

@@ -13,8 +13,13 @@ from ..store.location import Location
 from .cohort import Cohort, open_cohort
 
 
-def validate_store(location: str | Location, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Every problem found in the store, one line each; an empty list means valid."""
+def validate_store(location: str | Location, storage_options: dict[str, Any] | None = None, *, deep: bool = False) -> list[str]:
+    """Every problem found in the store, one line each; an empty list means valid.
+
+    The plain checks read metadata only. ``deep`` also reads every shard once
+    (chunks decode, missing shards where the pyramid shows data) and checks
+    that the tables and masks match the images (:mod:`.integrity`).
+    """
     try:
         cohort = open_cohort(location, storage_options)
     except SporaZarrError as exc:
@@ -29,6 +34,10 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
         for tissue_id in cohort.mask_tissues(kind):
             problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in _guarded(_mask_matches_images, cohort, kind, tissue_id)]
     problems += [f"root attributes: {p}" for p in _guarded(_root_matches_groups, cohort)]
+    if deep:
+        from .integrity import deep_problems
+
+        problems += deep_problems(cohort)
     return problems
 
 
