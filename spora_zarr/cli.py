@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import SporaZarrError
@@ -371,13 +372,29 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _display_problem(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why Qt could not open a window here, or ``None``: on Linux it needs ``DISPLAY`` or ``WAYLAND_DISPLAY``
+    (or a ``QT_QPA_PLATFORM`` such as ``offscreen``); without one, Qt aborts the process instead of raising."""
+    environ = os.environ if environ is None else environ
+    if not sys.platform.startswith("linux") or environ.get("QT_QPA_PLATFORM"):
+        return None
+    if environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return None
+    return "spora-zarr view needs a display: neither DISPLAY nor WAYLAND_DISPLAY is set (use ssh -X, a desktop session, or Xvfb)"
+
+
 def _view(args: argparse.Namespace) -> int:
     from .read.cohort import open_cohort
 
     cohort = open_cohort(args.store)
+    for modality in args.modality or ():
+        cohort.check_modality(modality)
     tissues = sorted({t for m in (args.modality or cohort.modalities) for t in cohort.tissues(m)})
     if args.tissue is not None and args.tissue not in tissues:
         raise SporaZarrError(f"{args.store}: no tissue {args.tissue!r}; it has {', '.join(tissues[:20]) or 'none'}")
+    problem = _display_problem()
+    if problem:
+        raise SporaZarrError(problem)
     try:
         import napari
     except ImportError:

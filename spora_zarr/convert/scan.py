@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, reason
 from ..sources import RASTER_SUFFIXES, TIFF_SUFFIXES
 from ..store.layout import (
     IHC_PREFIX,
@@ -212,7 +212,7 @@ def read_table(src: Location, rel: str) -> Any:
     except FileNotFoundError:
         raise InvalidInputError(f"{src.join(rel)}: required table is missing") from None
     except Exception as exc:
-        raise InvalidInputError(f"{src.join(rel)}: unreadable parquet table ({str(exc).splitlines()[0][:200]})") from None
+        raise InvalidInputError(f"{src.join(rel)}: unreadable parquet table ({reason(exc)})") from None
 
 
 def _read_tissue_ids(src: Location) -> list[str]:
