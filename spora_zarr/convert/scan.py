@@ -138,8 +138,8 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     for (modality, _), per_res in images.items():
         modalities.setdefault(modality, [])
         modalities[modality] = sorted({*modalities[modality], *map(resolution_name, per_res)}, key=resolution_value)
-    for path, reason in skipped:
-        log.warning("%s: skipped: %s", path, reason)
+    for path, why in skipped:
+        log.warning("%s: skipped: %s", path, why)
     if not tasks:
         found = f"; {len(skipped)} image file(s) skipped (listed above)" if skipped else ""
         raise InvalidInputError(f"{src}: nothing to convert: no image found at {LAYOUT_IMAGES}{found}")

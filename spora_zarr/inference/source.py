@@ -239,7 +239,9 @@ class PredictionSource(ImageSource):
                     f"one channel of {probe.dtype}"
                 )
             if not float(fill_value).is_integer() or not 0 <= fill_value <= np.iinfo(self.dtype).max:
-                raise InvalidInputError(f"{name}: the fill value of labels must be a whole number in 0 to {np.iinfo(self.dtype).max}, got {fill_value!r}")
+                raise InvalidInputError(
+                    f"{name}: the fill value of labels must be a whole number in 0 to {np.iinfo(self.dtype).max}, got {fill_value!r}"
+                )
             if mode == "blend" and self.scores == 1:
                 raise InvalidInputError(f"{name}: blend mode needs per-class scores for labels (K > 1 channels), the model gives 1")
         channels = 1 if labels else self.scores

@@ -90,7 +90,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ..datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset, pixel_scale, whole_number
+from ..datasets import (
+    CHANNEL_KINDS,
+    BaseImagingDataset,
+    ComposedImagingDataset,
+    MultiplexImagingDataset,
+    SporaDataset,
+    pixel_scale,
+    whole_number,
+)
 from ..errors import InvalidInputError, NotFoundError
 from ..read.levels import limit_codec_threads
 from ..runtime import keep_freed_batches
