@@ -251,3 +251,9 @@ def test_view_without_a_display_is_one_line_not_an_abort(store: Path) -> None:
     )
     assert run.returncode == 1, (run.returncode, -run.returncode == signal.SIGABRT, run.stderr[-2000:])
     one_error_line(run.stderr, "needs a display", "DISPLAY")
+
+
+def test_view_checks_the_channel_kind_before_qt(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["view", str(store), "T", "--kind", "bogus"])  # the store, modality and tissue were checked before Qt already
+    one_error_line(capsys.readouterr().err, "unknown channel kind 'bogus'")
+    assert code == 1
