@@ -384,9 +384,8 @@ def _display_problem(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def _view(args: argparse.Namespace) -> int:
-    from .read.cohort import open_cohort
-
     from .datasets.imaging import CHANNEL_KINDS
+    from .read.cohort import open_cohort
 
     if args.kind not in CHANNEL_KINDS:
         raise SporaZarrError(f"unknown channel kind {args.kind!r}; expected one of {', '.join(CHANNEL_KINDS)}")
