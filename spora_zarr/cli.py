@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import SporaZarrError
@@ -372,13 +373,32 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _display_problem(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why Qt could not open a window here, or ``None``: on Linux it needs ``DISPLAY`` or ``WAYLAND_DISPLAY``
+    (or a ``QT_QPA_PLATFORM`` such as ``offscreen``); without one, Qt aborts the process instead of raising."""
+    environ = os.environ if environ is None else environ
+    if not sys.platform.startswith("linux") or environ.get("QT_QPA_PLATFORM"):
+        return None
+    if environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return None
+    return "spora-zarr view needs a display: neither DISPLAY nor WAYLAND_DISPLAY is set (use ssh -X, a desktop session, or Xvfb)"
+
+
 def _view(args: argparse.Namespace) -> int:
+    from .datasets.imaging import CHANNEL_KINDS
     from .read.cohort import open_cohort
 
+    if args.kind not in CHANNEL_KINDS:
+        raise SporaZarrError(f"unknown channel kind {args.kind!r}; expected one of {', '.join(CHANNEL_KINDS)}")
     cohort = open_cohort(args.store)
+    for modality in args.modality or ():
+        cohort.check_modality(modality)
     tissues = sorted({t for m in (args.modality or cohort.modalities) for t in cohort.tissues(m)})
     if args.tissue is not None and args.tissue not in tissues:
         raise SporaZarrError(f"{args.store}: no tissue {args.tissue!r}; it has {', '.join(tissues[:20]) or 'none'}")
+    problem = _display_problem()
+    if problem:
+        raise SporaZarrError(problem)
     try:
         import napari
     except ImportError:

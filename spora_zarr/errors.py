@@ -24,3 +24,18 @@ class NotFoundError(SporaZarrError, FileNotFoundError):
 
 class StoreError(SporaZarrError):
     """A store whose content breaks the spora_zarr layout or NGFF rules."""
+
+
+def reason(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when empty), for a one-line error.
+
+    A first line longer than ``limit`` characters is cut at the last word
+    boundary before it and ends with an ellipsis, never mid-word.
+    """
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:(") + "…"

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, reason
 from ..sources import RASTER_SUFFIXES, TIFF_SUFFIXES
 from ..store.layout import (
     IHC_PREFIX,
@@ -138,8 +138,8 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     for (modality, _), per_res in images.items():
         modalities.setdefault(modality, [])
         modalities[modality] = sorted({*modalities[modality], *map(resolution_name, per_res)}, key=resolution_value)
-    for path, reason in skipped:
-        log.warning("%s: skipped: %s", path, reason)
+    for path, why in skipped:
+        log.warning("%s: skipped: %s", path, why)
     if not tasks:
         found = f"; {len(skipped)} image file(s) skipped (listed above)" if skipped else ""
         raise InvalidInputError(f"{src}: nothing to convert: no image found at {LAYOUT_IMAGES}{found}")
@@ -212,7 +212,7 @@ def read_table(src: Location, rel: str) -> Any:
     except FileNotFoundError:
         raise InvalidInputError(f"{src.join(rel)}: required table is missing") from None
     except Exception as exc:
-        raise InvalidInputError(f"{src.join(rel)}: unreadable parquet table ({str(exc).splitlines()[0][:200]})") from None
+        raise InvalidInputError(f"{src.join(rel)}: unreadable parquet table ({reason(exc)})") from None
 
 
 def _read_tissue_ids(src: Location) -> list[str]:

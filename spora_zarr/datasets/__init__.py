@@ -15,6 +15,7 @@ from .imaging import (
     Standardizer,
     identity_standardizer,
     resolve_standardizer,
+    whole_number,
 )
 from .modalities import (
     MULTIPLEX_MODALITIES,
@@ -56,4 +57,5 @@ __all__ = [
     "identity_standardizer",
     "pixel_scale",
     "resolve_standardizer",
+    "whole_number",
 ]

@@ -55,12 +55,13 @@ class ComposedImagingDataset:
     ) -> dict[str, torch.Tensor]:
         """The same window of every modality (row/col at the primary dataset's resolution, scaled for the others)."""
         base = self.primary
+        row, col, size = base._window_arguments(row, col, size)  # whole numbers before scaling, which would round a float
         tiles = {}
         for name, dataset in self.datasets.items():
             factor = pixel_scale(base, dataset)
             modality_kind = kind if isinstance(dataset, MultiplexImagingDataset) else "complete"
             tiles[name] = dataset.read_tile(tissue_id, round(row * factor), round(col * factor),
-                                            round((size or base.crop_size) * factor), kind=modality_kind, preprocess=preprocess)
+                                            round(size * factor), kind=modality_kind, preprocess=preprocess)
         return tiles
 
     @property

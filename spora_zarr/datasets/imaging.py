@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -29,7 +30,13 @@ from ..read.cohort import Cohort, open_cohort
 from ..read.levels import LevelReader, open_level
 from ..standardize.filters import ChannelFilters, FilterFactory
 from ..standardize.standardizers import MEAN_STD as MEAN_STD  # re-exported by spora_zarr.datasets
-from ..standardize.standardizers import BaseStandardizer, IdentityStandardizer, MeanStdStandardizer, build_standardizer
+from ..standardize.standardizers import (
+    BaseStandardizer,
+    IdentityStandardizer,
+    MeanStdStandardizer,
+    apply_standardizer,
+    build_standardizer,
+)
 from ..store.layout import (
     CELLS_TABLE,
     TISSUES_TABLE,
@@ -68,6 +75,24 @@ def resolve_standardizer(standardization: str | Standardizer, dataset: Any = Non
     if standardization == "identity":
         return IdentityStandardizer()
     return build_standardizer(standardization, dataset)
+
+
+def whole_number(value: Any, what: str, where: str, *, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` if it is a whole number (``int``, a numpy or torch integer), else an ``InvalidInputError``.
+
+    Floats (NaN included), bools and strings are refused rather than coerced:
+    ``row=10.7`` is a caller's bug, not pixel 10.
+    """
+    if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            pass
+        else:
+            if minimum is None or number >= minimum:
+                return number
+            raise InvalidInputError(f"{where}: {what} must be >= {minimum}, got {number}")
+    raise InvalidInputError(f"{where}: {what} must be a whole number, got {value!r} ({type(value).__name__})")
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -112,7 +137,7 @@ class BaseImagingDataset:
         self.name = name
         self.path = path
         self.resolution = resolution_name(resolution)
-        self.crop_size = int(crop_size)
+        self.crop_size = whole_number(crop_size, "crop_size", name, minimum=1)
         self.load_cell_metadata = load_cell_metadata
         self.verbose = verbose
         self.tiling_strategy = tiling_strategy
@@ -243,9 +268,9 @@ class BaseImagingDataset:
         self._check_tissue(tissue_id)
         if out is not None and preprocess:
             raise InvalidInputError(f"{self.name}: read_tile(out=...) takes stored values; pass preprocess=False")
+        row, col, size = self._window_arguments(row, col, size)
         channels = self._channel_indices(tissue_id, kind)
-        size = int(size or self.crop_size)
-        data = self._window(self.modality_dir(), tissue_id, int(row), int(col), size, channels, self._pads(pad), out=_array_of(out))
+        data = self._window(self.modality_dir(), tissue_id, row, col, size, channels, self._pads(pad), out=_array_of(out))
         tensor = _tensor_of(data, out)
         return self._preprocess(tensor, tissue_id, kind) if preprocess else tensor
 
@@ -256,8 +281,14 @@ class BaseImagingDataset:
         """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile` (``out`` as there)."""
         if mask not in self.cohort.known_mask_kinds:
             raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(self.cohort.known_mask_kinds)}")
-        data = self._window(mask, tissue_id, int(row), int(col), int(size or self.crop_size), None, self._pads(pad), out=_array_of(out))
+        row, col, size = self._window_arguments(row, col, size)
+        data = self._window(mask, tissue_id, row, col, size, None, self._pads(pad), out=_array_of(out))
         return _tensor_of(data, out)
+
+    def _window_arguments(self, row: Any, col: Any, size: Any) -> tuple[int, int, int]:
+        """``row``, ``col`` and ``size`` (``None``: ``crop_size``) as ints; anything but whole numbers is refused."""
+        size = self.crop_size if size is None else whole_number(size, "size", self.name, minimum=1)
+        return whole_number(row, "row", self.name), whole_number(col, "col", self.name), size
 
     def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> Any:
         """The whole tissue at this resolution as a typed tissue."""
@@ -273,6 +304,7 @@ class BaseImagingDataset:
         self, tissue_id: str, crop_id: int, image_mode: str = "CHW", preprocess: bool = True, kind: str = "complete"
     ) -> torch.Tensor:
         """The crop ``crop_id`` of the tissue's row in the tile table for ``crop_size``."""
+        crop_id = whole_number(crop_id, "crop_id", self.name)
         try:
             row, col = self.tile_position(tissue_id, crop_id)
         except KeyError:
@@ -358,7 +390,7 @@ class _RGBDataset(BaseImagingDataset):
     standardizer: BaseStandardizer
 
     def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
-        return self.standardizer(tensor, tissue_id, ())
+        return apply_standardizer(self.standardizer, tensor, tissue_id, ())
 
 
 class HEImagingDataset(_RGBDataset):
@@ -455,7 +487,7 @@ class MultiplexImagingDataset(BaseImagingDataset):
 
     def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
         self.channel_names(tissue_id, kind)
-        return self.standardizer(tensor, tissue_id, self.__dict__["_cache_names"][(tissue_id, kind)])
+        return apply_standardizer(self.standardizer, tensor, tissue_id, self.__dict__["_cache_names"][(tissue_id, kind)])
 
     def _filter(self, data: np.ndarray, tissue_id: str, kind: str) -> np.ndarray:
         return data if self.filters is None else self.filters.apply(data, self.channel_names(tissue_id, kind))

@@ -15,17 +15,19 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import InvalidInputError, NotFoundError
+from ..errors import InvalidInputError, NotFoundError, reason
 
-__all__ = ["Model", "load_model", "model_channel_names", "model_label"]
+__all__ = ["Model", "check_device", "load_model", "model_channel_names", "model_label"]
 
 Model = Callable[[Any], Any]
 _CACHE: dict[tuple[int, str, str], Model] = {}
 
 
 def model_label(model: str | Model) -> str:
-    """How errors name a model: its spec, or its class name."""
-    return model if isinstance(model, str) else type(model).__name__
+    """How errors name a model: its spec, a function's name, or its class name."""
+    if isinstance(model, str):
+        return model
+    return str(getattr(model, "__qualname__", None) or type(model).__name__)
 
 
 def load_model(model: str | Model, device: str = "cpu") -> Model:
@@ -36,10 +38,12 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
     NotFoundError
         A model file or module that does not exist.
     InvalidInputError
-        A file that does not load as TorchScript, or a name that is not callable.
+        A file that does not load as TorchScript, a name that is not callable,
+        or a device this machine does not have (:func:`check_device`).
     """
     import torch
 
+    check_device(device)
     if not isinstance(model, str):
         if not callable(model):
             raise InvalidInputError(f"model {model_label(model)}: not callable")
@@ -51,8 +55,7 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
         try:
             loaded: Model = torch.jit.load(model, map_location=device)
         except Exception as exc:  # torch raises RuntimeError/ValueError/pickle errors for a bad file
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InvalidInputError(f"model {model}: does not load as a TorchScript file ({text[:200]})") from None
+            raise InvalidInputError(f"model {model}: does not load as a TorchScript file ({reason(exc)})") from None
     elif ":" in model and not model.endswith((".pt", ".pth", ".ts")):
         loaded = _import(model)
     else:
@@ -61,13 +64,34 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
     return _CACHE[key]
 
 
+def check_device(device: str) -> None:
+    """Refuse a torch device that is not a device name, or that this machine does not have (``cuda`` without CUDA)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"device {device!r}: not a torch device ({reason(exc)})") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            built = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise InvalidInputError(f"device {device!r}: CUDA is not available ({built}); use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise InvalidInputError(f"device {device!r}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"device {device!r}: Apple MPS is not available on this machine; use --device cpu")
+
+
 def _import(spec: str) -> Model:
 
     module_name, _, name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise NotFoundError(f"model {spec}: cannot import module {module_name!r} ({exc})") from None
+        raise NotFoundError(f"model {spec}: cannot import module {module_name!r} ({reason(exc)})") from None
+    except Exception as exc:  # the module's own code failed at import (a syntax error, a failing top-level call)
+        raise InvalidInputError(f"model {spec}: importing module {module_name!r} failed ({type(exc).__name__}: {reason(exc)})") from None
     try:
         target = getattr(module, name)
     except AttributeError:
@@ -76,7 +100,7 @@ def _import(spec: str) -> Model:
         try:
             target = target()
         except Exception as exc:  # a constructor that needs arguments or fails
-            raise InvalidInputError(f"model {spec}: cannot instantiate {name} with no arguments ({exc})") from None
+            raise InvalidInputError(f"model {spec}: cannot instantiate {name} with no arguments ({reason(exc)})") from None
     if not callable(target):
         raise InvalidInputError(f"model {spec}: {name!r} is not callable")
     return target

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, reason
 from ..sources.base import ImageSource, SourceInfo
 from ..tiling.patching import AxisTiles, axis_tiles
 from .models import Model
@@ -238,6 +238,10 @@ class PredictionSource(ImageSource):
                     f"{name}: labels need per-class scores (K > 1 channels) or one channel of integers; the model gives "
                     f"one channel of {probe.dtype}"
                 )
+            if not float(fill_value).is_integer() or not 0 <= fill_value <= np.iinfo(self.dtype).max:
+                raise InvalidInputError(
+                    f"{name}: the fill value of labels must be a whole number in 0 to {np.iinfo(self.dtype).max}, got {fill_value!r}"
+                )
             if mode == "blend" and self.scores == 1:
                 raise InvalidInputError(f"{name}: blend mode needs per-class scores for labels (K > 1 channels), the model gives 1")
         channels = 1 if labels else self.scores
@@ -267,8 +271,7 @@ class PredictionSource(ImageSource):
             with torch.inference_mode():
                 out = self.model(tensor)
         except Exception as exc:  # the model's own failure, named with the tissue
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InvalidInputError(f"{self.name}: the model failed on a batch of shape {tuple(batch.shape)}: {text[:200]}") from None
+            raise InvalidInputError(f"{self.name}: the model failed on a batch of shape {tuple(batch.shape)}: {reason(exc)}") from None
         if not isinstance(out, torch.Tensor):
             raise InvalidInputError(f"{self.name}: the model returned {type(out).__name__}, expected a tensor")
         if out.ndim == 3:
@@ -278,6 +281,8 @@ class PredictionSource(ImageSource):
                 f"{self.name}: the model output has shape {tuple(out.shape)} for input {tuple(batch.shape)}; "
                 "expected (B, K, H, W) with the input's spatial size"
             )
+        if out.is_complex():
+            raise InvalidInputError(f"{self.name}: the model output is {out.dtype} (complex); predictions must be real numbers")
         array = out.detach().cpu().numpy()
         if np.issubdtype(array.dtype, np.floating) and array.dtype != np.float32:
             array = array.astype(np.float32)
@@ -289,6 +294,12 @@ class PredictionSource(ImageSource):
             return scores.astype(np.float32, copy=False)
         if self.scores > 1:
             return np.argmax(scores, axis=0)[None].astype(self.dtype)
+        if scores.size and scores.dtype != self.dtype:
+            lo, hi, info = scores.min(), scores.max(), np.iinfo(self.dtype)
+            if lo < info.min or hi > info.max:
+                raise InvalidInputError(
+                    f"{self.name}: the model gives labels {lo} to {hi}, outside the {self.dtype} labels stored ({info.min} to {info.max})"
+                )
         return scores.astype(self.dtype, copy=False)
 
     # -- tiles, footprints and leftovers ------------------------------------------------------

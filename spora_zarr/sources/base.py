@@ -18,7 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, reason
+
+__all__ = ["ArraySource", "AxesView", "ImageSource", "SourceInfo", "reason"]
 
 
 @dataclass
@@ -129,11 +131,3 @@ class AxesView:
         index[self.axes.index("X")] = slice(x0, x1)
         window = np.asarray(self.array[tuple(index)])
         return window.transpose(self._order).reshape(self.channels, y1 - y0, x1 - x0)
-
-
-
-def reason(exc: BaseException) -> str:
-    """The first line of an exception's message (its type when empty), at most 200 characters."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
-

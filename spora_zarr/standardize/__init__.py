@@ -25,6 +25,7 @@ _NAMES = {
     "parse_spec": "specs",
     "Spec": "specs",
     "build_standardizer": "standardizers",
+    "apply_standardizer": "standardizers",
     "BaseStandardizer": "standardizers",
     "IdentityStandardizer": "standardizers",
     "StatsBackedStandardizer": "standardizers",

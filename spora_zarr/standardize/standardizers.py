@@ -13,7 +13,7 @@ uint16 items through the DataLoader, standardized on the GPU).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "QuantileClippingLog1PStandardizer",
     "QuantileClippingStandardizer",
     "StatsBackedStandardizer",
+    "apply_standardizer",
     "build_standardizer",
 ]
 
@@ -149,6 +150,25 @@ class BaseStandardizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
+
+
+def apply_standardizer(
+    standardizer: Callable[[torch.Tensor, str, Sequence[str]], Any], image: torch.Tensor, tissue_id: str, channel_names: Sequence[str]
+) -> torch.Tensor:
+    """``standardizer(image, tissue_id, channel_names)``, checked: a numpy array becomes a tensor, anything else is an error.
+
+    A user's callable that forgets its ``return`` (``None``) is an
+    ``InvalidInputError`` naming it and the tissue, not a failure later in collate.
+    """
+    result = standardizer(image, tissue_id, channel_names)
+    if isinstance(result, torch.Tensor):
+        return result
+    if isinstance(result, np.ndarray) and result.dtype.kind in "biuf":
+        return torch.from_numpy(np.ascontiguousarray(result))
+    name = standardizer if isinstance(standardizer, BaseStandardizer) else getattr(standardizer, "__qualname__", None) or standardizer
+    raise InvalidInputError(
+        f"standardizer {name}: returned {type(result).__name__} for tissue {tissue_id!r}; it must return the standardized image tensor"
+    )
 
 
 class IdentityStandardizer(BaseStandardizer):

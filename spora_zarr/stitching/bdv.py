@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidInputError, NotFoundError
+from ..errors import InvalidInputError, NotFoundError, reason
 
 __all__ = ["BdvTile", "bdv_h5_tiles", "bdv_tiles", "get_offsets", "require_h5py", "tile_offsets"]
 
@@ -167,7 +167,7 @@ def bdv_h5_tiles(filename: str | os.PathLike[str]) -> list[BdvTile]:
             setups = sorted(k for k in group if re.fullmatch(r"s\d+", k) and f"{k}/0/cells" in group)
             names = [f"{timepoints[0]}/{s}/0/cells" for s in setups]
     except OSError as exc:
-        raise InvalidInputError(f"{path}: unreadable H5 ({str(exc).splitlines()[0][:200]})") from None
+        raise InvalidInputError(f"{path}: unreadable H5 ({reason(exc)})") from None
     if not names:
         raise InvalidInputError(f"{path}: no s<setup>/0/cells datasets under {timepoints[0]}")
     return [BdvTile(path, (name,), (0.0, 0.0, 0.0)) for name in names]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, NotFoundError
+from ..errors import InvalidInputError, NotFoundError, reason
 from .readers import ArrayReader, OpenReaders, PlaneReader, StackReader, TileReader, tiff_geometry
 
 __all__ = ["Tile", "Tileset", "read_offsets_table"]
@@ -420,7 +420,7 @@ def read_offsets_table(
             strings = pacsv.ConvertOptions(column_types=dict.fromkeys(names, "string"), strings_can_be_null=True)
             columns = pacsv.read_csv(path, convert_options=strings).to_pydict()
     except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path}: unreadable offsets table ({str(exc).splitlines()[0][:200]})") from None
+        raise InvalidInputError(f"{path}: unreadable offsets table ({reason(exc)})") from None
     missing = [c for c in ("file", "x", "y") if c not in columns]
     if missing:
         raise InvalidInputError(f"{path}: offsets table lacks column(s) {', '.join(missing)} (has {', '.join(columns)})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, NotFoundError, StoreError
+from ..errors import InvalidInputError, NotFoundError, StoreError, reason
 from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path
 from .location import Location
 from .staging import Staging
@@ -37,7 +37,7 @@ def read_table(location: Location, path: str) -> pa.Table:
         with location.fs().open(location.fs_path(path), "rb") as handle:
             return pq.ParquetFile(handle).read()  # one file: no pyarrow.dataset (which imports pandas, 0.3 s)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise StoreError(f"{location.join(path)}: unreadable parquet table ({str(exc).splitlines()[0][:200]})") from None
+        raise StoreError(f"{location.join(path)}: unreadable parquet table ({reason(exc)})") from None
 
 
 def write_table(location: Location, path: str, table: pa.Table) -> None:

@@ -90,7 +90,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ..datasets import CHANNEL_KINDS, BaseImagingDataset, ComposedImagingDataset, MultiplexImagingDataset, SporaDataset, pixel_scale
+from ..datasets import (
+    CHANNEL_KINDS,
+    BaseImagingDataset,
+    ComposedImagingDataset,
+    MultiplexImagingDataset,
+    SporaDataset,
+    pixel_scale,
+    whole_number,
+)
 from ..errors import InvalidInputError, NotFoundError
 from ..read.levels import limit_codec_threads
 from ..runtime import keep_freed_batches
@@ -257,12 +265,10 @@ class TileDataset(Dataset):
         self.kind = kind
         self.preprocess = bool(preprocess)
 
-        sizes = {int(size)} if size is not None else {d.primary.crop_size for d in self.datasets}
+        sizes = {whole_number(size, "size", "TileDataset", minimum=1)} if size is not None else {d.primary.crop_size for d in self.datasets}
         if len(sizes) != 1:
             raise InvalidInputError(f"the datasets have different crop sizes {sorted(sizes)}; pass size= to choose one")
         self.size = sizes.pop()
-        if self.size <= 0:
-            raise InvalidInputError(f"size must be a positive number of pixels, got {size!r}")
 
         self.modalities: dict[str, int] = {}
         self.panels: dict[str, list[str]] = {}

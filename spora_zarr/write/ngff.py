@@ -129,20 +129,23 @@ def channel_windows(sample: np.ndarray, dtype: np.dtype, *, rgb: bool) -> list[d
     """Contrast windows per channel from a pixel sample ``(C, N)``.
 
     ``min``/``max`` are the sample's extremes, ``start``/``end`` its 0.1 % and
-    99.9 % quantiles; RGB images keep the full 0-255 range.
+    99.9 % quantiles, over its finite values (NaN and infinities are left out,
+    so every number is finite JSON); RGB images keep the full 0-255 range.
     """
     windows = []
     for values in sample:
         if rgb:
             windows.append({"min": 0.0, "max": 255.0, "start": 0.0, "end": 255.0})
             continue
+        if values.dtype.kind == "f":
+            values = values[np.isfinite(values)]
         if values.size == 0:
             lo = hi = start = end = 0.0
         else:
             lo, hi = float(values.min()), float(values.max())
             start, end = (float(q) for q in np.quantile(values, [0.001, 0.999]))
         if end <= start:
-            end = start + 1.0
+            end = max(start + 1.0, float(np.nextafter(start, np.inf)))
             hi = max(hi, end)
         windows.append({"min": lo, "max": hi, "start": start, "end": end})
     return windows

@@ -76,16 +76,35 @@ class WriteOptions:
     codec_threads: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("chunk", "clevel", "max_top_size", "memory_budget"):
+            _check_whole(name, getattr(self, name))
+        if self.memory_budget < 1:
+            raise InvalidInputError(f"memory_budget must be a positive number of bytes, got {self.memory_budget}")
         if self.chunk < 16 or self.chunk % 2:
             raise InvalidInputError(f"chunk edge must be an even number >= 16, got {self.chunk}")
-        if self.shard is not None and (self.shard < self.chunk or self.shard % self.chunk):
-            raise InvalidInputError(f"shard edge {self.shard} must be a multiple of the chunk edge {self.chunk}")
+        if self.shard is not None:
+            _check_whole("shard", self.shard)
+            if self.shard < self.chunk or self.shard % self.chunk:
+                raise InvalidInputError(f"shard edge {self.shard} must be a multiple of the chunk edge {self.chunk}")
+        for name in ("chunk", "shard"):  # even one channel of one byte per pixel must fit the budget
+            edge = getattr(self, name)
+            if edge is not None and edge * edge > self.memory_budget:
+                raise InvalidInputError(
+                    f"{name} edge {edge} px: one {name} of one 8-bit channel is {_mib(edge * edge)}, "
+                    f"over the memory budget of {_mib(self.memory_budget)}"
+                )
         if self.cname not in BLOSC_CNAMES:
             raise InvalidInputError(f"blosc compressor must be one of {', '.join(BLOSC_CNAMES)}, got {self.cname!r}")
         if not 0 <= self.clevel <= 9:
             raise InvalidInputError(f"blosc level must be 0-9, got {self.clevel}")
         if not 0 <= self.min_saving < 1:
             raise InvalidInputError(f"min_saving must be in [0, 1), got {self.min_saving}")
+        if self.max_top_size < 1:
+            raise InvalidInputError(f"max_top_size must be a whole number >= 1, got {self.max_top_size}")
+        if self.codec_threads is not None:
+            _check_whole("codec_threads", self.codec_threads)
+            if self.codec_threads < 1:
+                raise InvalidInputError(f"codec_threads must be a whole number >= 1, got {self.codec_threads}")
 
     def compressor(self) -> BloscCodec:
         """The blosc codec of written arrays (byte shuffle)."""
@@ -122,21 +141,60 @@ class WriteOptions:
         )
         return []
 
-    def block_edge(self, channels: int, itemsize: int, depth: int) -> int:
+    def block_edge(self, channels: int, itemsize: int, depth: int, name: str = "<image>") -> int:
         """Edge of the blocks streamed at once: the shard edge, halved until the blocks held at once fit the budget.
 
         Held at once: one block per level of the chain (``depth``), the block
-        being read, and the blocks queued for writing (``IN_FLIGHT``).
+        being read, and the blocks queued for writing (``IN_FLIGHT``). Blocks
+        of one chunk that still do not fit are an ``InvalidInputError`` naming
+        the chunk edge, raised before anything is written.
         """
+        held = (depth + 1 + IN_FLIGHT) * channels * itemsize
         edge = self.shard or max(self.chunk, 8 * self.chunk)
-        while edge > self.chunk and edge % 2 == 0 and (depth + 1 + IN_FLIGHT) * channels * edge * edge * itemsize > self.memory_budget:
+        while edge > self.chunk and edge % 2 == 0 and held * edge * edge > self.memory_budget:
             half = edge // 2
             if half % self.chunk and half > self.chunk:
                 half = max(self.chunk, half // self.chunk * self.chunk)
             if half == edge:
                 break
             edge = half
+        if held * self.chunk * self.chunk > self.memory_budget:
+            raise InvalidInputError(
+                f"{name}: chunk edge {self.chunk} px needs {_mib(held * self.chunk * self.chunk)} of buffers for "
+                f"{channels} channel(s) of {itemsize} byte(s) ({depth + 1 + IN_FLIGHT} blocks held at once), over the "
+                f"memory budget of {_mib(self.memory_budget)}; choose a smaller chunk or a larger memory budget"
+            )
         return edge
+
+
+def _check_whole(name: str, value: Any) -> None:
+    """Refuse a layout option that is not a whole number (a bool, float or string)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+
+
+def _mib(nbytes: float) -> str:
+    mib = nbytes / MiB
+    return f"{mib:,.0f} MiB" if mib >= 100 else f"{mib:.3g} MiB"
+
+
+#: The dtypes the writer stores (zarr v3 core data types): ``(kind, item sizes)``.
+STORED_KINDS = {"b": (1,), "u": (1, 2, 4, 8), "i": (1, 2, 4, 8), "f": (2, 4, 8)}
+
+
+def stored_dtype(dtype: np.dtype, name: str) -> np.dtype:
+    """The native zarr dtype a source of ``dtype`` is stored as (bool as uint8), or an ``InvalidInputError``.
+
+    Every writer (convert, add-image, stitch, predict) goes through this, so a
+    complex, 128-bit float, string or object image is one line naming the source.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.itemsize not in STORED_KINDS.get(dtype.kind, ()):
+        raise InvalidInputError(
+            f"{name}: dtype {dtype} is not stored (spora_zarr stores bool, 8- to 64-bit integers and 16- to 64-bit floats)"
+        )
+    # the canonical native type: tifffile's 'q' (long long) is int64 to numpy but unknown to zarr's registry
+    return np.dtype(np.uint8) if dtype.kind == "b" else np.dtype(f"{dtype.kind}{dtype.itemsize}")
 
 
 @dataclass
@@ -287,9 +345,8 @@ def _write_multiscale(
         raise InvalidInputError(f"{_first(ordered).name}: resolutions of one stack have different plane counts {depths}")
     levels = plan_levels({mpp: s.shape for mpp, s in ordered.items()}, max_top_size=options.max_top_size)
     labels = method is Method.MODE
-    dtype = dtypes.pop()
-    stored = np.dtype(np.uint8) if dtype == np.bool_ else dtype
-    edge = options.block_edge(levels[0].shape[0], stored.itemsize, len(levels) - len(ordered) + 1)
+    stored = stored_dtype(dtypes.pop(), _first(ordered).name)
+    edge = options.block_edge(levels[0].shape[0], stored.itemsize, len(levels) - len(ordered) + 1, _first(ordered).name)
     if options.shard and edge != options.shard:  # each block still a whole shard: no shard is written twice
         log.info("shards of %d px (default %d) keep memory within %d MiB", edge, options.shard, options.memory_budget // MiB)
     area = staging.new_area()
