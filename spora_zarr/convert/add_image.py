@@ -114,6 +114,7 @@ def add_image(
             result = write_image(
                 dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
                 spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite,
+                keep_encoded=not lossless,
             )
         finally:
             for reduced in own.values():

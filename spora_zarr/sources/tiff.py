@@ -236,7 +236,7 @@ class TiffSource(ImageSource):
         page = series.keyframe
         if pixel is None and self._tiff.is_svs:
             found = _APERIO_MPP.search(page.description or "")
-            pixel = (float(found.group(1)),) * 2 if found else None  # type: ignore[assignment]
+            pixel = (float(found.group(1)), float(found.group(1))) if found else None
         if pixel is None:
             pixel = _resolution_tags_mpp(page)
         if pixel is not None:
@@ -300,8 +300,9 @@ class TiffSource(ImageSource):
             or getattr(page, "jpegheader", None) is not None
         ):
             return None
-        page = level.pages[0]
-        colorspace, outcolorspace = tifffile.tifffile.jpeg_decode_colorspace(page.photometric, page.planarconfig, page.extrasamples, page.is_jfif)
+        colorspace, outcolorspace = tifffile.tifffile.jpeg_decode_colorspace(
+            page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
+        )
         codec: dict[str, Any] = {}
         if page.jpegtables is not None:
             codec["tables"] = bytes(page.jpegtables)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,8 +65,10 @@ def write_svs(
     tile: int = 256,
     quality: int = 80,
 ) -> None:
-    """Write ``image`` (``(H, W, 3)`` uint8, an array or :class:`HELike`) as an Aperio-style SVS: JPEG tiles (RGB colour space, as Aperio's),
-    a thumbnail, and reduced levels at ``factors`` (strided from the image).
+    """Write ``image`` (``(H, W, 3)`` uint8, an array or :class:`HELike`) as an Aperio-style SVS.
+
+    JPEG tiles (RGB colour space, as Aperio's), a thumbnail, and reduced levels
+    at ``factors`` (strided from the image).
 
     The first page's ImageDescription is ``Aperio Image Library ...|MPP = <mpp>``.
     """
@@ -76,7 +79,9 @@ def write_svs(
         f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality}"
         f"|AppMag = 40|MPP = {mpp:.4f}"
     )
-    options = dict(photometric="rgb", compression="jpeg", compressionargs={"level": quality, "outcolorspace": "RGB"}, metadata=None)
+    options: dict[str, Any] = dict(
+        photometric="rgb", compression="jpeg", compressionargs={"level": quality, "outcolorspace": "RGB"}, metadata=None
+    )
     with tifffile.TiffWriter(path, bigtiff=image.nbytes > 2**31) as writer:
         writer.write(_tiles(image, tile), shape=image.shape, dtype=np.uint8, tile=(tile, tile), description=description, **options)
         step = max(1, max(height, width) // 256)

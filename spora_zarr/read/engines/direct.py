@@ -184,6 +184,10 @@ def open_direct(location: Location, path: str, meta: zarr.Array) -> DirectArray:
     UnsupportedLayout
         The array is not in a layout the direct engine reads, or the compiled loop is not built.
     """
+    from .jpeg import JpegArray, is_jpeg_layout
+
+    if is_jpeg_layout(meta.metadata):  # a slide's JPEG tiles kept as chunks
+        return JpegArray(location.fs_path(path), meta.metadata, _THREADS)  # type: ignore[return-value]
     return DirectArray(location.fs_path(path), meta.metadata)
 
 

@@ -32,6 +32,7 @@ from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.storage import StorePath, WrapperStore
 
 from ...errors import InvalidInputError, NotFoundError
+from ...store import codecs as _codecs  # noqa: F401 - registers the JPEG codec of slide arrays
 from ...store.location import Location
 from . import process
 from .base import DATA_ERRORS, damaged

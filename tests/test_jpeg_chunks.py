@@ -1,0 +1,95 @@
+"""A JPEG slide at its own size: its tiles kept as the chunks, read back exactly by zarr-python, the direct engine, napari."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from spora_zarr import add_image, validate_store
+from spora_zarr.cli import main
+from spora_zarr.datasets import HEImagingDataset
+from spora_zarr.napari.levels import LazyLevel, WindowCache
+from spora_zarr.read.levels import open_level
+from spora_zarr.testing.slides import he_like, write_svs
+
+LEVEL0, LEVEL1 = "he/images/A/0_252mpp", "he/images/A/1_008mpp"
+
+
+def _size(path: Path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slide") / "slide.svs"
+    write_svs(path, he_like(700, 1000, seed=4), factors=(4,), tile=128)  # edge tiles padded on both axes
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(slide: Path) -> Path:
+    store = slide.parent / "cohort.zarr"
+    add_image(store, str(slide), modality="he", tissue_id="A")
+    return store
+
+
+def _codec_names(array: zarr.Array) -> list[str]:
+    codecs = array.metadata.codecs
+    inner = codecs[0].codecs if len(codecs) == 1 and hasattr(codecs[0], "codecs") else codecs
+    return [codec.to_dict()["name"] for codec in inner]
+
+
+def test_the_slide_tiles_are_the_chunks_and_the_store_is_the_slide_size(slide: Path, store: Path) -> None:
+    group = zarr.open_group(store / "he/images/A", mode="r")
+    for name in ("0_252mpp", "1_008mpp"):
+        assert _codec_names(group[name]) == ["transpose", "imagecodecs_jpeg"]
+        assert group[name].chunks == (3, 128, 128)
+    with tifffile.TiffFile(slide) as tiff:  # chunk bytes are the slide's tile bytes, not re-encoded
+        page = tiff.pages[0]
+        tile = tiff.filehandle.read_segments([page.dataoffsets[3]], [page.databytecounts[3]])
+        first = next(iter(tile))[0]
+    assert first in (store / LEVEL0 / "c/0/0/0").read_bytes()
+    assert _size(store / "he/images/A") <= 1.3 * slide.stat().st_size
+    assert validate_store(store) == []
+
+
+def test_zarr_python_reads_the_exact_pixels_of_tifffile(slide: Path, store: Path) -> None:
+    group = zarr.open_group(store / "he/images/A", mode="r")
+    np.testing.assert_array_equal(group["0_252mpp"][:], tifffile.imread(slide).transpose(2, 0, 1))
+    np.testing.assert_array_equal(group["1_008mpp"][:], tifffile.imread(slide, series=0, level=1).transpose(2, 0, 1))
+
+
+def test_the_direct_engine_and_read_tile_decode_the_jpeg_chunks(slide: Path, store: Path) -> None:
+    expected = tifffile.imread(slide).transpose(2, 0, 1)
+    reader = open_level(store, LEVEL0)
+    assert reader.engine == "direct"
+    rng = np.random.default_rng(0)
+    windows = [(int(y), int(x)) for y, x in zip(rng.integers(-50, 700, 20), rng.integers(-50, 1000, 20))] + [(600, 900), (0, 0)]
+    for y, x in windows:
+        got = reader.read(y, x, 224, 224)
+        np.testing.assert_array_equal(got, expected[:, max(y, 0) : y + 224, max(x, 0) : x + 224])
+    out = np.empty((2, 224, 224), np.uint8)
+    reader.read(100, 130, 224, 224, channels=[2, 0], out=out)
+    np.testing.assert_array_equal(out, expected[[2, 0], 100:324, 130:354])
+    tile = HEImagingDataset("t", store, 0.252, 224).read_tile("A", 300, 500, preprocess=False)
+    np.testing.assert_array_equal(tile.numpy(), expected[:, 300:524, 500:724])
+
+
+def test_napari_lazy_level_opens_it(slide: Path, store: Path) -> None:
+    level = LazyLevel(open_level(store, LEVEL1), (512, 512), rgb=True, cache=WindowCache(2**26))
+    np.testing.assert_array_equal(np.asarray(level[10:200, 5:300]), tifffile.imread(slide, series=0, level=1)[10:200, 5:300])
+
+
+def test_lossless_keeps_todays_layout(slide: Path, store: Path, tmp_path: Path) -> None:
+    other = tmp_path / "lossless.zarr"
+    assert main(["add-image", str(other), str(slide), "--modality", "he", "--tissue-id", "A", "--lossless"]) == 0
+    group = zarr.open_group(other / "he/images/A", mode="r")
+    assert "imagecodecs_jpeg" not in _codec_names(group["0_252mpp"])
+    assert group["0_252mpp"].chunks == (3, 112, 112)
+    np.testing.assert_array_equal(group["0_252mpp"][:], tifffile.imread(slide).transpose(2, 0, 1))
+    assert _size(other / "he/images/A") > 2 * _size(store / "he/images/A")
