@@ -111,3 +111,19 @@ def test_an_ome_tiff_pyramid_in_subifds_keeps_its_levels(tmp_path: Path) -> None
     assert sorted(levels) == ["0_5mpp", "1_0mpp", "2_0mpp"]
     np.testing.assert_array_equal(levels["1_0mpp"][:], reduced)
     assert open_cohort(store).group_metadata("imc", "A").spora.channel_names == ("DAPI", "CD3")
+
+
+def test_convert_reads_svs_files_of_a_cohort(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spora_zarr import ConvertOptions, convert_cohort
+
+    source = tmp_path / "cohort"
+    (source / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table({"tissue_id": ["A"]}), source / "metadata/tissues.parquet")
+    (source / "he/0_5mpp/images").mkdir(parents=True)
+    write_svs(source / "he/0_5mpp/images/A.svs", np.asarray(he_like(200, 260, seed=5)), factors=(), tile=128)
+    store = tmp_path / "out.zarr"
+    assert convert_cohort(source, store, ConvertOptions(progress=False)).ok
+    np.testing.assert_array_equal(_levels(store)["0_5mpp"][:], tifffile.imread(source / "he/0_5mpp/images/A.svs").transpose(2, 0, 1))
