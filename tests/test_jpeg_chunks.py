@@ -93,3 +93,22 @@ def test_lossless_keeps_todays_layout(slide: Path, store: Path, tmp_path: Path) 
     assert group["0_252mpp"].chunks == (3, 112, 112)
     np.testing.assert_array_equal(group["0_252mpp"][:], tifffile.imread(slide).transpose(2, 0, 1))
     assert _size(other / "he/images/A") > 2 * _size(store / "he/images/A")
+
+
+def _child_read(store: str, queue: object) -> None:
+    reader = open_level(store, LEVEL0)
+    queue.put((reader.engine, reader.read(40, 60, 224, 300)))  # type: ignore[attr-defined]
+
+
+def test_a_forked_child_reads_after_the_parent_did(slide: Path, store: Path) -> None:
+    import multiprocessing
+
+    open_level(store, LEVEL0).read(0, 0, 300, 300)  # the parent's decode threads exist now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_read, args=(str(store), queue))
+    child.start()
+    engine, window = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and engine == "direct"
+    np.testing.assert_array_equal(window, tifffile.imread(slide)[40:264, 60:360].transpose(2, 0, 1))

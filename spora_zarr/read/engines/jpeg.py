@@ -33,6 +33,15 @@ _POOL: dict[int, ThreadPoolExecutor] = {}  # by pid: a forked child makes its ow
 _POOL_LOCK = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def is_jpeg_layout(metadata: Any) -> bool:
     """Whether an array's chunks are JPEG streams of ``(y, x, c)`` tiles (sharded or not)."""
     if getattr(metadata, "zarr_format", None) != 3:
