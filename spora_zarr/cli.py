@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
         "--lossless", action="store_true",
         help="decode a JPEG slide and store it losslessly (readable by every zarr reader) instead of keeping its JPEG tiles",
     )
+    add.add_argument(
+        "--jpeg-quality", type=int, metavar="Q",
+        help="store an 8-bit RGB image that is not JPEG-compressed as JPEG tiles of quality Q (1-100): lossy, about 5-10x smaller",
+    )
     layout_options(add)
 
     info = commands.add_parser("info", help="summarise a store")
@@ -279,6 +283,7 @@ def _add_image(args: argparse.Namespace) -> int:
     result = add_image(
         args.dest, args.file, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, channel_names=names,
         options=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options, lossless=args.lossless,
+        jpeg_quality=args.jpeg_quality,
     )
     print(f"{'kept existing' if result.skipped else 'wrote'} {result.path}")
     return 0

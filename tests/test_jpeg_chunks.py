@@ -112,3 +112,24 @@ def test_a_forked_child_reads_after_the_parent_did(slide: Path, store: Path) -> 
     child.join(timeout=60)
     assert child.exitcode == 0 and engine == "direct"
     np.testing.assert_array_equal(window, tifffile.imread(slide)[40:264, 60:360].transpose(2, 0, 1))
+
+
+def test_a_lossy_opt_in_stores_other_rgb_images_as_jpeg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = np.asarray(he_like(300, 700, seed=7))
+    path = tmp_path / "he.tif"
+    tifffile.imwrite(
+        path, image, photometric="rgb", tile=(64, 64), compression="zlib", resolution=(40000, 40000), resolutionunit="CENTIMETER"
+    )
+    store, plain = tmp_path / "lossy.zarr", tmp_path / "plain.zarr"
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A", "--jpeg-quality", "90"]) == 0
+    add_image(plain, str(path), modality="he", tissue_id="A")
+    array = zarr.open_array(store / "he/images/A/0_25mpp", mode="r")
+    assert _codec_names(array) == ["transpose", "imagecodecs_jpeg"]
+    stored = array[:]
+    assert np.abs(stored.astype(int) - image.transpose(2, 0, 1)).mean() < 4  # lossy, but close
+    np.testing.assert_array_equal(open_level(store, "he/images/A/0_25mpp").read(0, 0, 300, 700), stored)  # one decode, every reader
+    assert _size(store / "he/images/A") < _size(plain / "he/images/A") / 2
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, np.zeros((32, 32), np.uint16))
+    assert main(["add-image", str(store), str(gray), "--modality", "imc", "--tissue-id", "B", "--mpp", "1", "--jpeg-quality", "90"]) == 1
+    assert "JPEG storage is for 8-bit RGB images" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import zarr
 
 from ..errors import InvalidInputError
 from ..sources import ArraySource, ImageSource, open_source
+from ..sources.lossy import JpegEncoded
 from ..store.layout import (
     image_group_path,
     resolution_name,
@@ -52,6 +53,7 @@ def add_image(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     lossless: bool = False,
+    jpeg_quality: int | None = None,
 ) -> WriteResult:
     """Add one image file as a resolution of ``<modality>/images/<tissue_id>``; create the store if needed.
 
@@ -60,7 +62,9 @@ def add_image(
     slide's own reduced levels at ``2**k`` of its size become pyramid levels
     pixel-exact. The JPEG tiles of a JPEG-compressed RGB slide are kept as its
     chunks unless ``lossless`` (then they are decoded and stored with the
-    lossless codec, readable everywhere). Returns the write's result;
+    lossless codec, readable everywhere); ``jpeg_quality`` (1-100) stores
+    any other 8-bit RGB image's levels as JPEG tiles of that quality (lossy,
+    the same codec and read path). Returns the write's result;
     ``skipped`` when the image already has this resolution from a source and
     ``overwrite`` is false.
     """
@@ -79,6 +83,9 @@ def add_image(
             )
         if resolution is None:
             raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
+        if jpeg_quality is not None and lossless:
+            raise InvalidInputError(f"{path}: --jpeg-quality (lossy) and --lossless exclude each other")
+        lossy = JpegEncoded(source, jpeg_quality) if jpeg_quality is not None and source.encoded_tiles() is None else None
         names = list(channel_names) if channel_names else (list(info.channel_names) if info.channel_names else None)
         if names is None:
             names = ["red", "green", "blue"] if info.is_rgb else [f"channel_{i}" for i in range(source.shape[0])]
@@ -99,10 +106,11 @@ def add_image(
             write_table(dst, rel, table)
         if existing is not None and level in existing.spora.source_levels and not overwrite:
             return WriteResult(target, skipped=True)
-        sources: dict[float, ImageSource] = {resolution_value(resolution): source}
+        sources: dict[float, ImageSource] = {resolution_value(resolution): lossy or source}
         own = source.reduced_levels() if hasattr(source, "reduced_levels") else {}
         for factor, reduced in own.items():
-            sources[resolution_value(resolution * factor)] = reduced
+            encode = jpeg_quality is not None and reduced.encoded_tiles() is None
+            sources[resolution_value(resolution * factor)] = JpegEncoded(reduced, jpeg_quality) if encode and jpeg_quality else reduced
         if existing is not None:
             group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
             for kept in existing.spora.source_levels:
