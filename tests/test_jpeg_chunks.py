@@ -133,3 +133,10 @@ def test_a_lossy_opt_in_stores_other_rgb_images_as_jpeg(tmp_path: Path, capsys: 
     tifffile.imwrite(gray, np.zeros((32, 32), np.uint16))
     assert main(["add-image", str(store), str(gray), "--modality", "imc", "--tissue-id", "B", "--mpp", "1", "--jpeg-quality", "90"]) == 1
     assert "JPEG storage is for 8-bit RGB images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("asked", "reads"), [("tensorstore", "zarr"), ("zarrs", "zarr"), ("zarr", "zarr")])
+def test_engines_without_the_codec_hand_it_to_zarr_python(slide: Path, store: Path, asked: str, reads: str) -> None:
+    reader = open_level(store, LEVEL1, engine=asked)
+    assert reader.engine == reads
+    np.testing.assert_array_equal(reader.read(0, 0, 100, 90), tifffile.imread(slide, series=0, level=1)[:100, :90].transpose(2, 0, 1))

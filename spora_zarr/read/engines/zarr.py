@@ -159,8 +159,10 @@ class ZarrsEngine:
 
 
 def open_zarrs(location: Location, path: str, meta: zarr.Array) -> ZarrsEngine | ZarrEngine:
-    """The zarrs engine where zarrs reads the store, else zarr-python's own pipeline."""
-    if _zarrs_supports(meta.store):
+    """The zarrs engine where zarrs reads the store and the codecs, else zarr-python's own pipeline."""
+    from .jpeg import is_jpeg_layout
+
+    if _zarrs_supports(meta.store) and not is_jpeg_layout(meta.metadata):
         return ZarrsEngine(location, path, meta)
     return ZarrEngine(location, path, meta)
 
