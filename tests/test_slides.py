@@ -127,3 +127,19 @@ def test_convert_reads_svs_files_of_a_cohort(tmp_path: Path) -> None:
     store = tmp_path / "out.zarr"
     assert convert_cohort(source, store, ConvertOptions(progress=False)).ok
     np.testing.assert_array_equal(_levels(store)["0_5mpp"][:], tifffile.imread(source / "he/0_5mpp/images/A.svs").transpose(2, 0, 1))
+
+
+def test_a_slide_written_page_by_page_keeps_its_reduced_pages(tmp_path: Path) -> None:
+    image = np.asarray(he_like(600, 900, seed=6))
+    slide = tmp_path / "naive.svs"
+    description = "Aperio Image Library v12.0.15 \r\n900x600 [0,0 900x600] (128x128) JPEG/RGB Q=70|AppMag = 40|MPP = 0.2520"
+    with tifffile.TiffWriter(slide) as writer:  # no thumbnail page, tifffile's default metadata: pages of their own
+        writer.write(image, tile=(128, 128), compression="jpeg", photometric="rgb", description=description)
+        writer.write(np.ascontiguousarray(image[::4, ::4]), tile=(128, 128), compression="jpeg", photometric="rgb")
+        writer.write(np.ascontiguousarray(image[::3, ::3]), tile=(128, 128), compression="jpeg", photometric="rgb")  # not 2**k
+    store = tmp_path / "cohort.zarr"
+    result = add_image(store, str(slide), modality="he", tissue_id="A", options=WriteOptions(max_top_size=128))
+    assert [(level.name, level.from_source) for level in result.levels] == [
+        ("0_252mpp", True), ("1_008mpp", True), ("2_016mpp", False)
+    ]
+    np.testing.assert_array_equal(_levels(store)["1_008mpp"][:], tifffile.imread(slide, key=1).transpose(2, 0, 1))

@@ -182,15 +182,15 @@ class TiffSource(ImageSource):
     ``YXS`` for RGB) or, when a file holds one ``YX`` series per page (a TIFF
     written one page per channel), the pages in file order. ``level`` opens a
     reduced level of the first series' pyramid (a slide's, an OME-TIFF's
-    SubIFDs) instead of the full-size image.
+    SubIFDs), ``page`` one page of the file, instead of the full-size image.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fs: Any = None, *, level: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike[str], fs: Any = None, *, level: int = 0, page: int | None = None) -> None:
         import tifffile
         import zarr
 
         self.name = os.fspath(path)
-        self._fs, self._level = fs, level
+        self._fs, self._level, self._page = fs, level, page
         self._handle = fs.open(self.name, "rb") if fs is not None else None
         try:
             self._tiff = tifffile.TiffFile(self._handle if self._handle is not None else self.name)
@@ -199,7 +199,11 @@ class TiffSource(ImageSource):
                 raise ValueError("no image series")
             first = series[0]
             planes = [first]
-            if not self._tiff.is_ome and len(series) > 1 and all(
+            if page is not None:
+                one = self._tiff.pages[page]
+                first = tifffile.TiffPageSeries([one], one.shape, one.dtype, one.axes)
+                planes = [first]
+            elif not self._tiff.is_ome and len(series) > 1 and all(
                 s.axes == "YX" and s.shape == first.shape and s.dtype == first.dtype for s in series
             ):
                 planes = list(series)
@@ -207,6 +211,7 @@ class TiffSource(ImageSource):
                 raise InvalidInputError(f"{self.name}: no reduced level {level}")
             self._views = [AxesView(zarr.open(s.aszarr(level=level), mode="r"), s.axes, self.name) for s in planes]
             self.info = self._read_info(first)
+            self._image = first.levels[level]  # the series or level read, for its tiles
             self._segments = _TiffSegments.create(self._tiff, [s.levels[level] for s in planes], os.cpu_count() or 1)
             if self._segments is not None and self._segments.channels != sum(v.channels for v in self._views):
                 self._segments.close()
@@ -247,26 +252,43 @@ class TiffSource(ImageSource):
         return info
 
     def reduced_levels(self) -> dict[int, ImageSource]:
-        """The first series' own reduced levels at ``2**k`` of the full size (each to the pixel), by factor.
+        """The image's own reduced levels at ``2**k`` of the full size (each to the pixel), by factor.
 
-        Levels at other factors (a slide's thumbnail-like level at 3x, say) are left out: the writer computes
+        The levels of the first series' pyramid and, for a one-page image (a
+        slide), the file's other tiled pages of the same kind (an SVS written
+        without a thumbnail page, or page by page). Images at other factors
+        (thumbnails, label and macro images) are left out: the writer computes
         its levels by halving.
         """
-        if self._level or len(self._views) != 1:
+        if self._level or self._page is not None or len(self._views) != 1:
             return {}
         series = self._tiff.series[0]
         _, height, width = self.shape
-        found: dict[int, int] = {}
-        for index, level in enumerate(series.levels[1:], start=1):
-            h, w = level.shape[level.axes.index("Y")], level.shape[level.axes.index("X")]
+        found: dict[int, dict[str, int]] = {}
+
+        def consider(where: dict[str, int], shape: tuple[int, ...], axes: str) -> None:
+            if axes != series.axes or [n for n, a in zip(shape, axes) if a not in "YX"] != [
+                n for n, a in zip(series.shape, axes) if a not in "YX"
+            ]:
+                return
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
             k = round(math.log2(width / w)) if w else 0
             factor = 2**k
             if k >= 1 and factor not in found and abs(w - width / factor) <= 1 and abs(h - height / factor) <= 1:
-                found[factor] = index
+                found[factor] = where
+
+        for index, level in enumerate(series.levels[1:], start=1):
+            consider({"level": index}, level.shape, level.axes)
+        if len(series.pages) == 1 and len(self._tiff.pages) <= 64:
+            base = series.pages[0]
+            for index in range(len(self._tiff.pages)):
+                page = self._tiff.pages[index]
+                if page is not None and index != getattr(base, "index", -1) and getattr(page, "is_tiled", False):
+                    consider({"page": index}, page.shape, page.axes)
         levels: dict[int, ImageSource] = {}
         try:
-            for factor, index in found.items():
-                levels[factor] = TiffSource(self.name, self._fs, level=index)
+            for factor, where in sorted(found.items()):
+                levels[factor] = TiffSource(self.name, self._fs, **where)
         except BaseException:
             for opened in levels.values():
                 opened.close()
@@ -283,7 +305,7 @@ class TiffSource(ImageSource):
 
         if len(self._views) != 1:
             return None
-        level = self._tiff.series[0].levels[self._level]
+        level = self._image
         page = level.keyframe
         if (
             len(level.pages) != 1
