@@ -140,3 +140,24 @@ def test_engines_without_the_codec_hand_it_to_zarr_python(slide: Path, store: Pa
     reader = open_level(store, LEVEL1, engine=asked)
     assert reader.engine == reads
     np.testing.assert_array_equal(reader.read(0, 0, 100, 90), tifffile.imread(slide, series=0, level=1)[:100, :90].transpose(2, 0, 1))
+
+
+def test_plain_zarr_python_finds_the_codec_by_the_projects_entry_point(slide: Path, store: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    entry = project["project"]["entry-points"]["zarr.codecs"]["imagecodecs_jpeg"]
+    info = tmp_path / "spora_entry-0.dist-info"  # the installed metadata of the project's entry point, as pip writes it
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: spora-entry\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(f"[zarr.codecs]\nimagecodecs_jpeg = {entry}\n")
+    code = (
+        "import sys, zarr, numpy as np; assert 'spora_zarr' not in sys.modules; "
+        f"print(zarr.open_array({str(store / LEVEL1)!r}, mode='r')[:].tobytes().hex())"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    expected = tifffile.imread(slide, series=0, level=1).transpose(2, 0, 1)
+    assert bytes.fromhex(out.strip()) == np.ascontiguousarray(expected).tobytes()
