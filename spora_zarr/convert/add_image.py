@@ -17,6 +17,7 @@ anything is written. See ``docs/conversion.md``.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections.abc import Sequence
 from typing import Any
@@ -72,7 +73,7 @@ def add_image(
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
         raise InvalidInputError(f"{path}: mpp must be a positive number of microns per pixel, got {mpp!r}")
     dst = Location.parse(dest, storage_options)
-    with open_source(path) as source:
+    with open_source(path) as source, contextlib.ExitStack() as closing:
         info = source.info
         resolution = mpp if mpp is not None else info.mpp
         if resolution is None and info.anisotropic is not None:
@@ -109,6 +110,7 @@ def add_image(
         sources: dict[float, ImageSource] = {resolution_value(resolution): lossy or source}
         own = source.reduced_levels() if hasattr(source, "reduced_levels") else {}
         for factor, reduced in own.items():
+            closing.callback(reduced.close)
             encode = jpeg_quality is not None and reduced.encoded_tiles() is None
             sources[resolution_value(resolution * factor)] = JpegEncoded(reduced, jpeg_quality) if encode and jpeg_quality else reduced
         if existing is not None:
@@ -118,15 +120,11 @@ def add_image(
                     sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
         panel = modality_panel(dst, modality) if not info.is_rgb else None
         staging.ensure_groups(posixpath.dirname(target))
-        try:
-            result = write_image(
-                dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
-                spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite,
-                keep_encoded=not lossless,
-            )
-        finally:
-            for reduced in own.values():
-                reduced.close()
+        result = write_image(
+            dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
+            spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite,
+            keep_encoded=not lossless,
+        )
     update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]})
     return result
 
