@@ -107,11 +107,21 @@ def _parser() -> argparse.ArgumentParser:
 
     add = commands.add_parser("add-image", help="add one image file to a store (created if missing)")
     add.add_argument("dest", help="the cohort store (created if missing)")
-    add.add_argument("file", help="the image: TIFF / OME-TIFF (channel names and pixel size read from it), PNG or JPEG")
+    add.add_argument(
+        "file", help="the image: TIFF / OME-TIFF / Aperio SVS / NDPI (channel names, pixel size and levels read from it), PNG or JPEG"
+    )
     add.add_argument("--modality", required=True, help="modality directory in the store: he, imc, cycif, ihc/ihc_<marker>, ...")
     add.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
-    add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF when omitted)")
+    add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF, SVS or TIFF tags when omitted)")
     add.add_argument("--channel-names", help="comma-separated channel names")
+    add.add_argument(
+        "--lossless", action="store_true",
+        help="decode a JPEG slide and store it losslessly (readable by every zarr reader) instead of keeping its JPEG tiles",
+    )
+    add.add_argument(
+        "--jpeg-quality", type=int, metavar="Q",
+        help="store an 8-bit RGB image that is not JPEG-compressed as JPEG tiles of quality Q (1-100): lossy, about 5-10x smaller",
+    )
     layout_options(add)
 
     info = commands.add_parser("info", help="summarise a store")
@@ -274,7 +284,8 @@ def _add_image(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
     result = add_image(
         args.dest, args.file, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, channel_names=names,
-        options=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options,
+        options=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options, lossless=args.lossless,
+        jpeg_quality=args.jpeg_quality,
     )
     print(f"{'kept existing' if result.skipped else 'wrote'} {result.path}")
     return 0

@@ -17,6 +17,7 @@ anything is written. See ``docs/conversion.md``.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ import zarr
 
 from ..errors import InvalidInputError
 from ..sources import ArraySource, ImageSource, open_source
+from ..sources.lossy import JpegEncoded
 from ..store.layout import (
     image_group_path,
     resolution_name,
@@ -51,22 +53,40 @@ def add_image(
     options: WriteOptions | None = None,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
+    lossless: bool = False,
+    jpeg_quality: int | None = None,
 ) -> WriteResult:
     """Add one image file as a resolution of ``<modality>/images/<tissue_id>``; create the store if needed.
 
-    OME-TIFF channel names and pixel size are read from the file; other files
-    need ``mpp``. Returns the write's result; ``skipped`` when the image already
-    has this resolution from a source and ``overwrite`` is false.
+    OME-TIFF channel names and the pixel size of OME-TIFF, Aperio SVS and TIFF
+    resolution tags are read from the file; other files need ``mpp``. A
+    slide's own reduced levels at ``2**k`` of its size become pyramid levels
+    pixel-exact. The JPEG tiles of a JPEG-compressed RGB slide are kept as its
+    chunks unless ``lossless`` (then they are decoded and stored with the
+    lossless codec, readable everywhere); ``jpeg_quality`` (1-100) stores
+    any other 8-bit RGB image's levels as JPEG tiles of that quality (lossy,
+    the same codec and read path). Returns the write's result;
+    ``skipped`` when the image already has this resolution from a source and
+    ``overwrite`` is false.
     """
     validate_tissue_id(tissue_id, source=path)
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
         raise InvalidInputError(f"{path}: mpp must be a positive number of microns per pixel, got {mpp!r}")
     dst = Location.parse(dest, storage_options)
-    with open_source(path) as source:
+    with open_source(path) as source, contextlib.ExitStack() as closing:
         info = source.info
         resolution = mpp if mpp is not None else info.mpp
+        if resolution is None and info.anisotropic is not None:
+            (y, x), axis = info.anisotropic, "y" if info.anisotropic[0] > info.anisotropic[1] else "x"
+            raise InvalidInputError(
+                f"{path}: anisotropic pixels ({y:g} µm in y, {x:g} µm in x); resample the image along {axis} "
+                f"to {min(y, x):g} µm per pixel first (or pass --mpp to store it at one pixel size)"
+            )
         if resolution is None:
             raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
+        if jpeg_quality is not None and lossless:
+            raise InvalidInputError(f"{path}: --jpeg-quality (lossy) and --lossless exclude each other")
+        lossy = JpegEncoded(source, jpeg_quality) if jpeg_quality is not None and source.encoded_tiles() is None else None
         names = list(channel_names) if channel_names else (list(info.channel_names) if info.channel_names else None)
         if names is None:
             names = ["red", "green", "blue"] if info.is_rgb else [f"channel_{i}" for i in range(source.shape[0])]
@@ -87,17 +107,23 @@ def add_image(
             write_table(dst, rel, table)
         if existing is not None and level in existing.spora.source_levels and not overwrite:
             return WriteResult(target, skipped=True)
-        sources: dict[float, ImageSource] = {resolution_value(resolution): source}
+        sources: dict[float, ImageSource] = {resolution_value(resolution): lossy or source}
+        own = source.reduced_levels() if hasattr(source, "reduced_levels") else {}
+        for factor, reduced in own.items():
+            closing.callback(reduced.close)
+            encode = jpeg_quality is not None and reduced.encoded_tiles() is None
+            sources[resolution_value(resolution * factor)] = JpegEncoded(reduced, jpeg_quality) if encode and jpeg_quality else reduced
         if existing is not None:
             group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
             for kept in existing.spora.source_levels:
-                if kept != level:
+                if kept != level and resolution_value(kept) not in sources:
                     sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
         panel = modality_panel(dst, modality) if not info.is_rgb else None
         staging.ensure_groups(posixpath.dirname(target))
         result = write_image(
             dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
             spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite,
+            keep_encoded=not lossless,
         )
     update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]})
     return result

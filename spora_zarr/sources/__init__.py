@@ -1,6 +1,6 @@
 """Image sources: the ``ImageSource`` protocol and its implementations (files, arrays)."""
 
-from .base import ArraySource, ImageSource, SourceInfo
+from .base import ArraySource, EncodedTiles, ImageSource, SourceInfo
 from .files import RASTER_SUFFIXES, open_source
 from .legacy import LegacyZarrSource
 from .tiff import TIFF_SUFFIXES, TiffSource
@@ -9,6 +9,7 @@ __all__ = [
     "RASTER_SUFFIXES",
     "TIFF_SUFFIXES",
     "ArraySource",
+    "EncodedTiles",
     "ImageSource",
     "LegacyZarrSource",
     "SourceInfo",

@@ -12,6 +12,7 @@ pyramid, staging, resume and validation without a writer of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
@@ -40,6 +41,29 @@ class SourceInfo:
     channel_names: list[str] | None = None
     mpp: float | None = None
     is_rgb: bool = False
+    #: (y, x) microns per pixel when they differ (``mpp`` is then ``None``): anisotropic pixels.
+    anisotropic: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class EncodedTiles:
+    """A source whose pixels are JPEG tiles the writer may keep as they are, as the chunks of its array.
+
+    Attributes
+    ----------
+    codec
+        The ``imagecodecs_jpeg`` configuration that decodes one tile to
+        ``(tile_h, tile_w, C)`` exactly as the source's own decoder does
+        (``tables`` and ``header`` as bytes).
+    tile
+        ``(tile_h, tile_w)``; edge tiles are full-size (padded), as zarr's chunks are.
+    read
+        The bytes of tile ``(row, col)``; empty where the source has none.
+    """
+
+    codec: dict[str, Any]
+    tile: tuple[int, int]
+    read: Callable[[int, int], bytes]
 
 
 @runtime_checkable
@@ -72,6 +96,17 @@ class ImageSource(Protocol):
         if (z0, z1) != (0, 1):
             raise InvalidInputError(f"{self.name}: a 2-D image has no planes {z0}:{z1}")
         return self.read(y0, y1, x0, x1)[:, None]
+
+    def reduced_levels(self) -> dict[int, ImageSource]:
+        """The source's own reduced images at ``2**k`` of its size, by factor (a slide's pyramid); none by default.
+
+        The writer stores them pixel-exact as pyramid levels; the caller closes them.
+        """
+        return {}
+
+    def encoded_tiles(self) -> EncodedTiles | None:
+        """The source's JPEG tiles, when the writer may keep them as chunks (``None``: pixels only)."""
+        return None
 
     def close(self) -> None:
         """Release files and threads; the source is not read afterwards."""

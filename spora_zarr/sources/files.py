@@ -1,4 +1,4 @@
-"""Open an image file as a source by its suffix: TIFF/OME-TIFF, a legacy ``.zarr`` array, PNG/JPEG."""
+"""Open an image file as a source by its suffix: TIFF/OME-TIFF/slide, a legacy ``.zarr`` array, PNG/JPEG."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def open_source(path: str, fs: Any = None) -> ImageSource:
-    """Open an image file by its suffix: TIFF/OME-TIFF, a legacy ``.zarr`` array, PNG/JPEG."""
+    """Open an image file by its suffix: TIFF/OME-TIFF/SVS/NDPI, a legacy ``.zarr`` array, PNG/JPEG."""
     lower = path.lower().rstrip("/")
     if lower.endswith(TIFF_SUFFIXES):
         return TiffSource(path, fs)
@@ -35,7 +35,7 @@ def open_source(path: str, fs: Any = None) -> ImageSource:
         is_rgb = data.ndim == 3
         array = data[..., :3].transpose(2, 0, 1) if is_rgb else data
         return ArraySource(np.ascontiguousarray(array), name=path, info=SourceInfo(is_rgb=is_rgb))
-    raise InvalidInputError(f"{path}: unsupported image format (expected .tif, .tiff, .zarr, .png or .jpg)")
+    raise InvalidInputError(f"{path}: unsupported image format (expected .tif, .tiff, .svs, .ndpi, .zarr, .png or .jpg)")
 
 
 def _is_local_fs(fs: Any) -> bool:

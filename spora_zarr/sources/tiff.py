@@ -1,9 +1,16 @@
-"""TIFF and OME-TIFF sources: one series, a series per channel page, RGB, OME channel names and pixel size."""
+"""TIFF, OME-TIFF and slide sources (Aperio SVS, Hamamatsu NDPI, tiled pyramidal TIFF).
+
+One series, a series per channel page, RGB; OME channel names; the pixel size
+from OME ``PhysicalSizeX/Y``, Aperio's ``MPP`` or the TIFF resolution tags; a
+slide's own reduced levels; its JPEG tiles for the writer to keep as chunks.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from typing import Any
@@ -11,9 +18,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from .base import AxesView, ImageSource, SourceInfo, reason
+from .base import AxesView, EncodedTiles, ImageSource, SourceInfo, reason
 
-TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi")
+
+#: Microns per unit of OME ``PhysicalSize*Unit`` spellings.
+_OME_UNITS = {
+    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "nm": 1e-3, "pm": 1e-6, "Å": 1e-4, "angstrom": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6,
+}  # fmt: skip
+#: Microns per TIFF ``ResolutionUnit`` (2 inch, 3 centimeter; 4 and 5 as some writers use them).
+_RESOLUTION_UNITS = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
+#: A TIFF resolution coarser than this many microns per pixel is a screen's dpi (72, 96, 300), not a microscope's.
+_MAX_TAG_MPP = 100.0
+_APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 
 
 class _TiffSegments:
@@ -162,14 +180,17 @@ class TiffSource(ImageSource):
 
     Channels are the non-spatial axes of the first series (``CYX``, ``SYX``,
     ``YXS`` for RGB) or, when a file holds one ``YX`` series per page (a TIFF
-    written one page per channel), the pages in file order.
+    written one page per channel), the pages in file order. ``level`` opens a
+    reduced level of the first series' pyramid (a slide's, an OME-TIFF's
+    SubIFDs), ``page`` one page of the file, instead of the full-size image.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fs: Any = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], fs: Any = None, *, level: int = 0, page: int | None = None) -> None:
         import tifffile
         import zarr
 
         self.name = os.fspath(path)
+        self._fs, self._level, self._page = fs, level, page
         self._handle = fs.open(self.name, "rb") if fs is not None else None
         try:
             self._tiff = tifffile.TiffFile(self._handle if self._handle is not None else self.name)
@@ -178,13 +199,20 @@ class TiffSource(ImageSource):
                 raise ValueError("no image series")
             first = series[0]
             planes = [first]
-            if not self._tiff.is_ome and len(series) > 1 and all(
+            if page is not None:
+                one = self._tiff.pages[page]
+                first = tifffile.TiffPageSeries([one], one.shape, one.dtype, one.axes)
+                planes = [first]
+            elif not self._tiff.is_ome and len(series) > 1 and all(
                 s.axes == "YX" and s.shape == first.shape and s.dtype == first.dtype for s in series
             ):
                 planes = list(series)
-            self._views = [AxesView(zarr.open(s.aszarr(level=0), mode="r"), s.axes, self.name) for s in planes]
+            if level and (len(planes) > 1 or level >= len(first.levels)):
+                raise InvalidInputError(f"{self.name}: no reduced level {level}")
+            self._views = [AxesView(zarr.open(s.aszarr(level=level), mode="r"), s.axes, self.name) for s in planes]
             self.info = self._read_info(first)
-            self._segments = _TiffSegments.create(self._tiff, planes, os.cpu_count() or 1)
+            self._image = first.levels[level]  # the series or level read, for its tiles
+            self._segments = _TiffSegments.create(self._tiff, [s.levels[level] for s in planes], os.cpu_count() or 1)
             if self._segments is not None and self._segments.channels != sum(v.channels for v in self._views):
                 self._segments.close()
                 self._segments = None
@@ -205,11 +233,116 @@ class TiffSource(ImageSource):
 
     def _read_info(self, series: Any) -> SourceInfo:
         info = SourceInfo(is_rgb=series.axes.endswith("S") and series.shape[-1] in (3, 4))
+        pixel: tuple[float, float] | None = None
         if self._tiff.is_ome and self._tiff.ome_metadata:
-            info.channel_names, info.mpp = _ome_channels_and_mpp(self._tiff.ome_metadata)
+            info.channel_names, pixel = _ome_channels_and_pixel_size(self._tiff.ome_metadata)
             if info.is_rgb and info.channel_names is not None and len(info.channel_names) != 3:
                 info.channel_names = None  # one OME channel of 3 samples: the colour planes, named red/green/blue by the writer
+        page = series.keyframe
+        if pixel is None and self._tiff.is_svs:
+            found = _APERIO_MPP.search(page.description or "")
+            pixel = (float(found.group(1)), float(found.group(1))) if found else None
+        if pixel is None:
+            pixel = _resolution_tags_mpp(page)
+        if pixel is not None:
+            if math.isclose(pixel[0], pixel[1], rel_tol=1e-3):
+                info.mpp = pixel[1]
+            else:
+                info.anisotropic = pixel
         return info
+
+    def reduced_levels(self) -> dict[int, ImageSource]:
+        """The image's own reduced levels at ``2**k`` of the full size (each to the pixel), by factor.
+
+        The levels of the first series' pyramid and, for a one-page image (a
+        slide), the file's other tiled pages of the same kind (an SVS written
+        without a thumbnail page, or page by page). Images at other factors
+        (thumbnails, label and macro images) are left out: the writer computes
+        its levels by halving.
+        """
+        if self._level or self._page is not None or len(self._views) != 1:
+            return {}
+        series = self._tiff.series[0]
+        _, height, width = self.shape
+        found: dict[int, dict[str, int]] = {}
+
+        def consider(where: dict[str, int], shape: tuple[int, ...], axes: str) -> None:
+            if axes != series.axes or [n for n, a in zip(shape, axes) if a not in "YX"] != [
+                n for n, a in zip(series.shape, axes) if a not in "YX"
+            ]:
+                return
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
+            k = round(math.log2(width / w)) if w else 0
+            factor = 2**k
+            if k >= 1 and factor not in found and abs(w - width / factor) <= 1 and abs(h - height / factor) <= 1:
+                found[factor] = where
+
+        for index, level in enumerate(series.levels[1:], start=1):
+            consider({"level": index}, level.shape, level.axes)
+        if len(series.pages) == 1 and len(self._tiff.pages) <= 64:
+            base = series.pages[0]
+            for index in range(len(self._tiff.pages)):
+                page = self._tiff.pages[index]
+                if page is not None and index != getattr(base, "index", -1) and getattr(page, "is_tiled", False):
+                    consider({"page": index}, page.shape, page.axes)
+        levels: dict[int, ImageSource] = {}
+        try:
+            for factor, where in sorted(found.items()):
+                levels[factor] = TiffSource(self.name, self._fs, **where)
+        except BaseException:
+            for opened in levels.values():
+                opened.close()
+            raise
+        return levels
+
+    def encoded_tiles(self) -> EncodedTiles | None:
+        """The JPEG tiles of a tiled, JPEG-compressed 8-bit RGB image (SVS, generic tiled TIFF); else ``None``.
+
+        NDPI's JPEG (restart intervals of one stream, not tiles) and anything
+        else is read as pixels.
+        """
+        import tifffile
+
+        if len(self._views) != 1:
+            return None
+        level = self._image
+        page = level.keyframe
+        if (
+            len(level.pages) != 1
+            or level.axes != "YXS"
+            or not page.is_tiled
+            or page.compression != 7
+            or page.photometric not in (2, 6)
+            or page.samplesperpixel != 3
+            or page.planarconfig != 1
+            or page.extrasamples
+            or page.bitspersample != 8
+            or page.imagedepth != 1
+            or page.is_ndpi
+            or getattr(page, "jpegheader", None) is not None
+        ):
+            return None
+        colorspace, outcolorspace = tifffile.tifffile.jpeg_decode_colorspace(
+            page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
+        )
+        codec: dict[str, Any] = {}
+        if page.jpegtables is not None:
+            codec["tables"] = bytes(page.jpegtables)
+        for key, value in (("colorspace_jpeg", colorspace), ("colorspace_data", outcolorspace)):
+            if value is not None:
+                codec[key] = _jpeg_colorspace_name(value)
+        columns = -(-page.imagewidth // page.tilewidth)
+        offsets, counts, handle = page.dataoffsets, page.databytecounts, self._tiff.filehandle
+
+        def read(row: int, col: int) -> bytes:
+            index = row * columns + col
+            if not counts[index]:
+                return b""
+            with handle.lock:
+                handle.seek(offsets[index])
+                return bytes(handle.read(counts[index]))
+
+        return EncodedTiles(codec=codec, tile=(page.tilelength, page.tilewidth), read=read)
 
     def read(self, y0: int, y1: int, x0: int, x1: int, out: np.ndarray | None = None) -> np.ndarray:
         """The window ``(C, h, w)``; with ``out`` (that shape and dtype) written into it and ``out`` returned."""
@@ -242,17 +375,54 @@ class TiffSource(ImageSource):
         raise TypeError("TiffSource holds an open file; pass the path to another process instead")
 
 
-def _ome_channels_and_mpp(xml: str) -> tuple[list[str] | None, float | None]:
-    """Channel names and the y/x pixel size in micrometers from OME-XML."""
+def _ome_channels_and_pixel_size(xml: str) -> tuple[list[str] | None, tuple[float, float] | None]:
+    """Channel names and the (y, x) pixel size in micrometers from OME-XML.
+
+    A channel without a ``Name`` is named by its ``Fluor``, else ``channel_<i>``
+    (never its ``ID``, ``Channel:0:0``). A size in a unit not known here is
+    no size (the caller asks for ``--mpp``).
+    """
     root = ET.fromstring(xml)
     pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")), None)
     if pixels is None:
         return None, None
-    names = [ch.get("Name") or ch.get("ID") or f"channel_{i}" for i, ch in enumerate(el for el in pixels if el.tag.endswith("}Channel"))]
-    size = pixels.get("PhysicalSizeX") or pixels.get("PhysicalSizeY")
-    unit = pixels.get("PhysicalSizeXUnit", "µm")
-    mpp = None
-    if size is not None:
-        factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
-        mpp = float(size) * factor if factor else None
-    return (names or None), mpp
+    channels = [el for el in pixels if el.tag.endswith("}Channel")]
+    names = [(ch.get("Name") or ch.get("Fluor") or "").strip() or f"channel_{i}" for i, ch in enumerate(channels)]
+    sizes = {}
+    for axis in ("Y", "X"):
+        size, unit = pixels.get(f"PhysicalSize{axis}"), pixels.get(f"PhysicalSize{axis}Unit", "µm").strip()
+        factor = _OME_UNITS.get(unit, _OME_UNITS.get(unit.lower()))
+        try:
+            value = float(size) * factor if size is not None and factor else None
+        except ValueError:
+            value = None
+        if value is not None and 0 < value < float("inf"):
+            sizes[axis] = value
+    if not sizes:
+        return (names or None), None
+    y, x = sizes.get("Y", sizes.get("X")), sizes.get("X", sizes.get("Y"))
+    return (names or None), (float(y), float(x))  # type: ignore[arg-type]
+
+
+def _resolution_tags_mpp(page: Any) -> tuple[float, float] | None:
+    """(y, x) microns per pixel from the TIFF resolution tags, when they have a length unit and a microscope's scale."""
+    tags = page.tags
+    unit = _RESOLUTION_UNITS.get(int(tags.valueof("ResolutionUnit", 2)))
+    values = [tags.valueof(name) for name in ("YResolution", "XResolution")]
+    if unit is None or any(v is None for v in values):
+        return None
+    try:
+        per_unit = [v[0] / v[1] if isinstance(v, tuple) else float(v) for v in values]
+    except (ZeroDivisionError, TypeError, IndexError):
+        return None
+    if any(not p > 0 for p in per_unit):
+        return None
+    mpp = (unit / per_unit[0], unit / per_unit[1])
+    return mpp if max(mpp) <= _MAX_TAG_MPP else None
+
+
+def _jpeg_colorspace_name(value: int | str) -> str:
+    """A libjpeg colour space (tifffile passes the photometric number) by its imagecodecs name."""
+    import imagecodecs
+
+    return value if isinstance(value, str) else imagecodecs.JPEG8.CS(int(value)).name

@@ -1,6 +1,8 @@
 """Write one image or mask as an NGFF 0.5 multiscale group, streaming and crash-safe.
 
-Levels that exist as source files are copied pixel-exact; coarser levels are
+Levels that exist as source files are copied pixel-exact (a JPEG slide's
+tiles kept as they are, as the chunks of the level: :func:`_write_encoded`);
+coarser levels are
 computed block by block in a depth-first quadtree over shard-sized blocks, so a
 block of every level is written exactly once, as a whole shard, and memory
 holds one block per level whatever the size of the slide.
@@ -29,7 +31,8 @@ from zarr.codecs import BloscCname, BloscCodec, BloscShuffle
 
 from ..errors import InvalidInputError
 from ..read.engines import process as _engines
-from ..sources import ImageSource
+from ..sources import EncodedTiles, ImageSource
+from ..store.codecs import jpeg_chunk_codecs
 from ..store.location import Location
 from ..store.metadata import GroupMetadata, SporaGroupAttributes
 from ..store.staging import Staging
@@ -247,6 +250,7 @@ def write_image(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     z_mpp: float | None = None,
+    keep_encoded: bool = False,
 ) -> WriteResult:
     """Write an image given its sources per resolution (mpp -> ``(C, H, W)`` source) as a multiscale group.
 
@@ -255,7 +259,9 @@ def write_image(
     modality's channel names in ``channels.parquet`` order) gives each
     channel the colour of its panel position. Sources of a z stack
     (``nz > 1``) give axes ``c, z, y, x`` with ``z_mpp`` microns between
-    planes (default: the finest y/x mpp).
+    planes (default: the finest y/x mpp). With ``keep_encoded``, a source
+    level that offers its JPEG tiles (:meth:`ImageSource.encoded_tiles`) keeps
+    them as its chunks (``imagecodecs_jpeg``, ``docs/store_layout.md``).
     """
     shape = _first(sources).shape
     z_scale = _z_scale(sources, z_mpp)
@@ -272,7 +278,9 @@ def write_image(
             z_mpp=z_scale,
         )
 
-    return _write_multiscale(Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress)
+    return _write_multiscale(
+        Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress, keep_encoded
+    )
 
 
 def write_labels(
@@ -326,6 +334,7 @@ def _write_multiscale(
     options: WriteOptions | None,
     overwrite: bool,
     progress: ProgressCallback | None,
+    keep_encoded: bool = False,
 ) -> WriteResult:
     options = options or WriteOptions()
     staging = Staging(location)
@@ -356,7 +365,10 @@ def _write_multiscale(
             arrays = _create_arrays(
                 location, f"{area}/{path}", levels, stored, options, labels, compressors, depth, shard=edge if options.shard else None
             )
-            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth)
+            encoded = _encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
+            for index, tiles in encoded.items():
+                arrays[index] = _write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options)
+            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded))
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer.sample()).to_attributes())
         staging.promote(area, path)
@@ -425,8 +437,68 @@ def _create_arrays(
     return arrays
 
 
+def _encoded_levels(sources: list[ImageSource], dtype: np.dtype) -> dict[int, EncodedTiles]:
+    """The source levels (by index) whose JPEG tiles are kept as chunks: uint8 sources that offer them."""
+    if dtype != np.uint8:
+        return {}
+    found = {}
+    for index, source in enumerate(sources):
+        tiles = source.encoded_tiles() if hasattr(source, "encoded_tiles") else None
+        if tiles is not None:
+            found[index] = tiles
+    return found
+
+
+def _write_encoded(location: Location, name: str, level: Level, tiles: EncodedTiles, options: WriteOptions) -> zarr.Array:
+    """The level array at ``name`` with the source's JPEG tiles as its ``(C, tile_h, tile_w)`` chunks, shard by shard.
+
+    Shards hold about ``options.shard`` px of tiles a side; each is written whole
+    (chunk bytes, then the index of ``(offset, size)`` pairs and its crc32c, as
+    zarr's sharding codec lays it out). A tile the source lacks is left out of
+    its shard's index (read back as the fill value 0, as tifffile reads it).
+    """
+    import google_crc32c
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    (tile_h, tile_w), (channels, height, width) = tiles.tile, level.shape
+    per_shard = max(1, round((options.shard or max(tile_h, tile_w)) / max(tile_h, tile_w)))
+    filters, serializer = jpeg_chunk_codecs(tiles.codec)
+    with zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}):  # zarrs lacks this codec
+        array = zarr.create_array(
+            location.zarr_store(), name=name, shape=level.shape, dtype=np.uint8, fill_value=0,
+            chunks=(channels, tile_h, tile_w), shards=(channels, tile_h * per_shard, tile_w * per_shard),
+            filters=[filters], serializer=serializer, compressors=None, dimension_names=("c", "y", "x"), overwrite=True,
+        )
+    rows, cols = -(-height // tile_h), -(-width // tile_w)
+    prototype = default_buffer_prototype()
+    for sy in range(-(-rows // per_shard)):
+        for sx in range(-(-cols // per_shard)):
+            index = np.full((per_shard, per_shard, 2), 2**64 - 1, dtype="<u8")
+            parts, offset = [], 0
+            for i in range(per_shard):
+                for j in range(per_shard):
+                    row, col = sy * per_shard + i, sx * per_shard + j
+                    data = tiles.read(row, col) if row < rows and col < cols else b""
+                    if data:
+                        index[i, j] = (offset, len(data))
+                        parts.append(data)
+                        offset += len(data)
+            if not parts:
+                continue
+            table = index.tobytes()
+            body = b"".join([*parts, table, google_crc32c.value(table).to_bytes(4, "little")])
+            key = array.metadata.encode_chunk_key((0, sy, sx))
+            sync((array.store_path / key).set(prototype.buffer.from_bytes(body)))
+    return array
+
+
 class _Streamer:
-    """Streams the sources through the levels, writing each shard-sized block once (plane by plane for a stack)."""
+    """Streams the sources through the levels, writing each shard-sized block once (plane by plane for a stack).
+
+    Levels in ``kept`` already hold their source's encoded chunks: they are read
+    (to compute the levels below them) but not written.
+    """
 
     def __init__(
         self,
@@ -438,8 +510,10 @@ class _Streamer:
         labels: bool,
         progress: ProgressCallback | None,
         depth: int = 1,
+        kept: set[int] | None = None,
     ) -> None:
         self.levels, self.arrays, self.sources, self.shrink = levels, arrays, sources, shrink
+        self.kept = kept or set()
         self.depth, self.plane = depth, 0
         self.labels, self.progress = labels, progress
         self.edge = edge
@@ -488,6 +562,8 @@ class _Streamer:
             return
         if index == len(self.levels) - 1 and self.plane in self._sampled_planes:
             self._samples.append(block[:, :: self._stride, :: self._stride].copy())
+        if index in self.kept:
+            return
         array = self.arrays[index]
         region: tuple[int | slice, ...] = (slice(y0, y0 + block.shape[1]), slice(x0, x0 + block.shape[2]))
         if self.depth > 1:
@@ -517,6 +593,8 @@ class _Streamer:
     # -- the two traversals ---------------------------------------------------
     def _copy_level(self, index: int) -> None:
         """A finer source level that nothing is computed from: copied block by block."""
+        if index in self.kept:
+            return
         _, height, width = self.levels[index].shape
         for y0 in range(0, height, self.edge):
             for x0 in range(0, width, self.edge):

@@ -17,7 +17,8 @@ a bad call is an error, never a write out of bounds.
 Measured on 2 cores (docs/benchmarks.md), this reads 224 px windows of the
 converter's layout several times faster than tensorstore. It is fork safe:
 no file descriptors are held between reads, cached indexes are plain data and
-a forked child starts helper threads of its own. Any other layout (another
+a forked child starts helper threads of its own. Arrays of JPEG chunks (a
+slide's tiles) are read by :mod:`.jpeg` under this engine's name. Any other layout (another
 codec, a transpose, big-endian bytes, nested shards, a remote store) raises
 :class:`UnsupportedLayout` when opened, and the caller reads it with another
 engine; so does every array when the compiled loop is not built
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     import zarr
 
     from ...store.location import Location
+    from .jpeg import JpegArray
 
 __all__ = ["DirectArray", "UnsupportedLayout", "available", "open_direct", "set_threads"]
 
@@ -176,7 +178,7 @@ def _scratch(nbytes: int) -> int:
     return _LOCAL.scratch_address
 
 
-def open_direct(location: Location, path: str, meta: zarr.Array) -> DirectArray:
+def open_direct(location: Location, path: str, meta: zarr.Array) -> DirectArray | JpegArray:
     """The direct engine for the array at ``<location>/<path>`` (``meta``: its zarr handle); local stores only.
 
     Raises
@@ -184,6 +186,10 @@ def open_direct(location: Location, path: str, meta: zarr.Array) -> DirectArray:
     UnsupportedLayout
         The array is not in a layout the direct engine reads, or the compiled loop is not built.
     """
+    from .jpeg import JpegArray, is_jpeg_layout
+
+    if is_jpeg_layout(meta.metadata):  # a slide's JPEG tiles kept as chunks
+        return JpegArray(location.fs_path(path), meta.metadata, _THREADS)
     return DirectArray(location.fs_path(path), meta.metadata)
 
 

@@ -11,7 +11,8 @@ import zarr
 
 from ...store.location import Location
 from . import process
-from .base import DATA_ERRORS, damaged
+from .base import DATA_ERRORS, UnsupportedLayout, damaged
+from .jpeg import is_jpeg_layout
 
 __all__ = ["TensorstoreEngine", "set_threads"]
 
@@ -57,6 +58,8 @@ class TensorstoreEngine:
     engine = "tensorstore"
 
     def __init__(self, location: Location, path: str, meta: zarr.Array) -> None:
+        if is_jpeg_layout(meta.metadata):
+            raise UnsupportedLayout("tensorstore has no imagecodecs_jpeg codec (a JPEG slide's chunks)")
         self._where = location.join(path)
         self._store: Any = None
         self._lock = threading.Lock()

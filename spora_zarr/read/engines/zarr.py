@@ -32,6 +32,7 @@ from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.storage import StorePath, WrapperStore
 
 from ...errors import InvalidInputError, NotFoundError
+from ...store import codecs as _codecs  # noqa: F401 - registers the JPEG codec of slide arrays
 from ...store.location import Location
 from . import process
 from .base import DATA_ERRORS, damaged
@@ -158,8 +159,10 @@ class ZarrsEngine:
 
 
 def open_zarrs(location: Location, path: str, meta: zarr.Array) -> ZarrsEngine | ZarrEngine:
-    """The zarrs engine where zarrs reads the store, else zarr-python's own pipeline."""
-    if _zarrs_supports(meta.store):
+    """The zarrs engine where zarrs reads the store and the codecs, else zarr-python's own pipeline."""
+    from .jpeg import is_jpeg_layout
+
+    if _zarrs_supports(meta.store) and not is_jpeg_layout(meta.metadata):
         return ZarrsEngine(location, path, meta)
     return ZarrEngine(location, path, meta)
 

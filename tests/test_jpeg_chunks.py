@@ -1,0 +1,163 @@
+"""A JPEG slide at its own size: its tiles kept as the chunks, read back exactly by zarr-python, the direct engine, napari."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from spora_zarr import add_image, validate_store
+from spora_zarr.cli import main
+from spora_zarr.datasets import HEImagingDataset
+from spora_zarr.napari.levels import LazyLevel, WindowCache
+from spora_zarr.read.levels import open_level
+from spora_zarr.testing.slides import he_like, write_svs
+
+LEVEL0, LEVEL1 = "he/images/A/0_252mpp", "he/images/A/1_008mpp"
+
+
+def _size(path: Path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slide") / "slide.svs"
+    write_svs(path, he_like(700, 1000, seed=4), factors=(4,), tile=128)  # edge tiles padded on both axes
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(slide: Path) -> Path:
+    store = slide.parent / "cohort.zarr"
+    add_image(store, str(slide), modality="he", tissue_id="A")
+    return store
+
+
+def _codec_names(array: zarr.Array) -> list[str]:
+    codecs = array.metadata.codecs
+    inner = codecs[0].codecs if len(codecs) == 1 and hasattr(codecs[0], "codecs") else codecs
+    return [codec.to_dict()["name"] for codec in inner]
+
+
+def test_the_slide_tiles_are_the_chunks_and_the_store_is_the_slide_size(slide: Path, store: Path) -> None:
+    group = zarr.open_group(store / "he/images/A", mode="r")
+    for name in ("0_252mpp", "1_008mpp"):
+        assert _codec_names(group[name]) == ["transpose", "imagecodecs_jpeg"]
+        assert group[name].chunks == (3, 128, 128)
+    with tifffile.TiffFile(slide) as tiff:  # chunk bytes are the slide's tile bytes, not re-encoded
+        page = tiff.pages[0]
+        tile = tiff.filehandle.read_segments([page.dataoffsets[3]], [page.databytecounts[3]])
+        first = next(iter(tile))[0]
+    assert first in (store / LEVEL0 / "c/0/0/0").read_bytes()
+    assert _size(store / "he/images/A") <= 1.3 * slide.stat().st_size
+    assert validate_store(store) == []
+
+
+def test_zarr_python_reads_the_exact_pixels_of_tifffile(slide: Path, store: Path) -> None:
+    group = zarr.open_group(store / "he/images/A", mode="r")
+    np.testing.assert_array_equal(group["0_252mpp"][:], tifffile.imread(slide).transpose(2, 0, 1))
+    np.testing.assert_array_equal(group["1_008mpp"][:], tifffile.imread(slide, series=0, level=1).transpose(2, 0, 1))
+
+
+def test_the_direct_engine_and_read_tile_decode_the_jpeg_chunks(slide: Path, store: Path) -> None:
+    expected = tifffile.imread(slide).transpose(2, 0, 1)
+    reader = open_level(store, LEVEL0)
+    assert reader.engine == "direct"
+    rng = np.random.default_rng(0)
+    windows = [(int(y), int(x)) for y, x in zip(rng.integers(-50, 700, 20), rng.integers(-50, 1000, 20))] + [(600, 900), (0, 0)]
+    for y, x in windows:
+        got = reader.read(y, x, 224, 224)
+        np.testing.assert_array_equal(got, expected[:, max(y, 0) : y + 224, max(x, 0) : x + 224])
+    out = np.empty((2, 224, 224), np.uint8)
+    reader.read(100, 130, 224, 224, channels=[2, 0], out=out)
+    np.testing.assert_array_equal(out, expected[[2, 0], 100:324, 130:354])
+    tile = HEImagingDataset("t", store, 0.252, 224).read_tile("A", 300, 500, preprocess=False)
+    np.testing.assert_array_equal(tile.numpy(), expected[:, 300:524, 500:724])
+
+
+def test_napari_lazy_level_opens_it(slide: Path, store: Path) -> None:
+    level = LazyLevel(open_level(store, LEVEL1), (512, 512), rgb=True, cache=WindowCache(2**26))
+    np.testing.assert_array_equal(np.asarray(level[10:200, 5:300]), tifffile.imread(slide, series=0, level=1)[10:200, 5:300])
+
+
+def test_lossless_keeps_todays_layout(slide: Path, store: Path, tmp_path: Path) -> None:
+    other = tmp_path / "lossless.zarr"
+    assert main(["add-image", str(other), str(slide), "--modality", "he", "--tissue-id", "A", "--lossless"]) == 0
+    group = zarr.open_group(other / "he/images/A", mode="r")
+    assert "imagecodecs_jpeg" not in _codec_names(group["0_252mpp"])
+    assert group["0_252mpp"].chunks == (3, 112, 112)
+    np.testing.assert_array_equal(group["0_252mpp"][:], tifffile.imread(slide).transpose(2, 0, 1))
+    assert _size(other / "he/images/A") > 2 * _size(store / "he/images/A")
+
+
+def _child_read(store: str, queue: object) -> None:
+    reader = open_level(store, LEVEL0)
+    queue.put((reader.engine, reader.read(40, 60, 224, 300)))  # type: ignore[attr-defined]
+
+
+def test_a_forked_child_reads_after_the_parent_did(slide: Path, store: Path) -> None:
+    import multiprocessing
+
+    open_level(store, LEVEL0).read(0, 0, 300, 300)  # the parent's decode threads exist now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_read, args=(str(store), queue))
+    child.start()
+    engine, window = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and engine == "direct"
+    np.testing.assert_array_equal(window, tifffile.imread(slide)[40:264, 60:360].transpose(2, 0, 1))
+
+
+def test_a_lossy_opt_in_stores_other_rgb_images_as_jpeg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = np.asarray(he_like(300, 700, seed=7))
+    path = tmp_path / "he.tif"
+    tifffile.imwrite(
+        path, image, photometric="rgb", tile=(64, 64), compression="zlib", resolution=(40000, 40000), resolutionunit="CENTIMETER"
+    )
+    store, plain = tmp_path / "lossy.zarr", tmp_path / "plain.zarr"
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A", "--jpeg-quality", "90"]) == 0
+    add_image(plain, str(path), modality="he", tissue_id="A")
+    array = zarr.open_array(store / "he/images/A/0_25mpp", mode="r")
+    assert _codec_names(array) == ["transpose", "imagecodecs_jpeg"]
+    stored = array[:]
+    assert np.abs(stored.astype(int) - image.transpose(2, 0, 1)).mean() < 4  # lossy, but close
+    np.testing.assert_array_equal(open_level(store, "he/images/A/0_25mpp").read(0, 0, 300, 700), stored)  # one decode, every reader
+    assert _size(store / "he/images/A") < _size(plain / "he/images/A") / 2
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, np.zeros((32, 32), np.uint16))
+    assert main(["add-image", str(store), str(gray), "--modality", "imc", "--tissue-id", "B", "--mpp", "1", "--jpeg-quality", "90"]) == 1
+    assert "JPEG storage is for 8-bit RGB images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("asked", "reads"), [("tensorstore", "zarr"), ("zarrs", "zarr"), ("zarr", "zarr")])
+def test_engines_without_the_codec_hand_it_to_zarr_python(slide: Path, store: Path, asked: str, reads: str) -> None:
+    reader = open_level(store, LEVEL1, engine=asked)
+    assert reader.engine == reads
+    np.testing.assert_array_equal(reader.read(0, 0, 100, 90), tifffile.imread(slide, series=0, level=1)[:100, :90].transpose(2, 0, 1))
+
+
+def test_plain_zarr_python_finds_the_codec_by_the_projects_entry_point(slide: Path, store: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    entry = project["project"]["entry-points"]["zarr.codecs"]["imagecodecs_jpeg"]
+    info = tmp_path / "spora_entry-0.dist-info"  # the installed metadata of the project's entry point, as pip writes it
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: spora-entry\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(f"[zarr.codecs]\nimagecodecs_jpeg = {entry}\n")
+    code = (
+        "import sys, zarr, numpy as np; assert 'spora_zarr' not in sys.modules; "
+        f"print(zarr.open_array({str(store / LEVEL1)!r}, mode='r')[:].tobytes().hex())"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    expected = tifffile.imread(slide, series=0, level=1).transpose(2, 0, 1)
+    assert bytes.fromhex(out.strip()) == np.ascontiguousarray(expected).tobytes()
