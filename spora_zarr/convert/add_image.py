@@ -87,17 +87,18 @@ def add_image(
             write_table(dst, rel, table)
         if existing is not None and level in existing.spora.source_levels and not overwrite:
             return WriteResult(target, skipped=True)
-        sources: dict[float, ImageSource] = {resolution_value(resolution): source}
+        sources: dict[float, ImageSource] = dict(source.levels(resolution_value(resolution)))
         if existing is not None:
             group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
             for kept in existing.spora.source_levels:
-                if kept != level:
+                if kept not in {resolution_name(mpp) for mpp in sources}:
                     sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
         panel = modality_panel(dst, modality) if not info.is_rgb else None
         staging.ensure_groups(posixpath.dirname(target))
         result = write_image(
             dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
             spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite,
+            z_mpp=info.z_mpp,
         )
     update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]})
     return result

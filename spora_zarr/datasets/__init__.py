@@ -14,6 +14,7 @@ from .imaging import (
     SingleIHCImagingDataset,
     Standardizer,
     identity_standardizer,
+    label_dtype,
     resolve_standardizer,
 )
 from .modalities import (
@@ -54,6 +55,7 @@ __all__ = [
     "TissueMask",
     "as_multiplex_modality",
     "identity_standardizer",
+    "label_dtype",
     "pixel_scale",
     "resolve_standardizer",
 ]

@@ -33,11 +33,14 @@ class SourceInfo:
         Microns per pixel on y/x, when the source records it.
     is_rgb
         Whether the channels are the red, green and blue of a colour image.
+    z_mpp
+        Microns between z planes of a stack, when the source records it.
     """
 
     channel_names: list[str] | None = None
     mpp: float | None = None
     is_rgb: bool = False
+    z_mpp: float | None = None
 
 
 @runtime_checkable
@@ -70,6 +73,10 @@ class ImageSource(Protocol):
         if (z0, z1) != (0, 1):
             raise InvalidInputError(f"{self.name}: a 2-D image has no planes {z0}:{z1}")
         return self.read(y0, y1, x0, x1)[:, None]
+
+    def levels(self, mpp: float) -> dict[float, ImageSource]:
+        """This source at ``mpp`` and the coarser levels its file stores that are kept pixel-exact, by mpp (here: none)."""
+        return {mpp: self}
 
     def close(self) -> None:
         """Release files and threads; the source is not read afterwards."""

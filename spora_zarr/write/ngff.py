@@ -170,9 +170,13 @@ def label_metadata(
     levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str,
     z_mpp: float | None = None,
 ) -> GroupMetadata:
-    """The metadata of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes."""
+    """The metadata of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes.
+
+    ``image-label.colors`` makes the background (0) transparent; other ids keep the viewer's colours
+    (a whole-slide mask has too many to list).
+    """
     entry = multiscales_metadata(levels, name=name, method=Method.MODE, labels=True, z_mpp=z_mpp)
-    image_label: dict[str, Any] = {"version": NGFF_VERSION}
+    image_label: dict[str, Any] = {"version": NGFF_VERSION, "colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]}
     if source_image:
         image_label["source"] = {"image": source_image}
     ome = {"version": NGFF_VERSION, "multiscales": [entry], "image-label": image_label}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import posixpath
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -240,11 +241,28 @@ def write_labels(
     def metadata(levels: list[Level], sample: np.ndarray) -> GroupMetadata:
         extra = {"kind": "label", "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
-        return label_metadata(
-            levels, name=display_name(path), source_image=source_image, spora=attributes, where=path, z_mpp=z_scale
-        )
+        source = _label_source(Location.parse(location), path, source_image, levels)
+        return label_metadata(levels, name=display_name(path), source_image=source, spora=attributes, where=path, z_mpp=z_scale)
 
     return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress)
+
+
+def _label_source(location: Location, path: str, source_image: str | None, levels: Sequence[Level]) -> str | None:
+    """``source_image``, unless the image it names exists with other levels than the label's.
+
+    NGFF: a label's source image MUST have the label's number of levels; a
+    pointer to one that has not is left out rather than written wrong (the
+    spora attributes still name the tissue).
+    """
+    if not source_image:
+        return None
+    attributes = Staging(location).read_attributes(posixpath.normpath(posixpath.join(path, source_image)))
+    ome = (attributes or {}).get("ome")
+    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
+    if multiscales and [d.get("path") for d in multiscales[0].get("datasets", [])] != [level.name for level in levels]:
+        log.info("%s: image-label source %s left out: the image has other levels than the label", path, source_image)
+        return None
+    return source_image
 
 
 def display_name(path: str) -> str:
