@@ -89,24 +89,28 @@ def _ngff_04_by_hand(group: zarr.Group, data: np.ndarray, scale: float) -> None:
     for level, pixels in enumerate((data, data[:, ::2, ::2])):
         group.create_array(str(level), data=pixels[None, :, None], chunks=(1, 1, 1, 32, 32))
         factor = 2.0**level
-        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0, scale * factor, scale * factor]}]})
+        transform = {"type": "scale", "scale": [1.0, 1.0, 1.0, scale * factor, scale * factor]}
+        datasets.append({"path": str(level), "coordinateTransformations": [transform]})
+    window = {"start": 0, "end": 4000, "min": 0, "max": 4000}
     group.attrs.update(
         multiscales=[{"version": "0.4", "name": "sample", "axes": axes, "datasets": datasets}],
-        omero={"version": "0.4", "channels": [{"label": n, "color": "FFFFFF", "window": {"start": 0, "end": 4000, "min": 0, "max": 4000}} for n in NAMES]},
+        omero={"version": "0.4", "channels": [{"label": n, "color": "FFFFFF", "window": window} for n in NAMES]},
     )
 
 
 def _ome_zarr_py_image(path: Path, data: np.ndarray) -> Path:
-    """An NGFF 0.4 image written by ome-zarr-py where installed, else by hand as it writes one (zarr v2)."""
+    """An NGFF 0.4 image written by ome-zarr-py where it is installed, else by hand as it writes one (zarr v2)."""
     try:
+        from ome_zarr.format import FormatV04
         from ome_zarr.io import parse_url
         from ome_zarr.writer import write_image
     except ImportError:
         _ngff_04_by_hand(zarr.open_group(str(path), mode="w", zarr_format=2), data, 0.5)
         return path
-    root = zarr.open_group(parse_url(str(path), mode="w").store, mode="w")  # pragma: no cover - not installed here
-    write_image(data[None, :, None], root, axes="tczyx", coordinate_transformations=[
-        [{"type": "scale", "scale": [1, 1, 1, 0.5 * 2**i, 0.5 * 2**i]}] for i in range(2)], scaler=None)
+    root = zarr.open_group(parse_url(str(path), mode="w", fmt=FormatV04()).store, mode="w", zarr_format=2)
+    scale = {"t": 1.0, "c": 1.0, "z": 1.0, "y": 0.5, "x": 0.5}
+    units = {"y": "micrometer", "x": "micrometer"}
+    write_image(data[None, :, None], root, scale_factors=(2,), axes="tczyx", fmt=FormatV04(), scale=scale, axes_units=units)
     root.attrs["omero"] = {"channels": [{"label": n, "color": "FFFFFF"} for n in NAMES]}
     return path
 

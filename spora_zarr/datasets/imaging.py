@@ -278,7 +278,9 @@ class BaseImagingDataset:
         if target is None:
             return _to_tensor(labels)
         if target.shape != labels.shape or target.dtype != labels.dtype:
-            raise InvalidInputError(f"{self.name}: out must be {labels.dtype} {labels.shape} for this window, got {target.dtype} {target.shape}")
+            raise InvalidInputError(
+                f"{self.name}: out must be {labels.dtype} {labels.shape} for this window, got {target.dtype} {target.shape}"
+            )
         target[...] = labels
         return _tensor_of(target, out)
 

@@ -52,7 +52,8 @@ class AxisView:
     def __init__(self, array: Any, axes: Sequence[str], name: str, *, allow_z: bool = False) -> None:
         if len(axes) != array.ndim or len(set(axes)) != len(axes) or not {"y", "x"} <= set(axes) or not set(axes) <= set("cztyx"):
             raise InvalidInputError(
-                f"{name}: axes {tuple(axes)} of an array of shape {tuple(array.shape)}: expected distinct names among c, z, t, y, x with y and x"
+                f"{name}: axes {tuple(axes)} of an array of shape {tuple(array.shape)}: "
+                "expected distinct names among c, z, t, y, x with y and x"
             )
         self.array, self.axes, self.name = array, tuple(axes), name
         sizes = dict(zip(self.axes, (int(n) for n in array.shape)))
@@ -60,7 +61,7 @@ class AxisView:
             raise InvalidInputError(f"{name}: {sizes['t']} timepoints (axis t); add-image takes one timepoint, write each as its own image")
         self.nz = sizes.get("z", 1)
         if self.nz > 1 and not allow_z:
-            raise InvalidInputError(f"{name}: {self.nz} z planes (axis z); a plain array must be one plane (write a z stack as an NGFF image)")
+            raise InvalidInputError(f"{name}: {self.nz} z planes (axis z); a plain array is one plane (write a z stack as an NGFF image)")
         self.channels, self.height, self.width = sizes.get("c", 1), sizes["y"], sizes["x"]
 
     def read(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -108,7 +109,6 @@ class NgffSource(_AxisSource):
     """Level 0 of an OME-Zarr (NGFF 0.4 or 0.5) image group; :meth:`levels` gives the levels kept as they are."""
 
     def __init__(self, group: Any, name: str) -> None:
-        self.group = group
         image = _image_group(group, name)
         name = name if image is group else f"{name}/{image.path.rsplit('/', 1)[-1]}"
         self.version, ms, omero = _ngff_attributes(image, name)
@@ -117,16 +117,15 @@ class NgffSource(_AxisSource):
         if not datasets or not all(isinstance(d, Mapping) and "path" in d for d in datasets):
             raise InvalidInputError(f"{name}: NGFF multiscales without datasets")
         global_scale = _scale(ms.get("coordinateTransformations"), len(self.axes), name)
-        self._levels: list[tuple[Any, list[float]]] = []
+        self._levels: list[tuple[str, Any, list[float]]] = []  # (name, array, scale) of each level
         for dataset in datasets:
             try:
                 array = image[str(dataset["path"])]
             except Exception as exc:
                 raise InvalidInputError(f"{name}: missing level {dataset['path']!r} ({reason(exc)})") from None
             scale = _scale(dataset.get("coordinateTransformations"), len(self.axes), name)
-            self._levels.append((array, [s * g for s, g in zip(scale, global_scale)]))
-        array, scale = self._levels[0]
-        level_name = f"{name}/{datasets[0]['path']}"
+            self._levels.append((f"{name}/{dataset['path']}", array, [s * g for s, g in zip(scale, global_scale)]))
+        level_name, array, scale = self._levels[0]
         view = AxisView(array, self.axes, level_name, allow_z=True)
         self._microns = [MICRONS_PER_UNIT.get(units.get(a, ""), math.nan) for a in self.axes]
         mpp = self._mpp(scale, level_name)
@@ -153,15 +152,15 @@ class NgffSource(_AxisSource):
 
     def levels(self, mpp: float) -> dict[float, ImageSource]:
         """Level 0 at ``mpp`` and each level whose y/x scale is ``2**k`` times level 0's (same channels and planes), at its mpp."""
-        base = self._levels[0][1]
+        base = self._levels[0][2]
         iy, ix = self.axes.index("y"), self.axes.index("x")
         found: dict[float, ImageSource] = {mpp: self}
-        for index, (array, scale) in enumerate(self._levels[1:], start=1):
+        for level_name, array, scale in self._levels[1:]:
             ratio = scale[ix] / base[ix]
             k = round(math.log2(ratio)) if ratio > 0 else 0
             if k < 1 or not math.isclose(ratio, 2**k, rel_tol=1e-6) or not math.isclose(scale[iy] / base[iy], ratio, rel_tol=1e-6):
                 continue
-            view = AxisView(array, self.axes, f"{self.name}/{index}", allow_z=True)
+            view = AxisView(array, self.axes, level_name, allow_z=True)
             same = (view.channels, view.nz) == (self.view.channels, self.view.nz)
             if same and all(abs(n - m / 2**k) <= 1 for n, m in ((view.height, self.shape[1]), (view.width, self.shape[2]))):
                 found[mpp * 2**k] = _AxisSource(view, self.dtype, self.info)
@@ -211,7 +210,7 @@ def _ngff_attributes(image: Any, name: str) -> tuple[str, Mapping[str, Any], Map
     version = str(ome.get("version") or multiscales[0].get("version") or "")
     if version not in ("0.4", "0.5"):
         raise InvalidInputError(f"{name}: NGFF version {version or '(none)'}; add-image reads NGFF 0.4 and 0.5 images")
-    omero = ome.get("omero") if isinstance(ome.get("omero"), Mapping) else {}
+    omero: Mapping[str, Any] = ome["omero"] if isinstance(ome.get("omero"), Mapping) else {}
     return version, multiscales[0], omero
 
 
