@@ -106,10 +106,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add = commands.add_parser("add-image", help="add one image file to a store (created if missing)")
     add.add_argument("dest", help="the cohort store (created if missing)")
-    add.add_argument("file", help="the image: TIFF / OME-TIFF (channel names and pixel size read from it), PNG or JPEG")
+    add.add_argument(
+        "file", help="the image: TIFF / OME-TIFF or an OME-Zarr image (channel names and pixel size read from it), a zarr array, PNG or JPEG"
+    )
     add.add_argument("--modality", required=True, help="modality directory in the store: he, imc, cycif, ihc/ihc_<marker>, ...")
     add.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
-    add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF when omitted)")
+    add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF / OME-Zarr when omitted)")
     add.add_argument("--channel-names", help="comma-separated channel names")
     layout_options(add)
 

@@ -54,8 +54,9 @@ def add_image(
 ) -> WriteResult:
     """Add one image file as a resolution of ``<modality>/images/<tissue_id>``; create the store if needed.
 
-    OME-TIFF channel names and pixel size are read from the file; other files
-    need ``mpp``. Returns the write's result; ``skipped`` when the image already
+    OME-TIFF and OME-Zarr channel names and pixel size are read from the file
+    (an OME-Zarr image's levels at ``2**k`` are kept as source levels); other
+    files need ``mpp``. Returns the write's result; ``skipped`` when the image already
     has this resolution from a source and ``overwrite`` is false.
     """
     validate_tissue_id(tissue_id, source=path)

@@ -40,10 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.core.chunk_grids import RegularChunkGrid
 
 from ...errors import InvalidInputError, StoreError
-from .base import UnsupportedLayout
+from .base import RegularChunkGrid, UnsupportedLayout
 from .shards import ChunkTable, shard_table
 
 if TYPE_CHECKING:

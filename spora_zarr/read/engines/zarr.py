@@ -28,13 +28,12 @@ import zarr
 from zarr.abc.store import ByteRequest, RangeByteRequest, Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.storage import StorePath, WrapperStore
 
 from ...errors import InvalidInputError, NotFoundError
 from ...store.location import Location
 from . import process
-from .base import DATA_ERRORS, damaged
+from .base import DATA_ERRORS, RegularChunkGrid, damaged
 from .shards import MISSING, shard_table
 
 __all__ = ["ZarrEngine", "ZarrsEngine", "open_array", "open_zarrs", "set_threads"]
