@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     add = commands.add_parser("add-image", help="add one image file to a store (created if missing)")
     add.add_argument("dest", help="the cohort store (created if missing)")
     add.add_argument(
-        "file", help="the image: TIFF / OME-TIFF or an OME-Zarr image (channel names and pixel size read from it), a zarr array, PNG or JPEG"
+        "file", help="the image: TIFF / OME-TIFF, an OME-Zarr image (channel names and pixel size read from it), a zarr array, PNG, JPEG"
     )
     add.add_argument("--modality", required=True, help="modality directory in the store: he, imc, cycif, ihc/ihc_<marker>, ...")
     add.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
