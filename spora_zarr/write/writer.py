@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCname, BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec
 
 from ..errors import InvalidInputError
 from ..read.engines import process as _engines
@@ -90,7 +90,8 @@ class WriteOptions:
 
     def compressor(self) -> BloscCodec:
         """The blosc codec of written arrays (byte shuffle)."""
-        return BloscCodec(cname=BloscCname(self.cname), clevel=self.clevel, shuffle=BloscShuffle.shuffle)
+        cname: Any = self.cname  # a name: BloscCname(name) fails on zarr 3.4
+        return BloscCodec(cname=cname, clevel=self.clevel, shuffle="shuffle")
 
     def saving(self, source: ImageSource, samples: int = 16) -> float:
         """The share of bytes the blosc codec saves on ``samples`` chunks spread over ``source``."""
