@@ -233,7 +233,7 @@ class DirectArray:
                 and isinstance(index_codecs[1], Crc32cCodec)
             ):
                 raise UnsupportedLayout(f"shard index codecs {index_codecs} are not bytes + crc32c")
-            self._index_at_end = sharding.index_location.value == "end"
+            self._index_at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"  # enum; zarr 3.4: str
             codecs = tuple(sharding.codecs)
         else:
             self.chunk_shape = outer

@@ -189,7 +189,8 @@ def _shard_layout(meta: zarr.Array) -> _ShardLayout | None:
         return None
     shard_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
     chunks = int(np.prod([o // i for o, i in zip(shard_shape, sharding.chunk_shape, strict=True)]))
-    return _ShardLayout(shard_shape, chunks, sharding.index_location.value == "end", metadata.chunk_key_encoding.encode_chunk_key)
+    at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"  # an enum; a str on zarr 3.4
+    return _ShardLayout(shard_shape, chunks, at_end, metadata.chunk_key_encoding.encode_chunk_key)
 
 
 class _ShardIndexes:
