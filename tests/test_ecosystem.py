@@ -227,8 +227,29 @@ def test_a_mask_points_only_to_an_image_with_its_levels(converted: Path) -> None
         assert source is not None
         image = json.loads((converted / "segmentations" / kind / "A" / source / "zarr.json").resolve().read_text())["attributes"]["ome"]
         assert len(image["multiscales"][0]["datasets"]) == len(mask["multiscales"][0]["datasets"])
-        assert mask["image-label"]["colors"] == [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+        ids = int(zarr.open_array(str(converted / "segmentations" / kind / "A" / "0_5mpp"), mode="r")[:].max())
+        colors = mask["image-label"]["colors"]  # few ids (<= 1023): one colour per id, 0 transparent
+        assert [c["label-value"] for c in colors] == list(range(ids + 1)) and colors[0]["rgba"] == [0, 0, 0, 0]
+        assert all(c["rgba"][3] == 255 for c in colors[1:])
     assert cohort.group_metadata("cell_masks", "A").is_label
+
+
+def test_napari_ome_zarr_colours_every_label_and_leaves_many_ids_to_its_own_colours(converted: Path, tmp_path: Path) -> None:
+    from napari_ome_zarr import napari_get_reader
+
+    from spora_zarr.sources import ArraySource
+    from spora_zarr.write.writer import write_labels
+
+    path = str(converted / "segmentations" / "tissue_masks" / "A")
+    (_, kwargs, kind), = napari_get_reader(path)(path)
+    assert kind == "labels" and kwargs["colormap"][0][3] == 0 and kwargs["colormap"][1][3] == 1  # tissue drawn, background not
+    many = np.arange(40 * 50, dtype=np.uint32).reshape(40, 50)  # an instance mask: ids beyond 1023
+    write_labels(tmp_path / "s.zarr", "segmentations/cell_masks/X", {0.5: ArraySource(many)})
+    attributes = json.loads((tmp_path / "s.zarr" / "segmentations/cell_masks/X/zarr.json").read_text())["attributes"]["ome"]
+    assert "colors" not in attributes["image-label"]
+    path = str(tmp_path / "s.zarr" / "segmentations/cell_masks/X")
+    (_, kwargs, kind), = napari_get_reader(path)(path)
+    assert kind == "labels" and "colormap" not in kwargs  # napari's own colours, not every cell transparent
 
 
 def test_a_mask_whose_image_has_other_levels_names_no_source(tmp_path: Path) -> None:

@@ -207,8 +207,8 @@ def write_image(
     if len(names) != shape[0]:
         raise InvalidInputError(f"{_first(sources).name}: {shape[0]} channels but {len(names)} channel names")
 
-    def metadata(levels: list[Level], sample: np.ndarray) -> GroupMetadata:
-        windows = channel_windows(sample, np.dtype(_first(sources).dtype), rgb=rgb)
+    def metadata(levels: list[Level], streamer: _Streamer) -> GroupMetadata:
+        windows = channel_windows(streamer.sample(), np.dtype(_first(sources).dtype), rgb=rgb)
         extra = {"kind": "image", "channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         return image_metadata(
@@ -239,11 +239,13 @@ def write_labels(
     if not (np.issubdtype(first.dtype, np.integer) or first.dtype == np.bool_):
         raise InvalidInputError(f"{first.name}: a mask must hold integer labels, found dtype {first.dtype}")
 
-    def metadata(levels: list[Level], sample: np.ndarray) -> GroupMetadata:
+    def metadata(levels: list[Level], streamer: _Streamer) -> GroupMetadata:
         extra = {"kind": "label", "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         source = _label_source(Location.parse(location), path, source_image, levels)
-        return label_metadata(levels, name=display_name(path), source_image=source, spora=attributes, where=path, z_mpp=z_scale)
+        return label_metadata(
+            levels, name=display_name(path), source_image=source, spora=attributes, where=path, z_mpp=z_scale, ids=streamer.value_range
+        )
 
     return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress)
 
@@ -283,7 +285,7 @@ def _write_multiscale(
     path: str,
     sources: Mapping[float, ImageSource],
     method: Method,
-    metadata: Callable[[list[Level], np.ndarray], GroupMetadata],
+    metadata: Callable[[list[Level], _Streamer], GroupMetadata],
     options: WriteOptions | None,
     overwrite: bool,
     progress: ProgressCallback | None,
@@ -320,7 +322,7 @@ def _write_multiscale(
             )
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth)
             streamer.run()
-        staging.write_group_document(f"{area}/{path}", metadata(levels, streamer.sample()).to_attributes())
+        staging.write_group_document(f"{area}/{path}", metadata(levels, streamer).to_attributes())
         staging.promote(area, path)
     except BaseException:
         staging.discard(area)
@@ -406,6 +408,7 @@ class _Streamer:
         self.labels, self.progress = labels, progress
         self.edge = edge
         self.bytes_read = 0
+        self.value_range: tuple[int, int] | None = None  # (min, max) of the labels read, for labels
         top = levels[-1].shape
         self._sampled_planes = {int(z) for z in np.linspace(0, depth - 1, min(depth, 16)).round()}
         self._stride = max(1, math.ceil(math.sqrt(top[1] * top[2] * len(self._sampled_planes) / 262_144)))
@@ -442,6 +445,9 @@ class _Streamer:
         if block.dtype == np.bool_:
             block = block.astype(self.arrays[index].dtype)
         self.bytes_read += block.nbytes
+        if self.labels and block.size:
+            low, high = int(block.min()), int(block.max())
+            self.value_range = (low, high) if self.value_range is None else (min(low, self.value_range[0]), max(high, self.value_range[1]))
         return block
 
     # -- writing -------------------------------------------------------------
