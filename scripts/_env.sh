@@ -5,7 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SPORA_VENV:-$ROOT/.venv}"
 EXTRAS="$1"
 if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+  "${PYTHON:-python3}" -m venv "$VENV"  # PYTHON=python3.12 picks the interpreter of a new venv
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"

@@ -108,11 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     add = commands.add_parser("add-image", help="add one image file to a store (created if missing)")
     add.add_argument("dest", help="the cohort store (created if missing)")
     add.add_argument(
-        "file", help="the image: TIFF / OME-TIFF / Aperio SVS / NDPI (channel names, pixel size and levels read from it), PNG or JPEG"
+        "file",
+        help="the image: TIFF / OME-TIFF / Aperio SVS / NDPI, an OME-Zarr image (channel names, pixel size and levels read from it), "
+        "a zarr array, PNG or JPEG",
     )
     add.add_argument("--modality", required=True, help="modality directory in the store: he, imc, cycif, ihc/ihc_<marker>, ...")
     add.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
-    add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF, SVS or TIFF tags when omitted)")
+    add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF, SVS, TIFF tags or OME-Zarr when omitted)")
     add.add_argument("--channel-names", help="comma-separated channel names")
     add.add_argument(
         "--lossless", action="store_true",

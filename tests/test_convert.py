@@ -112,19 +112,20 @@ def test_napari_ome_zarr_opens_every_group_with_channel_names(cohort_pair: tuple
     for modality, tissue in _groups(dest):
         path = str(dest / cohort.group_path(modality, tissue))
         layers = napari_get_reader(path)(path)
-        assert len(layers) == 1
-        data, kwargs, kind = layers[0]
         if modality in MASK_KINDS:
-            assert kind == "labels"
-        else:
-            assert kind == "image"
+            assert [kind for *_, kind in layers] == ["labels"]
+        else:  # napari-ome-zarr 0.10: one layer with a channel axis; 0.11: one layer per channel
             names = cohort.channel_names(modality, tissue)
-            assert [n.split(": ", 1)[1] for n in kwargs["name"]] == names
-            assert len(kwargs["contrast_limits"]) == len(names)
-        assert [d.shape[-2:] for d in data] == [
-            cohort.open_array(modality, tissue, r).shape[-2:] for r in cohort.resolutions(modality, tissue)
-        ]
-        assert list(kwargs["scale"])[-2:] == [0.5, 0.5]
+            assert {kind for *_, kind in layers} == {"image"} and len(layers) in (1, len(names))
+            labels = [n for _, kwargs, _ in layers for n in (kwargs["name"] if len(layers) == 1 else [kwargs["name"]])]
+            assert [n.split(": ", 1)[1] for n in labels] == names
+            limits = [kwargs["contrast_limits"] for _, kwargs, _ in layers]
+            assert len(limits[0] if len(layers) == 1 else limits) == len(names)
+        for data, kwargs, _ in layers:
+            assert [d.shape[-2:] for d in data] == [
+                cohort.open_array(modality, tissue, r).shape[-2:] for r in cohort.resolutions(modality, tissue)
+            ]
+            assert list(kwargs["scale"])[-2:] == [0.5, 0.5]
 
 
 def test_non_integer_resolutions_and_computed_levels(tmp_path: Path) -> None:

@@ -75,12 +75,12 @@ def test_dataloader_items_equal_the_source_pixels(mixed: tuple[Path, Path], kind
     imc_dtype = np.dtype(np.float32)  # uint16, float32 and uint8 tissues: numpy's promotion, exact for all three
     float32 = np.dtype(np.float32)
     assert tiles.dtypes == {"imc": float32 if preprocess else imc_dtype, "he": float32 if preprocess else np.dtype(np.uint8)}
-    assert tiles.mask_dtypes == {"tissue_masks": np.dtype(np.uint8), "cell_masks": np.dtype(np.uint32)}
+    assert tiles.mask_dtypes == {"tissue_masks": np.dtype(np.int32), "cell_masks": np.dtype(np.int64)}  # as torch operates on them
     loader = DataLoader(tiles, batch_size=4, num_workers=2, worker_init_fn=worker_init_fn, timeout=300)
     seen = 0
     for batch in loader:
         assert batch["imc"].dtype == torch.float32
-        assert batch["cell_masks"].dtype == torch.uint32
+        assert batch["cell_masks"].dtype == torch.int64
         for i in range(len(batch["tissue_id"])):
             tissue, row, col = batch["tissue_id"][i], int(batch["row"][i]), int(batch["col"][i])
             planes, measured = _expected_multiplex(source, tissue, row, col, kind, imc_dtype)

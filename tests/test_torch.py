@@ -93,8 +93,8 @@ class Source:
                 imc[panel.index(name)] = plane
                 mask[panel.index(name)] = True
         out["imc"], out["imc_channel_mask"] = imc, mask
-        for kind_ in ("tissue_masks", "cell_masks"):
-            out[kind_] = self.window(kind_, tissue, row, col, TILE)[0]
+        for kind_, dtype in (("tissue_masks", np.int32), ("cell_masks", np.int64)):  # uint8 and uint32 ids as torch operates on them
+            out[kind_] = self.window(kind_, tissue, row, col, TILE)[0].astype(dtype)
         return out
 
 
@@ -181,7 +181,7 @@ def test_raw_values_and_default_collation(cohorts) -> None:
     tiles = TileDataset(_composed("one", dest), preprocess=False)
     batch = next(iter(DataLoader(tiles, batch_size=len(tiles))))
     assert batch["imc"].dtype == torch.uint16 and batch["he"].dtype == torch.uint8
-    assert batch["imc"].shape == (len(tiles), 5, TILE, TILE) and batch["cell_masks"].dtype == torch.uint32
+    assert batch["imc"].shape == (len(tiles), 5, TILE, TILE) and batch["cell_masks"].dtype == torch.int64
     for item in _unbatch(batch):
         _check_item(item, source, "complete", False, source.panel("complete"))
 

@@ -58,9 +58,10 @@ def add_image(
 ) -> WriteResult:
     """Add one image file as a resolution of ``<modality>/images/<tissue_id>``; create the store if needed.
 
-    OME-TIFF channel names and the pixel size of OME-TIFF, Aperio SVS and TIFF
-    resolution tags are read from the file; other files need ``mpp``. A
-    slide's own reduced levels at ``2**k`` of its size become pyramid levels
+    OME-TIFF and OME-Zarr channel names and the pixel size of OME-TIFF, Aperio
+    SVS, TIFF resolution tags and OME-Zarr are read from the file; other files
+    need ``mpp``. A source's own reduced levels at ``2**k`` of its size (a
+    slide's pyramid, an OME-Zarr image's levels) become pyramid levels
     pixel-exact. The JPEG tiles of a JPEG-compressed RGB slide are kept as its
     chunks unless ``lossless`` (then they are decoded and stored with the
     lossless codec, readable everywhere); ``jpeg_quality`` (1-100) stores
@@ -108,7 +109,7 @@ def add_image(
         if existing is not None and level in existing.spora.source_levels and not overwrite:
             return WriteResult(target, skipped=True)
         sources: dict[float, ImageSource] = {resolution_value(resolution): lossy or source}
-        own = source.reduced_levels() if hasattr(source, "reduced_levels") else {}
+        own = source.reduced_levels()
         for factor, reduced in own.items():
             closing.callback(reduced.close)
             encode = jpeg_quality is not None and reduced.encoded_tiles() is None
@@ -124,6 +125,7 @@ def add_image(
             dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
             spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite,
             keep_encoded=not lossless,
+            z_mpp=info.z_mpp,
         )
     update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]})
     return result

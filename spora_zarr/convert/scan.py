@@ -132,7 +132,9 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
         related = tuple(
             sorted((mpp, path) for (m, t), res in images.items() if t == tissue_id for mpp, path in res.items() if mpp in per_res)
         )
-        source_image = next((f"../../../{image_group_path(m, t)}" for (m, t) in sorted(images) if t == tissue_id), None)
+        # NGFF: the image a label points to MUST have its levels, so the image's resolutions must be the mask's
+        matching = (m for (m, t), res in sorted(images.items()) if t == tissue_id and set(res) == set(per_res))
+        source_image = next((f"../../../{image_group_path(m, tissue_id)}" for m in matching), None)
         tasks.append(MaskTask(kind, tissue_id, tuple(sorted(per_res.items())), related, source_image))
     modalities: dict[str, list[str]] = {}
     for (modality, _), per_res in images.items():

@@ -14,6 +14,7 @@ from .imaging import (
     SingleIHCImagingDataset,
     Standardizer,
     identity_standardizer,
+    label_dtype,
     resolve_standardizer,
     whole_number,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "TissueMask",
     "as_multiplex_modality",
     "identity_standardizer",
+    "label_dtype",
     "pixel_scale",
     "resolve_standardizer",
     "whole_number",

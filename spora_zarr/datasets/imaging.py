@@ -99,6 +99,16 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def label_dtype(stored: np.dtype | type) -> np.dtype:
+    """The dtype masks are returned in: int32 when every id ``stored`` can hold fits, else int64.
+
+    torch and MONAI operate on these (``flip``, ``rot90``, ``one_hot``,
+    ``interpolate``); torch's uint16/uint32/uint64 support few operations.
+    """
+    stored = np.dtype(stored)
+    return np.dtype(np.int32) if np.can_cast(stored, np.int32) else np.dtype(np.int64)
+
+
 def _array_of(out: torch.Tensor | np.ndarray | None) -> np.ndarray | None:
     """The numpy view of a caller's ``out=`` (a CPU tensor or an array)."""
     return out.numpy() if isinstance(out, torch.Tensor) else out
@@ -278,12 +288,27 @@ class BaseImagingDataset:
         self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks", pad: bool | None = None,
         out: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
-        """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile` (``out`` as there)."""
+        """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile`, as :func:`label_dtype` ids.
+
+        ``out`` (as in :meth:`read_tile`) is of that dtype, or of the stored dtype to receive the stored values without a copy.
+        """
         if mask not in self.cohort.known_mask_kinds:
             raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(self.cohort.known_mask_kinds)}")
         row, col, size = self._window_arguments(row, col, size)
-        data = self._window(mask, tissue_id, row, col, size, None, self._pads(pad), out=_array_of(out))
-        return _tensor_of(data, out)
+        target = _array_of(out)
+        window = (mask, tissue_id, row, col, size, None, self._pads(pad))
+        if target is not None and target.dtype == np.dtype(self._reader(mask, tissue_id).dtype):
+            return _tensor_of(self._window(*window, out=target), out)
+        data = self._window(*window)
+        labels = data.astype(label_dtype(data.dtype), copy=False)
+        if target is None:
+            return _to_tensor(labels)
+        if target.shape != labels.shape or target.dtype != labels.dtype:
+            raise InvalidInputError(
+                f"{self.name}: out must be {labels.dtype} {labels.shape} for this window, got {target.dtype} {target.shape}"
+            )
+        target[...] = labels
+        return _tensor_of(target, out)
 
     def _window_arguments(self, row: Any, col: Any, size: Any) -> tuple[int, int, int]:
         """``row``, ``col`` and ``size`` (``None``: ``crop_size``) as ints; anything but whole numbers is refused."""
@@ -329,7 +354,8 @@ class BaseImagingDataset:
 
     def _whole_mask(self, kind: str, tissue_id: str) -> torch.Tensor:
         reader = self._reader(kind, tissue_id)
-        return _to_tensor(reader.read(0, 0, reader.shape[-2], reader.shape[-1]))
+        data = reader.read(0, 0, reader.shape[-2], reader.shape[-1])
+        return _to_tensor(data.astype(label_dtype(data.dtype), copy=False))
 
     # -- tiles -------------------------------------------------------------------------
     @property

@@ -36,6 +36,8 @@ class SourceInfo:
         Microns per pixel on y/x, when the source records it.
     is_rgb
         Whether the channels are the red, green and blue of a colour image.
+    z_mpp
+        Microns between z planes of a stack, when the source records it.
     """
 
     channel_names: list[str] | None = None
@@ -43,6 +45,8 @@ class SourceInfo:
     is_rgb: bool = False
     #: (y, x) microns per pixel when they differ (``mpp`` is then ``None``): anisotropic pixels.
     anisotropic: tuple[float, float] | None = None
+    #: Microns between the planes of a z stack, where the file records it.
+    z_mpp: float | None = None
 
 
 @dataclass(frozen=True)

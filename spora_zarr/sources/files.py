@@ -8,14 +8,14 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .base import ArraySource, ImageSource, SourceInfo, reason
-from .legacy import LegacyZarrSource
+from .ngff import open_zarr_source
 from .tiff import TIFF_SUFFIXES, TiffSource
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def open_source(path: str, fs: Any = None) -> ImageSource:
-    """Open an image file by its suffix: TIFF/OME-TIFF/SVS/NDPI, a legacy ``.zarr`` array, PNG/JPEG."""
+    """Open an image file by its suffix: TIFF/OME-TIFF/SVS/NDPI, ``.zarr`` (an OME-Zarr image or a zarr array), PNG/JPEG."""
     lower = path.lower().rstrip("/")
     if lower.endswith(TIFF_SUFFIXES):
         return TiffSource(path, fs)
@@ -23,8 +23,8 @@ def open_source(path: str, fs: Any = None) -> ImageSource:
         if fs is not None and not _is_local_fs(fs):
             from zarr.storage import FsspecStore
 
-            return LegacyZarrSource(path, FsspecStore.from_mapper(fs.get_mapper(path), read_only=True))
-        return LegacyZarrSource(path)
+            return open_zarr_source(path, FsspecStore.from_mapper(fs.get_mapper(path), read_only=True))
+        return open_zarr_source(path)
     if lower.endswith(RASTER_SUFFIXES):
         import imageio.v3 as iio
 

@@ -18,6 +18,7 @@ this version would misread.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ __all__ = [
     "LevelMetadata",
     "SporaGroupAttributes",
     "check_format_version",
+    "check_not_foreign_root",
+    "ngff_kind",
     "read_cohort_attributes",
     "update_cohort_attributes",
 ]
@@ -107,11 +110,58 @@ class CohortAttributes:
 
 
 def read_cohort_attributes(location: Location) -> CohortAttributes | None:
-    """The root's spora attributes, or ``None`` when there is no zarr group at the root."""
+    """The root's spora attributes, or ``None`` when there is no zarr group at the root.
+
+    A root that is another kind of zarr node (:func:`check_not_foreign_root`) is a ``StoreError``.
+    """
     attributes = Staging(location).read_attributes("")
+    check_not_foreign_root(location, attributes)
     if attributes is None:
         return None
     return CohortAttributes.from_dict(attributes.get("spora", {}), where=str(location))
+
+
+def ngff_kind(attributes: Mapping[str, Any]) -> str | None:
+    """What NGFF group attributes (0.4 at the top, 0.5 under ``ome``) describe, with the version:
+    ``"an OME-Zarr image (NGFF 0.5)"``, ``... label image``, ``plate``, ``well``, ``bioformats2raw image collection``;
+    ``None`` when they are not NGFF."""
+    ome = attributes["ome"] if isinstance(attributes.get("ome"), Mapping) else attributes
+    kinds = (("multiscales", "label image" if "image-label" in ome else "image"), ("plate", "plate"), ("well", "well"),
+             ("bioformats2raw.layout", "bioformats2raw image collection"))
+    kind = next((name for key, name in kinds if key in ome), None)
+    if kind is None:
+        return None
+    version = ome.get("version")
+    for key in ("multiscales", "plate", "well"):
+        entry = ome.get(key)
+        entry = entry[0] if isinstance(entry, list) and entry else entry
+        if not version and isinstance(entry, Mapping):
+            version = entry.get("version")
+    return f"an OME-Zarr {kind}" + (f" (NGFF {version})" if version else "")
+
+
+def check_not_foreign_root(location: Location, attributes: Mapping[str, Any] | None) -> None:
+    """``StoreError`` when the root is not (or cannot become) a cohort store: a zarr v2 node, or an NGFF image, plate
+    or well of its own (``attributes`` are the root group's, ``None`` when it has no zarr v3 group)."""
+    if attributes is None:
+        fs = Staging(location).fs
+        found = [name for name in (".zgroup", ".zarray") if fs.exists(location.fs_path(name))]
+        if found:
+            try:
+                kind = ngff_kind(json.loads(fs.cat_file(location.fs_path(".zattrs"))))
+            except (OSError, ValueError, TypeError):
+                kind = None
+            node = "array" if found[0] == ".zarray" else "group"
+            raise StoreError(
+                f"{location}: a zarr v2 (zarr_format 2) {node}{f' holding {kind}' if kind else ''}, not a cohort store; "
+                "cohort stores are zarr v3 (NGFF 0.5): add an image to one with `spora-zarr add-image`"
+            )
+        return
+    kind = None if "spora" in attributes else ngff_kind(attributes)
+    if kind is not None:
+        raise StoreError(
+            f"{location}: {kind}, not a cohort store; add it to a cohort with `spora-zarr add-image COHORT {location} ...`"
+        )
 
 
 def update_cohort_attributes(
@@ -124,7 +174,9 @@ def update_cohort_attributes(
     Other root attributes (not ``spora``) are kept as they are.
     """
     staging = Staging(location)
-    document = staging.read_attributes("") or {}
+    document = staging.read_attributes("")
+    check_not_foreign_root(location, document)
+    document = document or {}
     current = CohortAttributes.from_dict(document.get("spora", {}), where=str(location))
     updated = current.merged(modalities, mask_kinds)
     if not document or updated != current:

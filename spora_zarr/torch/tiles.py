@@ -12,7 +12,7 @@ collation batches it::
         "he": (3, S, S) float32,                   # every modality of the dataset, keyed by its directory
         "imc": (P, S, S) float32,                  # multiplex: aligned to the panel of ``kind``
         "imc_channel_mask": (P,) bool,             # which panel channels this tissue measured
-        "tissue_masks": (S, S), "cell_masks": (S, S),   # one integer dtype per kind (mask_dtypes), primary resolution
+        "tissue_masks": (S, S), "cell_masks": (S, S),   # int32 (int64 for wider ids) per kind (mask_dtypes), primary resolution
         "tissue_id": str, "tile_id": int, "row": int, "col": int, "cohort": str,
     }
 
@@ -42,9 +42,10 @@ One dtype per key
     float32 when ``preprocess=True``, else numpy's promotion of every indexed
     tissue's stored dtype (``np.result_type``: uint16 with float32 is float32,
     which holds every uint16 value exactly), so ``preprocess=False`` keeps the
-    stored values. :attr:`TileDataset.mask_dtypes` gives each mask kind's: the
-    promotion of the stored integer types (uint16 with uint32 is uint32); a
-    mix no integer type holds (uint64 with a signed type) is an error at
+    stored values. :attr:`TileDataset.mask_dtypes` gives each mask kind's: int32
+    when the promotion of the stored integer types fits it (uint8, uint16,
+    int32), else int64 (uint32 ids), types torch and MONAI transforms operate
+    on; a mix no integer type holds (uint64 with a signed type) is an error at
     construction. Both are decided when the index is built.
 Masks
     ``masks=None`` (the default) returns the mask kinds that *every* indexed
@@ -96,6 +97,7 @@ from ..datasets import (
     ComposedImagingDataset,
     MultiplexImagingDataset,
     SporaDataset,
+    label_dtype,
     pixel_scale,
     whole_number,
 )
@@ -361,6 +363,8 @@ class TileDataset(Dataset):
         """The one integer dtype of a mask kind's items, able to hold every stored id."""
         stored = self._stored_dtypes(kind, kind)
         dtype = np.result_type(*stored)
+        if dtype.kind in "uib":
+            return label_dtype(dtype)
         if dtype.kind not in "ui":
             listing = "; ".join(f"{d}: {', '.join(t[:3])}{' ...' if len(t) > 3 else ''}" for d, t in stored.items())
             raise InvalidInputError(

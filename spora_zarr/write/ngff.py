@@ -169,13 +169,40 @@ def image_metadata(
     return GroupMetadata.from_attributes({"ome": ome, "spora": spora.to_dict()}, where=where)
 
 
+#: Masks with ids up to this list a colour per id in ``image-label.colors`` (at most ~60 kB of metadata).
+MAX_COLORED_LABEL = 1023
+
+
+def label_colors(ids: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """``image-label.colors`` of a mask whose ids span ``ids`` (min, max): label 0 transparent, each id up to the max a palette colour.
+
+    Empty (no ``colors``) for negative ids or more than :data:`MAX_COLORED_LABEL`: viewers
+    (napari-ome-zarr 0.10 and 0.11) draw ids missing from ``colors`` transparent, and listing every
+    cell of a slide would bloat the metadata, so an instance mask keeps the viewer's own colours.
+    """
+    low, high = ids if ids is not None else (0, 0)
+    if low < 0 or high > MAX_COLORED_LABEL:
+        return []
+    colors: list[dict[str, Any]] = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+    for value in range(1, high + 1):
+        hex_color = PALETTE[(value - 1) % len(PALETTE)]
+        colors.append({"label-value": value, "rgba": [int(hex_color[i : i + 2], 16) for i in (0, 2, 4)] + [255]})
+    return colors
+
+
 def label_metadata(
     levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str,
-    z_mpp: float | None = None,
+    z_mpp: float | None = None, ids: tuple[int, int] | None = None,
 ) -> GroupMetadata:
-    """The metadata of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes."""
+    """The metadata of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes.
+
+    ``ids`` is the ``(min, max)`` of the labels; :func:`label_colors` gives ``image-label.colors``.
+    """
     entry = multiscales_metadata(levels, name=name, method=Method.MODE, labels=True, z_mpp=z_mpp)
     image_label: dict[str, Any] = {"version": NGFF_VERSION}
+    colors = label_colors(ids)
+    if colors:
+        image_label["colors"] = colors
     if source_image:
         image_label["source"] = {"image": source_image}
     ome = {"version": NGFF_VERSION, "multiscales": [entry], "image-label": image_label}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import posixpath
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCname, BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec
 
 from ..errors import InvalidInputError
 from ..read.engines import process as _engines
@@ -111,7 +112,8 @@ class WriteOptions:
 
     def compressor(self) -> BloscCodec:
         """The blosc codec of written arrays (byte shuffle)."""
-        return BloscCodec(cname=BloscCname(self.cname), clevel=self.clevel, shuffle=BloscShuffle.shuffle)
+        cname: Any = self.cname  # a name: BloscCname(name) fails on zarr 3.4
+        return BloscCodec(cname=cname, clevel=self.clevel, shuffle="shuffle")
 
     def saving(self, source: ImageSource, samples: int = 16) -> float:
         """The share of bytes the blosc codec saves on ``samples`` chunks spread over ``source``."""
@@ -269,8 +271,8 @@ def write_image(
     if len(names) != shape[0]:
         raise InvalidInputError(f"{_first(sources).name}: {shape[0]} channels but {len(names)} channel names")
 
-    def metadata(levels: list[Level], sample: np.ndarray) -> GroupMetadata:
-        windows = channel_windows(sample, np.dtype(_first(sources).dtype), rgb=rgb)
+    def metadata(levels: list[Level], streamer: _Streamer) -> GroupMetadata:
+        windows = channel_windows(streamer.sample(), np.dtype(_first(sources).dtype), rgb=rgb)
         extra = {"kind": "image", "channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         return image_metadata(
@@ -303,14 +305,33 @@ def write_labels(
     if not (np.issubdtype(first.dtype, np.integer) or first.dtype == np.bool_):
         raise InvalidInputError(f"{first.name}: a mask must hold integer labels, found dtype {first.dtype}")
 
-    def metadata(levels: list[Level], sample: np.ndarray) -> GroupMetadata:
+    def metadata(levels: list[Level], streamer: _Streamer) -> GroupMetadata:
         extra = {"kind": "label", "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
+        source = _label_source(Location.parse(location), path, source_image, levels)
         return label_metadata(
-            levels, name=display_name(path), source_image=source_image, spora=attributes, where=path, z_mpp=z_scale
+            levels, name=display_name(path), source_image=source, spora=attributes, where=path, z_mpp=z_scale, ids=streamer.value_range
         )
 
     return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress)
+
+
+def _label_source(location: Location, path: str, source_image: str | None, levels: Sequence[Level]) -> str | None:
+    """``source_image``, unless the image it names exists with other levels than the label's.
+
+    NGFF: a label's source image MUST have the label's number of levels; a
+    pointer to one that has not is left out rather than written wrong (the
+    spora attributes still name the tissue).
+    """
+    if not source_image:
+        return None
+    attributes = Staging(location).read_attributes(posixpath.normpath(posixpath.join(path, source_image)))
+    ome = (attributes or {}).get("ome")
+    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
+    if multiscales and [d.get("path") for d in multiscales[0].get("datasets", [])] != [level.name for level in levels]:
+        log.info("%s: image-label source %s left out: the image has other levels than the label", path, source_image)
+        return None
+    return source_image
 
 
 def display_name(path: str) -> str:
@@ -330,7 +351,7 @@ def _write_multiscale(
     path: str,
     sources: Mapping[float, ImageSource],
     method: Method,
-    metadata: Callable[[list[Level], np.ndarray], GroupMetadata],
+    metadata: Callable[[list[Level], _Streamer], GroupMetadata],
     options: WriteOptions | None,
     overwrite: bool,
     progress: ProgressCallback | None,
@@ -370,7 +391,7 @@ def _write_multiscale(
                 arrays[index] = _write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options)
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded))
             streamer.run()
-        staging.write_group_document(f"{area}/{path}", metadata(levels, streamer.sample()).to_attributes())
+        staging.write_group_document(f"{area}/{path}", metadata(levels, streamer).to_attributes())
         staging.promote(area, path)
     except BaseException:
         staging.discard(area)
@@ -518,6 +539,7 @@ class _Streamer:
         self.labels, self.progress = labels, progress
         self.edge = edge
         self.bytes_read = 0
+        self.value_range: tuple[int, int] | None = None  # (min, max) of the labels read, for labels
         top = levels[-1].shape
         self._sampled_planes = {int(z) for z in np.linspace(0, depth - 1, min(depth, 16)).round()}
         self._stride = max(1, math.ceil(math.sqrt(top[1] * top[2] * len(self._sampled_planes) / 262_144)))
@@ -554,6 +576,9 @@ class _Streamer:
         if block.dtype == np.bool_:
             block = block.astype(self.arrays[index].dtype)
         self.bytes_read += block.nbytes
+        if self.labels and block.size:
+            low, high = int(block.min()), int(block.max())
+            self.value_range = (low, high) if self.value_range is None else (min(low, self.value_range[0]), max(high, self.value_range[1]))
         return block
 
     # -- writing -------------------------------------------------------------

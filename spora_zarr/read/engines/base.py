@@ -14,7 +14,12 @@ if TYPE_CHECKING:
 
     from ...store.location import Location
 
-__all__ = ["DATA_ERRORS", "Engine", "Opener", "UnsupportedLayout", "damaged"]
+try:
+    from zarr.core.chunk_grids import RegularChunkGrid
+except ImportError:  # later zarr 3 releases: the metadata holds the regular grid as RegularChunkGridMetadata
+    from zarr.core.metadata.v3 import RegularChunkGridMetadata as RegularChunkGrid  # type: ignore[attr-defined,no-redef,unused-ignore]
+
+__all__ = ["DATA_ERRORS", "Engine", "Opener", "RegularChunkGrid", "UnsupportedLayout", "damaged"]
 
 # What tensorstore (ValueError), zarrs (RuntimeError) and zarr-python (ValueError, RuntimeError and
 # whatever numcodecs raises) raise on bytes they cannot read or decode; OSError for the file system.

@@ -41,10 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.core.chunk_grids import RegularChunkGrid
 
 from ...errors import InvalidInputError, StoreError
-from .base import UnsupportedLayout
+from .base import RegularChunkGrid, UnsupportedLayout
 from .shards import ChunkTable, shard_table
 
 if TYPE_CHECKING:
@@ -240,7 +239,7 @@ class DirectArray:
                 and isinstance(index_codecs[1], Crc32cCodec)
             ):
                 raise UnsupportedLayout(f"shard index codecs {index_codecs} are not bytes + crc32c")
-            self._index_at_end = sharding.index_location.value == "end"
+            self._index_at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"  # enum; zarr 3.4: str
             codecs = tuple(sharding.codecs)
         else:
             self.chunk_shape = outer

@@ -28,14 +28,13 @@ import zarr
 from zarr.abc.store import ByteRequest, RangeByteRequest, Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.storage import StorePath, WrapperStore
 
 from ...errors import InvalidInputError, NotFoundError
 from ...store import codecs as _codecs  # noqa: F401 - registers the JPEG codec of slide arrays
 from ...store.location import Location
 from . import process
-from .base import DATA_ERRORS, damaged
+from .base import DATA_ERRORS, RegularChunkGrid, damaged
 from .shards import MISSING, shard_table
 
 __all__ = ["ZarrEngine", "ZarrsEngine", "open_array", "open_zarrs", "set_threads"]
@@ -193,7 +192,8 @@ def _shard_layout(meta: zarr.Array) -> _ShardLayout | None:
         return None
     shard_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
     chunks = int(np.prod([o // i for o, i in zip(shard_shape, sharding.chunk_shape, strict=True)]))
-    return _ShardLayout(shard_shape, chunks, sharding.index_location.value == "end", metadata.chunk_key_encoding.encode_chunk_key)
+    at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"  # an enum; a str on zarr 3.4
+    return _ShardLayout(shard_shape, chunks, at_end, metadata.chunk_key_encoding.encode_chunk_key)
 
 
 class _ShardIndexes:
