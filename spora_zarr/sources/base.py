@@ -12,6 +12,7 @@ pyramid, staging, resume and validation without a writer of its own.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
@@ -19,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import InvalidInputError
+
+_QUOTED_BYTES = re.compile(r"""(?:\b\w+=)?\bb(['"])(?:\\.|(?!\1).)*\1""")
 
 
 @dataclass
@@ -133,7 +136,12 @@ class AxesView:
 
 
 def reason(exc: BaseException) -> str:
-    """The first line of an exception's message (its type when empty), at most 200 characters."""
+    """The first line of an exception's message (its type when empty), at most 200 characters.
+
+    Bytes a reader quotes from the file (tifffile's ``header=b'...'``) are left
+    out: an unreadable file's content is never echoed.
+    """
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _QUOTED_BYTES.sub("", text).rstrip(" :=,")
     return text[:200]
 

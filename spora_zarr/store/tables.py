@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError, StoreError
-from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path
+from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path, validate_relative_path
 from .location import Location
 from .staging import Staging
 
@@ -23,7 +23,8 @@ __all__ = ["appended_rows", "modality_panel", "read_table", "table_exists", "tis
 
 
 def table_exists(location: Location, path: str) -> bool:
-    """Whether the store has a table at ``path``."""
+    """Whether the store has a table at ``path`` (a path inside the store: :func:`validate_relative_path`)."""
+    validate_relative_path(path, what="table path", source=str(location))
     return bool(location.fs().exists(location.fs_path(path)))
 
 
@@ -45,6 +46,7 @@ def write_table(location: Location, path: str, table: pa.Table) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    validate_relative_path(path, what="table path", source=str(location))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     Staging(location).write_file(path, sink.getvalue().to_pybytes())
