@@ -126,16 +126,16 @@ def read_cohort_attributes(location: Location) -> CohortAttributes | None:
     A ``StoreError`` when ``location`` is a group inside a cohort store (not its root).
     """
     attributes = Staging(location).read_attributes("")
-    _check_not_inside_store(location, attributes)
     if attributes is None:
         return None
+    _check_not_inside_store(location, attributes)
     return CohortAttributes.from_dict(attributes.get("spora", {}), where=str(location))
 
 
 def is_cohort_store(location: Location) -> bool:
     """Whether ``location`` holds a cohort store root (a zarr group with ``spora`` attributes)."""
     attributes = Staging(location).read_attributes("")
-    _check_not_inside_store(location, attributes)
+    _check_not_inside_store(location, attributes)  # also a new folder inside a store: no store is made there
     return attributes is not None and "spora" in attributes
 
 
@@ -154,7 +154,7 @@ def _check_not_inside_store(location: Location, attributes: Mapping[str, Any] | 
         outer = Location(scheme + parent, location.storage_options)
         if _is_store_root(Staging(outer).read_attributes("")):
             inner = location.root[len(outer.root):].strip("/")
-            raise StoreError(f"{location}: not the root of a cohort store but its group {inner!r}; use the store {outer}")
+            raise StoreError(f"{location}: not the root of a cohort store: it lies inside the store {outer} (as {inner!r}); use {outer}")
         path, parent = parent, posixpath.dirname(parent)
 
 
