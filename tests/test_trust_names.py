@@ -157,7 +157,8 @@ def test_tile_and_standardization_paths_stay_in_the_store() -> None:
         layout.standardization_dir("imc", 1.0, "quantile_clipping/../../../x")
     with pytest.raises(InvalidInputError, match="invalid modality"):
         layout.standardization_dir("../imc", 1.0, "quantile_clipping/uq_0.99_image")
-    assert layout.standardization_dir("imc", 1.0, "quantile_clipping/uq_0.99_image") == "imc/1_0mpp/standardization/quantile_clipping/uq_0.99_image"
+    spec = "quantile_clipping/uq_0.99_image"
+    assert layout.standardization_dir("imc", 1.0, spec) == f"imc/1_0mpp/standardization/{spec}"
 
 
 # -- stitch: the offsets table's files ------------------------------------------------------------------------------------
@@ -275,7 +276,8 @@ def test_an_empty_folder_is_a_fine_destination(tmp_path: Path, cohort: Path) -> 
 
 # -- info says where the store root is ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("inner", ["he", "he/images", "he/images/T"])
-def test_info_on_a_group_inside_a_store_names_the_store(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str], inner: str) -> None:
+def test_info_on_a_group_inside_a_store_names_the_store(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str],
+                                                         inner: str) -> None:
     store = tmp_path / "s.zarr"
     assert add(store, image, "he") == 0
     capsys.readouterr()

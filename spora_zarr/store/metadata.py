@@ -148,7 +148,10 @@ def _check_not_inside_store(location: Location, attributes: Mapping[str, Any] | 
     """``StoreError`` naming the store when ``location`` (whose root document is ``attributes``) lies inside a cohort store."""
     if _is_store_root(attributes):
         return
-    scheme, path = ("", location.root) if location.is_local else (location.root.split("://", 1)[0] + "://", location.root.split("://", 1)[1])
+    scheme, path = "", location.root
+    if not location.is_local:
+        scheme, path = location.root.split("://", 1)
+        scheme += "://"
     parent = posixpath.dirname(path)
     while parent and parent != path:
         outer = Location(scheme + parent, location.storage_options)
