@@ -259,13 +259,27 @@ def test_convert_refuses_a_folder_with_other_files_unless_overwrite(tmp_path: Pa
     assert open_cohort(dest).tissues("he") == ["A"]
 
 
-def test_overwrite_never_deletes_a_foreign_folder_at_a_group_path(tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("foreign", ["he/images/A/notes.txt", "metadata/tissues.parquet"])
+def test_overwrite_never_replaces_foreign_files_at_the_paths_it_writes(tmp_path: Path, cohort: Path,
+                                                                       capsys: pytest.CaptureFixture[str], foreign: str) -> None:
     dest = tmp_path / "project"
-    (dest / "he/images/A").mkdir(parents=True)
-    (dest / "he/images/A/notes.txt").write_text("keep me")
+    (dest / foreign).parent.mkdir(parents=True)
+    (dest / foreign).write_text("keep me")
     assert convert(cohort, dest, "--overwrite") == 1
-    assert "did not write" in capsys.readouterr().err
-    assert (dest / "he/images/A/notes.txt").read_text() == "keep me"
+    one_error(capsys, "not written by spora_zarr")
+    assert tree(dest) == {str(Path(foreign).parents[n]) for n in range(len(Path(foreign).parts) - 1)} | {foreign}
+    assert (dest / foreign).read_text() == "keep me"
+
+
+def test_a_foreign_folder_inside_a_store_is_never_replaced(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.zarr"
+    assert add(store, image, "he", "T1") == 0
+    (store / "he/images/T2").mkdir()
+    (store / "he/images/T2/notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert main(["add-image", str(store), str(image), "--modality", "he", "--tissue-id", "T2", "--mpp", "1", "--overwrite"]) == 1
+    one_error(capsys, "did not write")
+    assert tree(store / "he/images/T2") == {"notes.txt"}
 
 
 def test_an_empty_folder_is_a_fine_destination(tmp_path: Path, cohort: Path) -> None:

@@ -79,7 +79,8 @@ def convert_cohort(
     plan = scan_cohort(source, source_storage_options)
     dst = Location.parse(dest, storage_options)
     staging = Staging(dst)
-    check_destination(dst, overwrite=options.overwrite, source=plan.source, is_store=is_cohort_store(dst))
+    claimed = [*plan.tables, *(t.path for t in plan.tasks)]
+    check_destination(dst, overwrite=options.overwrite, source=plan.source, is_store=is_cohort_store(dst), claimed=claimed)
     _record_plan(dst, plan)
     staging.recover()
     tables = _copy_tables(plan, dst, staging, options.overwrite)

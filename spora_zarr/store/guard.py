@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterable
 
 from ..errors import InvalidInputError, StoreError
 from .layout import validate_relative_path
@@ -54,10 +55,15 @@ def resolve_inside(folder: str | os.PathLike[str], name: str, *, what: str = "fi
     return path
 
 
-def check_destination(dest: Location, *, overwrite: bool, source: Location | None = None, is_store: bool) -> None:
+def check_destination(
+    dest: Location, *, overwrite: bool, source: Location | None = None, is_store: bool, claimed: Iterable[str] = ()
+) -> None:
     """Refuse a destination that is ``source`` or inside it, or a non-empty folder that is not a store (unless ``overwrite``).
 
-    ``is_store`` says whether ``dest`` already holds a cohort store root.
+    ``is_store`` says whether ``dest`` already holds a cohort store root. In a
+    folder that is not a store, a file or folder already at one of the
+    ``claimed`` paths (the groups and tables the run would write) is refused
+    even with ``overwrite``: spora_zarr did not write it, so it never replaces it.
     """
     if source is not None and source.protocol == dest.protocol:
         src, dst = (os.path.realpath(source.root), os.path.realpath(dest.root)) if dest.is_local else (source.root, dest.root)
@@ -80,3 +86,6 @@ def check_destination(dest: Location, *, overwrite: bool, source: Location | Non
             f"{dest}: not a cohort store and not empty ({len(entries)} entries: {shown}); choose a new or empty folder, "
             "or pass --overwrite to write the store beside them (they are kept)"
         )
+    for path in claimed if entries else ():
+        if fs.exists(dest.fs_path(path)):
+            raise InvalidInputError(f"{dest.join(path)}: already there and not written by spora_zarr; move it away (it is never replaced)")
