@@ -297,3 +297,10 @@ def test_info_on_a_group_inside_a_store_names_the_store(tmp_path: Path, image: P
     capsys.readouterr()
     assert main(["info", str(store / inner)]) == 1
     one_error(capsys, "not the root of a cohort store", repr(inner), os.fspath(store))
+
+
+def test_convert_refuses_a_source_modality_with_a_reserved_name(tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (cohort / "he").rename(cohort / "images")
+    assert convert(cohort, tmp_path / "out.zarr") == 1
+    one_error(capsys, "images/1_0mpp/images/A.tif", "invalid modality 'images'")
+    assert not (tmp_path / "out.zarr").exists()

@@ -190,10 +190,6 @@ def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str,
     modality = "/".join(modality_parts)
     if (len(rest) == 3 and rest[1] == "images") or (len(rest) == 2 and lower.endswith(".zarr")):
         validate_modality(modality, source=where)
-    if len(rest) == 3 and rest[1] == "images":
-        _check_resolution_dir(rest[0], src.join(modality, rest[0]))
-        return "image", modality, rest[0], tissue_id
-    if len(rest) == 2 and lower.endswith(".zarr"):
         _check_resolution_dir(rest[0], src.join(modality, rest[0]))
         return "image", modality, rest[0], tissue_id
     if "images" in rest:
