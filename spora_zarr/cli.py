@@ -223,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
     stitch.add_argument("--register", action="store_true", help="refine offsets by phase correlation + least squares first")
     stitch.add_argument("--offset-unit", choices=["pixel", "micrometer"], default="pixel", help="unit of x, y (default %(default)s)")
     stitch.add_argument("--channel-names", help="comma-separated channel names")
+    stitch.add_argument(
+        "--allow-outside-tiles-dir", action="store_true",
+        help="let the table name files outside TILES_DIR (absolute paths, '..', links out); refused by default",
+    )
     stitch.add_argument("--no-progress", action="store_true", help="no progress bar")
     layout_options(stitch)
 
@@ -362,7 +366,8 @@ def _stitch(args: argparse.Namespace) -> int:
         result = stitch(
             args.tiles_dir, args.offsets, args.dest, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, z_mpp=args.z_mpp,
             blend=args.blend, labels=args.labels, register=args.register, offset_unit=args.offset_unit, channel_names=names,
-            options=_write_options(args), overwrite=args.overwrite, progress=progress, storage_options=args.storage_options,
+            options=_write_options(args), overwrite=args.overwrite, allow_outside=args.allow_outside_tiles_dir, progress=progress,
+            storage_options=args.storage_options,
         )
     finally:
         for bar in bars.values():

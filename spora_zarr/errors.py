@@ -6,6 +6,8 @@ command-line user gets a single line that explains the failure.
 
 from __future__ import annotations
 
+import re
+
 
 class SporaZarrError(Exception):
     """Base class of every error spora_zarr raises on purpose."""
@@ -26,14 +28,19 @@ class StoreError(SporaZarrError):
     """A store whose content breaks the spora_zarr layout or NGFF rules."""
 
 
+_QUOTED_BYTES = re.compile(r"""(?:\b\w+=)?\bb(['"])(?:\\.|(?!\1).)*\1""")
+
+
 def reason(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type when empty), for a one-line error.
 
     A first line longer than ``limit`` characters is cut at the last word
-    boundary before it and ends with an ellipsis, never mid-word.
+    boundary before it and ends with an ellipsis, never mid-word. Bytes a
+    reader quotes from the file (tifffile's ``header=b'...'``) are left out:
+    an unreadable file's content is never echoed.
     """
     text = str(exc).strip()
-    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    line = _QUOTED_BYTES.sub("", text.splitlines()[0]).strip().rstrip(" :=,") if text else type(exc).__name__
     if len(line) <= limit:
         return line
     cut = line[: limit - 1]

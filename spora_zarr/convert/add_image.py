@@ -31,6 +31,7 @@ from ..store.layout import (
     image_group_path,
     resolution_name,
     resolution_value,
+    validate_modality,
     validate_tissue_id,
 )
 from ..store.location import Location
@@ -71,6 +72,7 @@ def add_image(
     ``overwrite`` is false.
     """
     validate_tissue_id(tissue_id, source=path)
+    validate_modality(modality, source=path)
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
         raise InvalidInputError(f"{path}: mpp must be a positive number of microns per pixel, got {mpp!r}")
     dst = Location.parse(dest, storage_options)

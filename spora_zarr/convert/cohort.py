@@ -16,8 +16,9 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..store.guard import check_destination
 from ..store.location import Location
-from ..store.metadata import update_cohort_attributes
+from ..store.metadata import is_cohort_store, update_cohort_attributes
 from ..store.staging import Staging
 from ..write.writer import WriteOptions
 from .runner import RunOptions, RunReport, run_tasks
@@ -70,12 +71,16 @@ def convert_cohort(
     What the store already holds stays: complete groups are kept (redone with
     ``overwrite``) and the root attributes gain this cohort's modalities and
     mask kinds, keeping those added before (by another conversion or
-    ``add-image``).
+    ``add-image``). ``dest`` may not be ``source`` or inside it; a folder that
+    is not a store and holds files is refused unless ``overwrite`` (its files
+    are kept: only groups and tables spora_zarr wrote are ever replaced).
     """
     options = options or ConvertOptions()
     plan = scan_cohort(source, source_storage_options)
     dst = Location.parse(dest, storage_options)
     staging = Staging(dst)
+    claimed = [*plan.tables, *(t.path for t in plan.tasks)]
+    check_destination(dst, overwrite=options.overwrite, source=plan.source, is_store=is_cohort_store(dst), claimed=claimed)
     _record_plan(dst, plan)
     staging.recover()
     tables = _copy_tables(plan, dst, staging, options.overwrite)

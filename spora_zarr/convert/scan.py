@@ -23,6 +23,7 @@ from ..store.layout import (
     label_group_path,
     resolution_name,
     resolution_value,
+    validate_modality,
     validate_tissue_id,
 )
 from ..store.location import Location
@@ -189,10 +190,8 @@ def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str,
     modality_parts = parts[:2] if parts[0] == "ihc" and len(parts) > 1 and parts[1].startswith(IHC_PREFIX) else parts[:1]
     rest = parts[len(modality_parts):]
     modality = "/".join(modality_parts)
-    if len(rest) == 3 and rest[1] == "images":
-        _check_resolution_dir(rest[0], src.join(modality, rest[0]))
-        return "image", modality, rest[0], tissue_id
-    if len(rest) == 2 and lower.endswith(".zarr"):
+    if (len(rest) == 3 and rest[1] == "images") or (len(rest) == 2 and lower.endswith(".zarr")):
+        validate_modality(modality, source=where)
         _check_resolution_dir(rest[0], src.join(modality, rest[0]))
         return "image", modality, rest[0], tissue_id
     if "images" in rest:

@@ -38,6 +38,7 @@ from ..store.layout import (
     prediction_dir,
     resolution_name,
     resolution_value,
+    validate_name,
     validate_tissue_id,
 )
 from ..store.location import Location
@@ -77,7 +78,7 @@ def output_path(name: str, tissue_id: str, *, labels: bool = False) -> str:
     if labels:
         if name in MASK_KINDS:
             raise InvalidInputError(f"prediction name {name!r} is a mask kind of the converter; choose another name")
-        return label_group_path(validate_tissue_id(name, source="prediction name"), tissue_id, extra_kinds=(name,))
+        return label_group_path(validate_name(name, what="prediction name"), tissue_id, extra_kinds=(name,))
     return image_group_path(prediction_dir(name), tissue_id)
 
 

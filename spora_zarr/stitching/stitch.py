@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..store.layout import MASK_KINDS, image_group_path, label_group_path, modality_dir, resolution_name, validate_tissue_id
+from ..store.layout import (
+    MASK_KINDS,
+    image_group_path,
+    label_group_path,
+    modality_dir,
+    resolution_name,
+    validate_modality,
+    validate_tissue_id,
+)
 from ..store.location import Location
 from ..write.writer import WriteOptions, WriteResult
 from .labels import LabelMosaicSource, find_overlapping_blobs, relabel_tables
@@ -65,6 +73,7 @@ def stitch(
     min_correlation: float = 0.5,
     options: WriteOptions | None = None,
     overwrite: bool = False,
+    allow_outside: bool = False,
     progress: Callable[[str, int], None] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> StitchResult:
@@ -84,6 +93,8 @@ def stitch(
         A mask kind (``cell_masks``, ``tissue_masks``): stitch the table's ``labels`` column too.
     register
         Refine the offsets by phase correlation and least squares first.
+    allow_outside
+        Let the table name files outside ``tiles_dir`` (absolute, ``..``, links out); refused otherwise.
     progress
         Called with ``("image" | "labels", bytes read)`` as the writer advances.
     """
@@ -93,6 +104,7 @@ def stitch(
     from ..write.writer import write_image, write_labels
 
     validate_tissue_id(tissue_id, source=os.fspath(offsets))
+    validate_modality(modality, source=os.fspath(offsets))
     if not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
         raise InvalidInputError(f"{os.fspath(offsets)}: mpp must be a positive number of microns per pixel, got {mpp!r}")
     if z_mpp is not None and not (isinstance(z_mpp, (int, float)) and 0 < z_mpp < float("inf")):
@@ -101,7 +113,7 @@ def stitch(
         raise InvalidInputError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     if labels is not None and labels not in MASK_KINDS:
         raise InvalidInputError(f"unknown mask kind {labels!r}; expected one of {', '.join(MASK_KINDS)}")
-    with Tileset.from_offsets_table(tiles_dir, offsets, offset_unit=offset_unit, mpp=mpp) as tileset:
+    with Tileset.from_offsets_table(tiles_dir, offsets, offset_unit=offset_unit, mpp=mpp, allow_outside=allow_outside) as tileset:
         tileset.voxel_size[2] = z_mpp or mpp
         if labels is not None and tileset.tiles[0].labels is None:
             raise InvalidInputError(f"{os.fspath(offsets)}: --labels needs a 'labels' column naming each tile's label image")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, NotFoundError, reason
+from ..store.guard import resolve_inside
 from .readers import ArrayReader, OpenReaders, PlaneReader, StackReader, TileReader, tiff_geometry
 
 __all__ = ["Tile", "Tileset", "read_offsets_table"]
@@ -116,15 +117,17 @@ class Tileset:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_offsets_table(
-        cls, tiles_dir: str | os.PathLike[str], table: str | os.PathLike[str], *, offset_unit: str = "pixel", mpp: float | None = None
+        cls, tiles_dir: str | os.PathLike[str], table: str | os.PathLike[str], *, offset_unit: str = "pixel", mpp: float | None = None,
+        allow_outside: bool = False,
     ) -> Tileset:
         """Tiles of ``tiles_dir`` placed by an offsets table (CSV or parquet: ``file, x, y[, z][, labels]``).
 
         ``offset_unit="micrometer"`` converts the offsets with ``mpp``. Every
         tile's header is read and checked (present, same dtype and channel
-        count) before the tileset is returned.
+        count) before the tileset is returned. The table's files must lie
+        inside ``tiles_dir`` unless ``allow_outside`` (see :func:`read_offsets_table`).
         """
-        rows, has_z = read_offsets_table(table, tiles_dir, offset_unit=offset_unit, mpp=mpp)
+        rows, has_z = read_offsets_table(table, tiles_dir, offset_unit=offset_unit, mpp=mpp, allow_outside=allow_outside)
         tileset = cls((mpp or 1.0, mpp or 1.0, 1.0), ndim=3 if has_z else 2)
         tileset.init_from_tiff_files([path for path, _, _ in rows])
         tileset.set_offsets(np.array([offset for _, offset, _ in rows], dtype=float))
@@ -398,12 +401,16 @@ class Tileset:
 
 
 def read_offsets_table(
-    table: str | os.PathLike[str], tiles_dir: str | os.PathLike[str], *, offset_unit: str = "pixel", mpp: float | None = None
+    table: str | os.PathLike[str], tiles_dir: str | os.PathLike[str], *, offset_unit: str = "pixel", mpp: float | None = None,
+    allow_outside: bool = False,
 ) -> tuple[list[tuple[str, np.ndarray, str | None]], bool]:
     """Rows ``(tile path, (x, y, z) offset in output pixels, label path or None)`` of an offsets table, and whether it has ``z``.
 
     Every row is checked before returning: a named file that exists, numeric,
-    finite, non-negative offsets.
+    finite, non-negative offsets. A ``file`` or ``labels`` entry is a path
+    relative to ``tiles_dir`` that stays inside it, symbolic links resolved
+    (:func:`~spora_zarr.store.guard.resolve_inside`); ``allow_outside`` lets it
+    be absolute or lead out of ``tiles_dir``.
     """
     path = os.fspath(table)
     if not os.path.isfile(path):
@@ -444,17 +451,27 @@ def read_offsets_table(
             if not math.isfinite(value) or value < 0:
                 raise InvalidInputError(f"{where} ({name}): offset {axis}={raw!r} must be finite and not negative")
             values.append(value / mpp if offset_unit == "micrometer" and axis != "z" and mpp else value)
-        tile = os.path.join(os.fspath(tiles_dir), str(name).strip())
+        tile = _tile_file(tiles_dir, str(name).strip(), "file", where, allow_outside)
         if not os.path.isfile(tile):
             raise NotFoundError(f"{tile}: tile file not found (row {n + 1} of {path})")
         labels = columns.get("labels", [None] * (n + 1))[n]
-        label_path = os.path.join(os.fspath(tiles_dir), str(labels).strip()) if labels else None
+        label_path = _tile_file(tiles_dir, str(labels).strip(), "labels file", where, allow_outside) if labels else None
         if label_path is not None and not os.path.isfile(label_path):
             raise NotFoundError(f"{label_path}: label tile not found (row {n + 1} of {path})")
         rows.append((tile, np.array([*values, 0.0][:3]), label_path))
     if not rows:
         raise InvalidInputError(f"{path}: the offsets table has no rows")
     return rows, has_z
+
+
+def _tile_file(tiles_dir: str | os.PathLike[str], name: str, what: str, where: str, allow_outside: bool) -> str:
+    """The path of a file the offsets table names: inside ``tiles_dir`` unless ``allow_outside``."""
+    if allow_outside:
+        return os.path.join(os.fspath(tiles_dir), name)
+    try:
+        return resolve_inside(tiles_dir, name, what=what, source=where)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{exc}; pass --allow-outside-tiles-dir to read files outside the tiles folder") from None
 
 
 def _read_bytes(path: str) -> bytes:

@@ -10,6 +10,9 @@ from .layout import (
     resolution_name,
     resolution_value,
     tile_table_path,
+    validate_modality,
+    validate_name,
+    validate_relative_path,
     validate_tissue_id,
 )
 from .location import Location
@@ -25,5 +28,8 @@ __all__ = [
     "resolution_name",
     "resolution_value",
     "tile_table_path",
+    "validate_modality",
+    "validate_name",
+    "validate_relative_path",
     "validate_tissue_id",
 ]

@@ -61,32 +61,95 @@ def resolution_name(resolution: Resolution) -> str:
     return text.replace(".", "_") + "mpp"
 
 
+RESERVED_NAMES = ("images", "metadata", "segmentations", "tiling")
+"""Directories the store layout owns: never the first segment of a modality; ``images`` is no segment of one."""
+
+
+def _segment_problem(segment: str) -> str | None:
+    """Why ``segment`` is not safe as one path segment, or ``None``."""
+    if not segment:
+        return "it is empty"
+    if "/" in segment or "\\" in segment:
+        return "it contains a path separator"
+    if segment in (".", ".."):
+        return f"{segment!r} is a relative step, not a name"
+    if segment.startswith("."):
+        return "it starts with a dot"
+    if any(unicodedata.category(ch).startswith("C") for ch in segment):
+        return "it contains a control character"
+    if segment != segment.strip():
+        return "it has leading or trailing whitespace"
+    return None
+
+
+def _invalid(what: str, name: object, reason: str, source: str) -> InvalidInputError:
+    where = f"{source}: " if source else ""
+    return InvalidInputError(f"{where}invalid {what} {name!r}: {reason}")
+
+
+def validate_name(name: object, *, what: str = "name", source: str = "") -> str:
+    """Return ``name`` if it is safe as one path segment, else raise ``InvalidInputError`` naming ``what`` it is.
+
+    Safe: a non-empty string without ``/`` or ``\\``, leading dot (so no ``.``
+    or ``..``), control character, or leading or trailing whitespace.
+    """
+    if not isinstance(name, str):
+        raise InvalidInputError(f"{source + ': ' if source else ''}{what} must be a string, got {name!r}")
+    reason = _segment_problem(name)
+    if reason:
+        raise _invalid(what, name, reason, source)
+    return name
+
+
 def validate_tissue_id(tissue_id: object, *, source: str = "") -> str:
     """Return ``tissue_id`` if it is safe as one path segment, else raise ``InvalidInputError``."""
-    where = f"{source}: " if source else ""
-    if not isinstance(tissue_id, str):
-        raise InvalidInputError(f"{where}tissue id must be a string, got {tissue_id!r}")
-    reason = None
-    if not tissue_id:
-        reason = "it is empty"
-    elif "/" in tissue_id or "\\" in tissue_id:
-        reason = "it contains a path separator"
-    elif tissue_id.startswith("."):
-        reason = "it starts with a dot"
-    elif any(unicodedata.category(ch).startswith("C") for ch in tissue_id):
-        reason = "it contains a control character"
-    elif tissue_id != tissue_id.strip():
-        reason = "it has leading or trailing whitespace"
-    if reason:
-        raise InvalidInputError(f"{where}invalid tissue id {tissue_id!r}: {reason}")
-    return tissue_id
+    return validate_name(tissue_id, what="tissue id", source=source)
+
+
+def validate_relative_path(path: object, *, what: str = "path", source: str = "") -> str:
+    """Return ``path`` if it names a place inside its folder, else raise ``InvalidInputError``.
+
+    A confined relative path: ``/``-separated segments, each safe as a path
+    segment (:func:`validate_name`), so no absolute path, no empty, ``.`` or
+    ``..`` segment, no backslash.
+    """
+    if not isinstance(path, str):
+        raise InvalidInputError(f"{source + ': ' if source else ''}{what} must be a string, got {path!r}")
+    if not path:
+        raise _invalid(what, path, "it is empty", source)
+    if path.startswith("/"):
+        raise _invalid(what, path, "it is an absolute path; give a path relative to the store", source)
+    for segment in path.split("/"):
+        reason = _segment_problem(segment)
+        if reason:
+            raise _invalid(what, path, f"segment {segment!r}: {reason}", source)
+    return path
+
+
+def validate_modality(modality: object, *, source: str = "") -> str:
+    """Return ``modality`` if it is a safe modality directory, else raise ``InvalidInputError``.
+
+    A modality is one or more safe segments (``he``, ``ihc/ihc_CD3``,
+    ``predictions/<name>``); its first segment is none of
+    :data:`RESERVED_NAMES` and no segment is ``images`` (that would place it
+    inside another modality's image groups).
+    """
+    validate_relative_path(modality, what="modality", source=source)
+    assert isinstance(modality, str)
+    segments = modality.split("/")
+    if segments[0] in RESERVED_NAMES:
+        raise _invalid("modality", modality, f"{segments[0]!r} is a folder the store layout reserves ({', '.join(RESERVED_NAMES)})", source)
+    for reserved in ("images", "zarr.json"):
+        if reserved in segments:
+            raise _invalid("modality", modality, f"a segment {reserved!r} is reserved (the path would lie inside an image group)", source)
+    return modality
 
 
 def modality_dir(modality: str, marker: str | None = None) -> str:
-    """Directory of a modality: ``"imc"``, or ``"ihc/ihc_CD3"`` for an IHC marker."""
+    """Directory of a modality: ``"imc"``, or ``"ihc/ihc_CD3"`` for an IHC marker; the name is validated (:func:`validate_modality`)."""
     if marker is not None:
-        return f"ihc/{IHC_PREFIX}{marker}"
-    return modality.strip("/")
+        return validate_modality(f"ihc/{IHC_PREFIX}{marker}")
+    return validate_modality(modality)
 
 
 def image_group_path(modality: str, tissue_id: str) -> str:
@@ -100,6 +163,7 @@ def label_group_path(kind: str, tissue_id: str, *, extra_kinds: Iterable[str] = 
     ``extra_kinds`` are further kinds the store records (label predictions,
     ``segmentations/<name>``; the root's ``mask_kinds``).
     """
+    validate_name(kind, what="mask kind")
     if kind not in MASK_KINDS and kind not in extra_kinds:
         raise InvalidInputError(f"unknown mask kind {kind!r}; expected one of {', '.join(dict.fromkeys([*MASK_KINDS, *extra_kinds]))}")
     return f"segmentations/{kind}/{validate_tissue_id(tissue_id)}"
@@ -107,16 +171,21 @@ def label_group_path(kind: str, tissue_id: str, *, extra_kinds: Iterable[str] = 
 
 def prediction_dir(name: str) -> str:
     """Modality directory of the image predictions called ``name``: ``predictions/<name>`` (images below ``images/``)."""
-    return f"{PREDICTIONS_DIR}/{validate_tissue_id(name, source='prediction name')}"
+    return f"{PREDICTIONS_DIR}/{validate_name(name, what='prediction name')}"
 
 
 def standardization_dir(modality: str, resolution: Resolution, spec: str) -> str:
     """Directory of standardization statistics parquet files (same path as the TIFF layout)."""
-    return f"{modality_dir(modality)}/{resolution_name(resolution)}/standardization/{spec.strip('/')}"
+    spec = spec.strip("/")
+    if spec:
+        validate_relative_path(spec, what="standardization spec")
+    return f"{modality_dir(modality)}/{resolution_name(resolution)}/standardization/{spec}"
 
 
 def tile_table_path(resolution: Resolution, size: int, *, strategy: str = "default", table: str = "coordinates") -> str:
     """Path of a tile table: ``tiling/<res>/<strategy>/<size>_tile_<table>.parquet``."""
+    validate_name(strategy, what="tiling strategy")
+    validate_name(table, what="tile table")
     return f"tiling/{resolution_name(resolution)}/{strategy}/{int(size)}_tile_{table}.parquet"
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import StoreError
-from .layout import FORMAT_VERSION, resolution_value
+from ..errors import InvalidInputError, StoreError
+from .layout import FORMAT_VERSION, resolution_value, validate_modality, validate_name
 from .location import Location
 from .staging import Staging
 
@@ -36,6 +37,7 @@ __all__ = [
     "SporaGroupAttributes",
     "check_format_version",
     "check_not_foreign_root",
+    "is_cohort_store",
     "ngff_kind",
     "read_cohort_attributes",
     "update_cohort_attributes",
@@ -83,10 +85,20 @@ class CohortAttributes:
         modalities = spora.get("modalities", {})
         if not isinstance(modalities, Mapping) or not all(isinstance(v, (list, tuple)) for v in modalities.values()):
             raise StoreError(f"{where}: root attribute spora.modalities must map modality names to lists of levels")
+        mask_kinds = spora.get("mask_kinds", ())
+        if not isinstance(mask_kinds, (list, tuple)):
+            raise StoreError(f"{where}: root attribute spora.mask_kinds must be a list of names")
+        try:  # names read back become paths: the same rule as names given by a user
+            for modality in modalities:
+                validate_modality(modality)
+            for kind in mask_kinds:
+                validate_name(kind, what="mask kind")
+        except InvalidInputError as exc:
+            raise StoreError(f"{where}: root attributes list an {exc}") from None
         return cls(
             format_version=version,
             modalities={str(m): tuple(map(str, levels)) for m, levels in sorted(modalities.items())},
-            mask_kinds=tuple(map(str, spora.get("mask_kinds", ()))),
+            mask_kinds=tuple(map(str, mask_kinds)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +111,9 @@ class CohortAttributes:
     def merged(self, modalities: Mapping[str, Iterable[str]] | None = None, mask_kinds: Iterable[str] = ()) -> CohortAttributes:
         """These attributes with ``modalities`` (and their levels) and ``mask_kinds`` added."""
         merged = {m: set(levels) for m, levels in self.modalities.items()}
+        mask_kinds = tuple(validate_name(kind, what="mask kind") for kind in mask_kinds)
         for modality, levels in (modalities or {}).items():
+            validate_modality(modality)
             merged.setdefault(modality, set()).update(levels)
         return dataclasses.replace(
             self,
@@ -112,12 +126,14 @@ class CohortAttributes:
 def read_cohort_attributes(location: Location) -> CohortAttributes | None:
     """The root's spora attributes, or ``None`` when there is no zarr group at the root.
 
-    A root that is another kind of zarr node (:func:`check_not_foreign_root`) is a ``StoreError``.
+    A root that is another kind of zarr node (:func:`check_not_foreign_root`), or a group inside a cohort
+    store (not its root), is a ``StoreError``.
     """
     attributes = Staging(location).read_attributes("")
     check_not_foreign_root(location, attributes)
     if attributes is None:
         return None
+    _check_not_inside_store(location, attributes)
     return CohortAttributes.from_dict(attributes.get("spora", {}), where=str(location))
 
 
@@ -164,6 +180,35 @@ def check_not_foreign_root(location: Location, attributes: Mapping[str, Any] | N
         )
 
 
+def is_cohort_store(location: Location) -> bool:
+    """Whether ``location`` holds a cohort store root (a zarr group with ``spora`` attributes)."""
+    attributes = Staging(location).read_attributes("")
+    _check_not_inside_store(location, attributes)  # also a new folder inside a store: no store is made there
+    return attributes is not None and "spora" in attributes
+
+
+def _is_store_root(attributes: Mapping[str, Any] | None) -> bool:
+    spora = (attributes or {}).get("spora")
+    return isinstance(spora, Mapping) and "modalities" in spora
+
+
+def _check_not_inside_store(location: Location, attributes: Mapping[str, Any] | None) -> None:
+    """``StoreError`` naming the store when ``location`` (whose root document is ``attributes``) lies inside a cohort store."""
+    if _is_store_root(attributes):
+        return
+    scheme, path = "", location.root
+    if not location.is_local:
+        scheme, path = location.root.split("://", 1)
+        scheme += "://"
+    parent = posixpath.dirname(path)
+    while parent and parent != path:
+        outer = Location(scheme + parent, location.storage_options)
+        if _is_store_root(Staging(outer).read_attributes("")):
+            inner = location.root[len(outer.root):].strip("/")
+            raise StoreError(f"{location}: not the root of a cohort store: it lies inside the store {outer} (as {inner!r}); use {outer}")
+        path, parent = parent, posixpath.dirname(parent)
+
+
 def update_cohort_attributes(
     location: Location, *, modalities: Mapping[str, Iterable[str]] | None = None, mask_kinds: Iterable[str] = ()
 ) -> CohortAttributes:
@@ -176,6 +221,7 @@ def update_cohort_attributes(
     staging = Staging(location)
     document = staging.read_attributes("")
     check_not_foreign_root(location, document)
+    _check_not_inside_store(location, document)
     document = document or {}
     current = CohortAttributes.from_dict(document.get("spora", {}), where=str(location))
     updated = current.merged(modalities, mask_kinds)

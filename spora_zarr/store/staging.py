@@ -12,6 +12,11 @@ store. A finished group is then *promoted*:
 A run killed at any moment leaves only ``.spora_tmp`` entries behind, which
 :meth:`Staging.recover` finishes (a complete new version whose promotion was
 cut short) or deletes (everything else).
+
+Nothing is written through a symbolic link inside a local store
+(:func:`~.guard.check_no_links`), and promotion replaces only a group that
+spora_zarr wrote (its ``zarr.json`` has ``spora`` attributes): a foreign folder at
+a group's path is an error, never deleted.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import shutil
 import uuid
 from typing import Any
 
+from ..errors import StoreError
+from .guard import check_no_links
 from .location import Location
 
 log = logging.getLogger("spora_zarr")
@@ -68,23 +75,35 @@ class Staging:
     def exists(self, path: str) -> bool:
         return bool(self.fs.exists(self.location.fs_path(path)))
 
+    def written_by_spora(self, path: str) -> bool:
+        """Whether ``path`` holds a group spora_zarr wrote (its attributes have ``spora``), complete or being replaced."""
+        attributes = self.read_attributes(path)
+        return attributes is not None and "spora" in attributes
+
+    def _target(self, path: str) -> str:
+        """The filesystem path of store path ``path``, refused when a part of it is a symlink."""
+        check_no_links(self.location, path)
+        return self.location.fs_path(path)
+
     # -- writing ---------------------------------------------------------
     def new_area(self) -> str:
         """A fresh temporary area (a store-relative prefix) for one unit of work."""
-        return f"{STAGING_DIR}/{uuid.uuid4().hex[:12]}"
+        area = f"{STAGING_DIR}/{uuid.uuid4().hex[:12]}"
+        check_no_links(self.location, area)
+        return area
 
     def ensure_groups(self, path: str, root_attributes: dict[str, Any] | None = None) -> None:
         """Write plain group documents for ``path`` and each of its ancestors that lack one."""
         parts = [p for p in path.split("/") if p]
         for depth in range(len(parts) + 1):
             prefix = "/".join(parts[:depth])
-            target = self.location.fs_path(prefix, ZARR_JSON)
+            target = self._target(posixpath.join(prefix, ZARR_JSON))
             if not self.fs.exists(target):
                 self._write_bytes(target, group_document(root_attributes if depth == 0 else None))
 
     def write_group_document(self, path: str, attributes: dict[str, Any]) -> None:
         """Write (or replace) the ``zarr.json`` of the group at ``path``."""
-        self._write_bytes(self.location.fs_path(path, ZARR_JSON), group_document(attributes))
+        self._write_bytes(self._target(posixpath.join(path, ZARR_JSON)), group_document(attributes))
 
     def _write_bytes(self, fs_path: str, data: bytes) -> None:
         if self.location.is_local:
@@ -98,13 +117,19 @@ class Staging:
 
     def write_file(self, path: str, data: bytes) -> None:
         """Write a whole file (a table) so that it appears at ``path`` complete or not at all."""
-        self._write_bytes(self.location.fs_path(path), data)
+        self._write_bytes(self._target(path), data)
 
     # -- promotion -------------------------------------------------------
     def promote(self, area: str, path: str) -> None:
-        """Move the finished group ``<area>/<path>`` to ``path``, replacing an old version last."""
+        """Move the finished group ``<area>/<path>`` to ``path``, replacing an old version last.
+
+        An old version is replaced only when spora_zarr wrote it; anything else
+        at ``path`` is a ``StoreError`` and stays as it is.
+        """
         self.ensure_groups(posixpath.dirname(path))
-        source, target = self.location.fs_path(area, path), self.location.fs_path(path)
+        source, target = self._target(posixpath.join(area, path)), self._target(path)
+        if self.fs.exists(target) and not self.written_by_spora(path):
+            raise StoreError(f"{target}: holds files spora_zarr did not write (no spora group there); not replacing them")
         if self.location.is_local:
             old = None
             if os.path.exists(target):
@@ -120,10 +145,12 @@ class Staging:
 
     def _promote_by_copy(self, source: str, target: str) -> None:
         target_doc = posixpath.join(target, ZARR_JSON)
-        if self.fs.exists(target_doc):
-            self.fs.rm_file(target_doc)  # the old version stops being a complete group first
-        if self.fs.exists(target):
-            self.fs.rm(target, recursive=True)
+        # the old version (if any) stops being a complete group first; the group stays marked as spora's
+        self.fs.pipe_file(target_doc, group_document({"spora": {"kind": "replacing"}}))
+        keep = self.fs._strip_protocol(target_doc)
+        for name in self.fs.find(target):
+            if self.fs._strip_protocol(name) != keep:
+                self.fs.rm_file(name)
         files = [f for f in self.fs.find(source) if f != posixpath.join(source, ZARR_JSON)]
         for name in files:
             self.fs.copy(name, target + name[len(source):])

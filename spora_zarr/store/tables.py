@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError, StoreError, reason
-from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path
+from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path, validate_relative_path
 from .location import Location
-from .staging import Staging
+from .staging import STAGING_DIR, Staging
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -22,8 +22,14 @@ if TYPE_CHECKING:
 __all__ = ["appended_rows", "modality_panel", "read_table", "table_exists", "tissue_table_updates", "write_table"]
 
 
+def _check_path(location: Location, path: str) -> None:
+    """Refuse a table path that leads out of the store (tables being staged live below ``.spora_tmp/``)."""
+    validate_relative_path(path.removeprefix(f"{STAGING_DIR}/"), what="table path", source=str(location))
+
+
 def table_exists(location: Location, path: str) -> bool:
-    """Whether the store has a table at ``path``."""
+    """Whether the store has a table at ``path`` (a path inside the store: :func:`validate_relative_path`)."""
+    _check_path(location, path)
     return bool(location.fs().exists(location.fs_path(path)))
 
 
@@ -45,6 +51,7 @@ def write_table(location: Location, path: str, table: pa.Table) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    _check_path(location, path)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     Staging(location).write_file(path, sink.getvalue().to_pybytes())
