@@ -304,3 +304,39 @@ def test_convert_refuses_a_source_modality_with_a_reserved_name(tmp_path: Path, 
     assert convert(cohort, tmp_path / "out.zarr") == 1
     one_error(capsys, "images/1_0mpp/images/A.tif", "invalid modality 'images'")
     assert not (tmp_path / "out.zarr").exists()
+
+
+# -- only regular files inside the tree the user named are read ----------------------------------------------------------------
+@pytest.mark.parametrize("how", ["link_out", "fifo"])
+def test_convert_skips_and_says_a_source_file_it_must_not_read(tmp_path: Path, cohort: Path, caplog: pytest.LogCaptureFixture,
+                                                                how: str) -> None:
+    images = cohort / "he" / "1_0mpp" / "images"
+    (original,) = images.glob("A.tif*")
+    if how == "link_out":
+        secret = tmp_path / "secret.tif"
+        shutil.copy(original, secret)
+        os.symlink(secret, images / "B.tif")
+    else:
+        os.mkfifo(images / "B.tif")
+    tissues = pa.table({"tissue_id": ["A", "B"]})
+    pq.write_table(tissues, cohort / "metadata" / "tissues.parquet")
+    with caplog.at_level("WARNING", logger="spora_zarr"):
+        assert convert(cohort, tmp_path / "d.zarr") == 0  # a FIFO read would hang here
+    said = [r.getMessage() for r in caplog.records if "B.tif" in r.getMessage()]
+    assert said and ("symbolic link out of" in said[0] if how == "link_out" else "not a regular file" in said[0]), said
+    assert open_cohort(tmp_path / "d.zarr").tissues("he") == ["A"]
+
+
+def test_convert_refuses_a_table_linked_from_outside(tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    outside = tmp_path / "cells.parquet"
+    pq.write_table(pa.table({"cell_id": [1]}), outside)
+    os.symlink(outside, cohort / "metadata" / "cells.parquet")
+    assert convert(cohort, tmp_path / "d.zarr") == 1
+    one_error(capsys, "cells.parquet", "symbolic link out of")
+
+
+def test_add_image_refuses_a_fifo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "a.tif"
+    os.mkfifo(fifo)
+    assert add(tmp_path / "s.zarr", fifo, "he") == 1  # reading it would hang
+    one_error(capsys, str(fifo), "not a regular file")

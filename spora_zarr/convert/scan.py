@@ -26,6 +26,7 @@ from ..store.layout import (
     validate_modality,
     validate_tissue_id,
 )
+from ..store.guard import unreadable_reason
 from ..store.location import Location
 
 log = logging.getLogger("spora_zarr")
@@ -99,6 +100,10 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     known = set(tissue_ids)
     files = _list_files(src)
     tables = sorted(f for f in files if f.endswith(".parquet") and ".zarr/" not in f)
+    for rel in tables:
+        why = unreadable_reason(src, rel)
+        if why:
+            raise InvalidInputError(f"{src.join(rel)}: {why}")
 
     images: dict[tuple[str, str], dict[float, str]] = {}
     masks: dict[tuple[str, str], dict[float, str]] = {}
@@ -106,6 +111,8 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     for rel in files:
         parts = rel.split("/")
         found = _classify(src, rel, parts)
+        if found is not None and not isinstance(found, str):
+            found = unreadable_reason(src, rel) or found
         if found is None:
             continue
         if isinstance(found, str):
@@ -207,6 +214,9 @@ def _check_resolution_dir(name: str, where: str) -> None:
 def read_table(src: Location, rel: str) -> Any:
     import pyarrow.parquet as pq
 
+    why = unreadable_reason(src, rel) if src.fs().exists(src.fs_path(rel)) else None
+    if why:
+        raise InvalidInputError(f"{src.join(rel)}: {why}")
     try:
         with src.fs().open(src.fs_path(rel), "rb") as handle:
             return pq.read_table(handle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 def open_source(path: str, fs: Any = None) -> ImageSource:
     """Open an image file by its suffix: TIFF/OME-TIFF/SVS/NDPI, ``.zarr`` (an OME-Zarr image or a zarr array), PNG/JPEG."""
     lower = path.lower().rstrip("/")
+    if fs is None or _is_local_fs(fs):
+        _check_regular(path, folder=lower.endswith(".zarr"))
     if lower.endswith(TIFF_SUFFIXES):
         return TiffSource(path, fs)
     if lower.endswith(".zarr"):
@@ -36,6 +39,14 @@ def open_source(path: str, fs: Any = None) -> ImageSource:
         array = data[..., :3].transpose(2, 0, 1) if is_rgb else data
         return ArraySource(np.ascontiguousarray(array), name=path, info=SourceInfo(is_rgb=is_rgb))
     raise InvalidInputError(f"{path}: unsupported image format (expected .tif, .tiff, .svs, .ndpi, .zarr, .png or .jpg)")
+
+
+def _check_regular(path: str, *, folder: bool) -> None:
+    """``InvalidInputError`` unless the local ``path`` is a regular file (a folder for ``.zarr``): never a FIFO or device."""
+    if not os.path.exists(path):
+        raise InvalidInputError(f"{path}: no such file")
+    if not (os.path.isdir(path) if folder else os.path.isfile(path)):
+        raise InvalidInputError(f"{path}: not a regular {'folder' if folder else 'file'}; only regular files are read")
 
 
 def _is_local_fs(fs: Any) -> bool:

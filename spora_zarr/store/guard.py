@@ -5,6 +5,9 @@
   write land outside the store). The root itself may be a link: the user named it.
 - :func:`resolve_inside`: a file named by a table (an offsets table's ``file``)
   is a confined relative path that, links resolved, stays inside its folder.
+- :func:`unreadable_reason`: a source file is read only when it is a regular
+  file (or a ``.zarr`` folder) that, links resolved, lies inside the tree the
+  user named (a link ``images/T.tif -> /etc/...`` is skipped, and said so).
 - :func:`check_destination`: a conversion never writes into its own source (or
   a folder inside it), and never into a folder that is not a store and already
   holds files, unless the caller passes ``overwrite`` (the files there are kept).
@@ -20,7 +23,7 @@ from ..errors import InvalidInputError, StoreError
 from .layout import validate_relative_path
 from .location import Location
 
-__all__ = ["check_destination", "check_no_links", "resolve_inside"]
+__all__ = ["check_destination", "check_no_links", "resolve_inside", "unreadable_reason"]
 
 
 def check_no_links(location: Location, path: str) -> None:
@@ -53,6 +56,26 @@ def resolve_inside(folder: str | os.PathLike[str], name: str, *, what: str = "fi
         where = f"{source}: " if source else ""
         raise InvalidInputError(f"{where}{what} {name!r} resolves outside {base} (a symbolic link)")
     return path
+
+
+def unreadable_reason(location: Location, rel: str) -> str | None:
+    """Why the source file ``rel`` below a local tree must not be read (``None``: it may be).
+
+    A path that leaves the tree once links are resolved, or that is not a
+    regular file (a FIFO, a device, a socket; a ``.zarr`` folder counts as a
+    file), is not read. Object stores have neither links nor special files.
+    """
+    if not location.is_local:
+        return None
+    path = location.fs_path(rel)
+    real = os.path.realpath(path)
+    if not _inside(real, os.path.realpath(location.root)):
+        return f"a symbolic link out of {location} (to {real}); only files inside the tree are read"
+    if rel.lower().endswith(".zarr") and os.path.isdir(real):
+        return None
+    if not os.path.isfile(real):
+        return "not a regular file (a FIFO, device or socket); only regular files are read"
+    return None
 
 
 def check_destination(
