@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import InvalidInputError, reason
 from ..sources import RASTER_SUFFIXES, TIFF_SUFFIXES
+from ..store.guard import unreadable_reason
 from ..store.layout import (
     IHC_PREFIX,
     MASK_KINDS,
@@ -26,7 +27,6 @@ from ..store.layout import (
     validate_modality,
     validate_tissue_id,
 )
-from ..store.guard import unreadable_reason
 from ..store.location import Location
 
 log = logging.getLogger("spora_zarr")
