@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..store.location import Location
+from ..store.lock import writes_store
 from ..store.metadata import update_cohort_attributes
 from ..store.staging import Staging
 from ..write.writer import WriteOptions
@@ -57,6 +58,7 @@ class ConversionReport(RunReport):
         return "\n".join([f"{head}, {len(self.tables)} tables copied{skipped}", *failures])
 
 
+@writes_store("convert", "dest")
 def convert_cohort(
     source: str | Location,
     dest: str | Location,

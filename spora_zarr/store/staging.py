@@ -16,12 +16,14 @@ cut short) or deletes (everything else).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import posixpath
 import shutil
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from .location import Location
@@ -31,6 +33,7 @@ log = logging.getLogger("spora_zarr")
 STAGING_DIR = ".spora_tmp"
 ZARR_JSON = "zarr.json"
 _OLD = ".old"
+_COMMIT = ".spora_commit"
 
 
 def group_document(attributes: dict[str, Any] | None = None) -> bytes:
@@ -101,22 +104,70 @@ class Staging:
         self._write_bytes(self.location.fs_path(path), data)
 
     # -- promotion -------------------------------------------------------
-    def promote(self, area: str, path: str) -> None:
-        """Move the finished group ``<area>/<path>`` to ``path``, replacing an old version last."""
+    def stage_file(self, area: str, path: str, data: bytes) -> None:
+        """Write a whole file (a table, the root document) into ``area``, to be promoted with its group."""
+        self._write_bytes(self.location.fs_path(area, path), data)
+
+    def promote(self, area: str, path: str, files: Sequence[str] = ()) -> None:
+        """Move the finished group ``<area>/<path>`` and the ``files`` staged with it to their final paths.
+
+        Writing the area's commit record is the one step that decides: before
+        it, :meth:`recover` deletes the area (nothing changed); after it,
+        :meth:`recover` finishes the moves (the group first, then the files in
+        order). An old version of the group is replaced last.
+        """
+        record: dict[str, Any] = {"groups": [path], "files": list(files)}
+        if self.location.is_local:  # after a swap with the old version the area holds that one: tell them apart
+            record["inodes"] = {path: os.stat(self.location.fs_path(area, path)).st_ino}
+        self._write_bytes(self.location.fs_path(area, _COMMIT), json.dumps(record).encode())
+        self._roll_forward(area)
+
+    def _committed(self, area: str) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.fs.cat_file(self.location.fs_path(area, _COMMIT)))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _roll_forward(self, area: str) -> list[str]:
+        """Move what a committed area still holds to its final paths; return the groups moved."""
+        record = self._committed(area) or {}
+        moved = []
+        inodes = record.get("inodes", {})
+        for group in record.get("groups", []):
+            staged = self.location.fs_path(area, group)
+            if self.fs.exists(staged) and (group not in inodes or os.stat(staged).st_ino == inodes[group]):
+                self._move_group(area, group)
+                moved.append(group)
+        for name in record.get("files", []):
+            source = self.location.fs_path(area, name)
+            if self.fs.exists(source):
+                self._move_file(source, self.location.fs_path(name))
+        self.discard(area)
+        return moved
+
+    def _move_group(self, area: str, path: str) -> None:
         self.ensure_groups(posixpath.dirname(path))
         source, target = self.location.fs_path(area, path), self.location.fs_path(path)
-        if self.location.is_local:
-            old = None
-            if os.path.exists(target):
-                old = self.location.fs_path(area + _OLD, path)
-                os.makedirs(os.path.dirname(old), exist_ok=True)
-                os.rename(target, old)
-            os.rename(source, target)
-            if old is not None:
-                shutil.rmtree(self.location.fs_path(area + _OLD), ignore_errors=True)
-        else:
+        if not self.location.is_local:
             self._promote_by_copy(source, target)
-        self.discard(area)
+        elif not os.path.exists(target):
+            os.rename(source, target)
+        elif _exchange(source, target):  # one step: readers opening the group see the old or the new version
+            shutil.rmtree(source, ignore_errors=True)
+        else:
+            old = self.location.fs_path(area + _OLD, path)
+            os.makedirs(os.path.dirname(old), exist_ok=True)
+            os.rename(target, old)
+            os.rename(source, target)
+            shutil.rmtree(self.location.fs_path(area + _OLD), ignore_errors=True)
+
+    def _move_file(self, source: str, target: str) -> None:
+        if self.location.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(source, target)
+        else:
+            self.fs.pipe_file(target, self.fs.cat_file(source))
 
     def _promote_by_copy(self, source: str, target: str) -> None:
         target_doc = posixpath.join(target, ZARR_JSON)
@@ -137,6 +188,11 @@ class Staging:
         elif self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
+    def abandon(self, area: str) -> None:
+        """Delete the area of a write that failed, unless it was committed (then :meth:`recover` finishes it)."""
+        if self._committed(area) is None:
+            self.discard(area)
+
     def discard_for(self, path: str) -> None:
         """Delete every temporary copy of ``path`` (leftovers of a killed run)."""
         for area in self._areas():
@@ -153,23 +209,22 @@ class Staging:
         return [f"{STAGING_DIR}/{name}" for name in names if name != ZARR_JSON]
 
     def recover(self) -> list[str]:
-        """Finish or remove what an interrupted run left; return the group paths promoted.
+        """Finish or undo what an interrupted run left; return the group paths promoted.
 
-        A staged group that is complete and whose final path holds no complete
-        group (its promotion was cut short) is promoted; an old version moved
-        aside whose replacement never arrived is put back; the rest is deleted.
+        An area with a commit record is finished (its group and files moved to
+        their final paths); an old version moved aside whose replacement never
+        arrived is put back; everything else is deleted.
         """
         promoted = []
         for area in sorted(self._areas(), key=lambda a: a.endswith(_OLD)):
-            for group in self._staged_groups(area):
-                if area.endswith(_OLD):
+            if area.endswith(_OLD):
+                for group in self._staged_groups(area):
                     if not self.exists(group):
                         log.info("restoring %s from an interrupted overwrite", group)
-                        self.promote(area, group)
-                elif self.is_complete(f"{area}/{group}") and not self.is_complete(group):
-                    log.info("finishing the interrupted promotion of %s", group)
-                    self.promote(area, group)
-                    promoted.append(group)
+                        self._move_group(area, group)
+            elif self._committed(area) is not None:
+                log.info("finishing the interrupted promotion of %s", area)
+                promoted += self._roll_forward(area)
             self.discard(area)
         if not self._areas():  # zarr leaves a group document behind when it creates arrays in an area
             self.discard(STAGING_DIR)
@@ -189,3 +244,14 @@ class Staging:
             if relative and attributes is not None and "spora" in attributes:
                 groups.append(relative)
         return groups
+
+
+def _exchange(source: str, target: str) -> bool:
+    """Swap two local directories in one step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_exchange) == 0

@@ -189,6 +189,7 @@ def write_image(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     z_mpp: float | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> WriteResult:
     """Write an image given its sources per resolution (mpp -> ``(C, H, W)`` source) as a multiscale group.
 
@@ -197,7 +198,9 @@ def write_image(
     modality's channel names in ``channels.parquet`` order) gives each
     channel the colour of its panel position. Sources of a z stack
     (``nz > 1``) give axes ``c, z, y, x`` with ``z_mpp`` microns between
-    planes (default: the finest y/x mpp).
+    planes (default: the finest y/x mpp). ``files`` (store path -> bytes:
+    the tables and root document that list the image) are staged with the
+    group and promoted with it in one step.
     """
     shape = _first(sources).shape
     z_scale = _z_scale(sources, z_mpp)
@@ -214,7 +217,7 @@ def write_image(
             z_mpp=z_scale,
         )
 
-    return _write_multiscale(Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress)
+    return _write_multiscale(Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress, files)
 
 
 def write_labels(
@@ -228,8 +231,9 @@ def write_labels(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     z_mpp: float | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> WriteResult:
-    """Write a mask (one channel of integer labels) as an NGFF label multiscale group (``z, y, x`` for a stack, as :func:`write_image`)."""
+    """Write a mask (one channel of integer labels) as an NGFF label multiscale group (``z, y, x`` for a stack, and ``files``, as :func:`write_image`)."""
     first = _first(sources)
     z_scale = _z_scale(sources, z_mpp)
     if first.shape[0] != 1:
@@ -244,7 +248,7 @@ def write_labels(
             levels, name=display_name(path), source_image=source_image, spora=attributes, where=path, z_mpp=z_scale
         )
 
-    return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress)
+    return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress, files)
 
 
 def display_name(path: str) -> str:
@@ -268,6 +272,7 @@ def _write_multiscale(
     options: WriteOptions | None,
     overwrite: bool,
     progress: ProgressCallback | None,
+    files: Mapping[str, bytes] | None = None,
 ) -> WriteResult:
     options = options or WriteOptions()
     staging = Staging(location)
@@ -302,9 +307,11 @@ def _write_multiscale(
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth)
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer.sample()).to_attributes())
-        staging.promote(area, path)
+        for name, data in (files or {}).items():
+            staging.stage_file(area, name, data)
+        staging.promote(area, path, list(files or {}))
     except BaseException:
-        staging.discard(area)
+        staging.abandon(area)
         raise
     return WriteResult(path, levels=levels, bytes_read=streamer.bytes_read)
 
