@@ -223,10 +223,15 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
 
 
 def _start_worker(codec_threads: int) -> None:
-    """Set up a worker process: Ctrl-C is the run's process's to answer (no worker tracebacks)."""
+    """Set up a worker process: Ctrl-C is the run's process's to answer (no worker tracebacks); SIGTERM ends it cleanly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     configure_writer_process(codec_threads)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the task (its staged work is deleted) and exits the process normally
 
 
 @contextlib.contextmanager
@@ -246,7 +251,11 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     for process in processes:
         process.terminate()
     for process in processes:
-        process.join(10)
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    pool.shutdown(wait=True)  # the pool's own thread sees its workers gone and releases its queues
 
 
 def _run_distributed(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:

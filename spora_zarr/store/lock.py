@@ -33,7 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 from ..errors import StoreError
 from .location import Location
 
-__all__ = ["LOCK_NAME", "store_lock", "writes_store"]
+__all__ = ["LOCK_NAME", "store_lock", "writer_at_work", "writes_store"]
 
 LOCK_NAME = ".spora_lock"
 _held: dict[tuple[str, int], int] = {}  # (store root, pid) -> nesting depth in this process
@@ -86,11 +86,29 @@ def _holder(verb: str) -> dict[str, Any]:
             "token": uuid.uuid4().hex}
 
 
+def writer_at_work(location: Location) -> str | None:
+    """Who is writing the store (``convert (pid 12 on host, since ...)``), for readers to warn; ``None`` when no one is.
+
+    Read from the lock file or object; a lock of this process, or left by a
+    dead process of this host, does not count.
+    """
+    try:
+        holder = _parse(location.fs().cat_file(location.fs_path(LOCK_NAME)))
+    except (FileNotFoundError, OSError):
+        return None
+    if holder is not None and (_is_stale(holder) or (holder.get("pid"), holder.get("host")) == (os.getpid(), socket.gethostname())):
+        return None
+    return _who(holder)
+
+
+def _who(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another writer"
+    return f"{holder.get('verb', 'a writer')} (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})"
+
+
 def _refusal(location: Location, holder: dict[str, Any] | None) -> StoreError:
-    who = "another writer"
-    if holder:
-        who = f"{holder.get('verb', 'a writer')} (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})"
-    return StoreError(f"{location}: {who} is writing this store; one writer at a time (lock {location.join(LOCK_NAME)})")
+    return StoreError(f"{location}: {_who(holder)} is writing this store; one writer at a time (lock {location.join(LOCK_NAME)})")
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:

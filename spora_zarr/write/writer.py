@@ -233,7 +233,10 @@ def write_labels(
     z_mpp: float | None = None,
     files: Mapping[str, bytes] | None = None,
 ) -> WriteResult:
-    """Write a mask (one channel of integer labels) as an NGFF label multiscale group (``z, y, x`` for a stack, and ``files``, as :func:`write_image`)."""
+    """Write a mask (one channel of integer labels) as an NGFF label multiscale group.
+
+    A stack gives ``z, y, x``; ``files`` are promoted with the group; both as :func:`write_image`.
+    """
     first = _first(sources)
     z_scale = _z_scale(sources, z_mpp)
     if first.shape[0] != 1:
