@@ -1,17 +1,20 @@
 """Crash-safe visibility: a group or table appears at its final path only when complete.
 
 Everything is first written under ``.spora_tmp/<token>/<final path>`` in the
-store. A finished group is then *promoted*:
+store, with the files that list the group (tables, the root document) when a
+writer stages them with it. Writing the area's commit record is the one step
+that decides; the finished group and then its files are *promoted*:
 
-- on a local filesystem by ``rename`` (an existing old version is renamed
-  aside first and deleted only after the new one is in place);
+- on a local filesystem by ``rename`` (an existing old version is swapped with
+  the new one in one step where the kernel can, else renamed aside first, and
+  deleted only after the new one is in place);
 - on object stores, which cannot rename, by copying the arrays and writing the
   group's ``zarr.json`` last, so readers never see a multiscales group whose
   arrays are incomplete.
 
 A run killed at any moment leaves only ``.spora_tmp`` entries behind, which
-:meth:`Staging.recover` finishes (a complete new version whose promotion was
-cut short) or deletes (everything else).
+:meth:`Staging.recover` finishes (a committed area) or deletes (everything
+else), restoring an old version whose replacement never arrived.
 """
 
 from __future__ import annotations
