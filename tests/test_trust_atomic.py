@@ -356,3 +356,13 @@ def test_a_reader_is_warned_while_a_writer_is_at_work(store: Path, caplog: pytes
     caplog.clear()
     open_cohort(store)
     assert caplog.text == ""
+
+
+def test_the_runs_own_workers_are_not_warned(store: Path) -> None:
+    """A process started by the run that holds the lock (a worker) reads without the warning; any other process is warned."""
+    read = [sys.executable, "-c", f"from spora_zarr import open_cohort; open_cohort({str(store)!r})"]
+    with store_lock(Location.parse(store), "convert"):
+        worker = subprocess.run(read, capture_output=True, text=True, check=True)
+        stranger = subprocess.run(read, capture_output=True, text=True, check=True, env={**os.environ, "SPORA_ZARR_RUN_LOCKS": ""})
+    assert worker.stderr == ""
+    assert "convert (pid" in stranger.stderr and "is writing this store" in stranger.stderr, stranger.stderr

@@ -37,6 +37,7 @@ __all__ = ["LOCK_NAME", "store_lock", "writer_at_work", "writes_store"]
 
 LOCK_NAME = ".spora_lock"
 _held: dict[tuple[str, int], int] = {}  # (store root, pid) -> nesting depth in this process
+_RUN_LOCKS = "SPORA_ZARR_RUN_LOCKS"  # tokens of the locks held by this process's run, for its workers
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -72,12 +73,19 @@ def store_lock(location: Location, verb: str) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
-    release = _lock_local(location, verb) if location.is_local else _lock_object(location, verb)
+    holder = _holder(verb)
+    release = _lock_local(location, holder) if location.is_local else _lock_object(location, holder)
     _held[key] = 1
+    outer = os.environ.get(_RUN_LOCKS)
+    os.environ[_RUN_LOCKS] = f"{outer or ''} {holder['token']}".strip()  # the run's worker processes inherit it
     try:
         yield
     finally:
         del _held[key]
+        if outer is None:
+            os.environ.pop(_RUN_LOCKS, None)
+        else:
+            os.environ[_RUN_LOCKS] = outer
         release()
 
 
@@ -89,14 +97,15 @@ def _holder(verb: str) -> dict[str, Any]:
 def writer_at_work(location: Location) -> str | None:
     """Who is writing the store (``convert (pid 12 on host, since ...)``), for readers to warn; ``None`` when no one is.
 
-    Read from the lock file or object; a lock of this process, or left by a
-    dead process of this host, does not count.
+    Read from the lock file or object; the lock of this process's own run (it
+    or the run that started it as a worker), or one left by a dead process of
+    this host, does not count.
     """
     try:
         holder = _parse(location.fs().cat_file(location.fs_path(LOCK_NAME)))
     except (FileNotFoundError, OSError):
         return None
-    if holder is not None and (_is_stale(holder) or (holder.get("pid"), holder.get("host")) == (os.getpid(), socket.gethostname())):
+    if holder is not None and (holder.get("token") in os.environ.get(_RUN_LOCKS, "").split() or _is_stale(holder)):
         return None
     return _who(holder)
 
@@ -119,7 +128,7 @@ def _parse(data: bytes) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _lock_local(location: Location, verb: str) -> Callable[[], None]:
+def _lock_local(location: Location, holder: dict[str, Any]) -> Callable[[], None]:
     import fcntl
 
     created = not os.path.isdir(location.root)
@@ -130,10 +139,10 @@ def _lock_local(location: Location, verb: str) -> Callable[[], None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = _parse(os.pread(fd, 4096, 0))
+            other = _parse(os.pread(fd, 4096, 0))
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise _refusal(location, holder) from None
+                raise _refusal(location, other) from None
             raise StoreError(f"{location}: cannot lock {path}: {exc.strerror}") from None
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -142,7 +151,7 @@ def _lock_local(location: Location, verb: str) -> Callable[[], None]:
             pass
         os.close(fd)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(_holder(verb)).encode(), 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
 
     def release() -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -155,7 +164,7 @@ def _lock_local(location: Location, verb: str) -> Callable[[], None]:
     return release
 
 
-def _lock_object(location: Location, verb: str) -> Callable[[], None]:
+def _lock_object(location: Location, mine: dict[str, Any]) -> Callable[[], None]:
     fs = location.fs()
     path = location.fs_path(LOCK_NAME)
 
@@ -168,7 +177,6 @@ def _lock_object(location: Location, verb: str) -> Callable[[], None]:
     holder = current()
     if holder is not None and not _is_stale(holder):
         raise _refusal(location, holder)
-    mine = _holder(verb)
     fs.pipe_file(path, json.dumps(mine).encode())
     if (current() or {}).get("token") != mine["token"]:  # another writer wrote its lock meanwhile
         raise _refusal(location, current())
