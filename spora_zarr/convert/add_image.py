@@ -80,7 +80,7 @@ def add_image(
         resolution = mpp if mpp is not None else source.info.mpp
         if resolution is None:
             raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
-        if source.dtype.kind not in "biuf" or source.dtype.itemsize > 4 and source.dtype.kind in "iu":
+        if source.dtype.kind not in "biuf" or (source.dtype.kind in "iu" and source.dtype.itemsize > 4):
             raise InvalidInputError(f"{path}: pixels of dtype {source.dtype} cannot be stored; expected (u)int8/16/32, float or bool")
         staging = Staging(dst)
         staging.recover()
