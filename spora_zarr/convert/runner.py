@@ -215,7 +215,7 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
                     outcome = TaskOutcome(task.path, task.label, error=f"worker process failed: {type(exc).__name__}: {exc}")
                 outcomes.append(outcome)
                 progress.finished(outcome)
-    except BaseException:  # Ctrl-C: stop the workers before the run ends (their staged work is undone by the next run)
+    except BaseException:  # Ctrl-C: stop the workers before the run (and its store lock) ends; their staged work is deleted
         _stop_workers(pool)
         raise
     pool.shutdown()

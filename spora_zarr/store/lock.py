@@ -13,7 +13,9 @@ when it names this host and a pid that is not running; one from another host
 must be deleted by hand once its holder is gone (the refusal names it).
 
 Worker processes of a run never take the lock: the verb's own process holds
-it for the whole run. Nested verbs in one process share it.
+it for the whole run, and the processes it starts inherit the lock's token
+(an environment variable), so :func:`writer_at_work` does not count their own
+run. Nested verbs in one process share the lock.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ class Staging:
         Writing the area's commit record is the one step that decides: before
         it, :meth:`recover` deletes the area (nothing changed); after it,
         :meth:`recover` finishes the moves (the group first, then the files in
-        order). An old version of the group is replaced last.
+        order). An old version of the group is deleted once the new one is in place.
         """
         record: dict[str, Any] = {"groups": [path], "files": list(files)}
         if self.location.is_local:  # after a swap with the old version the area holds that one: tell them apart
