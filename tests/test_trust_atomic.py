@@ -366,3 +366,21 @@ def test_the_runs_own_workers_are_not_warned(store: Path) -> None:
         stranger = subprocess.run(read, capture_output=True, text=True, check=True, env={**os.environ, "SPORA_ZARR_RUN_LOCKS": ""})
     assert worker.stderr == ""
     assert "convert (pid" in stranger.stderr and "is writing this store" in stranger.stderr, stranger.stderr
+
+
+def test_add_image_on_an_object_store_promotes_the_group_and_its_tables(tmp_path: Path) -> None:
+    """The copy promotion of object stores (here memory://): arrays at the group's own path, tables with it, nothing left."""
+    url = f"memory://atomic-{os.getpid()}/cohort.zarr"
+    image = ome(tmp_path / "b.ome.tif", np.arange(2 * 64 * 80, dtype=np.uint16).reshape(2, 64, 80), 1.0, ["X1", "X2"])
+    tifffile.imwrite(tmp_path / "mask.tif", (np.arange(64 * 80).reshape(64, 80) % 5).astype(np.uint8))
+    assert main(["add-image", url, str(image), "--modality", "imc", "--tissue-id", "B"]) == 0
+    assert main(["add-image", url, str(image), "--modality", "imc", "--tissue-id", "B", "--overwrite"]) == 0
+    assert main(["add-image", url, str(tmp_path / "mask.tif"), "--modality", "tissue_masks", "--tissue-id", "B", "--mpp", "1"]) == 0
+    cohort = open_cohort(url)
+    np.testing.assert_array_equal(cohort.open_image("imc", "B", 1.0).values, tifffile.imread(image))
+    assert cohort.read_table("imc/channels_per_tissue.parquet").to_pydict() == {"tissue_id": ["B", "B"], "channel_name": ["X1", "X2"]}
+    assert cohort.mask_tissues("tissue_masks") == ["B"]
+    assert validate_store(url) == []
+    location = Location.parse(url)
+    leftovers = [p for p in location.fs().find(location.fs_path("")) if ".spora" in p]
+    assert leftovers == []

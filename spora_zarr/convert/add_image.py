@@ -24,6 +24,7 @@ H&E (``he``) and IHC (``ihc/...``) images must be RGB. See
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ from ..store.layout import (
 from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.metadata import GroupMetadata, read_cohort_attributes, staged_root_document
-from ..store.staging import Staging, is_complete_group
+from ..store.staging import ZARR_JSON, Staging, is_complete_group
 from ..store.tables import modality_panel, table_bytes, tissue_table_updates
 from ..write.writer import WriteOptions, WriteResult, write_image, write_labels
 from .tasks import RGB_MODALITIES
@@ -172,7 +173,7 @@ def _segmented_image(location: Location, path: str, tissue_id: str, level: str, 
         if level not in metadata.level_names:
             found[group] = ()
             continue
-        image_shape = tuple(zarr.open_array(location.zarr_store(read_only=True), path=f"{group}/{level}", mode="r").shape)
+        image_shape = tuple(json.loads(location.fs().cat_file(location.fs_path(group, level, ZARR_JSON)))["shape"])
         if image_shape[1:] == tuple(shape):
             return group
         found[group] = image_shape[1:]

@@ -178,9 +178,10 @@ class Staging:
             self.fs.rm_file(target_doc)  # the old version stops being a complete group first
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)
-        files = [f for f in self.fs.find(source) if f != posixpath.join(source, ZARR_JSON)]
+        prefix = self.fs._strip_protocol(source).rstrip("/")  # as find() spells it (memory:// adds a leading "/")
+        files = [f for f in self.fs.find(source) if f != posixpath.join(prefix, ZARR_JSON)]
         for name in files:
-            self.fs.copy(name, target + name[len(source):])
+            self.fs.copy(name, target + name[len(prefix):])
         self.fs.copy(posixpath.join(source, ZARR_JSON), target_doc)
 
     def discard(self, area: str) -> None:
@@ -235,7 +236,7 @@ class Staging:
 
     def _staged_groups(self, area: str) -> list[str]:
         """Paths (relative to the area) of the multiscale groups staged in ``area``."""
-        base = self.location.fs_path(area)
+        base = self.fs._strip_protocol(self.location.fs_path(area)).rstrip("/")
         try:
             documents = [f for f in self.fs.find(base) if f.endswith("/" + ZARR_JSON)]
         except (FileNotFoundError, OSError):
