@@ -39,7 +39,7 @@ def tree(folder: Path) -> set[str]:
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
     path = tmp_path / "img.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8))
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (3, 32, 32), dtype=np.uint8))
     return path
 
 

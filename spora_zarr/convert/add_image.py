@@ -7,42 +7,55 @@ levels are recomputed, and the new pyramid replaces the old one only once it is
 complete (the writer's staging). A resolution the image already has from a
 source is kept, unless ``overwrite`` replaces that level's pixels.
 
-The tables the datasets read are extended too, each written whole: the tissue
-is added to ``metadata/tissues.parquet``, and the channels of a multiplex image
-to ``<modality>/channels.parquet`` (a new channel with ``qc_pass`` true and no
+The tables the datasets read are extended too: the tissue is added to
+``metadata/tissues.parquet``, and the channels of a multiplex image to
+``<modality>/channels.parquet`` (a new channel with ``qc_pass`` true and no
 UniProt id) and ``<modality>/channels_per_tissue.parquet``. Rows already there
 are never rewritten; a tissue listed with other channels is an error before
-anything is written. See ``docs/conversion.md``.
+anything is written. The tables and the root document are staged with the
+image and promoted with it in one step, so a failure or a kill leaves every
+file as it was (or, once committed, the next run finishes the step).
+
+``modality`` ``tissue_masks`` or ``cell_masks`` writes the file as the
+tissue's mask (an NGFF label group at ``segmentations/<kind>/<tissue_id>``);
+H&E (``he``) and IHC (``ihc/...``) images must be RGB. See
+``docs/conversion.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import posixpath
+import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import zarr
 
 from ..errors import InvalidInputError
 from ..sources import ArraySource, ImageSource, open_source
 from ..sources.lossy import JpegEncoded
 from ..store.layout import (
+    MASK_KINDS,
     image_group_path,
+    label_group_path,
     resolution_name,
     resolution_value,
     validate_modality,
     validate_tissue_id,
 )
 from ..store.location import Location
-from ..store.metadata import GroupMetadata, update_cohort_attributes
-from ..store.staging import Staging, is_complete_group
-from ..store.tables import modality_panel, tissue_table_updates, write_table
-from ..write.writer import WriteOptions, WriteResult, write_image
+from ..store.lock import writes_store
+from ..store.metadata import GroupMetadata, read_cohort_attributes, staged_root_document
+from ..store.staging import ZARR_JSON, Staging, is_complete_group
+from ..store.tables import modality_panel, table_bytes, tissue_table_updates
+from ..write.writer import WriteOptions, WriteResult, write_image, write_labels
+from .tasks import RGB_MODALITIES
 
 __all__ = ["add_image"]
 
 
+@writes_store("add-image", "dest")
 def add_image(
     dest: str | Location,
     path: str,
@@ -57,7 +70,7 @@ def add_image(
     lossless: bool = False,
     jpeg_quality: int | None = None,
 ) -> WriteResult:
-    """Add one image file as a resolution of ``<modality>/images/<tissue_id>``; create the store if needed.
+    """Add one image file as a resolution of ``<modality>/images/<tissue_id>`` (or a mask); create the store if needed.
 
     OME-TIFF and OME-Zarr channel names and the pixel size of OME-TIFF, Aperio
     SVS, TIFF resolution tags and OME-Zarr are read from the file; other files
@@ -75,6 +88,10 @@ def add_image(
     validate_modality(modality, source=path)
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
         raise InvalidInputError(f"{path}: mpp must be a positive number of microns per pixel, got {mpp!r}")
+    if modality in MASK_KINDS and channel_names:
+        raise InvalidInputError(f"{path}: a mask ({modality}) has no channel names; leave out the channel names")
+    if jpeg_quality is not None and lossless:
+        raise InvalidInputError(f"{path}: --jpeg-quality (lossy) and --lossless exclude each other")
     dst = Location.parse(dest, storage_options)
     with open_source(path) as source, contextlib.ExitStack() as closing:
         info = source.info
@@ -87,50 +104,135 @@ def add_image(
             )
         if resolution is None:
             raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
-        if jpeg_quality is not None and lossless:
-            raise InvalidInputError(f"{path}: --jpeg-quality (lossy) and --lossless exclude each other")
-        lossy = JpegEncoded(source, jpeg_quality) if jpeg_quality is not None and source.encoded_tiles() is None else None
-        names = list(channel_names) if channel_names else (list(info.channel_names) if info.channel_names else None)
-        if names is None:
-            names = ["red", "green", "blue"] if info.is_rgb else [f"channel_{i}" for i in range(source.shape[0])]
-        if len(names) != source.shape[0]:
-            raise InvalidInputError(f"{path}: {source.shape[0]} channels but {len(names)} channel names given")
-        update_cohort_attributes(dst)  # creates the store, or checks that it is one this version reads
         staging = Staging(dst)
         staging.recover()
-        target = image_group_path(modality, tissue_id)
-        existing = _existing(dst, target)
-        level = resolution_name(resolution)
-        if existing is not None and existing.channel_names != names:
-            raise InvalidInputError(
-                f"{path}: {target} has channels {existing.channel_names}, the file {names}; a tissue's resolutions share their channels"
-            )
-        tables = tissue_table_updates(dst, path, modality, tissue_id, names, multiplex=not info.is_rgb)
-        for rel, table in tables.items():
-            write_table(dst, rel, table)
-        if existing is not None and level in existing.spora.source_levels and not overwrite:
-            return WriteResult(target, skipped=True)
-        sources: dict[float, ImageSource] = {resolution_value(resolution): lossy or source}
-        own = source.reduced_levels()
-        for factor, reduced in own.items():
-            closing.callback(reduced.close)
-            encode = jpeg_quality is not None and reduced.encoded_tiles() is None
-            sources[resolution_value(resolution * factor)] = JpegEncoded(reduced, jpeg_quality) if encode and jpeg_quality else reduced
-        if existing is not None:
-            group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
-            for kept in existing.spora.source_levels:
-                if kept != level and resolution_value(kept) not in sources:
-                    sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
-        panel = modality_panel(dst, modality) if not info.is_rgb else None
-        staging.ensure_groups(posixpath.dirname(target))
-        result = write_image(
-            dst, target, sources, channel_names=names, rgb=info.is_rgb, panel=panel,
-            spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite,
-            keep_encoded=not lossless,
-            z_mpp=info.z_mpp,
+        try:
+            if modality in MASK_KINDS:
+                return _add_mask(dst, path, source, modality, tissue_id, resolution_value(resolution), options, overwrite)
+            levels = _own_levels(source, resolution_value(resolution), jpeg_quality, closing)
+            return _add_image(dst, path, source, modality, tissue_id, levels, channel_names, options, overwrite, keep_encoded=not lossless)
+        finally:
+            staging.recover()  # tidies the staging folder a failed write leaves
+
+
+def _own_levels(
+    source: ImageSource, resolution: float, jpeg_quality: int | None, closing: contextlib.ExitStack
+) -> dict[float, ImageSource]:
+    """The file's levels by mpp: the source at ``resolution`` and its own reduced levels (closed with ``closing``).
+
+    With ``jpeg_quality``, a level that has no JPEG tiles of its own is encoded as JPEG tiles of that quality.
+    """
+    own: dict[float, ImageSource] = {resolution: source}
+    for factor, reduced in source.reduced_levels().items():
+        closing.callback(reduced.close)
+        own[resolution_value(resolution * factor)] = reduced
+    if jpeg_quality is None:
+        return own
+    return {mpp: level if level.encoded_tiles() is not None else JpegEncoded(level, jpeg_quality) for mpp, level in own.items()}
+
+
+def _add_image(
+    dst: Location,
+    path: str,
+    source: ImageSource,
+    modality: str,
+    tissue_id: str,
+    levels: dict[float, ImageSource],
+    channel_names: Sequence[str] | None,
+    options: WriteOptions | None,
+    overwrite: bool,
+    *,
+    keep_encoded: bool,
+) -> WriteResult:
+    """The file (``levels``: its own levels by mpp, the finest first) as a resolution of the tissue's image, tables staged with it."""
+    info = source.info
+    rgb = _is_rgb(path, modality, source)
+    names = list(channel_names) if channel_names else (list(info.channel_names) if info.channel_names else None)
+    if names is None:
+        names = ["red", "green", "blue"] if rgb else [f"channel_{i}" for i in range(source.shape[0])]
+    if len(names) != source.shape[0]:
+        raise InvalidInputError(f"{path}: {source.shape[0]} channels but {len(names)} channel names given")
+    target = image_group_path(modality, tissue_id)
+    existing = _existing(dst, target)
+    level = resolution_name(min(levels))
+    if existing is not None and existing.channel_names != names:
+        raise InvalidInputError(
+            f"{path}: {target} has channels {existing.channel_names}, the file {names}; a tissue's resolutions share their channels"
         )
-    update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]})
-    return result
+    tables = tissue_table_updates(dst, path, modality, tissue_id, names, multiplex=not rgb)  # checks before any write
+    if existing is not None and level in existing.spora.source_levels and not overwrite:
+        return WriteResult(target, skipped=True)
+    sources = dict(levels)
+    if existing is not None:
+        group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
+        for kept in existing.spora.source_levels:
+            if resolution_value(kept) not in sources:
+                sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
+    files = {rel: table_bytes(table) for rel, table in tables.items()}
+    files.update(staged_root_document(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]}))
+    return write_image(
+        dst, target, sources, channel_names=names, rgb=rgb, panel=modality_panel(dst, modality) if not rgb else None,
+        spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite, files=files,
+        keep_encoded=keep_encoded, z_mpp=info.z_mpp,
+    )
+
+
+def _add_mask(
+    dst: Location,
+    path: str,
+    source: ImageSource,
+    kind: str,
+    tissue_id: str,
+    resolution: float,
+    options: WriteOptions | None,
+    overwrite: bool,
+) -> WriteResult:
+    """The file as the tissue's mask: one level of integer labels of the shape of the tissue's image at that level."""
+    target = label_group_path(kind, tissue_id)
+    level = resolution_name(resolution)
+    image = _segmented_image(dst, path, tissue_id, level, source.shape[1:])
+    existing = _existing(dst, target)
+    if existing is not None and not overwrite:
+        if level in existing.spora.source_levels:
+            return WriteResult(target, skipped=True)
+        levels = ", ".join(existing.spora.source_levels)
+        raise InvalidInputError(f"{path}: {target} already holds a mask from {levels}; pass --overwrite to replace it with this file")
+    return write_labels(
+        dst, target, {resolution: source}, source_image=f"../../../{image}", spora={"tissue_id": tissue_id, "mask_kind": kind},
+        options=options, overwrite=overwrite, files=staged_root_document(dst, mask_kinds=[kind]),
+    )
+
+
+def _segmented_image(location: Location, path: str, tissue_id: str, level: str, shape: tuple[int, ...]) -> str:
+    """The path of the tissue's first image with ``level``; an error naming what is there if none matches ``shape``."""
+    attributes = read_cohort_attributes(location)
+    found: dict[str, tuple[int, ...]] = {}
+    for modality in attributes.modalities if attributes else {}:
+        group = image_group_path(modality, tissue_id)
+        metadata = _existing(location, group)
+        if metadata is None:
+            continue
+        if level not in metadata.level_names:
+            found[group] = ()
+            continue
+        image_shape = tuple(json.loads(location.fs().cat_file(location.fs_path(group, level, ZARR_JSON)))["shape"])
+        if image_shape[1:] == tuple(shape):
+            return group
+        found[group] = image_shape[1:]
+    if not found:
+        raise InvalidInputError(f"{path}: {location} has no image of tissue {tissue_id!r}; a mask segments an image: add the image first")
+    seen = "; ".join(f"{g} {'has no level ' + level if not s else f'is {s} at {level}'}" for g, s in found.items())
+    raise InvalidInputError(f"{path}: mask shape {tuple(shape)} at {level} matches no image of tissue {tissue_id!r} ({seen})")
+
+
+def _is_rgb(path: str, modality: str, source: ImageSource) -> bool:
+    """Whether the image is stored as RGB; H&E and IHC images must be (3 channels of uint8)."""
+    if modality.split("/")[0] not in RGB_MODALITIES:
+        return bool(source.info.is_rgb)
+    if source.shape[0] != 3 or source.dtype != np.uint8:
+        found = f"{source.shape[0]} channel{'s' if source.shape[0] != 1 else ''} of {source.dtype}"
+        raise InvalidInputError(f"{path}: {modality} images are RGB (3 channels of uint8); the file has {found}")
+    return True
 
 
 def _existing(location: Location, path: str) -> GroupMetadata | None:

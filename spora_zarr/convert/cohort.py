@@ -18,6 +18,7 @@ from typing import Any
 
 from ..store.guard import check_destination
 from ..store.location import Location
+from ..store.lock import writes_store
 from ..store.metadata import is_cohort_store, update_cohort_attributes
 from ..store.staging import Staging
 from ..write.writer import WriteOptions
@@ -58,6 +59,7 @@ class ConversionReport(RunReport):
         return "\n".join([f"{head}, {len(self.tables)} tables copied{skipped}", *failures])
 
 
+@writes_store("convert", "dest")
 def convert_cohort(
     source: str | Location,
     dest: str | Location,

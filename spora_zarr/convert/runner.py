@@ -16,11 +16,13 @@ address of a running ``dask.distributed`` scheduler (``tcp://HOST:PORT``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -199,11 +201,11 @@ def _in_worker(work: Work[TaskT], task: TaskT, progress: bool) -> TaskOutcome:
 def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:
     context = multiprocessing.get_context("spawn")  # no fork: codec thread pools do not survive it
     outcomes = []
-    with ProcessPoolExecutor(
-        options.workers, mp_context=context, initializer=configure_writer_process, initargs=(options.codec_threads,)
-    ) as pool:
+    pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_start_worker, initargs=(options.codec_threads,))
+    try:
         bars = options.progress and sys.stderr.isatty()
-        futures = {pool.submit(_in_worker, work, task, bars): task for task in tasks}
+        with _ctrl_c_blocked():  # workers start with Ctrl-C blocked (and then ignore it): this process answers it
+            futures = {pool.submit(_in_worker, work, task, bars): task for task in tasks}
         with _Progress(len(futures), options, noun, position=0) as progress:
             for future in as_completed(futures):
                 try:
@@ -213,7 +215,47 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
                     outcome = TaskOutcome(task.path, task.label, error=f"worker process failed: {type(exc).__name__}: {exc}")
                 outcomes.append(outcome)
                 progress.finished(outcome)
+    except BaseException:  # Ctrl-C: stop the workers before the run (and its store lock) ends; their staged work is deleted
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
     return outcomes
+
+
+def _start_worker(codec_threads: int) -> None:
+    """Set up a worker process: Ctrl-C is the run's process's to answer (no worker tracebacks); SIGTERM ends it cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    configure_writer_process(codec_threads)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the task (its staged work is deleted) and exits the process normally
+
+
+@contextlib.contextmanager
+def _ctrl_c_blocked() -> Iterator[None]:
+    """Hold back SIGINT while worker processes start (they inherit the mask); it arrives here afterwards."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now, waiting until they are gone."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public way to end running tasks (3.11)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    pool.shutdown(wait=True)  # the pool's own thread sees its workers gone and releases its queues
 
 
 def _run_distributed(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:

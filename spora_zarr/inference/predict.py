@@ -42,6 +42,7 @@ from ..store.layout import (
     validate_tissue_id,
 )
 from ..store.location import Location
+from ..store.lock import writes_store
 from ..tiling.patching import _check_tiling
 from ..write.writer import WriteOptions, WriteResult
 from .models import Model, load_model, model_channel_names, model_label
@@ -361,6 +362,7 @@ def predict_task(task: PredictTask, progress: ProgressCallback | None = None) ->
     return TaskOutcome(task.path, task.label, skipped=result.skipped, bytes_read=result.bytes_read)
 
 
+@writes_store("predict", "store")
 def predict_cohort(
     store: str | Location,
     model: str | Model,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import posixpath
 from collections.abc import Sequence
 from typing import Any
@@ -24,9 +25,12 @@ from ..store.layout import (
     validate_tissue_id,
 )
 from ..store.location import Location
+from ..store.lock import writer_at_work
 from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
 from ..store.staging import STAGING_DIR, Staging, is_complete_group
 from ..store.tables import read_table
+
+log = logging.getLogger("spora_zarr")
 
 
 class Cohort:
@@ -193,7 +197,15 @@ class Cohort:
 
 
 def open_cohort(location: str | Location, storage_options: dict[str, Any] | None = None) -> Cohort:
-    """Open the cohort store at a local path or fsspec URL (``s3://``, ``memory://``); reads no pixels."""
-    return Cohort(Location.parse(location, storage_options))
+    """Open the cohort store at a local path or fsspec URL (``s3://``, ``memory://``); reads no pixels.
+
+    Logs a warning when a writer is at work on the store: a tissue it
+    overwrites may read as a mix of old and new pixels (``docs/store_layout.md``).
+    """
+    parsed = Location.parse(location, storage_options)
+    writer = writer_at_work(parsed)
+    if writer is not None:
+        log.warning("%s: %s is writing this store; a tissue it overwrites may read as a mix of old and new pixels", parsed, writer)
+    return Cohort(parsed)
 
 

@@ -38,6 +38,7 @@ from ..read.cohort import open_cohort
 from ..read.levels import open_level
 from ..store.layout import Resolution, modality_dir, resolution_name, standardization_dir
 from ..store.location import Location
+from ..store.lock import writes_store
 from ..store.tables import read_table, table_exists, write_table
 from .histograms import ChannelHistogram, HistogramAccumulator, clipped_moments, merge, quantile
 from .kernels import cores
@@ -266,6 +267,7 @@ class StandardizeReport(RunReport):
         return "\n".join([head + written, *failures])
 
 
+@writes_store("standardize", "store")
 def compute_statistics(
     store: str | Location,
     modality: str,

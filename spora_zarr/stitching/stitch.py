@@ -13,7 +13,6 @@ downsampled in y and x only, streamed plane by plane.
 from __future__ import annotations
 
 import os
-import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from ..store.layout import (
     validate_tissue_id,
 )
 from ..store.location import Location
+from ..store.lock import writes_store
 from ..write.writer import WriteOptions, WriteResult
 from .labels import LabelMosaicSource, find_overlapping_blobs, relabel_tables
 from .mosaic import BLENDS, MosaicSource
@@ -55,6 +55,7 @@ def stitching_dir(modality: str, tissue_id: str) -> str:
     return f"{modality_dir(modality)}/stitching/{validate_tissue_id(tissue_id)}"
 
 
+@writes_store("stitch", "dest")
 def stitch(
     tiles_dir: str | os.PathLike[str],
     offsets: str | os.PathLike[str],
@@ -98,9 +99,9 @@ def stitch(
     progress
         Called with ``("image" | "labels", bytes read)`` as the writer advances.
     """
-    from ..store.metadata import update_cohort_attributes
+    from ..store.metadata import staged_root_document
     from ..store.staging import Staging
-    from ..store.tables import modality_panel, tissue_table_updates, write_table
+    from ..store.tables import modality_panel, table_bytes, tissue_table_updates
     from ..write.writer import write_image, write_labels
 
     validate_tissue_id(tissue_id, source=os.fspath(offsets))
@@ -129,34 +130,31 @@ def stitch(
         tables = None
         if labels is not None:
             tables = relabel_tables(tileset, find_overlapping_blobs(tileset, min_iou=min_iou))
-        update_cohort_attributes(dst)
         staging = Staging(dst)
         staging.recover()
         target = image_group_path(modality, tissue_id)
-        for rel, table in tissue_table_updates(dst, os.fspath(offsets), modality, tissue_id, names, multiplex=True).items():
-            write_table(dst, rel, table)
-        staging.ensure_groups(posixpath.dirname(target))
+        updates = tissue_table_updates(dst, os.fspath(offsets), modality, tissue_id, names, multiplex=True)
+        files = {rel: table_bytes(table) for rel, table in updates.items()}  # promoted with the image, in one step
+        files.update(staged_root_document(dst, modalities={modality: [resolution_name(mpp)]}))
         source = MosaicSource(tileset, blend=blend, mpp=mpp, channel_names=names, name=os.fspath(tiles_dir))
         spora = {"tissue_id": tissue_id, "modality": modality}
         image = write_image(
             dst, target, {float(mpp): source}, channel_names=names, panel=modality_panel(dst, modality), spora=spora, options=options,
-            overwrite=overwrite, progress=(lambda n: progress("image", n)) if progress else None, z_mpp=z_mpp,
+            overwrite=overwrite, progress=(lambda n: progress("image", n)) if progress else None, z_mpp=z_mpp, files=files,
         )
-        update_cohort_attributes(dst, modalities={modality: [resolution_name(mpp)]})
         if pairs is not None:
             _write_offsets(dst, stitching_dir(modality, tissue_id), tileset, pairs, min_correlation)
         kept = None if pairs is None else sum(p.correlation >= min_correlation for p in pairs)
         result = StitchResult(image, offsets=tileset.offsets, pairs_kept=kept)
         if labels is not None and tables is not None:
             mask_path = label_group_path(labels, tissue_id)
-            staging.ensure_groups(posixpath.dirname(mask_path))
             label_source = LabelMosaicSource(tileset, tables, name=os.fspath(tiles_dir))
             result.labels = write_labels(
                 dst, mask_path, {float(mpp): label_source}, source_image=f"../../../{target}",
                 spora={"tissue_id": tissue_id, "mask_kind": labels},
                 options=options, overwrite=overwrite, progress=(lambda n: progress("labels", n)) if progress else None, z_mpp=z_mpp,
+                files=staged_root_document(dst, mask_kinds=[labels]),
             )
-            update_cohort_attributes(dst, mask_kinds=[labels])
             result.objects = max((int(t.max()) for t in tables), default=0)
     return result
 

@@ -100,7 +100,8 @@ def check_destination(
     if fs.isfile(root):
         raise InvalidInputError(f"{dest}: the destination is a file, not a folder")
     try:
-        entries = sorted(posixpath.basename(e.rstrip("/")) for e in fs.ls(root, detail=False)) if fs.isdir(root) else []
+        listed = (posixpath.basename(e.rstrip("/")) for e in fs.ls(root, detail=False)) if fs.isdir(root) else ()
+        entries = sorted(name for name in listed if not name.startswith(".spora"))  # spora's own: this run's lock, staging
     except (FileNotFoundError, OSError):
         entries = []
     if entries and not overwrite:

@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import InvalidInputError, StoreError
 from .layout import FORMAT_VERSION, resolution_value, validate_modality, validate_name
 from .location import Location
-from .staging import Staging
+from .staging import ZARR_JSON, Staging, group_document
 
 __all__ = [
     "ChannelMetadata",
@@ -218,16 +218,35 @@ def update_cohort_attributes(
     already recorded (by another conversion or by ``add-image``) are kept.
     Other root attributes (not ``spora``) are kept as they are.
     """
-    staging = Staging(location)
-    document = staging.read_attributes("")
-    check_not_foreign_root(location, document)
-    _check_not_inside_store(location, document)
-    document = document or {}
-    current = CohortAttributes.from_dict(document.get("spora", {}), where=str(location))
-    updated = current.merged(modalities, mask_kinds)
+    document, current, updated = _merged_root(location, modalities, mask_kinds)
     if not document or updated != current:
-        staging.write_group_document("", {**document, "spora": updated.to_dict()})
+        Staging(location).write_group_document("", {**document, "spora": updated.to_dict()})
     return updated
+
+
+def staged_root_document(
+    location: Location, *, modalities: Mapping[str, Iterable[str]] | None = None, mask_kinds: Iterable[str] = ()
+) -> dict[str, bytes]:
+    """``{"zarr.json": root document}`` with ``modalities`` and ``mask_kinds`` merged in; empty when it would not change.
+
+    What :func:`update_cohort_attributes` writes, for a writer that stages the
+    root document with its group (the ``files`` of the one writer).
+    """
+    document, current, updated = _merged_root(location, modalities, mask_kinds)
+    if document and updated == current:
+        return {}
+    return {ZARR_JSON: group_document({**document, "spora": updated.to_dict()})}
+
+
+def _merged_root(
+    location: Location, modalities: Mapping[str, Iterable[str]] | None, mask_kinds: Iterable[str]
+) -> tuple[dict[str, Any], CohortAttributes, CohortAttributes]:
+    attributes = Staging(location).read_attributes("")
+    check_not_foreign_root(location, attributes)
+    _check_not_inside_store(location, attributes)
+    document = attributes or {}
+    current = CohortAttributes.from_dict(document.get("spora", {}), where=str(location))
+    return document, current, current.merged(modalities, mask_kinds)
 
 
 # -- image and label groups --------------------------------------------------------------

@@ -1,17 +1,20 @@
 """Crash-safe visibility: a group or table appears at its final path only when complete.
 
 Everything is first written under ``.spora_tmp/<token>/<final path>`` in the
-store. A finished group is then *promoted*:
+store, with the files that list the group (tables, the root document) when a
+writer stages them with it. Writing the area's commit record is the one step
+that decides; the finished group and then its files are *promoted*:
 
-- on a local filesystem by ``rename`` (an existing old version is renamed
-  aside first and deleted only after the new one is in place);
+- on a local filesystem by ``rename`` (an existing old version is swapped with
+  the new one in one step where the kernel can, else renamed aside first, and
+  deleted only after the new one is in place);
 - on object stores, which cannot rename, by copying the arrays and writing the
   group's ``zarr.json`` last, so readers never see a multiscales group whose
   arrays are incomplete.
 
 A run killed at any moment leaves only ``.spora_tmp`` entries behind, which
-:meth:`Staging.recover` finishes (a complete new version whose promotion was
-cut short) or deletes (everything else).
+:meth:`Staging.recover` finishes (a committed area) or deletes (everything
+else), restoring an old version whose replacement never arrived.
 
 Nothing is written through a symbolic link inside a local store
 (:func:`~.guard.check_no_links`), and promotion replaces only a group that
@@ -21,12 +24,14 @@ a group's path is an error, never deleted.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import posixpath
 import shutil
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import StoreError
@@ -38,6 +43,7 @@ log = logging.getLogger("spora_zarr")
 STAGING_DIR = ".spora_tmp"
 ZARR_JSON = "zarr.json"
 _OLD = ".old"
+_COMMIT = ".spora_commit"
 
 
 def group_document(attributes: dict[str, Any] | None = None) -> bytes:
@@ -120,28 +126,77 @@ class Staging:
         self._write_bytes(self._target(path), data)
 
     # -- promotion -------------------------------------------------------
-    def promote(self, area: str, path: str) -> None:
-        """Move the finished group ``<area>/<path>`` to ``path``, replacing an old version last.
+    def stage_file(self, area: str, path: str, data: bytes) -> None:
+        """Write a whole file (a table, the root document) into ``area``, to be promoted with its group."""
+        self._write_bytes(self.location.fs_path(area, path), data)
 
-        An old version is replaced only when spora_zarr wrote it; anything else
-        at ``path`` is a ``StoreError`` and stays as it is.
+    def promote(self, area: str, path: str, files: Sequence[str] = ()) -> None:
+        """Move the finished group ``<area>/<path>`` and the ``files`` staged with it to their final paths.
+
+        Writing the area's commit record is the one step that decides: before
+        it, :meth:`recover` deletes the area (nothing changed); after it,
+        :meth:`recover` finishes the moves (the group first, then the files in
+        order). An old version of the group is deleted once the new one is in place;
+        it is replaced only when spora_zarr wrote it: anything else at ``path``, or a
+        symbolic link on the way to a final path, is a ``StoreError`` before the commit.
         """
-        self.ensure_groups(posixpath.dirname(path))
-        source, target = self._target(posixpath.join(area, path)), self._target(path)
+        target = self._target(path)
         if self.fs.exists(target) and not self.written_by_spora(path):
             raise StoreError(f"{target}: holds files spora_zarr did not write (no spora group there); not replacing them")
-        if self.location.is_local:
-            old = None
-            if os.path.exists(target):
-                old = self.location.fs_path(area + _OLD, path)
-                os.makedirs(os.path.dirname(old), exist_ok=True)
-                os.rename(target, old)
-            os.rename(source, target)
-            if old is not None:
-                shutil.rmtree(self.location.fs_path(area + _OLD), ignore_errors=True)
-        else:
-            self._promote_by_copy(source, target)
+        for name in files:
+            self._target(name)
+        record: dict[str, Any] = {"groups": [path], "files": list(files)}
+        if self.location.is_local:  # after a swap with the old version the area holds that one: tell them apart
+            record["inodes"] = {path: os.stat(self.location.fs_path(area, path)).st_ino}
+        self._write_bytes(self.location.fs_path(area, _COMMIT), json.dumps(record).encode())
+        self._roll_forward(area)
+
+    def _committed(self, area: str) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.fs.cat_file(self.location.fs_path(area, _COMMIT)))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _roll_forward(self, area: str) -> list[str]:
+        """Move what a committed area still holds to its final paths; return the groups moved."""
+        record = self._committed(area) or {}
+        moved = []
+        inodes = record.get("inodes", {})
+        for group in record.get("groups", []):
+            staged = self.location.fs_path(area, group)
+            if self.fs.exists(staged) and (group not in inodes or os.stat(staged).st_ino == inodes[group]):
+                self._move_group(area, group)
+                moved.append(group)
+        for name in record.get("files", []):
+            source = self.location.fs_path(area, name)
+            if self.fs.exists(source):
+                self._move_file(source, self._target(name))
         self.discard(area)
+        return moved
+
+    def _move_group(self, area: str, path: str) -> None:
+        self.ensure_groups(posixpath.dirname(path))
+        source, target = self.location.fs_path(area, path), self._target(path)
+        if not self.location.is_local:
+            self._promote_by_copy(source, target)
+        elif not os.path.exists(target):
+            os.rename(source, target)
+        elif _exchange(source, target):  # one step: readers opening the group see the old or the new version
+            shutil.rmtree(source, ignore_errors=True)
+        else:
+            old = self.location.fs_path(area + _OLD, path)
+            os.makedirs(os.path.dirname(old), exist_ok=True)
+            os.rename(target, old)
+            os.rename(source, target)
+            shutil.rmtree(self.location.fs_path(area + _OLD), ignore_errors=True)
+
+    def _move_file(self, source: str, target: str) -> None:
+        if self.location.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(source, target)
+        else:
+            self.fs.pipe_file(target, self.fs.cat_file(source))
 
     def _promote_by_copy(self, source: str, target: str) -> None:
         target_doc = posixpath.join(target, ZARR_JSON)
@@ -151,9 +206,10 @@ class Staging:
         for name in self.fs.find(target):
             if self.fs._strip_protocol(name) != keep:
                 self.fs.rm_file(name)
-        files = [f for f in self.fs.find(source) if f != posixpath.join(source, ZARR_JSON)]
+        prefix = self.fs._strip_protocol(source).rstrip("/")  # as find() spells it (memory:// adds a leading "/")
+        files = [f for f in self.fs.find(source) if f != posixpath.join(prefix, ZARR_JSON)]
         for name in files:
-            self.fs.copy(name, target + name[len(source):])
+            self.fs.copy(name, target + name[len(prefix):])
         self.fs.copy(posixpath.join(source, ZARR_JSON), target_doc)
 
     def discard(self, area: str) -> None:
@@ -163,6 +219,11 @@ class Staging:
             shutil.rmtree(path, ignore_errors=True)
         elif self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+    def abandon(self, area: str) -> None:
+        """Delete the area of a write that failed, unless it was committed (then :meth:`recover` finishes it)."""
+        if self._committed(area) is None:
+            self.discard(area)
 
     def discard_for(self, path: str) -> None:
         """Delete every temporary copy of ``path`` (leftovers of a killed run)."""
@@ -180,23 +241,22 @@ class Staging:
         return [f"{STAGING_DIR}/{name}" for name in names if name != ZARR_JSON]
 
     def recover(self) -> list[str]:
-        """Finish or remove what an interrupted run left; return the group paths promoted.
+        """Finish or undo what an interrupted run left; return the group paths promoted.
 
-        A staged group that is complete and whose final path holds no complete
-        group (its promotion was cut short) is promoted; an old version moved
-        aside whose replacement never arrived is put back; the rest is deleted.
+        An area with a commit record is finished (its group and files moved to
+        their final paths); an old version moved aside whose replacement never
+        arrived is put back; everything else is deleted.
         """
         promoted = []
         for area in sorted(self._areas(), key=lambda a: a.endswith(_OLD)):
-            for group in self._staged_groups(area):
-                if area.endswith(_OLD):
+            if area.endswith(_OLD):
+                for group in self._staged_groups(area):
                     if not self.exists(group):
                         log.info("restoring %s from an interrupted overwrite", group)
-                        self.promote(area, group)
-                elif self.is_complete(f"{area}/{group}") and not self.is_complete(group):
-                    log.info("finishing the interrupted promotion of %s", group)
-                    self.promote(area, group)
-                    promoted.append(group)
+                        self._move_group(area, group)
+            elif self._committed(area) is not None:
+                log.info("finishing the interrupted promotion of %s", area)
+                promoted += self._roll_forward(area)
             self.discard(area)
         if not self._areas():  # zarr leaves a group document behind when it creates arrays in an area
             self.discard(STAGING_DIR)
@@ -204,7 +264,7 @@ class Staging:
 
     def _staged_groups(self, area: str) -> list[str]:
         """Paths (relative to the area) of the multiscale groups staged in ``area``."""
-        base = self.location.fs_path(area)
+        base = self.fs._strip_protocol(self.location.fs_path(area)).rstrip("/")
         try:
             documents = [f for f in self.fs.find(base) if f.endswith("/" + ZARR_JSON)]
         except (FileNotFoundError, OSError):
@@ -216,3 +276,14 @@ class Staging:
             if relative and attributes is not None and "spora" in attributes:
                 groups.append(relative)
         return groups
+
+
+def _exchange(source: str, target: str) -> bool:
+    """Swap two local directories in one step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_exchange) == 0

@@ -2,8 +2,9 @@
 
 Tables keep their spora relative paths (``metadata/tissues.parquet``,
 ``<modality>/channels.parquet``, ``tiling/...``, ``.../standardization/...``).
-Tile tables, statistics and the channel tables that ``add-image`` extends are
-all written through :func:`write_table`.
+Tile tables and statistics are written through :func:`write_table`; the
+tables that ``add-image`` and ``stitch`` extend are staged with their image
+(:func:`table_bytes`) and promoted with it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .staging import STAGING_DIR, Staging
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["appended_rows", "modality_panel", "read_table", "table_exists", "tissue_table_updates", "write_table"]
+__all__ = ["appended_rows", "modality_panel", "read_table", "table_bytes", "table_exists", "tissue_table_updates", "write_table"]
 
 
 def _check_path(location: Location, path: str) -> None:
@@ -48,13 +49,18 @@ def read_table(location: Location, path: str) -> pa.Table:
 
 def write_table(location: Location, path: str, table: pa.Table) -> None:
     """Write ``table`` to ``path`` whole: readers see the old table or the new one, never a part."""
+    _check_path(location, path)
+    Staging(location).write_file(path, table_bytes(table))
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of a parquet file (to stage with a group, or to write)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    _check_path(location, path)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    Staging(location).write_file(path, sink.getvalue().to_pybytes())
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def modality_panel(location: Location, modality: str) -> list[str] | None:

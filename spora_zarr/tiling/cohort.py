@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidInputError, NotFoundError
 from ..store.layout import Resolution, resolution_name, tile_table_path, validate_tissue_id
 from ..store.location import Location
+from ..store.lock import writes_store
 from .tilers import CellCounter, best_tiling_from_counts, check_parameters, grid_tiling_from_counts
 
 if TYPE_CHECKING:
@@ -238,6 +239,7 @@ class TilingReport:
         return "\n".join([head + written, *failures])
 
 
+@writes_store("tile", "store")
 def tile_cohort(
     store: str | Location,
     options: TilingOptions,

@@ -253,6 +253,7 @@ def write_image(
     progress: ProgressCallback | None = None,
     z_mpp: float | None = None,
     keep_encoded: bool = False,
+    files: Mapping[str, bytes] | None = None,
 ) -> WriteResult:
     """Write an image given its sources per resolution (mpp -> ``(C, H, W)`` source) as a multiscale group.
 
@@ -264,6 +265,8 @@ def write_image(
     planes (default: the finest y/x mpp). With ``keep_encoded``, a source
     level that offers its JPEG tiles (:meth:`ImageSource.encoded_tiles`) keeps
     them as its chunks (``imagecodecs_jpeg``, ``docs/store_layout.md``).
+    ``files`` (store path -> bytes: the tables and root document that list the
+    image) are staged with the group and promoted with it in one step.
     """
     shape = _first(sources).shape
     z_scale = _z_scale(sources, z_mpp)
@@ -281,7 +284,7 @@ def write_image(
         )
 
     return _write_multiscale(
-        Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress, keep_encoded
+        Location.parse(location), path, sources, Method.BIN_SHRINK, metadata, options, overwrite, progress, files, keep_encoded
     )
 
 
@@ -296,8 +299,12 @@ def write_labels(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     z_mpp: float | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> WriteResult:
-    """Write a mask (one channel of integer labels) as an NGFF label multiscale group (``z, y, x`` for a stack, as :func:`write_image`)."""
+    """Write a mask (one channel of integer labels) as an NGFF label multiscale group.
+
+    A stack gives ``z, y, x``; ``files`` are promoted with the group; both as :func:`write_image`.
+    """
     first = _first(sources)
     z_scale = _z_scale(sources, z_mpp)
     if first.shape[0] != 1:
@@ -313,7 +320,7 @@ def write_labels(
             levels, name=display_name(path), source_image=source, spora=attributes, where=path, z_mpp=z_scale, ids=streamer.value_range
         )
 
-    return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress)
+    return _write_multiscale(Location.parse(location), path, sources, Method.MODE, metadata, options, overwrite, progress, files)
 
 
 def _label_source(location: Location, path: str, source_image: str | None, levels: Sequence[Level]) -> str | None:
@@ -355,6 +362,7 @@ def _write_multiscale(
     options: WriteOptions | None,
     overwrite: bool,
     progress: ProgressCallback | None,
+    files: Mapping[str, bytes] | None = None,
     keep_encoded: bool = False,
 ) -> WriteResult:
     options = options or WriteOptions()
@@ -392,9 +400,11 @@ def _write_multiscale(
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded))
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer).to_attributes())
-        staging.promote(area, path)
+        for name, data in (files or {}).items():
+            staging.stage_file(area, name, data)
+        staging.promote(area, path, list(files or {}))
     except BaseException:
-        staging.discard(area)
+        staging.abandon(area)
         raise
     return WriteResult(path, levels=levels, bytes_read=streamer.bytes_read)
 
