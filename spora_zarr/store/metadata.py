@@ -10,6 +10,11 @@
   its levels and channels, and its ``spora`` attribute
   (:class:`SporaGroupAttributes`).
 
+- :func:`read_array_metadata` is the one reader of an array's ``zarr.json``:
+  bounded in bytes, checked against limits before zarr parses it (shape, chunk
+  and shard sizes; :data:`MAX_AXIS_LENGTH` and the others), so a hostile
+  document is a ``StoreError`` naming the array, never a huge allocation.
+
 A store whose ``format_version`` is newer than :data:`FORMAT_VERSION` is a
 :class:`~spora_zarr.errors.StoreError` on open: its layout may differ in ways
 this version would misread.
@@ -18,14 +23,19 @@ this version would misread.
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreError
+from ..errors import InvalidInputError, NotFoundError, StoreError
 from .layout import FORMAT_VERSION, resolution_value
 from .location import Location
-from .staging import Staging
+from .staging import ZARR_JSON, Staging
+
+if TYPE_CHECKING:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
 
 __all__ = [
     "ChannelMetadata",
@@ -34,6 +44,8 @@ __all__ = [
     "LevelMetadata",
     "SporaGroupAttributes",
     "check_format_version",
+    "max_file_bytes",
+    "read_array_metadata",
     "read_cohort_attributes",
     "update_cohort_attributes",
 ]
@@ -293,3 +305,107 @@ class GroupMetadata:
         """Channel labels in stored order: ``omero`` labels, else the spora ``channel_names``."""
         channels = self.channels
         return [c.label for c in channels] if channels else list(self.spora.channel_names)
+
+
+# -- arrays ----------------------------------------------------------------------
+MAX_AXIS_LENGTH = 2**24
+"""The longest axis an array may declare (16.7 M: 4 m of tissue at 0.25 mpp)."""
+MAX_ARRAY_ELEMENTS = 2**44
+"""The most elements an array may declare."""
+MAX_CHUNK_BYTES = 2**29
+"""The most bytes one (inner) chunk may decode to."""
+MAX_CHUNKS_PER_SHARD = 2**20
+"""The most inner chunks one shard may hold (its index is 16 bytes per chunk)."""
+_MAX_AXES = 32
+
+
+def read_array_metadata(location: Location, path: str) -> ArrayV3Metadata:
+    """The parsed ``zarr.json`` of the zarr v3 array at ``<location>/<path>``, checked against the limits above.
+
+    Raises
+    ------
+    NotFoundError
+        There is no ``zarr.json`` there.
+    InvalidInputError
+        It describes a group.
+    StoreError
+        It is not a regular file, too long, not JSON, not zarr v3 array
+        metadata, or declares a shape, chunk or shard beyond the limits.
+    """
+    where = f"array {location.join(path)}"
+    try:
+        document = location.read_document(path, ZARR_JSON)
+    except NotFoundError:
+        raise NotFoundError(f"no array at {location.join(path)} (no {ZARR_JSON})") from None
+    if document.get("node_type") == "group":
+        raise InvalidInputError(f"{location.join(path)} is a group, not an array")
+    return parse_array_metadata(document, where=where)
+
+
+def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3Metadata:
+    """zarr's ``ArrayV3Metadata`` of ``document`` (a ``zarr.json``); see :func:`read_array_metadata`."""
+    from zarr.codecs import ShardingCodec
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    if document.get("zarr_format") != 3 or document.get("node_type") != "array":
+        raise StoreError(f"{where}: not zarr v3 array metadata (zarr_format 3, node_type array)")
+    shape = _integers(document.get("shape"), where, "shape", low=0, high=MAX_AXIS_LENGTH)
+    grid = document.get("chunk_grid")
+    configuration = grid.get("configuration") if isinstance(grid, Mapping) else None
+    if not isinstance(grid, Mapping) or grid.get("name") != "regular" or not isinstance(configuration, Mapping):
+        raise StoreError(f"{where}: chunk_grid must be a regular grid, got {_short(grid)}")
+    outer = _integers(configuration.get("chunk_shape"), where, "chunk_shape", low=1, high=MAX_AXIS_LENGTH)
+    if len(outer) != len(shape):
+        raise StoreError(f"{where}: chunk_shape {outer} and shape {shape} differ in length")
+    if math.prod(shape) > MAX_ARRAY_ELEMENTS:
+        raise StoreError(f"{where}: shape {shape} has more than the {MAX_ARRAY_ELEMENTS} elements an array may hold")
+    try:
+        metadata = ArrayV3Metadata.from_dict(dict(document))
+    except Exception as exc:  # noqa: BLE001 - zarr raises many kinds on a hostile document
+        raise StoreError(f"{where}: invalid zarr v3 array metadata: {type(exc).__name__}: {_short(exc)}") from None
+    inner = tuple(outer)
+    codecs = tuple(metadata.codecs)
+    while len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        shard, inner = inner, tuple(int(n) for n in codecs[0].chunk_shape)
+        if len(inner) != len(shard) or any(n < 1 or s % n for s, n in zip(shard, inner, strict=False)):
+            raise StoreError(f"{where}: inner chunk shape {inner} does not divide the shard shape {shard}")
+        if math.prod(s // n for s, n in zip(shard, inner, strict=True)) > MAX_CHUNKS_PER_SHARD:
+            raise StoreError(f"{where}: shards {shard} of chunks {inner} hold more than {MAX_CHUNKS_PER_SHARD} chunks each")
+        codecs = tuple(codecs[0].codecs)
+    nbytes = math.prod(inner) * metadata.dtype.to_native_dtype().itemsize
+    if nbytes > MAX_CHUNK_BYTES:
+        raise StoreError(f"{where}: chunks {inner} of {nbytes} bytes are more than the {MAX_CHUNK_BYTES} bytes read at once")
+    return metadata
+
+
+def max_file_bytes(metadata: ArrayV3Metadata) -> int:
+    """The most bytes one chunk or shard file of an array checked by :func:`parse_array_metadata` may hold.
+
+    Twice the decoded size of its chunks plus 64 KiB each (more than any codec
+    stores), and the shard index.
+    """
+    from zarr.codecs import ShardingCodec
+
+    inner = tuple(int(n) for n in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined]
+    per_file, codecs = 1, tuple(metadata.codecs)
+    while len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        shard, inner = inner, tuple(int(n) for n in codecs[0].chunk_shape)
+        per_file *= math.prod(s // n for s, n in zip(shard, inner, strict=True))
+        codecs = tuple(codecs[0].codecs)
+    chunk = math.prod(inner) * metadata.dtype.to_native_dtype().itemsize
+    return per_file * (2 * chunk + 2**16 + 16) + 2**16
+
+
+def _integers(value: object, where: str, name: str, *, low: int, high: int) -> tuple[int, ...]:
+    """``value`` as a tuple of integers in ``[low, high]``, one to 32 of them; else a ``StoreError``."""
+    if isinstance(value, list) and 1 <= len(value) <= _MAX_AXES and all(type(v) is int for v in value):
+        numbers = tuple(operator.index(v) for v in value)
+        if all(low <= v <= high for v in numbers):
+            return numbers
+    raise StoreError(f"{where}: {name} must be a list of 1 to {_MAX_AXES} integers from {low} to {high}, got {_short(value)}")
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value) if not isinstance(value, BaseException) else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

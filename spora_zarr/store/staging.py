@@ -24,6 +24,7 @@ import shutil
 import uuid
 from typing import Any
 
+from ..errors import NotFoundError, StoreError
 from .location import Location
 
 log = logging.getLogger("spora_zarr")
@@ -55,10 +56,15 @@ class Staging:
     def read_attributes(self, path: str) -> dict[str, Any] | None:
         """Attributes of the group at ``path``, or ``None`` if there is no group there."""
         try:
-            document = json.loads(self.fs.cat_file(self.location.fs_path(path, ZARR_JSON)))
-        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            document = self.location.read_document(path, ZARR_JSON)
+        except NotFoundError:
             return None
-        return document.get("attributes", {}) if document.get("node_type") == "group" else None
+        except StoreError:
+            if not self.location.is_local or os.path.isfile(self.location.fs_path(path, ZARR_JSON)):
+                return None  # a damaged document, as if there were none; a FIFO or device is an error
+            raise
+        attributes = document.get("attributes", {})
+        return attributes if document.get("node_type") == "group" and isinstance(attributes, dict) else None
 
     def is_complete(self, path: str) -> bool:
         """Whether ``path`` holds a finished multiscales group."""
@@ -87,6 +93,7 @@ class Staging:
         self._write_bytes(self.location.fs_path(path, ZARR_JSON), group_document(attributes))
 
     def _write_bytes(self, fs_path: str, data: bytes) -> None:
+        self.location.check_writable()
         if self.location.is_local:
             os.makedirs(os.path.dirname(fs_path), exist_ok=True)
             tmp = f"{fs_path}.{uuid.uuid4().hex[:8]}.tmp"
@@ -103,6 +110,7 @@ class Staging:
     # -- promotion -------------------------------------------------------
     def promote(self, area: str, path: str) -> None:
         """Move the finished group ``<area>/<path>`` to ``path``, replacing an old version last."""
+        self.location.check_writable()
         self.ensure_groups(posixpath.dirname(path))
         source, target = self.location.fs_path(area, path), self.location.fs_path(path)
         if self.location.is_local:
@@ -159,6 +167,7 @@ class Staging:
         group (its promotion was cut short) is promoted; an old version moved
         aside whose replacement never arrived is put back; the rest is deleted.
         """
+        self.location.check_writable()
         promoted = []
         for area in sorted(self._areas(), key=lambda a: a.endswith(_OLD)):
             for group in self._staged_groups(area):

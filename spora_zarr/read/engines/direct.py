@@ -43,6 +43,8 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.chunk_grids import RegularChunkGrid
 
 from ...errors import InvalidInputError, StoreError
+from ...store.location import open_local_file
+from ...store.metadata import max_file_bytes
 from .base import UnsupportedLayout
 from .shards import ChunkTable, shard_table
 
@@ -220,6 +222,7 @@ class DirectArray:
             raise UnsupportedLayout(f"data type {self.dtype} is not numeric")
         self.fill_value = np.asarray(metadata.fill_value, dtype=self.dtype).reshape(1)
         self._encode_key = metadata.chunk_key_encoding.encode_chunk_key
+        self._max_file_bytes = max_file_bytes(metadata)
         outer = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
         codecs = tuple(metadata.codecs)
         if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
@@ -409,12 +412,9 @@ class DirectArray:
     def _open(self, shard: tuple[int, ...]) -> _File:
         """Open the file of ``shard`` (a chunk, unsharded) for this read, with its chunk table."""
         where = f"{self.directory}/{self._encode_key(shard)}"
-        try:
-            fd = os.open(where, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = open_local_file(where, self._max_file_bytes)  # a regular file only: a FIFO would block, /dev/zero never end
+        if fd is None:
             return _File(-1, where, _NO_FILE)
-        except OSError as exc:
-            raise StoreError(f"{where}: cannot open: {exc}") from exc
         try:
             return _File(fd, where, self._chunk_table(where, fd, os.fstat(fd)))
         except BaseException:
