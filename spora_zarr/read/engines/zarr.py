@@ -31,6 +31,7 @@ import numpy as np
 import zarr
 from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.storage import LocalStore, StorePath, WrapperStore
 
 from ...store.location import Location, open_local_file
@@ -104,7 +105,9 @@ class ZarrEngine:
         self.dtype = np.dtype(meta.dtype)
         self.ndim = len(self.shape)
         async_array = meta.async_array
-        store = _CheckedStore(async_array.store_path.store, shard_layout(meta.metadata), max_file_bytes(meta.metadata))
+        metadata = meta.metadata
+        max_bytes = max_file_bytes(metadata) if isinstance(metadata, ArrayV3Metadata) else None
+        store = _CheckedStore(async_array.store_path.store, shard_layout(metadata), max_bytes)
         with process.LOCK, zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
             self._array = zarr.Array(
                 zarr.AsyncArray(
