@@ -195,7 +195,7 @@ class Cohort:
 
 
 def open_cohort(location: str | Location, storage_options: dict[str, Any] | None = None) -> Cohort:
-    """Open the cohort store at a local path or fsspec URL (``s3://``, ``memory://``); reads no pixels."""
+    """Open the cohort store at a local path or fsspec URL (``s3://``, ``https://`` read-only, ``memory://``); reads no pixels."""
     return Cohort(Location.parse(location, storage_options))
 
 

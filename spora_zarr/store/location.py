@@ -120,12 +120,12 @@ class Location:
                     return _bounded(handle.read(max_bytes + 1), where, max_bytes)
             except OSError as exc:
                 raise StoreError(f"{where}: cannot read: {exc}") from exc
+        fs = self.fs()
         try:
-            with self.fs().open(self.fs_path(*parts), "rb") as handle:
-                return _bounded(handle.read(max_bytes + 1), where, max_bytes)
+            return _bounded(fs.cat_file(self.fs_path(*parts), start=0, end=max_bytes + 1), where, max_bytes)  # one ranged GET
         except FileNotFoundError:
             raise NotFoundError(f"{where}: no such file") from None
-        except (OSError, ValueError) as exc:  # aiohttp's ClientError is an OSError
+        except Exception as exc:  # noqa: BLE001 - each fsspec backend raises its own kinds (aiohttp's are not OSErrors)
             raise StoreError(f"{where}: cannot read: {type(exc).__name__}: {exc}") from exc
 
     def read_document(self, *parts: str, max_bytes: int = DOCUMENT_MAX_BYTES) -> dict[str, Any]:
