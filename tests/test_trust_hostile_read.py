@@ -253,6 +253,34 @@ def test_damaged_group_document_is_one_line_in_info(store: Path, capsys: pytest.
     assert "modality imc: 1 tissue(s)" in output, output  # an unreadable group is not listed, as an unfinished one
 
 
+DAMAGED_ATTRIBUTES = {
+    "group spora not an object": ("imc/images/A", lambda a: a.update(spora=[1, 2])),
+    "group channel_names not a list": ("imc/images/A", lambda a: a["spora"].update(channel_names=5)),
+    "root spora not an object": ("", lambda a: a.update(spora="x")),
+    "root mask_kinds not a list": ("", lambda a: a["spora"].update(mask_kinds=7)),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGED_ATTRIBUTES))
+def test_damaged_group_attributes_are_one_line_in_info(store: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    group, damage = DAMAGED_ATTRIBUTES[name]
+    path = store / group / "zarr.json"
+    document = json.loads(path.read_text())
+    damage(document["attributes"])
+    path.write_text(json.dumps(document))
+    assert_one_line_error(*run_info(capsys, str(store)), str(store / group).rstrip("/"))
+
+
+def test_omero_not_an_object_falls_back_to_spora_channel_names(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = store / "imc/images/A/zarr.json"
+    document = json.loads(path.read_text())
+    document["attributes"]["ome"]["omero"] = [1]
+    path.write_text(json.dumps(document))
+    assert open_cohort(store).channel_names("imc", "A") == document["attributes"]["spora"]["channel_names"]
+    code, output = run_info(capsys, str(store))
+    assert code == 0 and "Traceback" not in output, output
+
+
 # ---------------------------------------------------------------------------------- http(s)
 
 _HTTP_SERVER = r"""

@@ -88,6 +88,7 @@ class CohortAttributes:
     @classmethod
     def from_dict(cls, spora: Mapping[str, Any], *, where: str) -> CohortAttributes:
         """Parse the root's ``spora`` attribute; ``StoreError`` when malformed or too new."""
+        spora = _mapping(spora, where, "root attribute spora")
         version = check_format_version(spora.get("format_version", FORMAT_VERSION), where)
         modalities = spora.get("modalities", {})
         if not isinstance(modalities, Mapping) or not all(isinstance(v, (list, tuple)) for v in modalities.values()):
@@ -95,7 +96,7 @@ class CohortAttributes:
         return cls(
             format_version=version,
             modalities={str(m): tuple(map(str, levels)) for m, levels in sorted(modalities.items())},
-            mask_kinds=tuple(map(str, spora.get("mask_kinds", ()))),
+            mask_kinds=_strings(spora.get("mask_kinds", ()), where, "root attribute spora.mask_kinds"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,14 +191,16 @@ class SporaGroupAttributes:
 
     @classmethod
     def from_dict(cls, spora: Mapping[str, Any], *, where: str) -> SporaGroupAttributes:
+        """Parse a group's ``spora`` attribute; ``StoreError`` when malformed or too new."""
+        spora = _mapping(spora, where, "attribute spora")
         return cls(
             format_version=check_format_version(spora.get("format_version", FORMAT_VERSION), where),
             kind=str(spora.get("kind", "image")),
             tissue_id=spora.get("tissue_id"),
             modality=spora.get("modality"),
             mask_kind=spora.get("mask_kind"),
-            channel_names=tuple(map(str, spora.get("channel_names", ()))),
-            source_levels=tuple(map(str, spora.get("source_levels", ()))),
+            channel_names=_strings(spora.get("channel_names", ()), where, "attribute spora.channel_names"),
+            source_levels=_strings(spora.get("source_levels", ()), where, "attribute spora.source_levels"),
             extra={k: v for k, v in spora.items() if k not in cls._KNOWN},
         )
 
@@ -294,9 +297,10 @@ class GroupMetadata:
     def channels(self) -> tuple[ChannelMetadata, ...]:
         """The ``omero`` channels (empty for labels or when ``omero`` is absent)."""
         omero = (self.ome.model_extra or {}).get("omero") or {}
+        channels = omero.get("channels") if isinstance(omero, Mapping) else None
         return tuple(
             ChannelMetadata(str(c.get("label", "")), c.get("color"), c.get("window"))
-            for c in omero.get("channels", [])
+            for c in (channels if isinstance(channels, list) else [])
             if isinstance(c, Mapping)
         )
 
@@ -403,6 +407,18 @@ def _integers(value: object, where: str, name: str, *, low: int, high: int) -> t
         if all(low <= v <= high for v in numbers):
             return numbers
     raise StoreError(f"{where}: {name} must be a list of 1 to {_MAX_AXES} integers from {low} to {high}, got {_short(value)}")
+
+
+def _mapping(value: object, where: str, name: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise StoreError(f"{where}: {name} must be a JSON object, got {_short(value)}")
+    return value
+
+
+def _strings(value: object, where: str, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise StoreError(f"{where}: {name} must be a list of names, got {_short(value)}")
+    return tuple(map(str, value))
 
 
 def _short(value: object, limit: int = 120) -> str:
