@@ -246,6 +246,19 @@ def test_fifo_metadata_document_is_a_store_error(store: Path, which: str, capsys
     assert_one_line_error(done.returncode, done.stderr + done.stdout, str(document), "a FIFO")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
+def test_fifo_table_is_one_line_in_info(store: Path) -> None:
+    table = store / "metadata/tissues.parquet"
+    table.unlink()
+    os.mkfifo(table)
+    script = "import sys; from spora_zarr.cli import main; sys.exit(main(['info', sys.argv[1]]))"
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(store)], capture_output=True, text=True, timeout=READ_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"info on a store whose {table} is a FIFO did not finish in {READ_TIMEOUT_S} s")
+    assert_one_line_error(done.returncode, done.stderr + done.stdout, str(table), "a FIFO")
+
+
 def test_damaged_group_document_is_one_line_in_info(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (store / "imc/images/A/zarr.json").write_bytes(_deep())
     code, output = run_info(capsys, str(store))

@@ -8,12 +8,13 @@ all written through :func:`write_table`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError, StoreError
 from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path
-from .location import Location
+from .location import Location, open_local_file
 from .staging import Staging
 
 if TYPE_CHECKING:
@@ -33,6 +34,10 @@ def read_table(location: Location, path: str) -> pa.Table:
 
     if not table_exists(location, path):
         raise NotFoundError(f"{location}: no table {path}")
+    if location.is_local:  # a regular file only: a FIFO would block the read, /dev/zero never end it
+        fd = open_local_file(location.fs_path(path))
+        if fd is not None:
+            os.close(fd)
     try:
         with location.fs().open(location.fs_path(path), "rb") as handle:
             return pq.ParquetFile(handle).read()  # one file: no pyarrow.dataset (which imports pandas, 0.3 s)
