@@ -96,9 +96,10 @@ class Location:
         return posixpath.join(self.root, *[p.strip("/") for p in parts if p])
 
     def fs_path(self, *parts: str) -> str:
-        """Path of ``parts`` as the filesystem of :meth:`fs` names it (no scheme)."""
+        """Path of ``parts`` as the filesystem of :meth:`fs` names it: no scheme, but http(s) URLs whole (as fsspec's
+        ``HTTPFileSystem`` names them)."""
         full = self.join(*parts)
-        return full if self.is_local or self.read_only else full.split("://", 1)[1]  # http paths keep their scheme
+        return full if self.is_local or self.protocol in ("http", "https") else full.split("://", 1)[1]
 
     def read_bytes(self, *parts: str, max_bytes: int) -> bytes:
         """The whole file at ``parts`` below the root, if it is a regular file of at most ``max_bytes`` bytes.
