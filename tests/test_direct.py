@@ -213,6 +213,9 @@ DIRECT_MESSAGES = {
     "offset overflow": "its index points past the end of the file",
     "blosc size": "decodes to 12288 bytes, expected 6144",
     "bad index checksum": "checksum of its chunk index",
+    "fifo": r"not a regular file \(a FIFO\)",
+    "directory": r"not a regular file \(a directory\)",
+    "dev zero": r"not a regular file \(a character device\)",
 }
 
 

@@ -385,6 +385,7 @@ def predict_cohort(
     from ..convert.runner import RunOptions, run_tasks
 
     location = Location.parse(store, storage_options)
+    location.check_writable("write predictions")
     dataset = make_dataset(location, options.modality, options.resolution, options.tile_size, standardization=options.standardization,
                            storage_options=storage_options)
     available = list(dataset.tissue_ids)

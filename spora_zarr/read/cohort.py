@@ -29,6 +29,7 @@ from ..store.lock import writer_at_work
 from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
 from ..store.staging import STAGING_DIR, Staging, is_complete_group
 from ..store.tables import read_table
+from .engines.zarr import ZarrEngine, open_array
 
 log = logging.getLogger("spora_zarr")
 
@@ -136,9 +137,8 @@ class Cohort:
         return self.group_metadata(modality, tissue_id).channel_names
 
     def open_array(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> zarr.Array:
-        """The zarr array of one level (no pixels read)."""
-        path = self.level_path(modality, tissue_id, resolution)
-        return zarr.open_array(self.location.zarr_store(read_only=True), path=path, mode="r")
+        """The zarr array of one level (no pixels read); ``StoreError`` naming it when its ``zarr.json`` is damaged."""
+        return open_array(self.location, self.level_path(modality, tissue_id, resolution))
 
     def open_image(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> Any:
         """A level as a lazy ``xarray.DataArray``: dims ``(c, y, x)``, channel names, micron coordinates.
@@ -155,7 +155,9 @@ class Cohort:
         level = metadata.level(name)
         mpp, offset = level.mpp, level.offset
         chunks = array.shards or array.chunks
-        data = da.from_zarr(array, chunks=chunks)
+        # Through the zarr engine: damaged chunks and non-regular files are StoreErrors naming the array.
+        source = ZarrEngine(self.location, array.path, array)
+        data = da.from_array(source, chunks=chunks, name=False, meta=np.empty((0,) * array.ndim, array.dtype))
         coords: dict[str, Any] = {
             "y": offset + mpp * np.arange(array.shape[-2]),
             "x": offset + mpp * np.arange(array.shape[-1]),
@@ -197,7 +199,7 @@ class Cohort:
 
 
 def open_cohort(location: str | Location, storage_options: dict[str, Any] | None = None) -> Cohort:
-    """Open the cohort store at a local path or fsspec URL (``s3://``, ``memory://``); reads no pixels.
+    """Open the cohort store at a local path or fsspec URL (``s3://``, ``https://`` read-only, ``memory://``); reads no pixels.
 
     Logs a warning when a writer is at work on the store: a tissue it
     overwrites may read as a mix of old and new pixels (``docs/store_layout.md``).

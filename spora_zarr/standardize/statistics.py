@@ -313,6 +313,7 @@ def compute_statistics(
         raise InvalidInputError("give at least one --spec, e.g. quantile_clipping/uq_0.99_image")
     cohort = open_cohort(store, storage_options)
     location = cohort.location
+    location.check_writable("write statistics")
     name = resolution_name(resolution)
     ids = [t for t in cohort.tissues(modality) if name in cohort.resolutions(modality, t)]
     if tissues is not None:

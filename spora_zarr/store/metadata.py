@@ -10,6 +10,11 @@
   its levels and channels, and its ``spora`` attribute
   (:class:`SporaGroupAttributes`).
 
+- :func:`read_array_metadata` is the one reader of an array's ``zarr.json``:
+  bounded in bytes, checked against limits before zarr parses it (shape, chunk
+  and shard sizes; :data:`MAX_AXIS_LENGTH` and the others), so a hostile
+  document is a ``StoreError`` naming the array, never a huge allocation.
+
 A store whose ``format_version`` is newer than :data:`FORMAT_VERSION` is a
 :class:`~spora_zarr.errors.StoreError` on open: its layout may differ in ways
 this version would misread.
@@ -19,15 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import operator
 import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, StoreError
+from ..errors import InvalidInputError, NotFoundError, StoreError
 from .layout import FORMAT_VERSION, resolution_value, validate_modality, validate_name
 from .location import Location
 from .staging import ZARR_JSON, Staging, group_document
+
+if TYPE_CHECKING:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
 
 __all__ = [
     "ChannelMetadata",
@@ -38,7 +48,9 @@ __all__ = [
     "check_format_version",
     "check_not_foreign_root",
     "is_cohort_store",
+    "max_file_bytes",
     "ngff_kind",
+    "read_array_metadata",
     "read_cohort_attributes",
     "update_cohort_attributes",
 ]
@@ -81,13 +93,12 @@ class CohortAttributes:
     @classmethod
     def from_dict(cls, spora: Mapping[str, Any], *, where: str) -> CohortAttributes:
         """Parse the root's ``spora`` attribute; ``StoreError`` when malformed or too new."""
+        spora = _mapping(spora, where, "root attribute spora")
         version = check_format_version(spora.get("format_version", FORMAT_VERSION), where)
         modalities = spora.get("modalities", {})
         if not isinstance(modalities, Mapping) or not all(isinstance(v, (list, tuple)) for v in modalities.values()):
             raise StoreError(f"{where}: root attribute spora.modalities must map modality names to lists of levels")
-        mask_kinds = spora.get("mask_kinds", ())
-        if not isinstance(mask_kinds, (list, tuple)):
-            raise StoreError(f"{where}: root attribute spora.mask_kinds must be a list of names")
+        mask_kinds = _strings(spora.get("mask_kinds", ()), where, "root attribute spora.mask_kinds")
         try:  # names read back become paths: the same rule as names given by a user
             for modality in modalities:
                 validate_modality(modality)
@@ -295,14 +306,16 @@ class SporaGroupAttributes:
 
     @classmethod
     def from_dict(cls, spora: Mapping[str, Any], *, where: str) -> SporaGroupAttributes:
+        """Parse a group's ``spora`` attribute; ``StoreError`` when malformed or too new."""
+        spora = _mapping(spora, where, "attribute spora")
         return cls(
             format_version=check_format_version(spora.get("format_version", FORMAT_VERSION), where),
             kind=str(spora.get("kind", "image")),
             tissue_id=spora.get("tissue_id"),
             modality=spora.get("modality"),
             mask_kind=spora.get("mask_kind"),
-            channel_names=tuple(map(str, spora.get("channel_names", ()))),
-            source_levels=tuple(map(str, spora.get("source_levels", ()))),
+            channel_names=_strings(spora.get("channel_names", ()), where, "attribute spora.channel_names"),
+            source_levels=_strings(spora.get("source_levels", ()), where, "attribute spora.source_levels"),
             extra={k: v for k, v in spora.items() if k not in cls._KNOWN},
         )
 
@@ -399,9 +412,10 @@ class GroupMetadata:
     def channels(self) -> tuple[ChannelMetadata, ...]:
         """The ``omero`` channels (empty for labels or when ``omero`` is absent)."""
         omero = (self.ome.model_extra or {}).get("omero") or {}
+        channels = omero.get("channels") if isinstance(omero, Mapping) else None
         return tuple(
             ChannelMetadata(str(c.get("label", "")), c.get("color"), c.get("window"))
-            for c in omero.get("channels", [])
+            for c in (channels if isinstance(channels, list) else [])
             if isinstance(c, Mapping)
         )
 
@@ -410,3 +424,119 @@ class GroupMetadata:
         """Channel labels in stored order: ``omero`` labels, else the spora ``channel_names``."""
         channels = self.channels
         return [c.label for c in channels] if channels else list(self.spora.channel_names)
+
+
+# -- arrays ----------------------------------------------------------------------
+MAX_AXIS_LENGTH = 2**24
+"""The longest axis an array may declare (16.7 M: 4 m of tissue at 0.25 mpp)."""
+MAX_ARRAY_ELEMENTS = 2**44
+"""The most elements an array may declare."""
+MAX_CHUNK_BYTES = 2**29
+"""The most bytes one (inner) chunk may decode to."""
+MAX_CHUNKS_PER_SHARD = 2**20
+"""The most inner chunks one shard may hold (its index is 16 bytes per chunk)."""
+_MAX_AXES = 32
+
+
+def read_array_metadata(location: Location, path: str) -> ArrayV3Metadata:
+    """The parsed ``zarr.json`` of the zarr v3 array at ``<location>/<path>``, checked against the limits above.
+
+    Raises
+    ------
+    NotFoundError
+        There is no ``zarr.json`` there.
+    InvalidInputError
+        It describes a group.
+    StoreError
+        It is not a regular file, too long, not JSON, not zarr v3 array
+        metadata, or declares a shape, chunk or shard beyond the limits.
+    """
+    where = f"array {location.join(path)}"
+    try:
+        document = location.read_document(path, ZARR_JSON)
+    except NotFoundError:
+        raise NotFoundError(f"no array at {location.join(path)} (no {ZARR_JSON})") from None
+    if document.get("node_type") == "group":
+        raise InvalidInputError(f"{location.join(path)} is a group, not an array")
+    return parse_array_metadata(document, where=where)
+
+
+def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3Metadata:
+    """zarr's ``ArrayV3Metadata`` of ``document`` (a ``zarr.json``); see :func:`read_array_metadata`."""
+    from zarr.codecs import ShardingCodec
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    if document.get("zarr_format") != 3 or document.get("node_type") != "array":
+        raise StoreError(f"{where}: not zarr v3 array metadata (zarr_format 3, node_type array)")
+    shape = _integers(document.get("shape"), where, "shape", low=0, high=MAX_AXIS_LENGTH)
+    grid = document.get("chunk_grid")
+    configuration = grid.get("configuration") if isinstance(grid, Mapping) else None
+    if not isinstance(grid, Mapping) or grid.get("name") != "regular" or not isinstance(configuration, Mapping):
+        raise StoreError(f"{where}: chunk_grid must be a regular grid, got {_short(grid)}")
+    outer = _integers(configuration.get("chunk_shape"), where, "chunk_shape", low=1, high=MAX_AXIS_LENGTH)
+    if len(outer) != len(shape):
+        raise StoreError(f"{where}: chunk_shape {outer} and shape {shape} differ in length")
+    if math.prod(shape) > MAX_ARRAY_ELEMENTS:
+        raise StoreError(f"{where}: shape {shape} has more than the {MAX_ARRAY_ELEMENTS} elements an array may hold")
+    try:
+        metadata = ArrayV3Metadata.from_dict(dict(document))
+    except Exception as exc:  # noqa: BLE001 - zarr raises many kinds on a hostile document
+        raise StoreError(f"{where}: invalid zarr v3 array metadata: {type(exc).__name__}: {_short(exc)}") from None
+    inner = tuple(outer)
+    codecs = tuple(metadata.codecs)
+    while len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        shard, inner = inner, tuple(int(n) for n in codecs[0].chunk_shape)
+        if len(inner) != len(shard) or any(n < 1 or s % n for s, n in zip(shard, inner, strict=False)):
+            raise StoreError(f"{where}: inner chunk shape {inner} does not divide the shard shape {shard}")
+        if math.prod(s // n for s, n in zip(shard, inner, strict=True)) > MAX_CHUNKS_PER_SHARD:
+            raise StoreError(f"{where}: shards {shard} of chunks {inner} hold more than {MAX_CHUNKS_PER_SHARD} chunks each")
+        codecs = tuple(codecs[0].codecs)
+    nbytes = math.prod(inner) * metadata.dtype.to_native_dtype().itemsize
+    if nbytes > MAX_CHUNK_BYTES:
+        raise StoreError(f"{where}: chunks {inner} of {nbytes} bytes are more than the {MAX_CHUNK_BYTES} bytes read at once")
+    return metadata
+
+
+def max_file_bytes(metadata: ArrayV3Metadata) -> int:
+    """The most bytes one chunk or shard file of an array checked by :func:`parse_array_metadata` may hold.
+
+    Twice the decoded size of its chunks plus 64 KiB each (more than any codec
+    stores), and the shard index.
+    """
+    from zarr.codecs import ShardingCodec
+
+    inner = tuple(int(n) for n in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined]
+    per_file, codecs = 1, tuple(metadata.codecs)
+    while len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        shard, inner = inner, tuple(int(n) for n in codecs[0].chunk_shape)
+        per_file *= math.prod(s // n for s, n in zip(shard, inner, strict=True))
+        codecs = tuple(codecs[0].codecs)
+    chunk = math.prod(inner) * metadata.dtype.to_native_dtype().itemsize
+    return per_file * (2 * chunk + 2**16 + 16) + 2**16
+
+
+def _integers(value: object, where: str, name: str, *, low: int, high: int) -> tuple[int, ...]:
+    """``value`` as a tuple of integers in ``[low, high]``, one to 32 of them; else a ``StoreError``."""
+    if isinstance(value, list) and 1 <= len(value) <= _MAX_AXES and all(type(v) is int for v in value):
+        numbers = tuple(operator.index(v) for v in value)
+        if all(low <= v <= high for v in numbers):
+            return numbers
+    raise StoreError(f"{where}: {name} must be a list of 1 to {_MAX_AXES} integers from {low} to {high}, got {_short(value)}")
+
+
+def _mapping(value: object, where: str, name: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise StoreError(f"{where}: {name} must be a JSON object, got {_short(value)}")
+    return value
+
+
+def _strings(value: object, where: str, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise StoreError(f"{where}: {name} must be a list of names, got {_short(value)}")
+    return tuple(map(str, value))
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value) if not isinstance(value, BaseException) else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import NotFoundError, StoreError
 from .guard import check_no_links
 from .location import Location
 
@@ -68,10 +68,15 @@ class Staging:
     def read_attributes(self, path: str) -> dict[str, Any] | None:
         """Attributes of the group at ``path``, or ``None`` if there is no group there."""
         try:
-            document = json.loads(self.fs.cat_file(self.location.fs_path(path, ZARR_JSON)))
-        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            document = self.location.read_document(path, ZARR_JSON)
+        except NotFoundError:
             return None
-        return document.get("attributes", {}) if document.get("node_type") == "group" else None
+        except StoreError:
+            if not self.location.is_local or os.path.isfile(self.location.fs_path(path, ZARR_JSON)):
+                return None  # a damaged document, as if there were none; a FIFO or device is an error
+            raise
+        attributes = document.get("attributes", {})
+        return attributes if document.get("node_type") == "group" and isinstance(attributes, dict) else None
 
     def is_complete(self, path: str) -> bool:
         """Whether ``path`` holds a finished multiscales group."""
@@ -112,6 +117,7 @@ class Staging:
         self._write_bytes(self._target(posixpath.join(path, ZARR_JSON)), group_document(attributes))
 
     def _write_bytes(self, fs_path: str, data: bytes) -> None:
+        self.location.check_writable()
         if self.location.is_local:
             os.makedirs(os.path.dirname(fs_path), exist_ok=True)
             tmp = f"{fs_path}.{uuid.uuid4().hex[:8]}.tmp"
@@ -140,6 +146,7 @@ class Staging:
         it is replaced only when spora_zarr wrote it: anything else at ``path``, or a
         symbolic link on the way to a final path, is a ``StoreError`` before the commit.
         """
+        self.location.check_writable()
         target = self._target(path)
         if self.fs.exists(target) and not self.written_by_spora(path):
             raise StoreError(f"{target}: holds files spora_zarr did not write (no spora group there); not replacing them")
@@ -247,6 +254,7 @@ class Staging:
         their final paths); an old version moved aside whose replacement never
         arrived is put back; everything else is deleted.
         """
+        self.location.check_writable()
         promoted = []
         for area in sorted(self._areas(), key=lambda a: a.endswith(_OLD)):
             if area.endswith(_OLD):

@@ -9,12 +9,13 @@ tables that ``add-image`` and ``stitch`` extend are staged with their image
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError, StoreError, reason
 from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path, validate_relative_path
-from .location import Location
+from .location import Location, open_local_file
 from .staging import STAGING_DIR, Staging
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ def read_table(location: Location, path: str) -> pa.Table:
 
     if not table_exists(location, path):
         raise NotFoundError(f"{location}: no table {path}")
+    if location.is_local:  # a regular file only: a FIFO would block the read, /dev/zero never end it
+        fd = open_local_file(location.fs_path(path))
+        if fd is not None:
+            os.close(fd)
     try:
         with location.fs().open(location.fs_path(path), "rb") as handle:
             return pq.ParquetFile(handle).read()  # one file: no pyarrow.dataset (which imports pandas, 0.3 s)

@@ -79,8 +79,12 @@ ARRAYS: dict[str, ArraySpec] = {
 }
 """The arrays every engine reads, by name (also their path below the store root)."""
 
-DAMAGES = ("truncated file", "truncated index", "offset past the end", "offset overflow", "blosc size", "bad index checksum")
-"""The ways :func:`damage_shard` breaks a shard."""
+DAMAGES = (
+    "truncated file", "truncated index", "offset past the end", "offset overflow", "blosc size", "bad index checksum",
+    "fifo", "directory", "dev zero",
+)  # fmt: skip
+"""The ways :func:`damage_shard` breaks a shard (the last three put a FIFO, a directory or a symlink to ``/dev/zero``
+in its place: a read must neither block nor run without end)."""
 
 
 def content(spec: ArraySpec, seed: int = 0) -> np.ndarray:
@@ -135,6 +139,15 @@ def _put_index(shard: Path, entries: np.ndarray) -> None:
 
 def damage_shard(shard: Path, case: str, chunks: int) -> None:
     """Break the shard file ``shard`` (``chunks`` inner chunks, index at the end) as :data:`DAMAGES` names ``case``."""
+    if case in ("fifo", "directory", "dev zero"):
+        shard.unlink()
+        if case == "fifo":
+            os.mkfifo(shard)
+        elif case == "directory":
+            shard.mkdir()
+        else:
+            shard.symlink_to("/dev/zero")
+        return
     size, entries = _index(shard, chunks)
     if case == "truncated file":
         os.truncate(shard, size // 2)

@@ -278,6 +278,7 @@ def tile_cohort(
     from ..store.tables import read_table, table_exists
 
     location = Location.parse(store, storage_options)
+    location.check_writable("write tile tables")
     cohort = open_cohort(location)
     present = cohort.mask_tissues(_MASK_KIND)
     if tissues is None:

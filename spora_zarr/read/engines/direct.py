@@ -43,8 +43,10 @@ import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
 from ...errors import InvalidInputError, StoreError
+from ...store.location import open_local_file
+from ...store.metadata import max_file_bytes
 from .base import RegularChunkGrid, UnsupportedLayout
-from .shards import ChunkTable, shard_table
+from .shards import ChunkTable, index_at_end, shard_table
 
 if TYPE_CHECKING:
     import zarr
@@ -225,6 +227,7 @@ class DirectArray:
             raise UnsupportedLayout(f"data type {self.dtype} is not numeric")
         self.fill_value = np.asarray(metadata.fill_value, dtype=self.dtype).reshape(1)
         self._encode_key = metadata.chunk_key_encoding.encode_chunk_key
+        self._max_file_bytes = max_file_bytes(metadata)
         outer = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
         codecs = tuple(metadata.codecs)
         if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
@@ -239,7 +242,7 @@ class DirectArray:
                 and isinstance(index_codecs[1], Crc32cCodec)
             ):
                 raise UnsupportedLayout(f"shard index codecs {index_codecs} are not bytes + crc32c")
-            self._index_at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"  # enum; zarr 3.4: str
+            self._index_at_end = index_at_end(sharding)
             codecs = tuple(sharding.codecs)
         else:
             self.chunk_shape = outer
@@ -414,12 +417,9 @@ class DirectArray:
     def _open(self, shard: tuple[int, ...]) -> _File:
         """Open the file of ``shard`` (a chunk, unsharded) for this read, with its chunk table."""
         where = f"{self.directory}/{self._encode_key(shard)}"
-        try:
-            fd = os.open(where, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = open_local_file(where, self._max_file_bytes)  # a regular file only: a FIFO would block, /dev/zero never end
+        if fd is None:
             return _File(-1, where, _NO_FILE)
-        except OSError as exc:
-            raise StoreError(f"{where}: cannot open: {exc}") from exc
         try:
             return _File(fd, where, self._chunk_table(where, fd, os.fstat(fd)))
         except BaseException:

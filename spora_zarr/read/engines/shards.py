@@ -1,17 +1,31 @@
-"""Chunk tables of local shard files: the shard index read, checked against the file and cached by file identity."""
+"""Local chunk and shard files: only regular files are read, and a shard's index is checked against its file.
+
+:func:`shard_table` reads a shard index, checks it and caches it by file
+identity. :class:`LocalFiles` checks the files a window touches before a
+library that reads them itself (tensorstore, zarrs) does: a FIFO, device or
+directory in place of a file, or a file longer than the array's layout allows
+(:func:`~spora_zarr.store.metadata.max_file_bytes`), is a ``StoreError``
+instead of a read that blocks or never ends.
+"""
 
 from __future__ import annotations
 
 import collections
+import itertools
+import math
 import os
 import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import google_crc32c
 import numpy as np
 
 from ...errors import StoreError
+from ...store.location import open_local_file
+from ...store.metadata import max_file_bytes
 
-__all__ = ["MISSING", "ChunkTable", "shard_table"]
+__all__ = ["MISSING", "ChunkTable", "LocalFiles", "ShardLayout", "shard_layout", "shard_table"]
 
 MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
 _CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 256 chunks)
@@ -66,6 +80,85 @@ def shard_table(where: str, fd: int, stat: os.stat_result, chunks: int, index_at
         while len(_CACHE) > _CACHE_ENTRIES:
             _CACHE.popitem(last=False)
     return table
+
+
+class ShardLayout(NamedTuple):
+    """What reading a shard index takes: the shard shape, chunks per shard, where the index is, the shard file names."""
+
+    shard_shape: tuple[int, ...]
+    chunks: int
+    index_at_end: bool
+    encode_key: Callable[[tuple[int, ...]], str]
+
+
+def shard_layout(metadata: Any) -> ShardLayout | None:
+    """The layout of a zarr v3 array (``ArrayV3Metadata``) sharded on a regular grid with a bytes + crc32c index; else None."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
+    from .base import RegularChunkGrid
+
+    if metadata.zarr_format != 3 or not isinstance(metadata.chunk_grid, RegularChunkGrid):
+        return None
+    codecs = tuple(metadata.codecs)
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sharding = codecs[0]
+    index_codecs = tuple(sharding.index_codecs)
+    if len(index_codecs) != 2 or not isinstance(index_codecs[0], BytesCodec) or not isinstance(index_codecs[1], Crc32cCodec):
+        return None
+    shard_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
+    chunks = math.prod(o // i for o, i in zip(shard_shape, sharding.chunk_shape, strict=True))
+    return ShardLayout(shard_shape, chunks, index_at_end(sharding), metadata.chunk_key_encoding.encode_chunk_key)
+
+
+def index_at_end(sharding: Any) -> bool:
+    """Whether a ``ShardingCodec`` keeps its index at the end of the shard (an enum, a plain string in later zarr 3)."""
+    return getattr(sharding.index_location, "value", sharding.index_location) == "end"
+
+
+class LocalFiles:
+    """Checks the chunk or shard files of a local zarr v3 array that a window touches.
+
+    Parameters
+    ----------
+    directory : str
+        The array's directory.
+    metadata : zarr.core.metadata.v3.ArrayV3Metadata
+        Its metadata, checked by :func:`~spora_zarr.store.metadata.read_array_metadata`.
+    """
+
+    def __init__(self, directory: str, metadata: Any) -> None:
+        self._directory = directory.rstrip("/")
+        self._file_shape = tuple(int(n) for n in metadata.chunk_grid.chunk_shape)
+        self._encode_key = metadata.chunk_key_encoding.encode_chunk_key
+        self._max_bytes = max_file_bytes(metadata)
+        self._layout = shard_layout(metadata)
+
+    def check(self, index: tuple[slice, ...]) -> None:
+        """Raise StoreError if a file under ``index`` is not a regular file, is too long, or has a damaged shard index.
+
+        Missing files are fine (they read as the fill value).
+        """
+        spans = (range(s.start // n, (s.stop - 1) // n + 1) for s, n in zip(index, self._file_shape, strict=True))
+        for key in itertools.product(*spans):
+            where = f"{self._directory}/{self._encode_key(key)}"
+            fd = open_local_file(where, self._max_bytes)
+            if fd is None:
+                continue
+            try:
+                if self._layout is not None:
+                    shard_table(where, fd, os.fstat(fd), self._layout.chunks, self._layout.index_at_end)
+            finally:
+                os.close(fd)
+
+    def check_key(self, key: str) -> bool:
+        """Whether the file of store key ``key`` (relative to the array) exists; StoreError if it is not a regular
+        file or too long."""
+        fd = open_local_file(f"{self._directory}/{key}", self._max_bytes)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
 
 
 def _after_fork_in_child() -> None:

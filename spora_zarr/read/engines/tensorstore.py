@@ -1,4 +1,9 @@
-"""tensorstore's zarr3 driver on a local ``file`` kvstore; local stores only."""
+"""tensorstore's zarr3 driver on a local ``file`` kvstore; local stores only.
+
+The files a window touches are checked first
+(:class:`~spora_zarr.read.engines.shards.LocalFiles`): tensorstore would block
+on a FIFO and read ``/dev/zero`` without end.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from ...store.location import Location
 from . import process
 from .base import DATA_ERRORS, UnsupportedLayout, damaged
 from .jpeg import is_jpeg_layout
+from .shards import LocalFiles
 
 __all__ = ["TensorstoreEngine", "set_threads"]
 
@@ -61,6 +67,7 @@ class TensorstoreEngine:
         if is_jpeg_layout(meta.metadata):
             raise UnsupportedLayout("tensorstore has no imagecodecs_jpeg codec (a JPEG slide's chunks)")
         self._where = location.join(path)
+        self._files = LocalFiles(location.fs_path(path), meta.metadata)
         self._store: Any = None
         self._lock = threading.Lock()
 
@@ -81,6 +88,7 @@ class TensorstoreEngine:
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         """The window ``index``; see :class:`~spora_zarr.read.engines.base.Engine`."""
         try:
+            self._files.check(index)
             return self._handle()[index].read().result()
         except DATA_ERRORS as exc:
             raise damaged(self._where, self.engine, exc) from exc

@@ -11,31 +11,35 @@ whose offset overflows uint64 from the wrapped-around offset. So
 :class:`ZarrEngine` reads through a store wrapper that raises on short byte
 ranges and on whole shards whose index points outside them, and
 :class:`ZarrsEngine` checks the index of each local shard file a window touches
-first (:func:`~spora_zarr.read.engines.shards.shard_table`, cached).
+first (:func:`~spora_zarr.read.engines.shards.shard_table`, cached). Both
+read only regular local files of a size the layout allows
+(:class:`~spora_zarr.read.engines.shards.LocalFiles`): a FIFO would block the
+read, ``/dev/zero`` would never end.
+
+:class:`ZarrEngine` also indexes like an array (``shape``, ``dtype``,
+``__getitem__``), so dask reads through it (``Cohort.open_image``).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import zarr
-from zarr.abc.store import ByteRequest, RangeByteRequest, Store
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.storage import StorePath, WrapperStore
+from zarr.core.metadata.v3 import ArrayV3Metadata
+from zarr.storage import LocalStore, StorePath, WrapperStore
 
-from ...errors import InvalidInputError, NotFoundError
 from ...store import codecs as _codecs  # noqa: F401 - registers the JPEG codec of slide arrays
-from ...store.location import Location
+from ...store.location import Location, open_local_file
+from ...store.metadata import max_file_bytes, read_array_metadata
 from . import process
-from .base import DATA_ERRORS, RegularChunkGrid, damaged
-from .shards import MISSING, shard_table
+from .base import DATA_ERRORS, damaged
+from .shards import MISSING, LocalFiles, ShardLayout, shard_layout
 
 __all__ = ["ZarrEngine", "ZarrsEngine", "open_array", "open_zarrs", "set_threads"]
 
@@ -46,7 +50,7 @@ _ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 
 def open_array(location: Location, path: str) -> zarr.Array:
-    """The array on zarr-python's own pipeline: reads metadata only, starts no codec threads.
+    """The array on zarr-python's own pipeline: reads its checked metadata only, starts no codec threads.
 
     Raises
     ------
@@ -54,15 +58,14 @@ def open_array(location: Location, path: str) -> zarr.Array:
         No array at that path.
     InvalidInputError
         The path names a group.
+    StoreError
+        Its ``zarr.json`` is damaged or declares more than is read
+        (:func:`~spora_zarr.store.metadata.read_array_metadata`).
     """
-    where = location.join(path)
-    try:
-        with process.LOCK, zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
-            return zarr.open_array(location.zarr_store(read_only=True), path=path, mode="r")
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"no array at {where}: {exc}") from exc
-    except zarr.errors.NodeTypeValidationError as exc:
-        raise InvalidInputError(f"{where} is not an array: {exc}") from exc
+    metadata = read_array_metadata(location, path)
+    store = location.zarr_store(read_only=True)
+    with process.LOCK, zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
+        return zarr.Array(zarr.AsyncArray(metadata=metadata, store_path=StorePath(store, path)))
 
 
 def set_threads(n: int) -> None:
@@ -99,8 +102,13 @@ class ZarrEngine:
 
     def __init__(self, location: Location, path: str, meta: zarr.Array) -> None:
         self._where = location.join(path)
+        self.shape: tuple[int, ...] = tuple(meta.shape)
+        self.dtype = np.dtype(meta.dtype)
+        self.ndim = len(self.shape)
         async_array = meta.async_array
-        store = _CheckedStore(async_array.store_path.store, _shard_layout(meta))
+        metadata = meta.metadata
+        max_bytes = max_file_bytes(metadata) if isinstance(metadata, ArrayV3Metadata) else None
+        store = _CheckedStore(async_array.store_path.store, shard_layout(metadata), max_bytes)
         with process.LOCK, zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
             self._array = zarr.Array(
                 zarr.AsyncArray(
@@ -115,6 +123,8 @@ class ZarrEngine:
         except DATA_ERRORS as exc:
             raise damaged(self._where, self.engine, exc) from exc
 
+    __getitem__ = read
+
 
 class ZarrsEngine:
     """zarr-python with the zarrs codec pipeline; its handle (and zarrs' thread pool) opens on the first read."""
@@ -126,8 +136,7 @@ class ZarrsEngine:
         self._meta = meta
         self._array: zarr.Array | None = None
         self._lock = threading.Lock()
-        layout = _shard_layout(meta)
-        self._indexes = _ShardIndexes(location.fs_path(path), layout) if location.is_local and layout else None
+        self._files = LocalFiles(location.fs_path(path), meta.metadata) if location.is_local else None
 
     def _handle(self) -> zarr.Array:
         if self._array is not None:
@@ -150,8 +159,8 @@ class ZarrsEngine:
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         """The window ``index``; see :class:`~spora_zarr.read.engines.base.Engine`."""
         try:
-            if self._indexes is not None:
-                self._indexes.check(index)
+            if self._files is not None:
+                self._files.check(index)
             return np.asarray(self._handle()[index])
         except DATA_ERRORS as exc:
             raise damaged(self._where, self.engine, exc) from exc
@@ -169,72 +178,36 @@ def open_zarrs(location: Location, path: str, meta: zarr.Array) -> ZarrsEngine |
 # ------------------------------------------------------------------ checked store
 
 
-class _ShardLayout(NamedTuple):
-    """What reading a shard index takes: the shard shape, chunks per shard, where the index is, the shard file names."""
-
-    shard_shape: tuple[int, ...]
-    chunks: int
-    index_at_end: bool
-    encode_key: Callable[[tuple[int, ...]], str]
-
-
-def _shard_layout(meta: zarr.Array) -> _ShardLayout | None:
-    """The layout of a zarr v3 array sharded on a regular grid with a bytes + crc32c index; else None."""
-    metadata = meta.metadata
-    if metadata.zarr_format != 3 or not isinstance(metadata.chunk_grid, RegularChunkGrid):
-        return None
-    codecs = tuple(metadata.codecs)
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        return None
-    sharding = codecs[0]
-    index_codecs = tuple(sharding.index_codecs)
-    if len(index_codecs) != 2 or not isinstance(index_codecs[0], BytesCodec) or not isinstance(index_codecs[1], Crc32cCodec):
-        return None
-    shard_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
-    chunks = int(np.prod([o // i for o, i in zip(shard_shape, sharding.chunk_shape, strict=True)]))
-    at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"  # an enum; a str on zarr 3.4
-    return _ShardLayout(shard_shape, chunks, at_end, metadata.chunk_key_encoding.encode_chunk_key)
-
-
-class _ShardIndexes:
-    """Checks the index of every shard file of a local array that a window touches."""
-
-    def __init__(self, directory: str, layout: _ShardLayout) -> None:
-        self._directory = directory
-        self._layout = layout
-
-    def check(self, index: tuple[slice, ...]) -> None:
-        """Raise StoreError if the index of a shard file under ``index`` is damaged (missing files are fine)."""
-        layout = self._layout
-        spans = (range(s.start // n, (s.stop - 1) // n + 1) for s, n in zip(index, layout.shard_shape, strict=True))
-        for shard in itertools.product(*spans):
-            where = f"{self._directory}/{layout.encode_key(shard)}"
-            try:
-                fd = os.open(where, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                shard_table(where, fd, os.fstat(fd), layout.chunks, layout.index_at_end)
-            finally:
-                os.close(fd)
-
-
 class _CheckedStore(WrapperStore[Store]):
-    """A store whose short byte-range reads, and whole shards with index entries outside the shard, raise ValueError."""
+    """A store whose short byte-range reads, and whole shards with index entries outside the shard, raise ValueError.
 
-    def __init__(self, store: Store, layout: _ShardLayout | None = None) -> None:
+    On a ``LocalStore`` a key whose file is not a regular file, or is longer
+    than ``max_bytes``, raises ``StoreError`` before any byte is read.
+    """
+
+    def __init__(self, store: Store, layout: ShardLayout | None = None, max_bytes: int | None = None) -> None:
         super().__init__(store)
         self._layout = layout
+        self._max_bytes = max_bytes
+        self._root = str(store.root) if isinstance(store, LocalStore) else None
 
     def _with_store(self, store: Store) -> _CheckedStore:
-        return type(self)(store, self._layout)
+        return type(self)(store, self._layout, self._max_bytes)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if self._root is not None:
+            fd = open_local_file(f"{self._root}/{key}", self._max_bytes)
+            if fd is None:
+                return None
+            os.close(fd)
         value = await self._store.get(key, prototype, byte_range)
         if value is None:
             return None
         if isinstance(byte_range, RangeByteRequest) and len(value) != byte_range.end - byte_range.start:
-            raise ValueError(f"{key}: read {len(value)} bytes of the byte range [{byte_range.start}, {byte_range.end}) (truncated file)")
+            why = "truncated file" if len(value) < byte_range.end - byte_range.start else "a server that ignores range requests?"
+            raise ValueError(f"{key}: read {len(value)} bytes of the byte range [{byte_range.start}, {byte_range.end}) ({why})")
+        if isinstance(byte_range, SuffixByteRequest) and len(value) > byte_range.suffix:
+            raise ValueError(f"{key}: read {len(value)} bytes of its last {byte_range.suffix} (a server that ignores range requests?)")
         if byte_range is None and self._layout is not None:  # a whole shard (the engine reads chunk keys only)
             _check_shard(key, value, self._layout.chunks, self._layout.index_at_end)
         return value
