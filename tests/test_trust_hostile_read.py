@@ -385,3 +385,19 @@ def test_unknown_protocol_is_one_line(url: str, capsys: pytest.CaptureFixture[st
     with pytest.raises(InvalidInputError, match="unknown protocol"):
         open_cohort(url)
     assert_one_line_error(*run_info(capsys, url), url.split("://")[0], "unknown protocol")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
+@pytest.mark.parametrize("flag", [[], ["--deep"]])
+def test_validate_reports_a_fifo_level_document_without_hanging(store: Path, flag: list[str]) -> None:
+    document = store / LEVEL / "zarr.json"
+    document.unlink()
+    os.mkfifo(document)
+    script = "import sys; from spora_zarr.cli import main; sys.exit(main(['validate', *sys.argv[1:]]))"
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(store), *flag], capture_output=True, text=True, timeout=READ_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"validate on a store with a FIFO for {document} did not finish in {READ_TIMEOUT_S} s")
+    output = done.stderr + done.stdout
+    assert done.returncode == 1 and "Traceback" not in output, output
+    assert any(str(document) in line and "FIFO" in line for line in output.splitlines()), output

@@ -7,9 +7,10 @@ from typing import Any
 import zarr
 from zarr.core.metadata import ArrayV3Metadata
 
-from ..errors import InvalidInputError, SporaZarrError
+from ..errors import InvalidInputError, NotFoundError, SporaZarrError
 from ..store.layout import is_resolution_name, resolution_value, validate_tissue_id
 from ..store.location import Location
+from ..store.metadata import read_array_metadata
 from .cohort import Cohort, open_cohort
 
 
@@ -105,6 +106,8 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
         validate_tissue_id(tissue_id)
     except InvalidInputError as exc:
         problems.append(str(exc))
+    metadata = cohort.group_metadata(modality, tissue_id)
+    arrays = _level_metadata(cohort, modality, tissue_id, metadata.level_names)  # bounded reads, before zarr opens anything
     group = zarr.open_group(cohort.location.zarr_store(read_only=True), path=cohort.group_path(modality, tissue_id), mode="r")
     attributes = dict(group.attrs)
     try:
@@ -115,7 +118,6 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
         ngff_zarr.validate(attributes, version="0.5", model="label" if labels else "image")
     except Exception as exc:
         problems.append(f"ngff_zarr.validate: {str(exc).splitlines()[0]}")
-    metadata = cohort.group_metadata(modality, tissue_id)
     previous = None
     z_axis = metadata.axes.index("z") if "z" in metadata.axes else None
     planes: tuple[int, float] | None = None  # a stack's depth and z scale, the same at every level
@@ -127,8 +129,8 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
         expected = resolution_value(name)
         if len(level.scale) < 2 or any(abs(s - expected) > 1e-9 for s in level.scale[-2:]):
             problems.append(f"level {name} has scale {list(level.scale)}, expected {expected} micrometer on y/x")
-        array = _level_array(group, name)
-        if not isinstance(array.metadata, ArrayV3Metadata) or not array.metadata.dimension_names:
+        array = arrays[name]
+        if not array.dimension_names:
             problems.append(f"level {name} has no dimension_names")
         if previous is not None and any(a > b for a, b in zip(array.shape[-2:], previous)):
             problems.append(f"level {name} {array.shape} is larger than the level before it {previous}")
@@ -142,7 +144,7 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
     if any(axis.type == "space" and axis.unit != "micrometer" for axis in axes):
         problems.append("spatial axes must have unit 'micrometer'")
     if not labels:
-        channels = _level_array(group, metadata.level_names[0]).shape[0]
+        channels = arrays[metadata.level_names[0]].shape[0]
         if len(metadata.channels) != channels:
             problems.append(f"omero metadata must list {channels} channels")
         else:
@@ -169,14 +171,20 @@ def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str) -> list[str]
 
 
 def _level_shapes(cohort: Cohort, modality: str, tissue_id: str) -> dict[str, tuple[int, ...]]:
-    """Shape of every level array a group's multiscales names (as written, unchecked)."""
-    group = zarr.open_group(cohort.location.zarr_store(read_only=True), path=cohort.group_path(modality, tissue_id), mode="r")
-    return {name: tuple(_level_array(group, name).shape) for name in cohort.resolutions(modality, tissue_id) if name in group}
+    """Shape of every level array a group's multiscales names (missing ones left out)."""
+    shapes = {}
+    for name in cohort.resolutions(modality, tissue_id):
+        try:
+            shapes[name] = tuple(read_array_metadata(cohort.location, f"{cohort.group_path(modality, tissue_id)}/{name}").shape)
+        except NotFoundError:
+            continue
+    return shapes
 
 
-def _level_array(group: zarr.Group, name: str) -> zarr.Array:
-    """The level array ``name`` of ``group``; a group in its place makes the group uncheckable."""
-    node = group[name]
-    if not isinstance(node, zarr.Array):
-        raise InvalidInputError(f"level {name} is a group, not an array")
-    return node
+def _level_metadata(cohort: Cohort, modality: str, tissue_id: str, names: list[str]) -> dict[str, ArrayV3Metadata]:
+    """The checked ``zarr.json`` of each level array (:func:`read_array_metadata`: regular files, bounded sizes and shapes).
+
+    A level that is missing, a group, or hostile makes the group uncheckable (one line).
+    """
+    group = cohort.group_path(modality, tissue_id)
+    return {name: read_array_metadata(cohort.location, f"{group}/{name}") for name in names}
