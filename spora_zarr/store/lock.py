@@ -75,6 +75,7 @@ def store_lock(location: Location, verb: str) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
+    location.check_writable(verb)  # an http(s) store: one line, before any lock object is written
     holder = _holder(verb)
     release = _lock_local(location, holder) if location.is_local else _lock_object(location, holder)
     _held[key] = 1
