@@ -161,3 +161,21 @@ def test_plain_zarr_python_finds_the_codec_by_the_projects_entry_point(slide: Pa
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     expected = tifffile.imread(slide, series=0, level=1).transpose(2, 0, 1)
     assert bytes.fromhex(out.strip()) == np.ascontiguousarray(expected).tobytes()
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+def test_a_shard_of_one_jpeg_chunk_is_read_through_its_index(tmp_path: Path, index_location: str) -> None:
+    from zarr.codecs import ShardingCodec
+
+    from spora_zarr.store.codecs import jpeg_chunk_codecs
+
+    image = np.asarray(he_like(200, 300, seed=2)).transpose(2, 0, 1)
+    transpose, jpeg = jpeg_chunk_codecs({"level": 90})
+    sharding = ShardingCodec(chunk_shape=(3, 128, 128), codecs=[transpose, jpeg], index_location=index_location)
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=image.shape, dtype="uint8", chunks=(3, 128, 128), serializer=sharding, filters=None, compressors=None, fill_value=0
+    )
+    array[:] = image  # zarr-python's own shards, each one chunk and its index
+    reader = open_level(tmp_path / "a.zarr", "")
+    assert reader.engine == "direct"
+    np.testing.assert_array_equal(reader.read(0, 0, 200, 300), array[:])

@@ -89,7 +89,8 @@ class JpegArray:
         self.dtype = np.dtype(metadata.dtype.to_native_dtype())
         codecs = tuple(metadata.codecs)
         outer = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
-        if isinstance(codecs[0], ShardingCodec):
+        self._sharded = isinstance(codecs[0], ShardingCodec)  # a shard of one chunk has an index too
+        if self._sharded:
             sharding = codecs[0]
             index_codecs = tuple(sharding.index_codecs)
             if not (len(index_codecs) == 2 and isinstance(index_codecs[0], BytesCodec) and isinstance(index_codecs[1], Crc32cCodec)):
@@ -103,7 +104,6 @@ class JpegArray:
             self._index_at_end = True
         if len(self.shape) != 3 or self.dtype != np.uint8 or tuple(codecs[0].order) != (1, 2, 0) or self.chunk_shape[0] != self.shape[0]:
             raise UnsupportedLayout("JPEG chunks are read for (c, y, x) uint8 arrays with all channels per chunk only")
-        self._sharded = self._file_shape != self.chunk_shape
         self._per_file = (self._file_shape[1] // self.chunk_shape[1], self._file_shape[2] // self.chunk_shape[2])
         self._config = jpeg_config(codecs[1])
         self._encode_key = metadata.chunk_key_encoding.encode_chunk_key
