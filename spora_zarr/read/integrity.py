@@ -36,7 +36,7 @@ from ..store.layout import TISSUES_TABLE
 from ..store.location import Location
 from .cohort import Cohort
 from .engines import REGISTRY, Engine, UnsupportedLayout
-from .engines.shards import MISSING, shard_table
+from .engines.shards import MISSING, index_at_end, shard_table
 from .engines.zarr import open_array
 
 __all__ = ["deep_problems"]
@@ -191,7 +191,7 @@ class _LevelCheck:
         self.chunk_shape = tuple(int(s) for s in sharding.chunk_shape) if sharding else self.file_shape
         index = tuple(sharding.index_codecs) if sharding else ()
         checked_index = len(index) == 2 and isinstance(index[0], BytesCodec) and isinstance(index[1], Crc32cCodec)
-        self.index_at_end = sharding is not None and sharding.index_location.value == "end"
+        self.index_at_end = sharding is not None and index_at_end(sharding)
         self.reads_index = self.location.is_local and checked_index  # shard_table reads local files
         self.missing: list[_Missing] = []
 

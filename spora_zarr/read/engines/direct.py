@@ -44,7 +44,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
 from ...errors import InvalidInputError, StoreError
 from .base import RegularChunkGrid, UnsupportedLayout
-from .shards import ChunkTable, shard_table
+from .shards import ChunkTable, index_at_end, shard_table
 
 if TYPE_CHECKING:
     import zarr
@@ -239,7 +239,7 @@ class DirectArray:
                 and isinstance(index_codecs[1], Crc32cCodec)
             ):
                 raise UnsupportedLayout(f"shard index codecs {index_codecs} are not bytes + crc32c")
-            self._index_at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"  # enum; zarr 3.4: str
+            self._index_at_end = index_at_end(sharding)
             codecs = tuple(sharding.codecs)
         else:
             self.chunk_shape = outer

@@ -25,7 +25,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec
 from ...errors import InvalidInputError, StoreError
 from ...store.codecs import JPEG_CODEC, decode_jpeg, jpeg_config
 from .base import UnsupportedLayout
-from .shards import MISSING, ChunkTable, shard_table
+from .shards import MISSING, ChunkTable, index_at_end, shard_table
 
 __all__ = ["JpegArray", "is_jpeg_layout"]
 
@@ -97,7 +97,7 @@ class JpegArray:
                 raise UnsupportedLayout(f"shard index codecs {index_codecs} are not bytes + crc32c")
             self.chunk_shape = tuple(int(s) for s in sharding.chunk_shape)
             self._file_shape = outer
-            self._index_at_end = sharding.index_location.value == "end"
+            self._index_at_end = index_at_end(sharding)
             codecs = tuple(sharding.codecs)
         else:
             self.chunk_shape = self._file_shape = outer

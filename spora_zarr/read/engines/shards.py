@@ -11,12 +11,18 @@ import numpy as np
 
 from ...errors import StoreError
 
-__all__ = ["MISSING", "ChunkTable", "shard_table"]
+__all__ = ["MISSING", "ChunkTable", "index_at_end", "shard_table"]
 
 MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
 _CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 256 chunks)
 _CACHE: collections.OrderedDict[tuple[str, int, int, int], ChunkTable] = collections.OrderedDict()
 _LOCK = threading.Lock()
+
+
+def index_at_end(sharding: object) -> bool:
+    """Whether a sharding codec puts its index at the end of the file (an enum; a str from zarr 3.4)."""
+    location = getattr(sharding, "index_location", None)
+    return getattr(location, "value", location) == "end"
 
 
 class ChunkTable:

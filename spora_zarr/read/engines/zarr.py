@@ -35,7 +35,7 @@ from ...store import codecs as _codecs  # noqa: F401 - registers the JPEG codec 
 from ...store.location import Location
 from . import process
 from .base import DATA_ERRORS, RegularChunkGrid, damaged
-from .shards import MISSING, shard_table
+from .shards import MISSING, index_at_end, shard_table
 
 __all__ = ["ZarrEngine", "ZarrsEngine", "open_array", "open_zarrs", "set_threads"]
 
@@ -192,7 +192,7 @@ def _shard_layout(meta: zarr.Array) -> _ShardLayout | None:
         return None
     shard_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
     chunks = int(np.prod([o // i for o, i in zip(shard_shape, sharding.chunk_shape, strict=True)]))
-    at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"  # an enum; a str on zarr 3.4
+    at_end = index_at_end(sharding)
     return _ShardLayout(shard_shape, chunks, at_end, metadata.chunk_key_encoding.encode_chunk_key)
 
 
