@@ -308,7 +308,8 @@ def test_anisotropic_ngff_pixels_are_refused_as_a_tiffs_are_and_mpp_overrides(tm
     from spora_zarr.cli import main
 
     data = _pixels((2, 40, 60), seed=5)
-    image = ngff_zarr.to_ngff_image(data, dims=("c", "y", "x"), scale={"y": 0.5, "x": 0.25}, axes_units={"y": "micrometer", "x": "micrometer"})
+    units = {"y": "micrometer", "x": "micrometer"}
+    image = ngff_zarr.to_ngff_image(data, dims=("c", "y", "x"), scale={"y": 0.5, "x": 0.25}, axes_units=units)
     source = tmp_path / "aniso.ome.zarr"
     ngff_zarr.to_ngff_zarr(str(source), ngff_zarr.to_multiscales(image, scale_factors=[]), version="0.5")
     store = tmp_path / "cohort.zarr"

@@ -173,7 +173,8 @@ def test_a_shard_of_one_jpeg_chunk_is_read_through_its_index(tmp_path: Path, ind
     transpose, jpeg = jpeg_chunk_codecs({"level": 90})
     sharding = ShardingCodec(chunk_shape=(3, 128, 128), codecs=[transpose, jpeg], index_location=index_location)
     array = zarr.create_array(
-        tmp_path / "a.zarr", shape=image.shape, dtype="uint8", chunks=(3, 128, 128), serializer=sharding, filters=None, compressors=None, fill_value=0
+        tmp_path / "a.zarr", shape=image.shape, dtype="uint8", chunks=(3, 128, 128), serializer=sharding, filters=None, compressors=None,
+        fill_value=0,
     )
     array[:] = image  # zarr-python's own shards, each one chunk and its index
     reader = open_level(tmp_path / "a.zarr", "")
