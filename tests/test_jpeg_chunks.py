@@ -180,3 +180,21 @@ def test_a_shard_of_one_jpeg_chunk_is_read_through_its_index(tmp_path: Path, ind
     reader = open_level(tmp_path / "a.zarr", "")
     assert reader.engine == "direct"
     np.testing.assert_array_equal(reader.read(0, 0, 200, 300), array[:])
+
+
+def test_the_lossy_opt_in_refuses_a_z_stack_rather_than_keep_one_plane(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ngff_zarr = pytest.importorskip("ngff_zarr")
+    from ngff_zarr import Omero, OmeroChannel, OmeroWindow
+
+    data = np.random.default_rng(3).integers(0, 255, (3, 2, 40, 48), dtype=np.uint8)
+    units = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    image = ngff_zarr.to_ngff_image(data, dims=("c", "z", "y", "x"), scale={"z": 2.0, "y": 0.5, "x": 0.5}, axes_units=units)
+    multiscales = ngff_zarr.to_multiscales(image, scale_factors=[])
+    window = OmeroWindow(min=0.0, max=255.0, start=0.0, end=255.0)
+    multiscales.metadata.omero = Omero(channels=[OmeroChannel(color=c, window=window, label=c) for c in ("FF0000", "00FF00", "0000FF")])
+    ngff_zarr.to_ngff_zarr(str(tmp_path / "stack.ome.zarr"), multiscales)  # an RGB z stack
+    store = tmp_path / "cohort.zarr"
+    args = ["add-image", str(store), str(tmp_path / "stack.ome.zarr"), "--modality", "he", "--tissue-id", "S", "--jpeg-quality", "90"]
+    assert main(args) == 1
+    assert "JPEG storage is for 2-D images, this one is a stack of 2 z planes" in capsys.readouterr().err
+    assert not (store / "he/images/S").exists()
