@@ -198,3 +198,19 @@ def test_the_lossy_opt_in_refuses_a_z_stack_rather_than_keep_one_plane(tmp_path:
     assert main(args) == 1
     assert "JPEG storage is for 2-D images, this one is a stack of 2 z planes" in capsys.readouterr().err
     assert not (store / "he/images/S").exists()
+
+
+def test_adding_another_resolution_keeps_the_slides_jpeg_chunks(slide: Path, tmp_path: Path) -> None:
+    store = tmp_path / "cohort.zarr"
+    add_image(store, str(slide), modality="he", tissue_id="A")
+    before = (store / LEVEL0 / "c/0/0/0").read_bytes()
+    half = tmp_path / "half.tif"
+    tifffile.imwrite(half, np.ascontiguousarray(tifffile.imread(slide)[::2, ::2]), photometric="rgb", tile=(64, 64), compression="zlib")
+    add_image(store, str(half), modality="he", tissue_id="A", mpp=0.504)  # the group is rewritten with its new level
+    group = zarr.open_group(store / "he/images/A", mode="r")
+    assert list(group.metadata.attributes["spora"]["source_levels"]) == ["0_252mpp", "0_504mpp", "1_008mpp"]
+    for name in ("0_252mpp", "1_008mpp"):
+        assert _codec_names(group[name]) == ["transpose", "imagecodecs_jpeg"]
+    assert (store / LEVEL0 / "c/0/0/0").read_bytes() == before  # the slide's tiles, not a lossless re-encoding
+    np.testing.assert_array_equal(open_level(store, LEVEL0).read(0, 0, 700, 1000), tifffile.imread(slide).transpose(2, 0, 1))
+    assert validate_store(store) == []

@@ -118,7 +118,7 @@ def add_image(
             group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
             for kept in existing.spora.source_levels:
                 if kept != level and resolution_value(kept) not in sources:
-                    sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
+                    sources[resolution_value(kept)] = _stored_level(dst, f"{target}/{kept}", group[kept])
         panel = modality_panel(dst, modality) if not info.is_rgb else None
         staging.ensure_groups(posixpath.dirname(target))
         result = write_image(
@@ -137,3 +137,13 @@ def _existing(location: Location, path: str) -> GroupMetadata | None:
     if attributes is None or not is_complete_group(attributes):
         return None
     return GroupMetadata.from_attributes(attributes, where=location.join(path))
+
+
+def _stored_level(location: Location, path: str, array: zarr.Array) -> ArraySource:
+    """A stored level as a source; a local level of JPEG chunks offers them to be kept as they are, not re-encoded."""
+    from ..read.engines.jpeg import JpegArray, is_jpeg_layout
+
+    tiles = None
+    if location.is_local and is_jpeg_layout(array.metadata):
+        tiles = JpegArray(location.fs_path(path), array.metadata, threads=1).encoded_tiles()
+    return ArraySource(array, name=location.join(path), tiles=tiles)
