@@ -139,7 +139,7 @@ def _existing(location: Location, path: str) -> GroupMetadata | None:
     return GroupMetadata.from_attributes(attributes, where=location.join(path))
 
 
-def _stored_level(location: Location, path: str, array: zarr.Array) -> ArraySource:
+def _stored_level(location: Location, path: str, array: Any) -> ArraySource:
     """A stored level as a source; a local level of JPEG chunks offers them to be kept as they are, not re-encoded."""
     from ..read.engines.jpeg import JpegArray, is_jpeg_layout
 
