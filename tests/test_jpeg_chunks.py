@@ -214,3 +214,13 @@ def test_adding_another_resolution_keeps_the_slides_jpeg_chunks(slide: Path, tmp
     assert (store / LEVEL0 / "c/0/0/0").read_bytes() == before  # the slide's tiles, not a lossless re-encoding
     np.testing.assert_array_equal(open_level(store, LEVEL0).read(0, 0, 700, 1000), tifffile.imread(slide).transpose(2, 0, 1))
     assert validate_store(store) == []
+
+
+@pytest.mark.parametrize("quality", ["0", "101"])
+def test_a_jpeg_quality_out_of_range_is_refused_for_a_jpeg_slide_too(
+    slide: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], quality: str
+) -> None:
+    store = tmp_path / "cohort.zarr"
+    assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue-id", "A", "--jpeg-quality", quality]) == 1
+    assert f"JPEG quality must be an integer 1-100, got {quality}" in capsys.readouterr().err
+    assert not (store / "he/images/A").exists()

@@ -87,7 +87,9 @@ def add_image(
             raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
         if jpeg_quality is not None and lossless:
             raise InvalidInputError(f"{path}: --jpeg-quality (lossy) and --lossless exclude each other")
-        lossy = JpegEncoded(source, jpeg_quality) if jpeg_quality is not None and source.encoded_tiles() is None else None
+        lossy = JpegEncoded(source, jpeg_quality) if jpeg_quality is not None else None  # checks the quality and the image
+        if lossy is not None and source.encoded_tiles() is not None:
+            lossy = None  # a JPEG slide keeps its own tiles
         names = list(channel_names) if channel_names else (list(info.channel_names) if info.channel_names else None)
         if names is None:
             names = ["red", "green", "blue"] if info.is_rgb else [f"channel_{i}" for i in range(source.shape[0])]
