@@ -302,3 +302,20 @@ def test_a_monai_dict_pipeline_runs_over_tile_dataset_items(converted: Path) -> 
     assert out["cell_masks"].dtype == torch.int64 and out["tissue_masks"].dtype == torch.int32
     ids = set(np.unique(item["cell_masks"].numpy()))
     assert set(np.unique(np.asarray(out["cell_masks"]))) <= ids  # labels moved, never interpolated
+
+
+def test_anisotropic_ngff_pixels_are_refused_as_a_tiffs_are_and_mpp_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spora_zarr.cli import main
+
+    data = _pixels((2, 40, 60), seed=5)
+    units = {"y": "micrometer", "x": "micrometer"}
+    image = ngff_zarr.to_ngff_image(data, dims=("c", "y", "x"), scale={"y": 0.5, "x": 0.25}, axes_units=units)
+    source = tmp_path / "aniso.ome.zarr"
+    ngff_zarr.to_ngff_zarr(str(source), ngff_zarr.to_multiscales(image, scale_factors=[]), version="0.5")
+    store = tmp_path / "cohort.zarr"
+    args = ["add-image", str(store), str(source), "--modality", "imc", "--tissue-id", "T1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "anisotropic pixels (0.5 µm in y, 0.25 µm in x); resample the image along y" in err
+    assert main([*args, "--mpp", "0.25"]) == 0  # as for a TIFF: --mpp stores it at one pixel size
+    np.testing.assert_array_equal(open_cohort(store).open_image("imc", "T1", 0.25).values, data)

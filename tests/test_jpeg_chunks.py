@@ -161,3 +161,66 @@ def test_plain_zarr_python_finds_the_codec_by_the_projects_entry_point(slide: Pa
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     expected = tifffile.imread(slide, series=0, level=1).transpose(2, 0, 1)
     assert bytes.fromhex(out.strip()) == np.ascontiguousarray(expected).tobytes()
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+def test_a_shard_of_one_jpeg_chunk_is_read_through_its_index(tmp_path: Path, index_location: str) -> None:
+    from zarr.codecs import ShardingCodec
+
+    from spora_zarr.store.codecs import jpeg_chunk_codecs
+
+    image = np.asarray(he_like(200, 300, seed=2)).transpose(2, 0, 1)
+    transpose, jpeg = jpeg_chunk_codecs({"level": 90})
+    sharding = ShardingCodec(chunk_shape=(3, 128, 128), codecs=[transpose, jpeg], index_location=index_location)
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=image.shape, dtype="uint8", chunks=(3, 128, 128), serializer=sharding, filters=None, compressors=None,
+        fill_value=0,
+    )
+    array[:] = image  # zarr-python's own shards, each one chunk and its index
+    reader = open_level(tmp_path / "a.zarr", "")
+    assert reader.engine == "direct"
+    np.testing.assert_array_equal(reader.read(0, 0, 200, 300), array[:])
+
+
+def test_the_lossy_opt_in_refuses_a_z_stack_rather_than_keep_one_plane(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ngff_zarr = pytest.importorskip("ngff_zarr")
+    from ngff_zarr import Omero, OmeroChannel, OmeroWindow
+
+    data = np.random.default_rng(3).integers(0, 255, (3, 2, 40, 48), dtype=np.uint8)
+    units = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    image = ngff_zarr.to_ngff_image(data, dims=("c", "z", "y", "x"), scale={"z": 2.0, "y": 0.5, "x": 0.5}, axes_units=units)
+    multiscales = ngff_zarr.to_multiscales(image, scale_factors=[])
+    window = OmeroWindow(min=0.0, max=255.0, start=0.0, end=255.0)
+    multiscales.metadata.omero = Omero(channels=[OmeroChannel(color=c, window=window, label=c) for c in ("FF0000", "00FF00", "0000FF")])
+    ngff_zarr.to_ngff_zarr(str(tmp_path / "stack.ome.zarr"), multiscales)  # an RGB z stack
+    store = tmp_path / "cohort.zarr"
+    args = ["add-image", str(store), str(tmp_path / "stack.ome.zarr"), "--modality", "he", "--tissue-id", "S", "--jpeg-quality", "90"]
+    assert main(args) == 1
+    assert "JPEG storage is for 2-D images, this one is a stack of 2 z planes" in capsys.readouterr().err
+    assert not (store / "he/images/S").exists()
+
+
+def test_adding_another_resolution_keeps_the_slides_jpeg_chunks(slide: Path, tmp_path: Path) -> None:
+    store = tmp_path / "cohort.zarr"
+    add_image(store, str(slide), modality="he", tissue_id="A")
+    before = (store / LEVEL0 / "c/0/0/0").read_bytes()
+    half = tmp_path / "half.tif"
+    tifffile.imwrite(half, np.ascontiguousarray(tifffile.imread(slide)[::2, ::2]), photometric="rgb", tile=(64, 64), compression="zlib")
+    add_image(store, str(half), modality="he", tissue_id="A", mpp=0.504)  # the group is rewritten with its new level
+    group = zarr.open_group(store / "he/images/A", mode="r")
+    assert list(group.metadata.attributes["spora"]["source_levels"]) == ["0_252mpp", "0_504mpp", "1_008mpp"]
+    for name in ("0_252mpp", "1_008mpp"):
+        assert _codec_names(group[name]) == ["transpose", "imagecodecs_jpeg"]
+    assert (store / LEVEL0 / "c/0/0/0").read_bytes() == before  # the slide's tiles, not a lossless re-encoding
+    np.testing.assert_array_equal(open_level(store, LEVEL0).read(0, 0, 700, 1000), tifffile.imread(slide).transpose(2, 0, 1))
+    assert validate_store(store) == []
+
+
+@pytest.mark.parametrize("quality", ["0", "101"])
+def test_a_jpeg_quality_out_of_range_is_refused_for_a_jpeg_slide_too(
+    slide: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], quality: str
+) -> None:
+    store = tmp_path / "cohort.zarr"
+    assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue-id", "A", "--jpeg-quality", quality]) == 1
+    assert f"JPEG quality must be an integer 1-100, got {quality}" in capsys.readouterr().err
+    assert not (store / "he/images/A").exists()

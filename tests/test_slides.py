@@ -143,3 +143,16 @@ def test_a_slide_written_page_by_page_keeps_its_reduced_pages(tmp_path: Path) ->
         ("0_252mpp", True), ("1_008mpp", True), ("2_016mpp", False)
     ]
     np.testing.assert_array_equal(_levels(store)["1_008mpp"][:], tifffile.imread(slide, key=1).transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("value", ["0", "0.0000", "-0.25", "-", "1e400"])
+def test_an_aperio_mpp_that_is_no_pixel_size_asks_for_mpp(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    path = tmp_path / "slide.svs"
+    description = f"Aperio Image Library v12.0.15 \r\n64x64 [0,0 64x64] (64x64) JPEG/RGB Q=80|AppMag = 40|MPP = {value}"
+    image = np.asarray(he_like(64, 64, seed=1))
+    tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb", compression="jpeg", description=description, metadata=None)
+    store = tmp_path / "cohort.zarr"
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A"]) == 1
+    assert capsys.readouterr().err == f"error: {path}: the file does not record its pixel size; pass --mpp\n"
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A", "--mpp", "0.25"]) == 0
+    np.testing.assert_array_equal(open_cohort(store).open_image("he", "A", 0.25).values, tifffile.imread(path).transpose(2, 0, 1))

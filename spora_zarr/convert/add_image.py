@@ -128,7 +128,8 @@ def _own_levels(
         own[resolution_value(resolution * factor)] = reduced
     if jpeg_quality is None:
         return own
-    return {mpp: level if level.encoded_tiles() is not None else JpegEncoded(level, jpeg_quality) for mpp, level in own.items()}
+    lossy = {mpp: JpegEncoded(level, jpeg_quality) for mpp, level in own.items()}  # checks the quality and the image, always
+    return {mpp: level if level.encoded_tiles() is not None else lossy[mpp] for mpp, level in own.items()}
 
 
 def _add_image(
@@ -167,7 +168,7 @@ def _add_image(
         group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
         for kept in existing.spora.source_levels:
             if resolution_value(kept) not in sources:
-                sources[resolution_value(kept)] = ArraySource(group[kept], name=dst.join(target, kept))
+                sources[resolution_value(kept)] = _stored_level(dst, f"{target}/{kept}", group[kept])
     files = {rel: table_bytes(table) for rel, table in tables.items()}
     files.update(staged_root_document(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]}))
     return write_image(
@@ -241,3 +242,13 @@ def _existing(location: Location, path: str) -> GroupMetadata | None:
     if attributes is None or not is_complete_group(attributes):
         return None
     return GroupMetadata.from_attributes(attributes, where=location.join(path))
+
+
+def _stored_level(location: Location, path: str, array: Any) -> ArraySource:
+    """A stored level as a source; a local level of JPEG chunks offers them to be kept as they are, not re-encoded."""
+    from ..read.engines.jpeg import JpegArray, is_jpeg_layout
+
+    tiles = None
+    if location.is_local and is_jpeg_layout(array.metadata):
+        tiles = JpegArray(location.fs_path(path), array.metadata, threads=1).encoded_tiles()
+    return ArraySource(array, name=location.join(path), tiles=tiles)

@@ -130,6 +130,8 @@ class ArraySource(ImageSource):
     array: Any
     name: str = "<array>"
     info: SourceInfo = field(default_factory=SourceInfo)
+    #: The array's JPEG chunks as stored, for the writer to keep (a stored JPEG slide level rewritten).
+    tiles: EncodedTiles | None = None
 
     def __post_init__(self) -> None:
         if self.array.ndim == 2:
@@ -145,6 +147,9 @@ class ArraySource(ImageSource):
         if self.array.ndim == 4:
             return np.asarray(self.array[:, 0, y0:y1, x0:x1])
         return np.asarray(self.array[:, y0:y1, x0:x1])
+
+    def encoded_tiles(self) -> EncodedTiles | None:
+        return self.tiles
 
     def read_volume(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         if self.array.ndim == 3:

@@ -28,6 +28,8 @@ class JpegEncoded(ImageSource):
             raise InvalidInputError(f"{source.name}: JPEG quality must be an integer 1-100, got {quality!r}")
         if source.shape[0] != 3 or np.dtype(source.dtype) != np.uint8 or not source.info.is_rgb:
             raise InvalidInputError(f"{source.name}: JPEG storage is for 8-bit RGB images, this one is {source.shape[0]} x {source.dtype}")
+        if int(getattr(source, "nz", 1)) > 1:
+            raise InvalidInputError(f"{source.name}: JPEG storage is for 2-D images, this one is a stack of {source.nz} z planes")
         self.source, self.quality = source, quality
         self.name, self.shape, self.dtype, self.info = source.name, source.shape, source.dtype, source.info
 

@@ -128,7 +128,10 @@ class NgffSource(_AxisSource):
         level_name, array, scale = self._levels[0]
         view = AxisView(array, self.axes, level_name, allow_z=True)
         self._microns = [MICRONS_PER_UNIT.get(units.get(a, ""), math.nan) for a in self.axes]
-        mpp = self._mpp(scale, level_name)
+        y, x = self._axis_microns(scale, "y"), self._axis_microns(scale, "x")  # None: no known length unit (--mpp)
+        square = y is not None and x is not None and math.isclose(y, x, rel_tol=1e-3)  # as a TIFF's pixel size
+        mpp = x if square else None
+        anisotropic = (y, x) if y is not None and x is not None and not square else None
         z_mpp = self._axis_microns(scale, "z") if view.nz > 1 else None
         names = [str(c.get("label", "")) for c in omero.get("channels", []) if isinstance(c, Mapping)] or None
         if names is not None and (len(names) != view.channels or len(set(names)) != len(names) or "" in names):
@@ -136,19 +139,12 @@ class NgffSource(_AxisSource):
         colors = tuple(str(c.get("color", "")).upper() for c in omero.get("channels", []) if isinstance(c, Mapping))
         dtype = np.dtype(array.dtype)
         is_rgb = view.channels == 3 and dtype == np.uint8 and colors == _RGB
-        super().__init__(view, dtype, SourceInfo(channel_names=names, mpp=mpp, is_rgb=is_rgb, z_mpp=z_mpp))
+        info = SourceInfo(channel_names=names, mpp=mpp, is_rgb=is_rgb, anisotropic=anisotropic, z_mpp=z_mpp)
+        super().__init__(view, dtype, info)
 
     def _axis_microns(self, scale: Sequence[float], axis: str) -> float | None:
         value = scale[self.axes.index(axis)] * self._microns[self.axes.index(axis)]
         return None if math.isnan(value) else float(value)
-
-    def _mpp(self, scale: Sequence[float], name: str) -> float | None:
-        y, x = self._axis_microns(scale, "y"), self._axis_microns(scale, "x")
-        if y is None or x is None:
-            return None  # no (known) length unit: the caller passes --mpp
-        if not math.isclose(y, x, rel_tol=1e-6):
-            raise InvalidInputError(f"{name}: pixels of {y:g} x {x:g} microns (y x); a spora image has square pixels")
-        return x
 
     def reduced_levels(self) -> dict[int, ImageSource]:
         """Each level whose y/x scale is ``2**k`` times level 0's (same channels and planes), by factor ``2**k``."""

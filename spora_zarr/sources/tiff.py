@@ -240,8 +240,8 @@ class TiffSource(ImageSource):
                 info.channel_names = None  # one OME channel of 3 samples: the colour planes, named red/green/blue by the writer
         page = series.keyframe
         if pixel is None and self._tiff.is_svs:
-            found = _APERIO_MPP.search(page.description or "")
-            pixel = (float(found.group(1)), float(found.group(1))) if found else None
+            mpp = _aperio_mpp(page.description or "")
+            pixel = (mpp, mpp) if mpp is not None else None
         if pixel is None:
             pixel = _resolution_tags_mpp(page)
         if pixel is not None:
@@ -402,6 +402,16 @@ def _ome_channels_and_pixel_size(xml: str) -> tuple[list[str] | None, tuple[floa
         return (names or None), None
     y, x = sizes.get("Y", sizes.get("X")), sizes.get("X", sizes.get("Y"))
     return (names or None), (float(y), float(x))  # type: ignore[arg-type]
+
+
+def _aperio_mpp(description: str) -> float | None:
+    """Aperio's ``MPP = `` of an ImageDescription, when it is a positive finite number (else the caller asks for ``--mpp``)."""
+    found = _APERIO_MPP.search(description)
+    try:
+        mpp = float(found.group(1)) if found else math.nan
+    except ValueError:
+        return None
+    return mpp if 0 < mpp < math.inf else None
 
 
 def _resolution_tags_mpp(page: Any) -> tuple[float, float] | None:

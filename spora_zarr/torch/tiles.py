@@ -365,13 +365,11 @@ class TileDataset(Dataset):
         dtype = np.result_type(*stored)
         if dtype.kind in "uib":
             return label_dtype(dtype)
-        if dtype.kind not in "ui":
-            listing = "; ".join(f"{d}: {', '.join(t[:3])}{' ...' if len(t) > 3 else ''}" for d, t in stored.items())
-            raise InvalidInputError(
-                f"{kind} are stored as {listing}: no integer type torch collates holds them all; store the masks as one "
-                "integer type (uint32 or smaller), or leave them out with masks="
-            )
-        return dtype
+        listing = "; ".join(f"{d}: {', '.join(t[:3])}{' ...' if len(t) > 3 else ''}" for d, t in stored.items())
+        raise InvalidInputError(
+            f"{kind} are stored as {listing}: no integer type torch collates holds them all; store the masks as one "
+            "integer type (uint32 or smaller), or leave them out with masks="
+        )
 
     @staticmethod
     def _has_mask(dataset: BaseImagingDataset, kind: str, tissue_id: str) -> bool:

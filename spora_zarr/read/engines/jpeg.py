@@ -23,6 +23,7 @@ import numpy as np
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec
 
 from ...errors import InvalidInputError, StoreError
+from ...sources.base import EncodedTiles
 from ...store.codecs import JPEG_CODEC, decode_jpeg, jpeg_config
 from .base import UnsupportedLayout
 from .shards import MISSING, ChunkTable, index_at_end, shard_table
@@ -89,7 +90,8 @@ class JpegArray:
         self.dtype = np.dtype(metadata.dtype.to_native_dtype())
         codecs = tuple(metadata.codecs)
         outer = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
-        if isinstance(codecs[0], ShardingCodec):
+        self._sharded = isinstance(codecs[0], ShardingCodec)  # a shard of one chunk has an index too
+        if self._sharded:
             sharding = codecs[0]
             index_codecs = tuple(sharding.index_codecs)
             if not (len(index_codecs) == 2 and isinstance(index_codecs[0], BytesCodec) and isinstance(index_codecs[1], Crc32cCodec)):
@@ -103,7 +105,6 @@ class JpegArray:
             self._index_at_end = True
         if len(self.shape) != 3 or self.dtype != np.uint8 or tuple(codecs[0].order) != (1, 2, 0) or self.chunk_shape[0] != self.shape[0]:
             raise UnsupportedLayout("JPEG chunks are read for (c, y, x) uint8 arrays with all channels per chunk only")
-        self._sharded = self._file_shape != self.chunk_shape
         self._per_file = (self._file_shape[1] // self.chunk_shape[1], self._file_shape[2] // self.chunk_shape[2])
         self._config = jpeg_config(codecs[1])
         self._encode_key = metadata.chunk_key_encoding.encode_chunk_key
@@ -176,19 +177,10 @@ class JpegArray:
         """Decode chunk ``(row, col)`` and copy its overlap with ``window`` into ``out`` (c, y, x)."""
         (c0, c1, y0, y1, x0, x1), (row, col, file) = window, job
         _, th, tw = self.chunk_shape
-        if file.table is None:
+        data = self._chunk(file, row, col)
+        if not data:
             return
-        slot = (row % self._per_file[0]) * self._per_file[1] + col % self._per_file[1]
-        offset, nbytes = (int(v) for v in file.table.entries[2 * slot : 2 * slot + 2])
-        if offset == MISSING:
-            return
-        where = file.path
-        try:
-            data = os.pread(file.fd, nbytes, offset)
-        except OSError as exc:
-            raise StoreError(f"{where}: cannot read the chunk of {nbytes} bytes at offset {offset}: {exc}") from exc
-        if len(data) != nbytes:
-            raise StoreError(f"{where}: read {len(data)} bytes of the chunk of {nbytes} bytes at offset {offset} (truncated file)")
+        where, (offset, nbytes) = file.path, self._entry(file, row, col)
         try:
             tile = decode_jpeg(data, self._config)
         except Exception as exc:  # noqa: BLE001 - imagecodecs raises its own error types
@@ -198,6 +190,40 @@ class JpegArray:
         ty, tx = row * th, col * tw
         ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)
         out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[ya - ty : yb - ty, xa - tx : xb - tx, c0:c1].transpose(2, 0, 1)
+
+    def _entry(self, file: _File, row: int, col: int) -> tuple[int, int]:
+        """``(offset, size)`` of chunk ``(row, col)`` in its file (``MISSING`` offset: never written)."""
+        if file.table is None:
+            return MISSING, 0
+        slot = (row % self._per_file[0]) * self._per_file[1] + col % self._per_file[1]
+        offset, nbytes = (int(v) for v in file.table.entries[2 * slot : 2 * slot + 2])
+        return offset, nbytes
+
+    def _chunk(self, file: _File, row: int, col: int) -> bytes:
+        """The stored bytes (a JPEG stream) of chunk ``(row, col)``; empty where it was never written."""
+        offset, nbytes = self._entry(file, row, col)
+        if offset == MISSING:
+            return b""
+        try:
+            data = os.pread(file.fd, nbytes, offset)
+        except OSError as exc:
+            raise StoreError(f"{file.path}: cannot read the chunk of {nbytes} bytes at offset {offset}: {exc}") from exc
+        if len(data) != nbytes:
+            raise StoreError(f"{file.path}: read {len(data)} bytes of the chunk of {nbytes} bytes at offset {offset} (truncated file)")
+        return data
+
+    def encoded_tiles(self) -> EncodedTiles:
+        """The chunks as stored, for a rewrite of the image to keep (``add-image`` of another resolution)."""
+
+        def read(row: int, col: int) -> bytes:
+            file = self._open((row // self._per_file[0], col // self._per_file[1]))
+            try:
+                return self._chunk(file, row, col)
+            finally:
+                if file.fd >= 0:
+                    os.close(file.fd)
+
+        return EncodedTiles(codec=dict(self._config), tile=(self.chunk_shape[1], self.chunk_shape[2]), read=read)
 
     def _open(self, shard: tuple[int, int]) -> _File:
         """The file of ``shard``, open, with its chunk table (no file: fd -1, no table; all fill value)."""

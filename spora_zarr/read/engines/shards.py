@@ -25,12 +25,18 @@ from ...errors import StoreError
 from ...store.location import open_local_file
 from ...store.metadata import max_file_bytes
 
-__all__ = ["MISSING", "ChunkTable", "LocalFiles", "ShardLayout", "shard_layout", "shard_table"]
+__all__ = ["MISSING", "ChunkTable", "LocalFiles", "ShardLayout", "index_at_end", "shard_layout", "shard_table"]
 
 MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
 _CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 256 chunks)
 _CACHE: collections.OrderedDict[tuple[str, int, int, int], ChunkTable] = collections.OrderedDict()
 _LOCK = threading.Lock()
+
+
+def index_at_end(sharding: object) -> bool:
+    """Whether a sharding codec puts its index at the end of the file (an enum; a str from zarr 3.4)."""
+    location = getattr(sharding, "index_location", None)
+    return getattr(location, "value", location) == "end"
 
 
 class ChunkTable:
@@ -109,11 +115,6 @@ def shard_layout(metadata: Any) -> ShardLayout | None:
     shard_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
     chunks = math.prod(o // i for o, i in zip(shard_shape, sharding.chunk_shape, strict=True))
     return ShardLayout(shard_shape, chunks, index_at_end(sharding), metadata.chunk_key_encoding.encode_chunk_key)
-
-
-def index_at_end(sharding: Any) -> bool:
-    """Whether a ``ShardingCodec`` keeps its index at the end of the shard (an enum, a plain string in later zarr 3)."""
-    return getattr(sharding.index_location, "value", sharding.index_location) == "end"
 
 
 class LocalFiles:
