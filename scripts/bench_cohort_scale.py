@@ -331,10 +331,8 @@ def render(res: dict[str, Any]) -> str:
         row("`convert --workers 2`, s", [f"{r['convert_w2']:.1f}" for r in sizes])
         row("  per-core efficiency (1 worker / (2 x 2 workers))", [f"{r['convert'] / (2 * r['convert_w2']):.2f}" for r in sizes])
     row("`tile --strategy grid`, s", [f"{r['tile']:.1f}" for r in sizes])
-    row("`validate`, s", [f"{r['validate']:.1f}" for r in sizes])
     for verb, limit in TARGETS.items():
-        if verb == "info":
-            row("`info`, s", [f"{r['info']:.1f}" for r in sizes])
+        row(f"`{verb}`, s", [f"{r[verb]:.1f}" for r in sizes])
         share = [r[verb] / r["convert"] for r in sizes]
         row(f"  / convert (target <= {limit})", [f"{v:.3f} {verdict(v <= limit)}" for v in share])
     row("interpreter + `import spora_zarr.cli`, s", [f"{r['import']:.2f}" for r in sizes])
