@@ -13,6 +13,8 @@ plus N/4 H&E images (512² RGB at 0.5 mpp), and times, each in its own process:
   is the start-up floor);
 - ``open_cohort``, ``tissues()``, ``MultiplexImagingDataset(...)`` and
   ``TileDataset(...)`` construction (in a fresh process);
+- with ``--s3``, at the smallest N: convert, tile, validate, info and the
+  construction steps again against a local moto S3 server (``s3://cohorts/...``);
 - one ``TileLoader`` (2 fork workers, batch 32, shuffle, tissue and cell masks)
   run of two epochs: tiles / s of the first epoch (worker start, every reader
   opened) and of the second.
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import pstats
@@ -283,6 +286,42 @@ def measure_metadata(workdir: Path, template: Path, n: int, args: argparse.Names
     return out
 
 
+def start_s3() -> Any:
+    """A local moto S3 server (as ``tests/test_scale_out.py`` starts one), its bucket ``cohorts``, AWS_* set for children."""
+    import socket
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not one line per request
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    s3fs.S3FileSystem(anon=False).mkdir("cohorts")
+    return server
+
+
+def measure_s3(workdir: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """convert into the S3 server, then tile, validate, info and construction against it (no loader)."""
+    source = make_source(workdir / f"src_{n}", n)
+    url = f"s3://cohorts/store_{n}.zarr"
+    r: dict[str, Any] = {"n": n}
+    print(f"[s3 {n}] convert ...", flush=True)
+    r["convert"] = timed(cli("convert", str(source), url, "--no-progress"))
+    r["tile"] = timed(cli("tile", url, "--resolution", "1.0", "--tile-size", str(TILE), "--strategy", "grid", "--no-progress"))
+    for verb in ("validate", "info"):
+        print(f"[s3 {n}] {verb} ...", flush=True)
+        r[verb] = timed(cli(verb, url))
+    r["construct"] = child("construct", url)
+    return r
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -361,12 +400,22 @@ def render(res: dict[str, Any]) -> str:
             f"(target < {CONSTRUCT_LIMIT_S:.0f} s each: {verdict(worst < CONSTRUCT_LIMIT_S)}); `MultiplexImagingDataset(...)` "
             "is part of what a user calls before `TileDataset(...)`."
         )
+    for r in res.get("s3", []):
+        lines += [
+            "",
+            f"**The same on S3** (a local moto server, `s3://` store, N = {r['n']}, same run): convert {r['convert']:.1f} s, "
+            f"tile {r['tile']:.1f} s, validate {r['validate']:.1f} s (**{r['validate'] / r['convert']:.2f} x** convert, "
+            f"target <= 0.1: {verdict(r['validate'] / r['convert'] <= 0.1)}), info {r['info']:.1f} s "
+            f"(**{r['info'] / r['convert']:.3f} x**, target <= 0.02: {verdict(r['info'] / r['convert'] <= 0.02)}); "
+            f"`open_cohort` {r['construct']['open_cohort']:.3f} s, `tissues()` {r['construct']['tissues']:.2f} s, "
+            f"`MultiplexImagingDataset(...)` {r['construct']['dataset']:.2f} s, `TileDataset(...)` {r['construct']['tile_dataset']:.2f} s.",
+        ]
     lines += [
         "",
         "TileLoader: `TileDataset(MultiplexImagingDataset(store, 1.0, 128, tiling_strategy='grid'))` (float32 items and "
         f"both masks), batch {BATCH}, shuffle, fork, 2 persistent workers; epoch 1 includes the worker start and opens "
         "every tissue's readers. Where the time goes and what to change: `docs/cohort_scale_profile.md`. Not measured "
-        "yet: the same on the local S3 server, and one 40,000² slide on both cores.",
+        "yet: one 40,000² slide on both cores." + ("" if res.get("s3") else " S3: run with `--s3`."),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -381,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-workers", action="store_true", help="skip convert --workers 2 (run at the smallest N)")
     parser.add_argument("--profile", type=Path, help="also write cProfile files here and print their top functions")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--s3", action="store_true", help="also convert into a local moto S3 server and measure there (smallest N)")
     args = parser.parse_args(argv)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -390,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         results["sizes"].append(measure(args.workdir, n, args))
         (args.workdir / f"results_{n}.json").write_text(json.dumps(results["sizes"][-1], indent=2))
+    if args.s3:
+        server = start_s3()
+        try:
+            results["s3"] = [measure_s3(args.workdir, sizes[0], args)]
+        finally:
+            server.stop()
     if args.meta_tissues:
         results["meta"] = measure_metadata(args.workdir, args.workdir / f"store_{sizes[0]}.zarr", args.meta_tissues, args)
     results.update(
