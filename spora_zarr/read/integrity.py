@@ -183,7 +183,7 @@ class _LevelCheck:
         self.meta = open_array(self.location, path)
         metadata = self.meta.metadata
         self.shape = tuple(int(s) for s in metadata.shape)
-        self.file_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined]
+        self.file_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined,union-attr,unused-ignore]
         self.fill = np.asarray(metadata.fill_value, dtype=self.meta.dtype)
         self.engine = _engine(self.location, path, self.meta)
         codecs = tuple(metadata.codecs)  # type: ignore[union-attr]

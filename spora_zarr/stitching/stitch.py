@@ -200,10 +200,11 @@ def get_centroids(store: str | Location, kind: str, tissue_id: str, *, band: int
     for y in range(0, height, band):
         window = np.asarray(reader.read(y, 0, min(band, height - y), width))
         ids = window.ravel().astype(np.int64)
-        if ids.size == 0 or ids.max() == 0:
+        top = int(np.max(ids, initial=0))
+        if top == 0:
             continue
-        if ids.max() >= len(sums):
-            sums = np.vstack([sums, np.zeros((int(ids.max()) + 1 - len(sums), 1 + axes))])
+        if top >= len(sums):
+            sums = np.vstack([sums, np.zeros((top + 1 - len(sums), 1 + axes))])
         position = np.unravel_index(np.arange(ids.size), window.shape)
         sums[:, 0] += np.bincount(ids, minlength=len(sums))
         for column, (coords, start) in enumerate(zip(position[::-1], (0, y, 0)), start=1):  # x, y[, z]

@@ -505,7 +505,7 @@ def max_file_bytes(metadata: ArrayV3Metadata) -> int:
     """
     from zarr.codecs import ShardingCodec
 
-    inner = tuple(int(n) for n in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined]
+    inner = tuple(int(n) for n in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined,union-attr,unused-ignore]
     per_file, codecs = 1, tuple(metadata.codecs)
     while len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
         shard, inner = inner, tuple(int(n) for n in codecs[0].chunk_shape)

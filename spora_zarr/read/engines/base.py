@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ...store.location import Location
 
 try:
-    from zarr.core.chunk_grids import RegularChunkGrid
+    from zarr.core.chunk_grids import RegularChunkGrid  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # later zarr 3 releases: the metadata holds the regular grid as RegularChunkGridMetadata
     from zarr.core.metadata.v3 import RegularChunkGridMetadata as RegularChunkGrid  # type: ignore[attr-defined,no-redef,unused-ignore]
 
