@@ -23,7 +23,8 @@ __all__ = ["DATA_ERRORS", "Engine", "Opener", "RegularChunkGrid", "UnsupportedLa
 
 # What tensorstore (ValueError), zarrs (RuntimeError) and zarr-python (ValueError, RuntimeError and
 # whatever numcodecs raises) raise on bytes they cannot read or decode; OSError for the file system.
-DATA_ERRORS: tuple[type[Exception], ...] = (ValueError, RuntimeError, OSError, LookupError)
+# zarr-python 3.4 raises them inside the ExceptionGroup of its task group.
+DATA_ERRORS: tuple[type[Exception], ...] = (ValueError, RuntimeError, OSError, LookupError, ExceptionGroup)
 
 
 class UnsupportedLayout(Exception):
@@ -67,5 +68,7 @@ Opener = Callable[["Location", str, "zarr.Array"], Engine]
 
 
 def damaged(where: str, engine: str, exc: BaseException) -> StoreError:
-    """The StoreError for a read of array ``where`` that ``engine`` failed with ``exc``."""
+    """The StoreError for a read of array ``where`` that ``engine`` failed with ``exc`` (the first error of a group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
     return StoreError(f"array {where}: {engine} cannot read it (damaged or unreadable chunk data): {type(exc).__name__}: {exc}")
