@@ -371,3 +371,12 @@ def test_recovery_never_moves_or_deletes_outside_the_store(tmp_path: Path, image
     assert add(store, image, "imc", "B") == 0
     assert not (tmp_path / "planted").exists() and not (folder / "planted").exists()
     assert tree(victim) == {"sub", "sub/keep.txt"} and not (store / ".spora_tmp").exists()
+
+
+def test_read_table_does_not_follow_a_link_out_of_the_store(tmp_path: Path, image: Path) -> None:
+    store = tmp_path / "s.zarr"
+    assert add(store, image, "he") == 0
+    pq.write_table(pa.table({"secret": [1]}), tmp_path / "x.parquet")
+    (store / "he/linked.parquet").symlink_to(tmp_path / "x.parquet")
+    with pytest.raises(StoreError, match="symbolic link out of the store"):
+        open_cohort(store).read_table("he/linked.parquet")
