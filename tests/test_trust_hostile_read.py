@@ -410,4 +410,4 @@ def test_a_level_path_leading_out_of_its_group_is_a_store_error(store: Path, pat
     data["attributes"]["ome"]["multiscales"][0]["datasets"][0]["path"] = path
     document.write_text(json.dumps(data))
     with pytest.raises(StoreError, match="imc/images/A: invalid level path"):
-        open_cohort(store).open_image("imc", "A").values
+        open_cohort(store).open_image("imc", "A").values  # noqa: B018 (the read is the point)
