@@ -380,3 +380,14 @@ def test_read_table_does_not_follow_a_link_out_of_the_store(tmp_path: Path, imag
     (store / "he/linked.parquet").symlink_to(tmp_path / "x.parquet")
     with pytest.raises(StoreError, match="symbolic link out of the store"):
         open_cohort(store).read_table("he/linked.parquet")
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_staging_entry_that_is_no_folder_is_one_line(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    store = tmp_path / "s.zarr"
+    assert add(store, image, "imc", "A") == 0
+    (store / ".spora_tmp").write_text("x") if kind == "file" else os.mkfifo(store / ".spora_tmp")
+    capsys.readouterr()
+    assert add(store, image, "imc", "B") == 1
+    one_error(capsys, str(store / ".spora_tmp"), "not a folder")
+    assert not (store / "imc/images/B").exists()

@@ -101,8 +101,16 @@ class Staging:
     def new_area(self) -> str:
         """A fresh temporary area (a store-relative prefix) for one unit of work."""
         area = f"{STAGING_DIR}/{uuid.uuid4().hex[:12]}"
+        self._check_staging_dir()
         check_no_links(self.location, area)
         return area
+
+    def _check_staging_dir(self) -> None:
+        """``StoreError`` if ``.spora_tmp`` is a link (its areas would be deleted outside the store) or no folder."""
+        check_no_links(self.location, STAGING_DIR)
+        path = self.location.fs_path(STAGING_DIR)
+        if self.location.is_local and os.path.lexists(path) and not os.path.isdir(path):
+            raise StoreError(f"{path}: not a folder; spora_zarr keeps its work in progress there (remove it)")
 
     def ensure_groups(self, path: str, root_attributes: dict[str, Any] | None = None) -> None:
         """Write plain group documents for ``path`` and each of its ancestors that lack one."""
@@ -267,7 +275,7 @@ class Staging:
         arrived is put back; everything else is deleted.
         """
         self.location.check_writable()
-        check_no_links(self.location, STAGING_DIR)  # a linked staging folder: its areas would be deleted outside the store
+        self._check_staging_dir()
         promoted = []
         for area in sorted(self._areas(), key=lambda a: a.endswith(_OLD)):
             if area.endswith(_OLD):
