@@ -386,3 +386,29 @@ def test_add_image_on_an_object_store_promotes_the_group_and_its_tables(tmp_path
     location = Location.parse(url)
     leftovers = [p for p in location.fs().find(location.fs_path("")) if ".spora" in p]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_a_lock_file_that_is_no_file_of_sporas_is_never_written_through(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    lock = store / LOCK_NAME
+    {"symlink": lambda: lock.symlink_to(precious), "hardlink": lambda: os.link(precious, lock), "fifo": lambda: os.mkfifo(lock)}[kind]()
+    image = ome(tmp_path / "img.tif", np.zeros((2, 32, 32), np.uint16), 1.0)
+    capsys.readouterr()
+    assert main(["add-image", str(store), str(image), "--modality", "imc", "--tissue-id", "Z"]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(lock) in lines[0], lines
+    assert precious.read_text() == "mine" and not (store / "imc/images/Z").exists()
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero"])
+def test_a_reader_never_hangs_or_fills_memory_on_a_hostile_lock_file(store: Path, target: str) -> None:
+    lock = store / LOCK_NAME
+    os.mkfifo(lock) if target == "fifo" else lock.symlink_to(target)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+    code = limit + f"from spora_zarr.cli import main; raise SystemExit(main(['info', {str(store)!r}]))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-500:]

@@ -199,3 +199,19 @@ def test_deep_on_an_fsspec_store(pristine: Path) -> None:
         assert problems[2:] == ["imc/images/B/0_5mpp/c/0/2/2: shard file is missing, but level 1_0mpp, computed from it, has data there"]
     finally:
         fs.rm("/deep-check", recursive=True)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_shard_that_is_no_regular_file_is_reported_never_a_hang(store: Path, kind: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    shard = store / "he/images/B/2_0mpp/c/0/0/0"
+    shard.unlink()
+    os.mkfifo(shard) if kind == "fifo" else shard.mkdir()
+    done = subprocess.run([sys.executable, "-m", "spora_zarr.cli", "validate", "--deep", str(store)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    what = "FIFO" if kind == "fifo" else kind
+    assert f"he/images/B/2_0mpp/c/0/0/0: not a regular file (a {what}); only regular files are read" in done.stdout.splitlines()

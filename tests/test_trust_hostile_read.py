@@ -401,3 +401,13 @@ def test_validate_reports_a_fifo_level_document_without_hanging(store: Path, fla
     output = done.stderr + done.stdout
     assert done.returncode == 1 and "Traceback" not in output, output
     assert any(str(document) in line and "FIFO" in line for line in output.splitlines()), output
+
+
+@pytest.mark.parametrize("path", ["../../../../../other.zarr/imc/images/A/1_0mpp", "/abs/other.zarr/imc/images/A/1_0mpp", "..", ""])
+def test_a_level_path_leading_out_of_its_group_is_a_store_error(store: Path, path: str) -> None:
+    document = store / "imc/images/A/zarr.json"
+    data = json.loads(document.read_text())
+    data["attributes"]["ome"]["multiscales"][0]["datasets"][0]["path"] = path
+    document.write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="imc/images/A: invalid level path"):
+        open_cohort(store).open_image("imc", "A").values  # noqa: B018 (the read is the point)

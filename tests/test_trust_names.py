@@ -340,3 +340,54 @@ def test_add_image_refuses_a_fifo(tmp_path: Path, capsys: pytest.CaptureFixture[
     os.mkfifo(fifo)
     assert add(tmp_path / "s.zarr", fifo, "he") == 1  # reading it would hang
     one_error(capsys, str(fifo), "not a regular file")
+
+
+def test_a_linked_staging_folder_is_refused_and_nothing_behind_it_deleted(tmp_path: Path, image: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    store, victim = tmp_path / "s.zarr", tmp_path / "victim"
+    assert add(store, image, "imc", "A") == 0
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub/keep.txt").write_text("mine")
+    (store / ".spora_tmp").symlink_to(victim)
+    capsys.readouterr()
+    assert add(store, image, "imc", "B") == 1
+    one_error(capsys, str(store / ".spora_tmp"), "symbolic link")
+    assert tree(victim) == {"sub", "sub/keep.txt"}
+
+
+def test_recovery_never_moves_or_deletes_outside_the_store(tmp_path: Path, image: Path) -> None:
+    """A left-over commit record naming ``../`` paths, or an area that is a link, is never followed out of the store."""
+    folder = tmp_path / "deep"
+    store, victim = folder / "s.zarr", tmp_path / "victim"
+    assert add(store, image, "imc", "A") == 0
+    (store / "planted").mkdir()
+    (store / "planted/evil.txt").write_text("planted")
+    area = store / ".spora_tmp/aaaa"
+    area.mkdir(parents=True)
+    (area / ".spora_commit").write_text(json.dumps({"groups": ["../../planted"], "files": ["../../planted/evil.txt"]}))
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub/keep.txt").write_text("mine")
+    (store / ".spora_tmp/bbbb").symlink_to(victim)
+    assert add(store, image, "imc", "B") == 0
+    assert not (tmp_path / "planted").exists() and not (folder / "planted").exists()
+    assert tree(victim) == {"sub", "sub/keep.txt"} and not (store / ".spora_tmp").exists()
+
+
+def test_read_table_does_not_follow_a_link_out_of_the_store(tmp_path: Path, image: Path) -> None:
+    store = tmp_path / "s.zarr"
+    assert add(store, image, "he") == 0
+    pq.write_table(pa.table({"secret": [1]}), tmp_path / "x.parquet")
+    (store / "he/linked.parquet").symlink_to(tmp_path / "x.parquet")
+    with pytest.raises(StoreError, match="symbolic link out of the store"):
+        open_cohort(store).read_table("he/linked.parquet")
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_staging_entry_that_is_no_folder_is_one_line(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    store = tmp_path / "s.zarr"
+    assert add(store, image, "imc", "A") == 0
+    (store / ".spora_tmp").write_text("x") if kind == "file" else os.mkfifo(store / ".spora_tmp")
+    capsys.readouterr()
+    assert add(store, image, "imc", "B") == 1
+    one_error(capsys, str(store / ".spora_tmp"), "not a folder")
+    assert not (store / "imc/images/B").exists()

@@ -33,7 +33,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
 from ..errors import SporaZarrError, StoreError
 from ..store.layout import TISSUES_TABLE
-from ..store.location import Location
+from ..store.location import Location, open_local_file
 from .cohort import Cohort
 from .engines import REGISTRY, Engine, UnsupportedLayout
 from .engines.shards import MISSING, index_at_end, shard_table
@@ -204,7 +204,7 @@ class _LevelCheck:
         for shard in itertools.product(*map(range, grid)):
             key = encode(shard)
             region = self._region(shard, self.file_shape)
-            if key not in present:
+            if key not in present and not self._is_local_entry(key):  # a folder in place of a shard is damage, not absence
                 self.missing.append(_Missing(key, "shard file is missing", region))
                 continue
             try:
@@ -250,11 +250,16 @@ class _LevelCheck:
         paths = (p.strip("/") for p in found)  # memory:// lists "/x/..." for "x"
         return {p[len(base) + 1 :] for p in paths if p.startswith(base + "/")}
 
+    def _is_local_entry(self, key: str) -> bool:
+        return self.location.is_local and os.path.lexists(self.location.fs_path(self.path, key))
+
     def _absent_chunks(self, key: str, shard: tuple[int, ...]) -> None:
         """Check the shard's index (raises ``StoreError``) and note the chunks inside the array it marks absent."""
         where = self.location.fs_path(self.path, key)
         per_shard = [f // c for f, c in zip(self.file_shape, self.chunk_shape, strict=True)]
-        fd = os.open(where, os.O_RDONLY)
+        fd = open_local_file(where)  # without blocking: a FIFO in place of a shard is a StoreError, never a hang
+        if fd is None:
+            raise StoreError("shard file is missing")
         try:
             table = shard_table(where, fd, os.fstat(fd), math.prod(per_shard), self.index_at_end)
         finally:

@@ -39,7 +39,8 @@ def check_no_links(location: Location, path: str) -> None:
             )
 
 
-def _inside(path: str, folder: str) -> bool:
+def inside(path: str, folder: str) -> bool:
+    """Whether the (resolved) ``path`` is ``folder`` or lies below it."""
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
@@ -52,7 +53,7 @@ def resolve_inside(folder: str | os.PathLike[str], name: str, *, what: str = "fi
     validate_relative_path(name, what=what, source=source)
     base = os.fspath(folder)
     path = os.path.join(base, *name.split("/"))
-    if not _inside(os.path.realpath(path), os.path.realpath(base)):
+    if not inside(os.path.realpath(path), os.path.realpath(base)):
         where = f"{source}: " if source else ""
         raise InvalidInputError(f"{where}{what} {name!r} resolves outside {base} (a symbolic link)")
     return path
@@ -69,7 +70,7 @@ def unreadable_reason(location: Location, rel: str) -> str | None:
         return None
     path = location.fs_path(rel)
     real = os.path.realpath(path)
-    if not _inside(real, os.path.realpath(location.root)):
+    if not inside(real, os.path.realpath(location.root)):
         return f"a symbolic link out of {location} (to {real}); only files inside the tree are read"
     if rel.lower().endswith(".zarr") and os.path.isdir(real):
         return None
@@ -90,7 +91,7 @@ def check_destination(
     """
     if source is not None and source.protocol == dest.protocol:
         src, dst = (os.path.realpath(source.root), os.path.realpath(dest.root)) if dest.is_local else (source.root, dest.root)
-        if _inside(dst, src):
+        if inside(dst, src):
             where = "the source cohort itself" if dst == src else f"inside the source cohort {source}"
             raise InvalidInputError(f"{dest}: the destination is {where}; choose a destination outside it")
     if is_store:

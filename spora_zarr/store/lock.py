@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from ..errors import StoreError
-from .location import Location
+from .location import Location, open_local_file
 
 __all__ = ["LOCK_NAME", "store_lock", "writer_at_work", "writes_store"]
 
@@ -105,12 +105,25 @@ def writer_at_work(location: Location) -> str | None:
     this host, does not count.
     """
     try:
-        holder = _parse(location.fs().cat_file(location.fs_path(LOCK_NAME)))
-    except (FileNotFoundError, OSError):
-        return None
+        holder = _parse(_read_lock(location))
+    except (FileNotFoundError, OSError, StoreError):
+        return None  # none, or no lock file of spora's (a FIFO, a link to /dev/zero: never read)
     if holder is not None and (holder.get("token") in os.environ.get(_RUN_LOCKS, "").split() or _is_stale(holder)):
         return None
     return _who(holder)
+
+
+def _read_lock(location: Location) -> bytes:
+    """The bytes of the lock file or object; a local one only when it is a regular file, and at most 4 KiB of it."""
+    if not location.is_local:
+        return bytes(location.fs().cat_file(location.fs_path(LOCK_NAME)))
+    fd = open_local_file(location.fs_path(LOCK_NAME))
+    if fd is None:
+        raise FileNotFoundError(LOCK_NAME)
+    try:
+        return os.pread(fd, 4096, 0)
+    finally:
+        os.close(fd)
 
 
 def _who(holder: dict[str, Any] | None) -> str:
@@ -138,7 +151,7 @@ def _lock_local(location: Location, holder: dict[str, Any]) -> Callable[[], None
     os.makedirs(location.root, exist_ok=True)
     path = os.path.join(location.root, LOCK_NAME)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(location, path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -165,6 +178,24 @@ def _lock_local(location: Location, holder: dict[str, Any]) -> Callable[[], None
                 os.rmdir(location.root)  # a store this writer created and left empty (it failed early)
 
     return release
+
+
+def _open_lock_file(location: Location, path: str) -> int:
+    """The lock file, opened for writing; ``StoreError`` if it is a link, a hard link or no regular file (never written through)."""
+    import stat
+
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise StoreError(f"{location}: cannot lock {path}: {why}; remove it (spora_zarr writes only its own lock file)") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        why = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link to another file"
+        raise StoreError(f"{location}: cannot lock {path}: {why}; remove it (spora_zarr writes only its own lock file)")
+    return fd
 
 
 def _lock_object(location: Location, mine: dict[str, Any]) -> Callable[[], None]:

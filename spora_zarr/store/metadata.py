@@ -363,6 +363,11 @@ class GroupMetadata:
         except ValidationError as exc:
             first = exc.errors()[0]
             raise StoreError(f"{where}: invalid NGFF 0.5 metadata at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        for dataset in parsed.multiscales[0].datasets:  # a level is an array of this group: one safe path segment
+            try:
+                validate_name(str(dataset.path), what="level path in ome.multiscales", source=where)
+            except InvalidInputError as exc:
+                raise StoreError(str(exc)) from None
         return cls(parsed, SporaGroupAttributes.from_dict(attributes.get("spora", {}), where=where))
 
     def to_attributes(self) -> dict[str, Any]:

@@ -34,8 +34,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import NotFoundError, StoreError
+from ..errors import InvalidInputError, NotFoundError, StoreError
 from .guard import check_no_links
+from .layout import validate_relative_path
 from .location import Location
 
 log = logging.getLogger("spora_zarr")
@@ -100,8 +101,16 @@ class Staging:
     def new_area(self) -> str:
         """A fresh temporary area (a store-relative prefix) for one unit of work."""
         area = f"{STAGING_DIR}/{uuid.uuid4().hex[:12]}"
+        self._check_staging_dir()
         check_no_links(self.location, area)
         return area
+
+    def _check_staging_dir(self) -> None:
+        """``StoreError`` if ``.spora_tmp`` is a link (its areas would be deleted outside the store) or no folder."""
+        check_no_links(self.location, STAGING_DIR)
+        path = self.location.fs_path(STAGING_DIR)
+        if self.location.is_local and os.path.lexists(path) and not os.path.isdir(path):
+            raise StoreError(f"{path}: not a folder; spora_zarr keeps its work in progress there (remove it)")
 
     def ensure_groups(self, path: str, root_attributes: dict[str, Any] | None = None) -> None:
         """Write plain group documents for ``path`` and each of its ancestors that lack one."""
@@ -159,11 +168,19 @@ class Staging:
         self._roll_forward(area)
 
     def _committed(self, area: str) -> dict[str, Any] | None:
+        """The area's commit record, or ``None`` without a well-formed one (its paths must stay inside the store)."""
         try:
             record = json.loads(self.fs.cat_file(self.location.fs_path(area, _COMMIT)))
         except (FileNotFoundError, OSError, ValueError):
             return None
-        return record if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            return None
+        try:
+            for path in [*record.get("groups", []), *record.get("files", [])]:
+                validate_relative_path(path)
+        except (InvalidInputError, TypeError):
+            return None  # a record naming ``../x``: not one this library wrote; never moved out of the store
+        return record
 
     def _roll_forward(self, area: str) -> list[str]:
         """Move what a committed area still holds to its final paths; return the groups moved."""
@@ -245,7 +262,10 @@ class Staging:
         except (FileNotFoundError, OSError):
             return []
         names = (posixpath.basename(e.rstrip("/")) for e in entries)
-        return [f"{STAGING_DIR}/{name}" for name in names if name != ZARR_JSON]
+        areas = [f"{STAGING_DIR}/{name}" for name in names if name != ZARR_JSON]
+        if self.location.is_local:  # an area that is a link is no area (never read, moved or deleted through)
+            areas = [a for a in areas if not os.path.islink(self.location.fs_path(a))]
+        return areas
 
     def recover(self) -> list[str]:
         """Finish or undo what an interrupted run left; return the group paths promoted.
@@ -255,6 +275,7 @@ class Staging:
         arrived is put back; everything else is deleted.
         """
         self.location.check_writable()
+        self._check_staging_dir()
         promoted = []
         for area in sorted(self._areas(), key=lambda a: a.endswith(_OLD)):
             if area.endswith(_OLD):

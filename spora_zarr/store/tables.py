@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError, StoreError, reason
+from .guard import inside
 from .layout import TISSUES_TABLE, channels_per_tissue_table_path, channels_table_path, validate_relative_path
 from .location import Location, open_local_file
 from .staging import STAGING_DIR, Staging
@@ -42,6 +43,9 @@ def read_table(location: Location, path: str) -> pa.Table:
     if not table_exists(location, path):
         raise NotFoundError(f"{location}: no table {path}")
     if location.is_local:  # a regular file only: a FIFO would block the read, /dev/zero never end it
+        real = os.path.realpath(location.fs_path(path))
+        if not inside(real, os.path.realpath(location.root)):
+            raise StoreError(f"{location.join(path)}: a symbolic link out of the store (to {real}); only tables inside the store are read")
         fd = open_local_file(location.fs_path(path))
         if fd is not None:
             os.close(fd)
