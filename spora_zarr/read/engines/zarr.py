@@ -22,6 +22,7 @@ read, ``/dev/zero`` would never end.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -80,10 +81,9 @@ def load_entry_points() -> None:
     this waits for an import in flight, so the child imports nothing.
     """
     for load in (zarr.registry.get_pipeline_class, zarr.registry.get_buffer_class, zarr.registry.get_ndbuffer_class):
-        try:
-            load()  # loads the registry's entry points, then looks up the configured class
-        except BadConfigError:  # a configured class that is not registered: the first array says so
-            pass
+        # Loads the registry's entry points, then looks up the configured class (not registered: the first array says so).
+        with contextlib.suppress(BadConfigError):
+            load()
 
 
 if hasattr(os, "register_at_fork"):
