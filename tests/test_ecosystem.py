@@ -319,3 +319,26 @@ def test_anisotropic_ngff_pixels_are_refused_as_a_tiffs_are_and_mpp_overrides(tm
     assert err.startswith("error: ") and "anisotropic pixels (0.5 µm in y, 0.25 µm in x); resample the image along y" in err
     assert main([*args, "--mpp", "0.25"]) == 0  # as for a TIFF: --mpp stores it at one pixel size
     np.testing.assert_array_equal(open_cohort(store).open_image("imc", "T1", 0.25).values, data)
+
+
+def test_uint64_mask_ids_past_int64_are_refused_not_wrapped(converted: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from spora_zarr.sources import ArraySource
+    from spora_zarr.write.writer import write_labels
+
+    store = tmp_path / "cohort.zarr"
+    shutil.copytree(converted, store)
+    shape = zarr.open_array(str(store / "segmentations/cell_masks/A/0_5mpp"), mode="r").shape
+    ids = np.arange(int(np.prod(shape)), dtype=np.uint64).reshape(shape)
+    ids[0, 0] = 2**63 + 7  # int64 would read it as -2**63 + 7
+    write_labels(store, "segmentations/cell_masks/A", {0.5: ArraySource(ids)}, overwrite=True)
+    he = HEImagingDataset("c", store, 0.5, 32, verbose=False)
+    with pytest.raises(InvalidInputError, match=r"cell_masks of tissue 'A' holds label id 9223372036854775815") as error:
+        he.read_mask_tile("A", 0, 0, 32, mask="cell_masks")
+    assert "\n" not in str(error.value)
+    with pytest.raises(InvalidInputError, match="9223372036854775815"):
+        he.get_cell_mask("A")
+    tile = he.read_mask_tile("A", 32, 32, 32, mask="cell_masks")  # a window of small ids reads as before
+    assert tile.dtype == torch.int64
+    np.testing.assert_array_equal(tile.numpy(), ids[32:64, 32:64].astype(np.int64))

@@ -187,3 +187,45 @@ def test_views_of_lent_rows_are_collated_as_views(tiles) -> None:
     want = default_collate(augmented.__getitems__(indices))
     got = next(iter(TileLoader(augmented, batch_size=BATCH, num_workers=1, multiprocessing_context="fork", timeout=TIMEOUT)))
     assert torch.equal(got["imc"], want["imc"]) and not torch.equal(got["imc"], want["imc"].transpose(-1, -2))
+
+
+_FIRST_READ_IN_A_THREAD = """
+import sys, threading
+from torch.utils.data import DataLoader
+from spora_zarr.datasets import HEImagingDataset
+from spora_zarr.torch import TileDataset
+
+he = HEImagingDataset("c", sys.argv[1], "0_5mpp", 32, verbose=False)
+tiles = TileDataset(he, masks=())  # opens no array: the thread's first read makes this process's first one
+stop = threading.Event()
+
+def read() -> None:
+    while not stop.is_set():
+        he.read_tile("A", 0, 0)
+
+thread = threading.Thread(target=read)
+thread.start()
+sys.setswitchinterval(1e-6)  # the threads interleave finely: forks land inside the thread's first read
+try:  # six forks: before the fix, three runs of four hung (a worker waits on the import lock of zarrs forever)
+    loader = DataLoader(tiles, batch_size=8, num_workers=6, multiprocessing_context="fork", timeout=15)
+    count = sum(len(batch["tile_id"]) for batch in loader)
+finally:
+    stop.set()
+    thread.join()
+print(count, len(tiles))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_workers_forked_while_a_thread_makes_its_first_read_do_not_hang(tiles) -> None:
+    """The thread imports zarr's codec pipeline entry point (zarrs) on its first read; a fork in that import must not
+    leave the workers waiting for its module lock. A fresh interpreter: this one imported zarrs long ago."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("zarrs")
+    store = tiles.datasets[0].primary.cohort.location.root
+    done = subprocess.run([sys.executable, "-c", _FIRST_READ_IN_A_THREAD, store], capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-2000:]
+    count, total = map(int, done.stdout.split())
+    assert count == total > 0

@@ -87,3 +87,24 @@ def test_a_tight_memory_budget_halves_the_shards_and_writes_each_once(tmp_path: 
         files = sorted((tmp_path / f"b.zarr/x/images/T/{level.name}/c").rglob("*"))
         shards = [f for f in files if f.is_file()]
         assert len(shards) == int(np.prod([-(-n // 128) for n in narrow.shape[1:]])), level.name
+
+
+def test_multiscales_type_and_metadata_name_only_the_levels_the_writer_computed(tmp_path: Path) -> None:
+    import json
+
+    fine = np.random.default_rng(2).integers(0, 255, size=(3, 120, 88)).astype(np.uint8)
+    sources = {0.5: ArraySource(fine), 1.0: ArraySource(bin_shrink(fine))}  # a slide's own levels
+    computed = {}
+    for name, options in (("own", WriteOptions(chunk=32, shard=64)), ("more", WriteOptions(chunk=32, shard=64, max_top_size=20))):
+        result = write_image(tmp_path / "s.zarr", f"he/images/{name}", sources, options=options)
+        computed[name] = [level.name for level in result.levels if not level.from_source]
+        ome = json.loads((tmp_path / "s.zarr" / "he" / "images" / name / "zarr.json").read_text())["attributes"]["ome"]
+        multiscales = ome["multiscales"][0]
+        if not computed[name]:
+            assert multiscales["type"] == "none" and "dask" not in json.dumps(multiscales), multiscales  # nothing downsampled
+        else:
+            assert multiscales["type"] == "dask_bin_shrink"
+            description = multiscales["metadata"]["description"]
+            assert all(level in description for level in computed[name]) and "0_5mpp" not in description and "1_0mpp" not in description
+            assert multiscales["metadata"]["method"] == "spora_zarr.write.pyramid.bin_shrink"
+    assert computed["own"] == [] and computed["more"] == ["2_0mpp", "4_0mpp"]

@@ -104,9 +104,21 @@ def label_dtype(stored: np.dtype | type) -> np.dtype:
 
     torch and MONAI operate on these (``flip``, ``rot90``, ``one_hot``,
     ``interpolate``); torch's uint16/uint32/uint64 support few operations.
+    uint64 gives int64: the readers refuse a mask holding an id of 2**63 or
+    more (an :class:`~spora_zarr.errors.InvalidInputError`) instead of wrapping it.
     """
     stored = np.dtype(stored)
     return np.dtype(np.int32) if np.can_cast(stored, np.int32) else np.dtype(np.int64)
+
+
+def _as_labels(data: np.ndarray, where: str) -> np.ndarray:
+    """Mask ids in :func:`label_dtype`; uint64 ids of 2**63 and more, which int64 would wrap, are refused."""
+    if data.dtype == np.uint64 and data.size and int(data.max()) > np.iinfo(np.int64).max:
+        raise InvalidInputError(
+            f"{where} holds label id {int(data.max())}: masks are returned as int64 ids, which end at 2**63 - 1; "
+            "store the mask with smaller ids"
+        )
+    return data.astype(label_dtype(data.dtype), copy=False)
 
 
 def _array_of(out: torch.Tensor | np.ndarray | None) -> np.ndarray | None:
@@ -299,8 +311,7 @@ class BaseImagingDataset:
         window = (mask, tissue_id, row, col, size, None, self._pads(pad))
         if target is not None and target.dtype == np.dtype(self._reader(mask, tissue_id).dtype):
             return _tensor_of(self._window(*window, out=target), out)
-        data = self._window(*window)
-        labels = data.astype(label_dtype(data.dtype), copy=False)
+        labels = _as_labels(self._window(*window), f"{self.name}: {mask} of tissue {tissue_id!r}")
         if target is None:
             return _to_tensor(labels)
         if target.shape != labels.shape or target.dtype != labels.dtype:
@@ -355,7 +366,7 @@ class BaseImagingDataset:
     def _whole_mask(self, kind: str, tissue_id: str) -> torch.Tensor:
         reader = self._reader(kind, tissue_id)
         data = reader.read(0, 0, reader.shape[-2], reader.shape[-1])
-        return _to_tensor(data.astype(label_dtype(data.dtype), copy=False))
+        return _to_tensor(_as_labels(data, f"{self.name}: {kind} of tissue {tissue_id!r}"))
 
     # -- tiles -------------------------------------------------------------------------
     @property

@@ -3,7 +3,9 @@
 The multiscales model is the one ``ngff_zarr.to_multiscales`` defines for the
 levels computed from the coarsest source resolution (axes, scale and
 translation of each level); finer source resolutions are prepended with their
-own scale. Level paths are renamed to resolution names (``1_0mpp``). A z stack
+own scale. Level paths are renamed to resolution names (``1_0mpp``). ``type``
+and ``metadata`` name the levels the writer computed and how (``type`` is
+``"none"`` where every level is the source's own). A z stack
 has axes ``c, z, y, x`` (labels ``z, y, x``) and keeps its planes at every
 level (scale factors 1 on z, 2, 4, ... on y and x).
 """
@@ -17,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..store.metadata import GroupMetadata, SporaGroupAttributes
-from .pyramid import Level, Method
+from .pyramid import SHRINK, Level, Method
 
 NGFF_VERSION = "0.5"
 RGB_COLORS = ("FF0000", "00FF00", "0000FF")
@@ -53,11 +55,10 @@ def multiscales_metadata(
         name=name,
     )
     multiscales = ngff_zarr.to_multiscales(image, scale_factors=factors, method=Methods(method.value))
-    metadata = multiscales.metadata.to_version(NGFF_VERSION)
-    metadata.type = method.value
-    entry = _strip_none(dataclasses.asdict(metadata))
-    entry.pop("extra", None)
-    entry.pop("omero", None)
+    entry = _strip_none(dataclasses.asdict(multiscales.metadata.to_version(NGFF_VERSION)))
+    for key in ("extra", "omero"):
+        entry.pop(key, None)
+    entry["type"], entry["metadata"] = _downsampling([level.name for level in computed], method)
     datasets = entry["datasets"]
     finer = [
         {
@@ -73,6 +74,18 @@ def multiscales_metadata(
         dataset["path"] = level.name
     entry["datasets"] = finer + datasets
     return entry
+
+
+def _downsampling(names: list[str], method: Method) -> tuple[str, dict[str, Any]]:
+    """``multiscales.type`` and ``metadata`` (both required by the strict schemas): the levels the writer computed, and how."""
+    if not names:
+        return "none", {"description": "No level was computed: every level is the source's own."}
+    how = "the 2x2 mean" if method is Method.BIN_SHRINK else "the most frequent label of each 2x2 block, the smallest on a tie"
+    description = (
+        f"Levels {', '.join(names)} were computed by spora_zarr, each from the level above it: {how} "
+        f"(ngff-zarr's {method.value} samples). The other levels are the source's own."
+    )
+    return method.value, {"description": description, "method": f"spora_zarr.write.pyramid.{SHRINK[method].__name__}"}
 
 
 def _scale(mpp: float, labels: bool, z_mpp: float | None) -> list[float]:

@@ -22,6 +22,7 @@ read, ``/dev/zero`` would never end.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -29,8 +30,10 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.registry
 from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.config import BadConfigError
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.storage import LocalStore, StorePath, WrapperStore
 
@@ -41,7 +44,7 @@ from . import process
 from .base import DATA_ERRORS, damaged
 from .shards import MISSING, LocalFiles, ShardLayout, shard_layout
 
-__all__ = ["ZarrEngine", "ZarrsEngine", "open_array", "open_zarrs", "set_threads"]
+__all__ = ["ZarrEngine", "ZarrsEngine", "load_entry_points", "open_array", "open_zarrs", "set_threads"]
 
 logger = logging.getLogger("spora_zarr")
 
@@ -66,6 +69,25 @@ def open_array(location: Location, path: str) -> zarr.Array:
     store = location.zarr_store(read_only=True)
     with process.LOCK, zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
         return zarr.Array(zarr.AsyncArray(metadata=metadata, store_path=StorePath(store, path)))
+
+
+def load_entry_points() -> None:
+    """Import the codec pipelines, buffers and ndbuffers that zarr's registries name through entry points now.
+
+    zarr imports them on the first array made in a process (zarrs'
+    ``ZarrsCodecPipeline``: ``import zarrs``). A process forked while another
+    thread is in that import inherits the import's module lock held by a thread
+    it does not have, and hangs on its own first array. Run before every fork,
+    this waits for an import in flight, so the child imports nothing.
+    """
+    for load in (zarr.registry.get_pipeline_class, zarr.registry.get_buffer_class, zarr.registry.get_ndbuffer_class):
+        # Loads the registry's entry points, then looks up the configured class (not registered: the first array says so).
+        with contextlib.suppress(BadConfigError):
+            load()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=load_entry_points)
 
 
 def set_threads(n: int) -> None:
