@@ -12,6 +12,11 @@ A z stack (a source with ``nz > 1``) is written as axes ``c, z, y, x``
 plane by plane through the same traversal: levels are downsampled in y and x
 only (every level keeps every plane), and memory does not grow with the
 number of planes.
+
+Still one module: the options, the layout plan, the traversal and the staged
+promotion share one writer's state. The part that is separable, keeping a
+source's JPEG tiles as chunks (``_encoded_levels``, ``_write_encoded``), is
+the next candidate to move to its own module (noted for issue 29's redesign).
 """
 
 from __future__ import annotations
