@@ -172,6 +172,19 @@ def test_add_image_killed_at_any_step_leaves_the_old_or_the_new_store(store: Pat
         assert not (target / ".spora_tmp").exists()
 
 
+def test_recovery_removes_the_temporary_files_a_kill_leaves_beside_the_areas(store: Path) -> None:
+    # killed inside zarr's atomic write of the staging folder's own group document: a ``*.partial`` file
+    # directly in .spora_tmp, next to an area that holds half an array
+    staging_dir = store / ".spora_tmp"
+    (staging_dir / "0123456789ab" / "imc").mkdir(parents=True)
+    (staging_dir / "0123456789ab" / "imc" / "zarr.json").write_text("{}")
+    (staging_dir / "zarr.json.4f3c2a.partial").write_bytes(b'{"zarr_format": 3')
+    before = files_of(store)
+    assert Staging(Location.parse(store)).recover() == []
+    assert not staging_dir.exists()
+    assert files_of(store) == before
+
+
 # -- add-image: masks and RGB modalities ---------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["tissue_masks", "cell_masks"])
 def test_add_image_of_a_mask_writes_a_label_group_that_validates(tmp_path: Path, kind: str) -> None:

@@ -240,7 +240,10 @@ class Staging:
         """Delete a temporary area and what it holds."""
         path = self.location.fs_path(area)
         if self.location.is_local:
-            shutil.rmtree(path, ignore_errors=True)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.isfile(path):  # a temporary file a kill left beside the areas (zarr's ``*.partial``)
+                os.remove(path)
         elif self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
