@@ -127,7 +127,7 @@ def stats_child(store: str, rounds: int) -> dict[str, Any]:
     """
     import importlib
 
-    from spora_zarr.convert.runner import RunOptions
+    from spora_zarr.run import RunOptions
     from spora_zarr.standardize.statistics import compute_statistics
 
     for module in PASS_IMPORTS:  # imported before timing, as the whole-tissue read (1) is timed after its imports
@@ -214,7 +214,7 @@ def whole_read(store: Path, passes: int) -> float:
 def exactness(store: Path) -> dict[str, Any]:
     """Statistics of the coarsest level against numpy on the whole array loaded in memory."""
     from spora_zarr import open_cohort
-    from spora_zarr.convert.runner import RunOptions
+    from spora_zarr.run import RunOptions
     from spora_zarr.standardize.statistics import compute_statistics, read_statistics
 
     cohort = open_cohort(store)

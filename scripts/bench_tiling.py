@@ -277,7 +277,7 @@ def render(out: dict, args: argparse.Namespace) -> str:
         "whose recomputed gain is stale goes back in). It picks the same tiles as the reference, which recomputes the integral "
         "image of the uncovered pixels after each pick. The command streams the mask in row bands of whole chunk rows "
         "(about 16 MiB) through `read/` and accumulates cell counts, so its memory does not grow with the mask; most of its "
-        "peak RSS is imports (`spora_zarr.convert.runner` and the CLI load the writer stack: about 184 MiB before any pixel).",
+        "peak RSS is imports (`spora_zarr.run` and the CLI load the writer stack: about 184 MiB before any pixel).",
         "",
         "**Against the grid.** At tolerance 0.2 the 224 grid never reaches 0.95: its windows over the tissue border hold "
         "more than 20 % background, so it stops near 0.73-0.82 while the best tiler, placing tiles at half-tile offsets, "

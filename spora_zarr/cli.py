@@ -19,7 +19,7 @@ from .runtime import configure_writer_process
 from .write.writer import BLOSC_CNAMES, WriteOptions
 
 if TYPE_CHECKING:
-    from .convert.runner import RunOptions
+    from .run import RunOptions
 
 
 def _json_option(text: str) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
     """Where a cohort-wide verb runs, from its runner flags."""
-    from .convert.runner import RunOptions
+    from .run import RunOptions
 
     if args.scheduler and args.cluster:
         raise SporaZarrError("give --scheduler or --cluster, not both")

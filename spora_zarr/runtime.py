@@ -1,7 +1,7 @@
 """Process-wide settings, applied by the processes spora_zarr starts, never as a side effect of a library call.
 
 The CLI (:func:`spora_zarr.cli.main`), the runner's worker processes
-(:mod:`spora_zarr.convert.runner`) and PyTorch ``DataLoader`` workers
+(:mod:`spora_zarr.run.runner`) and PyTorch ``DataLoader`` workers
 (:func:`spora_zarr.torch.worker_init_fn`, through
 :func:`spora_zarr.limit_codec_threads`) call these; a program that uses the
 library in its own process decides for itself.

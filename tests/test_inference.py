@@ -17,7 +17,7 @@ import zarr
 
 from spora_zarr import open_cohort, validate_store
 from spora_zarr.cli import main
-from spora_zarr.convert.runner import RunOptions
+from spora_zarr.run import RunOptions
 from spora_zarr.datasets import MultiplexImagingDataset
 from spora_zarr.errors import InvalidInputError, NotFoundError
 from spora_zarr.inference.predict import PredictOptions, make_dataset, output_path, predict_cohort, predict_tissue

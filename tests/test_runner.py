@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spora_zarr import InvalidInputError
-from spora_zarr.convert.runner import ProgressCallback, RunOptions, TaskOutcome, run_tasks
+from spora_zarr.run import ProgressCallback, RunOptions, TaskOutcome, run_tasks
 
 
 @dataclass(frozen=True)

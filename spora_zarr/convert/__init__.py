@@ -2,7 +2,6 @@
 
 from .add_image import add_image
 from .cohort import ConversionReport, ConvertOptions, convert_cohort
-from .runner import RunOptions, RunReport, TaskOutcome, run_tasks
 from .scan import CohortPlan, ImageTask, MaskTask, scan_cohort
 
 __all__ = [
@@ -11,11 +10,7 @@ __all__ = [
     "ConvertOptions",
     "ImageTask",
     "MaskTask",
-    "RunOptions",
-    "RunReport",
-    "TaskOutcome",
     "add_image",
     "convert_cohort",
-    "run_tasks",
     "scan_cohort",
 ]

@@ -22,7 +22,7 @@ from ..store.lock import writes_store
 from ..store.metadata import is_cohort_store, update_cohort_attributes
 from ..store.staging import Staging
 from ..write.writer import WriteOptions
-from .runner import RunOptions, RunReport, run_tasks
+from ..run import RunOptions, RunReport, run_tasks
 from .scan import CohortPlan, MaskTask, read_table, scan_cohort
 from .tasks import run_task
 

@@ -11,7 +11,7 @@ from ..store.layout import channels_per_tissue_table_path
 from ..store.location import Location
 from ..store.staging import Staging
 from ..write.writer import WriteOptions, WriteResult, write_image, write_labels
-from .runner import ProgressCallback, TaskOutcome
+from ..run import ProgressCallback, TaskOutcome
 from .scan import ImageTask, MaskTask, Task
 
 RGB_MODALITIES = ("he", "ihc")

@@ -16,7 +16,7 @@ pyramid, staged (visible only when complete) and validated metadata.
   a mask kind.
 
 :func:`predict_cohort` runs one task per tissue through the one runner
-(:func:`~spora_zarr.convert.runner.run_tasks`): workers, dask.distributed, a
+(:func:`~spora_zarr.run.runner.run_tasks`): workers, dask.distributed, a
 failure summary, and resume (a tissue whose group is complete is skipped).
 """
 
@@ -49,7 +49,7 @@ from .models import Model, load_model, model_channel_names, model_label
 from .source import MODES, InputWindows, PredictionSource
 
 if TYPE_CHECKING:
-    from ..convert.runner import ProgressCallback, RunOptions, RunReport, TaskOutcome
+    from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome
 
 __all__ = [
     "PREDICTION_MEMORY_BUDGET",
@@ -351,7 +351,7 @@ def _dataset_for(task: PredictTask) -> Any:
 
 def predict_task(task: PredictTask, progress: ProgressCallback | None = None) -> TaskOutcome:
     """Predict one tissue (the runner's ``work``); ``skipped`` when its prediction is complete."""
-    from ..convert.runner import TaskOutcome
+    from ..run import TaskOutcome
 
     o = task.options
     result = predict_tissue(
@@ -382,7 +382,7 @@ def predict_cohort(
     ``overwrite``. When the run is over the predictions are recorded in the
     root attributes (:func:`record_predictions`).
     """
-    from ..convert.runner import RunOptions, run_tasks
+    from ..run import RunOptions, run_tasks
 
     location = Location.parse(store, storage_options)
     location.check_writable("write predictions")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..convert.runner import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
+from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
 from ..errors import InvalidInputError, NotFoundError, StoreError
 from ..read.cohort import open_cohort
 from ..read.levels import open_level

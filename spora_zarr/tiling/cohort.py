@@ -1,6 +1,6 @@
 """Tile the tissue masks of a cohort store and write the tile tables beside them (``spora-zarr tile``).
 
-Each tissue is one task of the common runner (:func:`spora_zarr.convert.runner.run_tasks`):
+Each tissue is one task of the common runner (:func:`spora_zarr.run.runner.run_tasks`):
 its tissue-mask level is read through :func:`spora_zarr.read.levels.open_level`
 in row bands (a whole-slide mask is never held whole), the valid pixels of each
 ``gcd(tile_size, stride)`` cell are accumulated band by band, and the tiler
@@ -42,7 +42,7 @@ from .tilers import CellCounter, best_tiling_from_counts, check_parameters, grid
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..convert.runner import ProgressCallback, RunOptions, RunReport, TaskOutcome
+    from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome
 
 __all__ = ["STRATEGIES", "TilingOptions", "TilingReport", "tile_cohort"]
 
@@ -127,7 +127,7 @@ class TileTask:
 
 def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutcome:
     """Tile one tissue mask, streamed in row bands, into its part file (runner work function)."""
-    from ..convert.runner import TaskOutcome
+    from ..run import TaskOutcome
     from ..read import open_cohort
     from ..read.levels import open_level
     from ..store.tables import table_exists, write_table
@@ -273,7 +273,7 @@ def tile_cohort(
         The runner's outcomes (a tissue that failed is named with its reason
         and left out of the tables) and the tables written.
     """
-    from ..convert.runner import RunOptions, run_tasks
+    from ..run import RunOptions, run_tasks
     from ..read import open_cohort
     from ..store.tables import read_table, table_exists
 

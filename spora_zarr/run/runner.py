@@ -1,6 +1,6 @@
 """The one runner of cohort-wide work: tasks run serially, in worker processes or on dask.distributed.
 
-Every cohort-wide command (convert; later tile, standardize, predict) hands the
+Every cohort-wide command (convert, tile, standardize, predict) hands the
 runner a list of tasks and one picklable function ``work(task, progress)`` that
 does one task and returns its :class:`TaskOutcome`. A task is resumable by
 construction: ``work`` returns ``skipped`` for a task whose result is already
