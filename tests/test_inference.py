@@ -17,12 +17,12 @@ import zarr
 
 from spora_zarr import open_cohort, validate_store
 from spora_zarr.cli import main
-from spora_zarr.run import RunOptions
 from spora_zarr.datasets import MultiplexImagingDataset
 from spora_zarr.errors import InvalidInputError, NotFoundError
 from spora_zarr.inference.predict import PredictOptions, make_dataset, output_path, predict_cohort, predict_tissue
 from spora_zarr.inference.source import InputWindows, PredictionSource
 from spora_zarr.read.levels import open_level
+from spora_zarr.run import RunOptions
 from spora_zarr.sources.base import ArraySource
 from spora_zarr.tiling.patching import tile_specs
 from spora_zarr.write.writer import WriteOptions, write_image

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 
 from spora_zarr import ConvertOptions, convert_cohort, open_cohort
 from spora_zarr.cli import main
-from spora_zarr.run import RunOptions
 from spora_zarr.datasets import HEImagingDataset, MultiplexImagingDataset
 from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.run import RunOptions
 from spora_zarr.standardize import kernels
 from spora_zarr.standardize.specs import parse_spec
 from spora_zarr.standardize.standardizers import (

@@ -12,8 +12,8 @@ import zarr
 
 from spora_zarr import ConvertOptions, convert_cohort
 from spora_zarr.cli import main
-from spora_zarr.run import RunOptions
 from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.run import RunOptions
 from spora_zarr.sources.base import ArraySource
 from spora_zarr.store.layout import label_group_path
 from spora_zarr.testing.cohorts import make_synthetic_cohort

@@ -16,13 +16,13 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..run import RunOptions, RunReport, run_tasks
 from ..store.guard import check_destination
 from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.metadata import is_cohort_store, update_cohort_attributes
 from ..store.staging import Staging
 from ..write.writer import WriteOptions
-from ..run import RunOptions, RunReport, run_tasks
 from .scan import CohortPlan, MaskTask, read_table, scan_cohort
 from .tasks import run_task
 

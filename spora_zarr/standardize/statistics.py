@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
 from ..errors import InvalidInputError, NotFoundError, StoreError
 from ..read.cohort import open_cohort
 from ..read.levels import open_level
+from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
 from ..store.layout import Resolution, modality_dir, resolution_name, standardization_dir
 from ..store.location import Location
 from ..store.lock import writes_store
