@@ -55,7 +55,7 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
         return cache[key]
     if os.path.exists(model):
         try:
-            loaded: Model = torch.jit.load(model, map_location=device)  # type: ignore[no-untyped-call]  # untyped in torch
+            loaded: Model = torch.jit.load(model, map_location=device)
         except Exception as exc:  # torch raises RuntimeError/ValueError/pickle errors for a bad file
             raise InvalidInputError(f"model {model}: does not load as a TorchScript file ({reason(exc)})") from None
     elif ":" in model and not model.endswith((".pt", ".pth", ".ts")):
