@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SporaZarrError
 from .runtime import configure_writer_process
-from .write.writer import BLOSC_CNAMES, WriteOptions
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .run import RunOptions
+    from .write.writer import WriteOptions
 
 
 def _json_option(text: str) -> dict[str, Any]:
@@ -63,14 +65,24 @@ def _version() -> str:
         return "unknown"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _verb(argv: Sequence[str]) -> str:
+    """The command named in ``argv`` (its first word that is not an option; the top-level options take no value), or ""."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
+def _parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``verb``, only that command gets the flags that import the writer (the others are never parsed)."""
     parser = argparse.ArgumentParser(prog="spora-zarr", description="OME-Zarr (NGFF 0.5) cohort stores for spora imaging cohorts.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def layout_options(p: argparse.ArgumentParser, defaults: WriteOptions | None = None) -> None:
-        defaults = defaults or WriteOptions()
+    def layout_options(p: argparse.ArgumentParser, make_defaults: Callable[[], WriteOptions] | None = None) -> None:
+        if verb is not None and commands.choices.get(verb) is not p:
+            return  # another command's flags: not parsed now, and their defaults import the writer
+        from .write.writer import BLOSC_CNAMES, WriteOptions
+
+        defaults = (make_defaults or WriteOptions)()
         p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in px, all channels per chunk (default %(default)s)")
         p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels, 0: no sharding (default %(default)s)")
         p.add_argument("--cname", choices=BLOSC_CNAMES, default=defaults.cname, help="blosc compressor (default %(default)s)")
@@ -196,9 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
     predict.add_argument("--tissue", action="append", help="tissue id to predict (repeatable; default: every tissue of the modality)")
     runner_options(predict, "predicted")
-    from .inference.predict import prediction_write_options  # noqa: PLC0415 - the predict verb's own defaults
-
-    layout_options(predict, prediction_write_options())
+    layout_options(predict, _prediction_write_options)
 
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
     validate.add_argument("store", help="the cohort store (local path or fsspec URL)")
@@ -238,6 +248,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prediction_write_options() -> WriteOptions:
+    """The predict verb's own writer defaults."""
+    from .inference.predict import prediction_write_options
+
+    return prediction_write_options()
+
+
 def _run_options(args: argparse.Namespace) -> RunOptions:
     """Where a cohort-wide verb runs, from its runner flags."""
     from .run import RunOptions
@@ -248,6 +265,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _write_options(args: argparse.Namespace) -> WriteOptions:
+    from .write.writer import WriteOptions
+
     return WriteOptions(
         chunk=args.chunk, shard=args.shard or None, cname=args.cname, clevel=args.clevel, min_saving=args.min_saving,
         memory_budget=int(args.memory_budget * 2**20),
@@ -256,7 +275,7 @@ def _write_options(args: argparse.Namespace) -> WriteOptions:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parser(_verb(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.command in ("convert", "add-image", "predict", "stitch"):
         configure_writer_process()

@@ -25,9 +25,10 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
+from spora_zarr import process
 from spora_zarr.errors import InvalidInputError, StoreError
 from spora_zarr.read.engines import direct as _direct
-from spora_zarr.read.engines import process, shards
+from spora_zarr.read.engines import shards
 from spora_zarr.read.levels import open_level
 from spora_zarr.store.location import Location
 from spora_zarr.testing.engines import DAMAGES, damage_shard

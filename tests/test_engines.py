@@ -1,7 +1,7 @@
 """Window reads through every engine, against numpy slicing of the written data.
 
 Real stores on disk (and in fsspec memory / a moto S3 server); forked and
-spawned children prove the fork-safety rules of ``spora_zarr.read.engines.process``.
+spawned children prove the fork-safety rules of ``spora_zarr.process``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
+from spora_zarr import process
 from spora_zarr.errors import InvalidInputError, NotFoundError
 from spora_zarr.read.engines import direct as _direct
-from spora_zarr.read.engines import process
 from spora_zarr.read.levels import ENGINES, LevelReader, default_engine, limit_codec_threads, open_level
 from spora_zarr.store.location import Location
 

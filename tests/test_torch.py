@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from spora_zarr import ConvertOptions, convert_cohort
+from spora_zarr import ConvertOptions, convert_cohort, process
 from spora_zarr.datasets import (
     ComposedImagingDataset,
     HEImagingDataset,
@@ -31,7 +31,6 @@ from spora_zarr.datasets import (
     SporaDataset,
 )
 from spora_zarr.errors import InvalidInputError, NotFoundError
-from spora_zarr.read.engines import process
 from spora_zarr.read.engines import tensorstore as _tensorstore
 from spora_zarr.read.levels import open_level
 from spora_zarr.testing.cohorts import make_synthetic_cohort

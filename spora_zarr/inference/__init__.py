@@ -10,23 +10,18 @@ no torch; the modules do when used.
 
 from __future__ import annotations
 
-from typing import Any
+from .._lazy import lazy_module_attributes
 
 __all__ = ["PatchSpecsDataset", "PredictOptions", "PredictionSource", "load_model", "predict_cohort", "predict_tissue"]
 
-_HOMES = {
-    "PredictOptions": "predict",
-    "predict_cohort": "predict",
-    "predict_tissue": "predict",
-    "PredictionSource": "source",
-    "load_model": "models",
-    "PatchSpecsDataset": "dataset",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_module_attributes(
+    __name__,
+    {
+        "PredictOptions": ".predict",
+        "predict_cohort": ".predict",
+        "predict_tissue": ".predict",
+        "PredictionSource": ".source",
+        "load_model": ".models",
+        "PatchSpecsDataset": ".dataset",
+    },
+)

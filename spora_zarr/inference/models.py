@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InvalidInputError, NotFoundError, reason
+from ..process import PerProcess
 
 __all__ = ["Model", "check_device", "load_model", "model_channel_names", "model_label"]
 
 Model = Callable[[Any], Any]
-_CACHE: dict[tuple[int, str, str], Model] = {}
+_CACHE: PerProcess[dict[tuple[str, str], Model]] = PerProcess(dict)  # loaded models by (name, device)
 
 
 def model_label(model: str | Model) -> str:
@@ -48,9 +49,10 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
         if not callable(model):
             raise InvalidInputError(f"model {model_label(model)}: not callable")
         return _prepare(model, device)
-    key = (os.getpid(), model, str(device))
-    if key in _CACHE:
-        return _CACHE[key]
+    cache = _CACHE.get()
+    key = (model, str(device))
+    if key in cache:
+        return cache[key]
     if os.path.exists(model):
         try:
             loaded: Model = torch.jit.load(model, map_location=device)
@@ -60,8 +62,8 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
         loaded = _import(model)
     else:
         raise NotFoundError(f"model {model}: no such file (give a TorchScript file or module:callable)")
-    _CACHE[key] = _prepare(loaded, device)
-    return _CACHE[key]
+    cache[key] = _prepare(loaded, device)
+    return cache[key]
 
 
 def check_device(device: str) -> None:
@@ -103,7 +105,8 @@ def _import(spec: str) -> Model:
             raise InvalidInputError(f"model {spec}: cannot instantiate {name} with no arguments ({reason(exc)})") from None
     if not callable(target):
         raise InvalidInputError(f"model {spec}: {name!r} is not callable")
-    return target
+    model: Model = target
+    return model
 
 
 def _prepare(model: Model, device: str) -> Model:

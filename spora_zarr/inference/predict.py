@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError
+from ..process import PerProcess
 from ..store.layout import (
     IHC_PREFIX,
     MASK_KINDS,
@@ -332,21 +333,20 @@ class PredictTask:
     overwrite: bool = False
 
 
-_DATASETS: dict[tuple[Any, ...], Any] = {}
+_DATASETS: PerProcess[dict[tuple[Any, ...], Any]] = PerProcess(dict)
 
 
 def _dataset_for(task: PredictTask) -> Any:
     """The task's dataset, made once per process."""
-    import os
-
     o = task.options
-    key = (os.getpid(), task.location.root, o.modality, resolution_name(o.resolution), o.tile_size, o.standardization)
-    if key not in _DATASETS:
-        _DATASETS[key] = make_dataset(
+    key = (task.location.root, o.modality, resolution_name(o.resolution), o.tile_size, o.standardization)
+    datasets = _DATASETS.get()
+    if key not in datasets:
+        datasets[key] = make_dataset(
             task.location, o.modality, o.resolution, o.tile_size, standardization=o.standardization,
             storage_options=task.location.storage_options or None,
         )
-    return _DATASETS[key]
+    return datasets[key]
 
 
 def predict_task(task: PredictTask, progress: ProgressCallback | None = None) -> TaskOutcome:

@@ -34,21 +34,21 @@ naming the array (or its shard file).
 Fork safety
 -----------
 Once a process has used tensorstore or zarrs, a forked child must not use it
-(it aborts or hangs; :mod:`spora_zarr.read.engines.process`). *Opening* a
+(it aborts or hangs; :mod:`spora_zarr.process`). *Opening* a
 handle is enough to start their thread pools, so readers open their engine
 handle lazily, on the first :meth:`~LevelReader.read`: a parent that only opens
 readers (for shapes and dtypes) leaves its forked children free to use any
 engine. The direct engine holds no file descriptors between reads, and its
 compiled loop makes helper threads anew in a forked child.
 
-:mod:`~spora_zarr.read.engines.process` records the pid of the process that
+:mod:`spora_zarr.process` records the pid of the process that
 first used each of them; a forked child inherits the record with another pid
 and never uses that engine: an explicit request for it reads through the
 engine the child would pick by default and logs a warning on the
 ``spora_zarr`` logger.
 
-The reader cache is per process (keyed by ``os.getpid()`` and cleared in a
-forked child), and a reader object that travels into a forked child (held by a
+The reader cache is per process (a :class:`~spora_zarr.process.PerProcess`
+dict: a forked child starts with an empty one), and a reader object that travels into a forked child (held by a
 dataset, say) reopens itself there through :func:`open_level` on its next
 read. fsspec filesystems (s3fs) are not fork safe either; fsspec keys its
 instance cache by pid and clears it in a forked child, and zarr-python resets
@@ -68,9 +68,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .. import process
 from ..errors import InvalidInputError
 from ..store.location import Location
-from .engines import REGISTRY, Engine, UnsupportedLayout, direct, process, tensorstore
+from .engines import REGISTRY, Engine, UnsupportedLayout, direct, tensorstore
 from .engines import zarr as zarr_engines
 
 __all__ = ["ENGINES", "LevelReader", "WindowReader", "default_engine", "limit_codec_threads", "open_level"]
@@ -80,8 +81,8 @@ logger = logging.getLogger("spora_zarr")
 ENGINES: tuple[str, ...] = tuple(REGISTRY)
 """Names of the read engines, fastest first."""
 
-_READERS: dict[tuple[Any, ...], WindowReader] = {}
-_WARNED: set[tuple[int, str]] = set()
+_READERS: process.PerProcess[dict[tuple[Any, ...], WindowReader]] = process.PerProcess(dict)
+_WARNED: process.PerProcess[set[str]] = process.PerProcess(set)  # warnings given in this process
 
 
 @runtime_checkable
@@ -184,9 +185,9 @@ def default_engine(location: Location | str | os.PathLike[str] | None = None) ->
 
 
 def _warn_once(message: str) -> None:
-    key = (os.getpid(), message)
-    if key not in _WARNED:
-        _WARNED.add(key)
+    warned = _WARNED.get()
+    if message not in warned:
+        warned.add(message)
         logger.warning(message)
 
 
@@ -236,21 +237,11 @@ def limit_codec_threads(n: int) -> None:
         raise InvalidInputError(f"codec thread count must be an integer >= 1, got {n!r}") from None
     if n < 1:
         raise InvalidInputError(f"codec thread count must be an integer >= 1, got {n!r}")
-    with process.LOCK:
+    with process.LOCK.get():
         direct.set_threads(n)
         tensorstore.set_threads(n)
         zarr_engines.set_threads(n)
-        pid = os.getpid()
-        for key in [k for k in _READERS if k[0] == pid]:
-            del _READERS[key]
-
-
-def _after_fork_in_child() -> None:
-    _READERS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+        _READERS.clear()
 
 
 # ----------------------------------------------------------------------- readers
@@ -335,7 +326,8 @@ class WindowReader:
                 raise InvalidInputError(f"out for a window of {self._where} must be {self.dtype} {shape}, got {out.dtype} {out.shape}")
             read_into = getattr(self._engine, "read_into", None)
             if take is None and read_into is not None:
-                return read_into(index, out)
+                read: np.ndarray = read_into(index, out)
+                return read
         window = self._engine.read(index)
         window = window if take is None else window[take]
         if out is None:
@@ -434,9 +426,10 @@ def open_level(
     """
     location = Location.parse(location)
     path = str(path).strip("/")
-    key = (os.getpid(), location.root, _freeze(location.storage_options), path, engine)
-    with process.LOCK:
-        reader = _READERS.get(key)
+    key = (location.root, _freeze(location.storage_options), path, engine)
+    with process.LOCK.get():
+        readers = _READERS.get()
+        reader = readers.get(key)
         if reader is not None:
             return reader
         resolved = _resolve_engine(location, engine)
@@ -458,6 +451,6 @@ def open_level(
                 else:
                     logger.debug(message)
             reader = WindowReader(opened, location, path, tuple(meta.shape), np.dtype(meta.dtype), engine)
-            _READERS[key] = reader
+            readers[key] = reader
             return reader
         raise AssertionError(f"no engine reads {location.join(path)}: {refused}")  # zarr-python reads every array

@@ -13,35 +13,48 @@ See ``docs/standardization.md``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_module_attributes
 
 _NAMES = {
-    "compute_statistics": "statistics",
-    "read_statistics": "statistics",
-    "available_specs": "statistics",
-    "derive_statistics": "statistics",
-    "StandardizeReport": "statistics",
-    "parse_spec": "specs",
-    "Spec": "specs",
-    "build_standardizer": "standardizers",
-    "apply_standardizer": "standardizers",
-    "BaseStandardizer": "standardizers",
-    "IdentityStandardizer": "standardizers",
-    "StatsBackedStandardizer": "standardizers",
-    "QuantileClippingStandardizer": "standardizers",
-    "QuantileClippingLog1PStandardizer": "standardizers",
-    "MeanStdStandardizer": "standardizers",
-    "BatchStandardizer": "standardizers",
-    "CompiledTransform": "standardizers",
-    "FilterFactory": "filters",
+    "compute_statistics": ".statistics",
+    "read_statistics": ".statistics",
+    "available_specs": ".statistics",
+    "derive_statistics": ".statistics",
+    "StandardizeReport": ".statistics",
+    "parse_spec": ".specs",
+    "Spec": ".specs",
+    "build_standardizer": ".standardizers",
+    "apply_standardizer": ".standardizers",
+    "BaseStandardizer": ".standardizers",
+    "IdentityStandardizer": ".standardizers",
+    "StatsBackedStandardizer": ".standardizers",
+    "QuantileClippingStandardizer": ".standardizers",
+    "QuantileClippingLog1PStandardizer": ".standardizers",
+    "MeanStdStandardizer": ".standardizers",
+    "BatchStandardizer": ".standardizers",
+    "CompiledTransform": ".standardizers",
+    "FilterFactory": ".filters",
 }
 
-__all__ = sorted(_NAMES)
+__all__ = [
+    "BaseStandardizer",
+    "BatchStandardizer",
+    "CompiledTransform",
+    "FilterFactory",
+    "IdentityStandardizer",
+    "MeanStdStandardizer",
+    "QuantileClippingLog1PStandardizer",
+    "QuantileClippingStandardizer",
+    "Spec",
+    "StandardizeReport",
+    "StatsBackedStandardizer",
+    "apply_standardizer",
+    "available_specs",
+    "build_standardizer",
+    "compute_statistics",
+    "derive_statistics",
+    "parse_spec",
+    "read_statistics",
+]
 
-
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__, __dir__ = lazy_module_attributes(__name__, _NAMES)

@@ -33,12 +33,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from ..errors import StoreError
+from ..process import PerProcess
 from .location import Location, open_local_file
 
 __all__ = ["LOCK_NAME", "store_lock", "writer_at_work", "writes_store"]
 
 LOCK_NAME = ".spora_lock"
-_held: dict[tuple[str, int], int] = {}  # (store root, pid) -> nesting depth in this process
+_HELD: PerProcess[dict[str, int]] = PerProcess(dict)  # store root -> nesting depth in this process
 _RUN_LOCKS = "SPORA_ZARR_RUN_LOCKS"  # tokens of the locks held by this process's run, for its workers
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,24 +68,24 @@ def writes_store(verb: str, argument: str) -> Callable[[Callable[P, R]], Callabl
 @contextlib.contextmanager
 def store_lock(location: Location, verb: str) -> Iterator[None]:
     """Hold the store's writer lock while the block runs; ``StoreError`` if another writer holds it."""
-    key = (location.root, os.getpid())
-    if key in _held:
-        _held[key] += 1
+    held, key = _HELD.get(), location.root
+    if key in held:
+        held[key] += 1
         try:
             yield
         finally:
-            _held[key] -= 1
+            held[key] -= 1
         return
     location.check_writable(verb)  # an http(s) store: one line, before any lock object is written
     holder = _holder(verb)
     release = _lock_local(location, holder) if location.is_local else _lock_object(location, holder)
-    _held[key] = 1
+    held[key] = 1
     outer = os.environ.get(_RUN_LOCKS)
     os.environ[_RUN_LOCKS] = f"{outer or ''} {holder['token']}".strip()  # the run's worker processes inherit it
     try:
         yield
     finally:
-        del _held[key]
+        del held[key]
         if outer is None:
             os.environ.pop(_RUN_LOCKS, None)
         else:

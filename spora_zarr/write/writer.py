@@ -35,8 +35,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from .. import process
 from ..errors import InvalidInputError
-from ..read.engines import process as _engines
 from ..sources import EncodedTiles, ImageSource
 from ..store.codecs import jpeg_chunk_codecs
 from ..store.location import Location
@@ -420,7 +420,7 @@ def _codec_pipeline(location: Location, options: WriteOptions) -> Iterator[None]
     config: dict[str, Any] = {}
     if location.is_local:
         config["codec_pipeline.path"] = "zarrs.ZarrsCodecPipeline"
-        _engines.note_zarrs_use()  # forked children of this process must not read through zarrs
+        process.note_use("zarrs")  # forked children of this process must not read through zarrs
     if options.codec_threads:
         config["threading.max_workers"] = options.codec_threads
     with zarr.config.set(config):

@@ -1,8 +1,8 @@
 """Read engines behind one interface (:class:`~.base.Engine`), listed in :data:`REGISTRY` fastest first.
 
 ``direct`` (:mod:`.direct`, the compiled loop ``_window.c``), ``tensorstore``
-(:mod:`.tensorstore`), ``zarrs`` and ``zarr`` (:mod:`.zarr`). :mod:`.process`
-keeps the per-process state that fork safety needs. Callers read through
+(:mod:`.tensorstore`), ``zarrs`` and ``zarr`` (:mod:`.zarr`); their per-process
+state lives in :mod:`spora_zarr.process` (fork safety). Callers read through
 :func:`spora_zarr.read.levels.open_level`, which chooses among them; a new
 engine is one module here, one registry entry and one subclass of the
 conformance tests in :mod:`spora_zarr.testing.engines`.

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
+from ... import process
 from ...errors import InvalidInputError, StoreError
 from ...store.location import open_local_file
 from ...store.metadata import max_file_bytes
@@ -66,7 +67,7 @@ _BLOSC_MAX_BYTES = 2**31 - 1 - _BLOSC_MAX_OVERHEAD  # c-blosc 1 decodes at most 
 # (measured on 2 cores, docs/datasets.md).
 PARALLEL_MIN_BYTES = 256 * 1024
 _THREADS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-_LOCK = threading.Lock()
+_LOCK = process.PerProcess(threading.Lock)  # a forked child gets its own
 _LOCAL = threading.local()  # per-thread scratch buffers
 
 _I64 = ctypes.c_int64
@@ -157,17 +158,8 @@ def available() -> str | None:
 def set_threads(n: int) -> None:
     """Decode a window's chunks on at most ``n`` threads (the caller's included)."""
     global _THREADS
-    with _LOCK:
+    with _LOCK.get():
         _THREADS = max(1, int(n))
-
-
-def _after_fork_in_child() -> None:
-    global _LOCK
-    _LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _scratch(nbytes: int) -> int:
@@ -176,10 +168,11 @@ def _scratch(nbytes: int) -> int:
     if buffer is None or buffer.nbytes < nbytes:
         buffer = _LOCAL.scratch = np.empty(nbytes, np.uint8)
         _LOCAL.scratch_address = buffer.ctypes.data
-    return _LOCAL.scratch_address
+    address: int = _LOCAL.scratch_address
+    return address
 
 
-def open_direct(location: Location, path: str, meta: zarr.Array) -> DirectArray | JpegArray:
+def open_direct(location: Location, path: str, meta: zarr.Array[Any]) -> DirectArray | JpegArray:
     """The direct engine for the array at ``<location>/<path>`` (``meta``: its zarr handle); local stores only.
 
     Raises

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec
 
+from ... import process
 from ...errors import InvalidInputError, StoreError
 from ...sources.base import EncodedTiles
 from ...store.codecs import JPEG_CODEC, decode_jpeg, jpeg_config
@@ -30,17 +31,22 @@ from .shards import MISSING, ChunkTable, index_at_end, shard_table
 
 __all__ = ["JpegArray", "is_jpeg_layout"]
 
-_POOL: dict[int, ThreadPoolExecutor] = {}  # by pid: a forked child makes its own
-_POOL_LOCK = threading.Lock()
+
+class _DecodePool:
+    """This process's decode threads: one pool, made anew when another size is asked for."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def executor(self, threads: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None or self._executor._max_workers != threads:  # noqa: SLF001 - the size it was made with
+                self._executor = ThreadPoolExecutor(threads, thread_name_prefix="spora-jpeg")
+            return self._executor
 
 
-def _after_fork_in_child() -> None:
-    global _POOL_LOCK
-    _POOL_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_POOL = process.PerProcess(_DecodePool)  # a forked child makes its own
 
 
 def is_jpeg_layout(metadata: Any) -> bool:
@@ -51,15 +57,6 @@ def is_jpeg_layout(metadata: Any) -> bool:
     if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
         codecs = tuple(codecs[0].codecs)
     return len(codecs) == 2 and isinstance(codecs[0], TransposeCodec) and codecs[1].to_dict().get("name") == JPEG_CODEC
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    pid = os.getpid()
-    with _POOL_LOCK:
-        pool = _POOL.get(pid)
-        if pool is None or pool._max_workers != threads:  # noqa: SLF001 - the size it was made with
-            pool = _POOL[pid] = ThreadPoolExecutor(threads, thread_name_prefix="spora-jpeg")
-        return pool
 
 
 class JpegArray:
@@ -157,7 +154,7 @@ class JpegArray:
                 jobs.append((row, col, files[shard]))
             window = (c0, c1, y0, y1, x0, x1)
             if self._threads > 1 and len(jobs) > 1:
-                pool = _pool(self._threads)
+                pool = _POOL.get().executor(self._threads)
                 futures = [pool.submit(self._copy, out, window, job) for job in jobs[1:]]
                 try:
                     self._copy(out, window, jobs[0])

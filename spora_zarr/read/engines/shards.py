@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import google_crc32c
 import numpy as np
 
+from ... import process
 from ...errors import StoreError
 from ...store.location import open_local_file
 from ...store.metadata import max_file_bytes
@@ -30,7 +31,7 @@ __all__ = ["MISSING", "ChunkTable", "LocalFiles", "ShardLayout", "index_at_end",
 MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
 _CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 256 chunks)
 _CACHE: collections.OrderedDict[tuple[str, int, int, int], ChunkTable] = collections.OrderedDict()
-_LOCK = threading.Lock()
+_LOCK = process.PerProcess(threading.Lock)  # a forked child gets its own
 
 
 def index_at_end(sharding: object) -> bool:
@@ -60,7 +61,7 @@ def shard_table(where: str, fd: int, stat: os.stat_result, chunks: int, index_at
     """
     size = stat.st_size
     key = (where, stat.st_ino, stat.st_mtime_ns, size)
-    with _LOCK:
+    with _LOCK.get():
         table = _CACHE.get(key)
         if table is not None:
             _CACHE.move_to_end(key)
@@ -81,7 +82,7 @@ def shard_table(where: str, fd: int, stat: os.stat_result, chunks: int, index_at
     if np.any((offsets > size) | (nbytes > np.uint64(size) - offsets)):  # offset + nbytes > size, without overflow
         raise StoreError(f"shard {where}: its index points past the end of the file (corrupt file)")
     table = ChunkTable(entries)
-    with _LOCK:
+    with _LOCK.get():
         _CACHE[key] = table
         while len(_CACHE) > _CACHE_ENTRIES:
             _CACHE.popitem(last=False)
@@ -160,12 +161,3 @@ class LocalFiles:
             return False
         os.close(fd)
         return True
-
-
-def _after_fork_in_child() -> None:
-    global _LOCK
-    _LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -7,15 +7,14 @@ on a FIFO and read ``/dev/zero`` without end.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 import numpy as np
 import zarr
 
+from ... import process
 from ...store.location import Location
-from . import process
 from .base import DATA_ERRORS, UnsupportedLayout, damaged
 from .jpeg import is_jpeg_layout
 from .shards import LocalFiles
@@ -24,38 +23,28 @@ __all__ = ["TensorstoreEngine", "set_threads"]
 
 _CACHE_BYTES = 0  # tensorstore's cache of decoded chunks and shard indices, per process
 _THREADS: int | None = None
-_CONTEXT: Any = None
 
 
 def set_threads(n: int) -> None:
     """Bound ``data_copy_concurrency`` and ``file_io_concurrency`` of handles opened from now on to ``n``."""
-    global _THREADS, _CONTEXT
-    with process.LOCK:
-        _THREADS, _CONTEXT = n, None
+    global _THREADS
+    with process.LOCK.get():
+        _THREADS = n
+        _CONTEXT.clear()
 
 
-def _context() -> Any:
-    """This process's tensorstore context (made on first use, after :func:`set_threads`)."""
-    global _CONTEXT
+def _make_context() -> Any:
+    """A tensorstore context with this module's cache and thread limits."""
     import tensorstore as ts
 
-    with process.LOCK:
-        if _CONTEXT is None:
-            spec: dict[str, Any] = {"cache_pool": {"total_bytes_limit": _CACHE_BYTES}}
-            if _THREADS is not None:
-                spec["data_copy_concurrency"] = {"limit": _THREADS}
-                spec["file_io_concurrency"] = {"limit": _THREADS}
-            _CONTEXT = ts.Context(spec)
-        return _CONTEXT
+    spec: dict[str, Any] = {"cache_pool": {"total_bytes_limit": _CACHE_BYTES}}
+    if _THREADS is not None:
+        spec["data_copy_concurrency"] = {"limit": _THREADS}
+        spec["file_io_concurrency"] = {"limit": _THREADS}
+    return ts.Context(spec)
 
 
-def _after_fork_in_child() -> None:
-    global _CONTEXT
-    _CONTEXT = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_CONTEXT: process.PerProcess[Any] = process.PerProcess(_make_context)  # made on first use, after set_threads
 
 
 class TensorstoreEngine:
@@ -63,7 +52,7 @@ class TensorstoreEngine:
 
     engine = "tensorstore"
 
-    def __init__(self, location: Location, path: str, meta: zarr.Array) -> None:
+    def __init__(self, location: Location, path: str, meta: zarr.Array[Any]) -> None:
         if is_jpeg_layout(meta.metadata):
             raise UnsupportedLayout("tensorstore has no imagecodecs_jpeg codec (a JPEG slide's chunks)")
         self._where = location.join(path)
@@ -78,9 +67,9 @@ class TensorstoreEngine:
             if self._store is None:
                 import tensorstore as ts
 
-                with process.LOCK:
+                with process.LOCK.get():
                     process.note_use("tensorstore")
-                    context = _context()
+                    context = _CONTEXT.get()
                 spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": self._where + "/"}}
                 self._store = ts.open(spec, read=True, context=context).result()
         return self._store
@@ -89,6 +78,7 @@ class TensorstoreEngine:
         """The window ``index``; see :class:`~spora_zarr.read.engines.base.Engine`."""
         try:
             self._files.check(index)
-            return self._handle()[index].read().result()
+            window: np.ndarray = self._handle()[index].read().result()
+            return window
         except DATA_ERRORS as exc:
             raise damaged(self._where, self.engine, exc) from exc

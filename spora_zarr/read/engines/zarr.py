@@ -37,10 +37,10 @@ from zarr.core.config import BadConfigError
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.storage import LocalStore, StorePath, WrapperStore
 
+from ... import process
 from ...store import codecs as _codecs  # noqa: F401 - registers the JPEG codec of slide arrays
 from ...store.location import Location, open_local_file
 from ...store.metadata import max_file_bytes, read_array_metadata
-from . import process
 from .base import DATA_ERRORS, damaged
 from .shards import MISSING, LocalFiles, ShardLayout, shard_layout
 
@@ -52,7 +52,7 @@ _BATCHED_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 _ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 
-def open_array(location: Location, path: str) -> zarr.Array:
+def open_array(location: Location, path: str) -> zarr.Array[Any]:
     """The array on zarr-python's own pipeline: reads its checked metadata only, starts no codec threads.
 
     Raises
@@ -67,8 +67,8 @@ def open_array(location: Location, path: str) -> zarr.Array:
     """
     metadata = read_array_metadata(location, path)
     store = location.zarr_store(read_only=True)
-    with process.LOCK, zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
-        return zarr.Array(zarr.AsyncArray(metadata=metadata, store_path=StorePath(store, path)))
+    with process.LOCK.get(), zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
+        return zarr.Array[Any](zarr.AsyncArray(metadata=metadata, store_path=StorePath(store, path)))
 
 
 def load_entry_points() -> None:
@@ -86,14 +86,13 @@ def load_entry_points() -> None:
             load()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=load_entry_points)
+process.on_fork(before=load_entry_points)
 
 
 def set_threads(n: int) -> None:
     """zarr's ``threading.max_workers``, zarrs' chunk concurrency (and ``RAYON_NUM_THREADS`` while zarrs has not
     started its pool in this process) and numcodecs' blosc threads, all ``n``."""
-    with process.LOCK:
+    with process.LOCK.get():
         zarr.config.set(
             {
                 "threading.max_workers": n,
@@ -122,7 +121,7 @@ class ZarrEngine:
 
     engine = "zarr"
 
-    def __init__(self, location: Location, path: str, meta: zarr.Array) -> None:
+    def __init__(self, location: Location, path: str, meta: zarr.Array[Any]) -> None:
         self._where = location.join(path)
         self.shape: tuple[int, ...] = tuple(meta.shape)
         self.dtype = np.dtype(meta.dtype)
@@ -131,8 +130,8 @@ class ZarrEngine:
         metadata = meta.metadata
         max_bytes = max_file_bytes(metadata) if isinstance(metadata, ArrayV3Metadata) else None
         store = _CheckedStore(async_array.store_path.store, shard_layout(metadata), max_bytes)
-        with process.LOCK, zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
-            self._array = zarr.Array(
+        with process.LOCK.get(), zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
+            self._array = zarr.Array[Any](
                 zarr.AsyncArray(
                     metadata=async_array.metadata, store_path=StorePath(store, async_array.store_path.path), config=async_array.config
                 )
@@ -153,25 +152,25 @@ class ZarrsEngine:
 
     engine = "zarrs"
 
-    def __init__(self, location: Location, path: str, meta: zarr.Array) -> None:
+    def __init__(self, location: Location, path: str, meta: zarr.Array[Any]) -> None:
         self._where = location.join(path)
         self._meta = meta
-        self._array: zarr.Array | None = None
+        self._array: zarr.Array[Any] | None = None
         self._lock = threading.Lock()
         self._files = LocalFiles(location.fs_path(path), meta.metadata) if location.is_local else None
 
-    def _handle(self) -> zarr.Array:
+    def _handle(self) -> zarr.Array[Any]:
         if self._array is not None:
             return self._array
         with self._lock:
             if self._array is None:
-                with process.LOCK:
+                with process.LOCK.get():
                     process.note_use("zarrs")
                     # The pipeline is chosen (and reads its thread settings from zarr.config)
                     # when the array object is made; no I/O here.
                     meta = self._meta.async_array
                     with zarr.config.set({"codec_pipeline.path": _ZARRS_PIPELINE}):
-                        array = zarr.Array(zarr.AsyncArray(metadata=meta.metadata, store_path=meta.store_path, config=meta.config))
+                        array = zarr.Array[Any](zarr.AsyncArray(metadata=meta.metadata, store_path=meta.store_path, config=meta.config))
                 if getattr(array.async_array.codec_pipeline, "impl", None) is None:
                     logger.debug("zarrs does not read %s; zarr-python's pipeline reads it", self._where)
                     self.engine = "zarr"
@@ -188,7 +187,7 @@ class ZarrsEngine:
             raise damaged(self._where, self.engine, exc) from exc
 
 
-def open_zarrs(location: Location, path: str, meta: zarr.Array) -> ZarrsEngine | ZarrEngine:
+def open_zarrs(location: Location, path: str, meta: zarr.Array[Any]) -> ZarrsEngine | ZarrEngine:
     """The zarrs engine where zarrs reads the store and the codecs, else zarr-python's own pipeline."""
     from .jpeg import is_jpeg_layout
 

@@ -1,0 +1,167 @@
+"""Process lifecycle: what a forked child must not inherit, in one place.
+
+Three tools, used by every module that keeps per-process state:
+
+- :func:`on_fork` registers callbacks run around ``os.fork`` (before it in the
+  parent, after it in the child);
+- :class:`PerProcess` holds a value made once per process: a lock, a cache, a
+  thread pool, a library context. A forked child never sees its parent's
+  value: its first :meth:`PerProcess.get` makes its own. The parent's value is
+  kept referenced in the child, never used, so that its destructor (a thread
+  pool's, a CUDA model's) does not run in a process without its threads;
+- :func:`note_use` / :func:`used_by` / :func:`poisoned` record which process
+  first started the thread pools of a library that is not fork safe.
+
+Once a process has used tensorstore, a forked child aborts (tensorstore 0.1.86:
+"fork() use detected") or hangs on its first tensorstore call, even through a
+fresh handle. The same holds for zarrs: its Rust thread pool is not carried
+into a forked child, and the child's first zarrs read hangs. The readers
+(:mod:`spora_zarr.read.levels`) and the writer (which runs zarrs' codec
+pipeline) record their use with :func:`note_use`; a forked child inherits the
+record with another pid, and :func:`poisoned` then says it must not use that
+library. A tensorstore thread pool started by other code is also noticed at
+fork time (its threads are named ``ts_...``); zarrs use by other code is not.
+
+:data:`LOCK` serialises what must not interleave between threads of one
+process: the reader cache, zarr's global configuration and the first use of an
+engine (``with LOCK.get():``); a forked child gets its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from .errors import InvalidInputError
+
+__all__ = ["LIBRARIES", "LOCK", "PerProcess", "note_use", "on_fork", "poisoned", "thread_names", "used_by"]
+
+T = TypeVar("T")
+
+#: The libraries whose use :func:`note_use` records: not fork safe once their thread pools started.
+LIBRARIES = ("tensorstore", "zarrs")
+
+_INSTANCES: weakref.WeakSet[PerProcess[Any]] = weakref.WeakSet()  # reset after a fork
+
+
+def on_fork(*, before: Callable[[], None] | None = None, after_in_child: Callable[[], None] | None = None) -> None:
+    """Run ``before`` in the parent before every ``os.fork`` and ``after_in_child`` in the child after it.
+
+    ``os.register_at_fork`` semantics (``before`` hooks run in reverse order of
+    registration, child hooks in order; an exception is reported, not raised);
+    a no-op where the platform has no fork.
+    """
+    hooks = {name: hook for name, hook in (("before", before), ("after_in_child", after_in_child)) if hook is not None}
+    if hooks and hasattr(os, "register_at_fork"):
+        os.register_at_fork(**hooks)
+
+
+class PerProcess(Generic[T]):
+    """A value made by ``factory`` once per process, on first use; a forked child makes its own.
+
+    Parameters
+    ----------
+    factory : callable
+        Makes the value (``dict``, ``threading.Lock``, ...); called with no arguments,
+        at most once per process between two :meth:`clear` calls.
+
+    Examples
+    --------
+    >>> readers: PerProcess[dict[str, object]] = PerProcess(dict)
+    >>> readers.get()["a"] = 1
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._value: T | None = None
+        self._inherited: list[T] = []  # a parent's values, kept from their destructors
+        _INSTANCES.add(self)
+
+    def get(self) -> T:
+        """This process's value, made now if this process has none."""
+        pid = os.getpid()
+        if self._pid == pid:  # the pid is set after the value, and read before it
+            return self._value  # type: ignore[return-value]  # made by the factory for this pid
+        with self._lock:
+            if self._pid != pid:
+                if self._pid is not None:
+                    self._inherited.append(self._value)  # type: ignore[arg-type]  # set with the pid
+                self._value = self._factory()
+                self._pid = pid
+            return self._value  # type: ignore[return-value]  # made for this pid
+
+    def clear(self) -> None:
+        """Drop this process's value: the next :meth:`get` makes a new one (and releases the old)."""
+        with self._lock:
+            if self._pid == os.getpid():
+                self._pid = None
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+def _reset_instances() -> None:
+    for instance in list(_INSTANCES):
+        instance._after_fork_in_child()  # noqa: SLF001 - the class's own fork hook
+
+
+on_fork(after_in_child=_reset_instances)
+
+LOCK: PerProcess[threading.RLock] = PerProcess(threading.RLock)
+
+_USED_BY: dict[str, int] = {}  # library -> pid of the process that first used it; inherited by forked children
+
+
+def _check_library(library: str) -> None:
+    if library not in LIBRARIES:
+        raise InvalidInputError(f"library {library!r}: not one whose use is recorded; expected one of {', '.join(LIBRARIES)}")
+
+
+def used_by(library: str) -> int | None:
+    """The pid of the process that first used ``library`` (``"tensorstore"`` or ``"zarrs"``), as inherited;
+    None if no process did (or for another library)."""
+    return _USED_BY.get(library)
+
+
+def poisoned(library: str) -> bool:
+    """Whether this process is a forked child of a process that used ``library``."""
+    pid = used_by(library)
+    return pid is not None and pid != os.getpid()
+
+
+def note_use(library: str) -> None:
+    """Record that this process starts the thread pools of ``library`` (``"tensorstore"`` or ``"zarrs"``).
+
+    Its forked children then never use it. The first record stands: a forked
+    child that is refused the library never records its own use.
+    """
+    _check_library(library)
+    with LOCK.get():
+        _USED_BY.setdefault(library, os.getpid())
+
+
+def thread_names() -> list[str]:
+    """The names of this process's threads (Linux; empty elsewhere)."""
+    names = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/comm") as fh:
+                names.append(fh.read().strip())
+    except OSError:
+        pass
+    return names
+
+
+def _notice_tensorstore_threads() -> None:
+    """Before a fork: record a tensorstore thread pool that other code started."""
+    if "tensorstore" not in _USED_BY and "tensorstore" in sys.modules and any(n.startswith("ts_") for n in thread_names()):
+        _USED_BY["tensorstore"] = os.getpid()
+
+
+on_fork(before=_notice_tensorstore_threads)

@@ -1,0 +1,230 @@
+"""The process lifecycle (``spora_zarr.process``): per-process values and fork hooks, in real forked children."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from spora_zarr import process
+from spora_zarr.errors import InvalidInputError
+from spora_zarr.read import levels
+from spora_zarr.read.levels import open_level
+from spora_zarr.store.location import Location
+
+TIMEOUT = 30
+
+
+def in_forked_child(function: Callable[[], Any]) -> Any:
+    """Fork (``os.fork``), run ``function`` in the child and return what it returned there; fail on a hang."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        os.close(read_end)
+        try:
+            payload = pickle.dumps(("ok", function()))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            payload = pickle.dumps(("error", repr(exc)))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(payload)
+        os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], TIMEOUT)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the forked child hung for {TIMEOUT} s")
+        with os.fdopen(read_end, "rb") as pipe:
+            status, value = pickle.loads(pipe.read())
+    finally:
+        os.waitpid(pid, 0)
+    assert status == "ok", value
+    return value
+
+
+# ------------------------------------------------------------------ PerProcess
+
+
+def test_per_process_value_is_made_once_per_process() -> None:
+    made: list[int] = []
+
+    def factory() -> dict[str, int]:
+        made.append(1)
+        return {}
+
+    cache: process.PerProcess[dict[str, int]] = process.PerProcess(factory)
+    cache.get()["a"] = 1
+    assert cache.get() == {"a": 1}
+    assert len(made) == 1
+    cache.clear()
+    assert cache.get() == {}
+    assert len(made) == 2
+
+
+def test_per_process_value_is_dropped_in_a_forked_child() -> None:
+    cache: process.PerProcess[dict[str, int]] = process.PerProcess(dict)
+    cache.get()["parent"] = os.getpid()
+    parent_value = cache.get()
+
+    def child() -> tuple[dict[str, int], bool]:
+        value = cache.get()
+        value["child"] = os.getpid()
+        return dict(value), cache.get() is value
+
+    seen, kept = in_forked_child(child)
+    assert list(seen) == ["child"]  # a new value, without the parent's content
+    assert kept  # made once in the child too
+    assert cache.get() is parent_value and list(parent_value) == ["parent"]
+
+
+_MODULE_CACHE: process.PerProcess[dict[str, int]] = process.PerProcess(dict)
+
+
+def _module_cache_content() -> list[str]:
+    return list(_MODULE_CACHE.get())
+
+
+def test_per_process_value_is_dropped_under_multiprocessing_fork() -> None:
+    _MODULE_CACHE.get()["parent"] = 1
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_module_cache_content) == []
+    assert _module_cache_content() == ["parent"]
+
+
+def test_per_process_lock_held_at_the_fork_is_free_in_the_child() -> None:
+    lock: process.PerProcess[threading.Lock] = process.PerProcess(threading.Lock)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock.get():
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        held.wait()
+        assert in_forked_child(lambda: lock.get().acquire(timeout=5))  # the parent's is held by a thread the child lacks
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_per_process_value_made_while_forking_does_not_hang_the_child() -> None:
+    """A thread of the parent is inside the factory (holding the instance's own lock) at the fork."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> dict[str, int]:
+        if threading.current_thread() is not threading.main_thread() and not release.is_set():
+            entered.set()
+            release.wait()
+        return {}
+
+    cache: process.PerProcess[dict[str, int]] = process.PerProcess(slow)
+    thread = threading.Thread(target=cache.get)
+    thread.start()
+    try:
+        entered.wait()
+        assert in_forked_child(lambda: cache.get() == {})
+    finally:
+        release.set()
+        thread.join()
+
+
+# ---------------------------------------------------------------- fork hooks
+
+
+def test_on_fork_runs_before_in_the_parent_and_after_in_the_child() -> None:
+    calls: list[tuple[str, int]] = []
+    active = threading.Event()  # the hooks stay registered for the life of the process: act during this test only
+    active.set()
+
+    def before() -> None:
+        if active.is_set():
+            calls.append(("before", os.getpid()))
+
+    def after_in_child() -> None:
+        if active.is_set():
+            calls.append(("child", os.getpid()))
+
+    process.on_fork(before=before, after_in_child=after_in_child)
+    try:
+        in_child = in_forked_child(lambda: list(calls))
+    finally:
+        active.clear()
+    assert calls == [("before", os.getpid())]  # the child's hook ran in the child only
+    assert in_child[0] == ("before", os.getpid())
+    assert in_child[1][0] == "child" and in_child[1][1] != os.getpid()
+
+
+# ------------------------------------------------------------ library use
+
+
+def test_note_use_refuses_an_unknown_library() -> None:
+    with pytest.raises(InvalidInputError, match="library 'numpy'"):
+        process.note_use("numpy")
+
+
+def test_a_forked_child_of_a_process_that_used_a_library_is_poisoned() -> None:
+    """In a fresh interpreter (this one may have used tensorstore or zarrs already)."""
+    script = textwrap.dedent(
+        """
+        import os
+        from spora_zarr import process
+
+        assert process.used_by("zarrs") is None and not process.poisoned("zarrs")
+        process.note_use("zarrs")
+        process.note_use("zarrs")
+        assert process.used_by("zarrs") == os.getpid() and not process.poisoned("zarrs")
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            ok = process.poisoned("zarrs") and process.used_by("zarrs") == parent and not process.poisoned("tensorstore")
+            process.note_use("zarrs")  # a poisoned child never records its own use
+            ok = ok and process.used_by("zarrs") == parent
+            os._exit(0 if ok else 3)
+        assert os.waitpid(pid, 0)[1] == 0
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_thread_names_lists_this_process_threads() -> None:
+    names = process.thread_names()
+    if sys.platform.startswith("linux"):
+        assert len(names) >= threading.active_count()  # native threads of libraries count too
+    else:
+        assert names == []
+
+
+# ------------------------------------------------------ the readers' state
+
+
+def test_reader_cache_is_fresh_in_a_forked_child(tmp_path) -> None:
+    location = Location.parse(tmp_path / "store.zarr")
+    array = zarr.create_array(location.zarr_store(), name="a", shape=(2, 64, 64), dtype="uint8", chunks=(2, 32, 32))
+    array[...] = np.arange(2 * 64 * 64, dtype=np.uint64).reshape(2, 64, 64).astype(np.uint8)
+    reader = open_level(location, "a", engine="zarr")
+    assert open_level(location, "a", engine="zarr") is reader  # cached in this process
+
+    def child() -> tuple[bool, int, bool]:
+        fresh = open_level(location, "a", engine="zarr")
+        return fresh is not reader, len(levels._READERS.get()), bool(fresh.read(0, 0, 64, 64).sum() == array[...].sum())
+
+    assert in_forked_child(child) == (True, 1, True)
+    assert open_level(location, "a", engine="zarr") is reader
