@@ -29,6 +29,7 @@ MAX_VALUE_CHARS = 100
 
 _ROLE = re.compile(r":(?:[a-z]+:)?[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+_QUOTED_ANNOTATION = re.compile(r"(: |-> )(['\"])(.*?)\2(?=, |\)|$| =)")
 
 HEADER = """# API reference
 
@@ -64,10 +65,10 @@ def signature(name: str, obj: object) -> str:
     """``name(parameters) -> return`` for a function or class, ``name = value`` for a constant."""
     if inspect.isclass(obj) or callable(obj):
         try:
-            text = f"{name}{inspect.signature(obj)}"  # type: ignore[arg-type]
+            text = f"{name}{inspect.signature(obj)}"
         except (TypeError, ValueError):
             text = f"{name}(...)"
-        return _ADDRESS.sub("", text)
+        return _QUOTED_ANNOTATION.sub(r"\1\3", _ADDRESS.sub("", text))
     value = repr(sorted(obj, key=repr)) if isinstance(obj, set | frozenset) else repr(obj)
     return f"{name} = {value}" if len(value) <= MAX_VALUE_CHARS else f"{name}: {type(obj).__name__}"
 
