@@ -13,4 +13,5 @@ ruff check spora_zarr tests scripts
 mypy
 # One pytest worker per core, each test file whole on one worker (its module fixtures built once; the
 # slow files run side by side). Tests use their own tmp paths, free ports and display numbers.
+# Arguments go to pytest: `--all` also runs the tests marked slow (.ci/run does), a path runs one file.
 python -m pytest -q -p no:cacheprovider -n auto --dist loadfile "$@"

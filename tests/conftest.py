@@ -15,6 +15,22 @@ from spora_zarr.testing.cohorts import make_synthetic_cohort
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+RUN_ALL_HINT = "slow: run with --all or SPORA_TEST_ALL=1 (CI does)"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all", action="store_true", default=False, help="also run the tests marked slow (as SPORA_TEST_ALL=1 does)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``slow`` unless ``--all``, ``SPORA_TEST_ALL=1`` or a ``-m`` expression naming ``slow`` asks for them."""
+    if config.getoption("--all") or os.environ.get("SPORA_TEST_ALL") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason=RUN_ALL_HINT)
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
 
 def read_source_chw(path: str | Path) -> np.ndarray:
     """A source image as (C, H, W), read with tifffile/zarr directly (independent of spora_zarr.sources)."""

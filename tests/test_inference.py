@@ -146,6 +146,7 @@ def test_each_tile_runs_once_across_writer_blocks(tmp_path: Path, mode: str, siz
         np.testing.assert_allclose(written, image, rtol=1e-6, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_crop_output_is_bitwise_the_in_memory_stitch(tmp_path: Path) -> None:
     root, image = _random_store(tmp_path / "s.zarr", (3, 203, 177), seed=5)
     model = conv_model(3, 2)
@@ -307,6 +308,7 @@ def test_cli_predict(store: Path, identity_file: Path, capsys: pytest.CaptureFix
     assert "no tissue 'Z'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_mid_tissue_then_rerun_is_identical(store: Path, tmp_path: Path) -> None:
     work = tmp_path / "killed.zarr"
     shutil.copytree(store, work)

@@ -41,6 +41,7 @@ def one_slide_cohort(root: Path, shape: tuple[int, int, int]) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_peak_memory_is_bounded_and_does_not_grow_with_the_slide(tmp_path: Path) -> None:
     small = one_slide_cohort(tmp_path / "small", (8, 2048, 2048))  # 64 MiB of pixels

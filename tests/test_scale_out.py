@@ -106,6 +106,7 @@ def s3_server() -> Iterator[str]:
             os.environ[key] = value
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_convert_into_s3_with_aws_environment(serial: tuple[Path, dict[str, object]], s3_server: str) -> None:
     src, expected = serial
@@ -131,6 +132,7 @@ def test_convert_into_s3_with_aws_environment(serial: tuple[Path, dict[str, obje
     assert not s3fs.S3FileSystem().exists("cohorts/env.zarr/.spora_tmp")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_s3_source_and_storage_options(serial: tuple[Path, dict[str, object]], s3_server: str, tmp_path: Path) -> None:
     import s3fs

@@ -42,8 +42,14 @@ def grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, in
     return [(y, x) for y in starts(height) for x in starts(width)]
 
 
-def cut(image: np.ndarray, folder: Path, tile: int = 96, overlap: int = 20, labels: np.ndarray | None = None,
-        shifts: dict[int, tuple[int, int]] | None = None) -> Path:
+def cut(
+    image: np.ndarray,
+    folder: Path,
+    tile: int = 96,
+    overlap: int = 20,
+    labels: np.ndarray | None = None,
+    shifts: dict[int, tuple[int, int]] | None = None,
+) -> Path:
     """Write ``image`` ``(C, H, W)`` as TIFF tiles and an offsets CSV; ``labels`` as per-tile sequential label tiles."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -106,12 +112,12 @@ def test_linear_blending_feathers_differing_overlaps(tmp_path: Path) -> None:
     tifffile.imwrite(folder / "a.tif", image[:, :, :120])
     tifffile.imwrite(folder / "b.tif", image[:, :, :120] + 100)
     (folder / "offsets.csv").write_text("file,x,y\na.tif,0,0\nb.tif,80,0\n")
-    tileset = Tileset.from_offsets_table(folder, folder / "offsets.csv")
-    row = MosaicSource(tileset, blend="linear").read(60, 61, 0, 200)[0, 0]
-    assert row[0] == 100 and row[-1] == 200
-    assert np.all(np.diff(row[80:120].astype(int)) >= 0) and 100 < row[100] < 200  # a ramp across the overlap
-    assert MosaicSource(tileset, blend="none").read(60, 61, 0, 200)[0, 0, 80] == 200  # the last tile wins
-    assert MosaicSource(tileset, blend="max").read(60, 61, 0, 200)[0, 0, 80] == 200
+    with Tileset.from_offsets_table(folder, folder / "offsets.csv") as tileset:
+        row = MosaicSource(tileset, blend="linear").read(60, 61, 0, 200)[0, 0]
+        assert row[0] == 100 and row[-1] == 200
+        assert np.all(np.diff(row[80:120].astype(int)) >= 0) and 100 < row[100] < 200  # a ramp across the overlap
+        assert MosaicSource(tileset, blend="none").read(60, 61, 0, 200)[0, 0, 80] == 200  # the last tile wins
+        assert MosaicSource(tileset, blend="max").read(60, 61, 0, 200)[0, 0, 80] == 200
 
 
 def test_the_mosaic_reads_only_the_tiles_of_a_window(tmp_path: Path) -> None:
@@ -147,8 +153,10 @@ def test_register_recovers_jittered_offsets(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     corners = grid(512, 512, 160, 40)
     shifts = {n: (0, 0) if n == 0 else (int(rng.integers(-3, 4)), int(rng.integers(-3, 4))) for n in range(len(corners))}
-    shifts = {n: (dy if 0 <= y + dy <= 512 - 160 else 0, dx if 0 <= x + dx <= 512 - 160 else 0)
-              for n, ((y, x), (dy, dx)) in enumerate(zip(corners, shifts.values()))}
+    shifts = {
+        n: (dy if 0 <= y + dy <= 512 - 160 else 0, dx if 0 <= x + dx <= 512 - 160 else 0)
+        for n, ((y, x), (dy, dx)) in enumerate(zip(corners, shifts.values()))
+    }
     table = cut(gray, tmp_path / "tiles", tile=160, overlap=40, shifts=shifts)
     store = tmp_path / "c.zarr"
     result = stitch(tmp_path / "tiles", table, store, modality="imc", tissue_id="T1", mpp=1.0, register=True, options=OPTIONS)
@@ -164,8 +172,8 @@ def test_micrometer_offsets(tmp_path: Path) -> None:
     table = cut(image, tmp_path / "tiles")
     rows = list(csv.DictReader(table.read_text().splitlines()))
     write_offsets(table, [{"file": r["file"], "x": int(r["x"]) * 0.25, "y": int(r["y"]) * 0.25} for r in rows])
-    tileset = Tileset.from_offsets_table(tmp_path / "tiles", table, offset_unit="micrometer", mpp=0.25)
-    np.testing.assert_array_equal(MosaicSource(tileset).read(0, 300, 0, 400), image)
+    with Tileset.from_offsets_table(tmp_path / "tiles", table, offset_unit="micrometer", mpp=0.25) as tileset:
+        np.testing.assert_array_equal(MosaicSource(tileset).read(0, 300, 0, 400), image)
 
 
 def test_three_d_tiles_stitch_back_exactly(tmp_path: Path) -> None:
@@ -177,11 +185,11 @@ def test_three_d_tiles_stitch_back_exactly(tmp_path: Path) -> None:
         tifffile.imwrite(folder / f"s{n}.tif", volume[:, y : y + 96, x : x + 96])
         lines.append(f"s{n}.tif,{x},{y},0")
     (folder / "offsets.csv").write_text("\n".join(lines) + "\n")
-    tileset = Tileset.from_offsets_table(folder, folder / "offsets.csv")
-    assert tileset.ndim == 3 and tileset.shape == (5, 200, 260)
-    for mode in ("none", "max", "linear"):
-        np.testing.assert_array_equal(MosaicSource(tileset, blend=mode).read_volume(0, 5, 0, 200, 0, 260)[0], volume)
-    np.testing.assert_array_equal(tileset.get_slice(1, 3)[0], volume[3, :96, 72:168])
+    with Tileset.from_offsets_table(folder, folder / "offsets.csv") as tileset:
+        assert tileset.ndim == 3 and tileset.shape == (5, 200, 260)
+        for mode in ("none", "max", "linear"):
+            np.testing.assert_array_equal(MosaicSource(tileset, blend=mode).read_volume(0, 5, 0, 200, 0, 260)[0], volume)
+        np.testing.assert_array_equal(tileset.get_slice(1, 3)[0], volume[3, :96, 72:168])
 
 
 @pytest.mark.parametrize(
@@ -226,18 +234,18 @@ def test_seed_helpers(tmp_path: Path) -> None:
     np.testing.assert_array_equal(blend(np.array([[0, 0], [2, 0]]), [a, b])[0], [1, 1, 2, 2, 2, 2])
     image = rgb()
     table = cut(image, tmp_path / "tiles")
-    tileset = Tileset.from_offsets_table(tmp_path / "tiles", table, mpp=0.5)
-    np.testing.assert_array_equal(preview(tileset, down_sample=4), image[:, ::4, ::4])
-    np.testing.assert_allclose(tileset.local_to_global(np.array([[1, 2.0, 3.0, 0.0]])), [[2.0 + 76 * 0.5, 3.0, 0.0]])
-    tileset.scale_intensity((10, 200))
-    assert MosaicSource(tileset).dtype == np.uint8
-    tileset.scale_offset((2, 2, 1))
-    assert tileset[1].offset[0] == 152
-    stack = np.zeros((6, 3, 3), np.uint16)
-    stack[4:, 1, 1] = 100
-    stack[2:, 0, 0] = 100
-    _, top, _ = get_top_surface(stack, thresh=50)
-    assert top[1, 1] == 5 and top[2, 2] == -1
+    with Tileset.from_offsets_table(tmp_path / "tiles", table, mpp=0.5) as tileset:
+        np.testing.assert_array_equal(preview(tileset, down_sample=4), image[:, ::4, ::4])
+        np.testing.assert_allclose(tileset.local_to_global(np.array([[1, 2.0, 3.0, 0.0]])), [[2.0 + 76 * 0.5, 3.0, 0.0]])
+        tileset.scale_intensity((10, 200))
+        assert MosaicSource(tileset).dtype == np.uint8
+        tileset.scale_offset((2, 2, 1))
+        assert tileset[1].offset[0] == 152
+        stack = np.zeros((6, 3, 3), np.uint16)
+        stack[4:, 1, 1] = 100
+        stack[2:, 0, 0] = 100
+        _, top, _ = get_top_surface(stack, thresh=50)
+        assert top[1, 1] == 5 and top[2, 2] == -1
 
 
 def test_deduplicated_ids_map_tiles(tmp_path: Path) -> None:
@@ -249,10 +257,10 @@ def test_deduplicated_ids_map_tiles(tmp_path: Path) -> None:
         tifffile.imwrite(folder / f"{name}.tif", np.zeros((100, 120), np.uint8))
         tifffile.imwrite(folder / f"{name}_l.tif", relabel_sequential(labels[:, x : x + 120])[0])
     (folder / "o.csv").write_text("file,x,y,labels\na.tif,0,0,a_l.tif\nb.tif,60,0,b_l.tif\n")
-    tileset = Tileset.from_offsets_table(folder, folder / "o.csv")
-    new_ids = deduplicate_blob_ids(tileset)
-    assert new_ids == {(0, 1): 1, (1, 1): 1}
-    assert apply_new_ids(np.array([[0, 1]]), new_ids, 1).tolist() == [[0, 1]]
+    with Tileset.from_offsets_table(folder, folder / "o.csv") as tileset:
+        new_ids = deduplicate_blob_ids(tileset)
+        assert new_ids == {(0, 1): 1, (1, 1): 1}
+        assert apply_new_ids(np.array([[0, 1]]), new_ids, 1).tolist() == [[0, 1]]
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -261,8 +269,14 @@ def test_last_tile_wins_over_irregular_overlaps_equals_blend(tmp_path: Path, ndi
     another, a gap left uncovered; every window (aligned or not) equals the in-memory ``blend`` of the tiles."""
     rng = np.random.default_rng(7)
     # (x, y, z, width, height, depth): tiles 1-3 cover one corner of tile 0, tile 4 lies inside tile 1, tile 5 stands apart
-    boxes = [(0, 0, 0, 60, 50, 4), (40, 30, 1, 50, 45, 4), (50, 20, 0, 40, 40, 5), (30, 40, 2, 35, 30, 3),
-             (45, 35, 1, 10, 12, 2), (110, 5, 0, 20, 70, 6)]
+    boxes = [
+        (0, 0, 0, 60, 50, 4),
+        (40, 30, 1, 50, 45, 4),
+        (50, 20, 0, 40, 40, 5),
+        (30, 40, 2, 35, 30, 3),
+        (45, 35, 1, 10, 12, 2),
+        (110, 5, 0, 20, 70, 6),
+    ]
     folder = tmp_path / "tiles"
     folder.mkdir()
     pictures, lines = [], ["file,x,y" + (",z" if ndim == 3 else "")]
@@ -272,16 +286,17 @@ def test_last_tile_wins_over_irregular_overlaps_equals_blend(tmp_path: Path, ndi
         pictures.append(picture)
         lines.append(f"t{n}.tif,{x},{y}" + (f",{z}" if ndim == 3 else ""))
     (folder / "offsets.csv").write_text("\n".join(lines) + "\n")
-    offsets = np.array([b[: ndim] for b in boxes])
+    offsets = np.array([b[:ndim] for b in boxes])
     expected = blend(offsets, pictures)
     expected = expected if ndim == 3 else expected[None]
-    source = MosaicSource(Tileset.from_offsets_table(folder, folder / "offsets.csv"))
-    assert (source.depth, *source.shape[1:]) == expected.shape
-    depth, height, width = expected.shape
-    np.testing.assert_array_equal(source.read_volume(0, depth, 0, height, 0, width)[0], expected)
-    for z0, z1, y0, y1, x0, x1 in [(0, 6, 25, 61, 37, 95), (1, 3, 0, 17, 0, 130), (2, 6, 44, 75, 88, 120), (5, 6, 60, 75, 0, 40)]:
-        z0, z1 = min(z0, depth - 1), min(z1, depth)
-        np.testing.assert_array_equal(source.read_volume(z0, z1, y0, y1, x0, x1)[0], expected[z0:z1, y0:y1, x0:x1])
+    with Tileset.from_offsets_table(folder, folder / "offsets.csv") as tileset:
+        source = MosaicSource(tileset)
+        assert (source.depth, *source.shape[1:]) == expected.shape
+        depth, height, width = expected.shape
+        np.testing.assert_array_equal(source.read_volume(0, depth, 0, height, 0, width)[0], expected)
+        for z0, z1, y0, y1, x0, x1 in [(0, 6, 25, 61, 37, 95), (1, 3, 0, 17, 0, 130), (2, 6, 44, 75, 88, 120), (5, 6, 60, 75, 0, 40)]:
+            z0, z1 = min(z0, depth - 1), min(z1, depth)
+            np.testing.assert_array_equal(source.read_volume(z0, z1, y0, y1, x0, x1)[0], expected[z0:z1, y0:y1, x0:x1])
 
 
 def test_prefetch_is_best_effort(tmp_path: Path) -> None:
@@ -291,9 +306,10 @@ def test_prefetch_is_best_effort(tmp_path: Path) -> None:
     readers.prefetch(str(tmp_path / "missing.tif"))
     image = rgb()
     table = cut(image, tmp_path / "tiles")
-    np.testing.assert_array_equal(MosaicSource(Tileset.from_offsets_table(tmp_path / "tiles", table)).read(0, 300, 0, 400), image)
-    if readers._prefetcher is not None:  # platforms with posix_fadvise: the advice thread ran every request
-        assert readers._prefetcher.submit(lambda: True).result()
+    with Tileset.from_offsets_table(tmp_path / "tiles", table) as tileset:
+        np.testing.assert_array_equal(MosaicSource(tileset).read(0, 300, 0, 400), image)
+        if readers._prefetcher is not None:  # platforms with posix_fadvise: the advice thread ran every request
+            assert readers._prefetcher.submit(lambda: True).result()
 
 
 @pytest.mark.parametrize("layout", ["tiled", "compressed", "strips", "rgba"])

@@ -45,8 +45,14 @@ def starts(n: int, tile: int, overlap: int) -> list[int]:
     return out if out[-1] + tile >= n else [*out, n - tile]
 
 
-def cut_stack(volume: np.ndarray, folder: Path, tile: tuple[int, int, int] = (8, 64, 64), overlap: tuple[int, int, int] = (3, 16, 16),
-              labels: np.ndarray | None = None, shifts: dict[int, tuple[int, int, int]] | None = None) -> Path:
+def cut_stack(
+    volume: np.ndarray,
+    folder: Path,
+    tile: tuple[int, int, int] = (8, 64, 64),
+    overlap: tuple[int, int, int] = (3, 16, 16),
+    labels: np.ndarray | None = None,
+    shifts: dict[int, tuple[int, int, int]] | None = None,
+) -> Path:
     """``volume`` ``(C, Z, Y, X)`` as ZCYX (or ZYX) TIFF tiles on a z, y, x grid and an offsets CSV with a z column.
 
     ``shifts[n]`` ``(dz, dy, dx)`` moves tile ``n``'s pixels while its table row keeps the grid position (stage jitter).
@@ -87,13 +93,18 @@ def test_the_writer_stores_a_stack_with_a_z_axis(tmp_path: Path) -> None:
     source = PlaneCountingSource(volume)
     image = write_image(tmp_path, "m/images/T1", {0.5: source}, channel_names=["a", "b"], options=OPTIONS, z_mpp=2.0)
     assert set(source.depths) == {1}  # streamed plane by plane
-    write_labels(tmp_path, "segmentations/cell_masks/T1", {0.5: ArraySource(labels[None])}, options=OPTIONS,
-                 source_image="../../../m/images/T1")
+    write_labels(
+        tmp_path, "segmentations/cell_masks/T1", {0.5: ArraySource(labels[None])}, options=OPTIONS, source_image="../../../m/images/T1"
+    )
     group = zarr.open_group(tmp_path / "m/images/T1", mode="r")
     masks = zarr.open_group(tmp_path / "segmentations/cell_masks/T1", mode="r")
     multiscales = group.attrs["ome"]["multiscales"][0]
     assert [(a["name"], a.get("unit")) for a in multiscales["axes"]] == [
-        ("c", None), ("z", "micrometer"), ("y", "micrometer"), ("x", "micrometer")]
+        ("c", None),
+        ("z", "micrometer"),
+        ("y", "micrometer"),
+        ("x", "micrometer"),
+    ]
     expected, label_expected = volume, labels
     for level, dataset in zip(image.levels, multiscales["datasets"]):
         array, mask = group[level.name], masks[level.name]
@@ -133,8 +144,18 @@ def test_a_stack_cut_into_tiles_stitches_back_exactly(tmp_path: Path, mode: str)
     volume = smooth_volume((2, 14, 150, 180))
     table = cut_stack(volume, tmp_path / "tiles")
     store = tmp_path / "c.zarr"
-    result = stitch(tmp_path / "tiles", table, store, modality="exm", tissue_id="T1", mpp=0.5, z_mpp=1.5, blend=mode,
-                    channel_names=["dapi", "gfp"], options=OPTIONS)
+    result = stitch(
+        tmp_path / "tiles",
+        table,
+        store,
+        modality="exm",
+        tissue_id="T1",
+        mpp=0.5,
+        z_mpp=1.5,
+        blend=mode,
+        channel_names=["dapi", "gfp"],
+        options=OPTIONS,
+    )
     assert sorted(set(result.offsets[:, 2])) == [0, 5, 6]  # tiles at three z offsets
     reader = open_level(store, "exm/images/T1/0_5mpp")
     np.testing.assert_array_equal(reader.read(0, 0, 150, 180), volume)
@@ -188,17 +209,34 @@ def test_readers_of_a_stacked_tissue(tmp_path: Path) -> None:
     volume = smooth_volume((2, 5, 100, 120))
     table = cut_stack(volume, tmp_path / "tiles", tile=(5, 64, 64), overlap=(0, 16, 16))
     store = tmp_path / "c.zarr"
-    argv = ["stitch", str(tmp_path / "tiles"), str(table), str(store), "--modality", "exm", "--tissue-id", "T1", "--mpp", "0.5",
-            "--z-mpp", "2", "--no-progress", "--chunk", "32", "--shard", "64"]
+    argv = [
+        "stitch",
+        str(tmp_path / "tiles"),
+        str(table),
+        str(store),
+        "--modality",
+        "exm",
+        "--tissue-id",
+        "T1",
+        "--mpp",
+        "0.5",
+        "--z-mpp",
+        "2",
+        "--no-progress",
+        "--chunk",
+        "32",
+        "--shard",
+        "64",
+    ]
     assert main(argv) == 0
     cohort = open_cohort(store)
     image = cohort.open_image("exm", "T1", 0.5)
     assert image.dims == ("c", "z", "y", "x") and image.coords["z"].values.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
     np.testing.assert_array_equal(image.values, volume)
     assert "shape (2, 5, 100, 120)" in describe(store)
-    tileset = Tileset.from_offsets_table(tmp_path / "tiles", table)
-    np.testing.assert_array_equal(MosaicSource(tileset, z=3).read(0, 100, 0, 120), volume[:, 3])
-    with pytest.raises(InvalidInputError, match="outside the stitched stack"):
-        MosaicSource(tileset, z=5)
-    with pytest.raises(InvalidInputError, match=r"c.zarr/exm/images/T1/0_5mpp: tissue 'T1' is a z stack .* 2-D tissues only"):
-        MultiplexImagingDataset("stack", store, 0.5, 32, modality="exm").read_tile("T1", 0, 0)
+    with Tileset.from_offsets_table(tmp_path / "tiles", table) as tileset:
+        np.testing.assert_array_equal(MosaicSource(tileset, z=3).read(0, 100, 0, 120), volume[:, 3])
+        with pytest.raises(InvalidInputError, match="outside the stitched stack"):
+            MosaicSource(tileset, z=5)
+        with pytest.raises(InvalidInputError, match=r"c.zarr/exm/images/T1/0_5mpp: tissue 'T1' is a z stack .* 2-D tissues only"):
+            MultiplexImagingDataset("stack", store, 0.5, 32, modality="exm").read_tile("T1", 0, 0)

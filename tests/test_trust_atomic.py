@@ -150,6 +150,7 @@ def test_a_failed_add_image_leaves_every_file_as_it_was(store: Path, tmp_path: P
     assert validate_store(store) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("scenario", ["new tissue", "new resolution"])
 def test_add_image_killed_at_any_step_leaves_the_old_or_the_new_store(store: Path, tmp_path: Path, scenario: str) -> None:
@@ -333,6 +334,7 @@ def test_an_object_store_lock_is_best_effort_and_stale_when_its_process_is_gone(
 
 
 # -- Ctrl-C with workers ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ctrl_c_with_workers_is_one_line_and_a_rerun_completes(slow_cohort: Path, tmp_path: Path) -> None:
     dest = tmp_path / "cohort.zarr"

@@ -122,6 +122,7 @@ def _make_oversized(path: Path) -> str:
     return "more than the"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX only")
 def test_hostile_files_are_store_errors_every_way(converted: Path, tmp_path: Path) -> None:
     """A FIFO, a directory, a symlink to /dev/zero and a 64 GiB sparse file in place of a shard, and /dev/zero and
@@ -387,6 +388,7 @@ def test_unknown_protocol_is_one_line(url: str, capsys: pytest.CaptureFixture[st
     assert_one_line_error(*run_info(capsys, url), url.split("://")[0], "unknown protocol")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
 @pytest.mark.parametrize("flag", [[], ["--deep"]])
 def test_validate_reports_a_fifo_level_document_without_hanging(store: Path, flag: list[str]) -> None:

@@ -242,6 +242,7 @@ def test_a_standardizer_returning_an_array_gives_a_tensor(store: Path) -> None:
 
 
 # -- view -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check is Linux's")
 def test_view_without_a_display_is_one_line_not_an_abort(store: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}

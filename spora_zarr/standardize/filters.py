@@ -67,8 +67,10 @@ def _gaussian(sigma: float = 1.0, truncate: float = 4.0) -> ImageFilter:
         out = ndimage.gaussian_filter(plane.astype(np.float64), float(sigma), mode="reflect", truncate=float(truncate))
         if plane.dtype.kind in "ui":
             info = np.iinfo(plane.dtype)
-            return np.clip(np.rint(out), info.min, info.max).astype(plane.dtype)
-        return out.astype(plane.dtype)
+            value: np.ndarray = np.clip(np.rint(out), info.min, info.max).astype(plane.dtype)
+            return value
+        value = out.astype(plane.dtype)
+        return value
 
     return ImageFilter("gaussian", smooth, radius, {"sigma": float(sigma), "truncate": float(truncate)})
 
@@ -168,4 +170,3 @@ class ChannelFilters:
 def margin_of(filters: ChannelFilters | None) -> int:
     """The margin of optional filters."""
     return 0 if filters is None else filters.margin
-

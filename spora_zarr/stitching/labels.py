@@ -32,13 +32,15 @@ def _overlap(tileset: Tileset, i: int, j: int) -> tuple[np.ndarray, np.ndarray] 
 
     def local(box: tuple[int, ...], index: int) -> np.ndarray:
         z, y, x = box[:3]
-        return tileset.read_tile(index, lo[0] - z, hi[0] - z, lo[1] - y, hi[1] - y, lo[2] - x, hi[2] - x, labels=True)[0]
+        value: np.ndarray = tileset.read_tile(index, lo[0] - z, hi[0] - z, lo[1] - y, hi[1] - y, lo[2] - x, hi[2] - x, labels=True)[0]
+        return value
 
     return local(a, i), local(b, j)
 
 
-def find_overlapping_blobs(tileset: Tileset, pairs: Sequence[tuple[int, int]] | None = None, progress: bool = False, *,
-                           min_iou: float = 0.0) -> list[list[int]]:
+def find_overlapping_blobs(
+    tileset: Tileset, pairs: Sequence[tuple[int, int]] | None = None, progress: bool = False, *, min_iou: float = 0.0
+) -> list[list[int]]:
     """Rows ``[tile1, blob1, tile2, blob2, overlap_area]`` of objects that share pixels in the overlap of two tiles.
 
     Only pairs whose intersection over union *within the overlap* is at least ``min_iou`` are listed.

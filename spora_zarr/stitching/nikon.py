@@ -110,6 +110,7 @@ def nd2_tiles(filename: str | os.PathLike[str], ndim: int) -> Nd2Tiles:
 def _pixel_to_stage(handle: Any) -> Sequence[float] | None:
     """The first channel's ``pixelToStageTransformationMatrix``, when the file records one."""
     try:
-        return handle.metadata.channels[0].volume.pixelToStageTransformationMatrix
+        matrix: Sequence[float] | None = handle.metadata.channels[0].volume.pixelToStageTransformationMatrix
+        return matrix
     except (AttributeError, IndexError, TypeError):
         return None

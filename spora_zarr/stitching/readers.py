@@ -255,7 +255,7 @@ class OpenReaders:
 
     def __init__(self, limit: int = 16) -> None:
         self.limit = limit
-        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._open: OrderedDict[int, TileReader] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: int, factory: Callable[[], TileReader]) -> TileReader:

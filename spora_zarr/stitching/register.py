@@ -46,7 +46,8 @@ def _overlap_planes(tileset: Tileset, i: int, j: int, relative: np.ndarray, min_
     def plane(index: int, shift: list[int]) -> np.ndarray:
         box = [v for k in range(3) for v in (lo[k] - shift[k], hi[k] - shift[k])]
         window = tileset.read_tile(index, *box).astype(np.float32).mean(axis=0)
-        return window[0] if window.shape[0] == 1 else window
+        value: np.ndarray = window[0] if window.shape[0] == 1 else window
+        return value
 
     return plane(i, [0, 0, 0]), plane(j, r)
 
@@ -91,8 +92,9 @@ def measure_pairs(tileset: Tileset, *, min_overlap: int = 16, upsample_factor: i
     return shifts
 
 
-def solve_offsets(nominal: np.ndarray, pairs: list[PairShift], *, min_correlation: float = 0.5, max_residual: float = 1.0,
-                  prior: float = 1e-3) -> np.ndarray:
+def solve_offsets(
+    nominal: np.ndarray, pairs: list[PairShift], *, min_correlation: float = 0.5, max_residual: float = 1.0, prior: float = 1e-3
+) -> np.ndarray:
     """Least-squares ``(N, 3)`` offsets from the pairs whose correlation reaches ``min_correlation``.
 
     Tile 0 keeps its nominal offset; every tile is pulled towards its nominal

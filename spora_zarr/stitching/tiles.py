@@ -103,8 +103,9 @@ class Tileset:
         Tiles kept open at once by readers of this tileset.
     """
 
-    def __init__(self, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), orig_size: Sequence[int] | None = None, *, ndim: int = 2,
-                 max_open: int = 16) -> None:
+    def __init__(
+        self, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), orig_size: Sequence[int] | None = None, *, ndim: int = 2, max_open: int = 16
+    ) -> None:
         if ndim not in (2, 3):
             raise InvalidInputError(f"a tileset is 2-D or 3-D, got ndim={ndim}")
         self.tiles: list[Tile] = []
@@ -117,7 +118,12 @@ class Tileset:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_offsets_table(
-        cls, tiles_dir: str | os.PathLike[str], table: str | os.PathLike[str], *, offset_unit: str = "pixel", mpp: float | None = None,
+        cls,
+        tiles_dir: str | os.PathLike[str],
+        table: str | os.PathLike[str],
+        *,
+        offset_unit: str = "pixel",
+        mpp: float | None = None,
         allow_outside: bool = False,
     ) -> Tileset:
         """Tiles of ``tiles_dir`` placed by an offsets table (CSV or parquet: ``file, x, y[, z][, labels]``).
@@ -136,8 +142,9 @@ class Tileset:
         tileset.check_labels()
         return tileset
 
-    def init_from_tiff_files(self, filelist: Iterable[str | os.PathLike[str]], downscale: Sequence[int] = (1, 1, 1),
-                             progress: bool = False) -> None:
+    def init_from_tiff_files(
+        self, filelist: Iterable[str | os.PathLike[str]], downscale: Sequence[int] = (1, 1, 1), progress: bool = False
+    ) -> None:
         """Tiles from TIFF files (offsets zero until set); ``downscale`` ``(z, y, x)`` factors decode each tile whole when read."""
         factors = _factors(downscale)
         for path in (os.fspath(f) for f in filelist):
@@ -149,8 +156,9 @@ class Tileset:
             self._append(path, channels, size, dtype, loader)
         self.check_tiles()
 
-    def init_from_jp2(self, files_list: Sequence[str | os.PathLike[str]], offsets_file: str | os.PathLike[str],
-                      downscale: Sequence[int] = (1, 1, 1)) -> None:
+    def init_from_jp2(
+        self, files_list: Sequence[str | os.PathLike[str]], offsets_file: str | os.PathLike[str], downscale: Sequence[int] = (1, 1, 1)
+    ) -> None:
         """Tiles from JPEG 2000 files and a ``.npy`` offsets file (first row: the original tile size, then one ``(x, y, z)`` row per tile).
 
         Decoded through ``imagecodecs``; each tile is decoded whole when read.
@@ -263,8 +271,15 @@ class Tileset:
             raise InvalidInputError(f"{os.fspath(xml_file)}: {len(offsets)} views but the tileset has {len(self.tiles)} tiles")
         self.set_offsets(offsets * (np.asarray(scale_factor, float) if scale_factor is not None else 1.0))
 
-    def _append(self, path: str, channels: int, size: Sequence[int], dtype: np.dtype, loader: Callable[[], np.ndarray] | None,
-                reader: Callable[[], TileReader] | None = None) -> None:
+    def _append(
+        self,
+        path: str,
+        channels: int,
+        size: Sequence[int],
+        dtype: np.dtype,
+        loader: Callable[[], np.ndarray] | None,
+        reader: Callable[[], TileReader] | None = None,
+    ) -> None:
         depth, height, width = (int(n) for n in size)
         self.tiles.append(
             Tile(len(self.tiles), path, np.zeros(3), int(channels), (depth, height, width), np.dtype(dtype), loader=loader, reader=reader)
@@ -338,8 +353,9 @@ class Tileset:
         """Multiply every offset by ``scale`` ``(x, y, z)``."""
         self.set_offsets(self.offsets * np.asarray(scale, dtype=float))
 
-    def read_tile(self, i: int, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int, *, labels: bool = False,
-                  out: np.ndarray | None = None) -> np.ndarray:
+    def read_tile(
+        self, i: int, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int, *, labels: bool = False, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Tile ``i``'s window ``(C, z, h, w)`` in tile-local pixels (its label image with ``labels``), into ``out`` when given.
 
         A 2-D TIFF tile is read straight into ``out`` (no intermediate window); other readers' windows are copied into it.
@@ -375,7 +391,8 @@ class Tileset:
         index = coords[:, 0].astype(int)
         if len(index) and (index.min() < 0 or index.max() >= len(self.tiles)):
             raise InvalidInputError(f"local_to_global: tile index outside 0..{len(self.tiles) - 1}")
-        return coords[:, 1:] + self.offsets[index] * self.voxel_size
+        value: np.ndarray = coords[:, 1:] + self.offsets[index] * self.voxel_size
+        return value
 
     def find_intensity_scale(self, progress: bool = False) -> tuple[float, float]:
         """The 1st and 99th percentiles of intensities over the tiles (the median of the tiles' percentiles)."""
@@ -401,7 +418,11 @@ class Tileset:
 
 
 def read_offsets_table(
-    table: str | os.PathLike[str], tiles_dir: str | os.PathLike[str], *, offset_unit: str = "pixel", mpp: float | None = None,
+    table: str | os.PathLike[str],
+    tiles_dir: str | os.PathLike[str],
+    *,
+    offset_unit: str = "pixel",
+    mpp: float | None = None,
     allow_outside: bool = False,
 ) -> tuple[list[tuple[str, np.ndarray, str | None]], bool]:
     """Rows ``(tile path, (x, y, z) offset in output pixels, label path or None)`` of an offsets table, and whether it has ``z``.
@@ -530,6 +551,7 @@ def _downscaled_loader(load: Callable[[], np.ndarray], factors: tuple[int, int, 
         c, z, y, x = array.shape
         cut = array[:, : z // fz * fz, : y // fy * fy, : x // fx * fx]
         means = cut.reshape(c, z // fz, fz, y // fy, fy, x // fx, fx).mean(axis=(2, 4, 6))
-        return np.rint(means).astype(dtype) if np.issubdtype(dtype, np.integer) else means.astype(dtype)
+        value: np.ndarray = np.rint(means).astype(dtype) if np.issubdtype(dtype, np.integer) else means.astype(dtype)
+        return value
 
     return loader

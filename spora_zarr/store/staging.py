@@ -233,7 +233,7 @@ class Staging:
         prefix = self.fs._strip_protocol(source).rstrip("/")  # as find() spells it (memory:// adds a leading "/")
         files = [f for f in self.fs.find(source) if f != posixpath.join(prefix, ZARR_JSON)]
         for name in files:
-            self.fs.copy(name, target + name[len(prefix):])
+            self.fs.copy(name, target + name[len(prefix) :])
         self.fs.copy(posixpath.join(source, ZARR_JSON), target_doc)
 
     def discard(self, area: str) -> None:
@@ -303,7 +303,7 @@ class Staging:
             return []
         groups = []
         for doc in documents:
-            relative = posixpath.dirname(doc)[len(base):].strip("/")
+            relative = posixpath.dirname(doc)[len(base) :].strip("/")
             attributes = self.read_attributes(f"{area}/{relative}")
             if relative and attributes is not None and "spora" in attributes:
                 groups.append(relative)
@@ -318,4 +318,4 @@ def _exchange(source: str, target: str) -> bool:
     except (OSError, AttributeError):
         return False
     at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_exchange) == 0
+    return bool(renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_exchange) == 0)

@@ -267,9 +267,10 @@ class EngineConformance:
         return reader
 
     @pytest.fixture(scope="class")
-    def written(self, tmp_path_factory: pytest.TempPathFactory) -> Written:
+    @classmethod
+    def written(cls, tmp_path_factory: pytest.TempPathFactory) -> Written:
         """The arrays of :data:`ARRAYS`, written once per engine class."""
-        location = Location.parse(tmp_path_factory.mktemp(f"conformance-{self.engine}") / "store.zarr")
+        location = Location.parse(tmp_path_factory.mktemp(f"conformance-{cls.engine}") / "store.zarr")
         data = {}
         for seed, (name, spec) in enumerate(ARRAYS.items()):
             data[name] = content(spec, seed)
@@ -331,12 +332,13 @@ class EngineConformance:
         np.testing.assert_array_equal(window, expected(data, ys.start - 5, xs.start - 5, ys.stop - ys.start + 10, xs.stop - xs.start + 10))
 
     @pytest.fixture(scope="class")
-    def damaged_reads(self, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, list[list[str]]]]:
+    @classmethod
+    def damaged_reads(cls, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, list[list[str]]]]:
         """Per damaged array path: its full path, and (engine, error type, message) of each of :data:`DAMAGED_WINDOWS`,
         read in a child process."""
-        if not self.reads_damaged:
-            pytest.skip(f"engine {self.engine!r} reads no stores")
-        location = Location.parse(tmp_path_factory.mktemp(f"damaged-{self.engine}") / "store.zarr")
+        if not cls.reads_damaged:
+            pytest.skip(f"engine {cls.engine!r} reads no stores")
+        location = Location.parse(tmp_path_factory.mktemp(f"damaged-{cls.engine}") / "store.zarr")
         paths = []
         for layout in ("uint16", "uint16 uncompressed"):
             spec = ARRAYS[layout]
@@ -350,14 +352,14 @@ class EngineConformance:
                 chunks = (SHARD // CHUNK) ** 2
                 damage_shard(Path(location.fs_path(path, "c", "0", *DAMAGED_SHARD)), case, chunks)
                 paths.append(path)
-        argument = json.dumps([location.root, self.engine, paths, DAMAGED_WINDOWS])
+        argument = json.dumps([location.root, cls.engine, paths, DAMAGED_WINDOWS])
         try:
             done = subprocess.run(
                 [sys.executable, "-c", _DAMAGED_READS, argument], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
             )
         except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"engine {self.engine!r} hung on damaged shards (no answer in {exc.timeout} s)")
-        assert done.returncode == 0, f"engine {self.engine!r} died on damaged shards (exit {done.returncode}):\n{done.stderr[-3000:]}"
+            pytest.fail(f"engine {cls.engine!r} hung on damaged shards (no answer in {exc.timeout} s)")
+        assert done.returncode == 0, f"engine {cls.engine!r} died on damaged shards (exit {done.returncode}):\n{done.stderr[-3000:]}"
         results: dict[str, list[list[str]]] = json.loads(done.stdout)
         return {path: (location.join(path), results[path]) for path in paths}
 

@@ -62,7 +62,8 @@ def _stains(rgb: np.ndarray) -> np.ndarray:
     """(3, H, W) float32 haematoxylin, eosin and DAB densities of an RGB image."""
     from skimage.color import rgb2hed
 
-    return np.moveaxis(rgb2hed(rgb), -1, 0).astype(np.float32)
+    value: np.ndarray = np.moveaxis(rgb2hed(rgb), -1, 0).astype(np.float32)
+    return value
 
 
 def _plane(stains: np.ndarray, name: str, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
@@ -71,9 +72,11 @@ def _plane(stains: np.ndarray, name: str, dtype: np.dtype, rng: np.random.Genera
     plane = stains[base] - stains[base].min()
     plane = plane / max(float(plane.max()), 1e-6) + 0.05 * rng.random(plane.shape)
     if dtype.kind == "f":
-        return plane.astype(dtype)
+        value: np.ndarray = plane.astype(dtype)
+        return value
     top = 200 if dtype == np.uint8 else 4000
-    return np.rint(plane * top).astype(dtype)
+    value = np.rint(plane * top).astype(dtype)
+    return value
 
 
 def _cells(tissue: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:

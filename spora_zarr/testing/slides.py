@@ -35,7 +35,8 @@ class HELike:
         ly, lx = ys[:, None] % ph, xs[None, :] % pw
         rows = np.where(self._flip[0][cy, cx], ph - 1 - ly, ly)
         cols = np.where(self._flip[1][cy, cx], pw - 1 - lx, lx)
-        return np.clip(self.patch[rows, cols].astype(np.int16) + self._tint[cy, cx], 0, 255).astype(np.uint8)
+        value: np.ndarray = np.clip(self.patch[rows, cols].astype(np.int16) + self._tint[cy, cx], 0, 255).astype(np.uint8)
+        return value
 
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
         return self[slice(None), slice(None)]

@@ -238,9 +238,7 @@ def write_legacy_zarr(path: str | Path, array_hwc: np.ndarray, *, chunks: tuple[
     if chunks is None:
         h, w, c = array_hwc.shape
         chunks = (min(256, h), min(256, w), c)
-    arr = zarr.create_array(
-        str(path), shape=array_hwc.shape, dtype=array_hwc.dtype, chunks=chunks, zarr_format=3, overwrite=True
-    )
+    arr = zarr.create_array(str(path), shape=array_hwc.shape, dtype=array_hwc.dtype, chunks=chunks, zarr_format=3, overwrite=True)
     arr[...] = array_hwc
     return path
 
@@ -283,7 +281,8 @@ def cast(values: np.ndarray, dtype: DTypeLike) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+        value: np.ndarray = np.clip(np.rint(values), info.min, info.max).astype(dtype)
+        return value
     return values.astype(dtype)
 
 
@@ -320,7 +319,8 @@ def downsample_labels(labels: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray
     h, w = labels.shape[:2]
     rows = np.minimum(((np.arange(out_hw[0]) + 0.5) * h / out_hw[0]).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(out_hw[1]) + 0.5) * w / out_hw[1]).astype(np.int64), w - 1)
-    return labels[rows[:, None], cols[None, :]]
+    value: np.ndarray = labels[rows[:, None], cols[None, :]]
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def downsample_labels(labels: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray
 # ---------------------------------------------------------------------------
 
 
-def write_table(path: Path, columns: Mapping[str, Sequence], schema: pa.Schema) -> Path:
+def write_table(path: Path, columns: Mapping[str, Sequence[Any]], schema: pa.Schema) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({name: pa.array(list(columns[name]), type=schema.field(name).type) for name in schema.names})
     pq.write_table(table.cast(schema), path)
@@ -337,9 +337,7 @@ def write_table(path: Path, columns: Mapping[str, Sequence], schema: pa.Schema) 
 
 CHANNELS_SCHEMA = pa.schema([("channel_name", pa.string()), ("qc_pass", pa.bool_()), ("uniprot_id", pa.string())])
 CPT_SCHEMA = pa.schema([("tissue_id", pa.string()), ("channel_name", pa.string())])
-TILES_SCHEMA = pa.schema(
-    [("tissue_id", pa.string()), ("tile_id", pa.int64()), ("row", pa.int64()), ("col", pa.int64())]
-)
+TILES_SCHEMA = pa.schema([("tissue_id", pa.string()), ("tile_id", pa.int64()), ("row", pa.int64()), ("col", pa.int64())])
 TILE_STATS_SCHEMA = pa.schema(
     [
         ("tissue_id", pa.string()),
@@ -369,11 +367,9 @@ CELLS_SCHEMA = pa.schema(
 )
 
 
-def tile_tables(
-    dest: Path, res: float, size: int, tissue_masks: Mapping[str, np.ndarray], cell_masks: Mapping[str, np.ndarray]
-) -> None:
-    coords: dict[str, list] = {"tissue_id": [], "tile_id": [], "row": [], "col": []}
-    stats: dict[str, list] = {"tissue_id": [], "tile_id": [], "tissue_fraction": [], "n_cells": []}
+def tile_tables(dest: Path, res: float, size: int, tissue_masks: Mapping[str, np.ndarray], cell_masks: Mapping[str, np.ndarray]) -> None:
+    coords: dict[str, list[Any]] = {"tissue_id": [], "tile_id": [], "row": [], "col": []}
+    stats: dict[str, list[Any]] = {"tissue_id": [], "tile_id": [], "tissue_fraction": [], "n_cells": []}
     for tid, mask in tissue_masks.items():
         cells = cell_masks.get(tid)
         tiles, _, _ = get_grid_tile(mask, size, tolerance=0.75)  # tissue fraction >= 0.25
@@ -399,7 +395,7 @@ def tile_tables(
 def standardization_table(
     path: Path, images: Mapping[str, np.ndarray], channels: Mapping[str, Sequence[str]], quantile: float = 0.99
 ) -> None:
-    cols: dict[str, list] = {k: [] for k in STATS_SCHEMA.names}
+    cols: dict[str, list[Any]] = {k: [] for k in STATS_SCHEMA.names}
     for tid, image in images.items():
         for name, plane in zip(channels[tid], image):
             values = plane.astype(np.float64)
@@ -417,7 +413,7 @@ def standardization_table(
 def cells_table(path: Path, cell_masks: Mapping[str, np.ndarray]) -> None:
     from scipy import ndimage as ndi
 
-    cols: dict[str, list] = {k: [] for k in CELLS_SCHEMA.names}
+    cols: dict[str, list[Any]] = {k: [] for k in CELLS_SCHEMA.names}
     for tid, labels in cell_masks.items():
         n = int(labels.max())
         if n == 0:
@@ -470,7 +466,8 @@ def norm(x: np.ndarray, lo: float = 1.0, hi: float = 99.5) -> np.ndarray:
     a, b = np.percentile(x, [lo, hi])
     if b <= a:
         return np.zeros(x.shape, np.float64)
-    return np.clip((x - a) / (b - a), 0.0, 1.0)
+    value: np.ndarray = np.clip((x - a) / (b - a), 0.0, 1.0)
+    return value
 
 
 def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -482,7 +479,8 @@ def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_size
     keep[0] = False
-    return keep[labels]
+    value: np.ndarray = keep[labels]
+    return value
 
 
 def tissue_mask_from_rgb(rgb: np.ndarray, threshold: float = 0.25) -> np.ndarray:
@@ -510,4 +508,5 @@ def cell_labels(nuclear: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     binary = (nuclear > threshold) & (tissue > 0)
     binary = ndi.binary_opening(binary, structure=np.ones((2, 2), bool))
     binary = remove_small(binary, 6)
-    return label(binary, connectivity=1).astype(np.uint32)
+    value: np.ndarray = label(binary, connectivity=1).astype(np.uint32)
+    return value

@@ -39,7 +39,8 @@ def reference_best_tiling(
         integral = np.zeros((image.shape[0] + 1, image.shape[1] + 1), dtype=np.int64)
         integral[1:, 1:] = image.cumsum(0).cumsum(1)
         r, c = rows[:, None], cols[None, :]
-        return integral[r + size, c + size] - integral[r, c + size] - integral[r + size, c] + integral[r, c]
+        value: np.ndarray = integral[r + size, c + size] - integral[r, c + size] - integral[r + size, c] + integral[r, c]
+        return value
 
     area = size * size
     inside = box(pad)
