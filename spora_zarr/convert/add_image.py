@@ -35,12 +35,11 @@ import zarr
 from ..errors import InvalidInputError
 from ..sources import ArraySource, ImageSource, open_source
 from ..sources.lossy import JpegEncoded
+from ..access.resolution import parse_resolution
 from ..store.layout import (
     MASK_KINDS,
     image_group_path,
     label_group_path,
-    resolution_name,
-    resolution_value,
     validate_modality,
     validate_tissue_id,
 )
@@ -104,12 +103,13 @@ def add_image(
             )
         if resolution is None:
             raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
+        finest = parse_resolution(resolution).mpp
         staging = Staging(dst)
         staging.recover()
         try:
             if modality in MASK_KINDS:
-                return _add_mask(dst, path, source, modality, tissue_id, resolution_value(resolution), options, overwrite)
-            levels = _own_levels(source, resolution_value(resolution), jpeg_quality, closing)
+                return _add_mask(dst, path, source, modality, tissue_id, finest, options, overwrite)
+            levels = _own_levels(source, finest, jpeg_quality, closing)
             return _add_image(dst, path, source, modality, tissue_id, levels, channel_names, options, overwrite, keep_encoded=not lossless)
         finally:
             staging.recover()  # tidies the staging folder a failed write leaves
@@ -125,7 +125,7 @@ def _own_levels(
     own: dict[float, ImageSource] = {resolution: source}
     for factor, reduced in source.reduced_levels().items():
         closing.callback(reduced.close)
-        own[resolution_value(resolution * factor)] = reduced
+        own[parse_resolution(resolution * factor).mpp] = reduced
     if jpeg_quality is None:
         return own
     lossy = {mpp: JpegEncoded(level, jpeg_quality) for mpp, level in own.items()}  # checks the quality and the image, always
@@ -155,7 +155,7 @@ def _add_image(
         raise InvalidInputError(f"{path}: {source.shape[0]} channels but {len(names)} channel names given")
     target = image_group_path(modality, tissue_id)
     existing = _existing(dst, target)
-    level = resolution_name(min(levels))
+    level = parse_resolution(min(levels)).name
     if existing is not None and existing.channel_names != names:
         raise InvalidInputError(
             f"{path}: {target} has channels {existing.channel_names}, the file {names}; a tissue's resolutions share their channels"
@@ -167,10 +167,10 @@ def _add_image(
     if existing is not None:
         group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
         for kept in existing.spora.source_levels:
-            if resolution_value(kept) not in sources:
-                sources[resolution_value(kept)] = _stored_level(dst, f"{target}/{kept}", group[kept])
+            if parse_resolution(kept).mpp not in sources:
+                sources[parse_resolution(kept).mpp] = _stored_level(dst, f"{target}/{kept}", group[kept])
     files = {rel: table_bytes(table) for rel, table in tables.items()}
-    files.update(staged_root_document(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]}))
+    files.update(staged_root_document(dst, modalities={modality: [parse_resolution(mpp).name for mpp in sources]}))
     return write_image(
         dst, target, sources, channel_names=names, rgb=rgb, panel=modality_panel(dst, modality) if not rgb else None,
         spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite, files=files,
@@ -190,7 +190,7 @@ def _add_mask(
 ) -> WriteResult:
     """The file as the tissue's mask: one level of integer labels of the shape of the tissue's image at that level."""
     target = label_group_path(kind, tissue_id)
-    level = resolution_name(resolution)
+    level = parse_resolution(resolution).name
     image = _segmented_image(dst, path, tissue_id, level, source.shape[1:])
     existing = _existing(dst, target)
     if existing is not None and not overwrite:

@@ -10,14 +10,14 @@ import pandas as pd
 import torch
 
 from ..errors import InvalidInputError
-from ..store.layout import resolution_value
+from ..access.resolution import parse_resolution
 from .imaging import BaseImagingDataset, MultiplexImagingDataset
 from .tissues import ComposedTissue
 
 
 def pixel_scale(base: BaseImagingDataset, dataset: BaseImagingDataset) -> float:
     """Pixels of ``dataset`` per pixel of ``base`` (their resolutions' ratio)."""
-    return resolution_value(base.resolution) / resolution_value(dataset.resolution)
+    return parse_resolution(base.resolution).mpp / parse_resolution(dataset.resolution).mpp
 
 
 class ComposedImagingDataset:

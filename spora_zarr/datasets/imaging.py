@@ -37,13 +37,12 @@ from ..standardize.standardizers import (
     apply_standardizer,
     build_standardizer,
 )
+from ..access.resolution import ResolutionLike, parse_resolution
 from ..store.layout import (
     CELLS_TABLE,
     TISSUES_TABLE,
-    Resolution,
     channels_per_tissue_table_path,
     channels_table_path,
-    resolution_name,
     tile_table_path,
 )
 from ..store.location import Location
@@ -147,7 +146,7 @@ class BaseImagingDataset:
         self,
         name: str,
         path: str | Location,
-        resolution: Resolution,
+        resolution: ResolutionLike,
         crop_size: int,
         load_cell_metadata: bool = False,
         verbose: bool = True,
@@ -158,7 +157,7 @@ class BaseImagingDataset:
     ) -> None:
         self.name = name
         self.path = path
-        self.resolution = resolution_name(resolution)
+        self.resolution = parse_resolution(resolution).name
         self.crop_size = whole_number(crop_size, "crop_size", name, minimum=1)
         self.load_cell_metadata = load_cell_metadata
         self.verbose = verbose
@@ -435,7 +434,7 @@ class HEImagingDataset(_RGBDataset):
 
     image_modality = HEModality().directory
 
-    def __init__(self, name: str, path: str | Location, resolution: Resolution, crop_size: int, load_cell_metadata: bool = False,
+    def __init__(self, name: str, path: str | Location, resolution: ResolutionLike, crop_size: int, load_cell_metadata: bool = False,
                  verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
         self.standardizer = MeanStdStandardizer(mean_std_type)  # refuses an unknown preset
         self.mean_std_type = mean_std_type
@@ -449,7 +448,7 @@ class HEImagingDataset(_RGBDataset):
 class SingleIHCImagingDataset(_RGBDataset):
     """Single-marker RGB IHC images of ``ihc/ihc_<marker_name>``."""
 
-    def __init__(self, name: str, path: str | Location, marker_name: str, resolution: Resolution, crop_size: int,
+    def __init__(self, name: str, path: str | Location, marker_name: str, resolution: ResolutionLike, crop_size: int,
                  load_cell_metadata: bool = False, verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
         self.marker_name = marker_name
         self.modality = IHCModality(marker=marker_name)
@@ -471,7 +470,7 @@ class MultiplexImagingDataset(BaseImagingDataset):
         self,
         name: str,
         path: str | Location,
-        resolution: Resolution,
+        resolution: ResolutionLike,
         crop_size: int,
         modality: str | MultiplexModality = "imc",
         standardization: str | Standardizer = "identity",

@@ -27,17 +27,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError
+from ..access.resolution import Resolution, ResolutionLike, parse_resolution
 from ..store.layout import (
     IHC_PREFIX,
     MASK_KINDS,
-    Resolution,
     channels_per_tissue_table_path,
     channels_table_path,
     image_group_path,
     label_group_path,
     prediction_dir,
-    resolution_name,
-    resolution_value,
     validate_name,
     validate_tissue_id,
 )
@@ -84,7 +82,7 @@ def output_path(name: str, tissue_id: str, *, labels: bool = False) -> str:
 
 
 def make_dataset(
-    store: str | Location, modality: str, resolution: Resolution, tile_size: int, *, standardization: str = "identity",
+    store: str | Location, modality: str, resolution: ResolutionLike, tile_size: int, *, standardization: str = "identity",
     storage_options: dict[str, Any] | None = None,
 ) -> Any:
     """The dataset of ``modality``: ``he`` (H&E), ``ihc/ihc_<marker>``, or a multiplex modality (any other, predictions too)."""
@@ -193,7 +191,7 @@ def predict_tissue(
     # the identity standardization is the cast into the batch buffer: no float32 copy of each window first
     identity = isinstance(getattr(dataset, "standardizer", None), IdentityStandardizer)
     inputs = InputWindows(reader, channels, standardize if preprocess and not identity else None, mask)
-    mpp = resolution_value(dataset.resolution)
+    mpp = parse_resolution(dataset.resolution).mpp
     source = PredictionSource(
         loaded, inputs, tile_size, overlap, batch_size, mode=mode, labels=labels, device=device, min_tissue=min_tissue,
         fill_value=fill_value, name=where, mpp=mpp,
@@ -253,7 +251,7 @@ def record_predictions(location: Location, name: str, *, labels: bool = False) -
         levels.update(metadata.level_names)
         per_tissue[tissue_id] = metadata.channel_names
     _write_channel_tables(location, directory, per_tissue)
-    update_cohort_attributes(location, modalities={directory: sorted(levels, key=resolution_value)})
+    update_cohort_attributes(location, modalities={directory: sorted(levels, key=parse_resolution)})
 
 
 def _metadata(location: Location, directory: str, tissue_id: str) -> Any:
@@ -313,7 +311,7 @@ class PredictOptions:
             raise InvalidInputError(f"--batch-size must be a whole number >= 1, got {self.batch_size!r}")
         if self.min_tissue is not None and not 0 <= self.min_tissue <= 1:
             raise InvalidInputError(f"--min-tissue must be in [0, 1], got {self.min_tissue!r}")
-        resolution_name(self.resolution)
+        object.__setattr__(self, "resolution", parse_resolution(self.resolution))
         output_path(self.name, "x", labels=self.labels)  # the name is a valid path segment, not a converter mask kind
         if self.channel_names is not None:
             object.__setattr__(self, "channel_names", tuple(self.channel_names))
@@ -340,7 +338,7 @@ def _dataset_for(task: PredictTask) -> Any:
     import os
 
     o = task.options
-    key = (os.getpid(), task.location.root, o.modality, resolution_name(o.resolution), o.tile_size, o.standardization)
+    key = (os.getpid(), task.location.root, o.modality, o.resolution, o.tile_size, o.standardization)
     if key not in _DATASETS:
         _DATASETS[key] = make_dataset(
             task.location, o.modality, o.resolution, o.tile_size, standardization=o.standardization,

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import SporaZarrError
 from ..read.cohort import Cohort, open_cohort
-from ..store.layout import resolution_value
+from ..access.resolution import parse_resolution
 from ..store.location import Location
 from ..store.metadata import GroupMetadata
 from ..store.staging import Staging
@@ -347,7 +347,7 @@ def _label_layer(cohort: Cohort, kind: str, tissue_id: str) -> LayerData:
 def _tiles_layer(cohort: Cohort, table_path: str, tissue_id: str) -> LayerData | None:
     """The tiles of one tissue as rectangles (or, above :data:`MAX_TILE_SHAPES`, a coarse labels raster), in microns."""
     parts = table_path.split("/")
-    mpp = resolution_value(parts[1])
+    mpp = parse_resolution(parts[1]).mpp
     size = int(parts[-1].split("_", 1)[0])
     table = cohort.read_table(table_path)
     tissues = table.column("tissue_id").to_pylist()

@@ -16,14 +16,8 @@ import numpy as np
 import zarr
 
 from ..errors import NotFoundError, StoreError
-from ..store.layout import (
-    MASK_KINDS,
-    Resolution,
-    image_group_path,
-    label_group_path,
-    resolution_name,
-    validate_tissue_id,
-)
+from ..access.resolution import ResolutionLike, parse_resolution
+from ..store.layout import MASK_KINDS, image_group_path, label_group_path, validate_tissue_id
 from ..store.location import Location
 from ..store.lock import writer_at_work
 from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
@@ -120,12 +114,12 @@ class Cohort:
         """Level names of a tissue's image or mask, finest first."""
         return self.group_metadata(modality, tissue_id).level_names
 
-    def level_path(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> str:
+    def level_path(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> str:
         """Store path of one level array; ``resolution=None`` is the finest level."""
         names = self.resolutions(modality, tissue_id)
         if resolution is None:
             return f"{self.group_path(modality, tissue_id)}/{names[0]}"
-        name = resolution_name(resolution)
+        name = parse_resolution(resolution).name
         if name not in names:
             raise NotFoundError(
                 f"{self.location}: {modality} tissue {tissue_id!r} has no resolution {name}; it has {', '.join(names)}"
@@ -136,11 +130,11 @@ class Cohort:
         """Channel labels of a tissue image, in stored order."""
         return self.group_metadata(modality, tissue_id).channel_names
 
-    def open_array(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> zarr.Array:
+    def open_array(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> zarr.Array:
         """The zarr array of one level (no pixels read); ``StoreError`` naming it when its ``zarr.json`` is damaged."""
         return open_array(self.location, self.level_path(modality, tissue_id, resolution))
 
-    def open_image(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> Any:
+    def open_image(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> Any:
         """A level as a lazy ``xarray.DataArray``: dims ``(c, y, x)``, channel names, micron coordinates.
 
         Masks (``modality`` ``tissue_masks``/``cell_masks``) have dims ``(y, x)``; a z stack has a ``z``

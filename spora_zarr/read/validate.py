@@ -8,7 +8,8 @@ import zarr
 from zarr.core.metadata import ArrayV3Metadata
 
 from ..errors import InvalidInputError, NotFoundError, SporaZarrError
-from ..store.layout import is_resolution_name, resolution_value, validate_tissue_id
+from ..access.resolution import is_level_name, parse_resolution
+from ..store.layout import validate_tissue_id
 from ..store.location import Location
 from ..store.metadata import read_array_metadata
 from .cohort import Cohort, open_cohort
@@ -123,10 +124,10 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
     planes: tuple[int, float] | None = None  # a stack's depth and z scale, the same at every level
     for level in metadata.levels:
         name = level.name
-        if not is_resolution_name(name):
+        if not is_level_name(name):
             problems.append(f"level {name!r} is not named by its resolution")
             continue
-        expected = resolution_value(name)
+        expected = parse_resolution(name).mpp
         if len(level.scale) < 2 or any(abs(s - expected) > 1e-9 for s in level.scale[-2:]):
             problems.append(f"level {name} has scale {list(level.scale)}, expected {expected} micrometer on y/x")
         array = arrays[name]

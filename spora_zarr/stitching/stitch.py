@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..access.resolution import parse_resolution
 from ..store.layout import (
     MASK_KINDS,
     image_group_path,
     label_group_path,
     modality_dir,
-    resolution_name,
     validate_modality,
     validate_tissue_id,
 )
@@ -135,7 +135,7 @@ def stitch(
         target = image_group_path(modality, tissue_id)
         updates = tissue_table_updates(dst, os.fspath(offsets), modality, tissue_id, names, multiplex=True)
         files = {rel: table_bytes(table) for rel, table in updates.items()}  # promoted with the image, in one step
-        files.update(staged_root_document(dst, modalities={modality: [resolution_name(mpp)]}))
+        files.update(staged_root_document(dst, modalities={modality: [parse_resolution(mpp).name]}))
         source = MosaicSource(tileset, blend=blend, mpp=mpp, channel_names=names, name=os.fspath(tiles_dir))
         spora = {"tissue_id": tissue_id, "modality": modality}
         image = write_image(
