@@ -220,9 +220,11 @@ class BaseImagingDataset:
         cache = self.__dict__.setdefault("_cache_readers", {})
         key = (group, tissue_id)
         if key not in cache:
-            path = self.cohort.level_path(group, tissue_id, self.resolution)
+            mask = self.cohort.is_mask_kind(group)
+            level_path = self.cohort.mask_level_path if mask else self.cohort.level_path
+            path = level_path(group, tissue_id, self.resolution)
             reader = open_level(self.cohort.location, path, engine=self.engine)
-            if len(reader.shape) > (2 if self.cohort.is_mask_kind(group) else 3):
+            if len(reader.shape) > (2 if mask else 3):
                 where = self.cohort.location.join(path)
                 raise InvalidInputError(f"{where}: tissue {tissue_id!r} is a z stack {reader.shape}; the datasets read 2-D tissues only")
             cache[key] = reader

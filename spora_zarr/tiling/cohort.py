@@ -138,7 +138,7 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
     if not task.overwrite and table_exists(location, task.path) and _part_stats(location, task.path) is not None:
         return TaskOutcome(task.path, task.label, skipped=True)
     cohort = open_cohort(location)
-    level = cohort.level_path(_MASK_KIND, task.tissue_id, options.resolution)  # NotFoundError lists the levels it has
+    level = cohort.mask_level_path(_MASK_KIND, task.tissue_id, options.resolution)  # NotFoundError lists the levels it has
     reader = open_level(location, level)
     if len(reader.shape) not in (2, 3) or (len(reader.shape) == 3 and reader.shape[0] != 1):
         raise InvalidInputError(f"tissue {task.tissue_id!r}: tissue mask {level} has shape {reader.shape}, expected (H, W)")
@@ -170,7 +170,7 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
 def _band_rows(cohort: Any, level: str, height: int, width: int, itemsize: int) -> int:
     """Rows per band: whole rows of chunks, about :data:`BAND_BYTES`, at least one chunk row."""
     try:
-        array = cohort.open_array(_MASK_KIND, *_split_level(level))
+        array = cohort.open_mask_array(_MASK_KIND, *_split_level(level))
         unit = int(array.chunks[-2])  # the inner chunks of a sharded array: each is read once
     except Exception:  # noqa: BLE001 - the layout is a read-speed hint only
         unit = 256
@@ -303,7 +303,7 @@ def tile_cohort(
         if other and not overwrite:
             raise InvalidInputError(
                 f"{location.join(stats_path)} was computed with {other}; run with the same parameters to resume, "
-                "or with --overwrite to replace it"
+                "or with overwrite=True to replace it"
             )
         if other:
             kept_stats = None
