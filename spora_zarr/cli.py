@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,48 @@ from .write.writer import BLOSC_CNAMES, WriteOptions
 
 if TYPE_CHECKING:
     from .run import RunOptions
+
+
+#: The library's parameter names and the flags that set them: the library's errors name parameters
+#: (``mpp=...``, ``overwrite=True``), and :func:`flag_message` says them as flags when the CLI prints them.
+PARAMETER_FLAGS = {
+    "allow_outside": "--allow-outside-tiles-dir",
+    "batch_size": "--batch-size",
+    "channel_names": "--channel-names",
+    "device": "--device",
+    "jpeg_quality": "--jpeg-quality",
+    "labels": "--labels",
+    "lossless": "--lossless",
+    "min_tissue": "--min-tissue",
+    "mode": "--mode",
+    "modality": "--modality",
+    "mpp": "--mpp",
+    "overlap": "--overlap",
+    "overwrite": "--overwrite",
+    "resolution": "--resolution",
+    "scheduler": "--scheduler",
+    "specs": "--spec",
+    "tile_size": "--tile-size",
+    "tissue_id": "--tissue",
+    "tissues": "--tissue",
+    "tolerance": "--tolerance",
+    "within_mask": "--within-mask",
+    "workers": "--workers",
+    "z_mpp": "--z-mpp",
+}
+_PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(sorted(PARAMETER_FLAGS, key=len, reverse=True)) + r")=(True\b)?")
+
+
+def flag_message(message: str) -> str:
+    """``message`` with each ``parameter=value`` said as its flag: ``mpp=0`` -> ``--mpp 0``, ``overwrite=True`` -> ``--overwrite``."""
+
+    def flag(match: re.Match[str]) -> str:
+        name = PARAMETER_FLAGS[match.group(1)]
+        if match.group(2) or match.end() == len(message) or message[match.end()].isspace():
+            return name
+        return f"{name} "
+
+    return _PARAMETER.sub(flag, message)
 
 
 def _json_option(text: str) -> dict[str, Any]:
@@ -89,6 +132,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
 
+    def tissue_option(p: argparse.ArgumentParser, help: str, *, repeat: bool = False) -> None:
+        """``--tissue``, the one spelling of the tissue; ``--tissue-id`` stays a hidden alias for one release (docs/cli.md)."""
+        action = "append" if repeat else "store"
+        group = p.add_mutually_exclusive_group(required=not repeat)
+        group.add_argument("--tissue", action=action, help=help)
+        group.add_argument("--tissue-id", dest="tissue", action=action, help=argparse.SUPPRESS)
+
     def runner_options(p: argparse.ArgumentParser, done: str) -> None:
         """The flags of the one runner, shared by every cohort-wide verb."""
         p.add_argument("--workers", type=_positive_int, default=1, help=f"tissues {done} in parallel")
@@ -113,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         "a zarr array, PNG or JPEG",
     )
     add.add_argument("--modality", required=True, help="modality directory in the store: he, imc, cycif, ihc/ihc_<marker>, ...")
-    add.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
+    tissue_option(add, "tissue id (one path segment: no '/', no leading dot)")
     add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF, SVS, TIFF tags or OME-Zarr when omitted)")
     add.add_argument("--channel-names", help="comma-separated channel names")
     add.add_argument(
@@ -165,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("--max-tiles", type=int, help="best: at most this many tiles per tissue")
     tile.add_argument("--no-overlap", action="store_true", help="best: picked tiles never overlap")
-    tile.add_argument("--tissue", action="append", help="tissue id to tile (repeatable; default: every tissue with a tissue mask)")
+    tissue_option(tile, "tissue id to tile (repeatable; default: every tissue with a tissue mask)", repeat=True)
     tile.add_argument(
         "--overwrite", action="store_true", help="recompute tissues already in the tables; replace tables made with other parameters"
     )
@@ -194,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--standardization", default="identity", help="standardization spec of multiplex input (default %(default)s)")
     predict.add_argument("--min-tissue", type=float, help="skip tiles whose tissue-mask fraction is below this; they get --fill-value")
     predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
-    predict.add_argument("--tissue", action="append", help="tissue id to predict (repeatable; default: every tissue of the modality)")
+    tissue_option(predict, "tissue id to predict (repeatable; default: every tissue of the modality)", repeat=True)
     runner_options(predict, "predicted")
     from .inference.predict import prediction_write_options  # noqa: PLC0415 - the predict verb's own defaults
 
@@ -209,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     stitch.add_argument("offsets", help="offsets table, CSV or parquet: file, x, y[, z][, labels]; top-left of each tile")
     stitch.add_argument("dest", help="the cohort store (created if missing)")
     stitch.add_argument("--modality", required=True, help="modality directory in the store: imc, cycif, he, ...")
-    stitch.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
+    tissue_option(stitch, "tissue id (one path segment: no '/', no leading dot)")
     stitch.add_argument("--mpp", type=_positive_number, required=True, help="microns per pixel of the stitched image")
     stitch.add_argument("--z-mpp", type=_positive_number, help="microns between planes of a 3-D stack (default: --mpp)")
     stitch.add_argument(
@@ -218,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     stitch.add_argument(
         "--labels", choices=["cell_masks", "tissue_masks"],
-        help="also stitch the table's 'labels' column into segmentations/<KIND>/<tissue-id> (ids unique, cut objects merged)",
+        help="also stitch the table's 'labels' column into segmentations/<KIND>/<tissue> (ids unique, cut objects merged)",
     )
     stitch.add_argument("--register", action="store_true", help="refine offsets by phase correlation + least squares first")
     stitch.add_argument("--offset-unit", choices=["pixel", "micrometer"], default="pixel", help="unit of x, y (default %(default)s)")
@@ -232,7 +282,8 @@ def _parser() -> argparse.ArgumentParser:
 
     view = commands.add_parser("view", help="open a tissue of a store in napari (needs the napari extra)")
     view.add_argument("store", help="the cohort store (local path or fsspec URL)")
-    view.add_argument("tissue", nargs="?", help="tissue id to show first (default: the first tissue)")
+    view.add_argument("--tissue", help="tissue id to show first (default: the first tissue)")
+    view.add_argument("tissue_positional", nargs="?", metavar="TISSUE", help=argparse.SUPPRESS)  # the alias of earlier releases
     view.add_argument("--modality", action="append", help="modality to show (repeatable; default: all)")
     view.add_argument("--kind", default="complete", help="channel kind of multiplex modalities (complete, qc_filtered, uniprot_filtered)")
     return parser
@@ -263,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except SporaZarrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {flag_message(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
@@ -289,7 +340,7 @@ def _add_image(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
     result = add_image(
-        args.dest, args.file, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, channel_names=names,
+        args.dest, args.file, modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, channel_names=names,
         options=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options, lossless=args.lossless,
         jpeg_quality=args.jpeg_quality,
     )
@@ -364,7 +415,7 @@ def _stitch(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
     try:
         result = stitch(
-            args.tiles_dir, args.offsets, args.dest, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, z_mpp=args.z_mpp,
+            args.tiles_dir, args.offsets, args.dest, modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, z_mpp=args.z_mpp,
             blend=args.blend, labels=args.labels, register=args.register, offset_unit=args.offset_unit, channel_names=names,
             options=_write_options(args), overwrite=args.overwrite, allow_outside=args.allow_outside_tiles_dir, progress=progress,
             storage_options=args.storage_options,
@@ -408,12 +459,15 @@ def _view(args: argparse.Namespace) -> int:
 
     if args.kind not in CHANNEL_KINDS:
         raise SporaZarrError(f"unknown channel kind {args.kind!r}; expected one of {', '.join(CHANNEL_KINDS)}")
+    if args.tissue is not None and args.tissue_positional is not None and args.tissue != args.tissue_positional:
+        raise SporaZarrError(f"two tissues given: --tissue {args.tissue} and {args.tissue_positional}; give one, with --tissue")
+    tissue = args.tissue if args.tissue is not None else args.tissue_positional
     cohort = open_cohort(args.store)
     for modality in args.modality or ():
         cohort.check_modality(modality)
     tissues = sorted({t for m in (args.modality or cohort.modalities) for t in cohort.tissues(m)})
-    if args.tissue is not None and args.tissue not in tissues:
-        raise SporaZarrError(f"{args.store}: no tissue {args.tissue!r}; it has {', '.join(tissues[:20]) or 'none'}")
+    if tissue is not None and tissue not in tissues:
+        raise SporaZarrError(f"{args.store}: no tissue {tissue!r}; it has {', '.join(tissues[:20]) or 'none'}")
     problem = _display_problem()
     if problem:
         raise SporaZarrError(problem)
@@ -426,7 +480,7 @@ def _view(args: argparse.Namespace) -> int:
     viewer = napari.Viewer(title=f"spora-zarr {args.store}")
     browser = CohortBrowser(viewer, args.store, modalities=args.modality, kind=args.kind)
     if tissues:
-        browser.show(args.tissue or tissues[0])
+        browser.show(tissue or tissues[0])
     viewer.window.add_dock_widget(CohortWidget(viewer, browser=browser), name="spora cohort", area="right")
     napari.run()
     return 0

@@ -41,7 +41,7 @@ def test_svs_through_the_cli_and_a_level_at_another_factor_is_computed(tmp_path:
     slide = tmp_path / "slide.svs"
     write_svs(slide, np.asarray(he_like(200, 2200, seed=2)), factors=(3,), tile=128)  # 3x is not 2**k: left out
     store = tmp_path / "cohort.zarr"
-    assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue-id", "S1", "--lossless"]) == 0
+    assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue", "S1", "--lossless"]) == 0
     assert sorted(_levels(store, "S1")) == ["0_252mpp", "0_504mpp"]
     assert open_cohort(store).group_metadata("he", "S1").spora.source_levels == ("0_252mpp",)
 
@@ -76,7 +76,7 @@ def test_anisotropic_pixels_are_refused_with_the_axis_to_resample(tmp_path: Path
     metadata = {"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 1.0}
     tifffile.imwrite(path, np.zeros((2, 32, 32), np.uint16), ome=True, metadata=metadata)
     store = tmp_path / "cohort.zarr"
-    code = main(["add-image", str(store), str(path), "--modality", "imc", "--tissue-id", "A"])
+    code = main(["add-image", str(store), str(path), "--modality", "imc", "--tissue", "A"])
     captured = capsys.readouterr()
     assert code == 1
     assert_one_line_error(captured.err + captured.out, str(path), "anisotropic pixels", "1 µm in y, 0.5 µm in x", "along y")
@@ -152,7 +152,7 @@ def test_an_aperio_mpp_that_is_no_pixel_size_asks_for_mpp(tmp_path: Path, capsys
     image = np.asarray(he_like(64, 64, seed=1))
     tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb", compression="jpeg", description=description, metadata=None)
     store = tmp_path / "cohort.zarr"
-    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A"]) == 1
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue", "A"]) == 1
     assert capsys.readouterr().err == f"error: {path}: the file does not record its pixel size; pass --mpp\n"
-    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A", "--mpp", "0.25"]) == 0
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue", "A", "--mpp", "0.25"]) == 0
     np.testing.assert_array_equal(open_cohort(store).open_image("he", "A", 0.25).values, tifffile.imread(path).transpose(2, 0, 1))

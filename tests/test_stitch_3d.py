@@ -188,7 +188,7 @@ def test_readers_of_a_stacked_tissue(tmp_path: Path) -> None:
     volume = smooth_volume((2, 5, 100, 120))
     table = cut_stack(volume, tmp_path / "tiles", tile=(5, 64, 64), overlap=(0, 16, 16))
     store = tmp_path / "c.zarr"
-    argv = ["stitch", str(tmp_path / "tiles"), str(table), str(store), "--modality", "exm", "--tissue-id", "T1", "--mpp", "0.5",
+    argv = ["stitch", str(tmp_path / "tiles"), str(table), str(store), "--modality", "exm", "--tissue", "T1", "--mpp", "0.5",
             "--z-mpp", "2", "--no-progress", "--chunk", "32", "--shard", "64"]
     assert main(argv) == 0
     cohort = open_cohort(store)

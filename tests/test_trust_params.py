@@ -56,7 +56,7 @@ def test_cli_chunk_over_the_memory_budget_is_one_line_before_anything_is_written
 ) -> None:
     tifffile.imwrite(tmp_path / "small.tif", np.zeros((2, 32, 32), np.uint16))
     dest = tmp_path / "out.zarr"
-    argv = ["add-image", str(dest), str(tmp_path / "small.tif"), "--modality", "imc", "--tissue-id", "T", "--mpp", "1"]
+    argv = ["add-image", str(dest), str(tmp_path / "small.tif"), "--modality", "imc", "--tissue", "T", "--mpp", "1"]
     code = main([*argv, "--chunk", "100000", "--shard", "0"])
     one_error_line(capsys.readouterr().err, "chunk edge 100000", "memory budget")
     assert code == 1
@@ -100,7 +100,7 @@ def test_unstored_dtypes_are_one_line_naming_the_source(tmp_path: Path, dtype: n
 
 def test_cli_complex_tiff_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tifffile.imwrite(tmp_path / "c.tif", np.ones((2, 32, 32), np.complex64))
-    code = main(["add-image", str(tmp_path / "o.zarr"), str(tmp_path / "c.tif"), "--modality", "imc", "--tissue-id", "T", "--mpp", "1"])
+    code = main(["add-image", str(tmp_path / "o.zarr"), str(tmp_path / "c.tif"), "--modality", "imc", "--tissue", "T", "--mpp", "1"])
     one_error_line(capsys.readouterr().err, "c.tif", "dtype complex64 is not stored")
     assert code == 1
 

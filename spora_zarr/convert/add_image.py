@@ -86,11 +86,11 @@ def add_image(
     validate_tissue_id(tissue_id, source=path)
     validate_modality(modality, source=path)
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
-        raise InvalidInputError(f"{path}: mpp must be a positive number of microns per pixel, got {mpp!r}")
+        raise InvalidInputError(f"{path}: mpp={mpp!r} is not a positive number of microns per pixel")
     if modality in MASK_KINDS and channel_names:
         raise InvalidInputError(f"{path}: a mask ({modality}) has no channel names; leave out the channel names")
     if jpeg_quality is not None and lossless:
-        raise InvalidInputError(f"{path}: --jpeg-quality (lossy) and --lossless exclude each other")
+        raise InvalidInputError(f"{path}: jpeg_quality={jpeg_quality!r} (lossy) and lossless=True exclude each other")
     dst = Location.parse(dest, storage_options)
     with open_source(path) as source, contextlib.ExitStack() as closing:
         info = source.info
@@ -99,10 +99,10 @@ def add_image(
             (y, x), axis = info.anisotropic, "y" if info.anisotropic[0] > info.anisotropic[1] else "x"
             raise InvalidInputError(
                 f"{path}: anisotropic pixels ({y:g} µm in y, {x:g} µm in x); resample the image along {axis} "
-                f"to {min(y, x):g} µm per pixel first (or pass --mpp to store it at one pixel size)"
+                f"to {min(y, x):g} µm per pixel first (or pass mpp=... to store it at one pixel size)"
             )
         if resolution is None:
-            raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
+            raise InvalidInputError(f"{path}: the file does not record its pixel size; pass mpp=...")
         finest = parse_resolution(resolution).mpp
         staging = Staging(dst)
         staging.recover()
@@ -197,7 +197,7 @@ def _add_mask(
         if level in existing.spora.source_levels:
             return WriteResult(target, skipped=True)
         levels = ", ".join(existing.spora.source_levels)
-        raise InvalidInputError(f"{path}: {target} already holds a mask from {levels}; pass --overwrite to replace it with this file")
+        raise InvalidInputError(f"{path}: {target} already holds a mask from {levels}; pass overwrite=True to replace it with this file")
     return write_labels(
         dst, target, {resolution: source}, source_image=f"../../../{image}", spora={"tissue_id": tissue_id, "mask_kind": kind},
         options=options, overwrite=overwrite, files=staged_root_document(dst, mask_kinds=[kind]),

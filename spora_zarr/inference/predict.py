@@ -182,7 +182,7 @@ def predict_tissue(
     reader = open_level(location, cohort.level_path(modality, tissue_id, dataset.resolution), engine=dataset.engine)
     mask = None
     if min_tissue is not None:
-        mask = open_level(location, cohort.level_path("tissue_masks", tissue_id, dataset.resolution), engine=dataset.engine)
+        mask = open_level(location, cohort.mask_level_path("tissue_masks", tissue_id, dataset.resolution), engine=dataset.engine)
     channels = dataset._channel_indices(tissue_id, kind)
 
     def standardize(tensor: Any) -> Any:
@@ -305,12 +305,12 @@ class PredictOptions:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise InvalidInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise InvalidInputError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
         _check_tiling(self.tile_size, self.overlap, "prediction")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InvalidInputError(f"--batch-size must be a whole number >= 1, got {self.batch_size!r}")
+            raise InvalidInputError(f"batch_size={self.batch_size!r} is not a whole number >= 1")
         if self.min_tissue is not None and not 0 <= self.min_tissue <= 1:
-            raise InvalidInputError(f"--min-tissue must be in [0, 1], got {self.min_tissue!r}")
+            raise InvalidInputError(f"min_tissue={self.min_tissue!r} is not in [0, 1]")
         object.__setattr__(self, "resolution", parse_resolution(self.resolution))
         output_path(self.name, "x", labels=self.labels)  # the name is a valid path segment, not a converter mask kind
         if self.channel_names is not None:

@@ -311,7 +311,7 @@ def compute_statistics(
     """
     parsed = [parse_spec(s) for s in specs]
     if not parsed:
-        raise InvalidInputError("give at least one --spec, e.g. quantile_clipping/uq_0.99_image")
+        raise InvalidInputError("specs= is empty; give at least one, e.g. quantile_clipping/uq_0.99_image")
     cohort = open_cohort(store, storage_options)
     location = cohort.location
     location.check_writable("write statistics")
@@ -331,8 +331,8 @@ def compute_statistics(
         mask_path = None
         if within_mask:
             if tissue not in cohort.mask_tissues("tissue_masks"):
-                raise NotFoundError(f"{location}: --within-mask needs a tissue mask of {tissue!r}; it has none")
-            mask_path = cohort.level_path("tissue_masks", tissue, name)
+                raise NotFoundError(f"{location}: within_mask=True needs a tissue mask of {tissue!r}; it has none")
+            mask_path = cohort.mask_level_path("tissue_masks", tissue, name)
         tasks.append(
             HistogramTask(
                 histogram_path(modality, name, tissue, within_mask), f"{modality}/{tissue}", tissue,

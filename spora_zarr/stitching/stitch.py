@@ -107,9 +107,9 @@ def stitch(
     validate_tissue_id(tissue_id, source=os.fspath(offsets))
     validate_modality(modality, source=os.fspath(offsets))
     if not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
-        raise InvalidInputError(f"{os.fspath(offsets)}: mpp must be a positive number of microns per pixel, got {mpp!r}")
+        raise InvalidInputError(f"{os.fspath(offsets)}: mpp={mpp!r} is not a positive number of microns per pixel")
     if z_mpp is not None and not (isinstance(z_mpp, (int, float)) and 0 < z_mpp < float("inf")):
-        raise InvalidInputError(f"{os.fspath(offsets)}: z_mpp must be a positive number of microns between planes, got {z_mpp!r}")
+        raise InvalidInputError(f"{os.fspath(offsets)}: z_mpp={z_mpp!r} is not a positive number of microns between planes")
     if blend not in BLENDS:
         raise InvalidInputError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     if labels is not None and labels not in MASK_KINDS:
@@ -117,7 +117,7 @@ def stitch(
     with Tileset.from_offsets_table(tiles_dir, offsets, offset_unit=offset_unit, mpp=mpp, allow_outside=allow_outside) as tileset:
         tileset.voxel_size[2] = z_mpp or mpp
         if labels is not None and tileset.tiles[0].labels is None:
-            raise InvalidInputError(f"{os.fspath(offsets)}: --labels needs a 'labels' column naming each tile's label image")
+            raise InvalidInputError(f"{os.fspath(offsets)}: labels={labels!r} needs a 'labels' column naming each tile's label image")
         names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(tileset.channels)]
         if len(names) != tileset.channels:
             raise InvalidInputError(f"{os.fspath(offsets)}: the tiles have {tileset.channels} channels but {len(names)} names were given")
