@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .access.resolution import parse_resolution
 from .errors import SporaZarrError
 from .runtime import configure_writer_process
 from .write.writer import BLOSC_CNAMES, WriteOptions
@@ -324,12 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from .convert import ConvertOptions, convert_cohort
 
-    run = _run_options(args)
-    options = ConvertOptions(
-        workers=run.workers, scheduler=run.scheduler, overwrite=args.overwrite, progress=run.progress, write=_write_options(args)
-    )
     report = convert_cohort(
-        args.source, args.dest, options, storage_options=args.storage_options, source_storage_options=args.source_storage_options
+        args.source, args.dest, ConvertOptions(overwrite=args.overwrite), write=_write_options(args), run=_run_options(args),
+        storage_options=args.storage_options, source_storage_options=args.source_storage_options,
     )
     print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
@@ -341,7 +339,7 @@ def _add_image(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
     result = add_image(
         args.dest, args.file, modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, channel_names=names,
-        options=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options, lossless=args.lossless,
+        write=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options, lossless=args.lossless,
         jpeg_quality=args.jpeg_quality,
     )
     print(f"{'kept existing' if result.skipped else 'wrote'} {result.path}")
@@ -358,9 +356,8 @@ def _info(args: argparse.Namespace) -> int:
 def _standardize(args: argparse.Namespace) -> int:
     from .standardize.statistics import compute_statistics
 
-    options = _run_options(args)
     report = compute_statistics(
-        args.store, args.modality, args.resolution, args.spec, within_mask=args.within_mask, options=options,
+        args.store, args.modality, parse_resolution(args.resolution), args.spec, within_mask=args.within_mask, run=_run_options(args),
         overwrite=args.overwrite, storage_options=args.storage_options,
     )
     print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
@@ -371,7 +368,8 @@ def _tile(args: argparse.Namespace) -> int:
     from .tiling import TilingOptions, tile_cohort
 
     options = TilingOptions(
-        resolution=args.resolution, tile_size=args.tile_size, strategy=args.strategy, stride=args.stride, tolerance=args.tolerance,
+        resolution=parse_resolution(args.resolution), tile_size=args.tile_size, strategy=args.strategy, stride=args.stride,
+        tolerance=args.tolerance,
         coverage_goal=args.coverage_goal, min_gain_ratio=args.min_gain_ratio, max_tiles=args.max_tiles, allow_overlap=not args.no_overlap,
     )
     run = _run_options(args)
@@ -387,14 +385,14 @@ def _predict(args: argparse.Namespace) -> int:
 
     names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
     options = PredictOptions(
-        modality=args.modality, resolution=args.resolution, name=args.name, tile_size=args.tile_size, overlap=args.overlap,
+        modality=args.modality, resolution=parse_resolution(args.resolution), name=args.name, tile_size=args.tile_size,
+        overlap=args.overlap,
         batch_size=args.batch_size, mode=args.mode, labels=args.labels, device=args.device, kind=args.kind,
         standardization=args.standardization, channel_names=names, min_tissue=args.min_tissue, fill_value=args.fill_value,
-        write=_write_options(args),
     )
-    run = _run_options(args)
     report = predict_cohort(
-        args.store, args.model, options, tissues=args.tissue, run=run, overwrite=args.overwrite, storage_options=args.storage_options
+        args.store, args.model, options, tissues=args.tissue, write=_write_options(args), run=_run_options(args),
+        overwrite=args.overwrite, storage_options=args.storage_options,
     )
     print(report.summary("tissues"), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
@@ -403,7 +401,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _stitch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .stitching import stitch
+    from .stitching import StitchOptions, stitch
 
     bars: dict[str, Any] = {}
 
@@ -412,12 +410,14 @@ def _stitch(args: argparse.Namespace) -> int:
             bars[stage] = tqdm(desc=stage, unit="B", unit_scale=True, disable=args.no_progress, leave=False)
         bars[stage].update(nbytes)
 
-    names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
+    options = StitchOptions(
+        modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, z_mpp=args.z_mpp, blend=args.blend, labels=args.labels,
+        register=args.register, offset_unit=args.offset_unit, channel_names=names, allow_outside=args.allow_outside_tiles_dir,
+    )
     try:
         result = stitch(
-            args.tiles_dir, args.offsets, args.dest, modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, z_mpp=args.z_mpp,
-            blend=args.blend, labels=args.labels, register=args.register, offset_unit=args.offset_unit, channel_names=names,
-            options=_write_options(args), overwrite=args.overwrite, allow_outside=args.allow_outside_tiles_dir, progress=progress,
+            args.tiles_dir, args.offsets, args.dest, options, write=_write_options(args), overwrite=args.overwrite, progress=progress,
             storage_options=args.storage_options,
         )
     finally:

@@ -47,8 +47,29 @@ def test_every_spelling(given: object, name: str, mpp: float) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["1.0mpp", "mpp", "1_0", "1__0mpp", "", "abc", "-1", "0", "nan", "inf", -1.0, 0, 0.0, float("nan"), float("inf"), True, False,
-     None, [1.0], b"1.0", np.bool_(True)],
+    [
+        "1.0mpp",
+        "mpp",
+        "1_0",
+        "1__0mpp",
+        "",
+        "abc",
+        "-1",
+        "0",
+        "nan",
+        "inf",
+        -1.0,
+        0,
+        0.0,
+        float("nan"),
+        float("inf"),
+        True,
+        False,
+        None,
+        [1.0],
+        b"1.0",
+        np.bool_(True),
+    ],
 )
 def test_bad_values_are_one_line_naming_the_parameter(bad: object) -> None:
     with pytest.raises(InvalidInputError) as caught:
@@ -99,7 +120,8 @@ def test_options_hold_a_resolution() -> None:
         options = TilingOptions(resolution=given, tile_size=64)  # type: ignore[arg-type]
         assert options.resolution == parse_resolution(1.0)
         assert isinstance(options.resolution, Resolution)
-    assert options.table("coordinates") == tile_table_path("1_0mpp", 64, strategy="best") == "tiling/1_0mpp/best/64_tile_coordinates.parquet"
+    expected = "tiling/1_0mpp/best/64_tile_coordinates.parquet"
+    assert options.table("coordinates") == tile_table_path("1_0mpp", 64, strategy="best") == expected
     with pytest.raises(InvalidInputError, match="^resolution='fast' is not a resolution"):
         TilingOptions(resolution="fast", tile_size=64)
 

@@ -12,8 +12,8 @@ import zarr
 
 from spora_zarr import ConvertOptions, convert_cohort
 from spora_zarr.cli import main
-from spora_zarr.run import RunOptions
 from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.run import RunOptions
 from spora_zarr.sources.base import ArraySource
 from spora_zarr.store.layout import label_group_path
 from spora_zarr.testing.cohorts import make_synthetic_cohort
@@ -122,7 +122,7 @@ def first_location(store: Path):
 
 def test_other_parameters_need_overwrite(copy: Path) -> None:
     tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE), tissues=["A", "B"], run=SERIAL)
-    with pytest.raises(InvalidInputError, match="tolerance=0.2 \\(not 0.4\\).*--overwrite"):
+    with pytest.raises(InvalidInputError, match="tolerance=0.2 \\(not 0.4\\).*overwrite=True"):
         tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE, tolerance=0.4), tissues=["A"], run=SERIAL)
     report = tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE, tolerance=0.4), tissues=["A"], run=SERIAL, overwrite=True)
     _, stats = _tables(copy)

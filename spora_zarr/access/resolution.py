@@ -112,4 +112,3 @@ def parse_resolution(value: object) -> Resolution:
     if isinstance(value, (int, float)):
         return Resolution(value)
     return parse_resolution(str(value))  # numpy scalars: np.float32(0.65) is 0.65, as written
-

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..access.resolution import parse_resolution
 from ..errors import InvalidInputError
 from ..sources import ArraySource, ImageSource, open_source
 from ..sources.lossy import JpegEncoded
-from ..access.resolution import parse_resolution
 from ..store.layout import (
     MASK_KINDS,
     image_group_path,
@@ -63,7 +63,7 @@ def add_image(
     tissue_id: str,
     mpp: float | None = None,
     channel_names: Sequence[str] | None = None,
-    options: WriteOptions | None = None,
+    write: WriteOptions | None = None,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     lossless: bool = False,
@@ -79,7 +79,8 @@ def add_image(
     chunks unless ``lossless`` (then they are decoded and stored with the
     lossless codec, readable everywhere); ``jpeg_quality`` (1-100) stores
     any other 8-bit RGB image's levels as JPEG tiles of that quality (lossy,
-    the same codec and read path). Returns the write's result;
+    the same codec and read path). ``write`` sets the array layout
+    (:class:`~spora_zarr.write.writer.WriteOptions`). Returns the write's result;
     ``skipped`` when the image already has this resolution from a source and
     ``overwrite`` is false.
     """
@@ -108,9 +109,9 @@ def add_image(
         staging.recover()
         try:
             if modality in MASK_KINDS:
-                return _add_mask(dst, path, source, modality, tissue_id, finest, options, overwrite)
+                return _add_mask(dst, path, source, modality, tissue_id, finest, write, overwrite)
             levels = _own_levels(source, finest, jpeg_quality, closing)
-            return _add_image(dst, path, source, modality, tissue_id, levels, channel_names, options, overwrite, keep_encoded=not lossless)
+            return _add_image(dst, path, source, modality, tissue_id, levels, channel_names, write, overwrite, keep_encoded=not lossless)
         finally:
             staging.recover()  # tidies the staging folder a failed write leaves
 
@@ -140,7 +141,7 @@ def _add_image(
     tissue_id: str,
     levels: dict[float, ImageSource],
     channel_names: Sequence[str] | None,
-    options: WriteOptions | None,
+    write: WriteOptions | None,
     overwrite: bool,
     *,
     keep_encoded: bool,
@@ -173,7 +174,7 @@ def _add_image(
     files.update(staged_root_document(dst, modalities={modality: [parse_resolution(mpp).name for mpp in sources]}))
     return write_image(
         dst, target, sources, channel_names=names, rgb=rgb, panel=modality_panel(dst, modality) if not rgb else None,
-        spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite, files=files,
+        spora={"tissue_id": tissue_id, "modality": modality}, options=write, overwrite=existing is not None or overwrite, files=files,
         keep_encoded=keep_encoded, z_mpp=info.z_mpp,
     )
 
@@ -185,7 +186,7 @@ def _add_mask(
     kind: str,
     tissue_id: str,
     resolution: float,
-    options: WriteOptions | None,
+    write: WriteOptions | None,
     overwrite: bool,
 ) -> WriteResult:
     """The file as the tissue's mask: one level of integer labels of the shape of the tissue's image at that level."""
@@ -200,7 +201,7 @@ def _add_mask(
         raise InvalidInputError(f"{path}: {target} already holds a mask from {levels}; pass overwrite=True to replace it with this file")
     return write_labels(
         dst, target, {resolution: source}, source_image=f"../../../{image}", spora={"tissue_id": tissue_id, "mask_kind": kind},
-        options=options, overwrite=overwrite, files=staged_root_document(dst, mask_kinds=[kind]),
+        options=write, overwrite=overwrite, files=staged_root_document(dst, mask_kinds=[kind]),
     )
 
 

@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..access.resolution import is_level_name, parse_resolution
 from ..errors import InvalidInputError, reason
 from ..sources import RASTER_SUFFIXES, TIFF_SUFFIXES
 from ..store.guard import unreadable_reason
-from ..access.resolution import is_level_name, parse_resolution
 from ..store.layout import (
     IHC_PREFIX,
     MASK_KINDS,

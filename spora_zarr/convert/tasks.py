@@ -6,12 +6,12 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from ..errors import InvalidInputError
+from ..run import ProgressCallback, TaskOutcome
 from ..sources import ImageSource, open_source
 from ..store.layout import channels_per_tissue_table_path
 from ..store.location import Location
 from ..store.staging import Staging
 from ..write.writer import WriteOptions, WriteResult, write_image, write_labels
-from ..run import ProgressCallback, TaskOutcome
 from .scan import ImageTask, MaskTask, Task
 
 RGB_MODALITIES = ("he", "ihc")

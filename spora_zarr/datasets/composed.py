@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..errors import InvalidInputError
 from ..access.resolution import parse_resolution
+from ..errors import InvalidInputError
 from .imaging import BaseImagingDataset, MultiplexImagingDataset
 from .tissues import ComposedTissue
 

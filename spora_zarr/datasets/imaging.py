@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..access.resolution import ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError
 from ..read.cohort import Cohort, open_cohort
 from ..read.levels import LevelReader, open_level
@@ -37,7 +38,6 @@ from ..standardize.standardizers import (
     apply_standardizer,
     build_standardizer,
 )
-from ..access.resolution import ResolutionLike, parse_resolution
 from ..store.layout import (
     CELLS_TABLE,
     TISSUES_TABLE,

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from ..access.resolution import parse_resolution
 from ..errors import SporaZarrError
 from ..read.cohort import Cohort, open_cohort
-from ..access.resolution import parse_resolution
 from ..store.location import Location
 from ..store.metadata import GroupMetadata
 from ..store.staging import Staging

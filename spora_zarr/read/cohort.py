@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import NotFoundError, StoreError
 from ..access.resolution import ResolutionLike, parse_resolution
+from ..errors import NotFoundError, StoreError
 from ..store.layout import MASK_KINDS, image_group_path, label_group_path, validate_tissue_id
 from ..store.location import Location
 from ..store.lock import writer_at_work
@@ -133,7 +133,8 @@ class Cohort:
 
     def level_path(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> str:
         """Store path of one level array of an image; ``resolution=None`` is the finest level."""
-        return self._level_path(self.group_path(modality, tissue_id), self.resolutions(modality, tissue_id), modality, tissue_id, resolution)
+        names = self.resolutions(modality, tissue_id)
+        return self._level_path(self.group_path(modality, tissue_id), names, modality, tissue_id, resolution)
 
     def mask_level_path(self, kind: str, tissue_id: str, resolution: ResolutionLike | None = None) -> str:
         """Store path of one level array of a mask; ``resolution=None`` is the finest level."""
@@ -167,7 +168,8 @@ class Cohort:
         """
         if self.is_mask_kind(modality):
             return self.open_mask(modality, tissue_id, resolution)
-        return self._data_array(self.open_array(modality, tissue_id, resolution), self.group_metadata(modality, tissue_id), modality, tissue_id)
+        array = self.open_array(modality, tissue_id, resolution)
+        return self._data_array(array, self.group_metadata(modality, tissue_id), modality, tissue_id)
 
     def open_mask(self, kind: str, tissue_id: str, resolution: ResolutionLike | None = None) -> Any:
         """A mask level as a lazy ``xarray.DataArray``: dims ``(y, x)`` (``z`` first for a stack), micron coordinates."""

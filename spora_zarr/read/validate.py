@@ -7,8 +7,8 @@ from typing import Any
 import zarr
 from zarr.core.metadata import ArrayV3Metadata
 
-from ..errors import InvalidInputError, NotFoundError, SporaZarrError
 from ..access.resolution import is_level_name, parse_resolution
+from ..errors import InvalidInputError, NotFoundError, SporaZarrError
 from ..store.layout import validate_tissue_id
 from ..store.location import Location
 from ..store.metadata import read_array_metadata

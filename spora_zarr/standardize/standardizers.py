@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError, NotFoundError
 from ..access.resolution import ResolutionLike, parse_resolution
+from ..errors import InvalidInputError, NotFoundError
 from . import kernels
 from .specs import IDENTITY, Spec, parse_spec
 

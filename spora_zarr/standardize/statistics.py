@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
+from ..access.resolution import ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError, StoreError
 from ..read.cohort import open_cohort
 from ..read.levels import open_level
-from ..access.resolution import ResolutionLike, parse_resolution
+from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
 from ..store.layout import modality_dir, standardization_dir
 from ..store.location import Location
 from ..store.lock import writes_store
@@ -277,7 +277,7 @@ def compute_statistics(
     *,
     within_mask: bool = False,
     tissues: Sequence[str] | None = None,
-    options: RunOptions | None = None,
+    run: RunOptions | None = None,
     overwrite: bool = False,
     block: int | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -296,8 +296,8 @@ def compute_statistics(
         Count only pixels inside the tissue mask of the same resolution.
     tissues
         Restrict to these tissues (default: every tissue with that level).
-    options
-        Where the per-tissue passes run (``--workers``, ``--scheduler``, ``--cluster local``).
+    run
+        Where the per-tissue passes run (workers, a dask scheduler, progress).
     overwrite
         Recompute histograms that are already stored.
     block
@@ -340,9 +340,9 @@ def compute_statistics(
             )
         )
     work = functools.partial(histogram_work, location=location, overwrite=overwrite, block=block)
-    run = run_tasks(tasks, work, options or RunOptions(), noun="tissue histograms")
-    report = StandardizeReport(run.outcomes)
-    if not run.ok:
+    outcome = run_tasks(tasks, work, run or RunOptions(), noun="tissue histograms")
+    report = StandardizeReport(outcome.outcomes)
+    if not outcome.ok:
         return report
     histograms = {t.tissue_id: read_histograms(location, t.path) for t in tasks}
     for spec in parsed:
@@ -381,7 +381,7 @@ def read_statistics(
     if not table_exists(location, path):
         present = available_specs(location, modality, resolution)
         raise NotFoundError(
-            f"{location}: no standardization statistics {parsed.name!r} for {modality_dir(modality)} at {parse_resolution(resolution).name} "
+            f"{location}: no standardization statistics {parsed.name!r} for {modality_dir(modality)} at {parse_resolution(resolution)} "
             f"(present: {', '.join(present) or 'none'}); compute them with: {command_hint(location, modality, resolution, parsed.name)}"
         )
     return read_table(location, path).to_pandas()

@@ -31,8 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, NotFoundError, StoreError
 from ..access.resolution import parse_resolution
+from ..errors import InvalidInputError, NotFoundError, StoreError
 from .layout import FORMAT_VERSION, validate_modality, validate_name
 from .location import Location
 from .staging import ZARR_JSON, Staging, group_document

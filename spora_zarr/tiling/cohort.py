@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, NotFoundError
 from ..access.resolution import Resolution, parse_resolution
+from ..errors import InvalidInputError, NotFoundError
 from ..store.layout import tile_table_path, validate_tissue_id
 from ..store.location import Location
 from ..store.lock import writes_store
@@ -129,9 +129,9 @@ class TileTask:
 
 def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutcome:
     """Tile one tissue mask, streamed in row bands, into its part file (runner work function)."""
-    from ..run import TaskOutcome
     from ..read import open_cohort
     from ..read.levels import open_level
+    from ..run import TaskOutcome
     from ..store.tables import table_exists, write_table
 
     options, location = task.options, task.location
@@ -275,8 +275,8 @@ def tile_cohort(
         The runner's outcomes (a tissue that failed is named with its reason
         and left out of the tables) and the tables written.
     """
-    from ..run import RunOptions, run_tasks
     from ..read import open_cohort
+    from ..run import RunOptions, run_tasks
     from ..store.tables import read_table, table_exists
 
     location = Location.parse(store, storage_options)
