@@ -152,11 +152,11 @@ class Cohort:
         """Channel labels of a tissue image, in stored order."""
         return self.group_metadata(modality, tissue_id).channel_names
 
-    def open_array(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> zarr.Array:
+    def open_array(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> zarr.Array[Any]:
         """The zarr array of one image level (no pixels read); ``StoreError`` naming it when its ``zarr.json`` is damaged."""
         return open_array(self.location, self.level_path(modality, tissue_id, resolution))
 
-    def open_mask_array(self, kind: str, tissue_id: str, resolution: ResolutionLike | None = None) -> zarr.Array:
+    def open_mask_array(self, kind: str, tissue_id: str, resolution: ResolutionLike | None = None) -> zarr.Array[Any]:
         """The zarr array of one mask level (no pixels read); ``StoreError`` naming it when its ``zarr.json`` is damaged."""
         return open_array(self.location, self.mask_level_path(kind, tissue_id, resolution))
 
@@ -175,7 +175,7 @@ class Cohort:
         """A mask level as a lazy ``xarray.DataArray``: dims ``(y, x)`` (``z`` first for a stack), micron coordinates."""
         return self._data_array(self.open_mask_array(kind, tissue_id, resolution), self.mask_metadata(kind, tissue_id), kind, tissue_id)
 
-    def _data_array(self, array: zarr.Array, metadata: GroupMetadata, what: str, tissue_id: str) -> Any:
+    def _data_array(self, array: zarr.Array[Any], metadata: GroupMetadata, what: str, tissue_id: str) -> Any:
         import dask.array as da
         import xarray as xr
 
