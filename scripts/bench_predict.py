@@ -107,7 +107,7 @@ def main() -> None:
         raw = args.channels * edge * edge * 2
         store = workdir / f"store_{edge}.zarr"
         shutil.rmtree(store, ignore_errors=True)
-        convert = _measured(["add-image", str(store), str(slide), "--modality", "imc", "--tissue-id", "T", "--mpp", "1.0"])
+        convert = _measured(["add-image", str(store), str(slide), "--modality", "imc", "--tissue", "T", "--mpp", "1.0"])
         common = ["--modality", "imc", "--resolution", "1.0", "--tile-size", str(TILE), "--overlap", str(OVERLAP),
                   "--batch-size", str(BATCH), "--no-progress"]
         predict = _measured(["predict", str(store), "--model", str(identity), "--name", "identity", *common])

@@ -136,7 +136,7 @@ def stats_child(store: str, rounds: int) -> dict[str, Any]:
     rates, reads, rss, nbytes = [], [], 0, 0
     for _ in range(rounds):
         start = time.perf_counter()
-        report = compute_statistics(store, "imc", 1.0, SPECS, options=RunOptions(progress=False), overwrite=True)
+        report = compute_statistics(store, "imc", 1.0, SPECS, run=RunOptions(progress=False), overwrite=True)
         seconds = time.perf_counter() - start
         if not report.ok:
             raise SystemExit(report.summary())
@@ -219,7 +219,7 @@ def exactness(store: Path) -> dict[str, Any]:
 
     cohort = open_cohort(store)
     level = cohort.resolutions("imc", TISSUE)[-1]  # the coarsest level: small enough to load whole
-    assert compute_statistics(store, "imc", level, [SPEC], options=RunOptions(progress=False)).ok
+    assert compute_statistics(store, "imc", level, [SPEC], run=RunOptions(progress=False)).ok
     stats = read_statistics(store, "imc", level, SPEC).set_index("channel_name")
     array = cohort.open_array("imc", TISSUE, level)[:]
     worst_mean = 0.0

@@ -135,9 +135,9 @@ configure_writer_process()
 kind, args = sys.argv[1], json.loads(sys.argv[2])
 start = time.perf_counter()
 if kind == "stitch":
-    from spora_zarr.stitching import stitch
-    result = stitch(args["tiles"], args["table"], args["dest"], modality="imc", tissue_id=args["tissue"], mpp=1.0,
-                    labels=args.get("labels"))
+    from spora_zarr.stitching import StitchOptions, stitch
+    options = StitchOptions(modality="imc", tissue_id=args["tissue"], mpp=1.0, labels=args.get("labels"))
+    result = stitch(args["tiles"], args["table"], args["dest"], options)
     extra = {"objects": result.objects}
 else:
     from spora_zarr.convert import add_image

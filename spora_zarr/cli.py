@@ -10,10 +10,12 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .access.resolution import parse_resolution
 from .errors import SporaZarrError
 from .runtime import configure_writer_process
 
@@ -22,6 +24,48 @@ if TYPE_CHECKING:
 
     from .run import RunOptions
     from .write.writer import WriteOptions
+
+
+#: The library's parameter names and the flags that set them: the library's errors name parameters
+#: (``mpp=...``, ``overwrite=True``), and :func:`flag_message` says them as flags when the CLI prints them.
+PARAMETER_FLAGS = {
+    "allow_outside": "--allow-outside-tiles-dir",
+    "batch_size": "--batch-size",
+    "channel_names": "--channel-names",
+    "device": "--device",
+    "jpeg_quality": "--jpeg-quality",
+    "labels": "--labels",
+    "lossless": "--lossless",
+    "min_tissue": "--min-tissue",
+    "mode": "--mode",
+    "modality": "--modality",
+    "mpp": "--mpp",
+    "overlap": "--overlap",
+    "overwrite": "--overwrite",
+    "resolution": "--resolution",
+    "scheduler": "--scheduler",
+    "specs": "--spec",
+    "tile_size": "--tile-size",
+    "tissue_id": "--tissue",
+    "tissues": "--tissue",
+    "tolerance": "--tolerance",
+    "within_mask": "--within-mask",
+    "workers": "--workers",
+    "z_mpp": "--z-mpp",
+}
+_PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(sorted(PARAMETER_FLAGS, key=len, reverse=True)) + r")=(True\b)?")
+
+
+def flag_message(message: str) -> str:
+    """``message`` with each ``parameter=value`` said as its flag: ``mpp=0`` -> ``--mpp 0``, ``overwrite=True`` -> ``--overwrite``."""
+
+    def flag(match: re.Match[str]) -> str:
+        name = PARAMETER_FLAGS[match.group(1)]
+        if match.group(2) or match.end() == len(message) or message[match.end()].isspace():
+            return name
+        return f"{name} "
+
+    return _PARAMETER.sub(flag, message)
 
 
 def _json_option(text: str) -> dict[str, Any]:
@@ -101,6 +145,13 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
         )
         p.add_argument("--storage-options", type=_json_option, default=None, help="fsspec options of the destination, as JSON")
 
+    def tissue_option(p: argparse.ArgumentParser, help: str, *, repeat: bool = False) -> None:
+        """``--tissue``, the one spelling of the tissue; ``--tissue-id`` stays a hidden alias for one release (docs/cli.md)."""
+        action = "append" if repeat else "store"
+        group = p.add_mutually_exclusive_group(required=not repeat)
+        group.add_argument("--tissue", action=action, help=help)
+        group.add_argument("--tissue-id", dest="tissue", action=action, help=argparse.SUPPRESS)
+
     def runner_options(p: argparse.ArgumentParser, done: str) -> None:
         """The flags of the one runner, shared by every cohort-wide verb."""
         p.add_argument("--workers", type=_positive_int, default=1, help=f"tissues {done} in parallel")
@@ -125,7 +176,7 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
         "a zarr array, PNG or JPEG",
     )
     add.add_argument("--modality", required=True, help="modality directory in the store: he, imc, cycif, ihc/ihc_<marker>, ...")
-    add.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
+    tissue_option(add, "tissue id (one path segment: no '/', no leading dot)")
     add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF, SVS, TIFF tags or OME-Zarr when omitted)")
     add.add_argument("--channel-names", help="comma-separated channel names")
     add.add_argument(
@@ -177,7 +228,7 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     )
     tile.add_argument("--max-tiles", type=int, help="best: at most this many tiles per tissue")
     tile.add_argument("--no-overlap", action="store_true", help="best: picked tiles never overlap")
-    tile.add_argument("--tissue", action="append", help="tissue id to tile (repeatable; default: every tissue with a tissue mask)")
+    tissue_option(tile, "tissue id to tile (repeatable; default: every tissue with a tissue mask)", repeat=True)
     tile.add_argument(
         "--overwrite", action="store_true", help="recompute tissues already in the tables; replace tables made with other parameters"
     )
@@ -206,7 +257,7 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     predict.add_argument("--standardization", default="identity", help="standardization spec of multiplex input (default %(default)s)")
     predict.add_argument("--min-tissue", type=float, help="skip tiles whose tissue-mask fraction is below this; they get --fill-value")
     predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
-    predict.add_argument("--tissue", action="append", help="tissue id to predict (repeatable; default: every tissue of the modality)")
+    tissue_option(predict, "tissue id to predict (repeatable; default: every tissue of the modality)", repeat=True)
     runner_options(predict, "predicted")
     layout_options(predict, _prediction_write_options)
 
@@ -219,7 +270,7 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     stitch.add_argument("offsets", help="offsets table, CSV or parquet: file, x, y[, z][, labels]; top-left of each tile")
     stitch.add_argument("dest", help="the cohort store (created if missing)")
     stitch.add_argument("--modality", required=True, help="modality directory in the store: imc, cycif, he, ...")
-    stitch.add_argument("--tissue-id", required=True, help="tissue id (one path segment: no '/', no leading dot)")
+    tissue_option(stitch, "tissue id (one path segment: no '/', no leading dot)")
     stitch.add_argument("--mpp", type=_positive_number, required=True, help="microns per pixel of the stitched image")
     stitch.add_argument("--z-mpp", type=_positive_number, help="microns between planes of a 3-D stack (default: --mpp)")
     stitch.add_argument(
@@ -228,7 +279,7 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     )
     stitch.add_argument(
         "--labels", choices=["cell_masks", "tissue_masks"],
-        help="also stitch the table's 'labels' column into segmentations/<KIND>/<tissue-id> (ids unique, cut objects merged)",
+        help="also stitch the table's 'labels' column into segmentations/<KIND>/<tissue> (ids unique, cut objects merged)",
     )
     stitch.add_argument("--register", action="store_true", help="refine offsets by phase correlation + least squares first")
     stitch.add_argument("--offset-unit", choices=["pixel", "micrometer"], default="pixel", help="unit of x, y (default %(default)s)")
@@ -242,7 +293,8 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
 
     view = commands.add_parser("view", help="open a tissue of a store in napari (needs the napari extra)")
     view.add_argument("store", help="the cohort store (local path or fsspec URL)")
-    view.add_argument("tissue", nargs="?", help="tissue id to show first (default: the first tissue)")
+    view.add_argument("--tissue", help="tissue id to show first (default: the first tissue)")
+    view.add_argument("tissue_positional", nargs="?", metavar="TISSUE", help=argparse.SUPPRESS)  # the alias of earlier releases
     view.add_argument("--modality", action="append", help="modality to show (repeatable; default: all)")
     view.add_argument("--kind", default="complete", help="channel kind of multiplex modalities (complete, qc_filtered, uniprot_filtered)")
     return parser
@@ -282,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except SporaZarrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {flag_message(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
@@ -292,12 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from .convert import ConvertOptions, convert_cohort
 
-    run = _run_options(args)
-    options = ConvertOptions(
-        workers=run.workers, scheduler=run.scheduler, overwrite=args.overwrite, progress=run.progress, write=_write_options(args)
-    )
     report = convert_cohort(
-        args.source, args.dest, options, storage_options=args.storage_options, source_storage_options=args.source_storage_options
+        args.source, args.dest, ConvertOptions(overwrite=args.overwrite), write=_write_options(args), run=_run_options(args),
+        storage_options=args.storage_options, source_storage_options=args.source_storage_options,
     )
     print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
@@ -308,8 +357,8 @@ def _add_image(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
     result = add_image(
-        args.dest, args.file, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, channel_names=names,
-        options=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options, lossless=args.lossless,
+        args.dest, args.file, modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, channel_names=names,
+        write=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options, lossless=args.lossless,
         jpeg_quality=args.jpeg_quality,
     )
     print(f"{'kept existing' if result.skipped else 'wrote'} {result.path}")
@@ -326,9 +375,8 @@ def _info(args: argparse.Namespace) -> int:
 def _standardize(args: argparse.Namespace) -> int:
     from .standardize.statistics import compute_statistics
 
-    options = _run_options(args)
     report = compute_statistics(
-        args.store, args.modality, args.resolution, args.spec, within_mask=args.within_mask, options=options,
+        args.store, args.modality, parse_resolution(args.resolution), args.spec, within_mask=args.within_mask, run=_run_options(args),
         overwrite=args.overwrite, storage_options=args.storage_options,
     )
     print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
@@ -339,7 +387,8 @@ def _tile(args: argparse.Namespace) -> int:
     from .tiling import TilingOptions, tile_cohort
 
     options = TilingOptions(
-        resolution=args.resolution, tile_size=args.tile_size, strategy=args.strategy, stride=args.stride, tolerance=args.tolerance,
+        resolution=parse_resolution(args.resolution), tile_size=args.tile_size, strategy=args.strategy, stride=args.stride,
+        tolerance=args.tolerance,
         coverage_goal=args.coverage_goal, min_gain_ratio=args.min_gain_ratio, max_tiles=args.max_tiles, allow_overlap=not args.no_overlap,
     )
     run = _run_options(args)
@@ -355,14 +404,14 @@ def _predict(args: argparse.Namespace) -> int:
 
     names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
     options = PredictOptions(
-        modality=args.modality, resolution=args.resolution, name=args.name, tile_size=args.tile_size, overlap=args.overlap,
+        modality=args.modality, resolution=parse_resolution(args.resolution), name=args.name, tile_size=args.tile_size,
+        overlap=args.overlap,
         batch_size=args.batch_size, mode=args.mode, labels=args.labels, device=args.device, kind=args.kind,
         standardization=args.standardization, channel_names=names, min_tissue=args.min_tissue, fill_value=args.fill_value,
-        write=_write_options(args),
     )
-    run = _run_options(args)
     report = predict_cohort(
-        args.store, args.model, options, tissues=args.tissue, run=run, overwrite=args.overwrite, storage_options=args.storage_options
+        args.store, args.model, options, tissues=args.tissue, write=_write_options(args), run=_run_options(args),
+        overwrite=args.overwrite, storage_options=args.storage_options,
     )
     print(report.summary("tissues"), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
@@ -371,7 +420,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _stitch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .stitching import stitch
+    from .stitching import StitchOptions, stitch
 
     bars: dict[str, Any] = {}
 
@@ -380,12 +429,14 @@ def _stitch(args: argparse.Namespace) -> int:
             bars[stage] = tqdm(desc=stage, unit="B", unit_scale=True, disable=args.no_progress, leave=False)
         bars[stage].update(nbytes)
 
-    names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
+    options = StitchOptions(
+        modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, z_mpp=args.z_mpp, blend=args.blend, labels=args.labels,
+        register=args.register, offset_unit=args.offset_unit, channel_names=names, allow_outside=args.allow_outside_tiles_dir,
+    )
     try:
         result = stitch(
-            args.tiles_dir, args.offsets, args.dest, modality=args.modality, tissue_id=args.tissue_id, mpp=args.mpp, z_mpp=args.z_mpp,
-            blend=args.blend, labels=args.labels, register=args.register, offset_unit=args.offset_unit, channel_names=names,
-            options=_write_options(args), overwrite=args.overwrite, allow_outside=args.allow_outside_tiles_dir, progress=progress,
+            args.tiles_dir, args.offsets, args.dest, options, write=_write_options(args), overwrite=args.overwrite, progress=progress,
             storage_options=args.storage_options,
         )
     finally:
@@ -427,12 +478,15 @@ def _view(args: argparse.Namespace) -> int:
 
     if args.kind not in CHANNEL_KINDS:
         raise SporaZarrError(f"unknown channel kind {args.kind!r}; expected one of {', '.join(CHANNEL_KINDS)}")
+    if args.tissue is not None and args.tissue_positional is not None and args.tissue != args.tissue_positional:
+        raise SporaZarrError(f"two tissues given: --tissue {args.tissue} and {args.tissue_positional}; give one, with --tissue")
+    tissue = args.tissue if args.tissue is not None else args.tissue_positional
     cohort = open_cohort(args.store)
     for modality in args.modality or ():
         cohort.check_modality(modality)
     tissues = sorted({t for m in (args.modality or cohort.modalities) for t in cohort.tissues(m)})
-    if args.tissue is not None and args.tissue not in tissues:
-        raise SporaZarrError(f"{args.store}: no tissue {args.tissue!r}; it has {', '.join(tissues[:20]) or 'none'}")
+    if tissue is not None and tissue not in tissues:
+        raise SporaZarrError(f"{args.store}: no tissue {tissue!r}; it has {', '.join(tissues[:20]) or 'none'}")
     problem = _display_problem()
     if problem:
         raise SporaZarrError(problem)
@@ -445,7 +499,7 @@ def _view(args: argparse.Namespace) -> int:
     viewer = napari.Viewer(title=f"spora-zarr {args.store}")
     browser = CohortBrowser(viewer, args.store, modalities=args.modality, kind=args.kind)
     if tissues:
-        browser.show(args.tissue or tissues[0])
+        browser.show(tissue or tissues[0])
     viewer.window.add_dock_widget(CohortWidget(viewer, browser=browser), name="spora cohort", area="right")
     napari.run()
     return 0

@@ -16,7 +16,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from .store.layout import resolution_name
+from .access.resolution import parse_resolution
 from .testing.cohorts import make_synthetic_cohort
 from .testing.tiff_layout import (
     cast,
@@ -201,7 +201,7 @@ def make_demo_cohort(dest: str | Path) -> Path:
     logger.info("building the demo cohort in %s", dest)
     sources = _demo_sources()
     fine, coarse = 0.5, 1.0
-    fine_dir, coarse_dir = resolution_name(fine), resolution_name(coarse)
+    fine_dir, coarse_dir = parse_resolution(fine).name, parse_resolution(coarse).name
     small = _Compression(predictor=True, level=15)
     he_opts = {
         "T01": _RGBLayout(tiled=True, compression="zstd"),

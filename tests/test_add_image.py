@@ -57,7 +57,7 @@ def test_an_existing_resolution_is_kept_unless_overwritten(
     root_before = json.loads((store / "zarr.json").read_text())
     other = np.full((128, 160, 3), 7, np.uint8)
     path = _ome(tmp_path / "he_0_5.ome.tif", other, 0.5, rgb=True)
-    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A"]) == 0
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue", "A"]) == 0
     assert capsys.readouterr().out.startswith("kept existing")
     assert json.loads((store / "zarr.json").read_text()) == root_before
     add_image(store, str(path), modality="he", tissue_id="A", overwrite=True)

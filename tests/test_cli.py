@@ -25,7 +25,7 @@ def test_add_image_reads_ome_names_and_pixel_size(tmp_path: Path, capsys: pytest
         tile=(64, 64),
     )
     dest = tmp_path / "new.zarr"
-    assert main(["add-image", str(dest), str(path), "--modality", "cycif", "--tissue-id", "S1"]) == 0
+    assert main(["add-image", str(dest), str(path), "--modality", "cycif", "--tissue", "S1"]) == 0
     cohort = open_cohort(dest)
     assert cohort.modalities == ["cycif"]
     assert cohort.channel_names("cycif", "S1") == ["DAPI", "CD8", "KI67"]
@@ -39,17 +39,17 @@ def test_add_image_plain_files_need_mpp(tmp_path: Path, capsys: pytest.CaptureFi
     png = tmp_path / "he.png"
     iio.imwrite(png, rgb)
     dest = tmp_path / "s.zarr"
-    assert main(["add-image", str(dest), str(png), "--modality", "he", "--tissue-id", "P1"]) == 1
+    assert main(["add-image", str(dest), str(png), "--modality", "he", "--tissue", "P1"]) == 1
     assert "pass --mpp" in capsys.readouterr().err
-    assert main(["add-image", str(dest), str(png), "--modality", "he", "--tissue-id", "P1", "--mpp", "0.5"]) == 0
+    assert main(["add-image", str(dest), str(png), "--modality", "he", "--tissue", "P1", "--mpp", "0.5"]) == 0
     plain = tmp_path / "mx.tif"
     data = np.random.default_rng(2).integers(0, 9, size=(2, 40, 50), dtype=np.uint8)
     tifffile.imwrite(plain, data)
-    add_p1 = ["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "P1", "--mpp", "1"]
+    add_p1 = ["add-image", str(dest), str(plain), "--modality", "imc", "--tissue", "P1", "--mpp", "1"]
     assert main([*add_p1, "--channel-names", "a,b,c"]) == 1
     assert "2 channels but 3 channel names" in capsys.readouterr().err
     assert main([*add_p1, "--channel-names", "a,b"]) == 0
-    assert main(["add-image", str(dest), str(plain), "--modality", "imc", "--tissue-id", "../x", "--mpp", "1"]) == 1
+    assert main(["add-image", str(dest), str(plain), "--modality", "imc", "--tissue", "../x", "--mpp", "1"]) == 1
     cohort = open_cohort(dest)
     assert cohort.modalities == ["he", "imc"]
     np.testing.assert_array_equal(cohort.open_array("he", "P1", 0.5)[...], rgb.transpose(2, 0, 1))
@@ -97,7 +97,7 @@ def test_add_image_rgba_tiff_keeps_rgb(tmp_path: Path) -> None:
     rgba = np.random.default_rng(3).integers(0, 255, size=(61, 77, 4), dtype=np.uint8)
     path = tmp_path / "ihc.tif"
     tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=["unassalpha"])
-    assert main(["add-image", str(tmp_path / "s.zarr"), str(path), "--modality", "ihc/ihc_CD8", "--tissue-id", "T", "--mpp", "0.5"]) == 0
+    assert main(["add-image", str(tmp_path / "s.zarr"), str(path), "--modality", "ihc/ihc_CD8", "--tissue", "T", "--mpp", "0.5"]) == 0
     cohort = open_cohort(tmp_path / "s.zarr")
     np.testing.assert_array_equal(cohort.open_array("ihc/ihc_CD8", "T", 0.5)[...], rgba[..., :3].transpose(2, 0, 1))
     assert cohort.channel_names("ihc/ihc_CD8", "T") == ["red", "green", "blue"]
@@ -110,7 +110,7 @@ def test_layout_options_set_the_codec(tmp_path: Path, capsys: pytest.CaptureFixt
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, image, tile=(64, 64))
     dest = tmp_path / "hc.zarr"
-    args = ["add-image", str(dest), str(path), "--modality", "imc", "--tissue-id", "S1", "--mpp", "1"]
+    args = ["add-image", str(dest), str(path), "--modality", "imc", "--tissue", "S1", "--mpp", "1"]
     assert main([*args, "--cname", "lz4hc", "--clevel", "1", "--chunk", "64", "--shard", "128"]) == 0
     cohort = open_cohort(dest)
     level = cohort.level_path("imc", "S1", 1.0)
@@ -143,7 +143,7 @@ def test_incompressible_images_are_stored_uncompressed(tmp_path: Path) -> None:
         for min_saving in (0.1, 0.0):
             dest = tmp_path / f"{name}-{min_saving}.zarr"
             args = ["add-image", str(dest), str(tmp_path / f"{name}.tif"), "--modality", "he" if name == "noise" else "imc"]
-            assert main([*args, "--tissue-id", "S1", "--mpp", "1", "--min-saving", str(min_saving)]) == 0
+            assert main([*args, "--tissue", "S1", "--mpp", "1", "--min-saving", str(min_saving)]) == 0
             cohort = open_cohort(dest)
             levels = [cohort.level_path(cohort.modalities[0], "S1", r) for r in cohort.resolutions(cohort.modalities[0], "S1")]
             codecs = {tuple(_codec_names(json.loads((dest / level / "zarr.json").read_text()))) for level in levels}

@@ -313,7 +313,7 @@ def test_anisotropic_ngff_pixels_are_refused_as_a_tiffs_are_and_mpp_overrides(tm
     source = tmp_path / "aniso.ome.zarr"
     ngff_zarr.to_ngff_zarr(str(source), ngff_zarr.to_multiscales(image, scale_factors=[]), version="0.5")
     store = tmp_path / "cohort.zarr"
-    args = ["add-image", str(store), str(source), "--modality", "imc", "--tissue-id", "T1"]
+    args = ["add-image", str(store), str(source), "--modality", "imc", "--tissue", "T1"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "anisotropic pixels (0.5 µm in y, 0.25 µm in x); resample the image along y" in err

@@ -19,7 +19,7 @@ from spora_zarr import open_cohort, validate_store
 from spora_zarr.cli import main
 from spora_zarr.datasets import MultiplexImagingDataset
 from spora_zarr.errors import InvalidInputError, NotFoundError
-from spora_zarr.inference.predict import PredictOptions, make_dataset, output_path, predict_cohort, predict_tissue
+from spora_zarr.inference.predict import PredictOptions, PredictTissueOptions, make_dataset, output_path, predict_cohort, predict_tissue
 from spora_zarr.inference.source import InputWindows, PredictionSource
 from spora_zarr.read.levels import open_level
 from spora_zarr.run import RunOptions
@@ -166,16 +166,18 @@ def test_crop_output_is_bitwise_the_in_memory_stitch(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("size", "overlap"), [(64, 16), (256, 32), (50, 7)])
 def test_predict_tissue_identity_from_a_torchscript_file(store: Path, dataset, identity_file: Path, size: int, overlap: int) -> None:
     name = f"identity_{size}_{overlap}"
-    result = predict_tissue(str(identity_file), dataset, "A", size, overlap, 4, output=name)
+    result = predict_tissue(str(identity_file), dataset, "A",
+        PredictTissueOptions(name=name, tile_size=size, overlap=overlap, batch_size=4))
     assert not result.skipped
     stored = _level(store, "imc/images/A")
     np.testing.assert_array_equal(_level(store, f"predictions/{name}/images/A"), stored.astype(np.float32))
-    again = predict_tissue(str(identity_file), dataset, "A", size, overlap, 4, output=name)
+    again = predict_tissue(str(identity_file), dataset, "A", PredictTissueOptions(name=name, tile_size=size, overlap=overlap, batch_size=4))
     assert again.skipped  # resume: a complete prediction is kept
 
 
 def test_a_prediction_is_a_modality_of_the_store(store: Path, dataset, identity_file: Path) -> None:
-    predict_tissue(str(identity_file), dataset, "B", 64, 16, 4, output="as_modality", channel_names=[f"p{i}" for i in range(5)])
+    predict_tissue(str(identity_file), dataset, "B",
+        PredictTissueOptions(name="as_modality", tile_size=64, overlap=16, batch_size=4, channel_names=[f"p{i}" for i in range(5)]))
     cohort = open_cohort(store)
     assert "predictions/as_modality" in cohort.modalities
     image = cohort.open_image("predictions/as_modality", "B", 1.0)
@@ -198,7 +200,7 @@ def test_standardization_is_applied_to_the_stored_values(store: Path, identity_f
         return image.to(torch.float32) / 7 + 1
 
     dataset = MultiplexImagingDataset("s", store, 1.0, 64, modality="imc", standardization=scaled, verbose=False)
-    predict_tissue(str(identity_file), dataset, "A", 48, 8, 4, output="scaled")
+    predict_tissue(str(identity_file), dataset, "A", PredictTissueOptions(name="scaled", tile_size=48, overlap=8, batch_size=4))
     stored = _level(store, "imc/images/A")
     np.testing.assert_array_equal(_level(store, "predictions/scaled/images/A"), scaled(torch.from_numpy(stored), "A", []).numpy())
     assert seen == {torch.from_numpy(stored).dtype}
@@ -208,7 +210,8 @@ def test_conv_model_tiled_equals_untiled(store: Path, dataset, tmp_path: Path) -
     model = conv_model(5, 2, seed=1)
     path = tmp_path / "conv.pt"
     torch.jit.trace(model, torch.zeros(1, 5, 32, 32)).save(str(path))
-    predict_tissue(str(path), dataset, "A", 48, 8, 4, output="conv")  # receptive radius 2 <= overlap / 2
+    predict_tissue(str(path), dataset, "A",
+        PredictTissueOptions(name="conv", tile_size=48, overlap=8, batch_size=4))  # receptive radius 2 <= overlap / 2
     whole = dataset.get_tissue("A").image
     with torch.inference_mode():
         want = model(whole[None].float())[0].numpy()
@@ -220,7 +223,8 @@ def test_conv_model_tiled_equals_untiled(store: Path, dataset, tmp_path: Path) -
 def test_labels_prediction(store: Path, dataset) -> None:
     for mode in ("crop", "blend"):
         name = f"classes_{mode}"
-        predict_tissue("tests.test_inference:Scores", dataset, "A", 64, 16, 4, output=name, labels=True, mode=mode)
+        predict_tissue("tests.test_inference:Scores", dataset, "A",
+            PredictTissueOptions(name=name, tile_size=64, overlap=16, batch_size=4, labels=True, mode=mode))
         first = _level(store, "imc/images/A")[0].astype(np.float32)
         want = np.argmax(np.stack([-first, first - 2000, 0.5 * first - 400]), axis=0).astype(np.uint8)
         got = _level(store, output_path(name, "A", labels=True))
@@ -236,7 +240,8 @@ def test_labels_prediction(store: Path, dataset) -> None:
 
 
 def test_tiles_without_tissue_are_skipped_and_filled(store: Path, dataset, identity_file: Path) -> None:
-    predict_tissue(str(identity_file), dataset, "A", 32, 8, 4, output="tissue_only", min_tissue=0.5, fill_value=-1)
+    predict_tissue(str(identity_file), dataset, "A",
+        PredictTissueOptions(name="tissue_only", tile_size=32, overlap=8, batch_size=4, min_tissue=0.5, fill_value=-1))
     got = _level(store, "predictions/tissue_only/images/A")
     image = _level(store, "imc/images/A").astype(np.float32)
     mask = _level(store, "segmentations/tissue_masks/A")
@@ -256,23 +261,23 @@ def test_tiles_without_tissue_are_skipped_and_filled(store: Path, dataset, ident
 def test_bad_models_and_tissues_write_nothing(store: Path, dataset, tmp_path: Path) -> None:
     before = _visible(store)
     with pytest.raises(InvalidInputError, match=r"Shrinks.*tissue 'A'.*spatial size"):
-        predict_tissue("tests.test_inference:Shrinks", dataset, "A", 64, 16, output="bad1")
+        predict_tissue("tests.test_inference:Shrinks", dataset, "A", PredictTissueOptions(name="bad1", tile_size=64, overlap=16))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a model")
     with pytest.raises(InvalidInputError, match=r"garbage.pt: does not load as a TorchScript file"):
-        predict_tissue(str(garbage), dataset, "A", 64, 16, output="bad2")
+        predict_tissue(str(garbage), dataset, "A", PredictTissueOptions(name="bad2", tile_size=64, overlap=16))
     with pytest.raises(NotFoundError, match="no such file"):
-        predict_tissue(str(tmp_path / "missing.pt"), dataset, "A", 64, 16, output="bad3")
+        predict_tissue(str(tmp_path / "missing.pt"), dataset, "A", PredictTissueOptions(name="bad3", tile_size=64, overlap=16))
     with pytest.raises(NotFoundError, match="has no 'Nope'"):
-        predict_tissue("tests.test_inference:Nope", dataset, "A", 64, 16, output="bad4")
+        predict_tissue("tests.test_inference:Nope", dataset, "A", PredictTissueOptions(name="bad4", tile_size=64, overlap=16))
     with pytest.raises(NotFoundError, match="unknown tissue 'Z'"):
-        predict_tissue(torch.nn.Identity(), dataset, "Z", 64, 16, output="bad5")
+        predict_tissue(torch.nn.Identity(), dataset, "Z", PredictTissueOptions(name="bad5", tile_size=64, overlap=16))
     with pytest.raises(InvalidInputError, match="labels need per-class scores"):
-        predict_tissue(lambda x: x[:, :1], dataset, "A", 64, 16, output="bad6", labels=True)
+        predict_tissue(lambda x: x[:, :1], dataset, "A", PredictTissueOptions(name="bad6", tile_size=64, overlap=16, labels=True))
     with pytest.raises(InvalidInputError, match="mask kind"):
-        predict_tissue(torch.nn.Identity(), dataset, "A", 64, 16, output="cell_masks", labels=True)
+        predict_tissue(torch.nn.Identity(), dataset, "A", PredictTissueOptions(name="cell_masks", tile_size=64, overlap=16, labels=True))
     with pytest.raises(InvalidInputError, match="overlap"):
-        predict_tissue(torch.nn.Identity(), dataset, "A", 64, 64, output="bad7")
+        predict_tissue(torch.nn.Identity(), dataset, "A", PredictTissueOptions(name="bad7", tile_size=64, overlap=64))
     assert _visible(store) == before
 
 
@@ -354,8 +359,9 @@ def test_make_dataset_picks_the_dataset_of_the_modality(store: Path) -> None:
 def test_predictions_open_in_the_napari_reader(store: Path, dataset, identity_file: Path) -> None:
     from spora_zarr.napari import napari_get_reader, read_store, tissue_layers
 
-    predict_tissue(str(identity_file), dataset, "C", 64, 16, output="napari")
-    predict_tissue("tests.test_inference:Scores", dataset, "C", 64, 16, output="napari_labels", labels=True)
+    predict_tissue(str(identity_file), dataset, "C", PredictTissueOptions(name="napari", tile_size=64, overlap=16))
+    predict_tissue("tests.test_inference:Scores", dataset, "C",
+        PredictTissueOptions(name="napari_labels", tile_size=64, overlap=16, labels=True))
     layers = read_store(str(store), "C", modalities=["imc", "predictions/napari"])
     names = [kwargs["name"] for _, kwargs, _ in layers]
     assert ["napari_0", "napari_1", "napari_2", "napari_3"] in names  # one named channel per model output

@@ -87,7 +87,7 @@ def test_napari_lazy_level_opens_it(slide: Path, store: Path) -> None:
 
 def test_lossless_keeps_todays_layout(slide: Path, store: Path, tmp_path: Path) -> None:
     other = tmp_path / "lossless.zarr"
-    assert main(["add-image", str(other), str(slide), "--modality", "he", "--tissue-id", "A", "--lossless"]) == 0
+    assert main(["add-image", str(other), str(slide), "--modality", "he", "--tissue", "A", "--lossless"]) == 0
     group = zarr.open_group(other / "he/images/A", mode="r")
     assert "imagecodecs_jpeg" not in _codec_names(group["0_252mpp"])
     assert group["0_252mpp"].chunks == (3, 112, 112)
@@ -121,7 +121,7 @@ def test_a_lossy_opt_in_stores_other_rgb_images_as_jpeg(tmp_path: Path, capsys: 
         path, image, photometric="rgb", tile=(64, 64), compression="zlib", resolution=(40000, 40000), resolutionunit="CENTIMETER"
     )
     store, plain = tmp_path / "lossy.zarr", tmp_path / "plain.zarr"
-    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A", "--jpeg-quality", "90"]) == 0
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue", "A", "--jpeg-quality", "90"]) == 0
     add_image(plain, str(path), modality="he", tissue_id="A")
     array = zarr.open_array(store / "he/images/A/0_25mpp", mode="r")
     assert _codec_names(array) == ["transpose", "imagecodecs_jpeg"]
@@ -131,7 +131,7 @@ def test_a_lossy_opt_in_stores_other_rgb_images_as_jpeg(tmp_path: Path, capsys: 
     assert _size(store / "he/images/A") < _size(plain / "he/images/A") / 2
     gray = tmp_path / "gray.tif"
     tifffile.imwrite(gray, np.zeros((32, 32), np.uint16))
-    assert main(["add-image", str(store), str(gray), "--modality", "imc", "--tissue-id", "B", "--mpp", "1", "--jpeg-quality", "90"]) == 1
+    assert main(["add-image", str(store), str(gray), "--modality", "imc", "--tissue", "B", "--mpp", "1", "--jpeg-quality", "90"]) == 1
     assert "JPEG storage is for 8-bit RGB images" in capsys.readouterr().err
 
 
@@ -196,7 +196,7 @@ def test_the_lossy_opt_in_refuses_a_z_stack_rather_than_keep_one_plane(tmp_path:
     multiscales.metadata.omero = Omero(channels=[OmeroChannel(color=c, window=window, label=c) for c in ("FF0000", "00FF00", "0000FF")])
     ngff_zarr.to_ngff_zarr(str(tmp_path / "stack.ome.zarr"), multiscales)  # an RGB z stack
     store = tmp_path / "cohort.zarr"
-    args = ["add-image", str(store), str(tmp_path / "stack.ome.zarr"), "--modality", "he", "--tissue-id", "S", "--jpeg-quality", "90"]
+    args = ["add-image", str(store), str(tmp_path / "stack.ome.zarr"), "--modality", "he", "--tissue", "S", "--jpeg-quality", "90"]
     assert main(args) == 1
     assert "JPEG storage is for 2-D images, this one is a stack of 2 z planes" in capsys.readouterr().err
     assert not (store / "he/images/S").exists()
@@ -223,6 +223,6 @@ def test_a_jpeg_quality_out_of_range_is_refused_for_a_jpeg_slide_too(
     slide: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], quality: str
 ) -> None:
     store = tmp_path / "cohort.zarr"
-    assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue-id", "A", "--jpeg-quality", quality]) == 1
+    assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue", "A", "--jpeg-quality", quality]) == 1
     assert f"JPEG quality must be an integer 1-100, got {quality}" in capsys.readouterr().err
     assert not (store / "he/images/A").exists()

@@ -97,7 +97,7 @@ def test_multiscale_levels_are_all_handed_lazily(tmp_path: Path) -> None:
     store = tmp_path / "c.zarr"
     from spora_zarr import WriteOptions
 
-    add_image(store, str(tmp_path / "b.ome.tif"), modality="cycif", tissue_id="T", mpp=0.5, options=WriteOptions(max_top_size=128))
+    add_image(store, str(tmp_path / "b.ome.tif"), modality="cycif", tissue_id="T", mpp=0.5, write=WriteOptions(max_top_size=128))
     data, kwargs, _ = read_store(str(store))[0]
     assert kwargs["multiscale"] and len(data) == len(open_cohort(store).resolutions("cycif", "T")) == 4
     assert all(isinstance(level, LazyLevel) for level in data)  # lazy: shards are read when napari indexes

@@ -98,7 +98,7 @@ def test_a_store_of_a_newer_format_is_refused_clearly(tmp_path: Path) -> None:
 def test_a_bad_mpp_names_the_flag(tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = _cycif_tiff(tmp_path / "s.ome.tif")
     with pytest.raises(SystemExit) as exit_:
-        main(["add-image", str(tmp_path / "c.zarr"), str(path), "--modality", "cycif", "--tissue-id", "A", "--mpp", value])
+        main(["add-image", str(tmp_path / "c.zarr"), str(path), "--modality", "cycif", "--tissue", "A", "--mpp", value])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--mpp" in err and "positive number" in err and "resolution" not in err

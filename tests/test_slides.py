@@ -26,7 +26,7 @@ def test_an_svs_slide_is_added_with_its_mpp_and_its_own_levels_pixel_exact(tmp_p
     slide = tmp_path / "slide.svs"
     write_svs(slide, np.asarray(he_like(600, 900, seed=1)), mpp=0.252, factors=(4, 16), tile=128)
     store = tmp_path / "cohort.zarr"
-    result = add_image(store, str(slide), modality="he", tissue_id="A", lossless=True, options=WriteOptions(max_top_size=32))
+    result = add_image(store, str(slide), modality="he", tissue_id="A", lossless=True, write=WriteOptions(max_top_size=32))
     names = [(level.name, level.from_source) for level in result.levels]
     assert names == [("0_252mpp", True), ("1_008mpp", True), ("4_032mpp", True), ("8_064mpp", False)]
     levels = _levels(store)
@@ -41,7 +41,7 @@ def test_svs_through_the_cli_and_a_level_at_another_factor_is_computed(tmp_path:
     slide = tmp_path / "slide.svs"
     write_svs(slide, np.asarray(he_like(200, 2200, seed=2)), factors=(3,), tile=128)  # 3x is not 2**k: left out
     store = tmp_path / "cohort.zarr"
-    assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue-id", "S1", "--lossless"]) == 0
+    assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue", "S1", "--lossless"]) == 0
     assert sorted(_levels(store, "S1")) == ["0_252mpp", "0_504mpp"]
     assert open_cohort(store).group_metadata("he", "S1").spora.source_levels == ("0_252mpp",)
 
@@ -58,7 +58,7 @@ def test_the_tiff_resolution_tags_give_the_pixel_size(tmp_path: Path, unit: str,
 def test_a_screen_resolution_is_not_a_pixel_size(tmp_path: Path) -> None:
     path = tmp_path / "image.tif"
     tifffile.imwrite(path, np.zeros((32, 32), np.uint8), resolution=(72, 72), resolutionunit="INCH")
-    with pytest.raises(InvalidInputError, match="does not record its pixel size; pass --mpp"):
+    with pytest.raises(InvalidInputError, match="does not record its pixel size; pass mpp="):
         add_image(tmp_path / "cohort.zarr", str(path), modality="imc", tissue_id="A")
 
 
@@ -76,7 +76,7 @@ def test_anisotropic_pixels_are_refused_with_the_axis_to_resample(tmp_path: Path
     metadata = {"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 1.0}
     tifffile.imwrite(path, np.zeros((2, 32, 32), np.uint16), ome=True, metadata=metadata)
     store = tmp_path / "cohort.zarr"
-    code = main(["add-image", str(store), str(path), "--modality", "imc", "--tissue-id", "A"])
+    code = main(["add-image", str(store), str(path), "--modality", "imc", "--tissue", "A"])
     captured = capsys.readouterr()
     assert code == 1
     assert_one_line_error(captured.err + captured.out, str(path), "anisotropic pixels", "1 µm in y, 0.5 µm in x", "along y")
@@ -106,7 +106,7 @@ def test_an_ome_tiff_pyramid_in_subifds_keeps_its_levels(tmp_path: Path) -> None
         writer.write(full, subifds=1, tile=(64, 64), metadata=metadata)
         writer.write(reduced, subfiletype=1, tile=(64, 64))
     store = tmp_path / "cohort.zarr"
-    add_image(store, str(path), modality="imc", tissue_id="A", options=WriteOptions(max_top_size=100))
+    add_image(store, str(path), modality="imc", tissue_id="A", write=WriteOptions(max_top_size=100))
     levels = _levels(store, modality="imc")
     assert sorted(levels) == ["0_5mpp", "1_0mpp", "2_0mpp"]
     np.testing.assert_array_equal(levels["1_0mpp"][:], reduced)
@@ -138,7 +138,7 @@ def test_a_slide_written_page_by_page_keeps_its_reduced_pages(tmp_path: Path) ->
         writer.write(np.ascontiguousarray(image[::4, ::4]), tile=(128, 128), compression="jpeg", photometric="rgb")
         writer.write(np.ascontiguousarray(image[::3, ::3]), tile=(128, 128), compression="jpeg", photometric="rgb")  # not 2**k
     store = tmp_path / "cohort.zarr"
-    result = add_image(store, str(slide), modality="he", tissue_id="A", options=WriteOptions(max_top_size=128))
+    result = add_image(store, str(slide), modality="he", tissue_id="A", write=WriteOptions(max_top_size=128))
     assert [(level.name, level.from_source) for level in result.levels] == [
         ("0_252mpp", True), ("1_008mpp", True), ("2_016mpp", False)
     ]
@@ -152,7 +152,7 @@ def test_an_aperio_mpp_that_is_no_pixel_size_asks_for_mpp(tmp_path: Path, capsys
     image = np.asarray(he_like(64, 64, seed=1))
     tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb", compression="jpeg", description=description, metadata=None)
     store = tmp_path / "cohort.zarr"
-    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A"]) == 1
-    assert capsys.readouterr().err == f"error: {path}: the file does not record its pixel size; pass --mpp\n"
-    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue-id", "A", "--mpp", "0.25"]) == 0
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue", "A"]) == 1
+    assert capsys.readouterr().err == f"error: {path}: the file does not record its pixel size; pass --mpp ...\n"
+    assert main(["add-image", str(store), str(path), "--modality", "he", "--tissue", "A", "--mpp", "0.25"]) == 0
     np.testing.assert_array_equal(open_cohort(store).open_image("he", "A", 0.25).values, tifffile.imread(path).transpose(2, 0, 1))

@@ -47,7 +47,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = make_synthetic_cohort(root / "tiff", tissues=("A", "B", "C"), he_shape=(301, 517), seed=3, ihc_markers=())
     dest = root / "cohort.zarr"
     assert convert_cohort(source, dest, ConvertOptions(progress=False)).ok
-    report = compute_statistics(dest, "imc", 1.0, SPECS, options=RunOptions(progress=False), block=112)
+    report = compute_statistics(dest, "imc", 1.0, SPECS, run=RunOptions(progress=False), block=112)
     assert report.ok and report.specs == SPECS, report.summary()
     return dest
 
@@ -109,7 +109,7 @@ def test_a_tissue_missing_a_channel_contributes_nothing_to_it(store: Path) -> No
 
 def test_within_mask_counts_only_masked_pixels(store: Path) -> None:
     spec = "quantile_clipping/uq_0.99_image"
-    report = compute_statistics(store, "imc", 1.0, [spec], within_mask=True, options=RunOptions(progress=False))
+    report = compute_statistics(store, "imc", 1.0, [spec], within_mask=True, run=RunOptions(progress=False))
     assert report.ok, report.summary()
     cohort = open_cohort(store)
     masks = {t: cohort.open_array("tissue_masks", t, 1.0)[:] > 0 for t in cohort.tissues("imc")}
@@ -117,7 +117,7 @@ def test_within_mask_counts_only_masked_pixels(store: Path) -> None:
     planes = _arrays(store)
     _compare(read_statistics(store, "imc", 1.0, spec), _reference(planes, spec, masks))
     # back to all pixels (the all-pixel histograms are kept: no pixel is read again)
-    report = compute_statistics(store, "imc", 1.0, [spec], options=RunOptions(progress=False))
+    report = compute_statistics(store, "imc", 1.0, [spec], run=RunOptions(progress=False))
     assert all(o.skipped for o in report.outcomes)
     _compare(read_statistics(store, "imc", 1.0, spec), _reference(planes, spec))
 
@@ -129,7 +129,7 @@ def test_new_specs_come_from_the_stored_histograms(store: Path, monkeypatch: pyt
         raise AssertionError("pixels read again")
 
     monkeypatch.setattr(statistics, "open_level", no_pixels)
-    report = compute_statistics(store, "imc", "1_0mpp", ["quantile_clipping/uq_0.5_image"], options=RunOptions(progress=False))
+    report = compute_statistics(store, "imc", "1_0mpp", ["quantile_clipping/uq_0.5_image"], run=RunOptions(progress=False))
     assert report.ok and all(o.skipped for o in report.outcomes), report.summary()
     assert (store / histogram_path("imc", 1.0, "A")).is_file()
     spec = "quantile_clipping/uq_0.5_image"
@@ -142,7 +142,7 @@ def test_worker_processes_give_the_same_statistics(tmp_path: Path) -> None:
     dest = tmp_path / "cohort.zarr"
     assert convert_cohort(source, dest, ConvertOptions(progress=False)).ok
     spec = "quantile_clipping_log1p/uq_0.99_global"
-    report = compute_statistics(dest, "imc", 0.5, [spec], options=RunOptions(workers=2, progress=False))
+    report = compute_statistics(dest, "imc", 0.5, [spec], run=RunOptions(workers=2, progress=False))
     assert report.ok and len(report.outcomes) == 2, report.summary()
     _compare(read_statistics(dest, "imc", 0.5, spec), _reference(_arrays(dest, resolution=0.5), spec))
 
@@ -153,7 +153,7 @@ def test_mixed_dtypes(tmp_path: Path) -> None:
     dest = tmp_path / "cohort.zarr"
     assert convert_cohort(source, dest, ConvertOptions(progress=False)).ok
     spec = "quantile_clipping/uq_0.99_image"
-    assert compute_statistics(dest, "imc", 1.0, [spec], options=RunOptions(progress=False)).ok
+    assert compute_statistics(dest, "imc", 1.0, [spec], run=RunOptions(progress=False)).ok
     got = read_statistics(dest, "imc", 1.0, spec)
     planes = _arrays(dest)
     want = _reference(planes, spec)

@@ -16,6 +16,7 @@ from spora_zarr import WriteOptions, open_cohort, validate_store
 from spora_zarr.errors import InvalidInputError, NotFoundError
 from spora_zarr.stitching import (
     MosaicSource,
+    StitchOptions,
     Tileset,
     apply_new_ids,
     blend,
@@ -98,7 +99,7 @@ def test_a_real_image_cut_into_tiles_stitches_back_exactly(tmp_path: Path, mode:
     image = rgb()
     table = cut(image, tmp_path / "tiles")
     store = tmp_path / "c.zarr"
-    result = stitch(tmp_path / "tiles", table, store, modality="he", tissue_id="T1", mpp=0.5, blend=mode, options=OPTIONS)
+    result = stitch(tmp_path / "tiles", table, store, StitchOptions(modality="he", tissue_id="T1", mpp=0.5, blend=mode), write=OPTIONS)
     assert not result.image.skipped
     cohort = open_cohort(store)
     np.testing.assert_array_equal(cohort.open_image("he", "T1", 0.5).values, image)
@@ -137,7 +138,8 @@ def test_labels_cut_by_tile_borders_are_merged(tmp_path: Path) -> None:
     image = coins[None]
     table = cut(image, tmp_path / "tiles", labels=labels)
     store = tmp_path / "c.zarr"
-    result = stitch(tmp_path / "tiles", table, store, modality="imc", tissue_id="T1", mpp=1.0, labels="cell_masks", options=OPTIONS)
+    result = stitch(tmp_path / "tiles", table, store,
+        StitchOptions(modality="imc", tissue_id="T1", mpp=1.0, labels="cell_masks"), write=OPTIONS)
     stitched = np.asarray(zarr.open_group(store, mode="r")["segmentations/cell_masks/T1/1_0mpp"]).reshape(labels.shape)
     assert adjusted_rand_index(stitched, labels) == pytest.approx(1.0)
     assert result.objects == labels.max() == len(np.unique(stitched)) - 1
@@ -159,7 +161,7 @@ def test_register_recovers_jittered_offsets(tmp_path: Path) -> None:
     }
     table = cut(gray, tmp_path / "tiles", tile=160, overlap=40, shifts=shifts)
     store = tmp_path / "c.zarr"
-    result = stitch(tmp_path / "tiles", table, store, modality="imc", tissue_id="T1", mpp=1.0, register=True, options=OPTIONS)
+    result = stitch(tmp_path / "tiles", table, store, StitchOptions(modality="imc", tissue_id="T1", mpp=1.0, register=True), write=OPTIONS)
     truth = np.array([[x + shifts[n][1], y + shifts[n][0]] for n, (y, x) in enumerate(corners)])
     assert np.abs(result.offsets[:, :2] - truth).max() <= 1.0
     assert any(v != (0, 0) for v in shifts.values())
@@ -210,7 +212,7 @@ def test_bad_input_fails_before_anything_is_written(tmp_path: Path, content: str
     tifffile.imwrite(tmp_path / "tiles" / "gray.tif", np.zeros((96, 96), np.uint8))
     (tmp_path / "bad.csv").write_text(content)
     with pytest.raises(error, match=match):
-        stitch(tmp_path / "tiles", tmp_path / "bad.csv", tmp_path / "c.zarr", modality="he", tissue_id="T1", mpp=1.0)
+        stitch(tmp_path / "tiles", tmp_path / "bad.csv", tmp_path / "c.zarr", StitchOptions(modality="he", tissue_id="T1", mpp=1.0))
     assert not (tmp_path / "c.zarr").exists()
 
 

@@ -122,7 +122,7 @@ def first_location(store: Path):
 
 def test_other_parameters_need_overwrite(copy: Path) -> None:
     tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE), tissues=["A", "B"], run=SERIAL)
-    with pytest.raises(InvalidInputError, match="tolerance=0.2 \\(not 0.4\\).*--overwrite"):
+    with pytest.raises(InvalidInputError, match="tolerance=0.2 \\(not 0.4\\).*overwrite=True"):
         tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE, tolerance=0.4), tissues=["A"], run=SERIAL)
     report = tile_cohort(copy, TilingOptions(resolution=1.0, tile_size=TILE, tolerance=0.4), tissues=["A"], run=SERIAL, overwrite=True)
     _, stats = _tables(copy)

@@ -140,7 +140,7 @@ def test_a_failed_add_image_leaves_every_file_as_it_was(store: Path, tmp_path: P
     before = files_of(store)
     bad = _bad_files(tmp_path)[kind]
     result = subprocess.run(
-        [*CLI, "add-image", str(store), str(bad), "--modality", "imc", "--tissue-id", "NEW", "--mpp", "1.0"], capture_output=True, text=True
+        [*CLI, "add-image", str(store), str(bad), "--modality", "imc", "--tissue", "NEW", "--mpp", "1.0"], capture_output=True, text=True
     )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -156,12 +156,12 @@ def test_a_failed_add_image_leaves_every_file_as_it_was(store: Path, tmp_path: P
 def test_add_image_killed_at_any_step_leaves_the_old_or_the_new_store(store: Path, tmp_path: Path, scenario: str) -> None:
     if scenario == "new tissue":
         image = ome(tmp_path / "b.ome.tif", np.random.default_rng(2).integers(0, 900, (2, 64, 80), dtype=np.uint16), 1.0, ["X1", "X2"])
-        args = ["--modality", "imc", "--tissue-id", "B"]
+        args = ["--modality", "imc", "--tissue", "B"]
     else:
         fine = np.random.default_rng(1).integers(0, 255, (256, 320, 3), dtype=np.uint8)
         image = tmp_path / "he_0_25.ome.tif"
         tifffile.imwrite(image, fine, ome=True, photometric="rgb", metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
-        args = ["--modality", "he", "--tissue-id", "A"]
+        args = ["--modality", "he", "--tissue", "A"]
     old = files_of(store)
     whole, killed = kill_at_each_step(store, tmp_path / "runs", ["add-image", "STORE", str(image), *args])
     new = files_of(whole)
@@ -195,8 +195,8 @@ def test_add_image_of_a_mask_writes_a_label_group_that_validates(tmp_path: Path,
     mask[10:50, 20:60] = 3
     mask_file = tmp_path / "mask.tif"
     tifffile.imwrite(mask_file, mask)
-    assert main(["add-image", str(store), str(image), "--modality", "imc", "--tissue-id", "T"]) == 0
-    assert main(["add-image", str(store), str(mask_file), "--modality", kind, "--tissue-id", "T", "--mpp", "1.0"]) == 0
+    assert main(["add-image", str(store), str(image), "--modality", "imc", "--tissue", "T"]) == 0
+    assert main(["add-image", str(store), str(mask_file), "--modality", kind, "--tissue", "T", "--mpp", "1.0"]) == 0
     group = zarr.open_group(store / "segmentations" / kind / "T", mode="r")
     assert group.attrs["ome"]["image-label"]["source"]["image"] == "../../../imc/images/T"
     assert group["1_0mpp"].ndim == 2
@@ -210,13 +210,13 @@ def test_add_image_of_a_mask_writes_a_label_group_that_validates(tmp_path: Path,
 def test_a_mask_that_matches_no_image_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "fresh.zarr"
     image = ome(tmp_path / "t.ome.tif", np.ones((2, 96, 80), np.uint16), 1.0, ["X1", "X2"])
-    assert main(["add-image", str(store), str(image), "--modality", "imc", "--tissue-id", "T"]) == 0
+    assert main(["add-image", str(store), str(image), "--modality", "imc", "--tissue", "T"]) == 0
     wrong = tmp_path / "wrong.tif"
     tifffile.imwrite(wrong, np.ones((50, 50), np.uint8))
     before = files_of(store)
     capsys.readouterr()
     for tissue in ("T", "NOIMAGE"):
-        assert main(["add-image", str(store), str(wrong), "--modality", "cell_masks", "--tissue-id", tissue, "--mpp", "1.0"]) == 1
+        assert main(["add-image", str(store), str(wrong), "--modality", "cell_masks", "--tissue", tissue, "--mpp", "1.0"]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and "wrong.tif" in err, err
     assert files_of(store) == before
@@ -230,7 +230,7 @@ def test_a_non_rgb_image_is_refused_as_he_and_ihc(
     path = tmp_path / "grey.tif"
     tifffile.imwrite(path, pixels)
     store = tmp_path / "fresh.zarr"
-    assert main(["add-image", str(store), str(path), "--modality", modality, "--tissue-id", "G", "--mpp", "1.0"]) == 1
+    assert main(["add-image", str(store), str(path), "--modality", modality, "--tissue", "G", "--mpp", "1.0"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "grey.tif" in err and "RGB" in err, err
     assert not store.exists()
@@ -301,8 +301,8 @@ def held(tmp_path: Path) -> Iterator[Path]:
     "argv",
     [
         ["convert", "SRC", "STORE"],
-        ["add-image", "STORE", "FILE", "--modality", "imc", "--tissue-id", "T", "--mpp", "1"],
-        ["stitch", "SRC", "FILE", "STORE", "--modality", "imc", "--tissue-id", "T", "--mpp", "1"],
+        ["add-image", "STORE", "FILE", "--modality", "imc", "--tissue", "T", "--mpp", "1"],
+        ["stitch", "SRC", "FILE", "STORE", "--modality", "imc", "--tissue", "T", "--mpp", "1"],
         ["tile", "STORE", "--resolution", "1.0", "--tile-size", "32"],
         ["standardize", "STORE", "--modality", "imc", "--resolution", "1.0", "--spec", "quantile_clipping/uq_0.99_image"],
         ["predict", "STORE", "--model", "m.pt", "--modality", "imc", "--resolution", "1.0", "--name", "p"],
@@ -358,7 +358,7 @@ def test_an_overwrite_never_leaves_the_group_missing(store: Path, tmp_path: Path
     metadata = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
     tifffile.imwrite(other, np.full((128, 160, 3), 7, np.uint8), ome=True, photometric="rgb", metadata=metadata)
     old_document = (store / "he/images/A/zarr.json").read_bytes()
-    argv = ["add-image", "--overwrite", "STORE", str(other), "--modality", "he", "--tissue-id", "A"]
+    argv = ["add-image", "--overwrite", "STORE", str(other), "--modality", "he", "--tissue", "A"]
     whole, killed = kill_at_each_step(store, tmp_path / "runs", argv)
     documents = (old_document, (whole / "he/images/A/zarr.json").read_bytes())
     for step, target in enumerate(killed, 1):
@@ -390,9 +390,9 @@ def test_add_image_on_an_object_store_promotes_the_group_and_its_tables(tmp_path
     url = f"memory://atomic-{os.getpid()}/cohort.zarr"
     image = ome(tmp_path / "b.ome.tif", np.arange(2 * 64 * 80, dtype=np.uint16).reshape(2, 64, 80), 1.0, ["X1", "X2"])
     tifffile.imwrite(tmp_path / "mask.tif", (np.arange(64 * 80).reshape(64, 80) % 5).astype(np.uint8))
-    assert main(["add-image", url, str(image), "--modality", "imc", "--tissue-id", "B"]) == 0
-    assert main(["add-image", url, str(image), "--modality", "imc", "--tissue-id", "B", "--overwrite"]) == 0
-    assert main(["add-image", url, str(tmp_path / "mask.tif"), "--modality", "tissue_masks", "--tissue-id", "B", "--mpp", "1"]) == 0
+    assert main(["add-image", url, str(image), "--modality", "imc", "--tissue", "B"]) == 0
+    assert main(["add-image", url, str(image), "--modality", "imc", "--tissue", "B", "--overwrite"]) == 0
+    assert main(["add-image", url, str(tmp_path / "mask.tif"), "--modality", "tissue_masks", "--tissue", "B", "--mpp", "1"]) == 0
     cohort = open_cohort(url)
     np.testing.assert_array_equal(cohort.open_image("imc", "B", 1.0).values, tifffile.imread(image))
     assert cohort.read_table("imc/channels_per_tissue.parquet").to_pydict() == {"tissue_id": ["B", "B"], "channel_name": ["X1", "X2"]}
@@ -413,7 +413,7 @@ def test_a_lock_file_that_is_no_file_of_sporas_is_never_written_through(
     {"symlink": lambda: lock.symlink_to(precious), "hardlink": lambda: os.link(precious, lock), "fifo": lambda: os.mkfifo(lock)}[kind]()
     image = ome(tmp_path / "img.tif", np.zeros((2, 32, 32), np.uint16), 1.0)
     capsys.readouterr()
-    assert main(["add-image", str(store), str(image), "--modality", "imc", "--tissue-id", "Z"]) == 1
+    assert main(["add-image", str(store), str(image), "--modality", "imc", "--tissue", "Z"]) == 1
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(lock) in lines[0], lines
     assert precious.read_text() == "mine" and not (store / "imc/images/Z").exists()

@@ -372,7 +372,7 @@ def test_writing_to_http_is_one_line(served: str, tmp_path: Path, command: str, 
     src = make_synthetic_cohort(tmp_path / "src", tissues=("A",), he_shape=(40, 50), resolutions=(1.0,), seed=4)
     argv = {
         "convert": ["convert", "--no-progress", str(src), served.replace("c.zarr", "new.zarr")],
-        "add-image": ["add-image", served, str(next(src.rglob("A.tif"))), "--modality", "he", "--tissue-id", "Z", "--mpp", "1.0"],
+        "add-image": ["add-image", served, str(next(src.rglob("A.tif"))), "--modality", "he", "--tissue", "Z", "--mpp", "1.0"],
         "tile": ["tile", served, "--resolution", "1.0", "--tile-size", "32"],
         "standardize": ["standardize", served, "--modality", "imc", "--resolution", "1.0", "--spec", "quantile_clipping/uq_0.99_image"],
     }[command]

@@ -44,7 +44,7 @@ def image(tmp_path: Path) -> Path:
 
 
 def add(store: Path, image: Path, modality: str, tissue: str = "T") -> int:
-    return main(["add-image", str(store), str(image), "--modality", modality, "--tissue-id", tissue, "--mpp", "1",
+    return main(["add-image", str(store), str(image), "--modality", modality, "--tissue", tissue, "--mpp", "1",
                  "--chunk", "32", "--shard", "0"])
 
 
@@ -88,7 +88,7 @@ def tiles(folder: Path, names: tuple[str, ...] = ("a.tif", "b.tif")) -> Path:
 
 
 def stitch_cli(tiles_dir: Path, table: Path, store: Path, *extra: str, modality: str = "imc") -> int:
-    return main(["stitch", str(tiles_dir), str(table), str(store), "--modality", modality, "--tissue-id", "T", "--mpp", "1",
+    return main(["stitch", str(tiles_dir), str(table), str(store), "--modality", modality, "--tissue", "T", "--mpp", "1",
                  "--no-progress", *extra])
 
 
@@ -277,7 +277,7 @@ def test_a_foreign_folder_inside_a_store_is_never_replaced(tmp_path: Path, image
     (store / "he/images/T2").mkdir()
     (store / "he/images/T2/notes.txt").write_text("keep me")
     capsys.readouterr()
-    assert main(["add-image", str(store), str(image), "--modality", "he", "--tissue-id", "T2", "--mpp", "1", "--overwrite"]) == 1
+    assert main(["add-image", str(store), str(image), "--modality", "he", "--tissue", "T2", "--mpp", "1", "--overwrite"]) == 1
     one_error(capsys, "did not write")
     assert tree(store / "he/images/T2") == {"notes.txt"}
 

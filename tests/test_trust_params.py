@@ -19,7 +19,7 @@ from spora_zarr.cli import main
 from spora_zarr.convert import add_image
 from spora_zarr.datasets import MultiplexImagingDataset
 from spora_zarr.errors import InvalidInputError, reason
-from spora_zarr.inference.predict import predict_tissue
+from spora_zarr.inference.predict import PredictTissueOptions, predict_tissue
 from spora_zarr.read.validate import validate_store
 from spora_zarr.sources.base import ArraySource
 from spora_zarr.torch import TileDataset
@@ -56,7 +56,7 @@ def test_cli_chunk_over_the_memory_budget_is_one_line_before_anything_is_written
 ) -> None:
     tifffile.imwrite(tmp_path / "small.tif", np.zeros((2, 32, 32), np.uint16))
     dest = tmp_path / "out.zarr"
-    argv = ["add-image", str(dest), str(tmp_path / "small.tif"), "--modality", "imc", "--tissue-id", "T", "--mpp", "1"]
+    argv = ["add-image", str(dest), str(tmp_path / "small.tif"), "--modality", "imc", "--tissue", "T", "--mpp", "1"]
     code = main([*argv, "--chunk", "100000", "--shard", "0"])
     one_error_line(capsys.readouterr().err, "chunk edge 100000", "memory budget")
     assert code == 1
@@ -100,7 +100,7 @@ def test_unstored_dtypes_are_one_line_naming_the_source(tmp_path: Path, dtype: n
 
 def test_cli_complex_tiff_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tifffile.imwrite(tmp_path / "c.tif", np.ones((2, 32, 32), np.complex64))
-    code = main(["add-image", str(tmp_path / "o.zarr"), str(tmp_path / "c.tif"), "--modality", "imc", "--tissue-id", "T", "--mpp", "1"])
+    code = main(["add-image", str(tmp_path / "o.zarr"), str(tmp_path / "c.tif"), "--modality", "imc", "--tissue", "T", "--mpp", "1"])
     one_error_line(capsys.readouterr().err, "c.tif", "dtype complex64 is not stored")
     assert code == 1
 
@@ -158,19 +158,20 @@ def long_failure(x: torch.Tensor) -> torch.Tensor:
 ])
 def test_model_output_that_cannot_be_stored_is_an_error(store: Path, dataset, model, labels: bool, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
-        predict_tissue(model, dataset, "T", 32, 8, output=f"bad_{model.__name__}", labels=labels)
+        predict_tissue(model, dataset, "T", PredictTissueOptions(name=f"bad_{model.__name__}", tile_size=32, overlap=8, labels=labels))
     assert not (store / f"segmentations/bad_{model.__name__}").exists()
     assert not (store / f"predictions/bad_{model.__name__}").exists()
 
 
 def test_label_fill_value_that_the_labels_cannot_hold_is_an_error(dataset) -> None:
     with pytest.raises(InvalidInputError, match="fill value of labels must be a whole number"):
-        predict_tissue(negative_labels, dataset, "T", 32, 8, output="badfill", labels=True, fill_value=-1)
+        predict_tissue(negative_labels, dataset, "T",
+            PredictTissueOptions(name="badfill", tile_size=32, overlap=8, labels=True, fill_value=-1))
 
 
 def test_model_errors_are_cut_at_a_word_boundary(dataset) -> None:
     with pytest.raises(InvalidInputError) as caught:
-        predict_tissue(long_failure, dataset, "T", 32, 8, output="long")
+        predict_tissue(long_failure, dataset, "T", PredictTissueOptions(name="long", tile_size=32, overlap=8))
     text = str(caught.value)
     assert text.endswith("…") and "\n" not in text
     tail = text.split("the model could not run: ")[1].rstrip("…").split(" ")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..access.resolution import parse_resolution
 from ..errors import InvalidInputError
 from ..sources import ArraySource, ImageSource, open_source
 from ..sources.lossy import JpegEncoded
@@ -39,8 +40,6 @@ from ..store.layout import (
     MASK_KINDS,
     image_group_path,
     label_group_path,
-    resolution_name,
-    resolution_value,
     validate_modality,
     validate_tissue_id,
 )
@@ -64,7 +63,7 @@ def add_image(
     tissue_id: str,
     mpp: float | None = None,
     channel_names: Sequence[str] | None = None,
-    options: WriteOptions | None = None,
+    write: WriteOptions | None = None,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     lossless: bool = False,
@@ -80,18 +79,19 @@ def add_image(
     chunks unless ``lossless`` (then they are decoded and stored with the
     lossless codec, readable everywhere); ``jpeg_quality`` (1-100) stores
     any other 8-bit RGB image's levels as JPEG tiles of that quality (lossy,
-    the same codec and read path). Returns the write's result;
+    the same codec and read path). ``write`` sets the array layout
+    (:class:`~spora_zarr.write.writer.WriteOptions`). Returns the write's result;
     ``skipped`` when the image already has this resolution from a source and
     ``overwrite`` is false.
     """
     validate_tissue_id(tissue_id, source=path)
     validate_modality(modality, source=path)
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
-        raise InvalidInputError(f"{path}: mpp must be a positive number of microns per pixel, got {mpp!r}")
+        raise InvalidInputError(f"{path}: mpp={mpp!r} is not a positive number of microns per pixel")
     if modality in MASK_KINDS and channel_names:
         raise InvalidInputError(f"{path}: a mask ({modality}) has no channel names; leave out the channel names")
     if jpeg_quality is not None and lossless:
-        raise InvalidInputError(f"{path}: --jpeg-quality (lossy) and --lossless exclude each other")
+        raise InvalidInputError(f"{path}: jpeg_quality={jpeg_quality!r} (lossy) and lossless=True exclude each other")
     dst = Location.parse(dest, storage_options)
     with open_source(path) as source, contextlib.ExitStack() as closing:
         info = source.info
@@ -100,17 +100,18 @@ def add_image(
             (y, x), axis = info.anisotropic, "y" if info.anisotropic[0] > info.anisotropic[1] else "x"
             raise InvalidInputError(
                 f"{path}: anisotropic pixels ({y:g} µm in y, {x:g} µm in x); resample the image along {axis} "
-                f"to {min(y, x):g} µm per pixel first (or pass --mpp to store it at one pixel size)"
+                f"to {min(y, x):g} µm per pixel first (or pass mpp=... to store it at one pixel size)"
             )
         if resolution is None:
-            raise InvalidInputError(f"{path}: the file does not record its pixel size; pass --mpp")
+            raise InvalidInputError(f"{path}: the file does not record its pixel size; pass mpp=...")
+        finest = parse_resolution(resolution).mpp
         staging = Staging(dst)
         staging.recover()
         try:
             if modality in MASK_KINDS:
-                return _add_mask(dst, path, source, modality, tissue_id, resolution_value(resolution), options, overwrite)
-            levels = _own_levels(source, resolution_value(resolution), jpeg_quality, closing)
-            return _add_image(dst, path, source, modality, tissue_id, levels, channel_names, options, overwrite, keep_encoded=not lossless)
+                return _add_mask(dst, path, source, modality, tissue_id, finest, write, overwrite)
+            levels = _own_levels(source, finest, jpeg_quality, closing)
+            return _add_image(dst, path, source, modality, tissue_id, levels, channel_names, write, overwrite, keep_encoded=not lossless)
         finally:
             staging.recover()  # tidies the staging folder a failed write leaves
 
@@ -125,7 +126,7 @@ def _own_levels(
     own: dict[float, ImageSource] = {resolution: source}
     for factor, reduced in source.reduced_levels().items():
         closing.callback(reduced.close)
-        own[resolution_value(resolution * factor)] = reduced
+        own[parse_resolution(resolution * factor).mpp] = reduced
     if jpeg_quality is None:
         return own
     lossy = {mpp: JpegEncoded(level, jpeg_quality) for mpp, level in own.items()}  # checks the quality and the image, always
@@ -140,7 +141,7 @@ def _add_image(
     tissue_id: str,
     levels: dict[float, ImageSource],
     channel_names: Sequence[str] | None,
-    options: WriteOptions | None,
+    write: WriteOptions | None,
     overwrite: bool,
     *,
     keep_encoded: bool,
@@ -155,7 +156,7 @@ def _add_image(
         raise InvalidInputError(f"{path}: {source.shape[0]} channels but {len(names)} channel names given")
     target = image_group_path(modality, tissue_id)
     existing = _existing(dst, target)
-    level = resolution_name(min(levels))
+    level = parse_resolution(min(levels)).name
     if existing is not None and existing.channel_names != names:
         raise InvalidInputError(
             f"{path}: {target} has channels {existing.channel_names}, the file {names}; a tissue's resolutions share their channels"
@@ -167,13 +168,13 @@ def _add_image(
     if existing is not None:
         group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
         for kept in existing.spora.source_levels:
-            if resolution_value(kept) not in sources:
-                sources[resolution_value(kept)] = _stored_level(dst, f"{target}/{kept}", group[kept])
+            if parse_resolution(kept).mpp not in sources:
+                sources[parse_resolution(kept).mpp] = _stored_level(dst, f"{target}/{kept}", group[kept])
     files = {rel: table_bytes(table) for rel, table in tables.items()}
-    files.update(staged_root_document(dst, modalities={modality: [resolution_name(mpp) for mpp in sources]}))
+    files.update(staged_root_document(dst, modalities={modality: [parse_resolution(mpp).name for mpp in sources]}))
     return write_image(
         dst, target, sources, channel_names=names, rgb=rgb, panel=modality_panel(dst, modality) if not rgb else None,
-        spora={"tissue_id": tissue_id, "modality": modality}, options=options, overwrite=existing is not None or overwrite, files=files,
+        spora={"tissue_id": tissue_id, "modality": modality}, options=write, overwrite=existing is not None or overwrite, files=files,
         keep_encoded=keep_encoded, z_mpp=info.z_mpp,
     )
 
@@ -185,22 +186,22 @@ def _add_mask(
     kind: str,
     tissue_id: str,
     resolution: float,
-    options: WriteOptions | None,
+    write: WriteOptions | None,
     overwrite: bool,
 ) -> WriteResult:
     """The file as the tissue's mask: one level of integer labels of the shape of the tissue's image at that level."""
     target = label_group_path(kind, tissue_id)
-    level = resolution_name(resolution)
+    level = parse_resolution(resolution).name
     image = _segmented_image(dst, path, tissue_id, level, source.shape[1:])
     existing = _existing(dst, target)
     if existing is not None and not overwrite:
         if level in existing.spora.source_levels:
             return WriteResult(target, skipped=True)
         levels = ", ".join(existing.spora.source_levels)
-        raise InvalidInputError(f"{path}: {target} already holds a mask from {levels}; pass --overwrite to replace it with this file")
+        raise InvalidInputError(f"{path}: {target} already holds a mask from {levels}; pass overwrite=True to replace it with this file")
     return write_labels(
         dst, target, {resolution: source}, source_image=f"../../../{image}", spora={"tissue_id": tissue_id, "mask_kind": kind},
-        options=options, overwrite=overwrite, files=staged_root_document(dst, mask_kinds=[kind]),
+        options=write, overwrite=overwrite, files=staged_root_document(dst, mask_kinds=[kind]),
     )
 
 

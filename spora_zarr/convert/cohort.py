@@ -16,6 +16,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidInputError
 from ..run import RunOptions, RunReport, run_tasks
 from ..store.guard import check_destination
 from ..store.location import Location
@@ -31,19 +32,37 @@ __all__ = ["ConversionReport", "ConvertOptions", "convert_cohort"]
 
 @dataclass(frozen=True, kw_only=True)
 class ConvertOptions:
-    """How a conversion runs: where (see :class:`~.runner.RunOptions`), what to redo, and the array layout."""
+    """What a conversion redoes (``overwrite``).
 
-    workers: int = 1
+    ``workers``, ``scheduler``, ``progress`` and ``write`` are the spelling of
+    earlier releases, kept working: :func:`convert_cohort` takes them as
+    ``run=`` :class:`~spora_zarr.run.RunOptions` and ``write=``
+    :class:`~spora_zarr.write.writer.WriteOptions` like every verb; giving
+    both spellings is refused.
+    """
+
+    workers: int | None = None
     scheduler: str | None = None
     overwrite: bool = False
-    progress: bool = True
-    write: WriteOptions = field(default_factory=WriteOptions)
+    progress: bool | None = None
+    write: WriteOptions | None = None
 
     def __post_init__(self) -> None:
         self.run_options()  # refuses impossible worker counts and scheduler addresses up front
 
     def run_options(self) -> RunOptions:
-        return RunOptions(workers=self.workers, scheduler=self.scheduler, progress=self.progress)
+        """The run options these fields give (the defaults where they are unset)."""
+        progress = True if self.progress is None else self.progress
+        return RunOptions(workers=1 if self.workers is None else self.workers, scheduler=self.scheduler, progress=progress)
+
+    def resolved(self, write: WriteOptions | None, run: RunOptions | None) -> tuple[WriteOptions, RunOptions]:
+        """The write and run options of a conversion from ``write=``/``run=`` or these fields; ``InvalidInputError`` for both."""
+        if write is not None and self.write is not None:
+            raise InvalidInputError("write= and options.write both given; give write= only")
+        legacy = [name for name in ("workers", "scheduler", "progress") if getattr(self, name) is not None]
+        if run is not None and legacy:
+            raise InvalidInputError(f"run= and options.{legacy[0]} both given; give run= only")
+        return write or self.write or WriteOptions(), run or self.run_options()
 
 
 @dataclass
@@ -65,6 +84,8 @@ def convert_cohort(
     dest: str | Location,
     options: ConvertOptions | None = None,
     *,
+    write: WriteOptions | None = None,
+    run: RunOptions | None = None,
     storage_options: dict[str, Any] | None = None,
     source_storage_options: dict[str, Any] | None = None,
 ) -> ConversionReport:
@@ -76,8 +97,10 @@ def convert_cohort(
     ``add-image``). ``dest`` may not be ``source`` or inside it; a folder that
     is not a store and holds files is refused unless ``overwrite`` (its files
     are kept: only groups and tables spora_zarr wrote are ever replaced).
+    ``write`` sets the array layout, ``run`` where the tasks run.
     """
     options = options or ConvertOptions()
+    write, run = options.resolved(write, run)
     plan = scan_cohort(source, source_storage_options)
     dst = Location.parse(dest, storage_options)
     staging = Staging(dst)
@@ -88,8 +111,6 @@ def convert_cohort(
     tables = _copy_tables(plan, dst, staging, options.overwrite)
     for group in {posixpath.dirname(t.path) for t in plan.tasks}:
         staging.ensure_groups(group)
-    run = options.run_options()
-    write = options.write
     if run.workers > 1 and write.codec_threads is None:
         write = dataclasses.replace(write, codec_threads=run.codec_threads)
     work = functools.partial(run_task, dest=dst, source=plan.source, options=write, overwrite=options.overwrite)

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..access.resolution import is_level_name, parse_resolution
 from ..errors import InvalidInputError, reason
 from ..sources import RASTER_SUFFIXES, TIFF_SUFFIXES
 from ..store.guard import unreadable_reason
@@ -20,10 +21,7 @@ from ..store.layout import (
     channels_per_tissue_table_path,
     channels_table_path,
     image_group_path,
-    is_resolution_name,
     label_group_path,
-    resolution_name,
-    resolution_value,
     validate_modality,
     validate_tissue_id,
 )
@@ -124,7 +122,7 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
             raise InvalidInputError(f"{src.join(rel)}: tissue {tissue_id!r} is not listed in {TISSUES_TABLE}")
         target = masks if group == "mask" else images
         per_res = target.setdefault((key_name, tissue_id), {})
-        mpp = resolution_value(res)
+        mpp = parse_resolution(res).mpp
         if mpp in per_res:
             raise InvalidInputError(f"{src.join(rel)}: duplicate tissue id {tissue_id!r} (also {per_res[mpp]})")
         per_res[mpp] = src.join(rel)
@@ -147,7 +145,7 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     modalities: dict[str, list[str]] = {}
     for (modality, _), per_res in images.items():
         modalities.setdefault(modality, [])
-        modalities[modality] = sorted({*modalities[modality], *map(resolution_name, per_res)}, key=resolution_value)
+        modalities[modality] = sorted({*modalities[modality], *(parse_resolution(mpp).name for mpp in per_res)}, key=parse_resolution)
     for path, why in skipped:
         log.warning("%s: skipped: %s", path, why)
     if not tasks:
@@ -207,7 +205,7 @@ def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str,
 
 
 def _check_resolution_dir(name: str, where: str) -> None:
-    if not is_resolution_name(name):
+    if not is_level_name(name):
         raise InvalidInputError(f"{where}: {name!r} is not a resolution directory name (expected e.g. '1_0mpp' or '0_65mpp')")
 
 

@@ -9,15 +9,15 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 
+from ..access.resolution import parse_resolution
 from ..errors import InvalidInputError
-from ..store.layout import resolution_value
 from .imaging import BaseImagingDataset, MultiplexImagingDataset
 from .tissues import ComposedTissue
 
 
 def pixel_scale(base: BaseImagingDataset, dataset: BaseImagingDataset) -> float:
     """Pixels of ``dataset`` per pixel of ``base`` (their resolutions' ratio)."""
-    return resolution_value(base.resolution) / resolution_value(dataset.resolution)
+    return parse_resolution(base.resolution).mpp / parse_resolution(dataset.resolution).mpp
 
 
 class ComposedImagingDataset:

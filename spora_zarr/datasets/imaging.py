@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..access.resolution import ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError
 from ..read.cohort import Cohort, open_cohort
 from ..read.levels import LevelReader, open_level
@@ -40,10 +41,8 @@ from ..standardize.standardizers import (
 from ..store.layout import (
     CELLS_TABLE,
     TISSUES_TABLE,
-    Resolution,
     channels_per_tissue_table_path,
     channels_table_path,
-    resolution_name,
     tile_table_path,
 )
 from ..store.location import Location
@@ -147,7 +146,7 @@ class BaseImagingDataset:
         self,
         name: str,
         path: str | Location,
-        resolution: Resolution,
+        resolution: ResolutionLike,
         crop_size: int,
         load_cell_metadata: bool = False,
         verbose: bool = True,
@@ -158,7 +157,7 @@ class BaseImagingDataset:
     ) -> None:
         self.name = name
         self.path = path
-        self.resolution = resolution_name(resolution)
+        self.resolution = parse_resolution(resolution).name
         self.crop_size = whole_number(crop_size, "crop_size", name, minimum=1)
         self.load_cell_metadata = load_cell_metadata
         self.verbose = verbose
@@ -221,9 +220,11 @@ class BaseImagingDataset:
         cache = self.__dict__.setdefault("_cache_readers", {})
         key = (group, tissue_id)
         if key not in cache:
-            path = self.cohort.level_path(group, tissue_id, self.resolution)
+            mask = self.cohort.is_mask_kind(group)
+            level_path = self.cohort.mask_level_path if mask else self.cohort.level_path
+            path = level_path(group, tissue_id, self.resolution)
             reader = open_level(self.cohort.location, path, engine=self.engine)
-            if len(reader.shape) > (2 if self.cohort.is_mask_kind(group) else 3):
+            if len(reader.shape) > (2 if mask else 3):
                 where = self.cohort.location.join(path)
                 raise InvalidInputError(f"{where}: tissue {tissue_id!r} is a z stack {reader.shape}; the datasets read 2-D tissues only")
             cache[key] = reader
@@ -435,7 +436,7 @@ class HEImagingDataset(_RGBDataset):
 
     image_modality = HEModality().directory
 
-    def __init__(self, name: str, path: str | Location, resolution: Resolution, crop_size: int, load_cell_metadata: bool = False,
+    def __init__(self, name: str, path: str | Location, resolution: ResolutionLike, crop_size: int, load_cell_metadata: bool = False,
                  verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
         self.standardizer = MeanStdStandardizer(mean_std_type)  # refuses an unknown preset
         self.mean_std_type = mean_std_type
@@ -449,7 +450,7 @@ class HEImagingDataset(_RGBDataset):
 class SingleIHCImagingDataset(_RGBDataset):
     """Single-marker RGB IHC images of ``ihc/ihc_<marker_name>``."""
 
-    def __init__(self, name: str, path: str | Location, marker_name: str, resolution: Resolution, crop_size: int,
+    def __init__(self, name: str, path: str | Location, marker_name: str, resolution: ResolutionLike, crop_size: int,
                  load_cell_metadata: bool = False, verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
         self.marker_name = marker_name
         self.modality = IHCModality(marker=marker_name)
@@ -471,7 +472,7 @@ class MultiplexImagingDataset(BaseImagingDataset):
         self,
         name: str,
         path: str | Location,
-        resolution: Resolution,
+        resolution: ResolutionLike,
         crop_size: int,
         modality: str | MultiplexModality = "imc",
         standardization: str | Standardizer = "identity",

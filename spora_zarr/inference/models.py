@@ -78,11 +78,11 @@ def check_device(device: str) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             built = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise InvalidInputError(f"device {device!r}: CUDA is not available ({built}); use --device cpu")
+            raise InvalidInputError(f"device {device!r}: CUDA is not available ({built}); use device='cpu'")
         if parsed.index is not None and parsed.index >= count:
             raise InvalidInputError(f"device {device!r}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidInputError(f"device {device!r}: Apple MPS is not available on this machine; use --device cpu")
+        raise InvalidInputError(f"device {device!r}: Apple MPS is not available on this machine; use device='cpu'")
 
 
 def _import(spec: str) -> Model:

@@ -23,22 +23,20 @@ failure summary, and resume (a tissue whose group is complete is skipped).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..access.resolution import Resolution, ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError
 from ..process import PerProcess
 from ..store.layout import (
     IHC_PREFIX,
     MASK_KINDS,
-    Resolution,
     channels_per_tissue_table_path,
     channels_table_path,
     image_group_path,
     label_group_path,
     prediction_dir,
-    resolution_name,
-    resolution_value,
     validate_name,
     validate_tissue_id,
 )
@@ -56,6 +54,7 @@ __all__ = [
     "PREDICTION_MEMORY_BUDGET",
     "PredictOptions",
     "PredictTask",
+    "PredictTissueOptions",
     "make_dataset",
     "output_path",
     "predict_cohort",
@@ -85,7 +84,7 @@ def output_path(name: str, tissue_id: str, *, labels: bool = False) -> str:
 
 
 def make_dataset(
-    store: str | Location, modality: str, resolution: Resolution, tile_size: int, *, standardization: str = "identity",
+    store: str | Location, modality: str, resolution: ResolutionLike, tile_size: int, *, standardization: str = "identity",
     storage_options: dict[str, Any] | None = None,
 ) -> Any:
     """The dataset of ``modality``: ``he`` (H&E), ``ihc/ihc_<marker>``, or a multiplex modality (any other, predictions too)."""
@@ -103,25 +102,14 @@ def predict_tissue(
     model: str | Model,
     dataset: Any,
     tissue_id: str,
-    tile_size: int = 256,
-    overlap: int = 32,
-    batch_size: int = 8,
+    options: PredictTissueOptions,
     *,
-    output: str,
-    labels: bool = False,
-    mode: str = "crop",
-    device: str = "cpu",
-    kind: str = "complete",
-    preprocess: bool = True,
-    channel_names: Sequence[str] | None = None,
-    min_tissue: float | None = None,
-    fill_value: float = 0,
-    options: WriteOptions | None = None,
+    write: WriteOptions | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     record: bool = True,
 ) -> WriteResult:
-    """Predict one tissue of ``dataset`` with ``model`` and write it into the dataset's store as ``output``.
+    """Predict one tissue of ``dataset`` with ``model`` and write it into the dataset's store as ``options.name``.
 
     Parameters
     ----------
@@ -133,27 +121,10 @@ def predict_tissue(
         resolution and preprocessing (standardization) give the model input.
     tissue_id
         The tissue.
-    tile_size, overlap, batch_size
-        The tiling (:func:`~spora_zarr.tiling.patching.tile_specs`) and tiles per model call.
-    output
-        The prediction's name (``predictions/<output>`` or ``segmentations/<output>``).
-    labels
-        Write labels (argmax of per-class scores, or one integer channel).
-    mode
-        ``"crop"`` (keep each tile's centre) or ``"blend"`` (Gaussian-weighted average).
-    device
-        ``"cpu"``, ``"cuda"``, ...
-    kind
-        Channel kind of multiplex input (``complete``, ``qc_filtered``, ``uniprot_filtered``).
-    preprocess
-        Standardize the input as the dataset's ``read_tile`` does.
-    channel_names
-        Names of the output channels (default: the model's ``channel_names``,
-        else ``<output>`` or ``<output>_<k>``).
-    min_tissue
-        Skip tiles whose tissue-mask fraction is below this; their pixels are ``fill_value``.
-    options, overwrite, progress
-        As for :func:`~spora_zarr.write.writer.write_image` (default options:
+    options
+        The prediction's name, tiling, model call and output (:class:`PredictTissueOptions`).
+    write, overwrite, progress
+        As for :func:`~spora_zarr.write.writer.write_image` (default ``write``:
         :func:`prediction_write_options`).
     record
         Record the prediction in the root attributes and channel tables
@@ -169,10 +140,9 @@ def predict_tissue(
     from ..store.staging import Staging
     from ..write.writer import write_image, write_labels
 
-    if mode not in MODES:
-        raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    _check_tiling(tile_size, overlap)
-    options = options or prediction_write_options()
+    o = options
+    output, labels, tile_size, overlap, min_tissue = o.name, o.labels, o.tile_size, o.overlap, o.min_tissue
+    write = write or prediction_write_options()
     path = output_path(output, tissue_id, labels=labels)
     cohort = dataset.cohort
     location: Location = cohort.location
@@ -180,27 +150,27 @@ def predict_tissue(
     dataset._check_tissue(tissue_id)  # NotFoundError naming the tissue
     if not overwrite and Staging(location).is_complete(path):
         return WriteResult(path, skipped=True)
-    loaded = load_model(model, device)
+    loaded = load_model(model, o.device)
     where = f"model {model_label(model)}, tissue {tissue_id!r}"
     reader = open_level(location, cohort.level_path(modality, tissue_id, dataset.resolution), engine=dataset.engine)
     mask = None
     if min_tissue is not None:
-        mask = open_level(location, cohort.level_path("tissue_masks", tissue_id, dataset.resolution), engine=dataset.engine)
-    channels = dataset._channel_indices(tissue_id, kind)
+        mask = open_level(location, cohort.mask_level_path("tissue_masks", tissue_id, dataset.resolution), engine=dataset.engine)
+    channels = dataset._channel_indices(tissue_id, o.kind)
 
     def standardize(tensor: Any) -> Any:
-        return dataset._preprocess(tensor, tissue_id, kind)
+        return dataset._preprocess(tensor, tissue_id, o.kind)
 
     # the identity standardization is the cast into the batch buffer: no float32 copy of each window first
     identity = isinstance(getattr(dataset, "standardizer", None), IdentityStandardizer)
-    inputs = InputWindows(reader, channels, standardize if preprocess and not identity else None, mask)
-    mpp = resolution_value(dataset.resolution)
+    inputs = InputWindows(reader, channels, standardize if o.preprocess and not identity else None, mask)
+    mpp = parse_resolution(dataset.resolution).mpp
     source = PredictionSource(
-        loaded, inputs, tile_size, overlap, batch_size, mode=mode, labels=labels, device=device, min_tissue=min_tissue,
-        fill_value=fill_value, name=where, mpp=mpp,
+        loaded, inputs, tile_size, overlap, o.batch_size, mode=o.mode, labels=labels, device=o.device, min_tissue=min_tissue,
+        fill_value=o.fill_value, name=where, mpp=mpp,
     )
     if not labels:
-        names = list(channel_names or model_channel_names(loaded) or [])
+        names = list(o.channel_names or model_channel_names(loaded) or [])
         if not names:
             names = [output] if source.shape[0] == 1 else [f"{output}_{k}" for k in range(source.shape[0])]
         if len(names) != source.shape[0]:
@@ -209,19 +179,19 @@ def predict_tissue(
         "tissue_id": tissue_id,
         "prediction": {
             "model": model_label(model), "input": modality, "resolution": dataset.resolution, "tile_size": source.tile_size,
-            "overlap": int(overlap), "mode": mode, "min_tissue": min_tissue, "fill_value": fill_value,
+            "overlap": int(overlap), "mode": o.mode, "min_tissue": min_tissue, "fill_value": o.fill_value,
         },
     }
     if labels:
         spora["mask_kind"] = output
         result = write_labels(
             location, path, {mpp: source}, source_image=f"../../../{image_group_path(modality, tissue_id)}", spora=spora,
-            options=options, overwrite=overwrite, progress=progress,
+            options=write, overwrite=overwrite, progress=progress,
         )
     else:
         spora["modality"] = prediction_dir(output)
         result = write_image(
-            location, path, {mpp: source}, channel_names=names, spora=spora, options=options, overwrite=overwrite, progress=progress
+            location, path, {mpp: source}, channel_names=names, spora=spora, options=write, overwrite=overwrite, progress=progress
         )
     if record:
         record_predictions(location, output, labels=labels)
@@ -254,7 +224,7 @@ def record_predictions(location: Location, name: str, *, labels: bool = False) -
         levels.update(metadata.level_names)
         per_tissue[tissue_id] = metadata.channel_names
     _write_channel_tables(location, directory, per_tissue)
-    update_cohort_attributes(location, modalities={directory: sorted(levels, key=resolution_value)})
+    update_cohort_attributes(location, modalities={directory: sorted(levels, key=parse_resolution)})
 
 
 def _metadata(location: Location, directory: str, tissue_id: str) -> Any:
@@ -286,11 +256,31 @@ def _write_channel_tables(location: Location, directory: str, per_tissue: dict[s
 
 # -- the cohort, through the one runner ----------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
-class PredictOptions:
-    """What :func:`predict_cohort` predicts and how (see :func:`predict_tissue` for each field)."""
+class PredictTissueOptions:
+    """What :func:`predict_tissue` writes and how it runs the model over a tissue.
 
-    modality: str
-    resolution: Resolution
+    Attributes
+    ----------
+    name
+        The prediction's name (``predictions/<name>`` or ``segmentations/<name>``).
+    tile_size, overlap, batch_size
+        The tiling (:func:`~spora_zarr.tiling.patching.tile_specs`) and tiles per model call.
+    mode
+        ``"crop"`` (keep each tile's centre) or ``"blend"`` (Gaussian-weighted average).
+    labels
+        Write labels (argmax of per-class scores, or one integer channel).
+    device
+        ``"cpu"``, ``"cuda"``, ...
+    kind
+        Channel kind of multiplex input (``complete``, ``qc_filtered``, ``uniprot_filtered``).
+    preprocess
+        Standardize the input as the dataset's ``read_tile`` does.
+    channel_names
+        Names of the output channels (default: the model's ``channel_names``, else ``<name>`` or ``<name>_<k>``).
+    min_tissue
+        Skip tiles whose tissue-mask fraction is below this; their pixels are ``fill_value``.
+    """
+
     name: str
     tile_size: int = 256
     overlap: int = 32
@@ -304,20 +294,32 @@ class PredictOptions:
     channel_names: tuple[str, ...] | None = None
     min_tissue: float | None = None
     fill_value: float = 0
-    write: WriteOptions = field(default_factory=prediction_write_options)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise InvalidInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise InvalidInputError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
         _check_tiling(self.tile_size, self.overlap, "prediction")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InvalidInputError(f"--batch-size must be a whole number >= 1, got {self.batch_size!r}")
+            raise InvalidInputError(f"batch_size={self.batch_size!r} is not a whole number >= 1")
         if self.min_tissue is not None and not 0 <= self.min_tissue <= 1:
-            raise InvalidInputError(f"--min-tissue must be in [0, 1], got {self.min_tissue!r}")
-        resolution_name(self.resolution)
+            raise InvalidInputError(f"min_tissue={self.min_tissue!r} is not in [0, 1]")
         output_path(self.name, "x", labels=self.labels)  # the name is a valid path segment, not a converter mask kind
         if self.channel_names is not None:
             object.__setattr__(self, "channel_names", tuple(self.channel_names))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions(PredictTissueOptions):
+    """What :func:`predict_cohort` predicts: the input images (``modality`` at ``resolution``, ``standardization``) and
+    :class:`PredictTissueOptions` for each tissue. ``resolution`` holds a :class:`~spora_zarr.access.Resolution`."""
+
+    modality: str
+    resolution: Resolution
+    standardization: str = "identity"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "resolution", parse_resolution(self.resolution))
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,7 @@ class PredictTask:
     location: Location
     model: Any
     options: PredictOptions
+    write: WriteOptions
     overwrite: bool = False
 
 
@@ -339,7 +342,7 @@ _DATASETS: PerProcess[dict[tuple[Any, ...], Any]] = PerProcess(dict)
 def _dataset_for(task: PredictTask) -> Any:
     """The task's dataset, made once per process."""
     o = task.options
-    key = (task.location.root, o.modality, resolution_name(o.resolution), o.tile_size, o.standardization)
+    key = (task.location.root, o.modality, o.resolution, o.tile_size, o.standardization)
     datasets = _DATASETS.get()
     if key not in datasets:
         datasets[key] = make_dataset(
@@ -353,11 +356,9 @@ def predict_task(task: PredictTask, progress: ProgressCallback | None = None) ->
     """Predict one tissue (the runner's ``work``); ``skipped`` when its prediction is complete."""
     from ..run import TaskOutcome
 
-    o = task.options
     result = predict_tissue(
-        task.model, _dataset_for(task), task.tissue_id, o.tile_size, o.overlap, o.batch_size, output=o.name, labels=o.labels,
-        mode=o.mode, device=o.device, kind=o.kind, preprocess=o.preprocess, channel_names=o.channel_names, min_tissue=o.min_tissue,
-        fill_value=o.fill_value, options=o.write, overwrite=task.overwrite, progress=progress, record=False,
+        task.model, _dataset_for(task), task.tissue_id, task.options, write=task.write, overwrite=task.overwrite, progress=progress,
+        record=False,
     )
     return TaskOutcome(task.path, task.label, skipped=result.skipped, bytes_read=result.bytes_read)
 
@@ -369,11 +370,16 @@ def predict_cohort(
     options: PredictOptions,
     *,
     tissues: Sequence[str] | None = None,
+    write: WriteOptions | None = None,
     run: RunOptions | None = None,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> RunReport:
     """Predict every tissue (or ``tissues``) of a modality of a store, one runner task per tissue.
+
+    ``options`` say what to predict (:class:`PredictOptions`), ``write`` the
+    array layout (default :func:`prediction_write_options`), ``run`` where the
+    tasks run (:class:`~spora_zarr.run.RunOptions`).
 
     The model is loaded once here first, so a file that does not load is one
     error before anything is written; an unknown tissue is a ``NotFoundError``
@@ -401,8 +407,9 @@ def predict_cohort(
                 f"it has {shown or 'none'}"
             )
     load_model(model, options.device)
+    layout = write or prediction_write_options()
     tasks = [
-        PredictTask(output_path(options.name, t, labels=options.labels), t, t, location, model, options, overwrite) for t in wanted
+        PredictTask(output_path(options.name, t, labels=options.labels), t, t, location, model, options, layout, overwrite) for t in wanted
     ]
     report = run_tasks(tasks, predict_task, run or RunOptions(), noun="tissues")
     if any(not o.error for o in report.outcomes):

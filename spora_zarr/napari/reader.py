@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from ..access.resolution import parse_resolution
 from ..errors import SporaZarrError
 from ..read.cohort import Cohort, open_cohort
-from ..store.layout import resolution_value
 from ..store.location import Location
 from ..store.metadata import GroupMetadata
 from ..store.staging import Staging
@@ -211,26 +211,27 @@ def tissue_layers(
 
 
 # -- layers ---------------------------------------------------------------------------------
-def _levels(cohort: Cohort, group: str, tissue_id: str, metadata: GroupMetadata, *, rgb: bool = False) -> list[Any]:
-    """Every level of a group, nothing read, finest first.
+def _levels(cohort: Cohort, group: str, metadata: GroupMetadata, *, rgb: bool = False) -> list[Any]:
+    """Every level of the group at store path ``group``, nothing read, finest first.
 
     A :class:`~spora_zarr.napari.levels.LazyLevel` for a 2-D image or mask; a z stack as a dask
     array over its zarr level (one dask chunk per plane-deep shard), so that napari's slider reads
     one plane at a time.
     """
+    from ..read.engines.zarr import open_array
     from ..read.levels import open_level
     from .levels import LazyLevel
 
     arrays: list[Any] = []
     for name in metadata.level_names:
-        array = cohort.open_array(group, tissue_id, name)
+        array = open_array(cohort.location, f"{group}/{name}")
         shard = array.shards or array.chunks
         if "z" in metadata.axes:
             import dask.array as da
 
             arrays.append(da.from_zarr(array, chunks=shard))
             continue
-        reader = open_level(cohort.location, cohort.level_path(group, tissue_id, name))
+        reader = open_level(cohort.location, f"{group}/{name}")
         arrays.append(LazyLevel(reader, (int(shard[-2]), int(shard[-1])), rgb=rgb))
     return arrays
 
@@ -249,7 +250,7 @@ def _meta(cohort: Cohort, **values: Any) -> dict[str, Any]:
 
 def _image_layer(cohort: Cohort, modality: str, tissue_id: str, kind: str) -> LayerData:
     metadata = cohort.group_metadata(modality, tissue_id)
-    data = _levels(cohort, modality, tissue_id, metadata, rgb=_is_rgb(metadata))
+    data = _levels(cohort, cohort.group_path(modality, tissue_id), metadata, rgb=_is_rgb(metadata))
     channels = list(metadata.channels)
     names = metadata.channel_names
     common = {**_placement(metadata), "multiscale": len(data) > 1, "metadata": _meta(cohort, modality=modality, tissue_id=tissue_id)}
@@ -331,8 +332,8 @@ def _colors_and_limits(
 
 
 def _label_layer(cohort: Cohort, kind: str, tissue_id: str) -> LayerData:
-    metadata = cohort.group_metadata(kind, tissue_id)
-    data = _levels(cohort, kind, tissue_id, metadata)
+    metadata = cohort.mask_metadata(kind, tissue_id)
+    data = _levels(cohort, cohort.mask_group_path(kind, tissue_id), metadata)
     kwargs = {
         **_placement(metadata),
         "name": f"{tissue_id}: {kind}",
@@ -347,7 +348,7 @@ def _label_layer(cohort: Cohort, kind: str, tissue_id: str) -> LayerData:
 def _tiles_layer(cohort: Cohort, table_path: str, tissue_id: str) -> LayerData | None:
     """The tiles of one tissue as rectangles (or, above :data:`MAX_TILE_SHAPES`, a coarse labels raster), in microns."""
     parts = table_path.split("/")
-    mpp = resolution_value(parts[1])
+    mpp = parse_resolution(parts[1]).mpp
     size = int(parts[-1].split("_", 1)[0])
     table = cohort.read_table(table_path)
     tissues = table.column("tissue_id").to_pylist()

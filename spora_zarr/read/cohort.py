@@ -15,15 +15,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..access.resolution import ResolutionLike, parse_resolution
 from ..errors import NotFoundError, StoreError
-from ..store.layout import (
-    MASK_KINDS,
-    Resolution,
-    image_group_path,
-    label_group_path,
-    resolution_name,
-    validate_tissue_id,
-)
+from ..store.layout import MASK_KINDS, image_group_path, label_group_path, validate_tissue_id
 from ..store.location import Location
 from ..store.lock import writer_at_work
 from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
@@ -71,7 +65,7 @@ class Cohort:
         return name in MASK_KINDS or name in self.attributes.mask_kinds
 
     def tissues(self, modality: str) -> list[str]:
-        """Tissue ids with a complete image of ``modality``, or mask of a mask kind (as :meth:`open_image` takes)."""
+        """Tissue ids with a complete image of ``modality`` (a mask kind gives :meth:`mask_tissues`)."""
         if self.is_mask_kind(modality):
             return self.mask_tissues(modality)
         self.check_modality(modality)
@@ -99,59 +93,93 @@ class Cohort:
             raise NotFoundError(f"{self.location}: no modality {modality!r}; it has {', '.join(self.modalities) or 'none'}")
 
     # -- groups and levels --------------------------------------------------------
+    # Images are named by a modality, masks by a mask kind: the ``mask_*`` methods. The image methods
+    # still accept a mask kind for ``modality`` (the spelling of earlier releases) and hand it on.
     def group_path(self, modality: str, tissue_id: str) -> str:
-        """Store path of a tissue image (``modality``) or mask (``tissue_masks``/``cell_masks``)."""
+        """Store path of a tissue image of ``modality`` (a mask kind is handed to :meth:`mask_group_path`)."""
         if self.is_mask_kind(modality):
-            return label_group_path(modality, tissue_id, extra_kinds=self.attributes.mask_kinds)
+            return self.mask_group_path(modality, tissue_id)
         self.check_modality(modality)
         return image_group_path(modality, tissue_id)
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019
+    def mask_group_path(self, kind: str, tissue_id: str) -> str:
+        """Store path of a tissue's mask of ``kind`` (``tissue_masks``, ``cell_masks``, a label prediction)."""
+        return label_group_path(kind, tissue_id, extra_kinds=self.attributes.mask_kinds)
+
     def group_metadata(self, modality: str, tissue_id: str) -> GroupMetadata:
-        """Metadata of a complete image or mask group; ``NotFoundError`` otherwise, ``StoreError`` if invalid."""
+        """Metadata of a complete image group; ``NotFoundError`` otherwise, ``StoreError`` if invalid."""
         validate_tissue_id(tissue_id)
-        path = self.group_path(modality, tissue_id)
+        return self._metadata(self.group_path(modality, tissue_id), modality, tissue_id)
+
+    def mask_metadata(self, kind: str, tissue_id: str) -> GroupMetadata:
+        """Metadata of a complete mask group; ``NotFoundError`` otherwise, ``StoreError`` if invalid."""
+        validate_tissue_id(tissue_id)
+        return self._metadata(self.mask_group_path(kind, tissue_id), kind, tissue_id)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019
+    def _metadata(self, path: str, what: str, tissue_id: str) -> GroupMetadata:
         attributes = Staging(self.location).read_attributes(path)
         if attributes is None or not is_complete_group(attributes):
-            raise NotFoundError(f"{self.location}: no tissue {tissue_id!r} in {modality!r}")
+            raise NotFoundError(f"{self.location}: no tissue {tissue_id!r} in {what!r}")
         return GroupMetadata.from_attributes(attributes, where=self.location.join(path))
 
     def resolutions(self, modality: str, tissue_id: str) -> list[str]:
-        """Level names of a tissue's image or mask, finest first."""
+        """Level names of a tissue's image, finest first."""
         return self.group_metadata(modality, tissue_id).level_names
 
-    def level_path(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> str:
-        """Store path of one level array; ``resolution=None`` is the finest level."""
+    def mask_resolutions(self, kind: str, tissue_id: str) -> list[str]:
+        """Level names of a tissue's mask of ``kind``, finest first."""
+        return self.mask_metadata(kind, tissue_id).level_names
+
+    def level_path(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> str:
+        """Store path of one level array of an image; ``resolution=None`` is the finest level."""
         names = self.resolutions(modality, tissue_id)
+        return self._level_path(self.group_path(modality, tissue_id), names, modality, tissue_id, resolution)
+
+    def mask_level_path(self, kind: str, tissue_id: str, resolution: ResolutionLike | None = None) -> str:
+        """Store path of one level array of a mask; ``resolution=None`` is the finest level."""
+        return self._level_path(self.mask_group_path(kind, tissue_id), self.mask_resolutions(kind, tissue_id), kind, tissue_id, resolution)
+
+    def _level_path(self, group: str, names: list[str], what: str, tissue_id: str, resolution: ResolutionLike | None) -> str:
         if resolution is None:
-            return f"{self.group_path(modality, tissue_id)}/{names[0]}"
-        name = resolution_name(resolution)
+            return f"{group}/{names[0]}"
+        name = parse_resolution(resolution).name
         if name not in names:
-            raise NotFoundError(
-                f"{self.location}: {modality} tissue {tissue_id!r} has no resolution {name}; it has {', '.join(names)}"
-            )
-        return f"{self.group_path(modality, tissue_id)}/{name}"
+            raise NotFoundError(f"{self.location}: {what} tissue {tissue_id!r} has no resolution {name}; it has {', '.join(names)}")
+        return f"{group}/{name}"
 
     def channel_names(self, modality: str, tissue_id: str) -> list[str]:
         """Channel labels of a tissue image, in stored order."""
         return self.group_metadata(modality, tissue_id).channel_names
 
-    def open_array(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> zarr.Array:
-        """The zarr array of one level (no pixels read); ``StoreError`` naming it when its ``zarr.json`` is damaged."""
+    def open_array(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> zarr.Array[Any]:
+        """The zarr array of one image level (no pixels read); ``StoreError`` naming it when its ``zarr.json`` is damaged."""
         return open_array(self.location, self.level_path(modality, tissue_id, resolution))
 
-    def open_image(self, modality: str, tissue_id: str, resolution: Resolution | None = None) -> Any:
+    def open_mask_array(self, kind: str, tissue_id: str, resolution: ResolutionLike | None = None) -> zarr.Array[Any]:
+        """The zarr array of one mask level (no pixels read); ``StoreError`` naming it when its ``zarr.json`` is damaged."""
+        return open_array(self.location, self.mask_level_path(kind, tissue_id, resolution))
+
+    def open_image(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> Any:
         """A level as a lazy ``xarray.DataArray``: dims ``(c, y, x)``, channel names, micron coordinates.
 
-        Masks (``modality`` ``tissue_masks``/``cell_masks``) have dims ``(y, x)``; a z stack has a ``z``
-        before ``y`` (coordinates in microns from its z scale).
+        A z stack has a ``z`` before ``y`` (coordinates in microns from its z scale). A mask kind
+        for ``modality`` gives :meth:`open_mask`.
         """
+        if self.is_mask_kind(modality):
+            return self.open_mask(modality, tissue_id, resolution)
+        array = self.open_array(modality, tissue_id, resolution)
+        return self._data_array(array, self.group_metadata(modality, tissue_id), modality, tissue_id)
+
+    def open_mask(self, kind: str, tissue_id: str, resolution: ResolutionLike | None = None) -> Any:
+        """A mask level as a lazy ``xarray.DataArray``: dims ``(y, x)`` (``z`` first for a stack), micron coordinates."""
+        return self._data_array(self.open_mask_array(kind, tissue_id, resolution), self.mask_metadata(kind, tissue_id), kind, tissue_id)
+
+    def _data_array(self, array: zarr.Array[Any], metadata: GroupMetadata, what: str, tissue_id: str) -> Any:
         import dask.array as da
         import xarray as xr
 
-        array = self.open_array(modality, tissue_id, resolution)
         name = array.path.rsplit("/", 1)[-1]
-        metadata = self.group_metadata(modality, tissue_id)
         level = metadata.level(name)
         mpp, offset = level.mpp, level.offset
         chunks = array.shards or array.chunks
@@ -168,9 +196,9 @@ class Cohort:
         if "z" in dims:
             coords["z"] = level.scale[dims.index("z")] * np.arange(array.shape[dims.index("z")])
         if "c" in dims:
-            coords["c"] = self.channel_names(modality, tissue_id)
-        attrs = {"tissue_id": tissue_id, "modality": modality, "resolution": name, "mpp": mpp, "units": "micrometer"}
-        return xr.DataArray(data, dims=dims, coords=coords, name=f"{modality}/{tissue_id}", attrs=attrs)
+            coords["c"] = metadata.channel_names
+        attrs = {"tissue_id": tissue_id, "modality": what, "resolution": name, "mpp": mpp, "units": "micrometer"}
+        return xr.DataArray(data, dims=dims, coords=coords, name=f"{what}/{tissue_id}", attrs=attrs)
 
     # -- tables ---------------------------------------------------------------------
     def read_table(self, path: str) -> Any:

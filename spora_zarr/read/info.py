@@ -6,7 +6,9 @@ from typing import Any
 
 from ..store.layout import MASK_KINDS
 from ..store.location import Location
-from .cohort import open_cohort
+from ..store.metadata import GroupMetadata
+from .cohort import Cohort, open_cohort
+from .engines.zarr import open_array
 
 
 def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:
@@ -18,14 +20,15 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
         lines.append(f"\nmodality {modality}: {len(tissues)} tissue(s)")
         for tissue_id in tissues:
             lines.append(f"  {tissue_id}: channels {', '.join(cohort.channel_names(modality, tissue_id))}")
-            lines += _levels(cohort, modality, tissue_id)
+            metadata = cohort.group_metadata(modality, tissue_id)
+            lines += _levels(cohort, cohort.group_path(modality, tissue_id), metadata)
     for kind in MASK_KINDS:
         tissues = cohort.mask_tissues(kind)
         if tissues:
             lines.append(f"\nmasks {kind}: {len(tissues)} tissue(s)")
             for tissue_id in tissues:
                 lines.append(f"  {tissue_id}")
-                lines += _levels(cohort, kind, tissue_id)
+                lines += _levels(cohort, cohort.mask_group_path(kind, tissue_id), cohort.mask_metadata(kind, tissue_id))
     tables = cohort.tables()
     lines.append(f"\ntables ({len(tables)}):")
     for table in tables:
@@ -34,11 +37,12 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     return "\n".join(lines)
 
 
-def _levels(cohort: Any, modality: str, tissue_id: str) -> list[str]:
+def _levels(cohort: Cohort, group: str, metadata: GroupMetadata) -> list[str]:
+    """One line per level of the image or mask group at ``group``."""
     lines = []
-    stored = set(cohort.group_metadata(modality, tissue_id).spora.source_levels)
-    for name in cohort.resolutions(modality, tissue_id):
-        array = cohort.open_array(modality, tissue_id, name)
+    stored = set(metadata.spora.source_levels)
+    for name in metadata.level_names:
+        array = open_array(cohort.location, f"{group}/{name}")
         shards = f" shards {tuple(array.shards)}" if array.shards else ""
         origin = "from source" if name in stored else "computed"
         lines.append(f"    {name}: shape {tuple(array.shape)} {array.dtype} chunks {tuple(array.chunks)}{shards} ({origin})")

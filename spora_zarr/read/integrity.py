@@ -47,16 +47,16 @@ Region = tuple[slice, ...]
 def deep_problems(cohort: Cohort) -> list[str]:
     """Every problem the deep checks find, one line each naming the table, group, array or shard file."""
     problems = _table_problems(cohort)
-    groups = [(m, t) for m in cohort.modalities for t in cohort.tissues(m)]
-    groups += [(k, t) for k in cohort.known_mask_kinds for t in cohort.mask_tissues(k)]
-    for kind in cohort.known_mask_kinds:
-        for tissue_id in cohort.mask_tissues(kind):
-            problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in _guarded(_mask_levels_match, cohort, kind, tissue_id)]
-    for modality, tissue_id in groups:
+    images = [(m, t, False) for m in cohort.modalities for t in cohort.tissues(m)]
+    masks = [(k, t, True) for k in cohort.known_mask_kinds for t in cohort.mask_tissues(k)]
+    for kind, tissue_id, _ in masks:
+        problems += [f"{cohort.mask_group_path(kind, tissue_id)}: {p}" for p in _guarded(_mask_levels_match, cohort, kind, tissue_id)]
+    for name, tissue_id, mask in images + masks:
         try:
-            problems += group_data_problems(cohort, modality, tissue_id)
+            problems += group_data_problems(cohort, name, tissue_id, mask=mask)
         except Exception as exc:  # a broken group must be reported, not stop the validation
-            problems.append(f"{cohort.group_path(modality, tissue_id)}: cannot be checked: {_first_line(exc)}")
+            path = cohort.mask_group_path(name, tissue_id) if mask else cohort.group_path(name, tissue_id)
+            problems.append(f"{path}: cannot be checked: {_first_line(exc)}")
     return problems
 
 
@@ -124,9 +124,9 @@ def _channels_match_images(cohort: Cohort, rel: str, images: dict[str, set[str]]
 
 def _mask_levels_match(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
     """A mask has the level names of the image it segments (its ``image-label`` source, else any image of the tissue)."""
-    names = cohort.resolutions(kind, tissue_id)
-    path = cohort.group_path(kind, tissue_id)
-    label = cohort.group_metadata(kind, tissue_id).to_attributes()["ome"].get("image-label") or {}
+    names = cohort.mask_resolutions(kind, tissue_id)
+    path = cohort.mask_group_path(kind, tissue_id)
+    label = cohort.mask_metadata(kind, tissue_id).to_attributes()["ome"].get("image-label") or {}
     source = (label.get("source") or {}).get("image")
     imaged = [m for m in cohort.modalities if tissue_id in cohort.tissues(m)]
     levels = {cohort.group_path(m, tissue_id): cohort.resolutions(m, tissue_id) for m in imaged}
@@ -146,10 +146,10 @@ def _mask_levels_match(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
 # -- pixels ---------------------------------------------------------------------------
 
 
-def group_data_problems(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
-    """Damaged or missing shards of every level of one group, finest first, each line naming its array or shard file."""
-    metadata = cohort.group_metadata(modality, tissue_id)
-    group = cohort.group_path(modality, tissue_id)
+def group_data_problems(cohort: Cohort, modality: str, tissue_id: str, *, mask: bool = False) -> list[str]:
+    """Damaged or missing shards of every level of one image group (with ``mask``: mask group), each line naming its array or shard file."""
+    metadata = cohort.mask_metadata(modality, tissue_id) if mask else cohort.group_metadata(modality, tissue_id)
+    group = cohort.mask_group_path(modality, tissue_id) if mask else cohort.group_path(modality, tissue_id)
     problems: list[str] = []
     previous: _LevelCheck | None = None
     for name in metadata.level_names:

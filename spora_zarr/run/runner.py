@@ -95,9 +95,9 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise InvalidInputError(f"--workers must be a whole number >= 1, got {self.workers!r}")
+            raise InvalidInputError(f"workers={self.workers!r} is not a whole number >= 1")
         if self.scheduler is not None and self.scheduler != "local" and "://" not in self.scheduler:
-            raise InvalidInputError(f"--scheduler must be an address like tcp://HOST:PORT, got {self.scheduler!r}")
+            raise InvalidInputError(f"scheduler={self.scheduler!r} is not 'local' or an address like tcp://HOST:PORT")
 
     @property
     def codec_threads(self) -> int:
@@ -263,7 +263,7 @@ def _run_distributed(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOpti
         from distributed import Client, LocalCluster
         from distributed import as_completed as dask_completed
     except ImportError:
-        raise SporaZarrError("--scheduler/--cluster need dask.distributed: pip install 'spora_zarr[distributed]'") from None
+        raise SporaZarrError(f"scheduler={options.scheduler!r} needs dask.distributed: pip install 'spora_zarr[distributed]'") from None
     cluster = None
     if options.scheduler == "local":
         cluster = LocalCluster(n_workers=max(2, options.workers), threads_per_worker=1, processes=True, dashboard_address=None)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..access.resolution import ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError
-from ..store.layout import Resolution, resolution_name
 from . import kernels
 from .specs import IDENTITY, Spec, parse_spec
 
@@ -238,7 +238,7 @@ class StatsBackedStandardizer(BaseStandardizer):
 
     @classmethod
     def from_store(
-        cls, store: Any, modality: str, resolution: Resolution, spec: str, storage_options: dict[str, Any] | None = None
+        cls, store: Any, modality: str, resolution: ResolutionLike, spec: str, storage_options: dict[str, Any] | None = None
     ) -> StatsBackedStandardizer:
         """The standardizer of ``spec`` from a store's ``stats.parquet`` (``NotFoundError`` listing the specs there)."""
         from .statistics import command_hint, read_statistics
@@ -317,7 +317,7 @@ def build_standardizer(
     source: Any = None,
     *,
     modality: str | None = None,
-    resolution: Resolution | None = None,
+    resolution: ResolutionLike | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> BaseStandardizer:
     """Resolve a spec to its standardizer.
@@ -363,7 +363,7 @@ def build_standardizer(
         raise InvalidInputError(
             f"standardization {parsed.name!r} reads statistics from a store: pass a dataset, or a store with modality and resolution"
         )
-    return StatsBackedStandardizer.from_store(store, modality, resolution_name(resolution), parsed.name, storage_options)
+    return StatsBackedStandardizer.from_store(store, modality, parse_resolution(resolution).name, parsed.name, storage_options)
 
 
 class BatchStandardizer(torch.nn.Module):

@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..access.resolution import ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError, StoreError
 from ..read.cohort import open_cohort
 from ..read.levels import open_level
 from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
-from ..store.layout import Resolution, modality_dir, resolution_name, standardization_dir
+from ..store.layout import modality_dir, standardization_dir
 from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.tables import read_table, table_exists, write_table
@@ -68,20 +69,20 @@ _STATS_META_KEY = b"spora_standardization"
 BLOCK_EDGE = 224  # pixels: a (24, 224, 224) uint16 block (2.4 MB) is counted while it is still in the cache
 
 
-def histogram_path(modality: str, resolution: Resolution, tissue_id: str, within_mask: bool = False) -> str:
+def histogram_path(modality: str, resolution: ResolutionLike, tissue_id: str, within_mask: bool = False) -> str:
     """Store path of a tissue's persisted channel histograms."""
     kind = "within_mask" if within_mask else "all_pixels"
-    return f"{modality_dir(modality)}/{resolution_name(resolution)}/standardization/{HISTOGRAMS_DIR}/{kind}/{tissue_id}.parquet"
+    return f"{modality_dir(modality)}/{parse_resolution(resolution).name}/standardization/{HISTOGRAMS_DIR}/{kind}/{tissue_id}.parquet"
 
 
-def stats_path(modality: str, resolution: Resolution, spec: str) -> str:
+def stats_path(modality: str, resolution: ResolutionLike, spec: str) -> str:
     """Store path of a spec's ``stats.parquet``."""
     return f"{standardization_dir(modality, resolution, spec)}/{STATS_FILE}"
 
 
-def command_hint(location: Location | str, modality: str, resolution: Resolution, spec: str = "quantile_clipping/uq_0.99_image") -> str:
+def command_hint(location: Location | str, modality: str, resolution: ResolutionLike, spec: str = "quantile_clipping/uq_0.99_image") -> str:
     """The command line that computes ``spec``'s statistics."""
-    return f"spora-zarr standardize {location} --modality {modality} --resolution {resolution_name(resolution)} --spec {spec}"
+    return f"spora-zarr standardize {location} --modality {modality} --resolution {parse_resolution(resolution).name} --spec {spec}"
 
 
 # -- one tissue: the streaming pass --------------------------------------------------
@@ -271,12 +272,12 @@ class StandardizeReport(RunReport):
 def compute_statistics(
     store: str | Location,
     modality: str,
-    resolution: Resolution,
+    resolution: ResolutionLike,
     specs: Sequence[str],
     *,
     within_mask: bool = False,
     tissues: Sequence[str] | None = None,
-    options: RunOptions | None = None,
+    run: RunOptions | None = None,
     overwrite: bool = False,
     block: int | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -295,8 +296,8 @@ def compute_statistics(
         Count only pixels inside the tissue mask of the same resolution.
     tissues
         Restrict to these tissues (default: every tissue with that level).
-    options
-        Where the per-tissue passes run (``--workers``, ``--scheduler``, ``--cluster local``).
+    run
+        Where the per-tissue passes run (workers, a dask scheduler, progress).
     overwrite
         Recompute histograms that are already stored.
     block
@@ -310,11 +311,11 @@ def compute_statistics(
     """
     parsed = [parse_spec(s) for s in specs]
     if not parsed:
-        raise InvalidInputError("give at least one --spec, e.g. quantile_clipping/uq_0.99_image")
+        raise InvalidInputError("specs= is empty; give at least one, e.g. quantile_clipping/uq_0.99_image")
     cohort = open_cohort(store, storage_options)
     location = cohort.location
     location.check_writable("write statistics")
-    name = resolution_name(resolution)
+    name = parse_resolution(resolution).name
     ids = [t for t in cohort.tissues(modality) if name in cohort.resolutions(modality, t)]
     if tissues is not None:
         unknown = sorted(set(tissues) - set(ids))
@@ -330,8 +331,8 @@ def compute_statistics(
         mask_path = None
         if within_mask:
             if tissue not in cohort.mask_tissues("tissue_masks"):
-                raise NotFoundError(f"{location}: --within-mask needs a tissue mask of {tissue!r}; it has none")
-            mask_path = cohort.level_path("tissue_masks", tissue, name)
+                raise NotFoundError(f"{location}: within_mask=True needs a tissue mask of {tissue!r}; it has none")
+            mask_path = cohort.mask_level_path("tissue_masks", tissue, name)
         tasks.append(
             HistogramTask(
                 histogram_path(modality, name, tissue, within_mask), f"{modality}/{tissue}", tissue,
@@ -339,9 +340,9 @@ def compute_statistics(
             )
         )
     work = functools.partial(histogram_work, location=location, overwrite=overwrite, block=block)
-    run = run_tasks(tasks, work, options or RunOptions(), noun="tissue histograms")
-    report = StandardizeReport(run.outcomes)
-    if not run.ok:
+    outcome = run_tasks(tasks, work, run or RunOptions(), noun="tissue histograms")
+    report = StandardizeReport(outcome.outcomes)
+    if not outcome.ok:
         return report
     histograms = {t.tissue_id: read_histograms(location, t.path) for t in tasks}
     for spec in parsed:
@@ -355,7 +356,7 @@ def compute_statistics(
 
 # -- reading statistics back ---------------------------------------------------------------
 def available_specs(
-    store: str | Location, modality: str, resolution: Resolution, storage_options: dict[str, Any] | None = None
+    store: str | Location, modality: str, resolution: ResolutionLike, storage_options: dict[str, Any] | None = None
 ) -> list[str]:
     """Specs with a ``stats.parquet`` for this modality and resolution (``method/suffix`` names)."""
     location = Location.parse(store, storage_options)
@@ -371,7 +372,7 @@ def available_specs(
 
 
 def read_statistics(
-    store: str | Location, modality: str, resolution: Resolution, spec: str, storage_options: dict[str, Any] | None = None
+    store: str | Location, modality: str, resolution: ResolutionLike, spec: str, storage_options: dict[str, Any] | None = None
 ) -> pd.DataFrame:
     """A spec's statistics as a DataFrame; ``NotFoundError`` listing the specs present and the command otherwise."""
     parsed = parse_spec(spec)
@@ -380,7 +381,7 @@ def read_statistics(
     if not table_exists(location, path):
         present = available_specs(location, modality, resolution)
         raise NotFoundError(
-            f"{location}: no standardization statistics {parsed.name!r} for {modality_dir(modality)} at {resolution_name(resolution)} "
+            f"{location}: no standardization statistics {parsed.name!r} for {modality_dir(modality)} at {parse_resolution(resolution)} "
             f"(present: {', '.join(present) or 'none'}); compute them with: {command_hint(location, modality, resolution, parsed.name)}"
         )
     return read_table(location, path).to_pandas()

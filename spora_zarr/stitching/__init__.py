@@ -10,7 +10,7 @@ from .bdv import get_offsets
 from .labels import LabelMosaicSource, apply_new_ids, deduplicate_blob_ids, find_overlapping_blobs, relabel_tables
 from .mosaic import BLENDS, MosaicSource, blend, get_tiles_overlaps, overlapping, preview
 from .register import measure_pairs, register_tileset, solve_offsets
-from .stitch import StitchResult, get_centroids, stitch
+from .stitch import StitchOptions, StitchResult, get_centroids, stitch
 from .surfaces import get_bottom_surface, get_contact_surface, get_top_surface
 from .tiles import Tile, Tileset, read_offsets_table
 
@@ -18,6 +18,7 @@ __all__ = [
     "BLENDS",
     "LabelMosaicSource",
     "MosaicSource",
+    "StitchOptions",
     "StitchResult",
     "Tile",
     "Tileset",

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from ..access.resolution import parse_resolution
 from ..errors import InvalidInputError
 from ..store.layout import (
     MASK_KINDS,
     image_group_path,
     label_group_path,
     modality_dir,
-    resolution_name,
     validate_modality,
     validate_tissue_id,
 )
@@ -36,7 +36,7 @@ from .labels import LabelMosaicSource, find_overlapping_blobs, relabel_tables
 from .mosaic import BLENDS, MosaicSource
 from .tiles import Tileset
 
-__all__ = ["StitchResult", "get_centroids", "stitch", "stitching_dir"]
+__all__ = ["StitchOptions", "StitchResult", "get_centroids", "stitch", "stitching_dir"]
 
 
 @dataclass
@@ -55,35 +55,12 @@ def stitching_dir(modality: str, tissue_id: str) -> str:
     return f"{modality_dir(modality)}/stitching/{validate_tissue_id(tissue_id)}"
 
 
-@writes_store("stitch", "dest")
-def stitch(
-    tiles_dir: str | os.PathLike[str],
-    offsets: str | os.PathLike[str],
-    dest: str | Location,
-    *,
-    modality: str,
-    tissue_id: str,
-    mpp: float,
-    z_mpp: float | None = None,
-    blend: str = "none",
-    labels: str | None = None,
-    register: bool = False,
-    offset_unit: str = "pixel",
-    channel_names: Sequence[str] | None = None,
-    min_iou: float = 0.5,
-    min_correlation: float = 0.5,
-    options: WriteOptions | None = None,
-    overwrite: bool = False,
-    allow_outside: bool = False,
-    progress: Callable[[str, int], None] | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> StitchResult:
-    """Stitch the tiles of ``tiles_dir`` placed by ``offsets`` into the cohort store ``dest`` (created if missing).
+@dataclass(frozen=True, kw_only=True)
+class StitchOptions:
+    """What :func:`stitch` makes of a tile folder: where the image goes, its pixel size, and how tiles are put together.
 
-    Parameters
+    Attributes
     ----------
-    tiles_dir, offsets
-        The tile folder and the offsets table (CSV or parquet, ``file, x, y[, z][, labels]``).
     modality, tissue_id, mpp
         Where the image goes and its pixel size (microns per output pixel).
     z_mpp
@@ -94,57 +71,111 @@ def stitch(
         A mask kind (``cell_masks``, ``tissue_masks``): stitch the table's ``labels`` column too.
     register
         Refine the offsets by phase correlation and least squares first.
+    offset_unit
+        Unit of the table's ``x``, ``y``: ``pixel`` or ``micrometer``.
+    channel_names
+        Names of the image's channels (default ``channel_<i>``).
+    min_iou, min_correlation
+        Label objects overlapping by at least this IoU are one object; registration keeps pairs at least this correlated.
     allow_outside
         Let the table name files outside ``tiles_dir`` (absolute, ``..``, links out); refused otherwise.
+    """
+
+    modality: str
+    tissue_id: str
+    mpp: float
+    z_mpp: float | None = None
+    blend: str = "none"
+    labels: str | None = None
+    register: bool = False
+    offset_unit: str = "pixel"
+    channel_names: tuple[str, ...] | None = None
+    min_iou: float = 0.5
+    min_correlation: float = 0.5
+    allow_outside: bool = False
+
+    def __post_init__(self) -> None:
+        if self.channel_names is not None:
+            object.__setattr__(self, "channel_names", tuple(self.channel_names))
+
+
+@writes_store("stitch", "dest")
+def stitch(
+    tiles_dir: str | os.PathLike[str],
+    offsets: str | os.PathLike[str],
+    dest: str | Location,
+    options: StitchOptions,
+    *,
+    write: WriteOptions | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, int], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> StitchResult:
+    """Stitch the tiles of ``tiles_dir`` placed by ``offsets`` into the cohort store ``dest`` (created if missing).
+
+    Parameters
+    ----------
+    tiles_dir, offsets
+        The tile folder and the offsets table (CSV or parquet, ``file, x, y[, z][, labels]``).
+    dest
+        The cohort store.
+    options
+        Where the image goes and how the tiles are put together (:class:`StitchOptions`).
+    write, overwrite
+        As for :func:`~spora_zarr.write.writer.write_image`.
     progress
         Called with ``("image" | "labels", bytes read)`` as the writer advances.
+    storage_options
+        fsspec options of ``dest``.
     """
     from ..store.metadata import staged_root_document
     from ..store.staging import Staging
     from ..store.tables import modality_panel, table_bytes, tissue_table_updates
     from ..write.writer import write_image, write_labels
 
+    o = options
+    modality, tissue_id, mpp, z_mpp, labels = o.modality, o.tissue_id, o.mpp, o.z_mpp, o.labels
     validate_tissue_id(tissue_id, source=os.fspath(offsets))
     validate_modality(modality, source=os.fspath(offsets))
     if not (isinstance(mpp, (int, float)) and 0 < mpp < float("inf")):
-        raise InvalidInputError(f"{os.fspath(offsets)}: mpp must be a positive number of microns per pixel, got {mpp!r}")
+        raise InvalidInputError(f"{os.fspath(offsets)}: mpp={mpp!r} is not a positive number of microns per pixel")
     if z_mpp is not None and not (isinstance(z_mpp, (int, float)) and 0 < z_mpp < float("inf")):
-        raise InvalidInputError(f"{os.fspath(offsets)}: z_mpp must be a positive number of microns between planes, got {z_mpp!r}")
-    if blend not in BLENDS:
-        raise InvalidInputError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+        raise InvalidInputError(f"{os.fspath(offsets)}: z_mpp={z_mpp!r} is not a positive number of microns between planes")
+    if o.blend not in BLENDS:
+        raise InvalidInputError(f"blend={o.blend!r} is not one of {', '.join(BLENDS)}")
     if labels is not None and labels not in MASK_KINDS:
         raise InvalidInputError(f"unknown mask kind {labels!r}; expected one of {', '.join(MASK_KINDS)}")
-    with Tileset.from_offsets_table(tiles_dir, offsets, offset_unit=offset_unit, mpp=mpp, allow_outside=allow_outside) as tileset:
+    with Tileset.from_offsets_table(tiles_dir, offsets, offset_unit=o.offset_unit, mpp=mpp, allow_outside=o.allow_outside) as tileset:
         tileset.voxel_size[2] = z_mpp or mpp
         if labels is not None and tileset.tiles[0].labels is None:
-            raise InvalidInputError(f"{os.fspath(offsets)}: --labels needs a 'labels' column naming each tile's label image")
-        names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(tileset.channels)]
+            raise InvalidInputError(f"{os.fspath(offsets)}: labels={labels!r} needs a 'labels' column naming each tile's label image")
+        names = list(o.channel_names) if o.channel_names else [f"channel_{i}" for i in range(tileset.channels)]
         if len(names) != tileset.channels:
             raise InvalidInputError(f"{os.fspath(offsets)}: the tiles have {tileset.channels} channels but {len(names)} names were given")
         dst = Location.parse(dest, storage_options)
         pairs = None
-        if register:
+        if o.register:
             from .register import register_tileset
 
-            _, pairs = register_tileset(tileset, min_correlation=min_correlation)
+            _, pairs = register_tileset(tileset, min_correlation=o.min_correlation)
         tables = None
         if labels is not None:
-            tables = relabel_tables(tileset, find_overlapping_blobs(tileset, min_iou=min_iou))
+            tables = relabel_tables(tileset, find_overlapping_blobs(tileset, min_iou=o.min_iou))
         staging = Staging(dst)
         staging.recover()
         target = image_group_path(modality, tissue_id)
         updates = tissue_table_updates(dst, os.fspath(offsets), modality, tissue_id, names, multiplex=True)
         files = {rel: table_bytes(table) for rel, table in updates.items()}  # promoted with the image, in one step
-        files.update(staged_root_document(dst, modalities={modality: [resolution_name(mpp)]}))
-        source = MosaicSource(tileset, blend=blend, mpp=mpp, channel_names=names, name=os.fspath(tiles_dir))
+        files.update(staged_root_document(dst, modalities={modality: [parse_resolution(mpp).name]}))
+        source = MosaicSource(tileset, blend=o.blend, mpp=mpp, channel_names=names, name=os.fspath(tiles_dir))
         spora = {"tissue_id": tissue_id, "modality": modality}
         image = write_image(
-            dst, target, {float(mpp): source}, channel_names=names, panel=modality_panel(dst, modality), spora=spora, options=options,
+            dst, target, {float(mpp): source}, channel_names=names, panel=modality_panel(dst, modality), spora=spora, options=write,
             overwrite=overwrite, progress=(lambda n: progress("image", n)) if progress else None, z_mpp=z_mpp, files=files,
         )
         if pairs is not None:
-            _write_offsets(dst, stitching_dir(modality, tissue_id), tileset, pairs, min_correlation)
-        kept = None if pairs is None else sum(p.correlation >= min_correlation for p in pairs)
+            _write_offsets(dst, stitching_dir(modality, tissue_id), tileset, pairs, o.min_correlation)
+        kept = None if pairs is None else sum(p.correlation >= o.min_correlation for p in pairs)
         result = StitchResult(image, offsets=tileset.offsets, pairs_kept=kept)
         if labels is not None and tables is not None:
             mask_path = label_group_path(labels, tissue_id)
@@ -152,7 +183,7 @@ def stitch(
             result.labels = write_labels(
                 dst, mask_path, {float(mpp): label_source}, source_image=f"../../../{target}",
                 spora={"tissue_id": tissue_id, "mask_kind": labels},
-                options=options, overwrite=overwrite, progress=(lambda n: progress("labels", n)) if progress else None, z_mpp=z_mpp,
+                options=write, overwrite=overwrite, progress=(lambda n: progress("labels", n)) if progress else None, z_mpp=z_mpp,
                 files=staged_root_document(dst, mask_kinds=[labels]),
             )
             result.objects = max((int(t.max()) for t in tables), default=0)

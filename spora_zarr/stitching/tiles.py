@@ -492,7 +492,7 @@ def _tile_file(tiles_dir: str | os.PathLike[str], name: str, what: str, where: s
     try:
         return resolve_inside(tiles_dir, name, what=what, source=where)
     except InvalidInputError as exc:
-        raise InvalidInputError(f"{exc}; pass --allow-outside-tiles-dir to read files outside the tiles folder") from None
+        raise InvalidInputError(f"{exc}; pass allow_outside=True to read files outside the tiles folder") from None
 
 
 def _read_bytes(path: str) -> bytes:

@@ -3,7 +3,6 @@
 from .layout import (
     FORMAT_VERSION,
     MASK_KINDS,
-    Resolution,
     image_group_path,
     is_resolution_name,
     label_group_path,
@@ -21,7 +20,6 @@ __all__ = [
     "FORMAT_VERSION",
     "MASK_KINDS",
     "Location",
-    "Resolution",
     "image_group_path",
     "is_resolution_name",
     "label_group_path",

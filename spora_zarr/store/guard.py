@@ -109,7 +109,7 @@ def check_destination(
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise InvalidInputError(
             f"{dest}: not a cohort store and not empty ({len(entries)} entries: {shown}); choose a new or empty folder, "
-            "or pass --overwrite to write the store beside them (they are kept)"
+            "or pass overwrite=True to write the store beside them (they are kept)"
         )
     for path in claimed if entries else ():
         if fs.exists(dest.fs_path(path)):

@@ -1,64 +1,37 @@
 """Names and paths of the cohort store and of the spora TIFF layout; no I/O here.
 
 Resolution directories become pyramid levels named by their resolution:
-``1.0 <-> "1_0mpp"``, ``0.65 <-> "0_65mpp"``. Every function that takes a
-resolution accepts the float or the name.
+``1.0 <-> "1_0mpp"``, ``0.65 <-> "0_65mpp"`` (:class:`~spora_zarr.access.Resolution`).
+Every function that takes a resolution accepts a ``Resolution``, the float or the name.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Iterable
 
+from ..access.resolution import ResolutionLike, is_level_name, parse_resolution
 from ..errors import InvalidInputError
-
-Resolution = float | int | str
 
 FORMAT_VERSION = "1"
 MASK_KINDS = ("tissue_masks", "cell_masks")
 PREDICTIONS_DIR = "predictions"
 IHC_PREFIX = "ihc_"
-_RESOLUTION_NAME = re.compile(r"^(\d+)_(\d+)mpp$")
 
 
 def is_resolution_name(name: str) -> bool:
     """Whether ``name`` is a resolution directory name such as ``"1_0mpp"``."""
-    return bool(_RESOLUTION_NAME.match(name))
+    return is_level_name(name)
 
 
-def resolution_value(resolution: Resolution) -> float:
-    """Microns per pixel of ``resolution`` (a float, ``"1_0mpp"`` or ``"1.0"``)."""
-    if isinstance(resolution, bool):
-        raise InvalidInputError(f"resolution must be a number or a name like '1_0mpp', got {resolution!r}")
-    if isinstance(resolution, (int, float)):
-        value = float(resolution)
-    else:
-        text = str(resolution).strip()
-        match = _RESOLUTION_NAME.match(text)
-        if match:
-            value = float(f"{match.group(1)}.{match.group(2)}")
-        else:
-            try:
-                if "_" in text:  # float() reads "1_0" as 10.0
-                    raise ValueError(text)
-                value = float(text)
-            except ValueError:
-                raise InvalidInputError(
-                    f"{resolution!r} is not a resolution: expected microns per pixel "
-                    "as a number (1.0) or a name like '1_0mpp' or '0_65mpp'"
-                ) from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise InvalidInputError(f"resolution must be a positive number of microns per pixel, got {resolution!r}")
-    return value
+def resolution_value(resolution: ResolutionLike) -> float:
+    """Microns per pixel of ``resolution`` (a float, ``"1_0mpp"`` or ``"1.0"``); see :func:`parse_resolution`."""
+    return parse_resolution(resolution).mpp
 
 
-def resolution_name(resolution: Resolution) -> str:
+def resolution_name(resolution: ResolutionLike) -> str:
     """The level/directory name of ``resolution``: dots to underscores, at least one decimal."""
-    text = f"{resolution_value(resolution):.6f}".rstrip("0")
-    if text.endswith("."):
-        text += "0"
-    return text.replace(".", "_") + "mpp"
+    return parse_resolution(resolution).name
 
 
 RESERVED_NAMES = ("images", "metadata", "segmentations", "tiling")
@@ -174,7 +147,7 @@ def prediction_dir(name: str) -> str:
     return f"{PREDICTIONS_DIR}/{validate_name(name, what='prediction name')}"
 
 
-def standardization_dir(modality: str, resolution: Resolution, spec: str) -> str:
+def standardization_dir(modality: str, resolution: ResolutionLike, spec: str) -> str:
     """Directory of standardization statistics parquet files (same path as the TIFF layout)."""
     spec = spec.strip("/")
     if spec:
@@ -182,7 +155,7 @@ def standardization_dir(modality: str, resolution: Resolution, spec: str) -> str
     return f"{modality_dir(modality)}/{resolution_name(resolution)}/standardization/{spec}"
 
 
-def tile_table_path(resolution: Resolution, size: int, *, strategy: str = "default", table: str = "coordinates") -> str:
+def tile_table_path(resolution: ResolutionLike, size: int, *, strategy: str = "default", table: str = "coordinates") -> str:
     """Path of a tile table: ``tiling/<res>/<strategy>/<size>_tile_<table>.parquet``."""
     validate_name(strategy, what="tiling strategy")
     validate_name(table, what="tile table")

@@ -31,8 +31,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..access.resolution import parse_resolution
 from ..errors import InvalidInputError, NotFoundError, StoreError
-from .layout import FORMAT_VERSION, resolution_value, validate_modality, validate_name
+from .layout import FORMAT_VERSION, validate_modality, validate_name
 from .location import Location
 from .staging import ZARR_JSON, Staging, group_document
 
@@ -129,7 +130,7 @@ class CohortAttributes:
         return dataclasses.replace(
             self,
             format_version=FORMAT_VERSION,
-            modalities={m: tuple(sorted(levels, key=resolution_value)) for m, levels in sorted(merged.items())},
+            modalities={m: tuple(sorted(levels, key=parse_resolution)) for m, levels in sorted(merged.items())},
             mask_kinds=tuple(sorted({*self.mask_kinds, *mask_kinds})),
         )
 

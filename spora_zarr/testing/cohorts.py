@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from ..store.layout import resolution_name, resolution_value
+from ..access.resolution import parse_resolution
 from .tiff_layout import (
     DEFAULT_TILE,
     TiffWriteArgs,
@@ -149,7 +149,7 @@ def make_synthetic_cohort(
     tissues = list(tissues)
     if legacy_zarr_tissue is not None and legacy_zarr_tissue not in tissues:
         raise ValueError(f"legacy_zarr_tissue {legacy_zarr_tissue!r} is not one of the tissues {tissues}")
-    res_values = sorted({resolution_value(r) for r in resolutions})
+    res_values = sorted({parse_resolution(r).mpp for r in resolutions})
     if not res_values:
         raise ValueError("at least one resolution is needed")
     finest = res_values[0]
@@ -211,7 +211,7 @@ def make_synthetic_cohort(
 
         for r in res_values:
             out_hw = shapes[r]
-            rdir = resolution_name(r)
+            rdir = parse_resolution(r).name
             fname = f"{tid}{suffix}"
             if r == finest:
                 he_r, ihc_r, mx_r, tm_r, cm_r = he, ihc, mx, tissue, labels
@@ -263,7 +263,7 @@ def make_synthetic_cohort(
             cells_table(dest / "metadata" / "cells.parquet", cell_masks[finest])
         for (modality, r), images in mx_images.items():
             standardization_table(
-                dest / modality / resolution_name(r) / "standardization" / "quantile_clipping" / "uq_0.99_image"
+                dest / modality / parse_resolution(r).name / "standardization" / "quantile_clipping" / "uq_0.99_image"
                 / "stats.parquet",
                 images,
                 per_tissue,

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 import tifffile
 from numpy.typing import DTypeLike
 
-from ..store.layout import resolution_name, resolution_value
+from ..access.resolution import parse_resolution
 from ..tiling.tilers import get_grid_tile
 
 DEFAULT_TILE = (256, 256)
@@ -273,7 +273,7 @@ def tiff_channel_count(path: str | Path) -> int:
 
 def scaled_shape(shape: Sequence[int], from_mpp: float | str, to_mpp: float | str) -> tuple[int, int]:
     """(H, W) of an image at ``to_mpp`` given its (H, W) at ``from_mpp``: ``floor(n * from / to)``."""
-    ratio = resolution_value(from_mpp) / resolution_value(to_mpp)
+    ratio = parse_resolution(from_mpp).mpp / parse_resolution(to_mpp).mpp
     return tuple(max(1, int(math.floor(n * ratio + 1e-9))) for n in shape[:2])  # type: ignore[return-value]
 
 
@@ -387,7 +387,7 @@ def tile_tables(dest: Path, res: float, size: int, tissue_masks: Mapping[str, np
             stats["tile_id"].append(tile_id)
             stats["tissue_fraction"].append(fraction)
             stats["n_cells"].append(n_cells)
-    base = dest / "tiling" / resolution_name(res) / "default"
+    base = dest / "tiling" / parse_resolution(res).name / "default"
     write_table(base / f"{size}_tile_coordinates.parquet", coords, TILES_SCHEMA)
     write_table(base / f"{size}_tile_stats.parquet", stats, TILE_STATS_SCHEMA)
 

@@ -33,8 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..access.resolution import Resolution, parse_resolution
 from ..errors import InvalidInputError, NotFoundError
-from ..store.layout import Resolution, resolution_name, tile_table_path, validate_tissue_id
+from ..store.layout import tile_table_path, validate_tissue_id
 from ..store.location import Location
 from ..store.lock import writes_store
 from .tilers import CellCounter, best_tiling_from_counts, check_parameters, grid_tiling_from_counts
@@ -61,7 +62,8 @@ class TilingOptions:
     """What to tile and how; see :func:`~spora_zarr.tiling.tilers.best_mask_tiling_try_to_stop`.
 
     ``coverage_goal``, ``min_gain_ratio``, ``max_tiles`` and ``allow_overlap``
-    apply to the ``best`` strategy only.
+    apply to the ``best`` strategy only. ``resolution`` holds a
+    :class:`~spora_zarr.access.Resolution` (a number or level name given is parsed).
     """
 
     resolution: Resolution
@@ -77,7 +79,7 @@ class TilingOptions:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise InvalidInputError(f"unknown tiling strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
-        resolution_name(self.resolution)
+        object.__setattr__(self, "resolution", parse_resolution(self.resolution))
         size, stride, tolerance, goal, ratio, cap = check_parameters(
             self.tile_size, self.stride, self.tolerance, self.coverage_goal, self.min_gain_ratio, self.max_tiles
         )
@@ -92,7 +94,7 @@ class TilingOptions:
         best = self.strategy == "best"
         return {
             "strategy": self.strategy,
-            "resolution": resolution_name(self.resolution),
+            "resolution": self.resolution.name,
             "tile_size": self.tile_size,
             "stride": self.stride,
             "tolerance": self.tolerance,
@@ -110,7 +112,7 @@ class TilingOptions:
         return tile_table_path(self.resolution, self.tile_size, strategy=self.strategy, table=which)
 
     def parts_dir(self) -> str:
-        return f"{PARTS_DIR}/{resolution_name(self.resolution)}/{self.strategy}/{self.tile_size}_{self.key()}"
+        return f"{PARTS_DIR}/{self.resolution}/{self.strategy}/{self.tile_size}_{self.key()}"
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
     if not task.overwrite and table_exists(location, task.path) and _part_stats(location, task.path) is not None:
         return TaskOutcome(task.path, task.label, skipped=True)
     cohort = open_cohort(location)
-    level = cohort.level_path(_MASK_KIND, task.tissue_id, options.resolution)  # NotFoundError lists the levels it has
+    level = cohort.mask_level_path(_MASK_KIND, task.tissue_id, options.resolution)  # NotFoundError lists the levels it has
     reader = open_level(location, level)
     if len(reader.shape) not in (2, 3) or (len(reader.shape) == 3 and reader.shape[0] != 1):
         raise InvalidInputError(f"tissue {task.tissue_id!r}: tissue mask {level} has shape {reader.shape}, expected (H, W)")
@@ -168,7 +170,7 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
 def _band_rows(cohort: Any, level: str, height: int, width: int, itemsize: int) -> int:
     """Rows per band: whole rows of chunks, about :data:`BAND_BYTES`, at least one chunk row."""
     try:
-        array = cohort.open_array(_MASK_KIND, *_split_level(level))
+        array = cohort.open_mask_array(_MASK_KIND, *_split_level(level))
         unit = int(array.chunks[-2])  # the inner chunks of a sharded array: each is read once
     except Exception:  # noqa: BLE001 - the layout is a read-speed hint only
         unit = 256
@@ -301,7 +303,7 @@ def tile_cohort(
         if other and not overwrite:
             raise InvalidInputError(
                 f"{location.join(stats_path)} was computed with {other}; run with the same parameters to resume, "
-                "or with --overwrite to replace it"
+                "or with overwrite=True to replace it"
             )
         if other:
             kept_stats = None

@@ -374,7 +374,7 @@ class TileDataset(Dataset):
     @staticmethod
     def _has_mask(dataset: BaseImagingDataset, kind: str, tissue_id: str) -> bool:
         cohort = dataset.cohort
-        return tissue_id in cohort.mask_tissues(kind) and dataset.resolution in cohort.resolutions(kind, tissue_id)
+        return tissue_id in cohort.mask_tissues(kind) and dataset.resolution in cohort.mask_resolutions(kind, tissue_id)
 
     # -- the index ------------------------------------------------------------------------
     def __len__(self) -> int:

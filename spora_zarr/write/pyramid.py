@@ -16,7 +16,7 @@ from enum import Enum
 
 import numpy as np
 
-from ..store.layout import resolution_name
+from ..access.resolution import parse_resolution
 
 
 class Method(str, Enum):  # noqa: UP042 - StrEnum would change str() and format() of this public enum's members
@@ -171,11 +171,11 @@ def plan_levels(source_shapes: dict[float, tuple[int, int, int]], *, max_top_siz
     are computed by halving the coarsest source until the longest side fits
     ``max_top_size``. Levels are ordered finest first.
     """
-    levels = [Level(resolution_name(mpp), mpp, shape, True) for mpp, shape in sorted(source_shapes.items())]
+    levels = [Level(parse_resolution(mpp).name, mpp, shape, True) for mpp, shape in sorted(source_shapes.items())]
     while max(levels[-1].shape[1:]) > max_top_size and min(levels[-1].shape[1:]) >= 2:
         last = levels[-1]
         mpp = last.mpp * 2
-        levels.append(Level(resolution_name(mpp), mpp, (last.shape[0], last.shape[1] // 2, last.shape[2] // 2), False))
+        levels.append(Level(parse_resolution(mpp).name, mpp, (last.shape[0], last.shape[1] // 2, last.shape[2] // 2), False))
     return levels
 
 
@@ -184,12 +184,12 @@ def check_source_shapes(source_shapes: dict[float, tuple[int, int, int]], name: 
     (fine_mpp, fine), *rest = sorted(source_shapes.items())
     for mpp, shape in rest:
         if shape[0] != fine[0]:
-            return f"{name}: {resolution_name(mpp)} has {shape[0]} channels but {resolution_name(fine_mpp)} has {fine[0]}"
+            return f"{name}: {parse_resolution(mpp).name} has {shape[0]} channels but {parse_resolution(fine_mpp).name} has {fine[0]}"
         for axis, label in ((1, "height"), (2, "width")):
             expected = fine[axis] * fine_mpp / mpp
             if abs(shape[axis] - expected) > 2 + 0.02 * expected:
                 return (
-                    f"{name}: {resolution_name(mpp)} {label} {shape[axis]} does not match "
-                    f"{resolution_name(fine_mpp)} {label} {fine[axis]} scaled to {mpp:g} mpp (~{expected:.0f})"
+                    f"{name}: {parse_resolution(mpp).name} {label} {shape[axis]} does not match "
+                    f"{parse_resolution(fine_mpp).name} {label} {fine[axis]} scaled to {mpp:g} mpp (~{expected:.0f})"
                 )
     return None
