@@ -43,12 +43,14 @@ from ..store.layout import (
 )
 from ..store.location import Location
 from ..store.lock import writes_store
-from ..tiling.patching import _check_tiling
+from ..tiling.patching import check_tiling
 from ..write.writer import WriteOptions, WriteResult
 from .models import Model, load_model, model_channel_names, model_label
 from .source import MODES, InputWindows, PredictionSource
 
 if TYPE_CHECKING:
+    from ..access.tissue import TissueSource
+    from ..datasets import BaseImagingDataset
     from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome
 
 __all__ = [
@@ -86,7 +88,7 @@ def output_path(name: str, tissue_id: str, *, labels: bool = False) -> str:
 def make_dataset(
     store: str | Location, modality: str, resolution: Resolution, tile_size: int, *, standardization: str = "identity",
     storage_options: dict[str, Any] | None = None,
-) -> Any:
+) -> BaseImagingDataset:
     """The dataset of ``modality``: ``he`` (H&E), ``ihc/ihc_<marker>``, or a multiplex modality (any other, predictions too)."""
     from ..datasets import HEImagingDataset, MultiplexImagingDataset, SingleIHCImagingDataset
 
@@ -100,7 +102,7 @@ def make_dataset(
 
 def predict_tissue(
     model: str | Model,
-    dataset: Any,
+    dataset: TissueSource,
     tissue_id: str,
     tile_size: int = 256,
     overlap: int = 32,
@@ -128,8 +130,8 @@ def predict_tissue(
         A TorchScript file, ``module:callable``, or a callable / ``nn.Module``
         (:func:`~spora_zarr.inference.models.load_model`).
     dataset
-        A spora dataset (:mod:`spora_zarr.datasets`): its store, modality,
-        resolution and preprocessing (standardization) give the model input.
+        A :class:`~spora_zarr.access.TissueSource` (a spora dataset, :mod:`spora_zarr.datasets`):
+        its store, modality, resolution and preprocessing (standardization) give the model input.
     tissue_id
         The tissue.
     tile_size, overlap, batch_size
@@ -163,35 +165,32 @@ def predict_tissue(
     WriteResult
         ``skipped`` when the prediction was already complete (nothing run).
     """
-    from ..read.levels import open_level
     from ..standardize.standardizers import IdentityStandardizer
     from ..store.staging import Staging
     from ..write.writer import write_image, write_labels
 
     if mode not in MODES:
         raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    _check_tiling(tile_size, overlap)
+    check_tiling(tile_size, overlap)
     options = options or prediction_write_options()
     path = output_path(output, tissue_id, labels=labels)
     cohort = dataset.cohort
     location: Location = cohort.location
     modality = dataset.modality_dir()
-    dataset._check_tissue(tissue_id)  # NotFoundError naming the tissue
+    dataset.check_tissue(tissue_id)  # NotFoundError naming the tissue
     if not overwrite and Staging(location).is_complete(path):
         return WriteResult(path, skipped=True)
     loaded = load_model(model, device)
     where = f"model {model_label(model)}, tissue {tissue_id!r}"
-    reader = open_level(location, cohort.level_path(modality, tissue_id, dataset.resolution), engine=dataset.engine)
-    mask = None
-    if min_tissue is not None:
-        mask = open_level(location, cohort.level_path("tissue_masks", tissue_id, dataset.resolution), engine=dataset.engine)
-    channels = dataset._channel_indices(tissue_id, kind)
+    reader = dataset.level(tissue_id)
+    mask = dataset.level(tissue_id, "tissue_masks") if min_tissue is not None else None
+    channels = dataset.channel_indices(tissue_id, kind)
 
     def standardize(tensor: Any) -> Any:
-        return dataset._preprocess(tensor, tissue_id, kind)
+        return dataset.preprocess(tensor, tissue_id, kind)
 
     # the identity standardization is the cast into the batch buffer: no float32 copy of each window first
-    identity = isinstance(getattr(dataset, "standardizer", None), IdentityStandardizer)
+    identity = dataset.preprocessor is None or isinstance(dataset.preprocessor, IdentityStandardizer)
     inputs = InputWindows(reader, channels, standardize if preprocess and not identity else None, mask)
     mpp = resolution_value(dataset.resolution)
     source = PredictionSource(
@@ -308,7 +307,7 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InvalidInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        _check_tiling(self.tile_size, self.overlap, "prediction")
+        check_tiling(self.tile_size, self.overlap, "prediction")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InvalidInputError(f"--batch-size must be a whole number >= 1, got {self.batch_size!r}")
         if self.min_tissue is not None and not 0 <= self.min_tissue <= 1:
@@ -332,10 +331,10 @@ class PredictTask:
     overwrite: bool = False
 
 
-_DATASETS: dict[tuple[Any, ...], Any] = {}
+_DATASETS: dict[tuple[Any, ...], BaseImagingDataset] = {}
 
 
-def _dataset_for(task: PredictTask) -> Any:
+def _dataset_for(task: PredictTask) -> BaseImagingDataset:
     """The task's dataset, made once per process."""
     import os
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_collate, default_collate_fn_map
 
 from ..errors import InvalidInputError
-from .tiles import worker_init_fn
+from .workers import worker_init_fn
 
 __all__ = ["SharedBatches", "TileLoader", "lend_batch"]
 
