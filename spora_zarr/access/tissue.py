@@ -380,12 +380,12 @@ class TissueReader:
             if not pad or inner == window:
                 return data
             out = np.zeros((*data.shape[:-2], *window.shape), dtype=data.dtype)
-            out[(..., *inner.relative_to(window).slices)] = data
+            out[inner.relative_to(window).index] = data
             return out
         target = out
         if pad and inner != window:
             out[...] = 0
-            target = out[(..., *inner.relative_to(window).slices)]
+            target = out[inner.relative_to(window).index]
         _read(reader, inner, channels, out=target)
         return out
 

@@ -151,6 +151,11 @@ class Window:
         return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
 
     @property
+    def index(self) -> tuple[Any, ...]:
+        """``(..., *slices)``: the window in an array with leading axes (channels), ``array[w.index]``."""
+        return (Ellipsis, *self.slices)
+
+    @property
     def bounds(self) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)`` of a 2-D window (``ImageSource.read``'s arguments)."""
         self._require_2d("bounds")

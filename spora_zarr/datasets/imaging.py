@@ -373,6 +373,8 @@ class SingleIHCImagingDataset(_RGBDataset):
 class MultiplexImagingDataset(BaseImagingDataset):
     """Multiplex ``(C, H, W)`` images with channel QC and UniProt filtering."""
 
+    standardizer: Standardizer
+
     def __init__(
         self,
         name: str,
@@ -429,11 +431,11 @@ class MultiplexImagingDataset(BaseImagingDataset):
         stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
         names = stored if channels is None else [stored[i] for i in channels]
         filtered = self.filters.apply(self.read(tissue_id, grown, channels), names)
-        data = np.ascontiguousarray(filtered[(..., *inner.relative_to(grown).slices)])
+        data = np.ascontiguousarray(filtered[inner.relative_to(grown).index])
         if not pad or inner == window:
             return data
         out = np.zeros((*data.shape[:-2], *window.shape), dtype=data.dtype)
-        out[(..., *inner.relative_to(window).slices)] = data
+        out[inner.relative_to(window).index] = data
         return out
 
     def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> MultiplexTissue:

@@ -44,8 +44,6 @@ __all__ = ["MODES", "InputWindows", "PredictionSource", "blend_window"]
 MODES = ("crop", "blend")
 MiB = 2**20
 
-ALL = slice(None)  # the channel axis of a (C, h, w) window
-
 
 @dataclass
 class InputWindows:
@@ -107,7 +105,7 @@ class InputWindows:
             assert part is not None
             if part != tile:
                 slot.fill(0)
-            np.copyto(slot[(ALL, *part.relative_to(tile).slices)], data[(ALL, *part.relative_to(span).slices)], casting="unsafe")
+            np.copyto(slot[part.relative_to(tile).index], data[part.relative_to(span).index], casting="unsafe")
 
     def tissue_fraction(self, y0: int, x0: int, size_y: int, size_x: int) -> float:
         """The share of mask pixels != 0 in the part of the window inside the image."""
@@ -312,7 +310,7 @@ class PredictionSource(ImageSource):
         box = self._footprint(*key)
         if scores is None:
             return [(box, None)]
-        window = scores[(ALL, *box.relative_to(self._tile(*key)).slices)]
+        window = scores[box.relative_to(self._tile(*key)).index]
         if self._weights is None:
             return [(box, self._as_output(window))]
         return [(box, window.astype(np.float32, copy=False) * self._weights[: box.shape[0], : box.shape[1]])]
@@ -359,7 +357,7 @@ class PredictionSource(ImageSource):
             if use is not None:
                 use(key, box, data, region)
             for rest in box.subtract(block):
-                kept.append((rest, None if data is None else np.array(data[(ALL, *rest.relative_to(box).slices)])))
+                kept.append((rest, None if data is None else np.array(data[rest.relative_to(box).index])))
         size = _nbytes(kept)
         if not kept or size > self.cache_bytes:
             return
@@ -380,11 +378,11 @@ class PredictionSource(ImageSource):
         block = Window.from_bounds(y0, y1, x0, x1)
 
         def paste(key: tuple[int, int], box: Window, data: np.ndarray | None, region: Window) -> None:
-            target = out[(ALL, *region.relative_to(block).slices)]
+            target = out[region.relative_to(block).index]
             if data is None:
                 target[...] = self.fill_value
             else:
-                target[...] = data[(ALL, *region.relative_to(box).slices)]
+                target[...] = data[region.relative_to(box).index]
 
         rows, cols = self.tiles_y.covering(y0, y1), self.tiles_x.covering(x0, x1)
         self._visit([(i, j) for i in rows for j in cols], block, paste)
@@ -400,9 +398,9 @@ class PredictionSource(ImageSource):
         def add(key: tuple[int, int], box: Window, data: np.ndarray | None, region: Window) -> None:
             if data is None:
                 return
-            into = region.relative_to(block).slices
-            acc[(ALL, *into)] += data[(ALL, *region.relative_to(box).slices)]
-            weight[into] += weights[region.relative_to(self._tile(*key)).slices]
+            into = region.relative_to(block)
+            acc[into.index] += data[region.relative_to(box).index]
+            weight[into.slices] += weights[region.relative_to(self._tile(*key)).slices]
 
         rows, cols = self.tiles_y.touching(y0, y1), self.tiles_x.touching(x0, x1)
         self._visit([(i, j) for i in rows for j in cols], block, add)

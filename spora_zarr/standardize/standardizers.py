@@ -517,7 +517,8 @@ class BatchStandardizer(torch.nn.Module):
 
     def _compiled(self, row: int, dtype: np.dtype) -> CompiledTransform:
         """Tissue ``row``'s compiled transform for samples of ``dtype``, built on first use and again after the buffers change."""
-        stamp = tuple((t.data_ptr(), t._version) for t in (self.upper, self.scale, self.bias))
+        # torch counts in-place changes of a tensor in _version and has no public name for it
+        stamp = tuple((t.data_ptr(), t._version) for t in (self.upper, self.scale, self.bias))  # noqa: SLF001
         if stamp != self._transforms_stamp:
             self._transforms, self._transforms_stamp = {}, stamp
         transform = self._transforms.get((row, dtype))

@@ -125,7 +125,7 @@ class MosaicSource(ImageSource):
             box = tile.intersect(window)
             assert box is not None  # tiles_in gives the tiles that meet the window
             part = self._read_part(int(i), box)
-            region = (slice(None), *box.relative_to(window).slices)
+            region = box.relative_to(window).index
             if linear:
                 _, height, width = self.tileset.tiles[int(i)].size
                 local = box.relative_to(tile)
@@ -183,7 +183,7 @@ class MosaicSource(ImageSource):
         covered = sum(box.size for _, box in parts) == window.size
         out = np.empty(shape, self.tileset.tiles[0].dtype) if covered else np.zeros(shape, self.tileset.tiles[0].dtype)
         for i, box in parts:
-            self._read_part(i, box, out[(slice(None), *box.relative_to(window).slices)])
+            self._read_part(i, box, out[box.relative_to(window).index])
         return out
 
     def _scaled(self, window: np.ndarray) -> np.ndarray:

@@ -211,7 +211,8 @@ class TileLoader(DataLoader):
     def __iter__(self) -> _HoldingIterator:  # type: ignore[override]  # DataLoader's iterator, wrapped
         if not self.persistent_workers:
             self._held.clear()  # new workers, new buffers
-        return _HoldingIterator(self, super().__iter__())
+        release = None if self.persistent_workers else self._held.clear  # at the end the workers are gone, and their buffers
+        return _HoldingIterator(super().__iter__(), self._hold, release)
 
     def _hold(self, batch: Any) -> None:
         """Keep a batch's shared storages of ring size mapped; past twice the rings' bytes the least recent go."""
@@ -230,8 +231,8 @@ class TileLoader(DataLoader):
 class _HoldingIterator:
     """``DataLoader``'s iterator (started as ``iter()`` starts it, with its ``len``), keeping each batch's buffers mapped."""
 
-    def __init__(self, loader: TileLoader, iterator: Any) -> None:
-        self._loader, self._iterator = loader, iterator
+    def __init__(self, iterator: Any, hold: Callable[[Any], None], release: Callable[[], None] | None) -> None:
+        self._iterator, self._hold, self._release = iterator, hold, release
 
     def __iter__(self) -> _HoldingIterator:
         return self
@@ -243,10 +244,10 @@ class _HoldingIterator:
         try:
             batch = next(self._iterator)
         except StopIteration:
-            if not self._loader.persistent_workers:
-                self._loader._held.clear()  # the workers are gone: their buffers need not stay mapped
+            if self._release is not None:
+                self._release()  # the workers are gone: their buffers need not stay mapped
             raise
-        self._loader._hold(batch)
+        self._hold(batch)
         return batch
 
     def __getattr__(self, name: str) -> Any:
