@@ -279,7 +279,8 @@ class BaseImagingDataset(TissueReader):
             keys = zip(tiles.tissue_id.astype(str), tiles.tile_id.astype(int))
             lookup = dict(zip(keys, zip(tiles.row.astype(int), tiles.col.astype(int))))
             self.__dict__["_cache_tile_positions"] = lookup
-        return lookup[(str(tissue_id), int(tile_id))]
+        position: tuple[int, int] = lookup[(str(tissue_id), int(tile_id))]
+        return position
 
     def get_tissue_mask(self, tissue_id: str) -> TissueMask:
         return TissueMask(tissue_id, self._whole_mask("tissue_masks", tissue_id))

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["PatchSpecsDataset"]
 
 
-class PatchSpecsDataset(torch.utils.data.Dataset):
+class PatchSpecsDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Patches of a spora dataset named by :class:`~spora_zarr.tiling.patching.PatchSpecs` (2D).
 
     Parameters

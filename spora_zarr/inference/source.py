@@ -113,7 +113,7 @@ class InputWindows:
         if inside is None:
             return 0.0
         data = self.mask.read(*inside.corner)
-        return float(np.count_nonzero(data)) / max(1, data.size)
+        return float(np.count_nonzero(data)) / max(1, int(data.size))
 
 
 def blend_window(size_y: int, size_x: int) -> np.ndarray:
@@ -121,7 +121,8 @@ def blend_window(size_y: int, size_x: int) -> np.ndarray:
 
     def axis(n: int) -> np.ndarray:
         centre, sigma = (n - 1) / 2, max(n / 8, 1e-6)
-        return np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2)
+        weights: np.ndarray = np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2)
+        return weights
 
     return np.maximum(np.outer(axis(size_y), axis(size_x)), 1e-3).astype(np.float32)
 
@@ -279,7 +280,8 @@ class PredictionSource(ImageSource):
         if not self.labels:
             return scores.astype(np.float32, copy=False)
         if self.scores > 1:
-            return np.argmax(scores, axis=0)[None].astype(self.dtype)
+            labels: np.ndarray = np.argmax(scores, axis=0)[None].astype(self.dtype)
+            return labels
         if scores.size and scores.dtype != self.dtype:
             lo, hi, info = scores.min(), scores.max(), np.iinfo(self.dtype)
             if lo < info.min or hi > info.max:

@@ -156,7 +156,8 @@ class LazyLevel:
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[...]
-        return out if dtype is None else out.astype(dtype, copy=False)
+        array: np.ndarray = out if dtype is None else out.astype(dtype, copy=False)
+        return array
 
     def __getitem__(self, key: Any) -> Any:
         key = _expand(key, self.ndim)
@@ -196,7 +197,8 @@ def _expand(key: Any, ndim: int) -> tuple[Any, ...]:
         key = key[:at] + (slice(None),) * (ndim - len(key) + 1) + key[at + 1 :]
     if len(key) > ndim:
         raise IndexError(f"too many indices for an array of {ndim} dimensions")
-    return key + (slice(None),) * (ndim - len(key))
+    whole: tuple[Any, ...] = key + (slice(None),) * (ndim - len(key))
+    return whole
 
 
 def _whole(keys: tuple[Any, ...], sizes: tuple[int, ...]) -> bool:

@@ -228,7 +228,8 @@ def _levels(cohort: Cohort, group: str, tissue_id: str, metadata: GroupMetadata,
         if "z" in metadata.axes:
             import dask.array as da
 
-            arrays.append(da.from_zarr(array, chunks=shard))
+            from_zarr: Callable[..., Any] = da.from_zarr  # dask's function is untyped
+            arrays.append(from_zarr(array, chunks=shard))
             continue
         reader = open_level(cohort.location, cohort.level_path(group, tissue_id, name))
         arrays.append(LazyLevel(reader, (int(shard[-2]), int(shard[-1])), rgb=rgb))

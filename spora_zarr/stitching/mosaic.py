@@ -191,7 +191,8 @@ class MosaicSource(ImageSource):
             return window
         low, high = self.tileset.intensity
         scaled = (window.astype(np.float32) - low) * (255.0 / (high - low))
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        pixels: np.ndarray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return pixels
 
 
 def preview(tileset: Tileset, *, down_sample: int | str = "auto", z: int = 0, blend: str = "none", max_size: int = 2048) -> np.ndarray:

@@ -149,7 +149,7 @@ def _without_cached_tables(obj: Any) -> Any:
     return clone
 
 
-class TileDataset(Dataset):
+class TileDataset(Dataset[dict[str, Any]]):
     """Every tile of the tile tables of one or more datasets, as fixed-shape tensors.
 
     Parameters
@@ -445,7 +445,8 @@ class TileDataset(Dataset):
             measured[torch.from_numpy(positions)] = True
             identity = positions.size == len(panel) and bool(np.all(positions == np.arange(len(panel))))
             cache[key] = (None if identity else positions), measured
-        return cache[key]
+        entry: tuple[np.ndarray | None, torch.Tensor] = cache[key]
+        return entry
 
     # -- processes --------------------------------------------------------------------------
     def forget_readers(self) -> None:

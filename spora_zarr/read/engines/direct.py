@@ -176,10 +176,10 @@ def _scratch(nbytes: int) -> int:
     if buffer is None or buffer.nbytes < nbytes:
         buffer = _LOCAL.scratch = np.empty(nbytes, np.uint8)
         _LOCAL.scratch_address = buffer.ctypes.data
-    return _LOCAL.scratch_address
+    return int(_LOCAL.scratch_address)
 
 
-def open_direct(location: Location, path: str, meta: zarr.Array) -> DirectArray | JpegArray:
+def open_direct(location: Location, path: str, meta: zarr.Array[Any]) -> DirectArray | JpegArray:
     """The direct engine for the array at ``<location>/<path>`` (``meta``: its zarr handle); local stores only.
 
     Raises
