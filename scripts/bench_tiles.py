@@ -404,7 +404,7 @@ def loader_child(store: str, workers: int, epochs: int, parent_reads: bool, raw:
 
         def __getitem__(self, index: int) -> dict[str, Any]:
             item = super().__getitem__(index)
-            item["engine"] = self.datasets[0].primary._reader("imc", TISSUE).engine
+            item["engine"] = self.datasets[0].primary.level(TISSUE).engine
             return item
 
     tiles = EngineTiles(MultiplexImagingDataset("bench", store, 1.0, WINDOW, verbose=False), masks=(), preprocess=not raw)

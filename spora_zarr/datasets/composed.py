@@ -55,7 +55,8 @@ class ComposedImagingDataset:
     ) -> dict[str, torch.Tensor]:
         """The same window of every modality (row/col at the primary dataset's resolution, scaled for the others)."""
         base = self.primary
-        row, col, size = base._window_arguments(row, col, size)  # whole numbers before scaling, which would round a float
+        window = base.tile_window(row, col, size)  # whole numbers before scaling, which would round a float
+        (row, col), size = window.start, window.shape[0]
         tiles = {}
         for name, dataset in self.datasets.items():
             factor = pixel_scale(base, dataset)

@@ -1,10 +1,13 @@
 """The spora dataset API over a cohort store (the names and signatures spora_io users know).
 
 ``path`` is the store (local path or fsspec URL) and ``resolution`` a float or a
-level name. Tiles are read by :meth:`BaseImagingDataset.read_tile`, which slices
-the level array directly through :mod:`spora_zarr.read.levels` (no dask graph per
-window); whole tissues by :meth:`get_tissue`. Datasets pickle to their
-constructor arguments, so each DataLoader worker opens its own readers.
+level name. The datasets are thin torch wrappers over the access layer: each is a
+:class:`~spora_zarr.access.TissueReader` (tissues, shapes, channels by kind,
+window reads through :mod:`spora_zarr.read.levels`, no dask graph per window)
+whose preprocessing hook is its standardizer, and adds the spora_io names that
+return tensors: :meth:`BaseImagingDataset.read_tile`, :meth:`get_crop`,
+:meth:`get_tissue`. Datasets pickle to their constructor arguments, so each
+DataLoader worker opens its own readers.
 
 Multiplex channel kinds (``docs/datasets.md``): ``complete`` is every channel
 the tissue measured, in stored order; ``qc_filtered`` keeps those with
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -25,10 +27,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..access.resolution import ResolutionLike, parse_resolution
+from ..access.resolution import ResolutionLike
+from ..access.tissue import CHANNEL_KINDS as CHANNEL_KINDS  # re-exported by spora_zarr.datasets
+from ..access.tissue import TissueReader
+from ..access.window import Window, as_int
 from ..errors import InvalidInputError, NotFoundError
-from ..read.cohort import Cohort, open_cohort
-from ..read.levels import LevelReader, open_level
 from ..standardize.filters import ChannelFilters, FilterFactory
 from ..standardize.standardizers import MEAN_STD as MEAN_STD  # re-exported by spora_zarr.datasets
 from ..standardize.standardizers import (
@@ -38,23 +41,14 @@ from ..standardize.standardizers import (
     apply_standardizer,
     build_standardizer,
 )
-from ..store.layout import (
-    CELLS_TABLE,
-    TISSUES_TABLE,
-    channels_per_tissue_table_path,
-    channels_table_path,
-    tile_table_path,
-)
+from ..store.layout import CELLS_TABLE, TISSUES_TABLE, tile_table_path
 from ..store.location import Location
 from .modalities import HEModality, IHCModality, MultiplexModality, as_multiplex_modality
 from .tissues import CellMask, HETissue, IHCTissue, MultiplexTissue, TissueMask
 
 log = logging.getLogger("spora_zarr")
 
-CHANNEL_KINDS = ("complete", "qc_filtered", "uniprot_filtered")
 IMAGE_MODES = ("CHW", "HWC")
-
-
 
 Standardizer = Callable[[torch.Tensor, str, Sequence[str]], torch.Tensor]
 
@@ -82,16 +76,15 @@ def whole_number(value: Any, what: str, where: str, *, minimum: int | None = Non
     Floats (NaN included), bools and strings are refused rather than coerced:
     ``row=10.7`` is a caller's bug, not pixel 10.
     """
-    if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
-        try:
-            number = operator.index(value)
-        except TypeError:
-            pass
-        else:
-            if minimum is None or number >= minimum:
-                return number
-            raise InvalidInputError(f"{where}: {what} must be >= {minimum}, got {number}")
-    raise InvalidInputError(f"{where}: {what} must be a whole number, got {value!r} ({type(value).__name__})")
+    try:
+        if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
+            raise InvalidInputError("a bool tensor")
+        number = as_int(value, what)
+    except InvalidInputError:
+        raise InvalidInputError(f"{where}: {what} must be a whole number, got {value!r} ({type(value).__name__})") from None
+    if minimum is None or number >= minimum:
+        return number
+    raise InvalidInputError(f"{where}: {what} must be >= {minimum}, got {number}")
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -133,14 +126,16 @@ def _tensor_of(data: np.ndarray, out: torch.Tensor | np.ndarray | None) -> torch
 
 
 # -- datasets --------------------------------------------------------------------
-class BaseImagingDataset:
-    """Metadata, shared masks and tile tables of one cohort store at one resolution.
+class BaseImagingDataset(TissueReader):
+    """Metadata, shared masks and tile tables of one cohort store at one resolution, read as tensors.
 
-    Subclasses name the modality directory (:meth:`modality_dir`) and turn
-    stored pixels into tensors (:meth:`_preprocess`).
+    A :class:`~spora_zarr.access.TissueReader` (the access layer's tissue
+    interface) of the modality :meth:`modality_dir`; subclasses turn stored
+    pixels into model input by overriding :meth:`preprocess`.
     """
 
     image_modality: ClassVar[str] = ""
+    standardizer: Standardizer | None = None
 
     def __init__(
         self,
@@ -155,113 +150,48 @@ class BaseImagingDataset:
         engine: str | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self.name = name
-        self.path = path
-        self.resolution = parse_resolution(resolution).name
         self.crop_size = whole_number(crop_size, "crop_size", name, minimum=1)
         self.load_cell_metadata = load_cell_metadata
         self.verbose = verbose
         self.tiling_strategy = tiling_strategy
-        self.engine = engine
-        self.storage_options = storage_options
-        self.cohort: Cohort = open_cohort(path, storage_options)
+        super().__init__(
+            path, self.modality_dir(), resolution, name=name, engine=engine, storage_options=storage_options,
+            multiplex=isinstance(self, MultiplexImagingDataset),
+        )
         self.metadata: pd.DataFrame = self.cohort.read_table(TISSUES_TABLE).to_pandas()
         self.cell_metadata: pd.DataFrame | None = None
         if load_cell_metadata:
             self.cell_metadata = self.cohort.read_table(CELLS_TABLE).to_pandas()
-        self.cohort.check_modality(self.modality_dir())
-        self._init_modality()
-        if not self.tissue_ids:
-            available = self.cohort.attributes.modalities.get(self.modality_dir(), ())
-            raise NotFoundError(
-                f"{self.cohort.location}: {self.modality_dir()} has no images at resolution {self.resolution}; "
-                f"it has {', '.join(available) or 'none'}"
-            )
         if verbose:
             log.info("%s: %d tissues of %s at %s", name, len(self.tissue_ids), self.modality_dir(), self.resolution)
 
-    # -- pickling: constructor arguments only; readers reopen in each process ---
     def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_cache")}
-        state.pop("cohort", None)
+        state = super().__getstate__()
         state.pop("tile_coordinates", None)  # a cached table: re-read where needed, keeps pickles small
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.cohort = open_cohort(self.path, self.storage_options)
-
-    def _init_modality(self) -> None:
-        """Load modality-level tables (channel tables for multiplex)."""
 
     def modality_dir(self) -> str:
         return self.image_modality
 
-    # -- tissues -------------------------------------------------------------------
-    @functools.cached_property
-    def tissue_ids(self) -> list[str]:
-        """Tissues with an image of this modality at this dataset's resolution."""
-        return [t for t in self.cohort.tissues(self.modality_dir()) if self.resolution in self.cohort.resolutions(self.modality_dir(), t)]
+    @property
+    def preprocessor(self) -> Standardizer | None:
+        """The dataset's standardizer (the access layer's preprocessing hook)."""
+        return self.standardizer
 
     def __len__(self) -> int:
         return len(self.tissue_ids)
 
-    @functools.cached_property
-    def _tissue_set(self) -> frozenset[str]:
-        return frozenset(self.tissue_ids)
-
-    def _check_tissue(self, tissue_id: str) -> None:
-        if tissue_id not in self._tissue_set:
-            if tissue_id in self.cohort.tissues(self.modality_dir()):
-                self.cohort.level_path(self.modality_dir(), tissue_id, self.resolution)  # raises listing resolutions
-            raise NotFoundError(f"{self.name}: unknown tissue {tissue_id!r} in {self.modality_dir()} ({len(self.tissue_ids)} tissues)")
-
-    def _reader(self, group: str, tissue_id: str) -> Any:
-        cache = self.__dict__.setdefault("_cache_readers", {})
-        key = (group, tissue_id)
-        if key not in cache:
-            mask = self.cohort.is_mask_kind(group)
-            level_path = self.cohort.mask_level_path if mask else self.cohort.level_path
-            path = level_path(group, tissue_id, self.resolution)
-            reader = open_level(self.cohort.location, path, engine=self.engine)
-            if len(reader.shape) > (2 if mask else 3):
-                where = self.cohort.location.join(path)
-                raise InvalidInputError(f"{where}: tissue {tissue_id!r} is a z stack {reader.shape}; the datasets read 2-D tissues only")
-            cache[key] = reader
-        return cache[key]
-
-    def image_shape(self, tissue_id: str) -> tuple[int, ...]:
-        """Stored shape ``(C, H, W)`` of the tissue at this resolution (no pixels read)."""
-        self._check_tissue(tissue_id)
-        return tuple(self._reader(self.modality_dir(), tissue_id).shape)
-
     # -- windows -------------------------------------------------------------------
-    def _window(
-        self, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool,
-        out: np.ndarray | None = None,
+    def tile_window(self, row: Any, col: Any, size: Any = None) -> Window:
+        """The square window of a tile at ``(row, col)`` of ``size`` (``None``: ``crop_size``); anything but whole numbers is refused."""
+        size = self.crop_size if size is None else whole_number(size, "size", self.name, minimum=1)
+        return Window.from_corner(whole_number(row, "row", self.name), whole_number(col, "col", self.name), size, size)
+
+    def _image_window(
+        self, tissue_id: str, window: Window, channels: Sequence[int] | None, pad: bool, out: np.ndarray | None
     ) -> np.ndarray:
-        """A window of ``group``, clipped to the image or zero-padded to ``size``; read into ``out`` when given."""
-        reader = self._reader(group, tissue_id)
-        height, width = reader.shape[-2:]
-        if row >= height or col >= width or row + size <= 0 or col + size <= 0:
-            raise InvalidInputError(
-                f"{self.name}: window row={row} col={col} size={size} lies outside {group} tissue {tissue_id!r} of shape {height}x{width}"
-            )
-        y0, x0 = max(row, 0), max(col, 0)
-        h, w = min(row + size, height) - y0, min(col + size, width) - x0
-        if out is None:
-            data = _read(reader, y0, x0, h, w, channels)
-            if not pad or data.shape[-2:] == (size, size):
-                return data
-            out = np.zeros((*data.shape[:-2], size, size), dtype=data.dtype)
-            out[..., y0 - row : y0 - row + h, x0 - col : x0 - col + w] = data
-            return out
-        inner = out
-        if pad and (h, w) != (size, size):
-            out[...] = 0
-            inner = out[..., y0 - row : y0 - row + h, x0 - col : x0 - col + w]
-        _read(reader, y0, x0, h, w, channels, out=inner)
-        return out
+        """The stored pixels of a tile window of the image (multiplex datasets filter them)."""
+        return self.read(tissue_id, window, channels, pad=pad, out=out)
 
     def _pads(self, pad: bool | None) -> bool:
         """Whether edge windows are zero-padded: as asked, else for every strategy but the default."""
@@ -288,14 +218,14 @@ class BaseImagingDataset:
         window's shape and the stored dtype) receives them without a copy where
         the engine decodes into it; the result is then ``out`` (as a tensor).
         """
-        self._check_tissue(tissue_id)
+        self.check_tissue(tissue_id)
         if out is not None and preprocess:
             raise InvalidInputError(f"{self.name}: read_tile(out=...) takes stored values; pass preprocess=False")
-        row, col, size = self._window_arguments(row, col, size)
-        channels = self._channel_indices(tissue_id, kind)
-        data = self._window(self.modality_dir(), tissue_id, row, col, size, channels, self._pads(pad), out=_array_of(out))
+        window = self.tile_window(row, col, size)
+        channels = self.channel_indices(tissue_id, kind)
+        data = self._image_window(tissue_id, window, channels, self._pads(pad), _array_of(out))
         tensor = _tensor_of(data, out)
-        return self._preprocess(tensor, tissue_id, kind) if preprocess else tensor
+        return self.preprocess(tensor, tissue_id, kind) if preprocess else tensor
 
     def read_mask_tile(
         self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks", pad: bool | None = None,
@@ -305,14 +235,13 @@ class BaseImagingDataset:
 
         ``out`` (as in :meth:`read_tile`) is of that dtype, or of the stored dtype to receive the stored values without a copy.
         """
-        if mask not in self.cohort.known_mask_kinds:
-            raise InvalidInputError(f"unknown mask {mask!r}; expected one of {', '.join(self.cohort.known_mask_kinds)}")
-        row, col, size = self._window_arguments(row, col, size)
+        self.check_mask_kind(mask)
+        window = self.tile_window(row, col, size)
         target = _array_of(out)
-        window = (mask, tissue_id, row, col, size, None, self._pads(pad))
-        if target is not None and target.dtype == np.dtype(self._reader(mask, tissue_id).dtype):
-            return _tensor_of(self._window(*window, out=target), out)
-        labels = _as_labels(self._window(*window), f"{self.name}: {mask} of tissue {tissue_id!r}")
+        pads = self._pads(pad)
+        if target is not None and target.dtype == np.dtype(self.level(tissue_id, mask).dtype):
+            return _tensor_of(self.read_mask(tissue_id, window, mask, pad=pads, out=target), out)
+        labels = _as_labels(self.read_mask(tissue_id, window, mask, pad=pads), f"{self.name}: {mask} of tissue {tissue_id!r}")
         if target is None:
             return _to_tensor(labels)
         if target.shape != labels.shape or target.dtype != labels.dtype:
@@ -322,19 +251,14 @@ class BaseImagingDataset:
         target[...] = labels
         return _tensor_of(target, out)
 
-    def _window_arguments(self, row: Any, col: Any, size: Any) -> tuple[int, int, int]:
-        """``row``, ``col`` and ``size`` (``None``: ``crop_size``) as ints; anything but whole numbers is refused."""
-        size = self.crop_size if size is None else whole_number(size, "size", self.name, minimum=1)
-        return whole_number(row, "row", self.name), whole_number(col, "col", self.name), size
-
     def get_tissue(self, tissue_id: str, kind: str = "complete", preprocess: bool = True, image_mode: str = "CHW") -> Any:
         """The whole tissue at this resolution as a typed tissue."""
-        self._check_tissue(tissue_id)
-        reader = self._reader(self.modality_dir(), tissue_id)
-        data = _read(reader, 0, 0, reader.shape[-2], reader.shape[-1], self._channel_indices(tissue_id, kind))
+        self.check_tissue(tissue_id)
+        whole = Window.of_shape(self.level(tissue_id).shape[-2:])
+        data = self.read(tissue_id, whole, self.channel_indices(tissue_id, kind))
         tensor = _to_tensor(self._filter(data, tissue_id, kind))
         if preprocess:
-            tensor = self._preprocess(tensor, tissue_id, kind)
+            tensor = self.preprocess(tensor, tissue_id, kind)
         return self._make_tissue(tissue_id, tensor, kind, image_mode)
 
     def get_crop(
@@ -356,7 +280,8 @@ class BaseImagingDataset:
             keys = zip(tiles.tissue_id.astype(str), tiles.tile_id.astype(int))
             lookup = dict(zip(keys, zip(tiles.row.astype(int), tiles.col.astype(int))))
             self.__dict__["_cache_tile_positions"] = lookup
-        return lookup[(str(tissue_id), int(tile_id))]
+        position: tuple[int, int] = lookup[(str(tissue_id), int(tile_id))]
+        return position
 
     def get_tissue_mask(self, tissue_id: str) -> TissueMask:
         return TissueMask(tissue_id, self._whole_mask("tissue_masks", tissue_id))
@@ -365,8 +290,7 @@ class BaseImagingDataset:
         return CellMask(tissue_id, self._whole_mask("cell_masks", tissue_id))
 
     def _whole_mask(self, kind: str, tissue_id: str) -> torch.Tensor:
-        reader = self._reader(kind, tissue_id)
-        data = reader.read(0, 0, reader.shape[-2], reader.shape[-1])
+        data = self.read_mask(tissue_id, Window.of_shape(self.level(tissue_id, kind).shape[-2:]), kind)
         return _to_tensor(_as_labels(data, f"{self.name}: {kind} of tissue {tissue_id!r}"))
 
     # -- tiles -------------------------------------------------------------------------
@@ -389,30 +313,12 @@ class BaseImagingDataset:
         return table[table.tissue_id.isin(self.tissue_ids)].reset_index(drop=True)
 
     # -- per modality ------------------------------------------------------------------
-    def _channel_indices(self, tissue_id: str, kind: str) -> list[int] | None:
-        if kind != "complete":
-            raise InvalidInputError(f"{self.name}: channel kind {kind!r} applies to multiplex datasets only; use 'complete'")
-        return None
-
-    def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
-        return tensor
-
     def _filter(self, data: np.ndarray, tissue_id: str, kind: str) -> np.ndarray:
         """Image filters applied to a read (multiplex ``filters``); none here."""
         return data
 
     def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> Any:
         raise NotImplementedError
-
-
-def _read(
-    reader: LevelReader, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None, out: np.ndarray | None = None
-) -> np.ndarray:
-    """A window of ``channels`` (``None``: all), into ``out`` if given; no channels (a kind a tissue has none of) is ``(0, h, w)``."""
-    if channels is not None and len(channels) == 0:
-        ny, nx = reader.shape[-2:]
-        return out if out is not None else np.zeros((0, min(y0 + height, ny) - y0, min(x0 + width, nx) - x0), reader.dtype)
-    return reader.read(y0, x0, height, width, channels, out=out)
 
 
 def _to_mode(tensor: torch.Tensor, image_mode: str) -> torch.Tensor:
@@ -427,8 +333,9 @@ class _RGBDataset(BaseImagingDataset):
     mean_std_type: str = "imagenet"
     standardizer: BaseStandardizer
 
-    def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
-        return apply_standardizer(self.standardizer, tensor, tissue_id, ())
+    def preprocess(self, data: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
+        """Mean/std normalisation with the ``mean_std_type`` preset."""
+        return apply_standardizer(self.standardizer, data, tissue_id, ())
 
 
 class HEImagingDataset(_RGBDataset):
@@ -468,6 +375,8 @@ class SingleIHCImagingDataset(_RGBDataset):
 class MultiplexImagingDataset(BaseImagingDataset):
     """Multiplex ``(C, H, W)`` images with channel QC and UniProt filtering."""
 
+    standardizer: Standardizer
+
     def __init__(
         self,
         name: str,
@@ -486,62 +395,29 @@ class MultiplexImagingDataset(BaseImagingDataset):
         self.standardization = standardization
         self.filters = None if filters is None else FilterFactory.from_config(filters)
         super().__init__(name, path, resolution, crop_size, load_cell_metadata, verbose, **kwargs)
+        self.channels_per_tissue  # noqa: B018 - the channel tables load (and a missing one fails) at construction
+        self.panel: list[str] = self.channels.channel_name.tolist()
         self.standardizer = resolve_standardizer(standardization, self)  # stats-backed specs read this store's statistics
 
     def modality_dir(self) -> str:
         return self.modality.directory
 
-    def _init_modality(self) -> None:
-        self.channels: pd.DataFrame = self.cohort.read_table(channels_table_path(self.modality_dir())).to_pandas()
-        self.channels_per_tissue: pd.DataFrame = self.cohort.read_table(channels_per_tissue_table_path(self.modality_dir())).to_pandas()
-        self.panel: list[str] = self.channels.channel_name.tolist()
-
-    def channel_names(self, tissue_id: str, kind: str = "complete") -> list[str]:
-        """Names of the channels a read of ``kind`` returns, in order."""
-        cache = self.__dict__.setdefault("_cache_names", {})  # looked up on every standardized read
-        if (tissue_id, kind) not in cache:
-            stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
-            indices = self._channel_indices(tissue_id, kind)
-            cache[(tissue_id, kind)] = stored if indices is None else [stored[i] for i in indices]
-        return list(cache[(tissue_id, kind)])
-
-    def _kind_keeps(self, kind: str) -> set[str]:
-        if kind not in CHANNEL_KINDS:
-            raise InvalidInputError(f"unknown channel kind {kind!r}; expected one of {', '.join(CHANNEL_KINDS)}")
-        table = self.channels
-        if kind in ("qc_filtered", "uniprot_filtered"):
-            table = table[table.qc_pass.astype(bool)]
-        if kind == "uniprot_filtered":
-            table = table[table.uniprot_id.notna() & (table.uniprot_id.astype(str).str.len() > 0)]
-        return set(table.channel_name)
-
-    def _channel_indices(self, tissue_id: str, kind: str) -> list[int] | None:
-        cache = self.__dict__.setdefault("_cache_channels", {})
-        if (tissue_id, kind) not in cache:
-            keep = self._kind_keeps(kind)
-            stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
-            cache[(tissue_id, kind)] = None if kind == "complete" else [i for i, n in enumerate(stored) if n in keep]
-        return cache[(tissue_id, kind)]
-
-    def _preprocess(self, tensor: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
+    def preprocess(self, data: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
+        """The dataset's standardization of a read of ``kind``."""
         self.channel_names(tissue_id, kind)
-        return apply_standardizer(self.standardizer, tensor, tissue_id, self.__dict__["_cache_names"][(tissue_id, kind)])
+        return apply_standardizer(self.standardizer, data, tissue_id, self.__dict__["_cache_names"][(tissue_id, kind)])
 
     def _filter(self, data: np.ndarray, tissue_id: str, kind: str) -> np.ndarray:
         return data if self.filters is None else self.filters.apply(data, self.channel_names(tissue_id, kind))
 
-    def _window(
-        self, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool,
-        out: np.ndarray | None = None,
+    def _image_window(
+        self, tissue_id: str, window: Window, channels: Sequence[int] | None, pad: bool, out: np.ndarray | None
     ) -> np.ndarray:
         """A window; with ``filters``, read with their margin (clipped at the border), filtered, then cropped (into ``out``)."""
-        if self.filters is None or group != self.modality_dir():
-            return super()._window(group, tissue_id, row, col, size, channels, pad, out)
-        reader = self._reader(group, tissue_id)
-        height, width = reader.shape[-2:]
-        if row >= height or col >= width or row + size <= 0 or col + size <= 0:
-            return super()._window(group, tissue_id, row, col, size, channels, pad)  # raises, naming the window
-        data = self._filtered_window(reader, group, tissue_id, row, col, size, channels, pad)
+        if self.filters is None:
+            return super()._image_window(tissue_id, window, channels, pad, out)
+        inner = self.inside(self.modality_dir(), tissue_id, window)  # raises, naming the window
+        data = self._filtered_window(tissue_id, window, inner, channels, pad)
         if out is None:
             return data
         if out.shape != data.shape or out.dtype != data.dtype:
@@ -549,23 +425,19 @@ class MultiplexImagingDataset(BaseImagingDataset):
         out[...] = data
         return out
 
-    def _filtered_window(
-        self, reader: LevelReader, group: str, tissue_id: str, row: int, col: int, size: int, channels: Sequence[int] | None, pad: bool
-    ) -> np.ndarray:
-        """The filtered window (read grown by the filters' margin, then cropped)."""
+    def _filtered_window(self, tissue_id: str, window: Window, inner: Window, channels: Sequence[int] | None, pad: bool) -> np.ndarray:
+        """The filtered window (its part ``inner`` inside the image, read grown by the filters' margin, then cropped)."""
         assert self.filters is not None
-        height, width = reader.shape[-2:]
-        margin = self.filters.margin
-        y0, x0, y1, x1 = max(row, 0), max(col, 0), min(row + size, height), min(col + size, width)
-        ya, xa, yb, xb = max(y0 - margin, 0), max(x0 - margin, 0), min(y1 + margin, height), min(x1 + margin, width)
-        stored = self.cohort.channel_names(group, tissue_id)
+        grown = inner.grow(self.filters.margin).clip(self.level(tissue_id).shape[-2:])
+        assert grown is not None  # it holds inner
+        stored = self.cohort.channel_names(self.modality_dir(), tissue_id)
         names = stored if channels is None else [stored[i] for i in channels]
-        grown = self.filters.apply(_read(reader, ya, xa, yb - ya, xb - xa, channels), names)
-        data = np.ascontiguousarray(grown[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa])
-        if not pad or data.shape[-2:] == (size, size):
+        filtered = self.filters.apply(self.read(tissue_id, grown, channels), names)
+        data = np.ascontiguousarray(filtered[inner.relative_to(grown).index])
+        if not pad or inner == window:
             return data
-        out = np.zeros((*data.shape[:-2], size, size), dtype=data.dtype)
-        out[..., y0 - row : y0 - row + data.shape[-2], x0 - col : x0 - col + data.shape[-1]] = data
+        out = np.zeros((*data.shape[:-2], *window.shape), dtype=data.dtype)
+        out[inner.relative_to(window).index] = data
         return out
 
     def _make_tissue(self, tissue_id: str, tensor: torch.Tensor, kind: str, image_mode: str) -> MultiplexTissue:

@@ -13,17 +13,20 @@ threads from oversubscribing the cores.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import InvalidInputError
 from ..tiling.patching import PatchSpecs
 
+if TYPE_CHECKING:
+    from ..datasets import BaseImagingDataset
+
 __all__ = ["PatchSpecsDataset"]
 
 
-class PatchSpecsDataset(torch.utils.data.Dataset):
+class PatchSpecsDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Patches of a spora dataset named by :class:`~spora_zarr.tiling.patching.PatchSpecs` (2D).
 
     Parameters
@@ -42,7 +45,13 @@ class PatchSpecsDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, dataset: Any, specs: Sequence[PatchSpecs], *, kind: str = "complete", preprocess: bool = True, mask: str | None = None
+        self,
+        dataset: BaseImagingDataset,
+        specs: Sequence[PatchSpecs],
+        *,
+        kind: str = "complete",
+        preprocess: bool = True,
+        mask: str | None = None,
     ) -> None:
         self.dataset, self.specs, self.kind, self.preprocess, self.mask = dataset, list(specs), kind, preprocess, mask
         count = len(dataset.tissue_ids)

@@ -42,12 +42,14 @@ from ..store.layout import (
 )
 from ..store.location import Location
 from ..store.lock import writes_store
-from ..tiling.patching import _check_tiling
+from ..tiling.patching import check_tiling
 from ..write.writer import WriteOptions, WriteResult
 from .models import Model, load_model, model_channel_names, model_label
 from .source import MODES, InputWindows, PredictionSource
 
 if TYPE_CHECKING:
+    from ..access.tissue import TissueSource
+    from ..datasets import BaseImagingDataset
     from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome
 
 __all__ = [
@@ -86,7 +88,7 @@ def output_path(name: str, tissue_id: str, *, labels: bool = False) -> str:
 def make_dataset(
     store: str | Location, modality: str, resolution: ResolutionLike, tile_size: int, *, standardization: str = "identity",
     storage_options: dict[str, Any] | None = None,
-) -> Any:
+) -> BaseImagingDataset:
     """The dataset of ``modality``: ``he`` (H&E), ``ihc/ihc_<marker>``, or a multiplex modality (any other, predictions too)."""
     from ..datasets import HEImagingDataset, MultiplexImagingDataset, SingleIHCImagingDataset
 
@@ -100,7 +102,7 @@ def make_dataset(
 
 def predict_tissue(
     model: str | Model,
-    dataset: Any,
+    dataset: TissueSource,
     tissue_id: str,
     options: PredictTissueOptions,
     *,
@@ -117,8 +119,8 @@ def predict_tissue(
         A TorchScript file, ``module:callable``, or a callable / ``nn.Module``
         (:func:`~spora_zarr.inference.models.load_model`).
     dataset
-        A spora dataset (:mod:`spora_zarr.datasets`): its store, modality,
-        resolution and preprocessing (standardization) give the model input.
+        A :class:`~spora_zarr.access.TissueSource` (a spora dataset, :mod:`spora_zarr.datasets`):
+        its store, modality, resolution and preprocessing (standardization) give the model input.
     tissue_id
         The tissue.
     options
@@ -135,7 +137,6 @@ def predict_tissue(
     WriteResult
         ``skipped`` when the prediction was already complete (nothing run).
     """
-    from ..read.levels import open_level
     from ..standardize.standardizers import IdentityStandardizer
     from ..store.staging import Staging
     from ..write.writer import write_image, write_labels
@@ -147,22 +148,20 @@ def predict_tissue(
     cohort = dataset.cohort
     location: Location = cohort.location
     modality = dataset.modality_dir()
-    dataset._check_tissue(tissue_id)  # NotFoundError naming the tissue
+    dataset.check_tissue(tissue_id)  # NotFoundError naming the tissue
     if not overwrite and Staging(location).is_complete(path):
         return WriteResult(path, skipped=True)
     loaded = load_model(model, o.device)
     where = f"model {model_label(model)}, tissue {tissue_id!r}"
-    reader = open_level(location, cohort.level_path(modality, tissue_id, dataset.resolution), engine=dataset.engine)
-    mask = None
-    if min_tissue is not None:
-        mask = open_level(location, cohort.mask_level_path("tissue_masks", tissue_id, dataset.resolution), engine=dataset.engine)
-    channels = dataset._channel_indices(tissue_id, o.kind)
+    reader = dataset.level(tissue_id)
+    mask = dataset.level(tissue_id, "tissue_masks") if min_tissue is not None else None
+    channels = dataset.channel_indices(tissue_id, o.kind)
 
     def standardize(tensor: Any) -> Any:
-        return dataset._preprocess(tensor, tissue_id, o.kind)
+        return dataset.preprocess(tensor, tissue_id, o.kind)
 
     # the identity standardization is the cast into the batch buffer: no float32 copy of each window first
-    identity = isinstance(getattr(dataset, "standardizer", None), IdentityStandardizer)
+    identity = dataset.preprocessor is None or isinstance(dataset.preprocessor, IdentityStandardizer)
     inputs = InputWindows(reader, channels, standardize if o.preprocess and not identity else None, mask)
     mpp = parse_resolution(dataset.resolution).mpp
     source = PredictionSource(
@@ -298,7 +297,7 @@ class PredictTissueOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InvalidInputError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
-        _check_tiling(self.tile_size, self.overlap, "prediction")
+        check_tiling(self.tile_size, self.overlap, "prediction")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InvalidInputError(f"batch_size={self.batch_size!r} is not a whole number >= 1")
         if self.min_tissue is not None and not 0 <= self.min_tissue <= 1:
@@ -339,7 +338,7 @@ class PredictTask:
 _DATASETS: PerProcess[dict[tuple[Any, ...], Any]] = PerProcess(dict)
 
 
-def _dataset_for(task: PredictTask) -> Any:
+def _dataset_for(task: PredictTask) -> BaseImagingDataset:
     """The task's dataset, made once per process."""
     o = task.options
     key = (task.location.root, o.modality, o.resolution, o.tile_size, o.standardization)

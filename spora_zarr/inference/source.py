@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..access.window import Window
 from ..errors import InvalidInputError, reason
 from ..sources.base import ImageSource, SourceInfo
 from ..tiling.patching import AxisTiles, axis_tiles
@@ -42,8 +43,6 @@ __all__ = ["MODES", "InputWindows", "PredictionSource", "blend_window"]
 
 MODES = ("crop", "blend")
 MiB = 2**20
-
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in image pixels
 
 
 @dataclass
@@ -90,27 +89,31 @@ class InputWindows:
         into its float32 slot (the one conversion), zeros past the image.
         """
         size_y, size_x = batch.shape[-2:]
-        ya, xa = max(0, min(y for y, _ in corners)), max(0, min(x for _, x in corners))
-        yb, xb = min(self.height, max(y for y, _ in corners) + size_y), min(self.width, max(x for _, x in corners) + size_x)
-        data = self.reader.read(ya, xa, yb - ya, xb - xa, self.channels)
+        tiles = [Window.from_corner(y, x, size_y, size_x) for y, x in corners]
+        bounding = Window(tuple(map(min, zip(*(t.start for t in tiles)))), tuple(map(max, zip(*(t.stop for t in tiles)))))
+        span = bounding.clip((self.height, self.width))
+        assert span is not None  # tiles start inside the image
+        data = self.reader.read(*span.corner, self.channels)
         if data.ndim == 2:
             data = data[None]
         if self.preprocess is not None:
             import torch
 
             data = self.preprocess(torch.from_numpy(np.ascontiguousarray(data))).numpy()
-        for slot, (y, x) in zip(batch, corners):
-            y0, y1, x0, x1 = max(y, ya), min(y + size_y, yb), max(x, xa), min(x + size_x, xb)
-            if (y1 - y0, x1 - x0) != (size_y, size_x):
+        for slot, tile in zip(batch, tiles):
+            part = tile.intersect(span)
+            assert part is not None
+            if part != tile:
                 slot.fill(0)
-            np.copyto(slot[:, y0 - y : y1 - y, x0 - x : x1 - x], data[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa], casting="unsafe")
+            np.copyto(slot[part.relative_to(tile).index], data[part.relative_to(span).index], casting="unsafe")
 
     def tissue_fraction(self, y0: int, x0: int, size_y: int, size_x: int) -> float:
         """The share of mask pixels != 0 in the part of the window inside the image."""
-        ya, xa = max(y0, 0), max(x0, 0)
-        yb, xb = min(y0 + size_y, self.height), min(x0 + size_x, self.width)
-        data = self.mask.read(ya, xa, yb - ya, xb - xa)
-        return float(np.count_nonzero(data)) / max(1, data.size)
+        inside = Window.from_corner(y0, x0, size_y, size_x).clip((self.height, self.width))
+        if inside is None:
+            return 0.0
+        data = self.mask.read(*inside.corner)
+        return float(np.count_nonzero(data)) / max(1, int(data.size))
 
 
 def blend_window(size_y: int, size_x: int) -> np.ndarray:
@@ -118,38 +121,22 @@ def blend_window(size_y: int, size_x: int) -> np.ndarray:
 
     def axis(n: int) -> np.ndarray:
         centre, sigma = (n - 1) / 2, max(n / 8, 1e-6)
-        return np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2)
+        weights: np.ndarray = np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2)
+        return weights
 
     return np.maximum(np.outer(axis(size_y), axis(size_x)), 1e-3).astype(np.float32)
 
 
-def _meet(a: Box, b: Box) -> Box | None:
-    """The intersection of two boxes, or ``None``."""
-    y0, y1, x0, x1 = max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
-    return (y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None
+def _area(box: Window | None) -> int:
+    return 0 if box is None else box.size
 
 
-def _area(box: Box | None) -> int:
-    return 0 if box is None else (box[1] - box[0]) * (box[3] - box[2])
-
-
-def _minus(box: Box, block: Box) -> list[Box]:
-    """``box`` less ``block``, as at most four disjoint boxes (bands above and below, then left and right)."""
-    meet = _meet(box, block)
-    if meet is None:
-        return [box]
-    y0, y1, x0, x1 = box
-    my0, my1, mx0, mx1 = meet
-    bands = [(y0, my0, x0, x1), (my1, y1, x0, x1), (my0, my1, x0, mx0), (my0, my1, mx1, x1)]
-    return [b for b in bands if _area(b) > 0]
-
-
-#: Pieces of a tile's footprint not yet taken: image box and its pixels (``None``: a skipped tile).
-Pieces = list[tuple[Box, "np.ndarray | None"]]
+#: Pieces of a tile's footprint not yet taken: image window and its pixels (``None``: a skipped tile).
+Pieces = list[tuple[Window, "np.ndarray | None"]]
 
 
 #: Called with a tile's key, a piece ``(box, data)`` and the ``region`` of the piece in the block being read.
-Use = Callable[[tuple[int, int], Box, "np.ndarray | None", Box], None]
+Use = Callable[[tuple[int, int], Window, "np.ndarray | None", Window], None]
 
 
 def _nbytes(pieces: Pieces) -> int:
@@ -251,7 +238,7 @@ class PredictionSource(ImageSource):
         self.info = SourceInfo(channel_names=list(channel_names) if channel_names else None, mpp=mpp)
         self._weights = blend_window(self.tile_size, self.tile_size) if mode == "blend" else None
         if min_tissue is None:  # the probe is tile (0, 0): keep it for the first block
-            self._take((0, 0), self._fresh((0, 0), probe), (0, 0, 0, 0), None, owned=False)
+            self._take((0, 0), self._fresh((0, 0), probe), Window((0, 0), (0, 0)), None, owned=False)
 
     # -- the model -------------------------------------------------------------------
     def _run(self, keys: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -293,7 +280,8 @@ class PredictionSource(ImageSource):
         if not self.labels:
             return scores.astype(np.float32, copy=False)
         if self.scores > 1:
-            return np.argmax(scores, axis=0)[None].astype(self.dtype)
+            labels: np.ndarray = np.argmax(scores, axis=0)[None].astype(self.dtype)
+            return labels
         if scores.size and scores.dtype != self.dtype:
             lo, hi, info = scores.min(), scores.max(), np.iinfo(self.dtype)
             if lo < info.min or hi > info.max:
@@ -306,25 +294,30 @@ class PredictionSource(ImageSource):
     def _corner(self, i: int, j: int) -> tuple[int, int]:
         return self.tiles_y.starts[i], self.tiles_x.starts[j]
 
-    def _footprint(self, i: int, j: int) -> Box:
+    def _footprint(self, i: int, j: int) -> Window:
         """The pixels tile ``(i, j)`` gives: its crop, or (blend) its window inside the image."""
         if self._weights is None:
-            return self.tiles_y.crop_starts[i], self.tiles_y.crop_stops[i], self.tiles_x.crop_starts[j], self.tiles_x.crop_stops[j]
-        y, x = self._corner(i, j)
-        return y, min(y + self.tile_size, self.shape[1]), x, min(x + self.tile_size, self.shape[2])
+            ty, tx = self.tiles_y, self.tiles_x
+            return Window.from_bounds(ty.crop_starts[i], ty.crop_stops[i], tx.crop_starts[j], tx.crop_stops[j])
+        inside = self._tile(i, j).clip(self.shape)
+        assert inside is not None  # tiles start inside the image
+        return inside
+
+    def _tile(self, i: int, j: int) -> Window:
+        """The whole window of tile ``(i, j)`` (it may reach past the image)."""
+        return Window.from_corner(*self._corner(i, j), self.tile_size, self.tile_size)
 
     def _fresh(self, key: tuple[int, int], scores: np.ndarray | None) -> Pieces:
         """A tile's whole footprint from its ``(K, T, T)`` scores: output pixels of its crop, or weighted scores (blend)."""
         box = self._footprint(*key)
         if scores is None:
             return [(box, None)]
-        y, x = self._corner(*key)
-        window = scores[:, box[0] - y : box[1] - y, box[2] - x : box[3] - x]
+        window = scores[box.relative_to(self._tile(*key)).index]
         if self._weights is None:
             return [(box, self._as_output(window))]
-        return [(box, window.astype(np.float32, copy=False) * self._weights[: box[1] - box[0], : box[3] - box[2]])]
+        return [(box, window.astype(np.float32, copy=False) * self._weights[: box.shape[0], : box.shape[1]])]
 
-    def _visit(self, keys: Sequence[tuple[int, int]], block: Box, use: Use) -> None:
+    def _visit(self, keys: Sequence[tuple[int, int]], block: Window, use: Use) -> None:
         """Call ``use(key, box, data, region)`` for the pieces ``(box, data)`` of the tiles ``keys`` that meet ``block`` there.
 
         Kept pieces that hold a tile's part of the block are used; the other
@@ -333,13 +326,13 @@ class PredictionSource(ImageSource):
         """
         missing = []
         for key in keys:
-            need = _meet(self._footprint(*key), block)
+            need = self._footprint(*key).intersect(block)
             if need is None:
                 continue
             pieces = self._cache.pop(key, None)
             if pieces is not None:
                 self._cached -= _nbytes(pieces)
-                if sum(_area(_meet(box, need)) for box, _ in pieces) == _area(need):
+                if sum(_area(box.intersect(need)) for box, _ in pieces) == need.size:
                     self._take(key, pieces, block, use, owned=True)
                     continue
             missing.append(key)
@@ -355,19 +348,18 @@ class PredictionSource(ImageSource):
                 for key, scores in zip(group, self._run(group)):
                     self._take(key, self._fresh(key, scores), block, use, owned=False)
 
-    def _take(self, key: tuple[int, int], pieces: Pieces, block: Box, use: Use | None, *, owned: bool) -> None:
+    def _take(self, key: tuple[int, int], pieces: Pieces, block: Window, use: Use | None, *, owned: bool) -> None:
         """Give ``use`` what ``block`` takes of ``pieces`` and keep the rest (copied unless ``owned``), least recently used out first."""
         kept: Pieces = []
         for box, data in pieces:
-            region = _meet(box, block)
+            region = box.intersect(block)
             if region is None:
                 kept.append((box, data if owned or data is None else np.array(data)))
                 continue
             if use is not None:
                 use(key, box, data, region)
-            for rest in _minus(box, block):
-                y0, x0 = rest[0] - box[0], rest[2] - box[2]
-                kept.append((rest, None if data is None else np.array(data[:, y0 : y0 + rest[1] - rest[0], x0 : x0 + rest[3] - rest[2]])))
+            for rest in box.subtract(block):
+                kept.append((rest, None if data is None else np.array(data[rest.relative_to(box).index])))
         size = _nbytes(kept)
         if not kept or size > self.cache_bytes:
             return
@@ -385,17 +377,17 @@ class PredictionSource(ImageSource):
 
     def _read_crop(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         out = np.empty((self.shape[0], y1 - y0, x1 - x0), dtype=self.dtype)  # the crops partition the image
+        block = Window.from_bounds(y0, y1, x0, x1)
 
-        def paste(key: tuple[int, int], box: Box, data: np.ndarray | None, region: Box) -> None:
-            ry0, ry1, rx0, rx1 = region
-            target = out[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
+        def paste(key: tuple[int, int], box: Window, data: np.ndarray | None, region: Window) -> None:
+            target = out[region.relative_to(block).index]
             if data is None:
                 target[...] = self.fill_value
             else:
-                target[...] = data[:, ry0 - box[0] : ry1 - box[0], rx0 - box[2] : rx1 - box[2]]
+                target[...] = data[region.relative_to(box).index]
 
         rows, cols = self.tiles_y.covering(y0, y1), self.tiles_x.covering(x0, x1)
-        self._visit([(i, j) for i in rows for j in cols], (y0, y1, x0, x1), paste)
+        self._visit([(i, j) for i in rows for j in cols], block, paste)
         return out
 
     def _read_blend(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -403,17 +395,17 @@ class PredictionSource(ImageSource):
         weight = np.zeros((y1 - y0, x1 - x0), np.float32)
         weights = self._weights
         assert weights is not None
+        block = Window.from_bounds(y0, y1, x0, x1)
 
-        def add(key: tuple[int, int], box: Box, data: np.ndarray | None, region: Box) -> None:
+        def add(key: tuple[int, int], box: Window, data: np.ndarray | None, region: Window) -> None:
             if data is None:
                 return
-            ry0, ry1, rx0, rx1 = region
-            ty, tx = self._corner(*key)
-            acc[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += data[:, ry0 - box[0] : ry1 - box[0], rx0 - box[2] : rx1 - box[2]]
-            weight[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] += weights[ry0 - ty : ry1 - ty, rx0 - tx : rx1 - tx]
+            into = region.relative_to(block)
+            acc[into.index] += data[region.relative_to(box).index]
+            weight[into.slices] += weights[region.relative_to(self._tile(*key)).slices]
 
         rows, cols = self.tiles_y.touching(y0, y1), self.tiles_x.touching(x0, x1)
-        self._visit([(i, j) for i in rows for j in cols], (y0, y1, x0, x1), add)
+        self._visit([(i, j) for i in rows for j in cols], block, add)
         covered = weight > 0
         out = np.full((self.shape[0], y1 - y0, x1 - x0), self.fill_value, dtype=self.dtype)
         if covered.any():

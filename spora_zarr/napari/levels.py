@@ -21,6 +21,7 @@ paid before napari shows anything (docs/napari.md).
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import operator
@@ -181,9 +182,8 @@ class LazyLevel:
         base = np.arange(self._shards.reader.shape[0]) if self._channels is None else self._channels
         assert not isinstance(base, int)
         picked = base[channel_key]
-        view = object.__new__(LazyLevel)
-        view._shards, view._rgb, view.dtype = self._shards, self._rgb, self.dtype
-        view._channels = int(picked) if np.ndim(picked) == 0 else np.asarray(picked)
+        view = copy.copy(self)  # the same shards, so the same cached windows
+        view._channels = int(picked) if np.ndim(picked) == 0 else np.asarray(picked)  # noqa: SLF001 - a view of this class
         return view
 
 

@@ -229,7 +229,8 @@ def _levels(cohort: Cohort, group: str, metadata: GroupMetadata, *, rgb: bool = 
         if "z" in metadata.axes:
             import dask.array as da
 
-            arrays.append(da.from_zarr(array, chunks=shard))
+            from_zarr: Callable[..., Any] = da.from_zarr  # dask's function is untyped
+            arrays.append(from_zarr(array, chunks=shard))
             continue
         reader = open_level(cohort.location, f"{group}/{name}")
         arrays.append(LazyLevel(reader, (int(shard[-2]), int(shard[-1])), rgb=rgb))
@@ -289,15 +290,11 @@ def _channel_selection(cohort: Cohort, modality: str, tissue_id: str, names: lis
     """Indices of the channels a kind keeps (``None``: all), from the modality's ``channels.parquet``."""
     if kind == "complete":
         return None
-    from ..datasets.imaging import CHANNEL_KINDS  # noqa: PLC0415 - the kinds are the datasets' vocabulary
+    from ..access.tissue import CHANNEL_KINDS, channels_of_kind  # noqa: PLC0415 - pandas loads with the first filtered kind
 
     if kind not in CHANNEL_KINDS:
         raise SporaZarrError(f"unknown channel kind {kind!r}; expected one of {', '.join(CHANNEL_KINDS)}")
-    table = cohort.read_table(posixpath.join(modality, "channels.parquet")).to_pydict()
-    keep = set()
-    for name, qc, uniprot in zip(table["channel_name"], table.get("qc_pass", []), table.get("uniprot_id", [])):
-        if qc and (kind == "qc_filtered" or (uniprot is not None and str(uniprot) != "")):
-            keep.add(name)
+    keep = set(channels_of_kind(cohort.read_table(posixpath.join(modality, "channels.parquet")).to_pandas(), kind))
     return [i for i, n in enumerate(names) if n in keep]
 
 

@@ -110,7 +110,7 @@ def CohortWidget(napari_viewer: Any, store: str | None = None, *, browser: Cohor
     """
     from magicgui import widgets
 
-    from ..datasets.imaging import CHANNEL_KINDS
+    from ..access.tissue import CHANNEL_KINDS
 
     store_edit = widgets.LineEdit(label="store", value=store or (browser.cohort.location.root if browser else ""))
     text = widgets.LineEdit(label="filter")

@@ -120,6 +120,13 @@ class HistogramAccumulator:
         Number of channels of every block.
     dtype : numpy.dtype
         The blocks' dtype.
+
+    Attributes
+    ----------
+    bin_counts : numpy.ndarray
+        ``(C, bins)`` counts of the dtypes counted by bin (8/16-bit integers, floats by their top bits).
+    value_counts : list of dict
+        Per channel, value -> count of the wider integers (counted by distinct value).
     """
 
     def __init__(self, channels: int, dtype: np.dtype) -> None:
@@ -138,13 +145,13 @@ class HistogramAccumulator:
         else:
             raise TypeError(f"cannot histogram dtype {self.dtype}")
         self._size = size
-        self._counts = np.zeros((self.channels, size), np.int64)  # one row per channel (no columns when counting by value)
-        self._pending: list[dict[int, int]] = [{} for _ in range(self.channels)] if not size else []
+        self.bin_counts = np.zeros((self.channels, size), np.int64)  # one row per channel (no columns when counting by value)
+        self.value_counts: list[dict[int, int]] = [{} for _ in range(self.channels)] if not size else []
 
     def add(self, block: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Count the pixels of a ``(C, h, w)`` block (only where ``mask`` is true, if given)."""
         if self._mode == "bincount" and mask is None and block.size:
-            count_into(block, self._counts, signed=bool(self._offset))  # every channel in one call
+            count_into(block, self.bin_counts, signed=bool(self._offset))  # every channel in one call
             return
         for c in range(self.channels):
             self._add_channel(c, block[c], mask)
@@ -156,8 +163,8 @@ class HistogramAccumulator:
                 continue
             if (other.channels, other.dtype) != (self.channels, self.dtype):
                 raise ValueError(f"cannot merge histograms of {other.channels} x {other.dtype} into {self.channels} x {self.dtype}")
-            self._counts += other._counts
-            for pending, extra in zip(self._pending, other._pending):
+            self.bin_counts += other.bin_counts
+            for pending, extra in zip(self.value_counts, other.value_counts):
                 for value, n in extra.items():
                     pending[value] = pending.get(value, 0) + n
         return self
@@ -167,13 +174,13 @@ class HistogramAccumulator:
         if data.size == 0:
             return
         if self._mode == "bincount":
-            count_into(data, self._counts[c], signed=bool(self._offset))
+            count_into(data, self.bin_counts[c], signed=bool(self._offset))
         elif self._mode == "float":
             data = data[~np.isnan(data)]
-            self._counts[c] += np.bincount(_float_keys(data), minlength=self._size)
+            self.bin_counts[c] += np.bincount(_float_keys(data), minlength=self._size)
         else:
             values, counts = np.unique(data, return_counts=True)
-            pending = self._pending[c]
+            pending = self.value_counts[c]
             for v, n in zip(values.tolist(), counts.tolist()):
                 pending[v] = pending.get(v, 0) + n
 
@@ -182,11 +189,11 @@ class HistogramAccumulator:
         out = []
         for c in range(self.channels):
             if self._mode == "unique":
-                pending = self._pending[c]
+                pending = self.value_counts[c]
                 ordered = sorted(pending)
                 out.append(ChannelHistogram(np.array(ordered, np.float64), np.array([pending[k] for k in ordered], np.int64), True))
                 continue
-            counts = self._counts[c]
+            counts = self.bin_counts[c]
             keys = np.flatnonzero(counts)
             if self._mode == "float":
                 values = _float_bin_values(keys)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from .specs import IDENTITY, Spec, parse_spec
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ..access.tissue import TissueSource
 
 __all__ = [
     "MEAN_STD",
@@ -366,6 +368,17 @@ def build_standardizer(
     return StatsBackedStandardizer.from_store(store, modality, parse_resolution(resolution).name, parsed.name, storage_options)
 
 
+class TileSet(Protocol):
+    """What :meth:`BatchStandardizer.for_tiles` needs of a tile dataset (``spora_zarr.torch.TileDataset`` is one)."""
+
+    kind: str
+    panels: dict[str, list[str]]
+
+    def sources(self, modality: str) -> list[tuple[str, TissueSource]]:
+        """Each tissue with the source its ``modality`` is read from."""
+        ...
+
+
 class BatchStandardizer(torch.nn.Module):
     """A per-channel standardizer for ``(B, C, H, W)`` batches of stored values, on any device.
 
@@ -430,7 +443,7 @@ class BatchStandardizer(torch.nn.Module):
         self._transforms_stamp: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def for_tiles(cls, tiles: Any, modality: str) -> BatchStandardizer:
+    def for_tiles(cls, tiles: TileSet, modality: str) -> BatchStandardizer:
         """The batch standardizer of a ``TileDataset``'s multiplex ``modality`` (its datasets' standardization).
 
         Build the TileDataset with ``preprocess=False`` (uint16 items) and call
@@ -441,10 +454,15 @@ class BatchStandardizer(torch.nn.Module):
             raise InvalidInputError(f"the TileDataset has no multiplex modality {modality!r}; it has {', '.join(tiles.panels) or 'none'}")
         standardizers: dict[str, BaseStandardizer] = {}
         measured: dict[str, Sequence[str]] = {}
-        for tissue, number in zip(tiles.tissue_ids, tiles._tissue_dataset):
-            dataset = tiles.datasets[number].datasets[modality]
-            standardizers[tissue] = dataset.standardizer
-            measured[tissue] = dataset.channel_names(tissue, tiles.kind)
+        for tissue, source in tiles.sources(modality):
+            standardizer = source.preprocessor
+            if not isinstance(standardizer, BaseStandardizer):
+                raise InvalidInputError(
+                    f"{source.name}: a BatchStandardizer needs a standardization spec (a BaseStandardizer), "
+                    f"the dataset has {standardizer!r}"
+                )
+            standardizers[tissue] = standardizer
+            measured[tissue] = source.channel_names(tissue, tiles.kind)
         kinds = {id(s) for s in standardizers.values()}
         if len(kinds) > 1:
             raise InvalidInputError("the TileDataset's datasets use different standardizers; build one BatchStandardizer per dataset")
@@ -499,7 +517,8 @@ class BatchStandardizer(torch.nn.Module):
 
     def _compiled(self, row: int, dtype: np.dtype) -> CompiledTransform:
         """Tissue ``row``'s compiled transform for samples of ``dtype``, built on first use and again after the buffers change."""
-        stamp = tuple((t.data_ptr(), t._version) for t in (self.upper, self.scale, self.bias))
+        # torch counts in-place changes of a tensor in _version and has no public name for it
+        stamp = tuple((t.data_ptr(), t._version) for t in (self.upper, self.scale, self.bias))  # noqa: SLF001
         if stamp != self._transforms_stamp:
             self._transforms, self._transforms_stamp = {}, stamp
         transform = self._transforms.get((row, dtype))

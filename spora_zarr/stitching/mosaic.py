@@ -13,6 +13,7 @@ from itertools import combinations
 
 import numpy as np
 
+from ..access.window import Window
 from ..errors import InvalidInputError
 from ..sources.base import ImageSource, SourceInfo
 from .readers import prefetch
@@ -61,32 +62,6 @@ def _edge_weight(length: int, start: int, stop: int) -> np.ndarray:
     return np.minimum(index + 1, length - index)
 
 
-def _intersect(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
-    """The intersection of two boxes ``(z0, y0, x0, z1, y1, x1)`` (empty boxes have a stop <= start)."""
-    return (*(max(a[k], b[k]) for k in range(3)), *(min(a[k], b[k]) for k in range(3, 6)))
-
-
-def _volume(box: Sequence[int]) -> int:
-    """The number of pixels of a box (0 when empty)."""
-    return int(np.prod([max(0, box[k + 3] - box[k]) for k in range(3)]))
-
-
-def _subtract(box: tuple[int, ...], cut: Sequence[int]) -> list[tuple[int, ...]]:
-    """``box`` less ``cut`` as at most six disjoint boxes (slabs below/above in z, then in y, then in x)."""
-    inner = _intersect(box, cut)
-    if _volume(inner) == 0:
-        return [box]
-    pieces: list[tuple[int, ...]] = []
-    rest = list(box)
-    for axis in range(3):
-        if rest[axis] < inner[axis]:
-            pieces.append((*rest[:axis + 3], inner[axis], *rest[axis + 4 :]))
-        if inner[axis + 3] < rest[axis + 3]:
-            pieces.append((*rest[:axis], inner[axis + 3], *rest[axis + 1 :]))
-        rest[axis], rest[axis + 3] = inner[axis], inner[axis + 3]
-    return pieces
-
-
 class MosaicSource(ImageSource):
     """A tileset's stitched image, read window by window: the whole stack (``nz`` planes), or one plane ``z``.
 
@@ -133,8 +108,9 @@ class MosaicSource(ImageSource):
     def read_volume(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The window ``(C, z1 - z0, y1 - y0, x1 - x0)`` of the stitched volume (planes of the whole stack)."""
         self._prefetch_around(z0, z1, y0, y1, x0, x1)
+        window = Window.from_box(z0, y0, x0, z1, y1, x1)
         if self.blend == "none":
-            return self._scaled(self._read_last_wins((z0, y0, x0, z1, y1, x1)))
+            return self._scaled(self._read_last_wins(window))
         shape = (self.shape[0], z1 - z0, y1 - y0, x1 - x0)
         source_dtype = self.tileset.tiles[0].dtype
         linear = self.blend == "linear"
@@ -145,15 +121,16 @@ class MosaicSource(ImageSource):
         else:
             out = np.zeros(shape, source_dtype)
         for i in self.tiles_in(z0, z1, y0, y1, x0, x1):
-            tz0, ty0, tx0, tz1, ty1, tx1 = (int(v) for v in self.boxes[i])
-            a = (max(z0, tz0), max(y0, ty0), max(x0, tx0))
-            b = (min(z1, tz1), min(y1, ty1), min(x1, tx1))
-            part = self._read_part(int(i), (*a, *b))
-            region = (slice(None), slice(a[0] - z0, b[0] - z0), slice(a[1] - y0, b[1] - y0), slice(a[2] - x0, b[2] - x0))
+            tile = self._box(int(i))
+            box = tile.intersect(window)
+            assert box is not None  # tiles_in gives the tiles that meet the window
+            part = self._read_part(int(i), box)
+            region = box.relative_to(window).index
             if linear:
                 _, height, width = self.tileset.tiles[int(i)].size
-                wy = _edge_weight(height, a[1] - ty0, b[1] - ty0)
-                wx = _edge_weight(width, a[2] - tx0, b[2] - tx0)
+                local = box.relative_to(tile)
+                wy = _edge_weight(height, local.start[1], local.stop[1])
+                wx = _edge_weight(width, local.start[2], local.stop[2])
                 w = np.minimum(wy[:, None], wx[None, :])[None]
                 total[region] += part * w
                 weights[region[1:]] += w
@@ -176,32 +153,37 @@ class MosaicSource(ImageSource):
                 self._read_ahead.add(int(i))
                 prefetch(self.tileset.tiles[int(i)].path)
 
-    def _read_part(self, i: int, box: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
-        """Tile ``i``'s pixels inside ``box`` ``(z0, y0, x0, z1, y1, x1)`` (output pixels, within the tile), into ``out`` when given."""
-        tz0, ty0, tx0 = (int(v) for v in self.boxes[i][:3])
-        return self.tileset.read_tile(i, box[0] - tz0, box[3] - tz0, box[1] - ty0, box[4] - ty0, box[2] - tx0, box[5] - tx0, out=out)
+    def _box(self, i: int) -> Window:
+        """Tile ``i``'s window in output pixels."""
+        return Window.from_box(*(int(v) for v in self.boxes[i]))
 
-    def _read_last_wins(self, window: tuple[int, int, int, int, int, int]) -> np.ndarray:
+    def _read_part(self, i: int, box: Window, out: np.ndarray | None = None) -> np.ndarray:
+        """Tile ``i``'s pixels inside ``box`` (output pixels, within the tile), into ``out`` when given."""
+        local = box.relative_to(self._box(i))
+        (z0, y0, x0), (z1, y1, x1) = local.start, local.stop
+        return self.tileset.read_tile(i, z0, z1, y0, y1, x0, x1, out=out)
+
+    def _read_last_wins(self, window: Window) -> np.ndarray:
         """Blend ``none``: each tile's visible part only (its box less those of later tiles), each pixel read once.
 
         The visible parts are disjoint, so the window is allocated uninitialised
         when they cover it (zeroed only where no tile reaches), and each part is
         read straight into it.
         """
-        z0, y0, x0, z1, y1, x1 = window
+        z0, y0, x0, z1, y1, x1 = window.box
         indices = self.tiles_in(z0, z1, y0, y1, x0, x1)
-        boxes = [tuple(int(v) for v in self.boxes[i]) for i in indices]
+        boxes = [self._box(int(i)) for i in indices]
         parts = []
         for k, i in enumerate(indices):
-            visible = [_intersect(boxes[k], window)]
+            visible = [box for box in [boxes[k].intersect(window)] if box is not None]
             for later in boxes[k + 1 :]:
-                visible = [piece for box in visible for piece in _subtract(box, later)]
+                visible = [piece for box in visible for piece in box.subtract(later)]
             parts += [(int(i), box) for box in visible]
-        shape = (self.shape[0], z1 - z0, y1 - y0, x1 - x0)
-        covered = sum(_volume(box) for _, box in parts) == _volume(window)
+        shape = (self.shape[0], *window.shape)
+        covered = sum(box.size for _, box in parts) == window.size
         out = np.empty(shape, self.tileset.tiles[0].dtype) if covered else np.zeros(shape, self.tileset.tiles[0].dtype)
         for i, box in parts:
-            self._read_part(i, box, out[:, box[0] - z0 : box[3] - z0, box[1] - y0 : box[4] - y0, box[2] - x0 : box[5] - x0])
+            self._read_part(i, box, out[box.relative_to(window).index])
         return out
 
     def _scaled(self, window: np.ndarray) -> np.ndarray:
@@ -209,7 +191,8 @@ class MosaicSource(ImageSource):
             return window
         low, high = self.tileset.intensity
         scaled = (window.astype(np.float32) - low) * (255.0 / (high - low))
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        pixels: np.ndarray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return pixels
 
 
 def preview(tileset: Tileset, *, down_sample: int | str = "auto", z: int = 0, blend: str = "none", max_size: int = 2048) -> np.ndarray:

@@ -163,6 +163,11 @@ class Location:
         return self.root
 
 
+def fs_spelling(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """``path`` as ``fs.find`` and ``fs.ls`` spell it: without its protocol (``memory://`` paths keep a leading ``/``)."""
+    return str(fs._strip_protocol(path))  # noqa: SLF001 - fsspec's path normaliser has no public name
+
+
 def open_local_file(path: str, max_bytes: int | None = None) -> int | None:
     """A read-only descriptor of the regular file ``path`` (following symlinks), or None when there is none.
 

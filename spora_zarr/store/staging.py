@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import InvalidInputError, NotFoundError, StoreError
 from .guard import check_no_links
 from .layout import validate_relative_path
-from .location import Location
+from .location import Location, fs_spelling
 
 log = logging.getLogger("spora_zarr")
 
@@ -226,11 +226,11 @@ class Staging:
         target_doc = posixpath.join(target, ZARR_JSON)
         # the old version (if any) stops being a complete group first; the group stays marked as spora's
         self.fs.pipe_file(target_doc, group_document({"spora": {"kind": "replacing"}}))
-        keep = self.fs._strip_protocol(target_doc)
+        keep = fs_spelling(self.fs, target_doc)
         for name in self.fs.find(target):
-            if self.fs._strip_protocol(name) != keep:
+            if fs_spelling(self.fs, name) != keep:
                 self.fs.rm_file(name)
-        prefix = self.fs._strip_protocol(source).rstrip("/")  # as find() spells it (memory:// adds a leading "/")
+        prefix = fs_spelling(self.fs, source).rstrip("/")  # as find() spells it (memory:// adds a leading "/")
         files = [f for f in self.fs.find(source) if f != posixpath.join(prefix, ZARR_JSON)]
         for name in files:
             self.fs.copy(name, target + name[len(prefix) :])
@@ -296,7 +296,7 @@ class Staging:
 
     def _staged_groups(self, area: str) -> list[str]:
         """Paths (relative to the area) of the multiscale groups staged in ``area``."""
-        base = self.fs._strip_protocol(self.location.fs_path(area)).rstrip("/")
+        base = fs_spelling(self.fs, self.location.fs_path(area)).rstrip("/")
         try:
             documents = [f for f in self.fs.find(base) if f.endswith("/" + ZARR_JSON)]
         except (FileNotFoundError, OSError):

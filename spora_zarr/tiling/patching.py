@@ -15,8 +15,9 @@ partition the image exactly. An image smaller than a tile gets one tile of
 ``tile_size`` (read zero-padded past the image) whose crop is the image.
 
 :func:`random_patch_specs` and :func:`sequential_patch_specs` draw patches
-over the tissues of a dataset (:mod:`spora_zarr.datasets`), optionally from
-its tile table or where its tissue mask holds tissue.
+over the tissues of a :class:`~spora_zarr.access.TissueSource` (a spora
+dataset, :mod:`spora_zarr.datasets`), optionally from its tile table or where
+its tissue mask holds tissue.
 """
 
 from __future__ import annotations
@@ -24,11 +25,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeGuard
+from typing import TYPE_CHECKING, TypedDict, TypeGuard
 
 import numpy as np
 
+from ..access.window import Window
 from ..errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..access.tissue import TissueSource
 
 __all__ = [
     "PatchSpecs",
@@ -36,6 +43,7 @@ __all__ = [
     "UncorrelatedPatchSpecs",
     "AxisTiles",
     "axis_tiles",
+    "check_tiling",
     "is_tile_specs",
     "is_uncorrelated_specs",
     "random_patch_specs",
@@ -145,7 +153,8 @@ class AxisTiles:
         return range(first, last)
 
 
-def _check_tiling(tile_size: int, overlap: int, where: str = "") -> tuple[int, int]:
+def check_tiling(tile_size: int, overlap: int, where: str = "") -> tuple[int, int]:
+    """``(tile_size, overlap)`` as ints: a tile size >= 1 and an overlap in ``[0, tile_size)``, else an ``InvalidInputError``."""
     prefix = f"{where}: " if where else ""
     if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
         raise InvalidInputError(f"{prefix}tile size must be a whole number >= 1, got {tile_size!r}")
@@ -163,7 +172,7 @@ def axis_tiles(length: int, tile_size: int, overlap: int) -> AxisTiles:
     ``floor(overlap / 2)`` of it. An axis shorter than a tile has one tile at
     0 whose crop is the whole axis.
     """
-    tile_size, overlap = _check_tiling(tile_size, overlap)
+    tile_size, overlap = check_tiling(tile_size, overlap)
     if length < 1:
         raise InvalidInputError(f"cannot tile an axis of length {length}")
     if length <= tile_size:
@@ -230,27 +239,35 @@ def _per_axis(value: int | Sequence[int], dims: int, what: str) -> list[int]:
 
 
 # -- patches over the tissues of a dataset -----------------------------------------------
-def _dataset_shapes(dataset: Any, tissues: Sequence[str] | None) -> list[tuple[int, str, tuple[int, int]]]:
+def _dataset_shapes(dataset: TissueSource, tissues: Sequence[str] | None) -> list[tuple[int, str, tuple[int, int]]]:
     ids = list(dataset.tissue_ids)
     wanted = ids if tissues is None else list(tissues)
     out = []
     for tissue_id in wanted:
         if tissue_id not in ids:
-            raise InvalidInputError(f"{getattr(dataset, 'name', 'dataset')}: unknown tissue {tissue_id!r}")
+            raise InvalidInputError(f"{dataset.name}: unknown tissue {tissue_id!r}")
         height, width = (int(n) for n in dataset.image_shape(tissue_id)[-2:])
         out.append((ids.index(tissue_id), tissue_id, (height, width)))
     return out
 
 
-def _has_tissue(dataset: Any, tissue_id: str, y: int, x: int, size: int, min_tissue: float | None) -> bool:
+def _has_tissue(dataset: TissueSource, tissue_id: str, y: int, x: int, size: int, min_tissue: float | None) -> bool:
     if min_tissue is None:
         return True
-    mask = np.asarray(dataset.read_mask_tile(tissue_id, y, x, size, mask="tissue_masks", pad=True))
+    mask = dataset.read_mask(tissue_id, Window.from_corner(y, x, size, size), "tissue_masks", pad=True)
     return float((mask != 0).mean()) >= min_tissue
 
 
+def _tile_table(dataset: TissueSource) -> pd.DataFrame:
+    """The tile table of ``dataset`` (the spora datasets have one; a bare ``TissueReader`` has none)."""
+    table = getattr(dataset, "tile_coordinates", None)
+    if table is None:
+        raise InvalidInputError(f"{dataset.name}: from_tile_table needs a dataset with a tile table, got a {type(dataset).__name__}")
+    return table
+
+
 def sequential_patch_specs(
-    dataset: Any,
+    dataset: TissueSource,
     patch_size: int,
     *,
     stride: int | None = None,
@@ -270,7 +287,7 @@ def sequential_patch_specs(
         raise InvalidInputError(f"patch size and stride must be >= 1, got {patch_size} and {step}")
     for data_idx, tissue_id, (height, width) in _dataset_shapes(dataset, tissues):
         if from_tile_table:
-            table = dataset.tile_coordinates
+            table = _tile_table(dataset)
             rows = table[table.tissue_id == tissue_id]
             positions: Iterator[tuple[int, int]] = iter(zip(rows.row.astype(int), rows.col.astype(int)))
         else:
@@ -282,7 +299,7 @@ def sequential_patch_specs(
 
 
 def random_patch_specs(
-    dataset: Any,
+    dataset: TissueSource,
     patch_size: int,
     count: int,
     *,
@@ -306,10 +323,10 @@ def random_patch_specs(
         return []
     specs: list[PatchSpecs] = []
     if from_tile_table:
-        table = dataset.tile_coordinates
+        table = _tile_table(dataset)
         table = table[table.tissue_id.isin([t for _, t, _ in shapes])]
         if len(table) == 0:
-            raise InvalidInputError(f"{getattr(dataset, 'name', 'dataset')}: the tile table has no tiles of these tissues")
+            raise InvalidInputError(f"{dataset.name}: the tile table has no tiles of these tissues")
         index = {t: i for i, t, _ in shapes}
     areas = np.array([h * w for _, _, (h, w) in shapes], dtype=float)
     for _ in range(count):

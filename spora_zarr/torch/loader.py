@@ -31,9 +31,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_collate, default_collate_fn_map
 
 from ..errors import InvalidInputError
-from .tiles import worker_init_fn
+from .workers import worker_init_fn
 
 __all__ = ["SharedBatches", "TileLoader", "lend_batch"]
+
+_default_collate: Callable[[list[Any]], Any] = default_collate  # torch's functions are untyped
+_share_memory: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.share_memory_
 
 
 class SharedBatches:
@@ -71,11 +74,11 @@ class SharedBatches:
         self._lent: dict[int, torch.Tensor] = {}
         self._visit = 0
         self._pid = pid
-        self._map: dict[type | tuple[type, ...], Callable] = {**default_collate_fn_map, torch.Tensor: self._stack}
+        self._map: dict[type | tuple[type, ...], Callable[..., Any]] = {**default_collate_fn_map, torch.Tensor: self._stack}
 
     def __call__(self, items: list[Any]) -> Any:
         if get_worker_info() is None:
-            return default_collate(items)
+            return _default_collate(items)
         self._own_process()
         self._visit = 0
         try:
@@ -107,7 +110,7 @@ class SharedBatches:
         ring = self._rings.get(key)
         if ring is None or ring[0].shape[1:] != like.shape or ring[0].dtype != like.dtype or ring[0].shape[0] < count:
             shape = (count, *like.shape)
-            ring = self._rings[key] = [torch.empty(shape, dtype=like.dtype).share_memory_() for _ in range(self.slots)]
+            ring = self._rings[key] = [_share_memory(torch.empty(shape, dtype=like.dtype)) for _ in range(self.slots)]
             self._turns[key] = -1
         turn = self._turns[key] = self._turns[key] + 1
         return ring[turn % self.slots][:count]
@@ -122,7 +125,8 @@ class SharedBatches:
             return lent  # the items are the lent rows themselves (not views of them)
         uniform = first.layout == torch.strided and all(t.shape == first.shape and t.dtype == first.dtype for t in batch)
         if not uniform or first.nbytes * len(batch) < self.min_bytes:
-            return collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
+            stacked: torch.Tensor = collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
+            return stacked
         self._visit += 1
         out = self._next((self._visit,), len(batch), first)
         return torch.stack(list(batch), out=out)
@@ -158,7 +162,7 @@ def _start_worker(collate_fn: SharedBatches, init: Callable[[int], None] | None,
         init(worker_id)
 
 
-class TileLoader(DataLoader):
+class TileLoader(DataLoader[Any]):
     """A ``DataLoader`` whose workers hand batches over in reused shared memory.
 
     Takes ``DataLoader``'s arguments but ``collate_fn`` (it collates with
@@ -176,7 +180,7 @@ class TileLoader(DataLoader):
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset[Any],
         batch_size: int | None = 1,
         *,
         num_workers: int = 0,
@@ -211,7 +215,8 @@ class TileLoader(DataLoader):
     def __iter__(self) -> _HoldingIterator:  # type: ignore[override]  # DataLoader's iterator, wrapped
         if not self.persistent_workers:
             self._held.clear()  # new workers, new buffers
-        return _HoldingIterator(self, super().__iter__())
+        release = None if self.persistent_workers else self._held.clear  # at the end the workers are gone, and their buffers
+        return _HoldingIterator(super().__iter__(), self._hold, release)
 
     def _hold(self, batch: Any) -> None:
         """Keep a batch's shared storages of ring size mapped; past twice the rings' bytes the least recent go."""
@@ -230,8 +235,8 @@ class TileLoader(DataLoader):
 class _HoldingIterator:
     """``DataLoader``'s iterator (started as ``iter()`` starts it, with its ``len``), keeping each batch's buffers mapped."""
 
-    def __init__(self, loader: TileLoader, iterator: Any) -> None:
-        self._loader, self._iterator = loader, iterator
+    def __init__(self, iterator: Any, hold: Callable[[Any], None], release: Callable[[], None] | None) -> None:
+        self._iterator, self._hold, self._release = iterator, hold, release
 
     def __iter__(self) -> _HoldingIterator:
         return self
@@ -243,10 +248,10 @@ class _HoldingIterator:
         try:
             batch = next(self._iterator)
         except StopIteration:
-            if not self._loader.persistent_workers:
-                self._loader._held.clear()  # the workers are gone: their buffers need not stay mapped
+            if self._release is not None:
+                self._release()  # the workers are gone: their buffers need not stay mapped
             raise
-        self._loader._hold(batch)
+        self._hold(batch)
         return batch
 
     def __getattr__(self, name: str) -> Any:

@@ -82,15 +82,15 @@ Throughput
 from __future__ import annotations
 
 import operator
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
+from ..access.tissue import TissueSource
 from ..datasets import (
     CHANNEL_KINDS,
     BaseImagingDataset,
@@ -102,52 +102,13 @@ from ..datasets import (
     whole_number,
 )
 from ..errors import InvalidInputError, NotFoundError
-from ..read.levels import limit_codec_threads
-from ..runtime import keep_freed_batches
 from ..store.layout import MASK_KINDS
+from .loader import lend_batch
+from .workers import available_cores, setup_worker_once, worker_init_fn
 
 __all__ = ["TileDataset", "available_cores", "worker_init_fn"]
 
-_SETUP_PID: int | None = None  # the process worker_init_fn last ran in
-_CHECKED_PID: int | None = None  # the process __getitem__ last checked for worker setup
-
 DatasetLike = ComposedImagingDataset | BaseImagingDataset
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def worker_init_fn(worker_id: int | None = None) -> None:
-    """Set up a ``DataLoader`` worker: bounded codec threads, one torch thread, freed tiles reused.
-
-    Gives each of the ``num_workers`` workers ``max(1, cores // num_workers)``
-    codec threads (:func:`spora_zarr.limit_codec_threads`) and calls
-    ``torch.set_num_threads(1)``; in a worker, glibc keeps up to a batch of
-    freed tile buffers for the next batch (:func:`spora_zarr.runtime.keep_freed_batches`).
-    Outside a worker it assumes one worker and leaves torch's threads and
-    the allocator alone. :class:`TileDataset` calls it on its first
-    item in a worker when the ``DataLoader`` did not.
-
-    Parameters
-    ----------
-    worker_id : int, optional
-        Passed by ``DataLoader``; unused.
-    """
-    global _SETUP_PID, _CHECKED_PID
-    info = get_worker_info()
-    workers = info.num_workers if info is not None else 1
-    limit_codec_threads(max(1, available_cores() // workers))
-    if info is not None:
-        torch.set_num_threads(1)
-        keep_freed_batches()
-        if isinstance(info.dataset, TileDataset):
-            info.dataset._forget_readers()
-    _SETUP_PID = _CHECKED_PID = os.getpid()
 
 
 def _as_dtype(tensor: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
@@ -156,9 +117,9 @@ def _as_dtype(tensor: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
     return tensor if array.dtype == dtype else torch.from_numpy(array.astype(dtype))
 
 
-def _stored_dtype(dataset: BaseImagingDataset, tissue: str, mask: str | None = None) -> np.dtype:
+def _stored_dtype(dataset: TissueSource, tissue: str, mask: str | None = None) -> np.dtype:
     """The dtype of a tissue's stored image (or ``mask``) at the dataset's resolution (no pixel read)."""
-    return np.dtype(dataset._reader(mask or dataset.modality_dir(), tissue).dtype)
+    return np.dtype(dataset.level(tissue, mask).dtype)
 
 
 def _composed(dataset: Any) -> ComposedImagingDataset:
@@ -178,11 +139,6 @@ def _compact(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int32) if fits else values
 
 
-def _panel(dataset: MultiplexImagingDataset, kind: str) -> list[str]:
-    keep = dataset._kind_keeps(kind)
-    return [name for name in dataset.channels.channel_name if name in keep]
-
-
 def _without_cached_tables(obj: Any) -> Any:
     """A shallow copy of ``obj`` without its cached tile table (recomputed on demand)."""
     clone = object.__new__(type(obj))
@@ -193,7 +149,7 @@ def _without_cached_tables(obj: Any) -> Any:
     return clone
 
 
-class TileDataset(Dataset):
+class TileDataset(Dataset[dict[str, Any]]):
     """Every tile of the tile tables of one or more datasets, as fixed-shape tensors.
 
     Parameters
@@ -300,7 +256,7 @@ class TileDataset(Dataset):
                 )
             if isinstance(dataset, MultiplexImagingDataset):
                 panel = self.panels.setdefault(name, [])
-                panel.extend(n for n in _panel(dataset, self.kind) if n not in panel)
+                panel.extend(n for n in dataset.kind_channels(self.kind) if n not in panel)
 
     def _build_index(self) -> None:
         """Compact arrays over all tiles: dataset, tissue (codes into ``tissue_ids``), tile_id, row, col."""
@@ -332,7 +288,7 @@ class TileDataset(Dataset):
             missing = [
                 f"{self.datasets[number].primary.name}:{tissue}"
                 for tissue, number in zip(self.tissue_ids, self._tissue_dataset)
-                if not self._has_mask(self.datasets[number].primary, kind, tissue)
+                if not self.datasets[number].primary.has_mask(tissue, kind)
             ]
             if not missing:
                 kept.append(kind)
@@ -371,11 +327,6 @@ class TileDataset(Dataset):
             "integer type (uint32 or smaller), or leave them out with masks="
         )
 
-    @staticmethod
-    def _has_mask(dataset: BaseImagingDataset, kind: str, tissue_id: str) -> bool:
-        cohort = dataset.cohort
-        return tissue_id in cohort.mask_tissues(kind) and dataset.resolution in cohort.mask_resolutions(kind, tissue_id)
-
     # -- the index ------------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self._row.size)
@@ -408,8 +359,6 @@ class TileDataset(Dataset):
         other items are decoded into their rows. A subclass that overrides
         :meth:`__getitem__` gets its items from it.
         """
-        from .loader import lend_batch
-
         if not indices or type(self).__getitem__ is not TileDataset.__getitem__:
             return [self[i] for i in indices]
         first = self._item(indices[0])
@@ -421,12 +370,8 @@ class TileDataset(Dataset):
 
     def _item(self, index: int, rows: dict[str, torch.Tensor] | None = None, row_number: int = 0) -> dict[str, Any]:
         """Item ``index``; its tensors of keys in ``rows`` are written into row ``row_number`` of those buffers."""
-        global _CHECKED_PID
-        if os.getpid() != _CHECKED_PID:
-            _CHECKED_PID = os.getpid()
-            if get_worker_info() is not None and os.getpid() != _SETUP_PID:
-                worker_init_fn()
-                self._forget_readers()  # also when the DataLoader holds a wrapper (Subset, ConcatDataset)
+        if setup_worker_once():
+            self.forget_readers()  # also when the DataLoader holds a wrapper (Subset, ConcatDataset)
         try:
             i = operator.index(index)
         except TypeError:
@@ -500,14 +445,19 @@ class TileDataset(Dataset):
             measured[torch.from_numpy(positions)] = True
             identity = positions.size == len(panel) and bool(np.all(positions == np.arange(len(panel))))
             cache[key] = (None if identity else positions), measured
-        return cache[key]
+        entry: tuple[np.ndarray | None, torch.Tensor] = cache[key]
+        return entry
 
     # -- processes --------------------------------------------------------------------------
-    def _forget_readers(self) -> None:
+    def forget_readers(self) -> None:
         """Drop readers carried into this process (a forked worker), so datasets reopen their own."""
         for composed in self.datasets:
             for dataset in composed.datasets.values():
-                dataset.__dict__.pop("_cache_readers", None)
+                dataset.forget_readers()
+
+    def sources(self, modality: str) -> list[tuple[str, TissueSource]]:
+        """Each indexed tissue with the source (dataset) its ``modality`` is read from, in :attr:`tissue_ids` order."""
+        return [(tissue, self.datasets[number].datasets[modality]) for tissue, number in zip(self.tissue_ids, self._tissue_dataset)]
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_cache")}

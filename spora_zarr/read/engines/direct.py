@@ -139,9 +139,9 @@ def _blosc_library() -> ctypes.CDLL:
     try:
         return ctypes.CDLL(numcodecs.blosc.__file__)
     except OSError:  # pragma: no cover - numcodecs builds that hide the symbols
-        import imagecodecs._blosc  # loads its libblosc and that library's own dependencies
+        import imagecodecs._blosc as blosc  # loads its libblosc and that library's own dependencies
 
-        names = sorted((Path(imagecodecs._blosc.__file__).parent.parent / "imagecodecs.libs").glob("libblosc-*"))
+        names = sorted((Path(blosc.__file__).parent.parent / "imagecodecs.libs").glob("libblosc-*"))
         return ctypes.CDLL(str(names[0]))
 
 
