@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SporaZarrError
 from .runtime import configure_writer_process
-from .write.writer import BLOSC_CNAMES, WriteOptions
+from .store import defaults
 
 if TYPE_CHECKING:
     from .run import RunOptions
+    from .write.writer import WriteOptions
 
 
 def _json_option(text: str) -> dict[str, Any]:
@@ -69,20 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def layout_options(p: argparse.ArgumentParser, defaults: WriteOptions | None = None) -> None:
-        defaults = defaults or WriteOptions()
-        p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in px, all channels per chunk (default %(default)s)")
-        p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels, 0: no sharding (default %(default)s)")
-        p.add_argument("--cname", choices=BLOSC_CNAMES, default=defaults.cname, help="blosc compressor (default %(default)s)")
+    def layout_options(p: argparse.ArgumentParser, memory_budget: int = defaults.MEMORY_BUDGET) -> None:
+        p.add_argument("--chunk", type=int, default=defaults.CHUNK, help="chunk edge in px, all channels per chunk (default %(default)s)")
+        p.add_argument("--shard", type=int, default=defaults.SHARD, help="shard edge in pixels, 0: no sharding (default %(default)s)")
+        p.add_argument("--cname", choices=defaults.BLOSC_CNAMES, default=defaults.CNAME, help="blosc compressor (default %(default)s)")
         p.add_argument(
-            "--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.clevel, help="blosc level (default %(default)s)"
+            "--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.CLEVEL, help="blosc level (default %(default)s)"
         )
         p.add_argument(
-            "--min-saving", type=float, default=defaults.min_saving,
+            "--min-saving", type=float, default=defaults.MIN_SAVING,
             help="store an image uncompressed when blosc saves less than this share of its bytes (default %(default)s; 0: always compress)",
         )
         p.add_argument(
-            "--memory-budget", type=_positive_number, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker"
+            "--memory-budget", type=_positive_number, default=memory_budget / defaults.MiB, help="MiB of pixel buffers per worker"
         )
         p.add_argument(
             "--overwrite", action="store_true", help="redo complete groups (the old version stays until the new one is complete)"
@@ -196,9 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
     predict.add_argument("--tissue", action="append", help="tissue id to predict (repeatable; default: every tissue of the modality)")
     runner_options(predict, "predicted")
-    from .inference.predict import prediction_write_options  # noqa: PLC0415 - the predict verb's own defaults
-
-    layout_options(predict, prediction_write_options())
+    layout_options(predict, defaults.PREDICTION_MEMORY_BUDGET)
 
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
     validate.add_argument("store", help="the cohort store (local path or fsspec URL)")
@@ -248,6 +246,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _write_options(args: argparse.Namespace) -> WriteOptions:
+    from .write.writer import WriteOptions
+
     return WriteOptions(
         chunk=args.chunk, shard=args.shard or None, cname=args.cname, clevel=args.clevel, min_saving=args.min_saving,
         memory_budget=int(args.memory_budget * 2**20),

@@ -41,6 +41,7 @@ from ..store.layout import (
     validate_name,
     validate_tissue_id,
 )
+from ..store.defaults import PREDICTION_MEMORY_BUDGET
 from ..store.location import Location
 from ..store.lock import writes_store
 from ..tiling.patching import _check_tiling
@@ -62,11 +63,6 @@ __all__ = [
     "prediction_write_options",
 ]
 
-#: The writer's memory budget of a prediction (bytes): half the converter's, because the predicting process
-#: also holds the model runtime and its batches, and its float32 output has twice the bytes of uint16 input.
-#: Blocks and shards of 448 px then hold a 16-channel float32 prediction, so one more pyramid level (a slide
-#: twice as wide) adds 13 MiB, not 51 (docs/benchmarks.md, "Inference").
-PREDICTION_MEMORY_BUDGET = 256 * 2**20
 
 
 def prediction_write_options() -> WriteOptions:

@@ -6,7 +6,8 @@ from typing import Any
 
 from ..store.layout import MASK_KINDS
 from ..store.location import Location
-from .cohort import open_cohort
+from ..store.metadata import chunk_layout
+from .cohort import Cohort, open_cohort
 
 
 def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:
@@ -34,12 +35,15 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     return "\n".join(lines)
 
 
-def _levels(cohort: Any, modality: str, tissue_id: str) -> list[str]:
+def _levels(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
+    """One line a level, from the cohort's metadata index (no zarr array is opened)."""
     lines = []
     stored = set(cohort.group_metadata(modality, tissue_id).spora.source_levels)
     for name in cohort.resolutions(modality, tissue_id):
-        array = cohort.open_array(modality, tissue_id, name)
-        shards = f" shards {tuple(array.shards)}" if array.shards else ""
+        array = cohort.level_metadata(modality, tissue_id, name)
+        chunks, shards = chunk_layout(array)
+        sharded = f" shards {shards}" if shards else ""
         origin = "from source" if name in stored else "computed"
-        lines.append(f"    {name}: shape {tuple(array.shape)} {array.dtype} chunks {tuple(array.chunks)}{shards} ({origin})")
+        dtype = array.dtype.to_native_dtype()
+        lines.append(f"    {name}: shape {tuple(array.shape)} {dtype} chunks {chunks}{sharded} ({origin})")
     return lines

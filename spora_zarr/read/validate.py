@@ -1,17 +1,22 @@
-"""Check a cohort store: NGFF 0.5 (ome-zarr-models and ngff-zarr's schemas) and the spora rules."""
+"""Check a cohort store: NGFF 0.5 (ome-zarr-models and ngff-zarr's schemas) and the spora rules.
+
+The plain checks work on the parsed ``zarr.json`` documents of the cohort's
+metadata index (read once, concurrently) and open no zarr node; the schema
+libraries run once per distinct document shape (:mod:`.schemas`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import zarr
-from zarr.core.metadata import ArrayV3Metadata
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError, SporaZarrError
 from ..store.layout import is_resolution_name, resolution_value, validate_tissue_id
 from ..store.location import Location
-from ..store.metadata import read_array_metadata
 from .cohort import Cohort, open_cohort
+from .schemas import schema_problems
+
+if TYPE_CHECKING:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
 
 
 def validate_store(location: str | Location, storage_options: dict[str, Any] | None = None, *, deep: bool = False) -> list[str]:
@@ -31,9 +36,11 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
     for modality, tissue_id in groups:
         found = _guarded(validate_group, cohort, modality, tissue_id)
         problems += [f"{cohort.group_path(modality, tissue_id)}: {p}" for p in found]
+    imaged = {m: set(cohort.tissues(m)) for m in cohort.modalities}
     for kind in cohort.known_mask_kinds:
         for tissue_id in cohort.mask_tissues(kind):
-            problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in _guarded(_mask_matches_images, cohort, kind, tissue_id)]
+            found = _guarded(_mask_matches_images, cohort, kind, tissue_id, imaged)
+            problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in found]
     problems += [f"root attributes: {p}" for p in _guarded(_root_matches_groups, cohort)]
     if deep:
         from .integrity import deep_problems
@@ -96,10 +103,6 @@ def _guarded(check: Any, *args: Any) -> list[str]:
 
 def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
     """Problems of one image or label group."""
-    import ngff_zarr
-    from ome_zarr_models.v05.image import Image
-    from ome_zarr_models.v05.image_label import ImageLabel
-
     problems = []
     labels = cohort.is_mask_kind(modality)
     try:
@@ -107,17 +110,8 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
     except InvalidInputError as exc:
         problems.append(str(exc))
     metadata = cohort.group_metadata(modality, tissue_id)
-    arrays = _level_metadata(cohort, modality, tissue_id, metadata.level_names)  # bounded reads, before zarr opens anything
-    group = zarr.open_group(cohort.location.zarr_store(read_only=True), path=cohort.group_path(modality, tissue_id), mode="r")
-    attributes = dict(group.attrs)
-    try:
-        (ImageLabel if labels else Image).from_zarr(group)
-    except Exception as exc:
-        problems.append(f"ome-zarr-models: {str(exc).splitlines()[0]}")
-    try:
-        ngff_zarr.validate(attributes, version="0.5", model="label" if labels else "image")
-    except Exception as exc:
-        problems.append(f"ngff_zarr.validate: {str(exc).splitlines()[0]}")
+    arrays = _level_metadata(cohort, modality, tissue_id, metadata.level_names)
+    problems += schema_problems(cohort.group_attributes(modality, tissue_id), arrays, labels=labels)
     previous = None
     z_axis = metadata.axes.index("z") if "z" in metadata.axes else None
     planes: tuple[int, float] | None = None  # a stack's depth and z scale, the same at every level
@@ -156,12 +150,15 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
     return problems
 
 
-def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
-    """A mask level must have the shape of every image level of the same name (without its channel axis: ``(z,) y, x``)."""
+def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str, imaged: dict[str, set[str]]) -> list[str]:
+    """A mask level must have the shape of every image level of the same name (without its channel axis: ``(z,) y, x``).
+
+    ``imaged`` maps each modality to its tissues.
+    """
     problems = []
     mask_levels = _level_shapes(cohort, kind, tissue_id)
     for modality in cohort.modalities:
-        if tissue_id not in cohort.tissues(modality):
+        if tissue_id not in imaged[modality]:
             continue
         for name, shape in _level_shapes(cohort, modality, tissue_id).items():
             if name in mask_levels and shape[1:] != mask_levels[name]:
@@ -175,16 +172,15 @@ def _level_shapes(cohort: Cohort, modality: str, tissue_id: str) -> dict[str, tu
     shapes = {}
     for name in cohort.resolutions(modality, tissue_id):
         try:
-            shapes[name] = tuple(read_array_metadata(cohort.location, f"{cohort.group_path(modality, tissue_id)}/{name}").shape)
+            shapes[name] = tuple(cohort.level_metadata(modality, tissue_id, name).shape)
         except NotFoundError:
             continue
     return shapes
 
 
 def _level_metadata(cohort: Cohort, modality: str, tissue_id: str, names: list[str]) -> dict[str, ArrayV3Metadata]:
-    """The checked ``zarr.json`` of each level array (:func:`read_array_metadata`: regular files, bounded sizes and shapes).
+    """The checked ``zarr.json`` of each level array (:meth:`Cohort.level_metadata`: regular files, bounded sizes and shapes).
 
     A level that is missing, a group, or hostile makes the group uncheckable (one line).
     """
-    group = cohort.group_path(modality, tissue_id)
-    return {name: read_array_metadata(cohort.location, f"{group}/{name}") for name in names}
+    return {name: cohort.level_metadata(modality, tissue_id, name) for name in names}

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, NotFoundError, StoreError
+from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
 from .layout import FORMAT_VERSION, resolution_value, validate_modality, validate_name
 from .location import Location
 from .staging import ZARR_JSON, Staging, group_document
@@ -45,6 +45,8 @@ __all__ = [
     "GroupMetadata",
     "LevelMetadata",
     "SporaGroupAttributes",
+    "array_metadata_from",
+    "chunk_layout",
     "check_format_version",
     "check_not_foreign_root",
     "is_cohort_store",
@@ -456,14 +458,25 @@ def read_array_metadata(location: Location, path: str) -> ArrayV3Metadata:
         It is not a regular file, too long, not JSON, not zarr v3 array
         metadata, or declares a shape, chunk or shard beyond the limits.
     """
-    where = f"array {location.join(path)}"
     try:
-        document = location.read_document(path, ZARR_JSON)
-    except NotFoundError:
+        document: dict[str, Any] | SporaZarrError = location.read_document(path, ZARR_JSON)
+    except SporaZarrError as exc:
+        document = exc
+    return array_metadata_from(location, path, document)
+
+
+def array_metadata_from(location: Location, path: str, document: dict[str, Any] | SporaZarrError) -> ArrayV3Metadata:
+    """The metadata of the array at ``path`` from its ``zarr.json`` ``document`` (or the error reading it).
+
+    Raises what :func:`read_array_metadata` raises.
+    """
+    if isinstance(document, NotFoundError):
         raise NotFoundError(f"no array at {location.join(path)} (no {ZARR_JSON})") from None
+    if isinstance(document, SporaZarrError):
+        raise document
     if document.get("node_type") == "group":
         raise InvalidInputError(f"{location.join(path)} is a group, not an array")
-    return parse_array_metadata(document, where=where)
+    return parse_array_metadata(document, where=f"array {location.join(path)}")
 
 
 def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3Metadata:
@@ -500,6 +513,17 @@ def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3M
     if nbytes > MAX_CHUNK_BYTES:
         raise StoreError(f"{where}: chunks {inner} of {nbytes} bytes are more than the {MAX_CHUNK_BYTES} bytes read at once")
     return metadata
+
+
+def chunk_layout(metadata: ArrayV3Metadata) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """``(chunks, shards)`` of an array as zarr's ``Array.chunks`` and ``Array.shards`` give them (``shards`` ``None`` unsharded)."""
+    from zarr.codecs import ShardingCodec
+
+    outer = tuple(int(n) for n in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined,union-attr,unused-ignore]
+    codecs = tuple(metadata.codecs)
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        return tuple(int(n) for n in codecs[0].chunk_shape), outer
+    return outer, None
 
 
 def max_file_bytes(metadata: ArrayV3Metadata) -> int:
