@@ -58,8 +58,10 @@ def _problems(document: Mapping[str, Any], labels: bool) -> list[str]:
     from ome_zarr_models.v05.image_label import ImageLabel
 
     problems = []
-    try:
-        (ImageLabel if labels else Image).model_validate(document)
+    try:  # what ``Image.from_zarr`` and ``ImageLabel.from_zarr`` check, on the documents instead of zarr nodes
+        image = Image.model_validate(document)
+        if labels:
+            ImageLabel(attributes=image.attributes.model_dump(), members=image.members)
     except Exception as exc:  # noqa: BLE001 - a library's finding, reported as a line
         problems.append(f"ome-zarr-models: {_first_line(exc)}")
     try:
@@ -73,9 +75,17 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+_ARRAY_FIELDS = ("zarr_format", "node_type", "attributes", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value",
+                 "codecs", "storage_transformers", "dimension_names")
+
+
 def _members(arrays: Mapping[str, ArrayV3Metadata]) -> dict[str, Any]:
-    """The level arrays as the group models take them (zarr's own dict of each array's metadata)."""
-    return {path: metadata.to_dict() for path, metadata in arrays.items()}
+    """The level arrays as the group models take them (the fields of zarr's dict of each array's metadata)."""
+    members = {}
+    for path, metadata in arrays.items():
+        fields = metadata.to_dict()
+        members[path] = {key: fields.get(key) for key in _ARRAY_FIELDS}
+    return members
 
 
 def _shape(document: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -85,6 +95,8 @@ def _shape(document: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(ome, Mapping) or not isinstance(ome.get("multiscales"), list):
         return None
     shaped_ome = dict(ome)
+    if len(ome["multiscales"]) != 1:
+        return None  # the schema wants distinct multiscales: names may be what tells them apart
     multiscales = []
     for multiscale in ome["multiscales"]:
         if not isinstance(multiscale, Mapping):

@@ -334,6 +334,44 @@ class SporaGroupAttributes:
         return {**{k: v for k, v in values.items() if v is not None}, **self.extra}
 
 
+_MAX_MULTISCALES = 1024
+_MULTISCALES: dict[str, Any] = {}  # JSON of a multiscale without its name -> the validated model (name None)
+
+
+def _with_checked_multiscales(ome: Mapping[str, Any]) -> dict[str, Any]:
+    """``ome`` with each multiscale replaced by its validated model, validated once per distinct multiscale.
+
+    ome-zarr-models builds a pydantic class per level each time a multiscale is
+    validated (milliseconds); the groups of a cohort share a few multiscales that
+    differ only in ``name``, so each is validated once without its name and copied
+    with it. Anything unusual (a name that is no string, an invalid multiscale) is
+    left as it is, for the full validation to report in its own words.
+    """
+    from ome_zarr_models.v05.multiscales import Multiscale
+    from pydantic import ValidationError
+
+    multiscales = ome.get("multiscales")
+    if not isinstance(multiscales, list):
+        return dict(ome)
+    models = []
+    for multiscale in multiscales:
+        if not isinstance(multiscale, Mapping) or not isinstance(multiscale.get("name", ""), str):
+            return dict(ome)
+        unnamed = {k: v for k, v in multiscale.items() if k != "name"}
+        key = json.dumps(unnamed, sort_keys=True)
+        if key not in _MULTISCALES:
+            try:
+                model = Multiscale.model_validate(unnamed)
+            except ValidationError:
+                return dict(ome)
+            if len(_MULTISCALES) >= _MAX_MULTISCALES:
+                _MULTISCALES.clear()
+            _MULTISCALES[key] = model
+        model = _MULTISCALES[key]
+        models.append(model.model_copy(update={"name": multiscale["name"]} if "name" in multiscale else None))
+    return {**ome, "multiscales": models}
+
+
 @dataclass(frozen=True)
 class GroupMetadata:
     """An image or label group's attributes: the validated NGFF model and the spora attributes.
@@ -361,7 +399,7 @@ class GroupMetadata:
             raise StoreError(f"{where}: not a complete multiscale group (no ome.multiscales)")
         model = ImageLabelAttrs if "image-label" in ome else ImageAttrs
         try:
-            parsed = model.model_validate(dict(ome))
+            parsed = model.model_validate(_with_checked_multiscales(ome))
         except ValidationError as exc:
             first = exc.errors()[0]
             raise StoreError(f"{where}: invalid NGFF 0.5 metadata at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
