@@ -5,8 +5,8 @@
 and with ngff-zarr's JSON schemas. Run per group they cost milliseconds each
 (ome-zarr-models builds a pydantic class per level per call), yet the groups of
 a cohort differ only in a few per-tissue values: the multiscales ``name``, the
-``omero`` channel labels, colours and windows, the label colours, the
-``spora`` attributes, and the array shapes. :func:`schema_problems` checks
+``omero`` channel labels, colours and windows, the label colours and source
+image, the ``spora`` attributes, and the array shapes. :func:`schema_problems` checks
 those values here, against what the schemas ask of them, replaces them by
 fixed values of the same kind (the *shape* of the document), and runs both
 libraries once per distinct shape. A value that is not plainly what the
@@ -16,21 +16,25 @@ document and report in their own words, as they did for every group before.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import math
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zarr.core.metadata.v3 import ArrayV3Metadata
 
-__all__ = ["schema_problems"]
+__all__ = ["ngff_validator", "schema_problems"]
 
 _MAX_SHAPES = 1024
 _CHECKED: dict[str, tuple[str, ...]] = {}  # document shape (JSON) -> the problems both libraries find in it
 _HEX_COLOR = re.compile(r"[0-9a-fA-F]{6}")
 _WINDOW_KEYS = {"min", "max", "start", "end"}
+_NGFF_URI = "https://ngff.openmicroscopy.org"
 
 
 def schema_problems(attributes: Mapping[str, Any], arrays: Mapping[str, ArrayV3Metadata], *, labels: bool) -> list[str]:
@@ -53,7 +57,6 @@ def schema_problems(attributes: Mapping[str, Any], arrays: Mapping[str, ArrayV3M
 
 def _problems(document: Mapping[str, Any], labels: bool) -> list[str]:
     """Run both libraries on one group document (attributes and level arrays)."""
-    import ngff_zarr
     from ome_zarr_models.v05.image import Image
     from ome_zarr_models.v05.image_label import ImageLabel
 
@@ -65,10 +68,36 @@ def _problems(document: Mapping[str, Any], labels: bool) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - a library's finding, reported as a line
         problems.append(f"ome-zarr-models: {_first_line(exc)}")
     try:
-        ngff_zarr.validate(document["attributes"], version="0.5", model="label" if labels else "image")
+        ngff_validator("label" if labels else "image").validate(document["attributes"])
     except Exception as exc:  # noqa: BLE001
         problems.append(f"ngff_zarr.validate: {_first_line(exc)}")
     return problems
+
+
+@functools.cache
+def ngff_validator(model: str) -> Any:
+    """The JSON-schema validator ``ngff_zarr.validate(..., version="0.5", model=model)`` uses, without importing ngff_zarr.
+
+    The schemas are the ones ngff-zarr bundles (``spec/0.5/schemas``), found
+    without running the package (its ``__init__`` loads dask, scikit-image and
+    xarray, seconds of start-up for ``spora-zarr validate``); every schema of the
+    folder is registered under its ``$id`` as ngff-zarr does, so cross-file
+    references resolve offline.
+    """
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    spec = importlib.util.find_spec("ngff_zarr")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("ngff-zarr is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "spec" / "0.5" / "schemas"
+    resources = []
+    for path in sorted(folder.glob("*.schema")):
+        contents = json.loads(path.read_text())
+        resources.append((contents.get("$id", _NGFF_URI), Resource.from_contents(contents, default_specification=DRAFT202012)))
+    schema = json.loads((folder / f"{model}.schema").read_text())
+    return Draft202012Validator(schema, registry=Registry().with_resources(resources))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -164,12 +193,19 @@ def _omero_shape(omero: Any) -> dict[str, Any] | None:
 
 
 def _label_shape(label: Any) -> dict[str, Any] | None:
-    """``image-label`` with its colours cut to one fixed entry, when every entry is plainly valid and unique."""
+    """``image-label`` with its source image fixed and its colours cut to one fixed entry, when every entry is plainly
+    valid and unique."""
     if not isinstance(label, Mapping) or "properties" in label:
         return None
+    shaped = dict(label)
+    if "source" in label:
+        source = label["source"]
+        if not isinstance(source, Mapping) or not isinstance(source.get("image", ""), str):
+            return None
+        shaped["source"] = {**source, "image": "image"} if "image" in source else dict(source)
     colors = label.get("colors")
     if colors is None:
-        return dict(label)
+        return shaped
     if not isinstance(colors, list) or not colors:
         return None
     values = set()
@@ -182,7 +218,7 @@ def _label_shape(label: Any) -> dict[str, Any] | None:
         if not isinstance(rgba, list) or len(rgba) != 4 or not all(type(c) is int and 0 <= c <= 255 for c in rgba):
             return None
         values.add(value)
-    return {**label, "colors": [{"label-value": 1, "rgba": [255, 255, 255, 255]}]}
+    return {**shaped, "colors": [{"label-value": 1, "rgba": [255, 255, 255, 255]}]}
 
 
 def _number(value: Any) -> bool:
