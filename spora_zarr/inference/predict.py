@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError
+from ..store.defaults import PREDICTION_MEMORY_BUDGET
 from ..store.layout import (
     IHC_PREFIX,
     MASK_KINDS,
@@ -41,7 +42,6 @@ from ..store.layout import (
     validate_name,
     validate_tissue_id,
 )
-from ..store.defaults import PREDICTION_MEMORY_BUDGET
 from ..store.location import Location
 from ..store.lock import writes_store
 from ..tiling.patching import _check_tiling

@@ -64,7 +64,7 @@ def _problems(document: Mapping[str, Any], labels: bool) -> list[str]:
     try:  # what ``Image.from_zarr`` and ``ImageLabel.from_zarr`` check, on the documents instead of zarr nodes
         image = Image.model_validate(document)
         if labels:
-            ImageLabel(attributes=image.attributes.model_dump(), members=image.members)
+            ImageLabel.model_validate({"attributes": image.attributes.model_dump(), "members": image.members})
     except Exception as exc:  # noqa: BLE001 - a library's finding, reported as a line
         problems.append(f"ome-zarr-models: {_first_line(exc)}")
     try:
@@ -104,8 +104,19 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-_ARRAY_FIELDS = ("zarr_format", "node_type", "attributes", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value",
-                 "codecs", "storage_transformers", "dimension_names")
+_ARRAY_FIELDS = (
+    "zarr_format",
+    "node_type",
+    "attributes",
+    "shape",
+    "data_type",
+    "chunk_grid",
+    "chunk_key_encoding",
+    "fill_value",
+    "codecs",
+    "storage_transformers",
+    "dimension_names",
+)
 
 
 def _members(arrays: Mapping[str, ArrayV3Metadata]) -> dict[str, Any]:
