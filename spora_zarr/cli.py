@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from .access.resolution import parse_resolution
 from .errors import SporaZarrError
 from .runtime import configure_writer_process
+from .store import defaults
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from .run import RunOptions
     from .write.writer import WriteOptions
@@ -109,36 +109,26 @@ def _version() -> str:
         return "unknown"
 
 
-def _verb(argv: Sequence[str]) -> str:
-    """The command named in ``argv`` (its first word that is not an option; the top-level options take no value), or ""."""
-    return next((word for word in argv if not word.startswith("-")), "")
-
-
-def _parser(verb: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with ``verb``, only that command gets the flags that import the writer (the others are never parsed)."""
+def _parser() -> argparse.ArgumentParser:
+    """The parser of every command (its defaults are constants of ``store.defaults``: building it imports no writer)."""
     parser = argparse.ArgumentParser(prog="spora-zarr", description="OME-Zarr (NGFF 0.5) cohort stores for spora imaging cohorts.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def layout_options(p: argparse.ArgumentParser, make_defaults: Callable[[], WriteOptions] | None = None) -> None:
-        if verb is not None and commands.choices.get(verb) is not p:
-            return  # another command's flags: not parsed now, and their defaults import the writer
-        from .write.writer import BLOSC_CNAMES, WriteOptions
-
-        defaults = (make_defaults or WriteOptions)()
-        p.add_argument("--chunk", type=int, default=defaults.chunk, help="chunk edge in px, all channels per chunk (default %(default)s)")
-        p.add_argument("--shard", type=int, default=defaults.shard, help="shard edge in pixels, 0: no sharding (default %(default)s)")
-        p.add_argument("--cname", choices=BLOSC_CNAMES, default=defaults.cname, help="blosc compressor (default %(default)s)")
+    def layout_options(p: argparse.ArgumentParser, memory_budget: int = defaults.MEMORY_BUDGET) -> None:
+        p.add_argument("--chunk", type=int, default=defaults.CHUNK, help="chunk edge in px, all channels per chunk (default %(default)s)")
+        p.add_argument("--shard", type=int, default=defaults.SHARD, help="shard edge in pixels, 0: no sharding (default %(default)s)")
+        p.add_argument("--cname", choices=defaults.BLOSC_CNAMES, default=defaults.CNAME, help="blosc compressor (default %(default)s)")
         p.add_argument(
-            "--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.clevel, help="blosc level (default %(default)s)"
+            "--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.CLEVEL, help="blosc level (default %(default)s)"
         )
         p.add_argument(
-            "--min-saving", type=float, default=defaults.min_saving,
+            "--min-saving", type=float, default=defaults.MIN_SAVING,
             help="store an image uncompressed when blosc saves less than this share of its bytes (default %(default)s; 0: always compress)",
         )
         p.add_argument(
-            "--memory-budget", type=_positive_number, default=defaults.memory_budget / 2**20, help="MiB of pixel buffers per worker"
+            "--memory-budget", type=_positive_number, default=memory_budget / defaults.MiB, help="MiB of pixel buffers per worker"
         )
         p.add_argument(
             "--overwrite", action="store_true", help="redo complete groups (the old version stays until the new one is complete)"
@@ -259,7 +249,7 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
     tissue_option(predict, "tissue id to predict (repeatable; default: every tissue of the modality)", repeat=True)
     runner_options(predict, "predicted")
-    layout_options(predict, _prediction_write_options)
+    layout_options(predict, defaults.PREDICTION_MEMORY_BUDGET)
 
     validate = commands.add_parser("validate", help="check a store against NGFF 0.5 and the spora rules")
     validate.add_argument("store", help="the cohort store (local path or fsspec URL)")
@@ -300,13 +290,6 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _prediction_write_options() -> WriteOptions:
-    """The predict verb's own writer defaults."""
-    from .inference.predict import prediction_write_options
-
-    return prediction_write_options()
-
-
 def _run_options(args: argparse.Namespace) -> RunOptions:
     """Where a cohort-wide verb runs, from its runner flags."""
     from .run import RunOptions
@@ -327,7 +310,7 @@ def _write_options(args: argparse.Namespace) -> WriteOptions:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = _parser(_verb(sys.argv[1:] if argv is None else argv)).parse_args(argv)
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.command in ("convert", "add-image", "predict", "stitch"):
         configure_writer_process()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..access.resolution import Resolution, ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError
 from ..process import PerProcess
+from ..store.defaults import PREDICTION_MEMORY_BUDGET
 from ..store.layout import (
     IHC_PREFIX,
     MASK_KINDS,
@@ -64,11 +65,6 @@ __all__ = [
     "prediction_write_options",
 ]
 
-#: The writer's memory budget of a prediction (bytes): half the converter's, because the predicting process
-#: also holds the model runtime and its batches, and its float32 output has twice the bytes of uint16 input.
-#: Blocks and shards of 448 px then hold a 16-channel float32 prediction, so one more pyramid level (a slide
-#: twice as wide) adds 13 MiB, not 51 (docs/benchmarks.md, "Inference").
-PREDICTION_MEMORY_BUDGET = 256 * 2**20
 
 
 def prediction_write_options() -> WriteOptions:

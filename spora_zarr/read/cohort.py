@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import posixpath
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -21,15 +20,24 @@ from ..store.layout import MASK_KINDS, image_group_path, label_group_path, valid
 from ..store.location import Location
 from ..store.lock import writer_at_work
 from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
-from ..store.staging import STAGING_DIR, Staging, is_complete_group
+from ..store.staging import STAGING_DIR, is_complete_group
 from ..store.tables import read_table
 from .engines.zarr import ZarrEngine, open_array
+from .index import MetadataIndex
+
+if TYPE_CHECKING:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
 
 log = logging.getLogger("spora_zarr")
 
 
 class Cohort:
-    """A handle on a cohort store. Cheap to pickle: it holds only the location."""
+    """A handle on a cohort store. Cheap to pickle: it pickles as its location.
+
+    Group and level metadata come from the handle's :class:`~.index.MetadataIndex`:
+    each directory of groups is listed and read once, concurrently, and kept
+    for the handle's life.
+    """
 
     def __init__(self, location: Location) -> None:
         self.location = location
@@ -37,6 +45,8 @@ class Cohort:
         if attributes is None:
             raise NotFoundError(f"{location}: not a cohort store (no zarr group at its root)")
         self.attributes: CohortAttributes = attributes
+        self._index = MetadataIndex(location)
+        self._metadata: dict[str, GroupMetadata] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open_cohort, (self.location,))
@@ -75,17 +85,9 @@ class Cohort:
         """Tissue ids with a complete mask of ``kind``."""
         return self.listing(label_group_path(kind, "x", extra_kinds=self.attributes.mask_kinds).rsplit("/", 1)[0])
 
-    @functools.cache  # noqa: B019 - the cohort lives as long as its caches should
     def listing(self, path: str) -> list[str]:
-        """Names of the complete multiscale groups directly below ``path`` (cached for the handle's life)."""
-        fs = self.location.fs()
-        try:
-            entries = fs.ls(self.location.fs_path(path), detail=False)
-        except (FileNotFoundError, OSError):
-            return []
-        staging = Staging(self.location)
-        names = sorted(posixpath.basename(e.rstrip("/")) for e in entries)
-        return [n for n in names if not n.startswith(".") and n != "zarr.json" and staging.is_complete(f"{path}/{n}")]
+        """Names of the complete multiscale groups directly below ``path`` (read once for the handle's life)."""
+        return list(self._index.complete_groups(path))
 
     def check_modality(self, modality: str) -> None:
         """Raise ``NotFoundError`` listing the modalities there if ``modality`` is not one of them."""
@@ -108,20 +110,35 @@ class Cohort:
 
     def group_metadata(self, modality: str, tissue_id: str) -> GroupMetadata:
         """Metadata of a complete image group; ``NotFoundError`` otherwise, ``StoreError`` if invalid."""
-        validate_tissue_id(tissue_id)
-        return self._metadata(self.group_path(modality, tissue_id), modality, tissue_id)
+        return self._group_metadata(self.group_path(modality, validate_tissue_id(tissue_id)), modality, tissue_id)
 
     def mask_metadata(self, kind: str, tissue_id: str) -> GroupMetadata:
         """Metadata of a complete mask group; ``NotFoundError`` otherwise, ``StoreError`` if invalid."""
-        validate_tissue_id(tissue_id)
-        return self._metadata(self.mask_group_path(kind, tissue_id), kind, tissue_id)
+        return self._group_metadata(self.mask_group_path(kind, validate_tissue_id(tissue_id)), kind, tissue_id)
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019
-    def _metadata(self, path: str, what: str, tissue_id: str) -> GroupMetadata:
-        attributes = Staging(self.location).read_attributes(path)
+    def _group_metadata(self, path: str, what: str, tissue_id: str) -> GroupMetadata:
+        if path not in self._metadata:
+            attributes = self._group_attributes(path, what, tissue_id)
+            self._metadata[path] = GroupMetadata.from_attributes(attributes, where=self.location.join(path))
+        return self._metadata[path]
+
+    def group_attributes(self, modality: str, tissue_id: str) -> dict[str, Any]:
+        """The attributes of a complete image or mask group as stored (JSON); ``NotFoundError`` otherwise."""
+        return self._group_attributes(self.group_path(modality, validate_tissue_id(tissue_id)), modality, tissue_id)
+
+    def _group_attributes(self, path: str, what: str, tissue_id: str) -> dict[str, Any]:
+        attributes = self._index.group_attributes(path)
         if attributes is None or not is_complete_group(attributes):
             raise NotFoundError(f"{self.location}: no tissue {tissue_id!r} in {what!r}")
-        return GroupMetadata.from_attributes(attributes, where=self.location.join(path))
+        return attributes
+
+    def level_metadata(self, modality: str, tissue_id: str, resolution: ResolutionLike | None = None) -> ArrayV3Metadata:
+        """The checked ``zarr.json`` of one level array (shape, data type, chunks), without opening it in zarr.
+
+        ``NotFoundError`` when it is missing, ``InvalidInputError`` when it is a group, ``StoreError`` when it is
+        damaged (:func:`~spora_zarr.store.metadata.read_array_metadata`).
+        """
+        return self._index.array_metadata(self.level_path(modality, tissue_id, resolution))
 
     def resolutions(self, modality: str, tissue_id: str) -> list[str]:
         """Level names of a tissue's image, finest first."""

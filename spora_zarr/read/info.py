@@ -6,9 +6,8 @@ from typing import Any
 
 from ..store.layout import MASK_KINDS
 from ..store.location import Location
-from ..store.metadata import GroupMetadata
+from ..store.metadata import chunk_layout
 from .cohort import Cohort, open_cohort
-from .engines.zarr import open_array
 
 
 def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:
@@ -20,15 +19,14 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
         lines.append(f"\nmodality {modality}: {len(tissues)} tissue(s)")
         for tissue_id in tissues:
             lines.append(f"  {tissue_id}: channels {', '.join(cohort.channel_names(modality, tissue_id))}")
-            metadata = cohort.group_metadata(modality, tissue_id)
-            lines += _levels(cohort, cohort.group_path(modality, tissue_id), metadata)
+            lines += _levels(cohort, modality, tissue_id)
     for kind in MASK_KINDS:
         tissues = cohort.mask_tissues(kind)
         if tissues:
             lines.append(f"\nmasks {kind}: {len(tissues)} tissue(s)")
             for tissue_id in tissues:
                 lines.append(f"  {tissue_id}")
-                lines += _levels(cohort, cohort.mask_group_path(kind, tissue_id), cohort.mask_metadata(kind, tissue_id))
+                lines += _levels(cohort, kind, tissue_id)
     tables = cohort.tables()
     lines.append(f"\ntables ({len(tables)}):")
     for table in tables:
@@ -37,13 +35,15 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     return "\n".join(lines)
 
 
-def _levels(cohort: Cohort, group: str, metadata: GroupMetadata) -> list[str]:
-    """One line per level of the image or mask group at ``group``."""
+def _levels(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
+    """One line a level, from the cohort's metadata index (no zarr array is opened)."""
     lines = []
-    stored = set(metadata.spora.source_levels)
-    for name in metadata.level_names:
-        array = open_array(cohort.location, f"{group}/{name}")
-        shards = f" shards {tuple(array.shards)}" if array.shards else ""
+    stored = set(cohort.group_metadata(modality, tissue_id).spora.source_levels)
+    for name in cohort.resolutions(modality, tissue_id):
+        array = cohort.level_metadata(modality, tissue_id, name)
+        chunks, shards = chunk_layout(array)
+        sharded = f" shards {shards}" if shards else ""
         origin = "from source" if name in stored else "computed"
-        lines.append(f"    {name}: shape {tuple(array.shape)} {array.dtype} chunks {tuple(array.chunks)}{shards} ({origin})")
+        dtype = array.dtype.to_native_dtype()
+        lines.append(f"    {name}: shape {tuple(array.shape)} {dtype} chunks {chunks}{sharded} ({origin})")
     return lines

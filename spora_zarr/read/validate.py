@@ -1,18 +1,22 @@
-"""Check a cohort store: NGFF 0.5 (ome-zarr-models and ngff-zarr's schemas) and the spora rules."""
+"""Check a cohort store: NGFF 0.5 (ome-zarr-models and ngff-zarr's schemas) and the spora rules.
+
+The plain checks work on the parsed ``zarr.json`` documents of the cohort's
+metadata index (read once, concurrently) and open no zarr node; the schema
+libraries run once per distinct document shape (:mod:`.schemas`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import zarr
-from zarr.core.metadata import ArrayV3Metadata
-
-from ..access.resolution import is_level_name, parse_resolution
 from ..errors import InvalidInputError, NotFoundError, SporaZarrError
-from ..store.layout import validate_tissue_id
+from ..store.layout import is_resolution_name, resolution_value, validate_tissue_id
 from ..store.location import Location
-from ..store.metadata import read_array_metadata
 from .cohort import Cohort, open_cohort
+from .schemas import schema_problems
+
+if TYPE_CHECKING:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
 
 
 def validate_store(location: str | Location, storage_options: dict[str, Any] | None = None, *, deep: bool = False) -> list[str]:
@@ -27,17 +31,16 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
     except SporaZarrError as exc:
         return [str(exc)]
     problems: list[str] = []
-    for modality in cohort.modalities:
-        for tissue_id in cohort.tissues(modality):
-            found = _guarded(validate_group, cohort, modality, tissue_id)
-            problems += [f"{cohort.group_path(modality, tissue_id)}: {p}" for p in found]
-    masks = [(k, t) for k in cohort.known_mask_kinds for t in cohort.mask_tissues(k)]
-    for kind, tissue_id in masks:
-        found = _guarded(validate_group, cohort, kind, tissue_id, mask=True)
-        problems += [f"{cohort.mask_group_path(kind, tissue_id)}: {p}" for p in found]
-    for kind, tissue_id in masks:
-        found = _guarded(_mask_matches_images, cohort, kind, tissue_id)
-        problems += [f"{cohort.mask_group_path(kind, tissue_id)}: {p}" for p in found]
+    groups = [(m, t) for m in cohort.modalities for t in cohort.tissues(m)]
+    groups += [(k, t) for k in cohort.known_mask_kinds for t in cohort.mask_tissues(k)]
+    for modality, tissue_id in groups:
+        found = _guarded(validate_group, cohort, modality, tissue_id)
+        problems += [f"{cohort.group_path(modality, tissue_id)}: {p}" for p in found]
+    imaged = {m: set(cohort.tissues(m)) for m in cohort.modalities}
+    for kind in cohort.known_mask_kinds:
+        for tissue_id in cohort.mask_tissues(kind):
+            found = _guarded(_mask_matches_images, cohort, kind, tissue_id, imaged)
+            problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in found]
     problems += [f"root attributes: {p}" for p in _guarded(_root_matches_groups, cohort)]
     if deep:
         from .integrity import deep_problems
@@ -90,48 +93,34 @@ def _image_modalities_on_disk(cohort: Cohort) -> list[str]:
     return sorted(found)
 
 
-def _guarded(check: Any, *args: Any, **kwargs: Any) -> list[str]:
+def _guarded(check: Any, *args: Any) -> list[str]:
     """Run one check; a group too broken to check is itself a problem."""
     try:
-        return list(check(*args, **kwargs))
+        return list(check(*args))
     except Exception as exc:  # a broken group must be reported, not stop the validation
         return [f"cannot be checked: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]
 
 
-def validate_group(cohort: Cohort, modality: str, tissue_id: str, *, mask: bool = False) -> list[str]:
-    """Problems of one image group, or with ``mask`` of the label group of mask kind ``modality``."""
-    import ngff_zarr
-    from ome_zarr_models.v05.image import Image
-    from ome_zarr_models.v05.image_label import ImageLabel
-
+def validate_group(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
+    """Problems of one image or label group."""
     problems = []
-    labels = mask
+    labels = cohort.is_mask_kind(modality)
     try:
         validate_tissue_id(tissue_id)
     except InvalidInputError as exc:
         problems.append(str(exc))
-    metadata = cohort.mask_metadata(modality, tissue_id) if mask else cohort.group_metadata(modality, tissue_id)
-    path = cohort.mask_group_path(modality, tissue_id) if mask else cohort.group_path(modality, tissue_id)
-    arrays = _level_metadata(cohort, path, metadata.level_names)  # bounded reads, before zarr opens anything
-    group = zarr.open_group(cohort.location.zarr_store(read_only=True), path=path, mode="r")
-    attributes = dict(group.attrs)
-    try:
-        (ImageLabel if labels else Image).from_zarr(group)
-    except Exception as exc:
-        problems.append(f"ome-zarr-models: {str(exc).splitlines()[0]}")
-    try:
-        ngff_zarr.validate(attributes, version="0.5", model="label" if labels else "image")
-    except Exception as exc:
-        problems.append(f"ngff_zarr.validate: {str(exc).splitlines()[0]}")
+    metadata = cohort.group_metadata(modality, tissue_id)
+    arrays = _level_metadata(cohort, modality, tissue_id, metadata.level_names)
+    problems += schema_problems(cohort.group_attributes(modality, tissue_id), arrays, labels=labels)
     previous = None
     z_axis = metadata.axes.index("z") if "z" in metadata.axes else None
     planes: tuple[int, float] | None = None  # a stack's depth and z scale, the same at every level
     for level in metadata.levels:
         name = level.name
-        if not is_level_name(name):
+        if not is_resolution_name(name):
             problems.append(f"level {name!r} is not named by its resolution")
             continue
-        expected = parse_resolution(name).mpp
+        expected = resolution_value(name)
         if len(level.scale) < 2 or any(abs(s - expected) > 1e-9 for s in level.scale[-2:]):
             problems.append(f"level {name} has scale {list(level.scale)}, expected {expected} micrometer on y/x")
         array = arrays[name]
@@ -161,35 +150,37 @@ def validate_group(cohort: Cohort, modality: str, tissue_id: str, *, mask: bool 
     return problems
 
 
-def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
-    """A mask level must have the shape of every image level of the same name (without its channel axis: ``(z,) y, x``)."""
+def _mask_matches_images(cohort: Cohort, kind: str, tissue_id: str, imaged: dict[str, set[str]]) -> list[str]:
+    """A mask level must have the shape of every image level of the same name (without its channel axis: ``(z,) y, x``).
+
+    ``imaged`` maps each modality to its tissues.
+    """
     problems = []
-    mask_levels = _level_shapes(cohort, cohort.mask_group_path(kind, tissue_id), cohort.mask_resolutions(kind, tissue_id))
+    mask_levels = _level_shapes(cohort, kind, tissue_id)
     for modality in cohort.modalities:
-        if tissue_id not in cohort.tissues(modality):
+        if tissue_id not in imaged[modality]:
             continue
-        levels = _level_shapes(cohort, cohort.group_path(modality, tissue_id), cohort.resolutions(modality, tissue_id))
-        for name, shape in levels.items():
+        for name, shape in _level_shapes(cohort, modality, tissue_id).items():
             if name in mask_levels and shape[1:] != mask_levels[name]:
                 image = cohort.group_path(modality, tissue_id)
                 problems.append(f"level {name} shape {mask_levels[name]} does not match {image} {shape[1:]}")
     return problems
 
 
-def _level_shapes(cohort: Cohort, group: str, names: list[str]) -> dict[str, tuple[int, ...]]:
-    """Shape of every level array ``names`` of the group at ``group`` (missing ones left out)."""
+def _level_shapes(cohort: Cohort, modality: str, tissue_id: str) -> dict[str, tuple[int, ...]]:
+    """Shape of every level array a group's multiscales names (missing ones left out)."""
     shapes = {}
-    for name in names:
+    for name in cohort.resolutions(modality, tissue_id):
         try:
-            shapes[name] = tuple(read_array_metadata(cohort.location, f"{group}/{name}").shape)
+            shapes[name] = tuple(cohort.level_metadata(modality, tissue_id, name).shape)
         except NotFoundError:
             continue
     return shapes
 
 
-def _level_metadata(cohort: Cohort, group: str, names: list[str]) -> dict[str, ArrayV3Metadata]:
-    """The checked ``zarr.json`` of each level array (:func:`read_array_metadata`: regular files, bounded sizes and shapes).
+def _level_metadata(cohort: Cohort, modality: str, tissue_id: str, names: list[str]) -> dict[str, ArrayV3Metadata]:
+    """The checked ``zarr.json`` of each level array (:meth:`Cohort.level_metadata`: regular files, bounded sizes and shapes).
 
     A level that is missing, a group, or hostile makes the group uncheckable (one line).
     """
-    return {name: read_array_metadata(cohort.location, f"{group}/{name}") for name in names}
+    return {name: cohort.level_metadata(modality, tissue_id, name) for name in names}

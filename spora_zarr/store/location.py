@@ -18,6 +18,8 @@ import json
 import os
 import posixpath
 import stat
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +27,16 @@ import fsspec
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
-from ..errors import InvalidInputError, NotFoundError, StoreError
+from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
 
 READ_ONLY_PROTOCOLS = ("http", "https")
 """Protocols whose stores are read, never written."""
 
 DOCUMENT_MAX_BYTES = 16 * 2**20
 """The longest metadata document (``zarr.json``) read."""
+
+READ_THREADS = 8
+"""Threads that read the metadata documents of a local store at once (:meth:`Location.read_documents`)."""
 
 
 def is_url(location: str) -> bool:
@@ -139,17 +144,44 @@ class Location:
         StoreError
             It cannot be read (see :meth:`read_bytes`), is not JSON, nests too deep, or is not an object.
         """
-        where = self.join(*parts)
-        data = self.read_bytes(*parts, max_bytes=max_bytes)
+        return parse_document(self.read_bytes(*parts, max_bytes=max_bytes), self.join(*parts))
+
+    def read_documents(self, paths: Sequence[str], *, max_bytes: int = DOCUMENT_MAX_BYTES) -> dict[str, dict[str, Any] | SporaZarrError]:
+        """The JSON objects of many files at once, each read and checked as :meth:`read_document` reads one.
+
+        Local files are read on a small thread pool; remote ones with one
+        concurrent ``cat_ranges`` call (a bounded gather of ranged GETs on
+        object stores and HTTP). A file that cannot be read maps to the error
+        :meth:`read_document` would raise for it (``NotFoundError`` or ``StoreError``).
+        """
+        if self.is_local or len(paths) < 2:
+            def one(path: str) -> dict[str, Any] | SporaZarrError:
+                try:
+                    return self.read_document(path, max_bytes=max_bytes)
+                except SporaZarrError as exc:
+                    return exc
+
+            if len(paths) < 2:
+                return {path: one(path) for path in paths}
+            with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+                return dict(zip(paths, pool.map(one, paths), strict=True))
+        fs_paths = [self.fs_path(path) for path in paths]
         try:
-            document = json.loads(data)
-        except RecursionError:
-            raise StoreError(f"{where}: not a usable JSON document (nested too deep)") from None
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise StoreError(f"{where}: not a JSON document ({exc})") from None
-        if not isinstance(document, dict):
-            raise StoreError(f"{where}: not a JSON object but {type(document).__name__}")
-        return document
+            results = self.fs().cat_ranges(fs_paths, [0] * len(paths), [max_bytes + 1] * len(paths), on_error="return")
+        except Exception as exc:  # noqa: BLE001 - each fsspec backend raises its own kinds
+            raise StoreError(f"{self.root}: cannot read metadata: {type(exc).__name__}: {exc}") from exc
+        documents: dict[str, dict[str, Any] | SporaZarrError] = {}
+        for path, data in zip(paths, results, strict=True):
+            where = self.join(path)
+            try:
+                if isinstance(data, FileNotFoundError):
+                    raise NotFoundError(f"{where}: no such file")
+                if isinstance(data, BaseException):
+                    raise StoreError(f"{where}: cannot read: {type(data).__name__}: {data}")
+                documents[path] = parse_document(_bounded(data, where, max_bytes), where)
+            except SporaZarrError as exc:
+                documents[path] = exc
+        return documents
 
     def zarr_store(self, *, read_only: bool = False) -> Store:
         """A zarr store rooted at this location (``StoreError`` for a writable store on a read-only location)."""
@@ -204,6 +236,19 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+def parse_document(data: bytes, where: str) -> dict[str, Any]:
+    """The JSON object in ``data`` (the bytes of the file ``where``); ``StoreError`` when it is none."""
+    try:
+        document = json.loads(data)
+    except RecursionError:
+        raise StoreError(f"{where}: not a usable JSON document (nested too deep)") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise StoreError(f"{where}: not a JSON document ({exc})") from None
+    if not isinstance(document, dict):
+        raise StoreError(f"{where}: not a JSON object but {type(document).__name__}")
+    return document
 
 
 def _bounded(data: bytes, where: str, max_bytes: int) -> bytes:

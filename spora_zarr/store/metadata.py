@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..access.resolution import parse_resolution
-from ..errors import InvalidInputError, NotFoundError, StoreError
+from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
 from .layout import FORMAT_VERSION, validate_modality, validate_name
 from .location import Location
 from .staging import ZARR_JSON, Staging, group_document
@@ -46,6 +46,8 @@ __all__ = [
     "GroupMetadata",
     "LevelMetadata",
     "SporaGroupAttributes",
+    "array_metadata_from",
+    "chunk_layout",
     "check_format_version",
     "check_not_foreign_root",
     "is_cohort_store",
@@ -333,6 +335,44 @@ class SporaGroupAttributes:
         return {**{k: v for k, v in values.items() if v is not None}, **self.extra}
 
 
+_MAX_MULTISCALES = 1024
+_MULTISCALES: dict[str, Any] = {}  # JSON of a multiscale without its name -> the validated model (name None)
+
+
+def _with_checked_multiscales(ome: Mapping[str, Any]) -> dict[str, Any]:
+    """``ome`` with each multiscale replaced by its validated model, validated once per distinct multiscale.
+
+    ome-zarr-models builds a pydantic class per level each time a multiscale is
+    validated (milliseconds); the groups of a cohort share a few multiscales that
+    differ only in ``name``, so each is validated once without its name and copied
+    with it. Anything unusual (a name that is no string, an invalid multiscale) is
+    left as it is, for the full validation to report in its own words.
+    """
+    from ome_zarr_models.v05.multiscales import Multiscale
+    from pydantic import ValidationError
+
+    multiscales = ome.get("multiscales")
+    if not isinstance(multiscales, list):
+        return dict(ome)
+    models = []
+    for multiscale in multiscales:
+        if not isinstance(multiscale, Mapping) or not isinstance(multiscale.get("name", ""), str):
+            return dict(ome)
+        unnamed = {k: v for k, v in multiscale.items() if k != "name"}
+        key = json.dumps(unnamed, sort_keys=True)
+        if key not in _MULTISCALES:
+            try:
+                model = Multiscale.model_validate(unnamed)
+            except ValidationError:
+                return dict(ome)
+            if len(_MULTISCALES) >= _MAX_MULTISCALES:
+                _MULTISCALES.clear()
+            _MULTISCALES[key] = model
+        model = _MULTISCALES[key]
+        models.append(model.model_copy(update={"name": multiscale["name"]} if "name" in multiscale else None))
+    return {**ome, "multiscales": models}
+
+
 @dataclass(frozen=True)
 class GroupMetadata:
     """An image or label group's attributes: the validated NGFF model and the spora attributes.
@@ -360,7 +400,7 @@ class GroupMetadata:
             raise StoreError(f"{where}: not a complete multiscale group (no ome.multiscales)")
         model = ImageLabelAttrs if "image-label" in ome else ImageAttrs
         try:
-            parsed = model.model_validate(dict(ome))
+            parsed = model.model_validate(_with_checked_multiscales(ome))
         except ValidationError as exc:
             first = exc.errors()[0]
             raise StoreError(f"{where}: invalid NGFF 0.5 metadata at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -457,14 +497,25 @@ def read_array_metadata(location: Location, path: str) -> ArrayV3Metadata:
         It is not a regular file, too long, not JSON, not zarr v3 array
         metadata, or declares a shape, chunk or shard beyond the limits.
     """
-    where = f"array {location.join(path)}"
     try:
-        document = location.read_document(path, ZARR_JSON)
-    except NotFoundError:
+        document: dict[str, Any] | SporaZarrError = location.read_document(path, ZARR_JSON)
+    except SporaZarrError as exc:
+        document = exc
+    return array_metadata_from(location, path, document)
+
+
+def array_metadata_from(location: Location, path: str, document: dict[str, Any] | SporaZarrError) -> ArrayV3Metadata:
+    """The metadata of the array at ``path`` from its ``zarr.json`` ``document`` (or the error reading it).
+
+    Raises what :func:`read_array_metadata` raises.
+    """
+    if isinstance(document, NotFoundError):
         raise NotFoundError(f"no array at {location.join(path)} (no {ZARR_JSON})") from None
+    if isinstance(document, SporaZarrError):
+        raise document
     if document.get("node_type") == "group":
         raise InvalidInputError(f"{location.join(path)} is a group, not an array")
-    return parse_array_metadata(document, where=where)
+    return parse_array_metadata(document, where=f"array {location.join(path)}")
 
 
 def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3Metadata:
@@ -501,6 +552,17 @@ def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3M
     if nbytes > MAX_CHUNK_BYTES:
         raise StoreError(f"{where}: chunks {inner} of {nbytes} bytes are more than the {MAX_CHUNK_BYTES} bytes read at once")
     return metadata
+
+
+def chunk_layout(metadata: ArrayV3Metadata) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """``(chunks, shards)`` of an array as zarr's ``Array.chunks`` and ``Array.shards`` give them (``shards`` ``None`` unsharded)."""
+    from zarr.codecs import ShardingCodec
+
+    outer = tuple(int(n) for n in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined,union-attr,unused-ignore]
+    codecs = tuple(metadata.codecs)
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        return tuple(int(n) for n in codecs[0].chunk_shape), outer
+    return outer, None
 
 
 def max_file_bytes(metadata: ArrayV3Metadata) -> int:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidInputError, NotFoundError, StoreError
+from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
 from .guard import check_no_links
 from .layout import validate_relative_path
 from .location import Location, fs_spelling
@@ -58,6 +58,23 @@ def is_complete_group(attributes: dict[str, Any]) -> bool:
     return isinstance(ome, dict) and bool(ome.get("multiscales"))
 
 
+def group_attributes(location: Location, path: str, document: dict[str, Any] | SporaZarrError) -> dict[str, Any] | None:
+    """The attributes of the group at ``path`` from its ``zarr.json`` ``document`` (or the error reading it), or ``None``.
+
+    No file, a damaged document or one of an array is ``None`` (as if there
+    were no group); a local ``zarr.json`` that is no regular file (a FIFO, a
+    device) raises its ``StoreError``.
+    """
+    if isinstance(document, NotFoundError):
+        return None
+    if isinstance(document, StoreError) and (not location.is_local or os.path.isfile(location.fs_path(path, ZARR_JSON))):
+        return None  # a damaged document, as if there were none; a FIFO or device is an error
+    if isinstance(document, SporaZarrError):
+        raise document
+    attributes = document.get("attributes", {})
+    return attributes if document.get("node_type") == "group" and isinstance(attributes, dict) else None
+
+
 class Staging:
     """Temporary areas of one store and the promotion of finished work out of them."""
 
@@ -69,15 +86,10 @@ class Staging:
     def read_attributes(self, path: str) -> dict[str, Any] | None:
         """Attributes of the group at ``path``, or ``None`` if there is no group there."""
         try:
-            document = self.location.read_document(path, ZARR_JSON)
-        except NotFoundError:
-            return None
-        except StoreError:
-            if not self.location.is_local or os.path.isfile(self.location.fs_path(path, ZARR_JSON)):
-                return None  # a damaged document, as if there were none; a FIFO or device is an error
-            raise
-        attributes = document.get("attributes", {})
-        return attributes if document.get("node_type") == "group" and isinstance(attributes, dict) else None
+            document: dict[str, Any] | SporaZarrError = self.location.read_document(path, ZARR_JSON)
+        except SporaZarrError as exc:
+            document = exc
+        return group_attributes(self.location, path, document)
 
     def is_complete(self, path: str) -> bool:
         """Whether ``path`` holds a finished multiscales group."""

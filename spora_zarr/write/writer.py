@@ -38,6 +38,7 @@ from zarr.codecs import BloscCodec
 from .. import process
 from ..errors import InvalidInputError
 from ..sources import EncodedTiles, ImageSource
+from ..store import defaults
 from ..store.codecs import jpeg_chunk_codecs
 from ..store.location import Location
 from ..store.metadata import GroupMetadata, SporaGroupAttributes
@@ -47,7 +48,7 @@ from .pyramid import SHRINK, Level, Method, check_source_shapes, plan_levels
 
 log = logging.getLogger("spora_zarr")
 
-MiB = 2**20
+MiB = defaults.MiB
 
 #: Threads that compress and store blocks, and blocks handed to them at most. Two writers keep
 #: both cores of a small machine busy while zarrs' pool waits in the kernel on page-cache writes.
@@ -55,7 +56,7 @@ WRITE_THREADS = 2
 IN_FLIGHT = 3
 
 
-BLOSC_CNAMES = ("lz4", "lz4hc", "blosclz", "zstd", "zlib")
+BLOSC_CNAMES = defaults.BLOSC_CNAMES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,13 +76,13 @@ class WriteOptions:
     always compresses.
     """
 
-    chunk: int = 112
-    shard: int | None = 896
-    cname: str = "lz4"
-    clevel: int = 5
-    min_saving: float = 0.1
-    max_top_size: int = 2048
-    memory_budget: int = 512 * MiB
+    chunk: int = defaults.CHUNK
+    shard: int | None = defaults.SHARD
+    cname: str = defaults.CNAME
+    clevel: int = defaults.CLEVEL
+    min_saving: float = defaults.MIN_SAVING
+    max_top_size: int = defaults.MAX_TOP_SIZE
+    memory_budget: int = defaults.MEMORY_BUDGET
     codec_threads: int | None = None
 
     def __post_init__(self) -> None:

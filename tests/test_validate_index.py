@@ -1,0 +1,227 @@
+"""The cohort metadata index (issue 30): every ``zarr.json`` read once, concurrently; the same answers and findings.
+
+``validate`` and ``info`` work on the parsed documents of the index and run the
+schema libraries once per distinct document shape; each damage below is found
+as the libraries find it on the real group (checked here with the libraries
+themselves, through zarr).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+import zarr
+
+from spora_zarr import ConvertOptions, convert_cohort, open_cohort, validate_store
+from spora_zarr.read.info import describe
+from spora_zarr.store.location import Location
+from spora_zarr.store.metadata import read_array_metadata
+from spora_zarr.store.staging import Staging
+from spora_zarr.testing.cohorts import make_synthetic_cohort
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tissues A, B, C (H&E, 5-channel IMC, both masks) at one resolution; never modified."""
+    root = tmp_path_factory.mktemp("index")
+    src = make_synthetic_cohort(root / "src", tissues=("A", "B", "C"), he_shape=(90, 130), resolutions=(1.0,), ihc_markers=(), seed=5)
+    report = convert_cohort(src, root / "c.zarr", ConvertOptions(progress=False))
+    assert report.ok, report.summary()
+    return root / "c.zarr"
+
+
+@pytest.fixture
+def store(converted: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(converted, tmp_path / "c.zarr"))
+
+
+def _groups(store: str | Path) -> list[tuple[str, str]]:
+    cohort = open_cohort(store)
+    groups = [(m, t) for m in cohort.modalities for t in cohort.tissues(m)]
+    return groups + [(k, t) for k in cohort.mask_kinds for t in cohort.mask_tissues(k)]
+
+
+def test_the_index_answers_as_reading_each_file(converted: Path) -> None:
+    cohort, location = open_cohort(converted), Location.parse(converted)
+    staging = Staging(location)
+    assert len(_groups(converted)) == 12
+    for modality, tissue_id in _groups(converted):
+        path = cohort.group_path(modality, tissue_id)
+        assert cohort.group_attributes(modality, tissue_id) == staging.read_attributes(path)
+        for name in cohort.resolutions(modality, tissue_id):
+            indexed = cohort.level_metadata(modality, tissue_id, name)
+            assert indexed.to_dict() == read_array_metadata(location, f"{path}/{name}").to_dict()
+    for directory in ("he/images", "imc/images", "segmentations/cell_masks", "segmentations/tissue_masks"):
+        names = sorted(n for n in os.listdir(converted / directory) if not n.startswith(".") and n != "zarr.json")
+        assert cohort.listing(directory) == [n for n in names if staging.is_complete(f"{directory}/{n}")] == ["A", "B", "C"]
+
+
+def test_listing_leaves_out_unfinished_damaged_and_hidden_groups(store: Path) -> None:
+    images = store / "imc/images"
+    (images / "X").mkdir()
+    (images / "X/zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"spora": {}}}))
+    (images / "Y").mkdir()
+    (images / "Y/zarr.json").write_bytes(b"\x00not json")
+    (images / "Z").mkdir()  # no zarr.json at all
+    shutil.copytree(images / "A", images / ".hidden")
+    assert open_cohort(store).tissues("imc") == ["A", "B", "C"]
+    assert validate_store(store) == []
+
+
+def test_a_remote_store_reads_no_group_or_level_document_one_by_one(converted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = fsspec.filesystem("memory")
+    fs.put(str(converted), "/index-check", recursive=True)
+    single: list[str] = []
+    read_document = Location.read_document
+
+    def counted(self: Location, *parts: str, **kwargs: Any) -> dict[str, Any]:
+        single.append("/".join(parts))
+        return read_document(self, *parts, **kwargs)
+
+    local = describe(converted).replace(str(converted), "STORE")
+    monkeypatch.setattr(Location, "read_document", counted)
+    try:
+        assert validate_store("memory://index-check") == []
+        assert describe("memory://index-check").replace("memory://index-check", "STORE") == local
+        per_group = [p for p in single if p.count("/") >= 2]  # <dir>/images/<id>/zarr.json and deeper
+        assert per_group == [], per_group
+    finally:
+        fs.rm("/index-check", recursive=True)
+
+
+def _edit_group(path: str, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def damage(store: Path) -> None:
+        document = json.loads((store / path / "zarr.json").read_text())
+        change(document["attributes"]["ome"])
+        (store / path / "zarr.json").write_text(json.dumps(document))
+
+    return damage
+
+
+def _edit_level(path: str, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def damage(store: Path) -> None:
+        document = json.loads((store / path / "zarr.json").read_text())
+        change(document)
+        (store / path / "zarr.json").write_text(json.dumps(document))
+
+    return damage
+
+
+def _window(ome: dict[str, Any]) -> None:
+    ome["omero"]["channels"][1]["window"]["start"] = "low"
+
+
+def _colour(ome: dict[str, Any]) -> None:
+    ome["omero"]["channels"][0]["color"] = 255
+
+
+def _rgba(ome: dict[str, Any]) -> None:
+    ome["image-label"]["colors"][0]["rgba"] = [300, 0, 0, 255]
+
+
+def _duplicate(ome: dict[str, Any]) -> None:
+    ome["image-label"]["colors"].append(dict(ome["image-label"]["colors"][0]))
+
+
+def _active(ome: dict[str, Any]) -> None:
+    ome["omero"]["channels"][2]["active"] = "yes"
+
+
+def _dimension_names(document: dict[str, Any]) -> None:
+    document["dimension_names"] = ["c", "row", "col"]
+
+
+DAMAGES = {  # group -> damage of tissue B only (A and C have the same document shape and stay clean)
+    "omero window not a number": ("imc/images/B", _edit_group("imc/images/B", _window)),
+    "omero colour not a string": ("imc/images/B", _edit_group("imc/images/B", _colour)),
+    "omero active not a boolean": ("he/images/B", _edit_group("he/images/B", _active)),
+    "level dimension names": ("imc/images/B", _edit_level("imc/images/B/1_0mpp", _dimension_names)),
+}
+
+
+def _library_findings(store: Path, group: str) -> list[str]:
+    """What ome-zarr-models and ngff_zarr.validate say of the group, run on the zarr group itself."""
+    import ngff_zarr
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    labels = group.startswith("segmentations/")
+    node = zarr.open_group(str(store / group), mode="r")
+    found = []
+    try:
+        (ImageLabel if labels else Image).from_zarr(node)
+    except Exception as exc:  # noqa: BLE001
+        found.append(f"{group}: ome-zarr-models: {str(exc).splitlines()[0]}")
+    try:
+        ngff_zarr.validate(node.attrs.asdict(), version="0.5", model="label" if labels else "image")
+    except Exception as exc:  # noqa: BLE001
+        found.append(f"{group}: ngff_zarr.validate: {str(exc).splitlines()[0]}")
+    return found
+
+
+@pytest.mark.parametrize("name", list(DAMAGES))
+def test_a_damage_of_one_tissue_is_found_as_the_libraries_find_it(store: Path, name: str) -> None:
+    group, damage = DAMAGES[name]
+    damage(store)
+    expected = _library_findings(store, group)
+    assert expected, f"{name}: the libraries find nothing (a weak case)"
+    problems = validate_store(store)
+    assert problems == expected, (name, problems)
+
+
+@pytest.mark.parametrize("damage", [_rgba, _duplicate])
+def test_a_bad_label_colour_makes_its_group_uncheckable_as_before(store: Path, damage: Callable[[dict[str, Any]], None]) -> None:
+    _edit_group("segmentations/cell_masks/B", damage)(store)
+    problems = validate_store(store)
+    assert problems and all(p.startswith("segmentations/cell_masks/B: cannot be checked: ") for p in problems), problems
+    assert all("invalid NGFF 0.5 metadata at image-label.colors" in p for p in problems), problems
+
+
+def test_channel_count_and_missing_level_are_found_with_the_index(store: Path) -> None:
+    channels = zarr.open_array(str(store / "imc/images/C/1_0mpp"), mode="r").shape[0]
+    _edit_group("imc/images/C", lambda ome: ome["omero"]["channels"].pop())(store)
+    shutil.rmtree(store / "segmentations/tissue_masks/A/1_0mpp")
+    problems = validate_store(store)
+    assert f"imc/images/C: omero metadata must list {channels} channels" in problems
+    missing = [p for p in problems if p.startswith("segmentations/tissue_masks/A: cannot be checked: no array at")]
+    assert len(missing) == 1 and missing[0].endswith("segmentations/tissue_masks/A/1_0mpp (no zarr.json)"), problems
+
+
+def test_the_schema_libraries_run_once_per_document_shape(converted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ome_zarr_models.v05.image import Image
+
+    from spora_zarr.read import schemas
+
+    monkeypatch.setattr(schemas, "_CHECKED", {})
+    calls: list[int] = []
+    validate = Image.model_validate.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Image, "model_validate", classmethod(lambda cls, *a, **k: calls.append(1) or validate(cls, *a, **k)))
+    assert validate_store(converted) == []
+    cohort = open_cohort(converted)  # the shapes: one per modality and channel count, one per mask kind
+    shapes = {(m, len(cohort.channel_names(m, t))) for m in cohort.modalities for t in cohort.tissues(m)} | set(cohort.mask_kinds)
+    assert len(calls) == len(schemas._CHECKED) == len(shapes) < len(_groups(converted))
+
+
+def test_info_and_validate_start_without_the_heavy_packages(converted: Path) -> None:
+    script = (
+        "import sys\nfrom spora_zarr.cli import main\n"
+        "code = main([sys.argv[1], sys.argv[2]])\n"
+        "heavy = {'dask', 'ngff_zarr', 'torch', 'napari', 'skimage', 'xarray', 'pandas', 'tensorstore'}\n"
+        "print(code, sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for verb in ("info", "validate"):
+        done = subprocess.run([sys.executable, "-c", script, verb, str(converted)], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "0 []", (verb, done.stdout[-500:])
