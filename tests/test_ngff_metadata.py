@@ -110,3 +110,25 @@ def test_group_attributes_are_what_validation_gives_back(labels: bool) -> None:
         windows = [{"min": 0.0, "max": 255.0, "start": 0.0, "end": 255.0}] * 3
         attributes = image_metadata(levels, name="i", channel_names=["r", "g", "b"], windows=windows, rgb=True, spora=spora, where="w")
     assert GroupMetadata.from_attributes(attributes, where="w").to_attributes() == attributes
+
+
+def test_lanes_stream_the_same_pyramid_as_one(tmp_path: Any) -> None:
+    """An image streamed by two lanes stores the same levels and metadata as one lane (a subtree per lane)."""
+    import zarr
+
+    from spora_zarr import WriteOptions, write_image
+    from spora_zarr.sources import ArraySource
+
+    rng = np.random.default_rng(1)
+    array = rng.integers(0, 4000, size=(2, 1500, 1300), dtype=np.uint16)
+    stored = []
+    for threads in (1, 2):
+        options = WriteOptions(chunk=64, shard=128, max_top_size=200, codec_threads=threads)
+        assert options.lanes(2, 2, 4, 128) == threads
+        write_image(tmp_path / f"{threads}.zarr", "x/images/T", {1.0: ArraySource(array)}, options=options)
+        group = zarr.open_group(tmp_path / f"{threads}.zarr/x/images/T", mode="r")
+        stored.append(({name: group[name][...] for name in group.array_keys()}, dict(group.attrs)))
+    (one, one_attrs), (two, two_attrs) = stored
+    assert one.keys() == two.keys() and one_attrs == two_attrs
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name], err_msg=name)
