@@ -38,7 +38,7 @@ def multiscales_metadata(
     levels keep their own scale. ``tests/test_ngff_metadata.py`` checks it
     against ``ngff_zarr.to_multiscales`` for a range of shapes.
     """
-    entry = json.loads(_multiscales_layout(tuple(levels), method, labels, z_mpp))
+    entry: dict[str, Any] = json.loads(_multiscales_layout(tuple(levels), method, labels, z_mpp))
     entry["name"] = name
     return entry
 
