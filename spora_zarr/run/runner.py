@@ -193,9 +193,24 @@ def _run_serial(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, 
     return outcomes
 
 
-def _in_worker(work: Work[TaskT], task: TaskT, progress: bool) -> TaskOutcome:
-    with _task_bar(task, progress, (os.getpid() % 8) + 1) as task_bar:
-        return _guarded(work, task, task_bar.update)
+#: A worker with at least this many tasks gets them in batches (up to ``BATCH`` tasks a hand-off), so small
+#: tasks (a 256² tissue takes tens of milliseconds) do not each pay a round trip to the run's process.
+BATCH_FROM = 16
+BATCH = 8
+
+
+def _in_worker(work: Work[TaskT], tasks: Sequence[TaskT], progress: bool) -> list[TaskOutcome]:
+    outcomes = []
+    for task in tasks:
+        with _task_bar(task, progress, (os.getpid() % 8) + 1) as task_bar:
+            outcomes.append(_guarded(work, task, task_bar.update))
+    return outcomes
+
+
+def _batches(tasks: Sequence[TaskT], workers: int) -> list[Sequence[TaskT]]:
+    """The tasks in the hand-offs to worker processes: one each, or up to ``BATCH`` when each worker has many."""
+    size = 1 if len(tasks) < BATCH_FROM * workers else min(BATCH, len(tasks) // (BATCH_FROM * workers) + 1)
+    return [tasks[i : i + size] for i in range(0, len(tasks), size)]
 
 
 def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:
@@ -205,16 +220,17 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
     try:
         bars = options.progress and sys.stderr.isatty()
         with _ctrl_c_blocked():  # workers start with Ctrl-C blocked (and then ignore it): this process answers it
-            futures = {pool.submit(_in_worker, work, task, bars): task for task in tasks}
-        with _Progress(len(futures), options, noun, position=0) as progress:
+            futures = {pool.submit(_in_worker, work, batch, bars): batch for batch in _batches(tasks, options.workers)}
+        with _Progress(len(tasks), options, noun, position=0) as progress:
             for future in as_completed(futures):
                 try:
-                    outcome = future.result()
+                    done = future.result()
                 except Exception as exc:  # the worker process died (killed, out of memory)
-                    task = futures[future]
-                    outcome = TaskOutcome(task.path, task.label, error=f"worker process failed: {type(exc).__name__}: {exc}")
-                outcomes.append(outcome)
-                progress.finished(outcome)
+                    why = f"worker process failed: {type(exc).__name__}: {exc}"
+                    done = [TaskOutcome(task.path, task.label, error=why) for task in futures[future]]
+                for outcome in done:
+                    outcomes.append(outcome)
+                    progress.finished(outcome)
     except BaseException:  # Ctrl-C: stop the workers before the run (and its store lock) ends; their staged work is deleted
         _stop_workers(pool)
         raise

@@ -175,6 +175,26 @@ class _TiffSegments:
             self._pool.shutdown(wait=True)
 
 
+class _LazyZarrView:
+    """tifffile's zarr view of one series level, opened on the first read (its shape is known without it).
+
+    Opening the view costs an event-loop hand-off per page; most windows are
+    read by :class:`_TiffSegments` instead, so a small image never needs it.
+    """
+
+    def __init__(self, series: Any, level: int) -> None:
+        self._series, self._level = series, level
+        self.shape = tuple(series.levels[level].shape)
+        self._array: Any = None
+
+    def __getitem__(self, index: Any) -> Any:
+        if self._array is None:
+            import zarr
+
+            self._array = zarr.open(self._series.aszarr(level=self._level), mode="r")
+        return self._array[index]
+
+
 class TiffSource(ImageSource):
     """A TIFF or OME-TIFF presented as ``(C, H, W)``.
 
@@ -187,7 +207,6 @@ class TiffSource(ImageSource):
 
     def __init__(self, path: str | os.PathLike[str], fs: Any = None, *, level: int = 0, page: int | None = None) -> None:
         import tifffile
-        import zarr
 
         self.name = os.fspath(path)
         self._fs, self._level, self._page = fs, level, page
@@ -209,7 +228,7 @@ class TiffSource(ImageSource):
                 planes = list(series)
             if level and (len(planes) > 1 or level >= len(first.levels)):
                 raise InvalidInputError(f"{self.name}: no reduced level {level}")
-            self._views = [AxesView(zarr.open(s.aszarr(level=level), mode="r"), s.axes, self.name) for s in planes]
+            self._views = [AxesView(_LazyZarrView(s, level), s.axes, self.name) for s in planes]
             self.info = self._read_info(first)
             self._image = first.levels[level]  # the series or level read, for its tiles
             self._segments = _TiffSegments.create(self._tiff, [s.levels[level] for s in planes], os.cpu_count() or 1)

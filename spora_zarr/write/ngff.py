@@ -12,9 +12,10 @@ level (scale factors 1 on z, 2, 4, ... on y and x).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Hashable, Sequence
-from typing import Any, Literal
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,38 +30,31 @@ PALETTE = ("0000FF", "00FF00", "FF00FF", "FFFF00", "00FFFF", "FF0000", "FF8000",
 def multiscales_metadata(
     levels: Sequence[Level], *, name: str, method: Method, labels: bool, z_mpp: float | None = None
 ) -> dict[str, Any]:
-    """The ``multiscales[0]`` entry for ``levels`` as ``ngff_zarr.to_multiscales`` models it (with a z axis of ``z_mpp`` when given)."""
-    import dask.array as da  # ngff-zarr and dask load here, when a group is written, not with the package
-    import ngff_zarr
-    from ngff_zarr.methods import Methods
+    """The ``multiscales[0]`` entry for ``levels`` as ``ngff_zarr.to_multiscales`` models it (with a z axis of ``z_mpp`` when given).
 
-    dims: tuple[Literal["c", "z", "y", "x"], ...] = ("y", "x") if labels else ("c", "y", "x")
+    Computed here, once per layout (levels, method, axes): each computed level
+    doubles the scale of the level above it and shifts its origin by half a
+    pixel of that level (ngff-zarr's ``_next_scale_metadata``); the finer source
+    levels keep their own scale. ``tests/test_ngff_metadata.py`` checks it
+    against ``ngff_zarr.to_multiscales`` for a range of shapes.
+    """
+    entry: dict[str, Any] = json.loads(_multiscales_layout(tuple(levels), method, labels, z_mpp))
+    entry["name"] = name
+    return entry
+
+
+@functools.lru_cache(maxsize=256)
+def _multiscales_layout(levels: tuple[Level, ...], method: Method, labels: bool, z_mpp: float | None) -> str:
+    """The multiscales entry without its ``name``, as JSON (a cached layout is copied for each group)."""
+    dims: tuple[str, ...] = ("y", "x") if labels else ("c", "y", "x")
+    if z_mpp is not None:
+        dims = (*dims[:-2], "z", "y", "x")
+    axes = [
+        {"name": d, "type": "channel"} if d == "c" else {"name": d, "type": "space", "unit": "micrometer"} for d in dims
+    ]
     source_levels = [level for level in levels if level.from_source]
-    base = source_levels[-1]
-    computed = levels[len(source_levels):]
-    shape: tuple[int, ...] = base.shape[1:] if labels else base.shape
-    axes: tuple[str, ...] = ("y", "x")
-    factors: list[Any] = [2 ** (i + 1) for i in range(len(computed))]
-    if z_mpp is not None:  # one plane stands for the stack: to_multiscales only models the metadata
-        dims, shape, axes = (*dims[:-2], "z", "y", "x"), (*shape[:-2], 1, *shape[-2:]), ("z", "y", "x")
-        factors = [{"z": 1, "y": f, "x": f} for f in factors]
-    scale: dict[Hashable, float] = {axis: z_mpp if axis == "z" and z_mpp is not None else base.mpp for axis in axes}
-    translation: dict[Hashable, float] = dict.fromkeys(axes, 0.0)
-    image = ngff_zarr.to_ngff_image(
-        da.zeros(shape, dtype=np.uint8, chunks=shape),
-        dims=dims,
-        scale=scale,
-        translation=translation,
-        axes_units=dict.fromkeys(axes, "micrometer"),
-        name=name,
-    )
-    multiscales = ngff_zarr.to_multiscales(image, scale_factors=factors, method=Methods(method.value))
-    entry = _strip_none(dataclasses.asdict(multiscales.metadata.to_version(NGFF_VERSION)))
-    for key in ("extra", "omero"):
-        entry.pop(key, None)
-    entry["type"], entry["metadata"] = _downsampling([level.name for level in computed], method)
-    datasets = entry["datasets"]
-    finer = [
+    computed = levels[len(source_levels) :]
+    datasets = [
         {
             "path": level.name,
             "coordinateTransformations": [
@@ -70,10 +64,25 @@ def multiscales_metadata(
         }
         for level in source_levels[:-1]
     ]
-    for dataset, level in zip(datasets, levels[len(finer):]):
-        dataset["path"] = level.name
-    entry["datasets"] = finer + datasets
-    return entry
+    base = source_levels[-1]
+    scale = {d: 1.0 if d == "c" else (z_mpp if d == "z" and z_mpp is not None else base.mpp) for d in dims}
+    translation = dict.fromkeys(dims, 0.0)
+    for level in [base, *computed]:
+        if level is not base:  # ngff-zarr's next level: twice the scale, origin half a pixel of the level above further
+            for d in ("y", "x"):
+                translation[d] = translation[d] + 0.5 * (2 - 1) * scale[d]
+                scale[d] = scale[d] * 2
+        datasets.append(
+            {
+                "path": level.name,
+                "coordinateTransformations": [
+                    {"scale": [scale[d] for d in dims], "type": "scale"},
+                    {"translation": [translation[d] for d in dims], "type": "translation"},
+                ],
+            }
+        )
+    kind, metadata = _downsampling([level.name for level in computed], method)
+    return json.dumps({"axes": axes, "datasets": datasets, "name": "", "type": kind, "metadata": metadata})
 
 
 def _downsampling(names: list[str], method: Method) -> tuple[str, dict[str, Any]]:
@@ -175,11 +184,11 @@ def image_metadata(
     spora: SporaGroupAttributes,
     where: str,
     z_mpp: float | None = None,
-) -> GroupMetadata:
-    """The metadata of an NGFF image group: multiscales and omero, validated, and the spora attributes."""
+) -> dict[str, Any]:
+    """The attributes of an NGFF image group: multiscales and omero, validated (:func:`validated`), and the spora attributes."""
     entry = multiscales_metadata(levels, name=name, method=Method.BIN_SHRINK, labels=False, z_mpp=z_mpp)
     ome = {"version": NGFF_VERSION, "multiscales": [entry], "omero": omero_metadata(channel_names, windows, rgb=rgb, panel=panel)}
-    return GroupMetadata.from_attributes({"ome": ome, "spora": spora.to_dict()}, where=where)
+    return validated({"ome": ome, "spora": spora.to_dict()}, where=where)
 
 
 #: Masks with ids up to this list a colour per id in ``image-label.colors`` (at most ~60 kB of metadata).
@@ -206,8 +215,8 @@ def label_colors(ids: tuple[int, int] | None) -> list[dict[str, Any]]:
 def label_metadata(
     levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str,
     z_mpp: float | None = None, ids: tuple[int, int] | None = None,
-) -> GroupMetadata:
-    """The metadata of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes.
+) -> dict[str, Any]:
+    """The attributes of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes.
 
     ``ids`` is the ``(min, max)`` of the labels; :func:`label_colors` gives ``image-label.colors``.
     """
@@ -219,4 +228,30 @@ def label_metadata(
     if source_image:
         image_label["source"] = {"image": source_image}
     ome = {"version": NGFF_VERSION, "multiscales": [entry], "image-label": image_label}
-    return GroupMetadata.from_attributes({"ome": ome, "spora": spora.to_dict()}, where=where)
+    return validated({"ome": ome, "spora": spora.to_dict()}, where=where)
+
+
+def validated(attributes: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """``attributes`` of a group this writer built, checked by ome-zarr-models once per layout.
+
+    What those checks depend on is the ``ome`` document without the
+    multiscales ``name`` and the ``omero`` rendering settings (which
+    ome-zarr-models does not model); the groups of a cohort share a few such
+    layouts, so each is validated (:meth:`GroupMetadata.from_attributes`,
+    ``StoreError`` naming ``where`` when invalid) once per process instead of
+    once per group. The ``spora`` part comes from :class:`SporaGroupAttributes`.
+    """
+    ome = attributes["ome"]
+    layout = {**ome, "multiscales": [{**ome["multiscales"][0], "name": ""}]}
+    layout.pop("omero", None)
+    key = json.dumps(layout, sort_keys=True)
+    if key not in _VALID_LAYOUTS:
+        GroupMetadata.from_attributes(attributes, where=where)
+        if len(_VALID_LAYOUTS) >= 1024:
+            _VALID_LAYOUTS.clear()
+        _VALID_LAYOUTS.add(key)
+    return attributes
+
+
+#: The ``ome`` layouts (see :func:`validated`) this process has validated.
+_VALID_LAYOUTS: set[str] = set()

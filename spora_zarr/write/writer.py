@@ -22,8 +22,10 @@ the next candidate to move to its own module (noted for issue 29's redesign).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import os
 import posixpath
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +43,7 @@ from ..sources import EncodedTiles, ImageSource
 from ..store import defaults
 from ..store.codecs import jpeg_chunk_codecs
 from ..store.location import Location
-from ..store.metadata import GroupMetadata, SporaGroupAttributes
+from ..store.metadata import SporaGroupAttributes
 from ..store.staging import Staging
 from .ngff import channel_windows, image_metadata, label_metadata
 from .pyramid import SHRINK, Level, Method, check_source_shapes, plan_levels
@@ -122,17 +124,25 @@ class WriteOptions:
         return BloscCodec(cname=cname, clevel=self.clevel, shuffle="shuffle")
 
     def saving(self, source: ImageSource, samples: int = 16) -> float:
-        """The share of bytes the blosc codec saves on ``samples`` chunks spread over ``source``."""
+        """The share of bytes the blosc codec saves on ``samples`` chunks spread over ``source``.
+
+        A small image (no more pixels than the samples) is read in one window, not once per sample.
+        """
         import numcodecs
 
         codec = numcodecs.Blosc(cname=self.cname, clevel=self.clevel, shuffle=numcodecs.Blosc.SHUFFLE)
-        _, height, width = source.shape
+        channels, height, width = source.shape
         side = max(1, math.isqrt(samples))
+        plane = source_depth(source) // 2
+        whole = None  # an image no larger than its samples together is read once and the samples cut from it
+        if height * width <= side * side * self.chunk * self.chunk:
+            whole = read_plane(source, plane, 0, height, 0, width)
         raw = stored = 0
         for y in np.linspace(0, max(0, height - self.chunk), side).astype(int):
             for x in np.linspace(0, max(0, width - self.chunk), side).astype(int):
-                window = (int(y), min(height, int(y) + self.chunk), int(x), min(width, int(x) + self.chunk))
-                block = np.ascontiguousarray(read_plane(source, source_depth(source) // 2, *window))
+                y0, y1, x0, x1 = int(y), min(height, int(y) + self.chunk), int(x), min(width, int(x) + self.chunk)
+                window = whole[:, y0:y1, x0:x1] if whole is not None else read_plane(source, plane, y0, y1, x0, x1)
+                block = np.ascontiguousarray(window)
                 raw += block.nbytes
                 stored += len(codec.encode(block))
         return 1 - stored / raw if raw else 1.0
@@ -176,6 +186,26 @@ class WriteOptions:
                 f"memory budget of {_mib(self.memory_budget)}; choose a smaller chunk or a larger memory budget"
             )
         return edge
+
+    def lanes(self, channels: int, itemsize: int, depth: int, edge: int) -> int:
+        """Subtrees of one image streamed at once: one per core, as many as fit the memory budget at ``edge``.
+
+        A lane holds one block per level of the chain and the block being read;
+        the ``IN_FLIGHT`` queued blocks are shared. The cores are ``codec_threads``
+        when set (``--workers`` sets it to share the cores), else the cores this
+        process may run on. The block edge is never made smaller for more lanes.
+        """
+        block = channels * itemsize * edge * edge
+        fit = (self.memory_budget - IN_FLIGHT * block) // ((depth + 1) * block)
+        return int(max(1, min(self.codec_threads or available_cores(), fit)))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under ``taskset``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _check_whole(name: str, value: Any) -> None:
@@ -280,7 +310,7 @@ def write_image(
     if len(names) != shape[0]:
         raise InvalidInputError(f"{_first(sources).name}: {shape[0]} channels but {len(names)} channel names")
 
-    def metadata(levels: list[Level], streamer: _Streamer) -> GroupMetadata:
+    def metadata(levels: list[Level], streamer: _Streamer) -> dict[str, Any]:
         windows = channel_windows(streamer.sample(), np.dtype(_first(sources).dtype), rgb=rgb)
         extra = {"kind": "image", "channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
@@ -318,7 +348,7 @@ def write_labels(
     if not (np.issubdtype(first.dtype, np.integer) or first.dtype == np.bool_):
         raise InvalidInputError(f"{first.name}: a mask must hold integer labels, found dtype {first.dtype}")
 
-    def metadata(levels: list[Level], streamer: _Streamer) -> GroupMetadata:
+    def metadata(levels: list[Level], streamer: _Streamer) -> dict[str, Any]:
         extra = {"kind": "label", "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         source = _label_source(Location.parse(location), path, source_image, levels)
@@ -364,7 +394,7 @@ def _write_multiscale(
     path: str,
     sources: Mapping[float, ImageSource],
     method: Method,
-    metadata: Callable[[list[Level], _Streamer], GroupMetadata],
+    metadata: Callable[[list[Level], _Streamer], dict[str, Any]],
     options: WriteOptions | None,
     overwrite: bool,
     progress: ProgressCallback | None,
@@ -391,6 +421,7 @@ def _write_multiscale(
     labels = method is Method.MODE
     stored = stored_dtype(dtypes.pop(), _first(ordered).name)
     edge = options.block_edge(levels[0].shape[0], stored.itemsize, len(levels) - len(ordered) + 1, _first(ordered).name)
+    lanes = options.lanes(levels[0].shape[0], stored.itemsize, len(levels) - len(ordered) + 1, edge)
     if options.shard and edge != options.shard:  # each block still a whole shard: no shard is written twice
         log.info("shards of %d px (default %d) keep memory within %d MiB", edge, options.shard, options.memory_budget // MiB)
     area = staging.new_area()
@@ -403,9 +434,11 @@ def _write_multiscale(
             encoded = _encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
             for index, tiles in encoded.items():
                 arrays[index] = _write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options)
-            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded))
+            streamer = _Streamer(
+                levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes
+            )
             streamer.run()
-        staging.write_group_document(f"{area}/{path}", metadata(levels, streamer).to_attributes())
+        staging.write_group_document(f"{area}/{path}", metadata(levels, streamer))
         for name, data in (files or {}).items():
             staging.stage_file(area, name, data)
         staging.promote(area, path, list(files or {}))
@@ -534,7 +567,11 @@ class _Streamer:
     """Streams the sources through the levels, writing each shard-sized block once (plane by plane for a stack).
 
     Levels in ``kept`` already hold their source's encoded chunks: they are read
-    (to compute the levels below them) but not written.
+    (to compute the levels below them) but not written. With ``lanes > 1`` the
+    independent parts of a plane (the blocks of a copied level, the subtrees
+    under the coarsest level's blocks) are streamed by that many threads at
+    once; a source is read by one thread at a time (its own decoder may use
+    several), while the reductions and the writes of other lanes go on.
     """
 
     def __init__(
@@ -548,12 +585,13 @@ class _Streamer:
         progress: ProgressCallback | None,
         depth: int = 1,
         kept: set[int] | None = None,
+        lanes: int = 1,
     ) -> None:
         self.levels, self.arrays, self.sources, self.shrink = levels, arrays, sources, shrink
         self.kept = kept or set()
         self.depth, self.plane = depth, 0
         self.labels, self.progress = labels, progress
-        self.edge = edge
+        self.edge, self.lanes = edge, lanes
         self.bytes_read = 0
         self.value_range: tuple[int, int] | None = None  # (min, max) of the labels read, for labels
         top = levels[-1].shape
@@ -563,6 +601,8 @@ class _Streamer:
         self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="spora-write")
         self._inflight = threading.BoundedSemaphore(IN_FLIGHT)
         self._pending: list[Future[None]] = []
+        self._reading = threading.Lock()  # sources need not be thread-safe
+        self._state = threading.Lock()  # counters, samples, pending writes, progress
 
     def run(self) -> None:
         try:
@@ -582,19 +622,43 @@ class _Streamer:
             return np.zeros((self.levels[0].shape[0], 0))
         return np.concatenate([s.reshape(s.shape[0], -1) for s in self._samples], axis=1)
 
+    def _in_lanes(self, jobs: Sequence[Callable[[], object]]) -> None:
+        """Run independent ``jobs`` in ``lanes`` threads (in order, here, with one lane); the first error is raised."""
+        if self.lanes == 1 or len(jobs) < 2:
+            for job in jobs:
+                job()
+            return
+        failed = threading.Event()
+
+        def guarded(job: Callable[[], object]) -> None:
+            if not failed.is_set():  # after a failure the remaining jobs are skipped
+                try:
+                    job()
+                except BaseException:
+                    failed.set()
+                    raise
+
+        with ThreadPoolExecutor(max_workers=min(self.lanes, len(jobs)), thread_name_prefix="spora-lane") as lanes:
+            futures = [lanes.submit(guarded, job) for job in jobs]
+        for future in futures:
+            future.result()
+
     # -- reading -------------------------------------------------------------
     def _read(self, index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         source = self.sources[index]
-        block = read_plane(source, self.plane, y0, y1, x0, x1)
+        with self._reading:
+            block = read_plane(source, self.plane, y0, y1, x0, x1)
         expected = (source.shape[0], y1 - y0, x1 - x0)
         if block.shape != expected:
             raise InvalidInputError(f"{source.name}: read a window of shape {block.shape}, expected {expected}")
         if block.dtype == np.bool_:
             block = block.astype(self.arrays[index].dtype)
-        self.bytes_read += block.nbytes
-        if self.labels and block.size:
-            low, high = int(block.min()), int(block.max())
-            self.value_range = (low, high) if self.value_range is None else (min(low, self.value_range[0]), max(high, self.value_range[1]))
+        found = (int(block.min()), int(block.max())) if self.labels and block.size else None
+        with self._state:
+            self.bytes_read += block.nbytes
+            if found is not None:
+                low, high = found
+                self.value_range = found if self.value_range is None else (min(low, self.value_range[0]), max(high, self.value_range[1]))
         return block
 
     # -- writing -------------------------------------------------------------
@@ -602,7 +666,9 @@ class _Streamer:
         if block.shape[1] == 0 or block.shape[2] == 0:
             return
         if index == len(self.levels) - 1 and self.plane in self._sampled_planes:
-            self._samples.append(block[:, :: self._stride, :: self._stride].copy())
+            sample = block[:, :: self._stride, :: self._stride].copy()
+            with self._state:
+                self._samples.append(sample)
         if index in self.kept:
             return
         array = self.arrays[index]
@@ -612,13 +678,14 @@ class _Streamer:
         target = (block[0] if self.labels else block)
         self._inflight.acquire()
         future = self._pool.submit(self._store, array, region if self.labels else (slice(None), *region), target)
-        self._pending.append(future)
-        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-        for f in self._pending:
-            if f.done() and f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
-        if self.progress:
-            self.progress(block.nbytes)
+        with self._state:
+            self._pending.append(future)
+            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+            failed = [f.exception() for f in self._pending if f.done() and f.exception() is not None]
+            if self.progress and not failed:
+                self.progress(block.nbytes)
+        if failed:
+            raise failed[0]  # type: ignore[misc]
 
     def _store(self, array: zarr.Array, region: tuple[int | slice, ...], block: np.ndarray) -> None:
         try:
@@ -637,19 +704,20 @@ class _Streamer:
         if index in self.kept:
             return
         _, height, width = self.levels[index].shape
-        for y0 in range(0, height, self.edge):
-            for x0 in range(0, width, self.edge):
-                y1, x1 = min(y0 + self.edge, height), min(x0 + self.edge, width)
-                self._write(index, y0, x0, self._read(index, y0, y1, x0, x1))
+
+        def copy(y0: int, x0: int) -> None:
+            y1, x1 = min(y0 + self.edge, height), min(x0 + self.edge, width)
+            self._write(index, y0, x0, self._read(index, y0, y1, x0, x1))
+
+        self._in_lanes([functools.partial(copy, y0, x0) for y0 in range(0, height, self.edge) for x0 in range(0, width, self.edge)])
 
     def _chain(self, base: int) -> None:
-        """The coarsest source level and the levels computed from it, depth first."""
+        """The coarsest source level and the levels computed from it, depth first (a subtree per lane)."""
         top = len(self.levels) - 1 - base
         span = self.edge * 2**top
         _, height, width = self.levels[base].shape
-        for i in range(math.ceil(height / span)):
-            for j in range(math.ceil(width / span)):
-                self._produce(base, top, i, j)
+        rows, cols = math.ceil(height / span), math.ceil(width / span)
+        self._in_lanes([functools.partial(self._produce, base, top, i, j) for i in range(rows) for j in range(cols)])
 
     def _produce(self, base: int, depth: int, i: int, j: int) -> np.ndarray:
         """Block ``(i, j)`` of level ``base + depth``, computed from its four children and written."""
