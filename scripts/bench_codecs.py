@@ -98,9 +98,14 @@ def sweep(data: np.ndarray, scratch: str, image: int, passes: int) -> dict[str, 
         name = f"image{image}_layout{len(rows)}"  # a new path each time: readers are cached by path
         path = os.path.join(scratch, name)
         with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
-            array = zarr.create_array(path, shape=data.shape, dtype=data.dtype, chunks=(channels, chunk, chunk),
-                                      shards=(channels, 896, 896),
-                                      compressors=[BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle)] if cname else None)
+            array = zarr.create_array(
+                path,
+                shape=data.shape,
+                dtype=data.dtype,
+                chunks=(channels, chunk, chunk),
+                shards=(channels, 896, 896),
+                compressors=[BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle)] if cname else None,
+            )
             start = time.perf_counter()
             array[...] = data
             write = data.nbytes / (time.perf_counter() - start) / 1e6
@@ -117,8 +122,11 @@ def sweep(data: np.ndarray, scratch: str, image: int, passes: int) -> dict[str, 
         for kind, windows in (("random", random_windows), ("grid", grid_windows)):
             row |= {f"{kind}_{name}": value for name, value in rates(readers, windows, passes).items()}
         rows[label] = row
-        print(f"  {label:32s} stored/raw {stored:.3f} write {write:5.0f} MB/s random {row['random_direct']:6,.0f} "
-              f"(ts {row['random_ts']:6,.0f}) grid {row['grid_direct']:6,.0f} (ts {row['grid_ts']:6,.0f})", flush=True)
+        print(
+            f"  {label:32s} stored/raw {stored:.3f} write {write:5.0f} MB/s random {row['random_direct']:6,.0f} "
+            f"(ts {row['random_ts']:6,.0f}) grid {row['grid_direct']:6,.0f} (ts {row['grid_ts']:6,.0f})",
+            flush=True,
+        )
         shutil.rmtree(path, ignore_errors=True)
     return rows
 
@@ -127,13 +135,15 @@ def render(results: dict[str, dict[str, dict[str, float]]], passes: int) -> str:
     lines = [
         SECTION,
         "",
-        (f"`python scripts/bench_codecs.py` on {_dt.date.today().isoformat()}: {os.cpu_count()} cores, "
-         f"Python {sys.version.split()[0]}, zarr {zarr.__version__}, tensorstore {version('tensorstore')}. Each image is "
-         "written in (C, chunk, chunk) chunks in (C, 896, 896) shards by zarr-python with the zarrs pipeline "
-         "(the converter's writer; write MB/s of raw pixels, one process, page cache), then 400 random and all "
-         f"grid 224 px windows, all channels, are read by the direct engine (the default) and by tensorstore "
-         f"alone, in alternating order after an untimed pass; windows/s are the best of {passes} passes, and ÷ numpy is "
-         "the share of the numpy copy ceiling of the same windows in the same run."),
+        (
+            f"`python scripts/bench_codecs.py` on {_dt.date.today().isoformat()}: {os.cpu_count()} cores, "
+            f"Python {sys.version.split()[0]}, zarr {zarr.__version__}, tensorstore {version('tensorstore')}. Each image is "
+            "written in (C, chunk, chunk) chunks in (C, 896, 896) shards by zarr-python with the zarrs pipeline "
+            "(the converter's writer; write MB/s of raw pixels, one process, page cache), then 400 random and all "
+            f"grid 224 px windows, all channels, are read by the direct engine (the default) and by tensorstore "
+            f"alone, in alternating order after an untimed pass; windows/s are the best of {passes} passes, and ÷ numpy is "
+            "the share of the numpy copy ceiling of the same windows in the same run."
+        ),
         "",
     ]
     for image, rows in results.items():

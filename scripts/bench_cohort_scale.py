@@ -88,8 +88,14 @@ def make_source(root: Path, n: int) -> Path:
     print(f"generating {n} tissues in {root} ...", flush=True)
     ids = tissue_ids(n)
     make_synthetic_cohort(
-        root, tissues=ids, he_shape=(MX_EDGE, MX_EDGE), imc_channels=CHANNELS, resolutions=(1.0,),
-        with_he=False, ihc_markers=(), with_tables=False,
+        root,
+        tissues=ids,
+        he_shape=(MX_EDGE, MX_EDGE),
+        imc_channels=CHANNELS,
+        resolutions=(1.0,),
+        with_he=False,
+        ihc_markers=(),
+        with_tables=False,
     )
     y, x = np.mgrid[0:HE_EDGE, 0:HE_EDGE]
     for k, tid in enumerate(ids[: n // 4]):
@@ -206,7 +212,12 @@ def loader_child(store: str, epochs: int) -> dict[str, Any]:
 
     tiles = TileDataset(MultiplexImagingDataset("bench", store, 1.0, TILE, verbose=False, tiling_strategy="grid"))
     loader = TileLoader(
-        tiles, BATCH, shuffle=True, num_workers=2, multiprocessing_context="fork", timeout=600,
+        tiles,
+        BATCH,
+        shuffle=True,
+        num_workers=2,
+        multiprocessing_context="fork",
+        timeout=600,
         generator=torch.Generator().manual_seed(0),
     )
     per_epoch = []
@@ -221,7 +232,10 @@ def loader_child(store: str, epochs: int) -> dict[str, Any]:
 def child(mode: str, *args: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), f"--{mode}-child", *args],
-        capture_output=True, text=True, timeout=3600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
     )
     if done.returncode:
         raise SystemExit(f"{mode} child failed:\n{done.stderr[-3000:]}")
@@ -300,7 +314,9 @@ def start_s3() -> Any:
     server.start()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not one line per request
     os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
         AWS_DEFAULT_REGION="us-east-1",
     )
     s3fs.S3FileSystem(anon=False).mkdir("cohorts")
@@ -350,12 +366,14 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         SECTION,
         "",
-        (f"Measured {res['date']} at commit `{res['commit']}` on {res['machine']}, load average "
-         f"{res['load'][0]} before and {res['load'][1]} after (a shared machine; every command under `nice -n 19`). "
-         f"`scripts/bench_cohort_scale.py --sizes {','.join(cols)}`: N multiplex tissues "
-         f"({CHANNELS} x {MX_EDGE}² uint16, 1.0 mpp, tissue and cell masks) plus N/4 H&E ({HE_EDGE}² RGB, 0.5 mpp); "
-         "each step in its own process, seconds of wall time (CLI steps include the interpreter start, "
-         "the `import` row). **Baseline before the issue-30 optimisation.**"),
+        (
+            f"Measured {res['date']} at commit `{res['commit']}` on {res['machine']}, load average "
+            f"{res['load'][0]} before and {res['load'][1]} after (a shared machine; every command under `nice -n 19`). "
+            f"`scripts/bench_cohort_scale.py --sizes {','.join(cols)}`: N multiplex tissues "
+            f"({CHANNELS} x {MX_EDGE}² uint16, 1.0 mpp, tissue and cell masks) plus N/4 H&E ({HE_EDGE}² RGB, 0.5 mpp); "
+            "each step in its own process, seconds of wall time (CLI steps include the interpreter start, "
+            "the `import` row). **Baseline before the issue-30 optimisation.**"
+        ),
         "",
         "| cost | " + " | ".join(f"N = {c}" for c in cols) + (f" | {meta['tissues_count']:,} (metadata only) |" if meta else " |"),
         "|---|" + "---:|" * (len(cols) + bool(meta)),
@@ -378,8 +396,12 @@ def render(res: dict[str, Any]) -> str:
         share = [r[verb] / r["convert"] for r in sizes]
         row(f"  / convert (target <= {limit})", [f"{v:.3f} {verdict(v <= limit)}" for v in share])
     row("interpreter + `import spora_zarr.cli`, s", [f"{r['import']:.2f}" for r in sizes])
-    for key, label in (("open_cohort", "`open_cohort`"), ("tissues", "`tissues('imc')`"),
-                       ("dataset", "`MultiplexImagingDataset(...)`"), ("tile_dataset", "`TileDataset(...)`")):
+    for key, label in (
+        ("open_cohort", "`open_cohort`"),
+        ("tissues", "`tissues('imc')`"),
+        ("dataset", "`MultiplexImagingDataset(...)`"),
+        ("tile_dataset", "`TileDataset(...)`"),
+    ):
         row(f"{label}, s", [f"{r['construct'][key]:.3f}" for r in sizes], f"{meta[key]:.3f}" if meta else "")
     row("tiles in the table", [f"{r['loader']['tiles']:,}" for r in sizes], f"{meta['tiles_count']:,}" if meta else "")
     row("TileLoader, 2 workers, epoch 1 tiles/s", [f"{r['loader']['epochs'][0]:,.0f}" for r in sizes])
@@ -449,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.meta_tissues:
         results["meta"] = measure_metadata(args.workdir, args.workdir / f"store_{sizes[0]}.zarr", args.meta_tissues, args)
     results.update(
-        date=_dt.date.today().isoformat(), commit=commit(), machine=machine(),
+        date=_dt.date.today().isoformat(),
+        commit=commit(),
+        machine=machine(),
         load=(f"{load_before:.2f}", f"{os.getloadavg()[0]:.2f}"),
     )
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2))

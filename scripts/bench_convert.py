@@ -211,6 +211,7 @@ def child_spora(src: Path, dest: Path, workers: int) -> dict[str, Any]:
     configure_writer_process()  # what `spora-zarr convert` does first: the bounded allocator
     import dask.array  # noqa: F401 - loaded by the writer on first use; imports are not timed (module docstring)
     import ngff_zarr  # noqa: F401
+
     start = time.perf_counter()
     report = convert_cohort(src, dest, ConvertOptions(progress=False, workers=workers))
     seconds = time.perf_counter() - start
@@ -322,7 +323,16 @@ def stored_and_raw(store: Path) -> tuple[int, int]:
     """Bytes on disk below ``store`` and the raw (uncompressed) bytes of its arrays."""
     stored = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
     itemsize = {
-        "uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4, "float32": 4, "uint64": 8, "int64": 8, "float64": 8
+        "uint8": 1,
+        "int8": 1,
+        "uint16": 2,
+        "int16": 2,
+        "uint32": 4,
+        "int32": 4,
+        "float32": 4,
+        "uint64": 8,
+        "int64": 8,
+        "float64": 8,
     }
     raw = sum(_prod(meta["shape"]) * itemsize[meta["data_type"]] for _, meta in _arrays(store))
     return stored, raw

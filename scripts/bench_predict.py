@@ -108,8 +108,19 @@ def main() -> None:
         store = workdir / f"store_{edge}.zarr"
         shutil.rmtree(store, ignore_errors=True)
         convert = _measured(["add-image", str(store), str(slide), "--modality", "imc", "--tissue", "T", "--mpp", "1.0"])
-        common = ["--modality", "imc", "--resolution", "1.0", "--tile-size", str(TILE), "--overlap", str(OVERLAP),
-                  "--batch-size", str(BATCH), "--no-progress"]
+        common = [
+            "--modality",
+            "imc",
+            "--resolution",
+            "1.0",
+            "--tile-size",
+            str(TILE),
+            "--overlap",
+            str(OVERLAP),
+            "--batch-size",
+            str(BATCH),
+            "--no-progress",
+        ]
         predict = _measured(["predict", str(store), "--model", str(identity), "--name", "identity", *common])
         row = {"edge": edge, "raw": raw, "convert": convert, "predict": predict}
         if edge == min(sizes) and not args.no_conv:
@@ -154,20 +165,29 @@ def section(args: argparse.Namespace, rows: list[dict], loads: list[float]) -> s
             f"{c['cpu']:.1f} | {p['seconds']:.1f} | {raw / p['seconds'] / 1e6:.0f} | {p['cpu']:.1f} | "
             f"{c['seconds'] / p['seconds']:.2f} ({c['cpu'] / p['cpu']:.2f}) | {p['peak_rss'] / MiB:.0f} MiB |"
         )
-    lines += ["", f"- Speed, predict / add-image on the {target['edge']}² slide: **{ratio:.2f}** (target >= 0.5: "
-              f"{'PASS' if ratio >= 0.5 else 'FAIL'}; CPU seconds {target['convert']['cpu'] / target['predict']['cpu']:.2f})."]
+    lines += [
+        "",
+        f"- Speed, predict / add-image on the {target['edge']}² slide: **{ratio:.2f}** (target >= 0.5: "
+        f"{'PASS' if ratio >= 0.5 else 'FAIL'}; CPU seconds {target['convert']['cpu'] / target['predict']['cpu']:.2f}).",
+    ]
     if len(rows) > 1:
         small, big = rows[-2]["predict"]["peak_rss"], rows[-1]["predict"]["peak_rss"]
-        lines.append(f"- Peak RSS of predict, {rows[-1]['edge']}² / {rows[-2]['edge']}²: **{big / small:.2f}** ({big / MiB:.0f} vs "
-                     f"{small / MiB:.0f} MiB; target within 10 %: {'PASS' if abs(big / small - 1) <= 0.1 else 'FAIL'}).")
+        lines.append(
+            f"- Peak RSS of predict, {rows[-1]['edge']}² / {rows[-2]['edge']}²: **{big / small:.2f}** ({big / MiB:.0f} vs "
+            f"{small / MiB:.0f} MiB; target within 10 %: {'PASS' if abs(big / small - 1) <= 0.1 else 'FAIL'})."
+        )
     first = rows[0]
     if "conv" in first:
-        lines.append(f"- Small conv model ({args.channels} -> 8 -> 2 channels, 3x3, TorchScript) on the {first['edge']}² slide: "
-                     f"{first['tiles']} tiles in {first['conv']['seconds']:.1f} s = **{first['tiles'] / first['conv']['seconds']:.1f} "
-                     "tiles/s** (CPU, imports and writing included).")
-    lines.append("- Each tile runs once (the parts of its crop outside a writer block are kept as strips for the next blocks), "
-                 "windows are cast once into a reused float32 batch buffer, and the prediction writes float32: twice the bytes "
-                 "of the uint16 input to paste, shrink, compress and store (`docs/inference.md`).")
+        lines.append(
+            f"- Small conv model ({args.channels} -> 8 -> 2 channels, 3x3, TorchScript) on the {first['edge']}² slide: "
+            f"{first['tiles']} tiles in {first['conv']['seconds']:.1f} s = **{first['tiles'] / first['conv']['seconds']:.1f} "
+            "tiles/s** (CPU, imports and writing included)."
+        )
+    lines.append(
+        "- Each tile runs once (the parts of its crop outside a writer block are kept as strips for the next blocks), "
+        "windows are cast once into a reused float32 batch buffer, and the prediction writes float32: twice the bytes "
+        "of the uint16 input to paste, shrink, compress and store (`docs/inference.md`)."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -161,10 +161,12 @@ def main() -> int:
     if args.no_docs:
         return 0
     import tiffslide
+
     jpeg_run, lossless_run = runs["jpeg"], runs["lossless"]
     jpeg_mib, lossless_mib = jpeg_run["store_bytes"] / MiB, lossless_run["store_bytes"] / MiB
     levels = ", ".join(f"{name} ({'own' if own else 'computed'})" for name, own in jpeg_run["levels"])
-    section = f"""## JPEG slides
+    section = (
+        f"""## JPEG slides
 `python scripts/bench_slides.py --edge {args.edge} --windows {args.windows}` ({_dt.date.today()}, {platform.machine()},
 {os.cpu_count()} cores, shared and noisy: compare the ratios, measured side by side in one run). An Aperio-style SVS of
 {args.edge:,}² px (`spora_zarr.testing.slides`: skimage's immunohistochemistry patch tiled, flipped and tinted; 256 px JPEG
@@ -173,8 +175,8 @@ Each add-image ran in its own process.
 
 | route | seconds | peak RSS | store | store / slide |
 |---|---|---|---|---|
-| add-image (JPEG tiles kept) | {jpeg_run['seconds']:.1f} | {jpeg_run['rss_mib']:.0f} MiB | {jpeg_mib:.1f} MiB | **{size_ratio:.2f}** |
-| add-image --lossless | {lossless_run['seconds']:.1f} | {lossless_run['rss_mib']:.0f} MiB | {lossless_mib:.1f} MiB | {lossless_ratio:.2f} |
+| add-image (JPEG tiles kept) | {jpeg_run["seconds"]:.1f} | {jpeg_run["rss_mib"]:.0f} MiB | {jpeg_mib:.1f} MiB | **{size_ratio:.2f}** |
+| add-image --lossless | {lossless_run["seconds"]:.1f} | {lossless_run["rss_mib"]:.0f} MiB | {lossless_mib:.1f} MiB | {lossless_ratio:.2f} |
 
 Levels: {levels}.
 
@@ -183,12 +185,15 @@ windows checked equal to tifffile's decode for all three; tiffslide {tiffslide._
 
 | reader | windows/s |
 |---|---|
-""" + "\n".join(f"| {name} | {rate:.0f} |" for name, rate in rates.items()) + f"""
+"""
+        + "\n".join(f"| {name} | {rate:.0f} |" for name, rate in rates.items())
+        + f"""
 
 read_tile (JPEG store) / tiffslide.read_region: **{vs_tiffslide:.2f}** (target >= {TARGET_READ}); JPEG / lossless store
 read_tile: {vs_lossless:.2f}. The JPEG store reads slower than the lossless one (a JPEG decode per chunk against a copy of
 uncompressed bytes) and stores {lossless_ratio / size_ratio:.1f}x less; `--lossless` remains the portable choice
 (`docs/store_layout.md`)."""
+    )
     write_section(section)
     print("wrote the JPEG slides section of docs/benchmarks.md")
     return 0

@@ -167,8 +167,15 @@ def loader_child(store: str, mode: str, rounds: int) -> dict[str, Any]:
     tiles = TileDataset(dataset, masks=(), preprocess=not raw)
     module = BatchStandardizer.for_tiles(tiles, "imc") if raw else None
     buffer: torch.Tensor | None = None
-    options: dict[str, Any] = dict(batch_size=BATCH, shuffle=True, num_workers=2, timeout=300, multiprocessing_context="fork",
-                                   persistent_workers=True, generator=torch.Generator().manual_seed(0))
+    options: dict[str, Any] = dict(
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=2,
+        timeout=300,
+        multiprocessing_context="fork",
+        persistent_workers=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     loader = TileLoader(tiles, **options) if mode == "tileloader" else DataLoader(tiles, **options)
     rates, single = [], []
     for _ in range(rounds):
@@ -228,8 +235,11 @@ def exactness(store: Path) -> dict[str, Any]:
         upper = float(np.quantile(plane, 0.99, method="inverted_cdf"))
         clipped = np.clip(plane.astype(np.float64), 0, upper)
         equal += int(stats.loc[name, "upper"] == upper)
-        worst_mean = max(worst_mean, abs(stats.loc[name, "mean"] - clipped.mean()) / max(clipped.mean(), 1e-12),
-                         abs(stats.loc[name, "std"] - clipped.std()) / max(clipped.std(), 1e-12))
+        worst_mean = max(
+            worst_mean,
+            abs(stats.loc[name, "mean"] - clipped.mean()) / max(clipped.mean(), 1e-12),
+            abs(stats.loc[name, "std"] - clipped.std()) / max(clipped.std(), 1e-12),
+        )
     return {"channels": int(array.shape[0]), "equal_uppers": equal, "worst_rel": worst_mean, "shape": list(array.shape), "level": level}
 
 
@@ -310,8 +320,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         "| measure | value |",
         "|---|---:|",
-        f"| (1) whole-tissue raw read (`get_tissue`, preprocess=False), MB/s, best of the reads between the passes (2) "
-        f"| {whole:,.0f} |",
+        f"| (1) whole-tissue raw read (`get_tissue`, preprocess=False), MB/s, best of the reads between the passes (2) | {whole:,.0f} |",
         f"| (2) `compute_statistics` (`spora-zarr standardize`), 2 specs, MB/s of raw pixels, best pass | {stats_rate:,.0f} |",
         f"| (2) its peak RSS (fresh process, imports included), MiB; after the imports alone | {rss:,.0f}; {base:,.0f} |",
         f"| (2) exactness on the {ex['level']} level ({ex['shape'][0]} x {ex['shape'][1]} x {ex['shape'][2]}, loaded whole): "

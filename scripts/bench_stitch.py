@@ -104,8 +104,7 @@ def reference_tiff(path: Path, size: int) -> None:
                     block[: part.shape[0], : part.shape[1]] = part
                     yield block
 
-    tifffile.imwrite(path, tiles(), shape=(CHANNELS, size, size), dtype=np.uint16, tile=(256, 256), photometric="minisblack",
-                     bigtiff=True)
+    tifffile.imwrite(path, tiles(), shape=(CHANNELS, size, size), dtype=np.uint16, tile=(256, 256), photometric="minisblack", bigtiff=True)
 
 
 def truth_objects(size: int) -> int:
@@ -154,8 +153,12 @@ FREE: list[int] = []  # free disk bytes sampled during the runs (the stores peak
 def child(kind: str, dest: Path, **args: object) -> dict[str, float]:
     """Run one measurement in a fresh process, sampling the free disk meanwhile; the store it wrote is deleted afterwards."""
     try:
-        process = subprocess.Popen([sys.executable, "-c", CHILD, kind, json.dumps({"dest": str(dest), **args})],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", CHILD, kind, json.dumps({"dest": str(dest), **args})],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         while True:
             FREE.append(shutil.disk_usage(dest.parent).free)
             try:
@@ -180,8 +183,12 @@ def section(fov: int, counts: list[int], rows: dict[int, dict[str, float]], extr
     verdict = {True: "PASS", False: "FAIL"}
 
     def cells(text: object) -> str:
-        return " | ".join(str(text).format(**rows[n], n=n, mbs=rows[n]["mb"] / rows[n]["seconds"],
-                                          cmbs=rows[n]["mb"] / rows[n]["convert_seconds"], ratio=ratio[n]) for n in counts)
+        return " | ".join(
+            str(text).format(
+                **rows[n], n=n, mbs=rows[n]["mb"] / rows[n]["seconds"], cmbs=rows[n]["mb"] / rows[n]["convert_seconds"], ratio=ratio[n]
+            )
+            for n in counts
+        )
 
     at_big = " | ".join(f"{extra['labels_seconds']:.1f} / {extra['labels_rss']:.0f}" if n == big else "" for n in counts)
     objects = " | ".join(f"{extra['objects']:,.0f} / {extra['truth']:,.0f}" if n == big else "" for n in counts)
@@ -203,23 +210,31 @@ def section(fov: int, counts: list[int], rows: dict[int, dict[str, float]], extr
         "| `add-image` peak RSS, MiB | " + cells("{convert_rss:.0f}") + " |",
         "| stitched MB/s / `add-image` MB/s | " + cells("{ratio:.2f}") + " |",
         "| the same with the inputs in the page cache (read again at once): stitch s / add-image s / ratio | "
-        + " | ".join(f"{rows[n]['warm_seconds']:.1f} / {rows[n]['warm_convert_seconds']:.1f} / "
-                     f"{rows[n]['warm_convert_seconds'] / rows[n]['warm_seconds']:.2f}" if "warm_seconds" in rows[n] else
-                     "(inputs beyond 40 % of the RAM)" for n in counts) + " |",
+        + " | ".join(
+            f"{rows[n]['warm_seconds']:.1f} / {rows[n]['warm_convert_seconds']:.1f} / "
+            f"{rows[n]['warm_convert_seconds'] / rows[n]['warm_seconds']:.2f}"
+            if "warm_seconds" in rows[n]
+            else "(inputs beyond 40 % of the RAM)"
+            for n in counts
+        )
+        + " |",
         f"| `stitch --labels cell_masks` (image + labels), s / peak RSS MiB | {at_big} |",
         f"| objects in the stitched labels / ground truth | {objects} |",
         "",
         "| target | value |",
         "|---|---|",
-        *(f"| stitched MB/s >= 0.5 x `add-image` MB/s of the same output, {n} FOVs | {ratio[n]:.2f} x {verdict[ratio[n] >= 0.5]} |"
-          for n in counts),
+        *(
+            f"| stitched MB/s >= 0.5 x `add-image` MB/s of the same output, {n} FOVs | {ratio[n]:.2f} x {verdict[ratio[n] >= 0.5]} |"
+            for n in counts
+        ),
         f"| peak RSS <= 700 MiB | {peak:.0f} MiB (stitch, labels, add-image) {verdict[peak <= 700]} |",
         f"| stitch peak RSS within 10 % between {small} and {big} FOVs | {growth:+.1f} % {verdict[abs(growth) <= 10]} |",
         f"| label object count equal to ground truth | {extra['objects']:,.0f} = {extra['truth']:,.0f} "
         f"{verdict[extra['objects'] == extra['truth']]} |",
         "",
         f"Tiles written in {extra['make_seconds']:.0f} s, the reference TIFFs in "
-        + ", ".join(f"{rows[n]['reference_seconds']:.0f} s" for n in counts) + " (not timed above). "
+        + ", ".join(f"{rows[n]['reference_seconds']:.0f} s" for n in counts)
+        + " (not timed above). "
         "Page cache: every measurement starts with its inputs evicted (`fsync`, then `posix_fadvise(DONTNEED)` on each "
         "tile, label tile or reference TIFF), so the stitch reads its tiles and `add-image` its reference TIFF from disk; "
         "within a run each side may find in the cache what it read itself (the stitch reads its tiles ahead with "
@@ -240,8 +255,11 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[25, 100], help="FOV counts, square numbers (target: 100 400)")
     parser.add_argument("--workdir", type=Path, default=None, help="where tiles and stores go (default: a temporary folder)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
-    parser.add_argument("--keep-tiles", action="store_true",
-                        help="keep the tiles in WORKDIR/stitch_tiles_<fov>_<side> and reuse them on the next run (delete them yourself)")
+    parser.add_argument(
+        "--keep-tiles",
+        action="store_true",
+        help="keep the tiles in WORKDIR/stitch_tiles_<fov>_<side> and reuse them on the next run (delete them yourself)",
+    )
     args = parser.parse_args()
     counts = sorted(args.counts)
     if any(math.isqrt(n) ** 2 != n for n in counts):
@@ -267,24 +285,37 @@ def main() -> None:
             offsets, edge = table(tiles, math.isqrt(count), step, args.fov)
             megabytes = CHANNELS * edge * edge * 2 / 1e6
             evict(tiles)
-            rows[count] = {**child("stitch", root / f"s{count}.zarr", tiles=str(tiles), table=str(offsets), tissue="T"),
-                           "edge": edge, "mb": megabytes}
+            rows[count] = {
+                **child("stitch", root / f"s{count}.zarr", tiles=str(tiles), table=str(offsets), tissue="T"),
+                "edge": edge,
+                "mb": megabytes,
+            }
             r = rows[count]
             warm = max(count * args.fov**2 * CHANNELS * 2, megabytes * 1e6) <= 0.4 * RAM
             if warm:  # again at once: the tiles just read are in the page cache
                 r["warm_seconds"] = child("stitch", root / f"s{count}.zarr", tiles=str(tiles), table=str(offsets), tissue="T")["seconds"]
             loads.append(os.getloadavg()[0])
             FREE.append(shutil.disk_usage(root).free)
-            print(f"{count} FOVs -> {edge} x {edge} ({megabytes:,.0f} MB): stitch {r['seconds']:.1f} s, "
-                  f"{megabytes / r['seconds']:.1f} MB/s, peak RSS {r['rss_mib']:.0f} MiB", flush=True)
+            print(
+                f"{count} FOVs -> {edge} x {edge} ({megabytes:,.0f} MB): stitch {r['seconds']:.1f} s, "
+                f"{megabytes / r['seconds']:.1f} MB/s, peak RSS {r['rss_mib']:.0f} MiB",
+                flush=True,
+            )
             if count == counts[-1]:
                 evict(tiles)
                 labelled = child("stitch", root / f"l{count}.zarr", tiles=str(tiles), table=str(offsets), tissue="T", labels="cell_masks")
-                extra.update(labels_seconds=labelled["seconds"], labels_rss=labelled["rss_mib"], objects=labelled["objects"],
-                             truth=truth_objects(edge))
+                extra.update(
+                    labels_seconds=labelled["seconds"],
+                    labels_rss=labelled["rss_mib"],
+                    objects=labelled["objects"],
+                    truth=truth_objects(edge),
+                )
                 loads.append(os.getloadavg()[0])
-                print(f"  with labels: {labelled['seconds']:.1f} s, peak RSS {labelled['rss_mib']:.0f} MiB, "
-                      f"{labelled['objects']} objects (ground truth {extra['truth']})", flush=True)
+                print(
+                    f"  with labels: {labelled['seconds']:.1f} s, peak RSS {labelled['rss_mib']:.0f} MiB, "
+                    f"{labelled['objects']} objects (ground truth {extra['truth']})",
+                    flush=True,
+                )
             reference = root / "reference.tif"
             began = time.perf_counter()
             reference_tiff(reference, edge)
@@ -299,12 +330,17 @@ def main() -> None:
             if warm:
                 r["warm_convert_seconds"] = child("add-image", root / f"c{count}.zarr", file=str(reference), tissue="T")["seconds"]
             reference.unlink()
-            print(f"  add-image of the same output: {converted['seconds']:.1f} s, {megabytes / converted['seconds']:.1f} MB/s, "
-                  f"peak RSS {converted['rss_mib']:.0f} MiB; stitch speed = {converted['seconds'] / r['seconds']:.2f} x add-image",
-                  flush=True)
+            print(
+                f"  add-image of the same output: {converted['seconds']:.1f} s, {megabytes / converted['seconds']:.1f} MB/s, "
+                f"peak RSS {converted['rss_mib']:.0f} MiB; stitch speed = {converted['seconds'] / r['seconds']:.2f} x add-image",
+                flush=True,
+            )
             if warm:
-                print(f"  inputs in the page cache: stitch {r['warm_seconds']:.1f} s, add-image {r['warm_convert_seconds']:.1f} s "
-                      f"({r['warm_convert_seconds'] / r['warm_seconds']:.2f} x)", flush=True)
+                print(
+                    f"  inputs in the page cache: stitch {r['warm_seconds']:.1f} s, add-image {r['warm_convert_seconds']:.1f} s "
+                    f"({r['warm_convert_seconds'] / r['warm_seconds']:.2f} x)",
+                    flush=True,
+                )
         extra["min_free_gb"] = min(FREE) / 1e9
     load = f"{min(loads):.1f}-{max(loads):.1f}"
     if not args.no_docs:

@@ -172,11 +172,28 @@ def prepare_source(workdir: Path) -> Path:
         print(f"generating {he} ...", flush=True)
         he.parent.mkdir(parents=True, exist_ok=True)
         write_he(he)
-    names = ["DNA1", "CD3", "CD20", "PanCK", "Vimentin", "Ki67", "CD45", "CD68", "SMA", "Collagen1",
-             "CD8", "CD4", "FoxP3", "CD31", "HLA-DR", "Histone H3"]
+    names = [
+        "DNA1",
+        "CD3",
+        "CD20",
+        "PanCK",
+        "Vimentin",
+        "Ki67",
+        "CD45",
+        "CD68",
+        "SMA",
+        "Collagen1",
+        "CD8",
+        "CD4",
+        "FoxP3",
+        "CD31",
+        "HLA-DR",
+        "Histone H3",
+    ]
     _write_table(src / "metadata" / "tissues.parquet", {"tissue_id": [TISSUE]})
-    _write_table(src / "imc" / "channels.parquet",
-                 {"channel_name": names, "qc_pass": [True] * 16, "uniprot_id": [f"P{i:05d}" for i in range(16)]})
+    _write_table(
+        src / "imc" / "channels.parquet", {"channel_name": names, "qc_pass": [True] * 16, "uniprot_id": [f"P{i:05d}" for i in range(16)]}
+    )
     _write_table(src / "imc" / "channels_per_tissue.parquet", {"tissue_id": [TISSUE] * 16, "channel_name": names})
     for res, edge in (("1_0mpp", MX_SHAPE[1]), ("0_5mpp", HE_EDGE)):
         rows, cols = grid(edge, edge)
@@ -227,7 +244,7 @@ def one_by_one(methods: dict[str, Callable[[int, int], Any]], windows: Sequence[
     early and late alike (the machine's load drifts).
     """
     out = {}
-    for name, fn in (reversed(methods.items()) if reverse else methods.items()):
+    for name, fn in reversed(methods.items()) if reverse else methods.items():
         out[name] = rate(fn, windows)
     return out
 
@@ -411,8 +428,13 @@ def loader_child(store: str, workers: int, epochs: int, parent_reads: bool, raw:
     if parent_reads:
         tiles[0]  # the parent reads before forking
     loader = DataLoader(
-        tiles, batch_size=BATCH, shuffle=True, num_workers=workers, timeout=300 if workers else 0,
-        multiprocessing_context="fork" if workers else None, persistent_workers=workers > 0,
+        tiles,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        timeout=300 if workers else 0,
+        multiprocessing_context="fork" if workers else None,
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
     )
     per_epoch, engines = [], set()
@@ -432,7 +454,6 @@ def run_loader(store: Path, workers: int, epochs: int, parent_reads: bool = Fals
     if done.returncode:
         raise SystemExit(f"loader child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
 
 
 # ---------------------------------------------------------------------------------- report
@@ -460,10 +481,7 @@ def machine() -> str:
             versions.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             versions.append(f"{name} (not installed)")
-    return (
-        f"{len(os.sched_getaffinity(0))} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}, "
-        + ", ".join(versions)
-    )
+    return f"{len(os.sched_getaffinity(0))} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}, " + ", ".join(versions)
 
 
 def verdict(value: float, minimum: float) -> str:
@@ -476,32 +494,39 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         SECTION,
         "",
-        (f"`python scripts/bench_tiles.py` on {r['date']}; {r['machine']}. Load average before / after: "
-        f"{r['load'][0]} / {r['load'][1]} (a shared machine: every figure is the best of {r['passes']} passes, "
-        "ratios are taken within this run). Each method times all windows in turn, so that it reads every window "
-        "cold, as a training pass does, and the order of the methods is reversed every other pass. (Timing all "
-        "methods window by window, as an earlier version did, let every reader but the first find the window's "
-        "chunks in the CPU caches: the reader after the numpy copy paid for the others.)"),
+        (
+            f"`python scripts/bench_tiles.py` on {r['date']}; {r['machine']}. Load average before / after: "
+            f"{r['load'][0]} / {r['load'][1]} (a shared machine: every figure is the best of {r['passes']} passes, "
+            "ratios are taken within this run). Each method times all windows in turn, so that it reads every window "
+            "cold, as a training pass does, and the order of the methods is reversed every other pass. (Timing all "
+            "methods window by window, as an earlier version did, let every reader but the first find the window's "
+            "chunks in the CPU caches: the reader after the numpy copy paid for the others.)"
+        ),
         "",
-        ("**Data.** One tissue converted by `convert_cohort` with its defaults: a 16 x 4096 x 4096 uint16 "
-        "multiplex slide (`imc`, 1.0 mpp) and an 8192 x 8192 RGB H&E (`he`, 0.5 mpp), both generated by the "
-        "script. The multiplex content imitates IMC ion counts: cells (about one per 12 x 12 px inside a blobby "
-        "tissue area over ~60 % of the slide) each express a marker with probability 5-45 % (DNA: all), "
-        "log-normal intensity over a ~5 px blob, Poisson counts plus weak background, so "
-        f"{r['zeros']:.0%} of the pixels are 0, as in real IMC data. (`testing.cohorts.write_large_multiplex_tiff` writes dense "
-        "sinusoid-plus-noise content without zeros, stored/raw ~0.62 in NOTES: less like real data.) The H&E has "
-        "eosin tissue, hematoxylin nuclei and scanner noise."),
+        (
+            "**Data.** One tissue converted by `convert_cohort` with its defaults: a 16 x 4096 x 4096 uint16 "
+            "multiplex slide (`imc`, 1.0 mpp) and an 8192 x 8192 RGB H&E (`he`, 0.5 mpp), both generated by the "
+            "script. The multiplex content imitates IMC ion counts: cells (about one per 12 x 12 px inside a blobby "
+            "tissue area over ~60 % of the slide) each express a marker with probability 5-45 % (DNA: all), "
+            "log-normal intensity over a ~5 px blob, Poisson counts plus weak background, so "
+            f"{r['zeros']:.0%} of the pixels are 0, as in real IMC data. (`testing.cohorts.write_large_multiplex_tiff` writes dense "
+            "sinusoid-plus-noise content without zeros, stored/raw ~0.62 in NOTES: less like real data.) The H&E has "
+            "eosin tissue, hematoxylin nuclei and scanner noise."
+        ),
         "",
         "**Store layout** (converter defaults): chunks (C, 112, 112) in shards (C, 896, 896), levels named by "
-        "resolution; codecs " + "; ".join(f"{k}: {v}" for k, v in r["codecs"].items())
+        "resolution; codecs "
+        + "; ".join(f"{k}: {v}" for k, v in r["codecs"].items())
         + " (the writer skips compression that saves under 10 % of 16 sampled chunks). Stored / raw: "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["sizes"].items() if "/" in k)
         + f"; whole store {r['sizes']['store']:.2f} ({r['sizes']['store_bytes'] / 1e6:.0f} MB, "
         f"source TIFFs uncompressed {r['sizes']['source_bytes'] / 1e6:.0f} MB).",
         "",
-        (f"**Windows**: 224 x 224, all channels. (a), (c), (e): {r['windows']} random positions; (b): "
-        f"{r['grid_windows']} crops of the 224 tile table (the grid; edge tiles included); (d): the first "
-        f"{r['dask_windows']} of the random windows (it is slow); (e grid): numpy on the grid windows of (b)."),
+        (
+            f"**Windows**: 224 x 224, all channels. (a), (c), (e): {r['windows']} random positions; (b): "
+            f"{r['grid_windows']} crops of the 224 tile table (the grid; edge tiles included); (d): the first "
+            f"{r['dask_windows']} of the random windows (it is slow); (e grid): numpy on the grid windows of (b)."
+        ),
         "",
         "| windows / s | " + " | ".join(r["slides"]) + " |",
         "|---|" + "---:|" * len(r["slides"]),
@@ -522,9 +547,7 @@ def render(results: dict[str, Any]) -> str:
     for label, key in rows:
         lines.append(f"| {label} | " + " | ".join(f"{r['slides'][s][key]:,.0f}" for s in r["slides"]) + " |")
     lines.append(
-        "| whole-tissue read (`get_tissue`, preprocess=False), MB/s | "
-        + " | ".join(f"{r['whole'][s]:,.0f}" for s in r["slides"])
-        + " |"
+        "| whole-tissue read (`get_tissue`, preprocess=False), MB/s | " + " | ".join(f"{r['whole'][s]:,.0f}" for s in r["slides"]) + " |"
     )
     lines += ["", "| ratio | target | " + " | ".join(r["slides"]) + " |", "|---|---|" + "---|" * len(r["slides"])]
     for name, (num, den, minimum) in TARGETS.items():
@@ -535,29 +558,46 @@ def render(results: dict[str, Any]) -> str:
             value = r["slides"][s][num] / r["slides"][s][den]
             cells.append(f"{value:.2f} {verdict(value, minimum)}")
         lines.append(f"| {name} | >= {minimum} | " + " | ".join(cells) + " |")
-    lines.append("| (a) / (d): gain over the dask path | report | " + " | ".join(
-        f"{r['slides'][s]['a'] / r['slides'][s]['d']:.0f} x" for s in r["slides"]) + " |")
-    lines.append("| (c) / (e), (c grid) / (e grid): tensorstore's own ceiling | report | " + " | ".join(
-        f"{r['slides'][s]['c'] / r['slides'][s]['e']:.2f}, {r['slides'][s]['c_grid'] / r['slides'][s]['e_grid']:.2f}"
-        for s in r["slides"]) + " |")
-    lines.append("| (b) / (b'): cost of the tile-table lookup in `get_crop` | report | " + " | ".join(
-        f"{r['slides'][s]['b'] / r['slides'][s]['b_read_tile']:.2f}" for s in r["slides"]) + " |")
+    lines.append(
+        "| (a) / (d): gain over the dask path | report | "
+        + " | ".join(f"{r['slides'][s]['a'] / r['slides'][s]['d']:.0f} x" for s in r["slides"])
+        + " |"
+    )
+    lines.append(
+        "| (c) / (e), (c grid) / (e grid): tensorstore's own ceiling | report | "
+        + " | ".join(
+            f"{r['slides'][s]['c'] / r['slides'][s]['e']:.2f}, {r['slides'][s]['c_grid'] / r['slides'][s]['e_grid']:.2f}"
+            for s in r["slides"]
+        )
+        + " |"
+    )
+    lines.append(
+        "| (b) / (b'): cost of the tile-table lookup in `get_crop` | report | "
+        + " | ".join(f"{r['slides'][s]['b'] / r['slides'][s]['b_read_tile']:.2f}" for s in r["slides"])
+        + " |"
+    )
     f = r["loader"]
     ratio = f["2"]["steady"] / f["1"]["steady"]
     lines += [
         "",
-        (f"**(f) DataLoader**: `TileDataset(MultiplexImagingDataset(..., 1.0, 224), masks=())` over the "
-        f"{f['0']['tiles']}-tile table, batch {BATCH}, shuffle, preprocess=True (float32 (16, 224, 224) items), "
-        "fork, each configuration in a fresh process whose parent builds the dataset and reads nothing, "
-        "`persistent_workers`; tiles / s of the first epoch (worker start included) and the best later epoch, "
-        f"best of {r['passes']} runs. Codec threads per worker: cores // num_workers (automatic)."),
+        (
+            f"**(f) DataLoader**: `TileDataset(MultiplexImagingDataset(..., 1.0, 224), masks=())` over the "
+            f"{f['0']['tiles']}-tile table, batch {BATCH}, shuffle, preprocess=True (float32 (16, 224, 224) items), "
+            "fork, each configuration in a fresh process whose parent builds the dataset and reads nothing, "
+            "`persistent_workers`; tiles / s of the first epoch (worker start included) and the best later epoch, "
+            f"best of {r['passes']} runs. Codec threads per worker: cores // num_workers (automatic)."
+        ),
         "",
         "| num_workers | workers' engine | first epoch | steady |",
         "|---|---|---:|---:|",
     ]
     labels = (
-        ("0", "0"), ("1", "1"), ("2", "2"), ("2r", "2, the parent read a tile first"),
-        ("1u", "1, preprocess=False (uint16 items)"), ("2u", "2, preprocess=False (uint16 items)"),
+        ("0", "0"),
+        ("1", "1"),
+        ("2", "2"),
+        ("2r", "2, the parent read a tile first"),
+        ("1u", "1, preprocess=False (uint16 items)"),
+        ("2u", "2, preprocess=False (uint16 items)"),
     )
     for key, label in labels:
         if key in f:
@@ -570,17 +610,17 @@ def render(results: dict[str, Any]) -> str:
     ]
     if "layout" in r:
         lines += [
-            ("**Layouts** (same image, same windows, same run): the converter's default against "
-            "`WriteOptions(chunk=256, shard=None)` (no shards)."),
+            (
+                "**Layouts** (same image, same windows, same run): the converter's default against "
+                "`WriteOptions(chunk=256, shard=None)` (no shards)."
+            ),
             "",
             "| slide | layout | stored/raw | (a) read_tile | (c) tensorstore | (c) tensorstore, grid windows |",
             "|---|---|---:|---:|---:|---:|",
         ]
         for s, by_layout in r["layout"].items():
             for layout, v in by_layout.items():
-                lines.append(
-                    f"| {s} | {layout} | {v['stored']:.2f} | {v['a']:,.0f} | {v['c']:,.0f} | {v['c_grid']:,.0f} |"
-                )
+                lines.append(f"| {s} | {layout} | {v['stored']:.2f} | {v['a']:,.0f} | {v['c']:,.0f} | {v['c_grid']:,.0f} |")
         lines.append("")
     lines += notes(r)
     return "\n".join(lines).rstrip() + "\n"

@@ -122,8 +122,11 @@ def tiles_for(mask: np.ndarray, coverage: float) -> dict:
     best, stats, _ = best_mask_tiling_try_to_stop(mask, TILE, STRIDE, TOLERANCE, coverage, 0.0)
     match, match_stats, _ = best_mask_tiling_try_to_stop(mask, TILE, STRIDE, TOLERANCE, grid_stats["coverage"], 0.0)
     return {
-        "best_tiles": len(best), "best_coverage": stats["coverage"],
-        "grid_tiles": int(reached[0]) + 1 if reached.size else None, "grid_all": len(grid), "grid_coverage": grid_stats["coverage"],
+        "best_tiles": len(best),
+        "best_coverage": stats["coverage"],
+        "grid_tiles": int(reached[0]) + 1 if reached.size else None,
+        "grid_all": len(grid),
+        "grid_coverage": grid_stats["coverage"],
         "best_at_grid": len(match),
     }
 
@@ -151,8 +154,22 @@ def stored_mask(work: Path, size: int) -> Path:
 def run_cli(store: Path) -> tuple[float, float, str]:
     """Wall seconds and peak RSS (MiB, from ``/usr/bin/time`` where present) of ``spora-zarr tile`` in a fresh process."""
     shutil.rmtree(store / "tiling", ignore_errors=True)
-    command = [sys.executable, "-m", "spora_zarr.cli", "tile", str(store), "--resolution", "1.0", "--tile-size", str(TILE),
-               "--stride", str(STRIDE), "--tissue", "BIG", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "spora_zarr.cli",
+        "tile",
+        str(store),
+        "--resolution",
+        "1.0",
+        "--tile-size",
+        str(TILE),
+        "--stride",
+        str(STRIDE),
+        "--tissue",
+        "BIG",
+        "--no-progress",
+    ]
     timer = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
     if timer:
         command = [timer, "-f", "PEAK_KB %M", *command]
@@ -187,8 +204,15 @@ def main() -> None:
     fast_s, (fast_tiles, fast_stats, _) = best_of(lambda: best_mask_tiling_try_to_stop(small, TILE, STRIDE, TOLERANCE), 3)
     ref_s, (ref_tiles, ref_cov) = best_of(lambda: reference_best_tiling(small, TILE, STRIDE, TOLERANCE), 1)
     out["small"] = {
-        "fast_s": fast_s, "ref_s": ref_s, "fast_tiles": len(fast_tiles), "ref_tiles": len(ref_tiles), "fast_cov": fast_stats["coverage"],
-        "ref_cov": ref_cov, "same": fast_tiles == ref_tiles, "tissue": float((small != 0).mean()), "stop": fast_stats["stop_reason"],
+        "fast_s": fast_s,
+        "ref_s": ref_s,
+        "fast_tiles": len(fast_tiles),
+        "ref_tiles": len(ref_tiles),
+        "fast_cov": fast_stats["coverage"],
+        "ref_cov": ref_cov,
+        "same": fast_tiles == ref_tiles,
+        "tissue": float((small != 0).mean()),
+        "stop": fast_stats["stop_reason"],
     }
     print(f"  {out['small']}", flush=True)
 
@@ -202,8 +226,14 @@ def main() -> None:
     whole_s, (tiles_whole, _, _) = best_of(lambda: best_mask_tiling_try_to_stop(large, TILE, STRIDE, TOLERANCE), 1)
     assert tiles_whole == tiles
     out["large"] = {
-        "counts_s": counts_s, "greedy_s": greedy_s, "whole_s": whole_s, "tiles": len(tiles), "coverage": stats["coverage"],
-        "tissue": float(stats["valid_pixels"] / large.size), "stop": stats["stop_reason"], "candidates": stats["candidates"],
+        "counts_s": counts_s,
+        "greedy_s": greedy_s,
+        "whole_s": whole_s,
+        "tiles": len(tiles),
+        "coverage": stats["coverage"],
+        "tissue": float(stats["valid_pixels"] / large.size),
+        "stop": stats["stop_reason"],
+        "candidates": stats["candidates"],
         "eligible": stats["eligible_candidates"],
     }
     print(f"  {out['large']}", flush=True)
@@ -261,14 +291,20 @@ def render(out: dict, args: argparse.Namespace) -> str:
     for name, label in (("small", f"{args.small:,}²"), ("large", f"{args.size:,}²")):
         v = vs[name]
         grid = f"{v['grid_tiles']:,}" if v["grid_tiles"] else f"never (all {v['grid_all']:,} windows cover {v['grid_coverage']:.3f})"
-        lines.append(f"| {label}: tiles for coverage 0.95, best (stride {STRIDE}) / {TILE} grid | best fewer | "
-                     f"{v['best_tiles']:,} (reaches {v['best_coverage']:.3f}) / {grid} |")
-        lines.append(f"| {label}: tiles for the grid's own coverage {v['grid_coverage']:.3f}, best / grid | best fewer | "
-                     f"{v['best_at_grid']:,} / {v['grid_all']:,} ({v['best_at_grid'] / max(v['grid_all'], 1):.2f}) |")
+        lines.append(
+            f"| {label}: tiles for coverage 0.95, best (stride {STRIDE}) / {TILE} grid | best fewer | "
+            f"{v['best_tiles']:,} (reaches {v['best_coverage']:.3f}) / {grid} |"
+        )
+        lines.append(
+            f"| {label}: tiles for the grid's own coverage {v['grid_coverage']:.3f}, best / grid | best fewer | "
+            f"{v['best_at_grid']:,} / {v['grid_all']:,} ({v['best_at_grid'] / max(v['grid_all'], 1):.2f}) |"
+        )
     if "cli" in out:
         c = out["cli"]
-        lines.append(f"| `spora-zarr tile` on the stored {args.size:,}² mask: wall, peak RSS | RSS <= 300 MiB | "
-                     f"{c['wall_s']:.1f} s, {c['rss_mib']:.0f} MiB {'PASS' if c['rss_mib'] <= 300 else 'FAIL'} |")
+        lines.append(
+            f"| `spora-zarr tile` on the stored {args.size:,}² mask: wall, peak RSS | RSS <= 300 MiB | "
+            f"{c['wall_s']:.1f} s, {c['rss_mib']:.0f} MiB {'PASS' if c['rss_mib'] <= 300 else 'FAIL'} |"
+        )
     lines += [
         "",
         "**Reading the results.** The tiler never loops over pixels after one counting pass: valid pixels are counted per "

@@ -21,7 +21,6 @@ from .runtime import configure_writer_process
 from .store import defaults
 
 if TYPE_CHECKING:
-
     from .run import RunOptions
     from .write.writer import WriteOptions
 
@@ -124,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
             "--clevel", type=int, choices=range(10), metavar="0-9", default=defaults.CLEVEL, help="blosc level (default %(default)s)"
         )
         p.add_argument(
-            "--min-saving", type=float, default=defaults.MIN_SAVING,
+            "--min-saving",
+            type=float,
+            default=defaults.MIN_SAVING,
             help="store an image uncompressed when blosc saves less than this share of its bytes (default %(default)s; 0: always compress)",
         )
         p.add_argument(
@@ -170,11 +171,14 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--mpp", type=_positive_number, help="microns per pixel (read from OME-TIFF, SVS, TIFF tags or OME-Zarr when omitted)")
     add.add_argument("--channel-names", help="comma-separated channel names")
     add.add_argument(
-        "--lossless", action="store_true",
+        "--lossless",
+        action="store_true",
         help="decode a JPEG slide and store it losslessly (readable by every zarr reader) instead of keeping its JPEG tiles",
     )
     add.add_argument(
-        "--jpeg-quality", type=int, metavar="Q",
+        "--jpeg-quality",
+        type=int,
+        metavar="Q",
         help="store an 8-bit RGB image that is not JPEG-compressed as JPEG tiles of quality Q (1-100): lossy, about 5-10x smaller",
     )
     layout_options(add)
@@ -190,7 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     standardize.add_argument("--modality", required=True, help="multiplex modality directory in the store: imc, cycif, ...")
     standardize.add_argument("--resolution", required=True, help="the level: microns per pixel (1.0) or a name (1_0mpp)")
     standardize.add_argument(
-        "--spec", action="append", required=True,
+        "--spec",
+        action="append",
+        required=True,
         help="a spec to compute, repeatable: quantile_clipping/uq_0.99_image, quantile_clipping_log1p/uq_0.99_global, ...",
     )
     standardize.add_argument("--within-mask", action="store_true", help="count only pixels inside the tissue mask of that resolution")
@@ -203,17 +209,23 @@ def _parser() -> argparse.ArgumentParser:
     tile.add_argument("--resolution", required=True, help="the mask level to tile: microns per pixel (1.0) or a name (1_0mpp)")
     tile.add_argument("--tile-size", type=_positive_int, required=True, help="tile edge in pixels of that resolution")
     tile.add_argument(
-        "--strategy", choices=["best", "grid"], default="best",
+        "--strategy",
+        choices=["best", "grid"],
+        default="best",
         help="best: greedy best coverage (best_mask_tiling_try_to_stop); grid: fixed grid (get_grid_tile) (default %(default)s)",
     )
     tile.add_argument("--stride", type=_positive_int, help="step of the candidate grid in pixels (default: the tile size)")
     tile.add_argument("--tolerance", type=float, default=0.2, help="largest invalid fraction in a tile, in [0, 1] (default %(default)s)")
     tile.add_argument(
-        "--coverage-goal", type=float, default=0.99,
+        "--coverage-goal",
+        type=float,
+        default=0.99,
         help="best: coverage below which it does not stop while tiles add pixels (default %(default)s)",
     )
     tile.add_argument(
-        "--min-gain-ratio", type=float, default=0.05,
+        "--min-gain-ratio",
+        type=float,
+        default=0.05,
         help="best: past the goal, stop once the best tile adds under this share of its area; 0: stop at the goal (default %(default)s)",
     )
     tile.add_argument("--max-tiles", type=int, help="best: at most this many tiles per tissue")
@@ -235,7 +247,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--name", required=True, help="name of the prediction (one path segment)")
     predict.add_argument("--labels", action="store_true", help="write labels (argmax of per-class scores) to segmentations/<name>")
     predict.add_argument(
-        "--mode", choices=["crop", "blend"], default="crop",
+        "--mode",
+        choices=["crop", "blend"],
+        default="crop",
         help="crop: keep each tile's centre; blend: Gaussian-weighted average of overlaps (default %(default)s)",
     )
     predict.add_argument("--tile-size", type=_positive_int, default=256, help="tile edge in pixels (default %(default)s)")
@@ -264,18 +278,22 @@ def _parser() -> argparse.ArgumentParser:
     stitch.add_argument("--mpp", type=_positive_number, required=True, help="microns per pixel of the stitched image")
     stitch.add_argument("--z-mpp", type=_positive_number, help="microns between planes of a 3-D stack (default: --mpp)")
     stitch.add_argument(
-        "--blend", choices=["none", "max", "linear"], default="none",
+        "--blend",
+        choices=["none", "max", "linear"],
+        default="none",
         help="overlaps: last tile in table order wins (none, the default), max, or linear feathering",
     )
     stitch.add_argument(
-        "--labels", choices=["cell_masks", "tissue_masks"],
+        "--labels",
+        choices=["cell_masks", "tissue_masks"],
         help="also stitch the table's 'labels' column into segmentations/<KIND>/<tissue> (ids unique, cut objects merged)",
     )
     stitch.add_argument("--register", action="store_true", help="refine offsets by phase correlation + least squares first")
     stitch.add_argument("--offset-unit", choices=["pixel", "micrometer"], default="pixel", help="unit of x, y (default %(default)s)")
     stitch.add_argument("--channel-names", help="comma-separated channel names")
     stitch.add_argument(
-        "--allow-outside-tiles-dir", action="store_true",
+        "--allow-outside-tiles-dir",
+        action="store_true",
         help="let the table name files outside TILES_DIR (absolute paths, '..', links out); refused by default",
     )
     stitch.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -303,7 +321,11 @@ def _write_options(args: argparse.Namespace) -> WriteOptions:
     from .write.writer import WriteOptions
 
     return WriteOptions(
-        chunk=args.chunk, shard=args.shard or None, cname=args.cname, clevel=args.clevel, min_saving=args.min_saving,
+        chunk=args.chunk,
+        shard=args.shard or None,
+        cname=args.cname,
+        clevel=args.clevel,
+        min_saving=args.min_saving,
         memory_budget=int(args.memory_budget * 2**20),
     )
 
@@ -328,8 +350,13 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import ConvertOptions, convert_cohort
 
     report = convert_cohort(
-        args.source, args.dest, ConvertOptions(overwrite=args.overwrite), write=_write_options(args), run=_run_options(args),
-        storage_options=args.storage_options, source_storage_options=args.source_storage_options,
+        args.source,
+        args.dest,
+        ConvertOptions(overwrite=args.overwrite),
+        write=_write_options(args),
+        run=_run_options(args),
+        storage_options=args.storage_options,
+        source_storage_options=args.source_storage_options,
     )
     print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
@@ -340,8 +367,16 @@ def _add_image(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
     result = add_image(
-        args.dest, args.file, modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, channel_names=names,
-        write=_write_options(args), overwrite=args.overwrite, storage_options=args.storage_options, lossless=args.lossless,
+        args.dest,
+        args.file,
+        modality=args.modality,
+        tissue_id=args.tissue,
+        mpp=args.mpp,
+        channel_names=names,
+        write=_write_options(args),
+        overwrite=args.overwrite,
+        storage_options=args.storage_options,
+        lossless=args.lossless,
         jpeg_quality=args.jpeg_quality,
     )
     print(f"{'kept existing' if result.skipped else 'wrote'} {result.path}")
@@ -359,8 +394,14 @@ def _standardize(args: argparse.Namespace) -> int:
     from .standardize.statistics import compute_statistics
 
     report = compute_statistics(
-        args.store, args.modality, parse_resolution(args.resolution), args.spec, within_mask=args.within_mask, run=_run_options(args),
-        overwrite=args.overwrite, storage_options=args.storage_options,
+        args.store,
+        args.modality,
+        parse_resolution(args.resolution),
+        args.spec,
+        within_mask=args.within_mask,
+        run=_run_options(args),
+        overwrite=args.overwrite,
+        storage_options=args.storage_options,
     )
     print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
@@ -370,14 +411,18 @@ def _tile(args: argparse.Namespace) -> int:
     from .tiling import TilingOptions, tile_cohort
 
     options = TilingOptions(
-        resolution=parse_resolution(args.resolution), tile_size=args.tile_size, strategy=args.strategy, stride=args.stride,
+        resolution=parse_resolution(args.resolution),
+        tile_size=args.tile_size,
+        strategy=args.strategy,
+        stride=args.stride,
         tolerance=args.tolerance,
-        coverage_goal=args.coverage_goal, min_gain_ratio=args.min_gain_ratio, max_tiles=args.max_tiles, allow_overlap=not args.no_overlap,
+        coverage_goal=args.coverage_goal,
+        min_gain_ratio=args.min_gain_ratio,
+        max_tiles=args.max_tiles,
+        allow_overlap=not args.no_overlap,
     )
     run = _run_options(args)
-    report = tile_cohort(
-        args.store, options, tissues=args.tissue, run=run, overwrite=args.overwrite, storage_options=args.storage_options
-    )
+    report = tile_cohort(args.store, options, tissues=args.tissue, run=run, overwrite=args.overwrite, storage_options=args.storage_options)
     print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
 
@@ -387,14 +432,30 @@ def _predict(args: argparse.Namespace) -> int:
 
     names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
     options = PredictOptions(
-        modality=args.modality, resolution=parse_resolution(args.resolution), name=args.name, tile_size=args.tile_size,
+        modality=args.modality,
+        resolution=parse_resolution(args.resolution),
+        name=args.name,
+        tile_size=args.tile_size,
         overlap=args.overlap,
-        batch_size=args.batch_size, mode=args.mode, labels=args.labels, device=args.device, kind=args.kind,
-        standardization=args.standardization, channel_names=names, min_tissue=args.min_tissue, fill_value=args.fill_value,
+        batch_size=args.batch_size,
+        mode=args.mode,
+        labels=args.labels,
+        device=args.device,
+        kind=args.kind,
+        standardization=args.standardization,
+        channel_names=names,
+        min_tissue=args.min_tissue,
+        fill_value=args.fill_value,
     )
     report = predict_cohort(
-        args.store, args.model, options, tissues=args.tissue, write=_write_options(args), run=_run_options(args),
-        overwrite=args.overwrite, storage_options=args.storage_options,
+        args.store,
+        args.model,
+        options,
+        tissues=args.tissue,
+        write=_write_options(args),
+        run=_run_options(args),
+        overwrite=args.overwrite,
+        storage_options=args.storage_options,
     )
     print(report.summary("tissues"), file=sys.stderr if not report.ok else sys.stdout)
     return 0 if report.ok else 1
@@ -414,12 +475,26 @@ def _stitch(args: argparse.Namespace) -> int:
 
     names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
     options = StitchOptions(
-        modality=args.modality, tissue_id=args.tissue, mpp=args.mpp, z_mpp=args.z_mpp, blend=args.blend, labels=args.labels,
-        register=args.register, offset_unit=args.offset_unit, channel_names=names, allow_outside=args.allow_outside_tiles_dir,
+        modality=args.modality,
+        tissue_id=args.tissue,
+        mpp=args.mpp,
+        z_mpp=args.z_mpp,
+        blend=args.blend,
+        labels=args.labels,
+        register=args.register,
+        offset_unit=args.offset_unit,
+        channel_names=names,
+        allow_outside=args.allow_outside_tiles_dir,
     )
     try:
         result = stitch(
-            args.tiles_dir, args.offsets, args.dest, options, write=_write_options(args), overwrite=args.overwrite, progress=progress,
+            args.tiles_dir,
+            args.offsets,
+            args.dest,
+            options,
+            write=_write_options(args),
+            overwrite=args.overwrite,
+            progress=progress,
             storage_options=args.storage_options,
         )
     finally:
@@ -488,8 +563,17 @@ def _view(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"convert": _convert, "add-image": _add_image, "info": _info, "validate": _validate, "view": _view, "standardize": _standardize,
-    "tile": _tile, "predict": _predict, "stitch": _stitch}
+_COMMANDS = {
+    "convert": _convert,
+    "add-image": _add_image,
+    "info": _info,
+    "validate": _validate,
+    "view": _view,
+    "standardize": _standardize,
+    "tile": _tile,
+    "predict": _predict,
+    "stitch": _stitch,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -160,9 +160,9 @@ def _demo_multiplex(
 
     t = tissue.astype(np.float64)
     h, w = tissue.shape
-    blobs = data.binary_blobs(
-        max(h, w), blob_size_fraction=0.04, volume_fraction=0.12, rng=int(tid[1:]) if tid[1:].isdigit() else 0
-    )[:h, :w]
+    blobs = data.binary_blobs(max(h, w), blob_size_fraction=0.04, volume_fraction=0.12, rng=int(tid[1:]) if tid[1:].isdigit() else 0)[
+        :h, :w
+    ]
     maps = {
         "DNA1": (nuclear * t, 300.0),
         "CD3": (nuclear * (1.0 - ndi.gaussian_filter(stain, 3)) * t, 120.0),
@@ -262,7 +262,6 @@ def make_demo_cohort(dest: str | Path) -> Path:
     tile_tables(dest, coarse, 224, tissue_masks, cell_masks)
     logger.info("demo cohort written to %s", dest)
     return dest
-
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -170,6 +170,7 @@ def test_predict_gives_the_writer_half_the_converters_memory_budget() -> None:
     convert = parser.parse_args(["convert", "in", "out"])
     assert _write_options(predict).memory_budget == 256 * 2**20
     assert _write_options(convert).memory_budget == 512 * 2**20
-    explicit = parser.parse_args(["predict", "s.zarr", "--model", "m.pt", "--modality", "imc", "--resolution", "1", "--name", "p",
-                                  "--memory-budget", "100"])
+    explicit = parser.parse_args(
+        ["predict", "s.zarr", "--model", "m.pt", "--modality", "imc", "--resolution", "1", "--name", "p", "--memory-budget", "100"]
+    )
     assert _write_options(explicit).memory_budget == 100 * 2**20

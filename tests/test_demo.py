@@ -99,9 +99,7 @@ def test_demo_cohort_layout(demo_cohort: Path) -> None:
     assert False in channels["qc_pass"] and None in channels["uniprot_id"]
     cpt = pq.read_table(cohort / "imc" / "channels_per_tissue.parquet").to_pydict()
     assert [n for t, n in zip(cpt["tissue_id"], cpt["channel_name"]) if t == "T02"] == ["DNA1", "PanCK", "CD3", "Vimentin"]
-    stats = pq.read_table(
-        cohort / "imc" / "1_0mpp" / "standardization" / "quantile_clipping" / "uq_0.99_image" / "stats.parquet"
-    )
+    stats = pq.read_table(cohort / "imc" / "1_0mpp" / "standardization" / "quantile_clipping" / "uq_0.99_image" / "stats.parquet")
     assert stats.num_rows == len(cpt["tissue_id"])
     tiles = pq.read_table(cohort / "tiling" / "1_0mpp" / "default" / "224_tile_coordinates.parquet").to_pydict()
     assert set(tiles) >= {"tissue_id", "tile_id", "row", "col"} and len(tiles["row"]) > 3
@@ -164,9 +162,7 @@ def test_synthetic_cohort_layout(tmp_path: Path, options: dict) -> None:
 @needs_skimage
 def test_synthetic_cohort_is_deterministic(tmp_path: Path) -> None:
     def digest(root: Path) -> dict[str, str]:
-        return {
-            str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
-        }
+        return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
     kwargs = dict(he_shape=(97, 131), legacy_zarr_tissue="A", seed=7)
     a = digest(cohorts.make_synthetic_cohort(tmp_path / "a", **kwargs))
@@ -212,9 +208,7 @@ def test_write_rgb_and_mask_tiff(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dtype", ["uint16", "float32"])
 def test_large_multiplex_tiff_streams_known_content(tmp_path: Path, page_per_channel: bool, dtype: str) -> None:
     shape = (3, 301, 530)
-    path = cohorts.write_large_multiplex_tiff(
-        tmp_path / "big.tif", shape, dtype, tile=(64, 128), page_per_channel=page_per_channel, seed=3
-    )
+    path = cohorts.write_large_multiplex_tiff(tmp_path / "big.tif", shape, dtype, tile=(64, 128), page_per_channel=page_per_channel, seed=3)
     data = tiff_layout.read_multiplex_tiff(path)
     assert data.shape == shape and data.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(data, cohorts.large_multiplex_region(shape, dtype, (0, 301), (0, 530), tile=(64, 128), seed=3))

@@ -89,7 +89,9 @@ def _check_reads(location: Location, data: np.ndarray, engine: str = "direct") -
 LAYOUTS = {
     "sharded lz4 shuffle": {"chunks": (3, 32, 32), "shards": (3, 128, 128), "compressors": BloscCodec(cname="lz4", shuffle="shuffle")},
     "sharded lz4 bitshuffle": {
-        "chunks": (3, 32, 32), "shards": (3, 128, 128), "compressors": BloscCodec(cname="lz4", shuffle="bitshuffle")
+        "chunks": (3, 32, 32),
+        "shards": (3, 128, 128),
+        "compressors": BloscCodec(cname="lz4", shuffle="bitshuffle"),
     },
     "sharded zstd in blosc": {"chunks": (1, 50, 40), "shards": (3, 100, 120), "compressors": BloscCodec(cname="zstd", clevel=3)},
     "sharded uncompressed": {"chunks": (3, 32, 32), "shards": (3, 128, 128), "compressors": None},

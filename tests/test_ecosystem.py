@@ -141,8 +141,12 @@ def test_more_than_one_timepoint_is_refused_in_one_line(tmp_path: Path) -> None:
 
 def test_an_ngff_z_stack_becomes_a_stack(tmp_path: Path) -> None:
     data = _pixels((2, 3, 40, 48), seed=4)
-    image = ngff_zarr.to_ngff_image(data, dims=("c", "z", "y", "x"), scale={"z": 2.0, "y": 0.5, "x": 0.5},
-                                    axes_units={"z": "micrometer", "y": "micrometer", "x": "micrometer"})
+    image = ngff_zarr.to_ngff_image(
+        data,
+        dims=("c", "z", "y", "x"),
+        scale={"z": 2.0, "y": 0.5, "x": 0.5},
+        axes_units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
+    )
     ngff_zarr.to_ngff_zarr(str(tmp_path / "stack.ome.zarr"), ngff_zarr.to_multiscales(image, scale_factors=[]))
     store = tmp_path / "cohort.zarr"
     add_image(store, str(tmp_path / "stack.ome.zarr"), modality="imc", tissue_id="S")
@@ -167,8 +171,9 @@ def test_open_cohort_and_validate_say_what_the_root_is(tmp_path: Path) -> None:
     image = _ngff_zarr_image(tmp_path / "image.ome.zarr", _pixels((3, 32, 32)), version="0.5")
     with pytest.raises(StoreError, match=r"image.ome.zarr: an OME-Zarr image \(NGFF 0.5\), not a cohort store"):
         open_cohort(image)
-    assert validate_store(image) == [f"{image}: an OME-Zarr image (NGFF 0.5), not a cohort store; add it to a cohort with "
-                                     f"`spora-zarr add-image COHORT {image} ...`"]
+    assert validate_store(image) == [
+        f"{image}: an OME-Zarr image (NGFF 0.5), not a cohort store; add it to a cohort with `spora-zarr add-image COHORT {image} ...`"
+    ]
     with pytest.raises(StoreError, match="not a cohort store"):
         add_image(image, str(image), modality="imc", tissue_id="T1")  # nothing is written into the image
     assert json.loads((image / "zarr.json").read_text())["attributes"].keys() == {"ome"}
@@ -241,14 +246,14 @@ def test_napari_ome_zarr_colours_every_label_and_leaves_many_ids_to_its_own_colo
     from spora_zarr.write.writer import write_labels
 
     path = str(converted / "segmentations" / "tissue_masks" / "A")
-    (_, kwargs, kind), = napari_get_reader(path)(path)
+    ((_, kwargs, kind),) = napari_get_reader(path)(path)
     assert kind == "labels" and kwargs["colormap"][0][3] == 0 and kwargs["colormap"][1][3] == 1  # tissue drawn, background not
     many = np.arange(40 * 50, dtype=np.uint32).reshape(40, 50)  # an instance mask: ids beyond 1023
     write_labels(tmp_path / "s.zarr", "segmentations/cell_masks/X", {0.5: ArraySource(many)})
     attributes = json.loads((tmp_path / "s.zarr" / "segmentations/cell_masks/X/zarr.json").read_text())["attributes"]["ome"]
     assert "colors" not in attributes["image-label"]
     path = str(tmp_path / "s.zarr" / "segmentations/cell_masks/X")
-    (_, kwargs, kind), = napari_get_reader(path)(path)
+    ((_, kwargs, kind),) = napari_get_reader(path)(path)
     assert kind == "labels" and "colormap" not in kwargs  # napari's own colours, not every cell transparent
 
 
@@ -289,12 +294,14 @@ def test_a_monai_dict_pipeline_runs_over_tile_dataset_items(converted: Path) -> 
     he = HEImagingDataset("c", converted, 0.5, 32, verbose=False)
     tiles = TileDataset(ComposedImagingDataset([he]))
     keys = ["he", "tissue_masks", "cell_masks"]
-    pipeline = transforms.Compose([
-        transforms.EnsureChannelFirstd(keys=["tissue_masks", "cell_masks"], channel_dim="no_channel"),
-        transforms.RandFlipd(keys=keys, prob=1.0, spatial_axis=1),
-        transforms.RandRotate90d(keys=keys, prob=1.0, max_k=3),
-        transforms.RandSpatialCropd(keys=keys, roi_size=(24, 24), random_size=False),
-    ])
+    pipeline = transforms.Compose(
+        [
+            transforms.EnsureChannelFirstd(keys=["tissue_masks", "cell_masks"], channel_dim="no_channel"),
+            transforms.RandFlipd(keys=keys, prob=1.0, spatial_axis=1),
+            transforms.RandRotate90d(keys=keys, prob=1.0, max_k=3),
+            transforms.RandSpatialCropd(keys=keys, roi_size=(24, 24), random_size=False),
+        ]
+    )
     pipeline.set_random_state(seed=0)
     item = tiles[0]
     out = pipeline({k: item[k] for k in keys})

@@ -166,8 +166,9 @@ def test_crop_output_is_bitwise_the_in_memory_stitch(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("size", "overlap"), [(64, 16), (256, 32), (50, 7)])
 def test_predict_tissue_identity_from_a_torchscript_file(store: Path, dataset, identity_file: Path, size: int, overlap: int) -> None:
     name = f"identity_{size}_{overlap}"
-    result = predict_tissue(str(identity_file), dataset, "A",
-        PredictTissueOptions(name=name, tile_size=size, overlap=overlap, batch_size=4))
+    result = predict_tissue(
+        str(identity_file), dataset, "A", PredictTissueOptions(name=name, tile_size=size, overlap=overlap, batch_size=4)
+    )
     assert not result.skipped
     stored = _level(store, "imc/images/A")
     np.testing.assert_array_equal(_level(store, f"predictions/{name}/images/A"), stored.astype(np.float32))
@@ -176,8 +177,12 @@ def test_predict_tissue_identity_from_a_torchscript_file(store: Path, dataset, i
 
 
 def test_a_prediction_is_a_modality_of_the_store(store: Path, dataset, identity_file: Path) -> None:
-    predict_tissue(str(identity_file), dataset, "B",
-        PredictTissueOptions(name="as_modality", tile_size=64, overlap=16, batch_size=4, channel_names=[f"p{i}" for i in range(5)]))
+    predict_tissue(
+        str(identity_file),
+        dataset,
+        "B",
+        PredictTissueOptions(name="as_modality", tile_size=64, overlap=16, batch_size=4, channel_names=[f"p{i}" for i in range(5)]),
+    )
     cohort = open_cohort(store)
     assert "predictions/as_modality" in cohort.modalities
     image = cohort.open_image("predictions/as_modality", "B", 1.0)
@@ -210,8 +215,9 @@ def test_conv_model_tiled_equals_untiled(store: Path, dataset, tmp_path: Path) -
     model = conv_model(5, 2, seed=1)
     path = tmp_path / "conv.pt"
     torch.jit.trace(model, torch.zeros(1, 5, 32, 32)).save(str(path))
-    predict_tissue(str(path), dataset, "A",
-        PredictTissueOptions(name="conv", tile_size=48, overlap=8, batch_size=4))  # receptive radius 2 <= overlap / 2
+    predict_tissue(
+        str(path), dataset, "A", PredictTissueOptions(name="conv", tile_size=48, overlap=8, batch_size=4)
+    )  # receptive radius 2 <= overlap / 2
     whole = dataset.get_tissue("A").image
     with torch.inference_mode():
         want = model(whole[None].float())[0].numpy()
@@ -223,8 +229,12 @@ def test_conv_model_tiled_equals_untiled(store: Path, dataset, tmp_path: Path) -
 def test_labels_prediction(store: Path, dataset) -> None:
     for mode in ("crop", "blend"):
         name = f"classes_{mode}"
-        predict_tissue("tests.test_inference:Scores", dataset, "A",
-            PredictTissueOptions(name=name, tile_size=64, overlap=16, batch_size=4, labels=True, mode=mode))
+        predict_tissue(
+            "tests.test_inference:Scores",
+            dataset,
+            "A",
+            PredictTissueOptions(name=name, tile_size=64, overlap=16, batch_size=4, labels=True, mode=mode),
+        )
         first = _level(store, "imc/images/A")[0].astype(np.float32)
         want = np.argmax(np.stack([-first, first - 2000, 0.5 * first - 400]), axis=0).astype(np.uint8)
         got = _level(store, output_path(name, "A", labels=True))
@@ -240,8 +250,12 @@ def test_labels_prediction(store: Path, dataset) -> None:
 
 
 def test_tiles_without_tissue_are_skipped_and_filled(store: Path, dataset, identity_file: Path) -> None:
-    predict_tissue(str(identity_file), dataset, "A",
-        PredictTissueOptions(name="tissue_only", tile_size=32, overlap=8, batch_size=4, min_tissue=0.5, fill_value=-1))
+    predict_tissue(
+        str(identity_file),
+        dataset,
+        "A",
+        PredictTissueOptions(name="tissue_only", tile_size=32, overlap=8, batch_size=4, min_tissue=0.5, fill_value=-1),
+    )
     got = _level(store, "predictions/tissue_only/images/A")
     image = _level(store, "imc/images/A").astype(np.float32)
     mask = _level(store, "segmentations/tissue_masks/A")
@@ -299,8 +313,27 @@ def test_predict_cohort_reports_failures_and_resumes(store: Path, identity_file:
 
 
 def test_cli_predict(store: Path, identity_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["predict", str(store), "--model", str(identity_file), "--modality", "imc", "--resolution", "1.0", "--name", "cli",
-            "--tile-size", "64", "--overlap", "16", "--tissue", "A", "--no-progress", "--channel-names", "a,b,c,d,e"]
+    args = [
+        "predict",
+        str(store),
+        "--model",
+        str(identity_file),
+        "--modality",
+        "imc",
+        "--resolution",
+        "1.0",
+        "--name",
+        "cli",
+        "--tile-size",
+        "64",
+        "--overlap",
+        "16",
+        "--tissue",
+        "A",
+        "--no-progress",
+        "--channel-names",
+        "a,b,c,d,e",
+    ]
     assert main(args) == 0
     assert "1 tissues written" in capsys.readouterr().out
     assert open_cohort(store).channel_names("predictions/cli", "A") == ["a", "b", "c", "d", "e"]
@@ -319,8 +352,23 @@ def test_sigkill_mid_tissue_then_rerun_is_identical(store: Path, tmp_path: Path)
     shutil.copytree(store, work)
     reference = tmp_path / "reference.zarr"
     shutil.copytree(store, reference)
-    common = ["--model", "tests.test_inference:SlowIdentity", "--modality", "imc", "--resolution", "1.0", "--name", "slow",
-              "--tile-size", "32", "--overlap", "8", "--batch-size", "2", "--no-progress"]
+    common = [
+        "--model",
+        "tests.test_inference:SlowIdentity",
+        "--modality",
+        "imc",
+        "--resolution",
+        "1.0",
+        "--name",
+        "slow",
+        "--tile-size",
+        "32",
+        "--overlap",
+        "8",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "spora_zarr.cli", "predict", str(work), *common], cwd=REPO, env=env)
     staging = work / ".spora_tmp"
@@ -360,8 +408,9 @@ def test_predictions_open_in_the_napari_reader(store: Path, dataset, identity_fi
     from spora_zarr.napari import napari_get_reader, read_store, tissue_layers
 
     predict_tissue(str(identity_file), dataset, "C", PredictTissueOptions(name="napari", tile_size=64, overlap=16))
-    predict_tissue("tests.test_inference:Scores", dataset, "C",
-        PredictTissueOptions(name="napari_labels", tile_size=64, overlap=16, labels=True))
+    predict_tissue(
+        "tests.test_inference:Scores", dataset, "C", PredictTissueOptions(name="napari_labels", tile_size=64, overlap=16, labels=True)
+    )
     layers = read_store(str(store), "C", modalities=["imc", "predictions/napari"])
     names = [kwargs["name"] for _, kwargs, _ in layers]
     assert ["napari_0", "napari_1", "napari_2", "napari_3"] in names  # one named channel per model output

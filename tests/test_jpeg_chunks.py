@@ -175,7 +175,13 @@ def test_a_shard_of_one_jpeg_chunk_is_read_through_its_index(tmp_path: Path, ind
     jpeg = _SporaJpeg.from_dict(registered.to_dict())
     sharding = ShardingCodec(chunk_shape=(3, 128, 128), codecs=[transpose, jpeg], index_location=index_location)
     array = zarr.create_array(
-        tmp_path / "a.zarr", shape=image.shape, dtype="uint8", chunks=(3, 128, 128), serializer=sharding, filters=None, compressors=None,
+        tmp_path / "a.zarr",
+        shape=image.shape,
+        dtype="uint8",
+        chunks=(3, 128, 128),
+        serializer=sharding,
+        filters=None,
+        compressors=None,
         fill_value=0,
     )
     array[:] = image  # zarr-python's own shards, each one chunk and its index

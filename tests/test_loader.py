@@ -59,8 +59,15 @@ def _assert_equal(got: dict, want: dict) -> None:
 def test_batches_equal_default_collation_and_reuse_buffers(tiles) -> None:
     """Shuffled epochs, so that buffer rows are refilled with other tiles (a tissue missing a channel among them)."""
     position = {(t, r, c): i for i, (t, r, c) in enumerate(zip(tiles.index.tissue_id, tiles.index.row, tiles.index.col))}
-    loader = TileLoader(tiles, batch_size=BATCH, shuffle=True, num_workers=2, multiprocessing_context="fork", timeout=TIMEOUT,
-                        generator=torch.Generator().manual_seed(0))
+    loader = TileLoader(
+        tiles,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=2,
+        multiprocessing_context="fork",
+        timeout=TIMEOUT,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert loader.persistent_workers
     buffers: dict[int, int] = {}
     for _ in range(3):  # epochs: every worker's ring of prefetch_factor + 2 buffers comes round

@@ -197,10 +197,23 @@ def test_a_z_stack_opens_with_its_z_spacing(tmp_path: Path) -> None:
     location = Location.parse(tmp_path / "s.zarr")
     update_cohort_attributes(location, modalities={"exm": ["0_5mpp"]}, mask_kinds=["cell_masks"])
     options = WriteOptions(max_top_size=128)
-    write_image(location, "exm/images/T1", {0.5: ArraySource(volume)}, channel_names=["a", "b"], options=options, z_mpp=2.0,
-                spora={"tissue_id": "T1", "modality": "exm"})
-    write_labels(location, "segmentations/cell_masks/T1", {0.5: ArraySource(labels)}, options=options, z_mpp=2.0,
-                 spora={"tissue_id": "T1", "mask_kind": "cell_masks"})
+    write_image(
+        location,
+        "exm/images/T1",
+        {0.5: ArraySource(volume)},
+        channel_names=["a", "b"],
+        options=options,
+        z_mpp=2.0,
+        spora={"tissue_id": "T1", "modality": "exm"},
+    )
+    write_labels(
+        location,
+        "segmentations/cell_masks/T1",
+        {0.5: ArraySource(labels)},
+        options=options,
+        z_mpp=2.0,
+        spora={"tissue_id": "T1", "mask_kind": "cell_masks"},
+    )
     viewer = ViewerModel()
     add_layers(viewer, read_store(str(tmp_path / "s.zarr")))
     assert [layer.name for layer in viewer.layers] == ["a", "b", "T1: cell_masks"]

@@ -30,8 +30,12 @@ def reference_entry(levels: list[Level], *, name: str, method: Method, labels: b
         factors = [{"z": 1, "y": f, "x": f} for f in factors]
     scale: dict[Hashable, float] = {axis: z_mpp if axis == "z" and z_mpp is not None else base.mpp for axis in axes}
     image = ngff_zarr.to_ngff_image(
-        da.zeros(shape, dtype=np.uint8, chunks=shape), dims=dims, scale=scale, translation=dict.fromkeys(axes, 0.0),
-        axes_units=dict.fromkeys(axes, "micrometer"), name=name,
+        da.zeros(shape, dtype=np.uint8, chunks=shape),
+        dims=dims,
+        scale=scale,
+        translation=dict.fromkeys(axes, 0.0),
+        axes_units=dict.fromkeys(axes, "micrometer"),
+        name=name,
     )
     multiscales = ngff_zarr.to_multiscales(image, scale_factors=factors, method=Methods(method.value))
     entry = dataclasses.asdict(multiscales.metadata.to_version(NGFF_VERSION))

@@ -59,9 +59,23 @@ def test_running_distributed_scheduler_equals_serial(serial: tuple[Path, dict[st
     src, expected = serial
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         result = subprocess.run(
-            [sys.executable, "-m", "spora_zarr.cli", "convert", str(src), str(tmp_path / "d.zarr"), "--no-progress",
-             "--scheduler", cluster.scheduler_address, "--shard", "224", "--chunk", "112"],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "spora_zarr.cli",
+                "convert",
+                str(src),
+                str(tmp_path / "d.zarr"),
+                "--no-progress",
+                "--scheduler",
+                cluster.scheduler_address,
+                "--shard",
+                "224",
+                "--chunk",
+                "112",
+            ],
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stderr
         assert len(cluster.workers) == 2
@@ -113,7 +127,9 @@ def test_convert_into_s3_with_aws_environment(serial: tuple[Path, dict[str, obje
     url = "s3://cohorts/env.zarr"
     result = subprocess.run(
         [sys.executable, "-m", "spora_zarr.cli", "convert", str(src), url, "--no-progress", "--shard", "224", "--chunk", "112"],
-        capture_output=True, text=True, env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
     )
     assert result.returncode == 0, result.stderr
     assert arrays_of(url) == expected
@@ -140,12 +156,22 @@ def test_s3_source_and_storage_options(serial: tuple[Path, dict[str, object]], s
     src, expected = serial
     s3fs.S3FileSystem().put(str(src), "cohorts/tiff-src", recursive=True)
     options = {"client_kwargs": {"endpoint_url": s3_server}, "key": "testing", "secret": "testing"}
-    report = convert_cohort("s3://cohorts/tiff-src", "s3://cohorts/opts.zarr", ConvertOptions(progress=False, write=WRITE),
-                            storage_options=options, source_storage_options=options)
+    report = convert_cohort(
+        "s3://cohorts/tiff-src",
+        "s3://cohorts/opts.zarr",
+        ConvertOptions(progress=False, write=WRITE),
+        storage_options=options,
+        source_storage_options=options,
+    )
     assert report.ok, report.summary()
     assert arrays_of("s3://cohorts/opts.zarr", options) == expected
-    again = convert_cohort("s3://cohorts/tiff-src", "s3://cohorts/opts.zarr", ConvertOptions(progress=False, write=WRITE),
-                           storage_options=options, source_storage_options=options)
+    again = convert_cohort(
+        "s3://cohorts/tiff-src",
+        "s3://cohorts/opts.zarr",
+        ConvertOptions(progress=False, write=WRITE),
+        storage_options=options,
+        source_storage_options=options,
+    )
     assert all(o.skipped for o in again.outcomes)
     overwritten = convert_cohort(
         "s3://cohorts/tiff-src",

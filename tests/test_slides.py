@@ -139,9 +139,7 @@ def test_a_slide_written_page_by_page_keeps_its_reduced_pages(tmp_path: Path) ->
         writer.write(np.ascontiguousarray(image[::3, ::3]), tile=(128, 128), compression="jpeg", photometric="rgb")  # not 2**k
     store = tmp_path / "cohort.zarr"
     result = add_image(store, str(slide), modality="he", tissue_id="A", write=WriteOptions(max_top_size=128))
-    assert [(level.name, level.from_source) for level in result.levels] == [
-        ("0_252mpp", True), ("1_008mpp", True), ("2_016mpp", False)
-    ]
+    assert [(level.name, level.from_source) for level in result.levels] == [("0_252mpp", True), ("1_008mpp", True), ("2_016mpp", False)]
     np.testing.assert_array_equal(_levels(store)["1_008mpp"][:], tifffile.imread(slide, key=1).transpose(2, 0, 1))
 
 

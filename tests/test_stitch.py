@@ -138,8 +138,9 @@ def test_labels_cut_by_tile_borders_are_merged(tmp_path: Path) -> None:
     image = coins[None]
     table = cut(image, tmp_path / "tiles", labels=labels)
     store = tmp_path / "c.zarr"
-    result = stitch(tmp_path / "tiles", table, store,
-        StitchOptions(modality="imc", tissue_id="T1", mpp=1.0, labels="cell_masks"), write=OPTIONS)
+    result = stitch(
+        tmp_path / "tiles", table, store, StitchOptions(modality="imc", tissue_id="T1", mpp=1.0, labels="cell_masks"), write=OPTIONS
+    )
     stitched = np.asarray(zarr.open_group(store, mode="r")["segmentations/cell_masks/T1/1_0mpp"]).reshape(labels.shape)
     assert adjusted_rand_index(stitched, labels) == pytest.approx(1.0)
     assert result.objects == labels.max() == len(np.unique(stitched)) - 1

@@ -144,8 +144,13 @@ def test_a_stack_cut_into_tiles_stitches_back_exactly(tmp_path: Path, mode: str)
     volume = smooth_volume((2, 14, 150, 180))
     table = cut_stack(volume, tmp_path / "tiles")
     store = tmp_path / "c.zarr"
-    result = stitch(tmp_path / "tiles", table, store, StitchOptions(modality="exm", tissue_id="T1", mpp=0.5, z_mpp=1.5, blend=mode,
-                    channel_names=("dapi", "gfp")), write=OPTIONS)
+    result = stitch(
+        tmp_path / "tiles",
+        table,
+        store,
+        StitchOptions(modality="exm", tissue_id="T1", mpp=0.5, z_mpp=1.5, blend=mode, channel_names=("dapi", "gfp")),
+        write=OPTIONS,
+    )
     assert sorted(set(result.offsets[:, 2])) == [0, 5, 6]  # tiles at three z offsets
     reader = open_level(store, "exm/images/T1/0_5mpp")
     np.testing.assert_array_equal(reader.read(0, 0, 150, 180), volume)
@@ -158,8 +163,9 @@ def test_stitched_stack_labels_keep_their_partition(tmp_path: Path) -> None:
     labels = measure.label(volume[0] > np.percentile(volume[0], 80))
     table = cut_stack(volume, tmp_path / "tiles", labels=labels)
     store = tmp_path / "c.zarr"
-    result = stitch(tmp_path / "tiles", table, store,
-        StitchOptions(modality="exm", tissue_id="T1", mpp=1.0, labels="cell_masks"), write=OPTIONS)
+    result = stitch(
+        tmp_path / "tiles", table, store, StitchOptions(modality="exm", tissue_id="T1", mpp=1.0, labels="cell_masks"), write=OPTIONS
+    )
     stitched = np.asarray(zarr.open_group(store, mode="r")["segmentations/cell_masks/T1/1_0mpp"])
     assert stitched.shape == labels.shape
     assert adjusted_rand_index(stitched, labels) == pytest.approx(1.0)
@@ -200,8 +206,25 @@ def test_readers_of_a_stacked_tissue(tmp_path: Path) -> None:
     volume = smooth_volume((2, 5, 100, 120))
     table = cut_stack(volume, tmp_path / "tiles", tile=(5, 64, 64), overlap=(0, 16, 16))
     store = tmp_path / "c.zarr"
-    argv = ["stitch", str(tmp_path / "tiles"), str(table), str(store), "--modality", "exm", "--tissue", "T1", "--mpp", "0.5",
-            "--z-mpp", "2", "--no-progress", "--chunk", "32", "--shard", "64"]
+    argv = [
+        "stitch",
+        str(tmp_path / "tiles"),
+        str(table),
+        str(store),
+        "--modality",
+        "exm",
+        "--tissue",
+        "T1",
+        "--mpp",
+        "0.5",
+        "--z-mpp",
+        "2",
+        "--no-progress",
+        "--chunk",
+        "32",
+        "--shard",
+        "64",
+    ]
     assert main(argv) == 0
     cohort = open_cohort(store)
     image = cohort.open_image("exm", "T1", 0.5)

@@ -19,8 +19,29 @@ def test_stitch_command_writes_image_and_labels(tmp_path: Path, capsys: pytest.C
     labels = measure.label(coins > filters.threshold_otsu(coins))
     table = cut(coins[None], tmp_path / "tiles", labels=labels)
     store = tmp_path / "c.zarr"
-    argv = ["stitch", str(tmp_path / "tiles"), str(table), str(store), "--modality", "imc", "--tissue", "T1", "--mpp", "0.5",
-            "--blend", "linear", "--labels", "cell_masks", "--channel-names", "dna", "--no-progress", "--chunk", "32", "--shard", "64"]
+    argv = [
+        "stitch",
+        str(tmp_path / "tiles"),
+        str(table),
+        str(store),
+        "--modality",
+        "imc",
+        "--tissue",
+        "T1",
+        "--mpp",
+        "0.5",
+        "--blend",
+        "linear",
+        "--labels",
+        "cell_masks",
+        "--channel-names",
+        "dna",
+        "--no-progress",
+        "--chunk",
+        "32",
+        "--shard",
+        "64",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "wrote imc/images/T1" in out and f"({labels.max()} objects)" in out
@@ -35,8 +56,10 @@ def test_stitch_command_bad_input_is_one_line(tmp_path: Path, capsys: pytest.Cap
     cut(rgb(), tmp_path / "tiles")
     (tmp_path / "bad.csv").write_text("file,x,y\nt000.tif,0,0\nt001.tif,-3,0\n")
     store = tmp_path / "c.zarr"
-    assert main(["stitch", str(tmp_path / "tiles"), str(tmp_path / "bad.csv"), str(store), "--modality", "he", "--tissue", "T1",
-                 "--mpp", "1"]) == 1
+    assert (
+        main(["stitch", str(tmp_path / "tiles"), str(tmp_path / "bad.csv"), str(store), "--modality", "he", "--tissue", "T1", "--mpp", "1"])
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "t001.tif" in err and "not negative" in err
     assert not store.exists()

@@ -58,8 +58,13 @@ def test_real_nd2_z_stack_reads_and_writes_as_nd2_reads_it(cluster_nd2: Path, tm
     assert tileset.shape == (10, 31, 38) and np.allclose(tileset.voxel_size, voxel)
     np.testing.assert_array_equal(tileset.read_tile(0, 3, 7, 5, 20, 2, 30), expected[:, 3:7, 5:20, 2:30])
     store = tmp_path / "c.zarr"
-    write_image(Location.parse(str(store)), "imc/images/T1", {1.0: MosaicSource(tileset)}, channel_names=["c0", "c1"],
-                options=WriteOptions(chunk=16, shard=32, max_top_size=16))
+    write_image(
+        Location.parse(str(store)),
+        "imc/images/T1",
+        {1.0: MosaicSource(tileset)},
+        channel_names=["c0", "c1"],
+        options=WriteOptions(chunk=16, shard=32, max_top_size=16),
+    )
     tileset.close()
     ome: Any = zarr.open_group(str(store / "imc/images/T1"), mode="r").attrs["ome"]
     full = ome["multiscales"][0]["datasets"][0]["path"]

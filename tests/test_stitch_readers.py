@@ -27,8 +27,9 @@ def he16() -> np.ndarray:
     return np.moveaxis(data.immunohistochemistry()[:200, :260], -1, 0).astype(np.uint16) * 257
 
 
-def write_bdv(folder: Path, image: np.ndarray, tile: int = 96, overlap: int = 24, depth_tile: int | None = None,
-              tile_attributes: bool = True) -> Path:
+def write_bdv(
+    folder: Path, image: np.ndarray, tile: int = 96, overlap: int = 24, depth_tile: int | None = None, tile_attributes: bool = True
+) -> Path:
     """``image`` ``(C, Z, H, W)`` cut into overlapping tiles as a BDV H5 + XML (one setup per tile and channel, int16 cells).
 
     Each view gets a calibration affine and a translation affine (BDV's two-transform registrations).
@@ -47,8 +48,10 @@ def write_bdv(folder: Path, image: np.ndarray, tile: int = 96, overlap: int = 24
                 h5.create_dataset(f"s{s:02d}/resolutions", data=np.ones((1, 3)))
                 h5.create_dataset(f"s{s:02d}/subdivisions", data=np.array([[32, 32, 1]]))
                 attributes = f"<attributes><illumination>0</illumination><channel>{c}</channel><tile>{t}</tile></attributes>"
-                setups.append(f"<ViewSetup><id>{s}</id><name>{s}</name><size>{tile} {tile} {dz}</size><voxelSize><unit>um</unit>"
-                              f"<size>1 1 1</size></voxelSize>{attributes if tile_attributes else ''}</ViewSetup>")
+                setups.append(
+                    f"<ViewSetup><id>{s}</id><name>{s}</name><size>{tile} {tile} {dz}</size><voxelSize><unit>um</unit>"
+                    f"<size>1 1 1</size></voxelSize>{attributes if tile_attributes else ''}</ViewSetup>"
+                )
                 registrations.append(
                     f'<ViewRegistration timepoint="0" setup="{s}">'
                     f'<ViewTransform type="affine"><Name>Translation</Name><affine>1 0 0 {x} 0 1 0 {y} 0 0 1 {z}</affine></ViewTransform>'
@@ -59,7 +62,7 @@ def write_bdv(folder: Path, image: np.ndarray, tile: int = 96, overlap: int = 24
     xml.write_text(
         '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2"><BasePath type="relative">.</BasePath><SequenceDescription>'
         '<ImageLoader format="bdv.hdf5"><hdf5 type="relative">dataset.h5</hdf5></ImageLoader>'
-        f"<ViewSetups>{''.join(setups)}</ViewSetups><Timepoints type=\"range\"><first>0</first><last>0</last></Timepoints>"
+        f'<ViewSetups>{"".join(setups)}</ViewSetups><Timepoints type="range"><first>0</first><last>0</last></Timepoints>'
         f"</SequenceDescription><ViewRegistrations>{''.join(registrations)}</ViewRegistrations></SpimData>"
     )
     return xml
@@ -72,8 +75,13 @@ def test_a_bdv_h5_stitches_back_exactly_through_the_writer(tmp_path: Path) -> No
     tileset.init_from_bdv(xml)
     assert len(tileset) == len(grid(200, 260, 96, 24)) and tileset.channels == 3 and tileset.dtype == np.uint16
     store = tmp_path / "c.zarr"
-    write_image(Location.parse(str(store)), "imc/images/T1", {1.0: MosaicSource(tileset, blend="max")},
-                channel_names=["r", "g", "b"], options=WriteOptions(chunk=32, shard=64, max_top_size=64))
+    write_image(
+        Location.parse(str(store)),
+        "imc/images/T1",
+        {1.0: MosaicSource(tileset, blend="max")},
+        channel_names=["r", "g", "b"],
+        options=WriteOptions(chunk=32, shard=64, max_top_size=64),
+    )
     tileset.close()
     ome: Any = zarr.open_group(str(store / "imc/images/T1"), mode="r").attrs["ome"]
     full = ome["multiscales"][0]["datasets"][0]["path"]

@@ -30,8 +30,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A converted synthetic cohort (A, B, C) plus tissue masks D (2.0 mpp only) and E (empty), written by the writer."""
     root = tmp_path_factory.mktemp("tiling")
     src = make_synthetic_cohort(
-        root / "tiff", tissues=("A", "B", "C"), he_shape={"A": (301, 517), "B": (260, 390), "C": (150, 170)},
-        imc_channels=3, resolutions=(0.5, 1.0), seed=3, tile_size=TILE,
+        root / "tiff",
+        tissues=("A", "B", "C"),
+        he_shape={"A": (301, 517), "B": (260, 390), "C": (150, 170)},
+        imc_channels=3,
+        resolutions=(0.5, 1.0),
+        seed=3,
+        tile_size=TILE,
     )
     dest = root / "cohort.zarr"
     assert convert_cohort(src, dest, ConvertOptions(progress=False)).ok
@@ -60,8 +65,27 @@ def _tables(store: Path, strategy: str = "best", size: int = TILE, res: str = "1
 
 
 def test_cli_tiles_equal_the_function_on_the_whole_mask(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["tile", str(copy), "--resolution", "1.0", "--tile-size", str(TILE), "--stride", str(STRIDE), "--tissue", "A",
-                 "--tissue", "B", "--tissue", "C", "--tissue", "E", "--no-progress"])
+    code = main(
+        [
+            "tile",
+            str(copy),
+            "--resolution",
+            "1.0",
+            "--tile-size",
+            str(TILE),
+            "--stride",
+            str(STRIDE),
+            "--tissue",
+            "A",
+            "--tissue",
+            "B",
+            "--tissue",
+            "C",
+            "--tissue",
+            "E",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     coords, stats = _tables(copy)
     assert [s["tissue_id"] for s in stats] == ["A", "B", "C", "E"]
@@ -83,8 +107,9 @@ def test_cli_tiles_equal_the_function_on_the_whole_mask(copy: Path, capsys: pyte
 
 def test_grid_strategy_and_streamed_bands(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tiling_cohort, "BAND_BYTES", 1)  # one chunk row per band: many bands per mask
-    report = tile_cohort(copy, TilingOptions(resolution="1_0mpp", tile_size=TILE, strategy="grid", tolerance=0.5), tissues=["A", "B"],
-                         run=SERIAL)
+    report = tile_cohort(
+        copy, TilingOptions(resolution="1_0mpp", tile_size=TILE, strategy="grid", tolerance=0.5), tissues=["A", "B"], run=SERIAL
+    )
     base = f"tiling/1_0mpp/grid/{TILE}_tile"
     assert report.ok and report.tables == [f"{base}_coordinates.parquet", f"{base}_stats.parquet"]
     coords, stats = _tables(copy, "grid")
@@ -184,8 +209,10 @@ def test_datasets_and_tile_dataset_read_the_tables(copy: Path) -> None:
         tile = he.get_crop(r["tissue_id"], r["tile_id"], preprocess=False)
         assert tuple(tile.shape) == (3, TILE, TILE)  # edge tiles are zero-padded for non-default strategies
     composed = ComposedImagingDataset(
-        [HEImagingDataset("t", copy, 1.0, TILE, verbose=False, tiling_strategy="best"),
-         MultiplexImagingDataset("t", copy, 1.0, TILE, verbose=False, tiling_strategy="best")]
+        [
+            HEImagingDataset("t", copy, 1.0, TILE, verbose=False, tiling_strategy="best"),
+            MultiplexImagingDataset("t", copy, 1.0, TILE, verbose=False, tiling_strategy="best"),
+        ]
     )
     tiles = TileDataset(composed)
     assert len(tiles) == len(coords)

@@ -50,11 +50,7 @@ class Source:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.images = {
-            (modality, tissue): read_source_chw(path)
-            for modality, res, tissue, path in source_images(root)
-            if res == RES
-        }
+        self.images = {(modality, tissue): read_source_chw(path) for modality, res, tissue, path in source_images(root) if res == RES}
         self.channels = pq.read_table(root / "imc" / "channels.parquet").to_pandas()
         per_tissue = pq.read_table(root / "imc" / "channels_per_tissue.parquet").to_pandas()
         self.measured = {t: list(g.channel_name) for t, g in per_tissue.groupby("tissue_id", sort=False)}
@@ -165,8 +161,11 @@ def test_items_equal_source(cohorts, kind: str) -> None:
     assert tiles.masks == ("tissue_masks", "cell_masks")
     assert {(t, r, c) for t, r, c in zip(tiles.index.tissue_id, tiles.index.row, tiles.index.col)} == _table(dest)
     shapes = {"A": (301, 517), "B": (200, 150), "C": (130, 333)}
-    edges = [i for i, (t, r, c) in enumerate(zip(tiles.index.tissue_id, tiles.index.row, tiles.index.col))
-             if r + TILE > shapes[t][0] or c + TILE > shapes[t][1]]
+    edges = [
+        i
+        for i, (t, r, c) in enumerate(zip(tiles.index.tissue_id, tiles.index.row, tiles.index.col))
+        if r + TILE > shapes[t][0] or c + TILE > shapes[t][1]
+    ]
     assert edges, "the tile table should have edge tiles"
     for i in range(len(tiles)):
         item = tiles[i]

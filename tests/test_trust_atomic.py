@@ -280,9 +280,15 @@ def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_stale(slow_coho
 @contextlib.contextmanager
 def lock_held_by_another_process(store: Path) -> Iterator[None]:
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; from spora_zarr.store.lock import store_lock; from spora_zarr.store.location import Location\n"
-         f"with store_lock(Location.parse({str(store)!r}), 'test'):\n    print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from spora_zarr.store.lock import store_lock; from spora_zarr.store.location import Location\n"
+            f"with store_lock(Location.parse({str(store)!r}), 'test'):\n    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     yield

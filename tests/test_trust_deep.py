@@ -103,7 +103,7 @@ def test_damaged_shards_are_each_named(store: Path, capsys: pytest.CaptureFixtur
     code, lines = deep(store, capsys)
     assert code == 1
     assert lines == [
-        "imc/images/A/0_5mpp/c/0/0/1: cannot decode the chunk of " f"{size} bytes at offset {offset}: not a valid blosc buffer",
+        f"imc/images/A/0_5mpp/c/0/0/1: cannot decode the chunk of {size} bytes at offset {offset}: not a valid blosc buffer",
         "imc/images/A/0_5mpp/c/0/1/1: the checksum of its chunk index does not match (corrupt file)",
         "imc/images/A/0_5mpp/c/0/2/2: its index points past the end of the file (corrupt file)",
     ]
@@ -210,8 +210,9 @@ def test_a_shard_that_is_no_regular_file_is_reported_never_a_hang(store: Path, k
     shard = store / "he/images/B/2_0mpp/c/0/0/0"
     shard.unlink()
     os.mkfifo(shard) if kind == "fifo" else shard.mkdir()
-    done = subprocess.run([sys.executable, "-m", "spora_zarr.cli", "validate", "--deep", str(store)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "spora_zarr.cli", "validate", "--deep", str(store)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     what = "FIFO" if kind == "fifo" else kind
     assert f"he/images/B/2_0mpp/c/0/0/0: not a regular file (a {what}); only regular files are read" in done.stdout.splitlines()

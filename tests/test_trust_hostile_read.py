@@ -161,6 +161,7 @@ def test_damaged_shard_through_open_image_values_names_the_array(store: Path) ->
 
 # ---------------------------------------------------------------------------------- damaged zarr.json
 
+
 def _deep(depth: int = 200_000) -> bytes:
     return b"[" * depth + b"]" * depth
 
@@ -237,9 +238,7 @@ def test_fifo_metadata_document_is_a_store_error(store: Path, which: str, capsys
     document = store / (LEVEL if which == "array" else "imc/images/A") / "zarr.json"
     document.unlink()
     os.mkfifo(document)
-    script = (
-        "import sys; from spora_zarr.cli import main; sys.exit(main(['info', sys.argv[1]]))"
-    )
+    script = "import sys; from spora_zarr.cli import main; sys.exit(main(['info', sys.argv[1]]))"
     try:
         done = subprocess.run([sys.executable, "-c", script, str(store)], capture_output=True, text=True, timeout=READ_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -19,8 +19,21 @@ from spora_zarr.errors import InvalidInputError, StoreError
 from spora_zarr.store import layout
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 
-BAD_MODALITIES = ["../x", "ihc/../../y", "/abs/path", "", "./z", "imc/./q", "images", "metadata", "segmentations", "tiling",
-                  "imc/images", "he/", "a//b"]
+BAD_MODALITIES = [
+    "../x",
+    "ihc/../../y",
+    "/abs/path",
+    "",
+    "./z",
+    "imc/./q",
+    "images",
+    "metadata",
+    "segmentations",
+    "tiling",
+    "imc/images",
+    "he/",
+    "a//b",
+]
 
 
 def one_error(capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
@@ -44,8 +57,9 @@ def image(tmp_path: Path) -> Path:
 
 
 def add(store: Path, image: Path, modality: str, tissue: str = "T") -> int:
-    return main(["add-image", str(store), str(image), "--modality", modality, "--tissue", tissue, "--mpp", "1",
-                 "--chunk", "32", "--shard", "0"])
+    return main(
+        ["add-image", str(store), str(image), "--modality", modality, "--tissue", tissue, "--mpp", "1", "--chunk", "32", "--shard", "0"]
+    )
 
 
 # -- modality names ------------------------------------------------------------------------------------------------
@@ -88,8 +102,9 @@ def tiles(folder: Path, names: tuple[str, ...] = ("a.tif", "b.tif")) -> Path:
 
 
 def stitch_cli(tiles_dir: Path, table: Path, store: Path, *extra: str, modality: str = "imc") -> int:
-    return main(["stitch", str(tiles_dir), str(table), str(store), "--modality", modality, "--tissue", "T", "--mpp", "1",
-                 "--no-progress", *extra])
+    return main(
+        ["stitch", str(tiles_dir), str(table), str(store), "--modality", modality, "--tissue", "T", "--mpp", "1", "--no-progress", *extra]
+    )
 
 
 @pytest.mark.parametrize("modality", ["../x", "/abs/path", "tiling"])
@@ -113,8 +128,7 @@ def test_predict_names_the_prediction_in_its_error(tmp_path: Path, image: Path, 
     assert not (tmp_path / "x").exists()
 
 
-def test_a_root_document_listing_an_escaping_modality_is_an_error(tmp_path: Path, image: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_root_document_listing_an_escaping_modality_is_an_error(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "s.zarr"
     assert add(store, image, "he") == 0
     shutil.copytree(store / "he", tmp_path / "evil")  # a sibling folder that looks like a modality
@@ -214,16 +228,25 @@ def test_add_image_does_not_replace_a_linked_tissue_group(tmp_path: Path, image:
 
 @pytest.fixture
 def cohort(tmp_path: Path) -> Path:
-    return make_synthetic_cohort(tmp_path / "src", tissues=("A",), he_shape=(40, 60), resolutions=(1.0,), with_masks=False,
-                                 multiplex_modalities=(), ihc_markers=(), seed=3)
+    return make_synthetic_cohort(
+        tmp_path / "src",
+        tissues=("A",),
+        he_shape=(40, 60),
+        resolutions=(1.0,),
+        with_masks=False,
+        multiplex_modalities=(),
+        ihc_markers=(),
+        seed=3,
+    )
 
 
 def convert(src: Path, dest: Path, *extra: str) -> int:
     return main(["convert", str(src), str(dest), "--no-progress", "--chunk", "32", "--shard", "0", *extra])
 
 
-def test_convert_does_not_write_through_a_link_in_the_destination(tmp_path: Path, image: Path, cohort: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_does_not_write_through_a_link_in_the_destination(
+    tmp_path: Path, image: Path, cohort: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store, elsewhere = tmp_path / "s.zarr", tmp_path / "elsewhere"
     assert add(store, image, "imc") == 0
     elsewhere.mkdir()
@@ -237,8 +260,9 @@ def test_convert_does_not_write_through_a_link_in_the_destination(tmp_path: Path
 # -- convert: where it may write, and what --overwrite may delete ----------------------------------------------------------------
 @pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("inside", [False, True])
-def test_convert_refuses_its_own_source(tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str], inside: bool,
-                                        overwrite: bool) -> None:
+def test_convert_refuses_its_own_source(
+    tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str], inside: bool, overwrite: bool
+) -> None:
     before = tree(cohort)
     dest = cohort / "out.zarr" if inside else cohort
     assert convert(cohort, dest, *(["--overwrite"] if overwrite else [])) == 1
@@ -246,8 +270,9 @@ def test_convert_refuses_its_own_source(tmp_path: Path, cohort: Path, capsys: py
     assert tree(cohort) == before
 
 
-def test_convert_refuses_a_folder_with_other_files_unless_overwrite(tmp_path: Path, cohort: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_refuses_a_folder_with_other_files_unless_overwrite(
+    tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dest = tmp_path / "project"
     (dest / "notes").mkdir(parents=True)
     (dest / "notes/todo.txt").write_text("keep me")
@@ -260,8 +285,9 @@ def test_convert_refuses_a_folder_with_other_files_unless_overwrite(tmp_path: Pa
 
 
 @pytest.mark.parametrize("foreign", ["he/images/A/notes.txt", "metadata/tissues.parquet"])
-def test_overwrite_never_replaces_foreign_files_at_the_paths_it_writes(tmp_path: Path, cohort: Path,
-                                                                       capsys: pytest.CaptureFixture[str], foreign: str) -> None:
+def test_overwrite_never_replaces_foreign_files_at_the_paths_it_writes(
+    tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str], foreign: str
+) -> None:
     dest = tmp_path / "project"
     (dest / foreign).parent.mkdir(parents=True)
     (dest / foreign).write_text("keep me")
@@ -290,8 +316,9 @@ def test_an_empty_folder_is_a_fine_destination(tmp_path: Path, cohort: Path) -> 
 
 # -- info says where the store root is ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("inner", ["he", "he/images", "he/images/T"])
-def test_info_on_a_group_inside_a_store_names_the_store(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str],
-                                                         inner: str) -> None:
+def test_info_on_a_group_inside_a_store_names_the_store(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str], inner: str
+) -> None:
     store = tmp_path / "s.zarr"
     assert add(store, image, "he") == 0
     capsys.readouterr()
@@ -308,8 +335,9 @@ def test_convert_refuses_a_source_modality_with_a_reserved_name(tmp_path: Path, 
 
 # -- only regular files inside the tree the user named are read ----------------------------------------------------------------
 @pytest.mark.parametrize("how", ["link_out", "fifo"])
-def test_convert_skips_and_says_a_source_file_it_must_not_read(tmp_path: Path, cohort: Path, caplog: pytest.LogCaptureFixture,
-                                                                how: str) -> None:
+def test_convert_skips_and_says_a_source_file_it_must_not_read(
+    tmp_path: Path, cohort: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
     images = cohort / "he" / "1_0mpp" / "images"
     (original,) = images.glob("A.tif*")
     if how == "link_out":
@@ -342,8 +370,9 @@ def test_add_image_refuses_a_fifo(tmp_path: Path, capsys: pytest.CaptureFixture[
     one_error(capsys, str(fifo), "not a regular file")
 
 
-def test_a_linked_staging_folder_is_refused_and_nothing_behind_it_deleted(tmp_path: Path, image: Path,
-                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_linked_staging_folder_is_refused_and_nothing_behind_it_deleted(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store, victim = tmp_path / "s.zarr", tmp_path / "victim"
     assert add(store, image, "imc", "A") == 0
     (victim / "sub").mkdir(parents=True)

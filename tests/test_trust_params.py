@@ -151,11 +151,14 @@ def long_failure(x: torch.Tensor) -> torch.Tensor:
     raise RuntimeError("the model could not run: " + "because " * 40)
 
 
-@pytest.mark.parametrize(("model", "labels", "message"), [
-    (negative_labels, True, r"labels -3 to -3, outside the uint32 labels stored"),
-    (huge_labels, True, r"labels 1099511627776 to 1099511627776, outside the uint32 labels stored"),
-    (complex_output, False, r"complex_output.*torch.complex64 \(complex\); predictions must be real numbers"),
-])
+@pytest.mark.parametrize(
+    ("model", "labels", "message"),
+    [
+        (negative_labels, True, r"labels -3 to -3, outside the uint32 labels stored"),
+        (huge_labels, True, r"labels 1099511627776 to 1099511627776, outside the uint32 labels stored"),
+        (complex_output, False, r"complex_output.*torch.complex64 \(complex\); predictions must be real numbers"),
+    ],
+)
 def test_model_output_that_cannot_be_stored_is_an_error(store: Path, dataset, model, labels: bool, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         predict_tissue(model, dataset, "T", PredictTissueOptions(name=f"bad_{model.__name__}", tile_size=32, overlap=8, labels=labels))
@@ -165,8 +168,9 @@ def test_model_output_that_cannot_be_stored_is_an_error(store: Path, dataset, mo
 
 def test_label_fill_value_that_the_labels_cannot_hold_is_an_error(dataset) -> None:
     with pytest.raises(InvalidInputError, match="fill value of labels must be a whole number"):
-        predict_tissue(negative_labels, dataset, "T",
-            PredictTissueOptions(name="badfill", tile_size=32, overlap=8, labels=True, fill_value=-1))
+        predict_tissue(
+            negative_labels, dataset, "T", PredictTissueOptions(name="badfill", tile_size=32, overlap=8, labels=True, fill_value=-1)
+        )
 
 
 def test_model_errors_are_cut_at_a_word_boundary(dataset) -> None:
@@ -187,20 +191,45 @@ def test_reason_keeps_short_lines_and_cuts_long_ones_between_words() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cli_device_cuda_without_cuda_is_one_line(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main([
-        "predict", str(store), "--model", "tests.test_trust_params:negative_labels", "--modality", "imc", "--resolution", "1.0",
-        "--name", "gpu", "--labels", "--device", "cuda", "--no-progress",
-    ])
+    code = main(
+        [
+            "predict",
+            str(store),
+            "--model",
+            "tests.test_trust_params:negative_labels",
+            "--modality",
+            "imc",
+            "--resolution",
+            "1.0",
+            "--name",
+            "gpu",
+            "--labels",
+            "--device",
+            "cuda",
+            "--no-progress",
+        ]
+    )
     one_error_line(capsys.readouterr().err, "device 'cuda'", "CUDA is not available")
     assert code == 1
     assert not (store / "segmentations/gpu").exists()
 
 
 # -- read_tile / get_crop arguments and standardizers ------------------------------------------------
-@pytest.mark.parametrize(("row", "col", "size"), [
-    (10.7, 0, None), (0, float("nan"), None), (True, 0, None), ("3", 0, None), (0, np.float64(2.0), None),
-    (0, 0, 16.5), (0, 0, np.nan), (0, 0, "16"), (0, 0, False), (0, 0, 0),
-])
+@pytest.mark.parametrize(
+    ("row", "col", "size"),
+    [
+        (10.7, 0, None),
+        (0, float("nan"), None),
+        (True, 0, None),
+        ("3", 0, None),
+        (0, np.float64(2.0), None),
+        (0, 0, 16.5),
+        (0, 0, np.nan),
+        (0, 0, "16"),
+        (0, 0, False),
+        (0, 0, 0),
+    ],
+)
 def test_read_tile_refuses_what_is_not_a_whole_number(dataset, row, col, size) -> None:
     with pytest.raises(InvalidInputError, match=r"trust: (row|col|size) must be"):
         dataset.read_tile("T", row, col, size)

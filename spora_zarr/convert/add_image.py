@@ -173,9 +173,18 @@ def _add_image(
     files = {rel: table_bytes(table) for rel, table in tables.items()}
     files.update(staged_root_document(dst, modalities={modality: [parse_resolution(mpp).name for mpp in sources]}))
     return write_image(
-        dst, target, sources, channel_names=names, rgb=rgb, panel=modality_panel(dst, modality) if not rgb else None,
-        spora={"tissue_id": tissue_id, "modality": modality}, options=write, overwrite=existing is not None or overwrite, files=files,
-        keep_encoded=keep_encoded, z_mpp=info.z_mpp,
+        dst,
+        target,
+        sources,
+        channel_names=names,
+        rgb=rgb,
+        panel=modality_panel(dst, modality) if not rgb else None,
+        spora={"tissue_id": tissue_id, "modality": modality},
+        options=write,
+        overwrite=existing is not None or overwrite,
+        files=files,
+        keep_encoded=keep_encoded,
+        z_mpp=info.z_mpp,
     )
 
 
@@ -200,8 +209,14 @@ def _add_mask(
         levels = ", ".join(existing.spora.source_levels)
         raise InvalidInputError(f"{path}: {target} already holds a mask from {levels}; pass overwrite=True to replace it with this file")
     return write_labels(
-        dst, target, {resolution: source}, source_image=f"../../../{image}", spora={"tissue_id": tissue_id, "mask_kind": kind},
-        options=write, overwrite=overwrite, files=staged_root_document(dst, mask_kinds=[kind]),
+        dst,
+        target,
+        {resolution: source},
+        source_image=f"../../../{image}",
+        spora={"tissue_id": tissue_id, "mask_kind": kind},
+        options=write,
+        overwrite=overwrite,
+        files=staged_root_document(dst, mask_kinds=[kind]),
     )
 
 

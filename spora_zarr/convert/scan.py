@@ -160,10 +160,10 @@ def _list_files(src: Location) -> list[str]:
     root = src.fs_path()
     found = set()
     for path in fs.find(root, withdirs=True):
-        rel = path[len(root):].strip("/")
+        rel = path[len(root) :].strip("/")
         if not rel or any(p.startswith(".") for p in rel.split("/")):
             continue
-        if ".zarr/" in rel + "/" :
+        if ".zarr/" in rel + "/":
             head = rel[: rel.index(".zarr") + len(".zarr")]
             found.add(head)
             continue
@@ -193,7 +193,7 @@ def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str,
     if parts[0] in RESERVED_TOP:
         return f"image files under {parts[0]}/ are not part of the layout"
     modality_parts = parts[:2] if parts[0] == "ihc" and len(parts) > 1 and parts[1].startswith(IHC_PREFIX) else parts[:1]
-    rest = parts[len(modality_parts):]
+    rest = parts[len(modality_parts) :]
     modality = "/".join(modality_parts)
     if (len(rest) == 3 and rest[1] == "images") or (len(rest) == 2 and lower.endswith(".zarr")):
         validate_modality(modality, source=where)

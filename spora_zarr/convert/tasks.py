@@ -73,8 +73,16 @@ def _run_image(
             raise InvalidInputError(f"{src.name}: {src.shape[0]} channels but {table} lists {len(names)} for tissue {task.tissue_id!r}")
     spora = {"tissue_id": task.tissue_id, "modality": task.modality}
     return write_image(
-        dest, task.path, sources, channel_names=names, rgb=rgb, panel=task.panel, spora=spora,
-        options=options, overwrite=overwrite, progress=progress,
+        dest,
+        task.path,
+        sources,
+        channel_names=names,
+        rgb=rgb,
+        panel=task.panel,
+        spora=spora,
+        options=options,
+        overwrite=overwrite,
+        progress=progress,
     )
 
 

@@ -61,8 +61,9 @@ class ComposedImagingDataset:
         for name, dataset in self.datasets.items():
             factor = pixel_scale(base, dataset)
             modality_kind = kind if isinstance(dataset, MultiplexImagingDataset) else "complete"
-            tiles[name] = dataset.read_tile(tissue_id, round(row * factor), round(col * factor),
-                                            round(size * factor), kind=modality_kind, preprocess=preprocess)
+            tiles[name] = dataset.read_tile(
+                tissue_id, round(row * factor), round(col * factor), round(size * factor), kind=modality_kind, preprocess=preprocess
+            )
         return tiles
 
     @property

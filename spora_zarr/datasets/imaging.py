@@ -155,7 +155,12 @@ class BaseImagingDataset(TissueReader):
         self.verbose = verbose
         self.tiling_strategy = tiling_strategy
         super().__init__(
-            path, self.modality_dir(), resolution, name=name, engine=engine, storage_options=storage_options,
+            path,
+            self.modality_dir(),
+            resolution,
+            name=name,
+            engine=engine,
+            storage_options=storage_options,
             multiplex=isinstance(self, MultiplexImagingDataset),
         )
         self.metadata: pd.DataFrame = self.cohort.read_table(TISSUES_TABLE).to_pandas()
@@ -228,7 +233,14 @@ class BaseImagingDataset(TissueReader):
         return self.preprocess(tensor, tissue_id, kind) if preprocess else tensor
 
     def read_mask_tile(
-        self, tissue_id: str, row: int, col: int, size: int | None = None, *, mask: str = "tissue_masks", pad: bool | None = None,
+        self,
+        tissue_id: str,
+        row: int,
+        col: int,
+        size: int | None = None,
+        *,
+        mask: str = "tissue_masks",
+        pad: bool | None = None,
         out: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
         """The ``(size, size)`` window of a tissue or cell mask, aligned with :meth:`read_tile`, as :func:`label_dtype` ids.
@@ -343,8 +355,17 @@ class HEImagingDataset(_RGBDataset):
 
     image_modality = HEModality().directory
 
-    def __init__(self, name: str, path: str | Location, resolution: ResolutionLike, crop_size: int, load_cell_metadata: bool = False,
-                 verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str | Location,
+        resolution: ResolutionLike,
+        crop_size: int,
+        load_cell_metadata: bool = False,
+        verbose: bool = True,
+        mean_std_type: str = "imagenet",
+        **kwargs: Any,
+    ) -> None:
         self.standardizer = MeanStdStandardizer(mean_std_type)  # refuses an unknown preset
         self.mean_std_type = mean_std_type
         self.modality = HEModality()
@@ -357,8 +378,18 @@ class HEImagingDataset(_RGBDataset):
 class SingleIHCImagingDataset(_RGBDataset):
     """Single-marker RGB IHC images of ``ihc/ihc_<marker_name>``."""
 
-    def __init__(self, name: str, path: str | Location, marker_name: str, resolution: ResolutionLike, crop_size: int,
-                 load_cell_metadata: bool = False, verbose: bool = True, mean_std_type: str = "imagenet", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str | Location,
+        marker_name: str,
+        resolution: ResolutionLike,
+        crop_size: int,
+        load_cell_metadata: bool = False,
+        verbose: bool = True,
+        mean_std_type: str = "imagenet",
+        **kwargs: Any,
+    ) -> None:
         self.marker_name = marker_name
         self.modality = IHCModality(marker=marker_name)
         self.standardizer = MeanStdStandardizer(mean_std_type)

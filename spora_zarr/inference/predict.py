@@ -66,7 +66,6 @@ __all__ = [
 ]
 
 
-
 def prediction_write_options() -> WriteOptions:
     """The writer options of a prediction when none are given: the defaults with :data:`PREDICTION_MEMORY_BUDGET`."""
     return WriteOptions(memory_budget=PREDICTION_MEMORY_BUDGET)
@@ -82,7 +81,12 @@ def output_path(name: str, tissue_id: str, *, labels: bool = False) -> str:
 
 
 def make_dataset(
-    store: str | Location, modality: str, resolution: ResolutionLike, tile_size: int, *, standardization: str = "identity",
+    store: str | Location,
+    modality: str,
+    resolution: ResolutionLike,
+    tile_size: int,
+    *,
+    standardization: str = "identity",
     storage_options: dict[str, Any] | None = None,
 ) -> BaseImagingDataset:
     """The dataset of ``modality``: ``he`` (H&E), ``ihc/ihc_<marker>``, or a multiplex modality (any other, predictions too)."""
@@ -161,8 +165,18 @@ def predict_tissue(
     inputs = InputWindows(reader, channels, standardize if o.preprocess and not identity else None, mask)
     mpp = parse_resolution(dataset.resolution).mpp
     source = PredictionSource(
-        loaded, inputs, tile_size, overlap, o.batch_size, mode=o.mode, labels=labels, device=o.device, min_tissue=min_tissue,
-        fill_value=o.fill_value, name=where, mpp=mpp,
+        loaded,
+        inputs,
+        tile_size,
+        overlap,
+        o.batch_size,
+        mode=o.mode,
+        labels=labels,
+        device=o.device,
+        min_tissue=min_tissue,
+        fill_value=o.fill_value,
+        name=where,
+        mpp=mpp,
     )
     if not labels:
         names = list(o.channel_names or model_channel_names(loaded) or [])
@@ -173,15 +187,27 @@ def predict_tissue(
     spora = {
         "tissue_id": tissue_id,
         "prediction": {
-            "model": model_label(model), "input": modality, "resolution": dataset.resolution, "tile_size": source.tile_size,
-            "overlap": int(overlap), "mode": o.mode, "min_tissue": min_tissue, "fill_value": o.fill_value,
+            "model": model_label(model),
+            "input": modality,
+            "resolution": dataset.resolution,
+            "tile_size": source.tile_size,
+            "overlap": int(overlap),
+            "mode": o.mode,
+            "min_tissue": min_tissue,
+            "fill_value": o.fill_value,
         },
     }
     if labels:
         spora["mask_kind"] = output
         result = write_labels(
-            location, path, {mpp: source}, source_image=f"../../../{image_group_path(modality, tissue_id)}", spora=spora,
-            options=write, overwrite=overwrite, progress=progress,
+            location,
+            path,
+            {mpp: source},
+            source_image=f"../../../{image_group_path(modality, tissue_id)}",
+            spora=spora,
+            options=write,
+            overwrite=overwrite,
+            progress=progress,
         )
     else:
         spora["modality"] = prediction_dir(output)
@@ -341,7 +367,11 @@ def _dataset_for(task: PredictTask) -> BaseImagingDataset:
     datasets = _DATASETS.get()
     if key not in datasets:
         datasets[key] = make_dataset(
-            task.location, o.modality, o.resolution, o.tile_size, standardization=o.standardization,
+            task.location,
+            o.modality,
+            o.resolution,
+            o.tile_size,
+            standardization=o.standardization,
             storage_options=task.location.storage_options or None,
         )
     return datasets[key]
@@ -352,7 +382,13 @@ def predict_task(task: PredictTask, progress: ProgressCallback | None = None) ->
     from ..run import TaskOutcome
 
     result = predict_tissue(
-        task.model, _dataset_for(task), task.tissue_id, task.options, write=task.write, overwrite=task.overwrite, progress=progress,
+        task.model,
+        _dataset_for(task),
+        task.tissue_id,
+        task.options,
+        write=task.write,
+        overwrite=task.overwrite,
+        progress=progress,
         record=False,
     )
     return TaskOutcome(task.path, task.label, skipped=result.skipped, bytes_read=result.bytes_read)
@@ -387,8 +423,14 @@ def predict_cohort(
 
     location = Location.parse(store, storage_options)
     location.check_writable("write predictions")
-    dataset = make_dataset(location, options.modality, options.resolution, options.tile_size, standardization=options.standardization,
-                           storage_options=storage_options)
+    dataset = make_dataset(
+        location,
+        options.modality,
+        options.resolution,
+        options.tile_size,
+        standardization=options.standardization,
+        storage_options=storage_options,
+    )
     available = list(dataset.tissue_ids)
     if tissues is None:
         wanted = available
@@ -410,4 +452,3 @@ def predict_cohort(
     if any(not o.error for o in report.outcomes):
         record_predictions(location, options.name, labels=options.labels)
     return report
-

@@ -254,5 +254,3 @@ def open_cohort(location: str | Location, storage_options: dict[str, Any] | None
     if writer is not None:
         log.warning("%s: %s is writing this store; a tissue it overwrites may read as a mix of old and new pixels", parsed, writer)
     return Cohort(parsed)
-
-

@@ -344,8 +344,7 @@ class WindowReader:
             y0, x0, height, width = operator.index(y0), operator.index(x0), operator.index(height), operator.index(width)
         except TypeError:
             raise InvalidInputError(
-                f"window of {where} must be given as integers, got y0={y0!r} x0={x0!r} "
-                f"height={height!r} width={width!r}"
+                f"window of {where} must be given as integers, got y0={y0!r} x0={x0!r} height={height!r} width={width!r}"
             ) from None
         ny, nx = self.shape[-2:]
         ya, yb = max(y0, 0), min(y0 + height, ny)
@@ -376,21 +375,16 @@ class WindowReader:
         except Exception:  # noqa: BLE001 - anything numpy cannot take is bad input
             idx = np.asarray([], dtype=object)
         if idx.ndim != 1 or idx.size == 0 or not (np.issubdtype(idx.dtype, np.integer)):
-            raise InvalidInputError(
-                f"channels of {where} must be a non-empty sequence of integers, got {channels!r}"
-            )
+            raise InvalidInputError(f"channels of {where} must be a non-empty sequence of integers, got {channels!r}")
         bad = idx[(idx < 0) | (idx >= count)]
         if bad.size:
             raise InvalidInputError(
-                f"channel indices {bad.tolist()} are out of range for array {where} "
-                f"with {count} channels (shape {self.shape})"
+                f"channel indices {bad.tolist()} are out of range for array {where} with {count} channels (shape {self.shape})"
             )
         return idx.astype(np.intp, copy=False)
 
 
-def open_level(
-    location: Location | str | os.PathLike[str], path: str, *, engine: str | None = None
-) -> LevelReader:
+def open_level(location: Location | str | os.PathLike[str], path: str, *, engine: str | None = None) -> LevelReader:
     """A reader of the array at ``<location>/<path>``, cached per process.
 
     Parameters

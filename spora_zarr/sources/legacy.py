@@ -36,4 +36,3 @@ class LegacyZarrSource(ImageSource):
             return self._view.read(y0, y1, x0, x1)
         except Exception as exc:
             raise InvalidInputError(f"{self.name}: unreadable zarr data ({reason(exc)})") from None
-

@@ -222,8 +222,10 @@ class TiffSource(ImageSource):
                 one = self._tiff.pages[page]
                 first = tifffile.TiffPageSeries([one], one.shape, one.dtype, one.axes)
                 planes = [first]
-            elif not self._tiff.is_ome and len(series) > 1 and all(
-                s.axes == "YX" and s.shape == first.shape and s.dtype == first.dtype for s in series
+            elif (
+                not self._tiff.is_ome
+                and len(series) > 1
+                and all(s.axes == "YX" and s.shape == first.shape and s.dtype == first.dtype for s in series)
             ):
                 planes = list(series)
             if level and (len(planes) > 1 or level >= len(first.levels)):

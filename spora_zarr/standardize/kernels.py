@@ -79,8 +79,16 @@ def count_into(data: np.ndarray, counts: np.ndarray, *, signed: bool) -> None:
         row += np.bincount(plane.astype(np.int32) + (1 << (bits - 1)) if signed else plane, minlength=row.size)
 
 
-def lut_apply(data_address: int, dtype: np.dtype, planes: int, plane_n: int, table: np.ndarray,
-              offsets: np.ndarray, lengths: np.ndarray, out_address: int) -> None:
+def lut_apply(
+    data_address: int,
+    dtype: np.dtype,
+    planes: int,
+    plane_n: int,
+    table: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    out_address: int,
+) -> None:
     """Map ``planes`` contiguous planes of ``plane_n`` samples through their tables into float32 ``out``.
 
     Parameters
@@ -101,8 +109,9 @@ def lut_apply(data_address: int, dtype: np.dtype, planes: int, plane_n: int, tab
         raise ValueError("a lookup table is empty")
 
 
-def affine_apply(data_address: int, dtype: np.dtype, planes: int, plane_n: int, upper: np.ndarray,
-                 scale: np.ndarray, bias: np.ndarray, out_address: int) -> None:
+def affine_apply(
+    data_address: int, dtype: np.dtype, planes: int, plane_n: int, upper: np.ndarray, scale: np.ndarray, bias: np.ndarray, out_address: int
+) -> None:
     """``min(x, upper) * scale + bias`` of ``planes`` contiguous planes of ``plane_n`` samples into float32 ``out``.
 
     ``upper``, ``scale``, ``bias``: float32 per plane; the samples as for :func:`lut_apply`.

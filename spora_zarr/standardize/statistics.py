@@ -250,8 +250,14 @@ def derive_statistics(histograms: dict[str, dict[str, ChannelHistogram]], spec: 
             for column, value in zip(rows, (tissue, name, parsed.quantile, upper[(tissue, name)], mean, std)):
                 rows[column].append(value)
     schema = pa.schema(
-        [("tissue_id", pa.string()), ("channel_name", pa.string()), ("quantile", pa.float64()),
-         ("upper", pa.float64()), ("mean", pa.float64()), ("std", pa.float64())]
+        [
+            ("tissue_id", pa.string()),
+            ("channel_name", pa.string()),
+            ("quantile", pa.float64()),
+            ("upper", pa.float64()),
+            ("mean", pa.float64()),
+            ("std", pa.float64()),
+        ]
     )
     return pa.table(rows, schema=schema)
 
@@ -335,8 +341,12 @@ def compute_statistics(
             mask_path = cohort.mask_level_path("tissue_masks", tissue, name)
         tasks.append(
             HistogramTask(
-                histogram_path(modality, name, tissue, within_mask), f"{modality}/{tissue}", tissue,
-                cohort.level_path(modality, tissue, name), mask_path, tuple(cohort.channel_names(modality, tissue)),
+                histogram_path(modality, name, tissue, within_mask),
+                f"{modality}/{tissue}",
+                tissue,
+                cohort.level_path(modality, tissue, name),
+                mask_path,
+                tuple(cohort.channel_names(modality, tissue)),
             )
         )
     work = functools.partial(histogram_work, location=location, overwrite=overwrite, block=block)

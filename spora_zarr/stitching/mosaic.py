@@ -35,8 +35,9 @@ def get_tiles_overlaps(transforms: np.ndarray, tile_size: Sequence[int]) -> set[
     return {(i, j) for i, j in combinations(range(len(transforms)), 2) if overlapping(transforms[i], transforms[j], tile_size)}
 
 
-def blend(offsets: np.ndarray, pictures: Sequence[np.ndarray], indices: Sequence[int] | None = None,
-          inverts: Sequence[int] | None = None) -> np.ndarray:
+def blend(
+    offsets: np.ndarray, pictures: Sequence[np.ndarray], indices: Sequence[int] | None = None, inverts: Sequence[int] | None = None
+) -> np.ndarray:
     """Composite in-memory tiles (2-D ``(H, W)`` or 3-D ``(Z, H, W)``) at integer ``(x, y[, z])`` offsets; later tiles win.
 
     ``indices`` gives the order; ``inverts`` an axis (of the tile array) to flip per tile, or -1 for none.
@@ -79,8 +80,16 @@ class MosaicSource(ImageSource):
         Recorded in ``info``.
     """
 
-    def __init__(self, tileset: Tileset, *, blend: str = "none", z: int | None = None, mpp: float | None = None,
-                 channel_names: Sequence[str] | None = None, name: str = "<mosaic>") -> None:
+    def __init__(
+        self,
+        tileset: Tileset,
+        *,
+        blend: str = "none",
+        z: int | None = None,
+        mpp: float | None = None,
+        channel_names: Sequence[str] | None = None,
+        name: str = "<mosaic>",
+    ) -> None:
         if blend not in BLENDS:
             raise InvalidInputError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
         tileset.check_tiles()

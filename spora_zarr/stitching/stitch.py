@@ -170,8 +170,17 @@ def stitch(
         source = MosaicSource(tileset, blend=o.blend, mpp=mpp, channel_names=names, name=os.fspath(tiles_dir))
         spora = {"tissue_id": tissue_id, "modality": modality}
         image = write_image(
-            dst, target, {float(mpp): source}, channel_names=names, panel=modality_panel(dst, modality), spora=spora, options=write,
-            overwrite=overwrite, progress=(lambda n: progress("image", n)) if progress else None, z_mpp=z_mpp, files=files,
+            dst,
+            target,
+            {float(mpp): source},
+            channel_names=names,
+            panel=modality_panel(dst, modality),
+            spora=spora,
+            options=write,
+            overwrite=overwrite,
+            progress=(lambda n: progress("image", n)) if progress else None,
+            z_mpp=z_mpp,
+            files=files,
         )
         if pairs is not None:
             _write_offsets(dst, stitching_dir(modality, tissue_id), tileset, pairs, o.min_correlation)
@@ -181,9 +190,15 @@ def stitch(
             mask_path = label_group_path(labels, tissue_id)
             label_source = LabelMosaicSource(tileset, tables, name=os.fspath(tiles_dir))
             result.labels = write_labels(
-                dst, mask_path, {float(mpp): label_source}, source_image=f"../../../{target}",
+                dst,
+                mask_path,
+                {float(mpp): label_source},
+                source_image=f"../../../{target}",
                 spora={"tissue_id": tissue_id, "mask_kind": labels},
-                options=write, overwrite=overwrite, progress=(lambda n: progress("labels", n)) if progress else None, z_mpp=z_mpp,
+                options=write,
+                overwrite=overwrite,
+                progress=(lambda n: progress("labels", n)) if progress else None,
+                z_mpp=z_mpp,
                 files=staged_root_document(dst, mask_kinds=[labels]),
             )
             result.objects = max((int(t.max()) for t in tables), default=0)
@@ -196,16 +211,33 @@ def _write_offsets(location: Location, where: str, tileset: Tileset, pairs: Sequ
     from ..store.tables import write_table
 
     offsets = tileset.offsets
-    write_table(location, f"{where}/offsets.parquet", pa.table({
-        "file": [os.path.basename(t.path) for t in tileset.tiles],
-        "x": offsets[:, 0], "y": offsets[:, 1], "z": offsets[:, 2],
-    }))
-    write_table(location, f"{where}/pairs.parquet", pa.table({
-        "i": [p.i for p in pairs], "j": [p.j for p in pairs],
-        "dx": [float(p.relative[0]) for p in pairs], "dy": [float(p.relative[1]) for p in pairs],
-        "dz": [float(p.relative[2]) for p in pairs],
-        "correlation": [p.correlation for p in pairs], "kept": [p.correlation >= min_correlation for p in pairs],
-    }))
+    write_table(
+        location,
+        f"{where}/offsets.parquet",
+        pa.table(
+            {
+                "file": [os.path.basename(t.path) for t in tileset.tiles],
+                "x": offsets[:, 0],
+                "y": offsets[:, 1],
+                "z": offsets[:, 2],
+            }
+        ),
+    )
+    write_table(
+        location,
+        f"{where}/pairs.parquet",
+        pa.table(
+            {
+                "i": [p.i for p in pairs],
+                "j": [p.j for p in pairs],
+                "dx": [float(p.relative[0]) for p in pairs],
+                "dy": [float(p.relative[1]) for p in pairs],
+                "dz": [float(p.relative[2]) for p in pairs],
+                "correlation": [p.correlation for p in pairs],
+                "kept": [p.correlation >= min_correlation for p in pairs],
+            }
+        ),
+    )
 
 
 def get_centroids(store: str | Location, kind: str, tissue_id: str, *, band: int = 1024) -> tuple[np.ndarray, np.ndarray]:

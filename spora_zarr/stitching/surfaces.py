@@ -9,8 +9,9 @@ from ..errors import InvalidInputError
 __all__ = ["get_bottom_surface", "get_contact_surface", "get_top_surface"]
 
 
-def get_contact_surface(img: np.ndarray, direction: int = 1, thresh: np.ndarray | float | None = None
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def get_contact_surface(
+    img: np.ndarray, direction: int = 1, thresh: np.ndarray | float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Walk a ``(Z, Y, X)`` stack from the bottom (``direction=1``) or the top (``-1``) to the first z above ``thresh``.
 
     ``thresh`` defaults to the stack's mean plus one standard deviation.

@@ -58,7 +58,7 @@ class Location:
             return location
         text = os.fspath(location)
         if text.startswith("file://"):
-            text = text[len("file://"):]
+            text = text[len("file://") :]
         if not is_url(text):
             text = os.path.abspath(text)
         else:
@@ -155,6 +155,7 @@ class Location:
         :meth:`read_document` would raise for it (``NotFoundError`` or ``StoreError``).
         """
         if self.is_local or len(paths) < 2:
+
             def one(path: str) -> dict[str, Any] | SporaZarrError:
                 try:
                     return self.read_document(path, max_bytes=max_bytes)

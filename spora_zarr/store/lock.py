@@ -94,8 +94,13 @@ def store_lock(location: Location, verb: str) -> Iterator[None]:
 
 
 def _holder(verb: str) -> dict[str, Any]:
-    return {"verb": verb, "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "token": uuid.uuid4().hex}
+    return {
+        "verb": verb,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "token": uuid.uuid4().hex,
+    }
 
 
 def writer_at_work(location: Location) -> str | None:

@@ -156,8 +156,12 @@ def ngff_kind(attributes: Mapping[str, Any]) -> str | None:
     ``"an OME-Zarr image (NGFF 0.5)"``, ``... label image``, ``plate``, ``well``, ``bioformats2raw image collection``;
     ``None`` when they are not NGFF."""
     ome = attributes["ome"] if isinstance(attributes.get("ome"), Mapping) else attributes
-    kinds = (("multiscales", "label image" if "image-label" in ome else "image"), ("plate", "plate"), ("well", "well"),
-             ("bioformats2raw.layout", "bioformats2raw image collection"))
+    kinds = (
+        ("multiscales", "label image" if "image-label" in ome else "image"),
+        ("plate", "plate"),
+        ("well", "well"),
+        ("bioformats2raw.layout", "bioformats2raw image collection"),
+    )
     kind = next((name for key, name in kinds if key in ome), None)
     if kind is None:
         return None
@@ -189,9 +193,7 @@ def check_not_foreign_root(location: Location, attributes: Mapping[str, Any] | N
         return
     kind = None if "spora" in attributes else ngff_kind(attributes)
     if kind is not None:
-        raise StoreError(
-            f"{location}: {kind}, not a cohort store; add it to a cohort with `spora-zarr add-image COHORT {location} ...`"
-        )
+        raise StoreError(f"{location}: {kind}, not a cohort store; add it to a cohort with `spora-zarr add-image COHORT {location} ...`")
 
 
 def is_cohort_store(location: Location) -> bool:
@@ -218,7 +220,7 @@ def _check_not_inside_store(location: Location, attributes: Mapping[str, Any] | 
     while parent and parent != path:
         outer = Location(scheme + parent, location.storage_options)
         if _is_store_root(Staging(outer).read_attributes("")):
-            inner = location.root[len(outer.root):].strip("/")
+            inner = location.root[len(outer.root) :].strip("/")
             raise StoreError(f"{location}: not the root of a cohort store: it lies inside the store {outer} (as {inner!r}); use {outer}")
         path, parent = parent, posixpath.dirname(parent)
 

@@ -50,7 +50,6 @@ PANEL: tuple[tuple[str, str | None], ...] = (
 )
 
 
-
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: int) -> np.ndarray:
     """Random smooth field in [0, 1] with features about ``scale`` pixels wide."""
     from skimage.transform import resize
@@ -227,9 +226,7 @@ def make_synthetic_cohort(
             if he_r is not None:
                 write_rgb_tiff(dest / "he" / rdir / "images" / fname, he_r, tiled=tiled, compression=compression)
             for marker, img in ihc_r.items():
-                write_rgb_tiff(
-                    dest / "ihc" / f"ihc_{marker}" / rdir / "images" / fname, img, tiled=tiled, compression=compression
-                )
+                write_rgb_tiff(dest / "ihc" / f"ihc_{marker}" / rdir / "images" / fname, img, tiled=tiled, compression=compression)
             for modality, img in mx_r.items():
                 if tid == legacy_zarr_tissue:
                     write_legacy_zarr(dest / modality / rdir / f"{tid}.zarr", np.moveaxis(img, 0, -1))
@@ -251,10 +248,7 @@ def make_synthetic_cohort(
 
     tissues_table(
         dest / "metadata" / "tissues.parquet",
-        [
-            {"tissue_id": tid, "patient_id": f"P{k // 2:03d}", "diagnosis": ("normal", "tumor")[k % 2]}
-            for k, tid in enumerate(tissues)
-        ],
+        [{"tissue_id": tid, "patient_id": f"P{k // 2:03d}", "diagnosis": ("normal", "tumor")[k % 2]} for k, tid in enumerate(tissues)],
     )
     for modality in multiplex_modalities:
         channel_tables(dest, modality, [(n, q, u) for (n, u), q in zip(panel, qc)], per_tissue)
@@ -263,8 +257,7 @@ def make_synthetic_cohort(
             cells_table(dest / "metadata" / "cells.parquet", cell_masks[finest])
         for (modality, r), images in mx_images.items():
             standardization_table(
-                dest / modality / parse_resolution(r).name / "standardization" / "quantile_clipping" / "uq_0.99_image"
-                / "stats.parquet",
+                dest / modality / parse_resolution(r).name / "standardization" / "quantile_clipping" / "uq_0.99_image" / "stats.parquet",
                 images,
                 per_tissue,
             )

@@ -366,9 +366,7 @@ class EngineConformance:
     @pytest.mark.timeout(60)
     @pytest.mark.parametrize("layout", ["uint16", "uint16 uncompressed"])
     @pytest.mark.parametrize("case", DAMAGES)
-    def test_damaged_shard_raises_store_error(
-        self, damaged_reads: dict[str, tuple[str, list[list[str]]]], case: str, layout: str
-    ) -> None:
+    def test_damaged_shard_raises_store_error(self, damaged_reads: dict[str, tuple[str, list[list[str]]]], case: str, layout: str) -> None:
         if case == "blosc size" and not ARRAYS[layout].compressed:
             pytest.skip("uncompressed chunks have no blosc header")
         where, results = damaged_reads[_damaged_path(layout, case)]

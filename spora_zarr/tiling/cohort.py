@@ -157,8 +157,16 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
             progress(data.nbytes)
     if options.strategy == "best":
         tiles, stats, _ = best_tiling_from_counts(
-            counter.counts, height, width, options.tile_size, options.stride, options.tolerance, options.coverage_goal,
-            options.min_gain_ratio, options.max_tiles, options.allow_overlap,
+            counter.counts,
+            height,
+            width,
+            options.tile_size,
+            options.stride,
+            options.tolerance,
+            options.coverage_goal,
+            options.min_gain_ratio,
+            options.max_tiles,
+            options.allow_overlap,
         )
     else:
         tiles, stats, _ = grid_tiling_from_counts(counter.counts, height, width, options.tile_size, options.stride, options.tolerance)
@@ -216,10 +224,23 @@ def _part_stats(location: Location, path: str) -> dict[str, Any] | None:
 
 
 STATS_COLUMNS = (
-    ("tissue_id", "string"), ("tiles", "int64"), ("coverage", "float64"), ("valid_pixels", "int64"), ("covered_pixels", "int64"),
-    ("stop_reason", "string"), ("height", "int64"), ("width", "int64"), ("strategy", "string"), ("resolution", "string"),
-    ("tile_size", "int64"), ("stride", "int64"), ("tolerance", "float64"), ("coverage_goal", "float64"),
-    ("min_gain_ratio", "float64"), ("max_tiles", "int64"), ("allow_overlap", "bool_"),
+    ("tissue_id", "string"),
+    ("tiles", "int64"),
+    ("coverage", "float64"),
+    ("valid_pixels", "int64"),
+    ("covered_pixels", "int64"),
+    ("stop_reason", "string"),
+    ("height", "int64"),
+    ("width", "int64"),
+    ("strategy", "string"),
+    ("resolution", "string"),
+    ("tile_size", "int64"),
+    ("stride", "int64"),
+    ("tolerance", "float64"),
+    ("coverage_goal", "float64"),
+    ("min_gain_ratio", "float64"),
+    ("max_tiles", "int64"),
+    ("allow_overlap", "bool_"),
 )
 
 
@@ -311,9 +332,7 @@ def tile_cohort(
             kept_coords = read_table(location, coords_path).to_pylist()
     done = {r["tissue_id"] for r in kept_stats or ()} if not overwrite else set()
     parts = options.parts_dir()
-    tasks = [
-        TileTask(f"{parts}/{t}.parquet", t, t, location, options, overwrite) for t in wanted if t not in done
-    ]
+    tasks = [TileTask(f"{parts}/{t}.parquet", t, t, location, options, overwrite) for t in wanted if t not in done]
     report = run_tasks(tasks, _tile_tissue, run or RunOptions(), noun="tissues")
     # Assemble: rows of tissues kept from the tables (unless recomputed now), then this run's parts.
     fresh = {o.label for o in report.outcomes if not o.error}
@@ -350,9 +369,7 @@ def _differing_parameters(rows: list[dict[str, Any]], wanted: dict[str, Any]) ->
     return ", ".join(diffs)
 
 
-def _write_tables(
-    location: Location, coords_path: str, stats_path: str, coords: list[dict[str, Any]], stats: list[dict[str, Any]]
-) -> None:
+def _write_tables(location: Location, coords_path: str, stats_path: str, coords: list[dict[str, Any]], stats: list[dict[str, Any]]) -> None:
     import pyarrow as pa
 
     from ..store.tables import write_table

@@ -241,9 +241,7 @@ class _Candidates:
         integral = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1), dtype=np.int64)
         np.cumsum(np.cumsum(cells, axis=0), axis=1, out=integral[1:, 1:])
         r0, c0 = np.arange(na) * k, np.arange(nb) * k
-        return (
-            integral[np.ix_(r0 + m, c0 + m)] - integral[np.ix_(r0, c0 + m)] - integral[np.ix_(r0 + m, c0)] + integral[np.ix_(r0, c0)]
-        )
+        return integral[np.ix_(r0 + m, c0 + m)] - integral[np.ix_(r0, c0 + m)] - integral[np.ix_(r0 + m, c0)] + integral[np.ix_(r0, c0)]
 
     def eligible(self, valid: np.ndarray, tolerance: float) -> np.ndarray:
         """Candidates whose invalid fraction (pixels past the edge included) is at most ``tolerance``."""
@@ -376,8 +374,18 @@ def best_tiling_from_counts(
     if not total:
         stop = "empty_mask"
     stats = _stats(
-        grid, tiles, total, covered, stop, int(ok.sum()), strategy="best", tolerance=tolerance, coverage_goal=coverage_goal,
-        min_gain_ratio=min_gain_ratio, max_tiles=max_tiles, allow_overlap=bool(allow_overlap),
+        grid,
+        tiles,
+        total,
+        covered,
+        stop,
+        int(ok.sum()),
+        strategy="best",
+        tolerance=tolerance,
+        coverage_goal=coverage_goal,
+        min_gain_ratio=min_gain_ratio,
+        max_tiles=max_tiles,
+        allow_overlap=bool(allow_overlap),
     )
     return tiles, stats, covered_grid
 
@@ -444,7 +452,18 @@ def best_mask_tiling_try_to_stop(
     counts = mask_cell_counts(array, cell)
     height, width = array.shape
     tiles, stats, cells = best_tiling_from_counts(
-        counts, height, width, size, step, tolerance, coverage_goal, min_gain_ratio, max_tiles, allow_overlap, progress, progress_desc,
+        counts,
+        height,
+        width,
+        size,
+        step,
+        tolerance,
+        coverage_goal,
+        min_gain_ratio,
+        max_tiles,
+        allow_overlap,
+        progress,
+        progress_desc,
         covered_cells=True,
     )
     assert cells is not None
@@ -455,8 +474,14 @@ def best_mask_tiling_try_to_stop(
 
 
 def grid_tiling_from_counts(
-    counts: np.ndarray, height: int, width: int, tile_size: int, stride: int | None = None, tolerance: float = 0.2,
-    *, covered_cells: bool = False,
+    counts: np.ndarray,
+    height: int,
+    width: int,
+    tile_size: int,
+    stride: int | None = None,
+    tolerance: float = 0.2,
+    *,
+    covered_cells: bool = False,
 ) -> tuple[list[Tile], dict[str, Any], np.ndarray | None]:
     """The grid tiling from cell counts (see :func:`get_grid_tile`)."""
     size, step, tolerance, *_ = check_parameters(tile_size, stride, tolerance)
@@ -485,8 +510,18 @@ def grid_tiling_from_counts(
     total = int(counts.sum(dtype=np.int64))
     covered = int(sum(gains))
     stats = _stats(
-        grid, tiles, total, covered, "empty_mask" if not total else "grid", len(tiles), strategy="grid", tolerance=tolerance,
-        coverage_goal=None, min_gain_ratio=None, max_tiles=None, allow_overlap=None,
+        grid,
+        tiles,
+        total,
+        covered,
+        "empty_mask" if not total else "grid",
+        len(tiles),
+        strategy="grid",
+        tolerance=tolerance,
+        coverage_goal=None,
+        min_gain_ratio=None,
+        max_tiles=None,
+        allow_overlap=None,
     )
     return tiles, stats, covered_grid if covered_cells else None
 

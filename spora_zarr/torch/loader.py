@@ -118,9 +118,13 @@ class SharedBatches:
     def _stack(self, batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
         first = batch[0]
         lent = self._lent.pop(first.data_ptr(), None)
-        if lent is not None and len(batch) == lent.shape[0] and all(
-            t.shape == row.shape and t.stride() == row.stride() and t.dtype == row.dtype and t.data_ptr() == row.data_ptr()
-            for t, row in zip(batch, lent)
+        if (
+            lent is not None
+            and len(batch) == lent.shape[0]
+            and all(
+                t.shape == row.shape and t.stride() == row.stride() and t.dtype == row.dtype and t.data_ptr() == row.data_ptr()
+                for t, row in zip(batch, lent)
+            )
         ):
             return lent  # the items are the lent rows themselves (not views of them)
         uniform = first.layout == torch.strided and all(t.shape == first.shape and t.dtype == first.dtype for t in batch)

@@ -27,9 +27,7 @@ RGB_COLORS = ("FF0000", "00FF00", "0000FF")
 PALETTE = ("0000FF", "00FF00", "FF00FF", "FFFF00", "00FFFF", "FF0000", "FF8000", "8000FF", "80FF00", "FF0080", "0080FF", "FFFFFF")
 
 
-def multiscales_metadata(
-    levels: Sequence[Level], *, name: str, method: Method, labels: bool, z_mpp: float | None = None
-) -> dict[str, Any]:
+def multiscales_metadata(levels: Sequence[Level], *, name: str, method: Method, labels: bool, z_mpp: float | None = None) -> dict[str, Any]:
     """The ``multiscales[0]`` entry for ``levels`` as ``ngff_zarr.to_multiscales`` models it (with a z axis of ``z_mpp`` when given).
 
     Computed here, once per layout (levels, method, axes): each computed level
@@ -49,9 +47,7 @@ def _multiscales_layout(levels: tuple[Level, ...], method: Method, labels: bool,
     dims: tuple[str, ...] = ("y", "x") if labels else ("c", "y", "x")
     if z_mpp is not None:
         dims = (*dims[:-2], "z", "y", "x")
-    axes = [
-        {"name": d, "type": "channel"} if d == "c" else {"name": d, "type": "space", "unit": "micrometer"} for d in dims
-    ]
+    axes = [{"name": d, "type": "channel"} if d == "c" else {"name": d, "type": "space", "unit": "micrometer"} for d in dims]
     source_levels = [level for level in levels if level.from_source]
     computed = levels[len(source_levels) :]
     datasets = [
@@ -213,8 +209,14 @@ def label_colors(ids: tuple[int, int] | None) -> list[dict[str, Any]]:
 
 
 def label_metadata(
-    levels: Sequence[Level], *, name: str, source_image: str | None, spora: SporaGroupAttributes, where: str,
-    z_mpp: float | None = None, ids: tuple[int, int] | None = None,
+    levels: Sequence[Level],
+    *,
+    name: str,
+    source_image: str | None,
+    spora: SporaGroupAttributes,
+    where: str,
+    z_mpp: float | None = None,
+    ids: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The attributes of an NGFF label image group: multiscales and ``image-label``, validated, and the spora attributes.
 

@@ -315,7 +315,14 @@ def write_image(
         extra = {"kind": "image", "channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         return image_metadata(
-            levels, name=display_name(path), channel_names=names, windows=windows, rgb=rgb, panel=panel, spora=attributes, where=path,
+            levels,
+            name=display_name(path),
+            channel_names=names,
+            windows=windows,
+            rgb=rgb,
+            panel=panel,
+            spora=attributes,
+            where=path,
             z_mpp=z_scale,
         )
 
@@ -434,9 +441,7 @@ def _write_multiscale(
             encoded = _encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
             for index, tiles in encoded.items():
                 arrays[index] = _write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options)
-            streamer = _Streamer(
-                levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes
-            )
+            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes)
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer))
         for name, data in (files or {}).items():
@@ -536,9 +541,18 @@ def _write_encoded(location: Location, name: str, level: Level, tiles: EncodedTi
     filters, serializer = jpeg_chunk_codecs(tiles.codec)
     with zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}):  # zarrs lacks this codec
         array = zarr.create_array(
-            location.zarr_store(), name=name, shape=level.shape, dtype=np.uint8, fill_value=0,
-            chunks=(channels, tile_h, tile_w), shards=(channels, tile_h * per_shard, tile_w * per_shard),
-            filters=[filters], serializer=serializer, compressors=None, dimension_names=("c", "y", "x"), overwrite=True,
+            location.zarr_store(),
+            name=name,
+            shape=level.shape,
+            dtype=np.uint8,
+            fill_value=0,
+            chunks=(channels, tile_h, tile_w),
+            shards=(channels, tile_h * per_shard, tile_w * per_shard),
+            filters=[filters],
+            serializer=serializer,
+            compressors=None,
+            dimension_names=("c", "y", "x"),
+            overwrite=True,
         )
     rows, cols = -(-height // tile_h), -(-width // tile_w)
     prototype = default_buffer_prototype()
@@ -675,7 +689,7 @@ class _Streamer:
         region: tuple[int | slice, ...] = (slice(y0, y0 + block.shape[1]), slice(x0, x0 + block.shape[2]))
         if self.depth > 1:
             region = (self.plane, *region)
-        target = (block[0] if self.labels else block)
+        target = block[0] if self.labels else block
         self._inflight.acquire()
         future = self._pool.submit(self._store, array, region if self.labels else (slice(None), *region), target)
         with self._state:
@@ -744,4 +758,3 @@ class _Streamer:
 
     def _empty(self, index: int, height: int, width: int) -> np.ndarray:
         return np.empty((self.levels[index].shape[0], height, width), dtype=self.arrays[index].dtype)
-
