@@ -229,7 +229,7 @@ def _read_tissue_ids(src: Location) -> list[str]:
     where = src.join(TISSUES_TABLE)
     if "tissue_id" not in table.column_names:
         raise InvalidInputError(f"{where}: no 'tissue_id' column (columns: {', '.join(table.column_names)})")
-    ids = table.column("tissue_id").to_pylist()
+    ids: list[str] = table.column("tissue_id").to_pylist()
     seen: set[str] = set()
     for tissue_id in ids:
         validate_tissue_id(tissue_id, source=where)

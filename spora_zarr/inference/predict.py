@@ -357,7 +357,7 @@ class PredictTask:
     overwrite: bool = False
 
 
-_DATASETS: PerProcess[dict[tuple[Any, ...], Any]] = PerProcess(dict)
+_DATASETS: PerProcess[dict[tuple[Any, ...], BaseImagingDataset]] = PerProcess(dict)
 
 
 def _dataset_for(task: PredictTask) -> BaseImagingDataset:

@@ -288,7 +288,7 @@ def _footprint(region: Region, coarser: tuple[int, ...]) -> Region:
     return (*rest, *(slice(s.start // 2, min(s.stop // 2, n)) for s, n in zip((y, x), coarser[-2:], strict=True)))
 
 
-def _engine(location: Location, path: str, meta: zarr.Array) -> Engine:
+def _engine(location: Location, path: str, meta: zarr.Array[Any]) -> Engine:
     """The direct engine for a local array in the converter's layout, zarr-python's own pipeline for any other."""
     for name in ("direct", "zarr") if location.is_local else ("zarr",):
         try:

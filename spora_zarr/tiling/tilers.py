@@ -84,10 +84,10 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 def _check_fraction(name: str, value: Any, *, below_one: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise InvalidInputError(f"{name} must be a number in [0, 1{')' if below_one else ']'}, got {value!r}")
-    value = float(value)
-    if value < 0 or value > 1 or (below_one and value >= 1):
+    fraction = float(value)
+    if fraction < 0 or fraction > 1 or (below_one and fraction >= 1):
         raise InvalidInputError(f"{name} must be in [0, 1{')' if below_one else ']'}, got {value!r}")
-    return value
+    return fraction
 
 
 def check_parameters(

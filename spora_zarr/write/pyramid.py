@@ -132,7 +132,8 @@ def _bin_shrink_wide(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray,
     four, two = dtype.type(4), dtype.type(2)
     quotient = a // four + b // four + c // four + d // four
     remainder = a % four + b % four + c % four + d % four
-    return (quotient + (two * remainder + four) // (two * four)).astype(dtype)
+    mean: np.ndarray = (quotient + (two * remainder + four) // (two * four)).astype(dtype)
+    return mean
 
 
 def mode_shrink(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -476,7 +476,7 @@ def _create_arrays(
     compressors: list[BloscCodec],
     depth: int = 1,
     shard: int | None = None,
-) -> list[zarr.Array]:
+) -> list[zarr.Array[Any]]:
     """One array per level, sharded by ``shard`` px (``None``: unsharded); a stack (``depth > 1``) gets a ``z`` axis
     before ``y, x`` with chunks and shards one plane deep."""
     store = location.zarr_store()
@@ -524,7 +524,7 @@ def _encoded_levels(sources: list[ImageSource], dtype: np.dtype) -> dict[int, En
     return found
 
 
-def _write_encoded(location: Location, name: str, level: Level, tiles: EncodedTiles, options: WriteOptions) -> zarr.Array:
+def _write_encoded(location: Location, name: str, level: Level, tiles: EncodedTiles, options: WriteOptions) -> zarr.Array[Any]:
     """The level array at ``name`` with the source's JPEG tiles as its ``(C, tile_h, tile_w)`` chunks, shard by shard.
 
     Shards hold about ``options.shard`` px of tiles a side; each is written whole
@@ -591,7 +591,7 @@ class _Streamer:
     def __init__(
         self,
         levels: list[Level],
-        arrays: list[zarr.Array],
+        arrays: list[zarr.Array[Any]],
         sources: list[ImageSource],
         shrink: Callable[..., np.ndarray],
         edge: int,
@@ -701,7 +701,7 @@ class _Streamer:
         if failed:
             raise failed[0]  # type: ignore[misc]
 
-    def _store(self, array: zarr.Array, region: tuple[int | slice, ...], block: np.ndarray) -> None:
+    def _store(self, array: zarr.Array[Any], region: tuple[int | slice, ...], block: np.ndarray) -> None:
         try:
             array[region] = block
         finally:

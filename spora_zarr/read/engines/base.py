@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class Engine(Protocol):
         ...
 
 
-Opener = Callable[["Location", str, "zarr.Array"], Engine]
+Opener = Callable[["Location", str, "zarr.Array[Any]"], Engine]
 """Makes an engine for ``(location, path, metadata handle)``; raises ``UnsupportedLayout`` for an array it does not read."""
 
 
