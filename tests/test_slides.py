@@ -91,7 +91,8 @@ def test_anisotropic_pixels_are_refused_with_the_axis_to_resample(tmp_path: Path
 def test_unnamed_ome_channels_get_readable_names(tmp_path: Path) -> None:
     path = tmp_path / "image.ome.tif"
     tifffile.imwrite(path, np.zeros((3, 32, 32), np.uint16), ome=True, metadata={"axes": "CYX", "PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0})
-    assert "Channel:0:0" in tifffile.TiffFile(path).ome_metadata  # what tifffile records as the channel ID
+    with tifffile.TiffFile(path) as tif:
+        assert "Channel:0:0" in (tif.ome_metadata or "")  # what tifffile records as the channel ID
     add_image(tmp_path / "cohort.zarr", str(path), modality="imc", tissue_id="A")
     assert open_cohort(tmp_path / "cohort.zarr").group_metadata("imc", "A").spora.channel_names == ("channel_0", "channel_1", "channel_2")
 

@@ -269,7 +269,7 @@ def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_stale(slow_coho
     assert second.returncode == 1 and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and "is writing this store" in err and f"pid {first.pid}" in err, err
     first.send_signal(signal.SIGKILL)  # its lock dies with it
-    first.wait()
+    first.communicate()  # reaps it and closes its pipes
     rerun = _convert(slow_cohort, dest)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err

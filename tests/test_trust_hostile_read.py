@@ -342,7 +342,7 @@ def served(converted: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/{converted.name}"
     finally:
         server.kill()
-        server.wait()
+        server.communicate()  # reaps it and closes its pipe
 
 
 def test_http_store_reads_like_the_local_one(served: str, converted: Path) -> None:
