@@ -97,7 +97,8 @@ class PerProcess(Generic[T]):
             return self._value  # type: ignore[return-value]  # made for this pid
 
     def clear(self) -> None:
-        """Drop this process's value: the next :meth:`get` makes a new one (and releases the old)."""
+        """Drop this process's value: the next :meth:`get` makes a new one (the old one is released then, not now:
+        a thread that read it just before keeps a valid value)."""
         with self._lock:
             if self._pid == os.getpid():
                 self._pid = None

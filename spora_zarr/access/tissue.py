@@ -251,7 +251,7 @@ class TissueReader:
 
     def has_mask(self, tissue_id: str, kind: str) -> bool:
         cohort = self.cohort
-        return tissue_id in cohort.mask_tissues(kind) and self.resolution in cohort.mask_resolutions(kind, tissue_id)
+        return cohort.has_tissue(kind, tissue_id) and self.resolution in cohort.mask_resolutions(kind, tissue_id)
 
     def check_mask_kind(self, kind: str) -> None:
         """``InvalidInputError`` unless ``kind`` is a mask kind of the store."""

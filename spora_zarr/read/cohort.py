@@ -47,6 +47,7 @@ class Cohort:
         self.attributes: CohortAttributes = attributes
         self._index = MetadataIndex(location)
         self._metadata: dict[str, GroupMetadata] = {}
+        self._sets: dict[str, frozenset[str]] = {}  # modality or mask kind -> its tissues
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open_cohort, (self.location,))
@@ -85,9 +86,18 @@ class Cohort:
         """Tissue ids with a complete mask of ``kind``."""
         return self.listing(label_group_path(kind, "x", extra_kinds=self.attributes.mask_kinds).rsplit("/", 1)[0])
 
+    def has_tissue(self, modality: str, tissue_id: str) -> bool:
+        """Whether ``tissue_id`` has a complete image of ``modality`` or mask of that kind (a set lookup)."""
+        return tissue_id in self._tissue_sets(modality)
+
+    def _tissue_sets(self, modality: str) -> frozenset[str]:
+        if modality not in self._sets:
+            self._sets[modality] = frozenset(self.tissues(modality))
+        return self._sets[modality]
+
     def listing(self, path: str) -> list[str]:
         """Names of the complete multiscale groups directly below ``path`` (read once for the handle's life)."""
-        return list(self._index.complete_groups(path))
+        return self._index.complete_groups(path)
 
     def check_modality(self, modality: str) -> None:
         """Raise ``NotFoundError`` listing the modalities there if ``modality`` is not one of them."""

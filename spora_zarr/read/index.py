@@ -48,19 +48,22 @@ class MetadataIndex:
         self._arrays: dict[str, Document] = {}  # array path -> its zarr.json, or the error reading it
         self._parsed: dict[str, ArrayV3Metadata] = {}  # array path -> its checked metadata
         self._levels_read: set[str] = set()  # directories whose level documents were read
+        self._complete: dict[str, list[str]] = {}  # directory -> its complete groups, sorted
 
     def complete_groups(self, directory: str) -> list[str]:
         """Names of the complete multiscale groups directly below ``directory``, sorted.
 
-        A local group ``zarr.json`` that is no regular file raises its ``StoreError``.
+        A local group ``zarr.json`` that is no regular file raises its ``StoreError``. Worked out once per
+        directory (a snapshot, like every document of the index): later calls cost nothing.
         """
-        names = self._read_directory(directory)
-        complete = []
-        for name in names:
-            attributes = self.group_attributes(f"{directory}/{name}")
-            if attributes is not None and is_complete_group(attributes):
-                complete.append(name)
-        return complete
+        if directory not in self._complete:
+            complete = []
+            for name in self._read_directory(directory):
+                attributes = self.group_attributes(f"{directory}/{name}")
+                if attributes is not None and is_complete_group(attributes):
+                    complete.append(name)
+            self._complete[directory] = complete
+        return list(self._complete[directory])
 
     def group_attributes(self, path: str) -> dict[str, Any] | None:
         """The attributes of the group at ``path`` (``None`` when there is none), read once."""

@@ -128,7 +128,7 @@ def _mask_levels_match(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
     path = cohort.mask_group_path(kind, tissue_id)
     label = cohort.mask_metadata(kind, tissue_id).to_attributes()["ome"].get("image-label") or {}
     source = (label.get("source") or {}).get("image")
-    imaged = [m for m in cohort.modalities if tissue_id in cohort.tissues(m)]
+    imaged = [m for m in cohort.modalities if cohort.has_tissue(m, tissue_id)]
     levels = {cohort.group_path(m, tissue_id): cohort.resolutions(m, tissue_id) for m in imaged}
     images = list(levels)
     if source:

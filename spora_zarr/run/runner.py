@@ -226,8 +226,11 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
                 try:
                     done = future.result()
                 except Exception as exc:  # the worker process died (killed, out of memory)
+                    batch = futures[future]
                     why = f"worker process failed: {type(exc).__name__}: {exc}"
-                    done = [TaskOutcome(task.path, task.label, error=why) for task in futures[future]]
+                    if len(batch) > 1:  # which of its tasks finished is not known here; a rerun keeps those
+                        why += f" (in a batch of {len(batch)} tasks; the ones that finished are complete and a rerun keeps them)"
+                    done = [TaskOutcome(task.path, task.label, error=why) for task in batch]
                 for outcome in done:
                     outcomes.append(outcome)
                     progress.finished(outcome)
