@@ -58,7 +58,7 @@ def test_cli_chunk_over_the_memory_budget_is_one_line_before_anything_is_written
     dest = tmp_path / "out.zarr"
     argv = ["add-image", str(dest), str(tmp_path / "small.tif"), "--modality", "imc", "--tissue", "T", "--mpp", "1"]
     code = main([*argv, "--chunk", "100000", "--shard", "0"])
-    one_error_line(capsys.readouterr().err, "chunk edge 100000", "memory budget")
+    one_error_line(capsys.readouterr().err, "--chunk 100000", "memory budget")
     assert code == 1
     assert not dest.exists()
 
@@ -74,14 +74,14 @@ def test_chunk_too_big_for_the_images_channels_is_refused_by_the_writer(tmp_path
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("chunk", 112.0, "chunk must be a whole number"),
-        ("chunk", "112", "chunk must be a whole number"),
-        ("shard", 224.0, "shard must be a whole number"),
-        ("shard", 112 * 300, "shard edge 33600 px: one shard of one 8-bit channel"),
-        ("memory_budget", 0, "memory_budget must be a positive number"),
-        ("max_top_size", 0, "max_top_size must be a whole number >= 1"),
-        ("codec_threads", 0, "codec_threads must be a whole number >= 1"),
-        ("clevel", 4.5, "clevel must be a whole number"),
+        ("chunk", 112.0, "chunk=112.0 is not a whole number"),
+        ("chunk", "112", "chunk='112' is not a whole number"),
+        ("shard", 224.0, "shard=224.0 is not a whole number"),
+        ("shard", 112 * 300, "shard=33600: one shard of one 8-bit channel"),
+        ("memory_budget", 0, "memory_budget=0 is not a positive number"),
+        ("max_top_size", 0, "max_top_size=0 is not a whole number >= 1"),
+        ("codec_threads", 0, "codec_threads=0 is not a whole number >= 1"),
+        ("clevel", 4.5, "clevel=4.5 is not a whole number"),
     ],
 )
 def test_write_options_refuse_what_the_writer_cannot_use(option: str, value: object, message: str) -> None:

@@ -91,32 +91,32 @@ class WriteOptions:
         for name in ("chunk", "clevel", "max_top_size", "memory_budget"):
             _check_whole(name, getattr(self, name))
         if self.memory_budget < 1:
-            raise InvalidInputError(f"memory_budget must be a positive number of bytes, got {self.memory_budget}")
+            raise InvalidInputError(f"memory_budget={self.memory_budget} is not a positive number of bytes")
         if self.chunk < 16 or self.chunk % 2:
-            raise InvalidInputError(f"chunk edge must be an even number >= 16, got {self.chunk}")
+            raise InvalidInputError(f"chunk={self.chunk}: the chunk edge must be an even number >= 16")
         if self.shard is not None:
             _check_whole("shard", self.shard)
             if self.shard < self.chunk or self.shard % self.chunk:
-                raise InvalidInputError(f"shard edge {self.shard} must be a multiple of the chunk edge {self.chunk}")
+                raise InvalidInputError(f"shard={self.shard}: the shard edge must be a multiple of the chunk edge {self.chunk}")
         for name in ("chunk", "shard"):  # even one channel of one byte per pixel must fit the budget
             edge = getattr(self, name)
             if edge is not None and edge * edge > self.memory_budget:
                 raise InvalidInputError(
-                    f"{name} edge {edge} px: one {name} of one 8-bit channel is {_mib(edge * edge)}, "
+                    f"{name}={edge}: one {name} of one 8-bit channel is {_mib(edge * edge)}, "
                     f"over the memory budget of {_mib(self.memory_budget)}"
                 )
         if self.cname not in BLOSC_CNAMES:
-            raise InvalidInputError(f"blosc compressor must be one of {', '.join(BLOSC_CNAMES)}, got {self.cname!r}")
+            raise InvalidInputError(f"cname={self.cname!r} is not a blosc compressor: one of {', '.join(BLOSC_CNAMES)}")
         if not 0 <= self.clevel <= 9:
-            raise InvalidInputError(f"blosc level must be 0-9, got {self.clevel}")
+            raise InvalidInputError(f"clevel={self.clevel}: the blosc level must be 0-9")
         if not 0 <= self.min_saving < 1:
-            raise InvalidInputError(f"min_saving must be in [0, 1), got {self.min_saving}")
+            raise InvalidInputError(f"min_saving={self.min_saving} is not in [0, 1)")
         if self.max_top_size < 1:
-            raise InvalidInputError(f"max_top_size must be a whole number >= 1, got {self.max_top_size}")
+            raise InvalidInputError(f"max_top_size={self.max_top_size} is not a whole number >= 1")
         if self.codec_threads is not None:
             _check_whole("codec_threads", self.codec_threads)
             if self.codec_threads < 1:
-                raise InvalidInputError(f"codec_threads must be a whole number >= 1, got {self.codec_threads}")
+                raise InvalidInputError(f"codec_threads={self.codec_threads} is not a whole number >= 1")
 
     def compressor(self) -> BloscCodec:
         """The blosc codec of written arrays (byte shuffle)."""
@@ -211,7 +211,7 @@ def available_cores() -> int:
 def _check_whole(name: str, value: Any) -> None:
     """Refuse a layout option that is not a whole number (a bool, float or string)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+        raise InvalidInputError(f"{name}={value!r} is not a whole number")
 
 
 def _mib(nbytes: float) -> str:
