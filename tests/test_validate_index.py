@@ -225,3 +225,40 @@ def test_info_and_validate_start_without_the_heavy_packages(converted: Path) -> 
         done = subprocess.run([sys.executable, "-c", script, verb, str(converted)], capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] == "0 []", (verb, done.stdout[-500:])
+
+
+def _label_attributes(colors: list[dict[str, object]]) -> dict[str, object]:
+    axes = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
+    dataset = {"path": "1_0mpp", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}
+    multiscale = {"name": "A", "axes": axes, "datasets": [dataset]}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale], "image-label": {"version": "0.5", "colors": colors}}}
+
+
+def test_many_label_colours_are_checked_without_a_model_each_and_kept_exactly() -> None:
+    from spora_zarr.store.metadata import GroupMetadata
+
+    colors: list[dict[str, object]] = [{"label-value": i, "rgba": [i % 256, 7, 9, 255]} for i in range(1, 300)]
+    metadata = GroupMetadata.from_attributes(_label_attributes(colors), where="g")
+    assert metadata.label_colors is not None and metadata.is_label
+    assert metadata.to_attributes()["ome"]["image-label"]["colors"] == colors
+    few = GroupMetadata.from_attributes(_label_attributes(colors[:3]), where="g")  # few: the model checks them
+    assert few.label_colors is None and few.to_attributes()["ome"]["image-label"]["colors"] == colors[:3]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rgba": [1, 2, 3, 300]}, r"colors\.5\.rgba\.3: Input should be less than or equal to 255"),
+        ({"rgba": [1, 2, 3, True]}, r"colors\.5\.rgba\.3"),
+        ({"label-value": 5}, "Duplicated label-value"),
+        ({"label-value": "x"}, r"colors\.5\.label-value"),
+    ],
+)
+def test_a_bad_colour_among_many_is_the_models_error(change: dict[str, object], message: str) -> None:
+    from spora_zarr.errors import StoreError
+    from spora_zarr.store.metadata import GroupMetadata
+
+    colors: list[dict[str, object]] = [{"label-value": i, "rgba": [1, 2, 3, 255]} for i in range(1, 100)]
+    colors[5] = {**colors[5], **change}
+    with pytest.raises(StoreError, match=message):
+        GroupMetadata.from_attributes(_label_attributes(colors), where="g")

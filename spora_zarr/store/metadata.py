@@ -341,6 +341,35 @@ _MAX_MULTISCALES = 1024
 _MULTISCALES: dict[str, Any] = {}  # JSON of a multiscale without its name -> the validated model (name None)
 
 
+#: A label group with more colours than this has them checked by :func:`_plain_colors`, not one model each.
+_MODEL_COLORS = 16
+
+
+def _plain_colors(ome: Mapping[str, Any]) -> tuple[dict[str, Any], ...] | None:
+    """The ``image-label.colors`` of ``ome`` when there are many and each is plain, checked as ome-zarr-models would.
+
+    Plain: ``{"label-value": int, "rgba": [4 ints in 0-255]}``, label values unique, no ``properties``.
+    ``None`` (anything else, or few colours) leaves the colours to ome-zarr-models and its own messages.
+    """
+    label = ome.get("image-label")
+    if not isinstance(label, Mapping) or "properties" in label:
+        return None
+    colors = label.get("colors")
+    if not isinstance(colors, list) or len(colors) <= _MODEL_COLORS:
+        return None
+    seen: set[int] = set()
+    for color in colors:
+        if not isinstance(color, dict) or color.keys() != {"label-value", "rgba"}:
+            return None
+        value, rgba = color["label-value"], color["rgba"]
+        if type(value) is not int or value in seen or not isinstance(rgba, list) or len(rgba) != 4:
+            return None
+        if not all(type(c) is int and 0 <= c <= 255 for c in rgba):
+            return None
+        seen.add(value)
+    return tuple(colors)
+
+
 def _with_checked_multiscales(ome: Mapping[str, Any]) -> dict[str, Any]:
     """``ome`` with each multiscale replaced by its validated model, validated once per distinct multiscale.
 
@@ -385,10 +414,16 @@ class GroupMetadata:
         ``ome_zarr_models.v05.image.ImageAttrs`` or ``...image_label.ImageLabelAttrs``.
     spora
         The group's spora attributes.
+    label_colors
+        A label group's ``image-label.colors`` as stored, when there are many plain ones
+        (:func:`_plain_colors`): checked here and kept as JSON, and ``ome.image_label.colors`` is then
+        ``None`` (one pydantic model per colour costs milliseconds a group); :meth:`to_attributes`
+        puts them back.
     """
 
     ome: Any
     spora: SporaGroupAttributes
+    label_colors: tuple[dict[str, Any], ...] | None = None
 
     @classmethod
     def from_attributes(cls, attributes: Mapping[str, Any], *, where: str) -> GroupMetadata:
@@ -401,8 +436,12 @@ class GroupMetadata:
         if not isinstance(ome, Mapping) or not ome.get("multiscales"):
             raise StoreError(f"{where}: not a complete multiscale group (no ome.multiscales)")
         model = ImageLabelAttrs if "image-label" in ome else ImageAttrs
+        checked = _with_checked_multiscales(ome)
+        colors = _plain_colors(checked)
+        if colors is not None:  # checked: the model validates the rest
+            checked = {**checked, "image-label": {k: v for k, v in checked["image-label"].items() if k != "colors"}}
         try:
-            parsed = model.model_validate(_with_checked_multiscales(ome))
+            parsed = model.model_validate(checked)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise StoreError(f"{where}: invalid NGFF 0.5 metadata at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -411,11 +450,14 @@ class GroupMetadata:
                 validate_name(str(dataset.path), what="level path in ome.multiscales", source=where)
             except InvalidInputError as exc:
                 raise StoreError(str(exc)) from None
-        return cls(parsed, SporaGroupAttributes.from_dict(attributes.get("spora", {}), where=where))
+        return cls(parsed, SporaGroupAttributes.from_dict(attributes.get("spora", {}), where=where), colors)
 
     def to_attributes(self) -> dict[str, Any]:
         """The group's ``attributes`` as written in its ``zarr.json``."""
-        return {"ome": self.ome.model_dump(mode="json", by_alias=True, exclude_none=True), "spora": self.spora.to_dict()}
+        ome = self.ome.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.label_colors is not None:
+            ome["image-label"] = {**ome["image-label"], "colors": [dict(c) for c in self.label_colors]}
+        return {"ome": ome, "spora": self.spora.to_dict()}
 
     @property
     def is_label(self) -> bool:
