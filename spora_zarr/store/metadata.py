@@ -357,17 +357,20 @@ def _plain_colors(ome: Mapping[str, Any]) -> tuple[dict[str, Any], ...] | None:
     colors = label.get("colors")
     if not isinstance(colors, list) or len(colors) <= _MODEL_COLORS:
         return None
-    seen: set[int] = set()
-    for color in colors:
-        if not isinstance(color, dict) or color.keys() != {"label-value", "rgba"}:
+    values = set()
+    for color in colors:  # unrolled: a cell mask has hundreds
+        if type(color) is not dict or len(color) != 2:
             return None
-        value, rgba = color["label-value"], color["rgba"]
-        if type(value) is not int or value in seen or not isinstance(rgba, list) or len(rgba) != 4:
+        value, rgba = color.get("label-value"), color.get("rgba")
+        if type(value) is not int or type(rgba) is not list or len(rgba) != 4:
             return None
-        if not all(type(c) is int and 0 <= c <= 255 for c in rgba):
+        r, g, b, a = rgba
+        if type(r) is not int or type(g) is not int or type(b) is not int or type(a) is not int:
             return None
-        seen.add(value)
-    return tuple(colors)
+        if not (0 <= r <= 255 and 0 <= g <= 255 and 0 <= b <= 255 and 0 <= a <= 255):
+            return None
+        values.add(value)
+    return tuple(colors) if len(values) == len(colors) else None
 
 
 def _with_checked_multiscales(ome: Mapping[str, Any]) -> dict[str, Any]:
