@@ -127,6 +127,10 @@ class TissueSource(Protocol):
         """Whether the tissue has a mask of ``kind`` at this resolution."""
         ...
 
+    def stored_dtype(self, tissue_id: str, group: str | None = None) -> np.dtype:
+        """The stored dtype of the tissue's image (``group`` None) or mask kind ``group`` at this resolution (no reader opened)."""
+        ...
+
     def read(
         self, tissue_id: str, window: Window, channels: Sequence[int] | None = None, *, pad: bool = False, out: np.ndarray | None = None
     ) -> np.ndarray:
@@ -250,8 +254,15 @@ class TissueReader:
             raise NotFoundError(f"{self.name}: unknown tissue {tissue_id!r} in {self.modality_dir()} ({len(self.tissue_ids)} tissues)")
 
     def has_mask(self, tissue_id: str, kind: str) -> bool:
-        cohort = self.cohort
-        return tissue_id in cohort.mask_tissues(kind) and self.resolution in cohort.mask_resolutions(kind, tissue_id)
+        cache = self.__dict__.setdefault("_cache_mask_tissues", {})  # kind -> set: one listing, not one per tissue
+        if kind not in cache:
+            cache[kind] = frozenset(self.cohort.mask_tissues(kind))
+        return tissue_id in cache[kind] and self.resolution in self.cohort.mask_resolutions(kind, tissue_id)
+
+    def stored_dtype(self, tissue_id: str, group: str | None = None) -> np.dtype:
+        """The stored dtype of the tissue's image (``group`` None) or mask kind ``group``, from the cohort's metadata index."""
+        metadata = self.cohort.level_metadata(group or self.modality_dir(), tissue_id, self.resolution)
+        return np.dtype(metadata.dtype.to_native_dtype())
 
     def check_mask_kind(self, kind: str) -> None:
         """``InvalidInputError`` unless ``kind`` is a mask kind of the store."""
@@ -278,7 +289,8 @@ class TissueReader:
         mask = self.cohort.is_mask_kind(group)
         level_path = self.cohort.mask_level_path if mask else self.cohort.level_path
         path = level_path(group, tissue_id, self.resolution)
-        reader = open_level(self.cohort.location, path, engine=self.engine)
+        metadata = self.cohort.level_metadata(group, tissue_id, self.resolution)  # indexed: no zarr.json read per tissue
+        reader = open_level(self.cohort.location, path, engine=self.engine, metadata=metadata)
         if len(reader.shape) > (2 if mask else 3):
             where = self.cohort.location.join(path)
             raise InvalidInputError(f"{where}: tissue {tissue_id!r} is a z stack {reader.shape}; the datasets read 2-D tissues only")

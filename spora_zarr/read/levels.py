@@ -48,7 +48,9 @@ engine the child would pick by default and logs a warning on the
 ``spora_zarr`` logger.
 
 The reader cache is per process (a :class:`~spora_zarr.process.PerProcess`
-dict: a forked child starts with an empty one), and a reader object that travels into a forked child (held by a
+dict: a forked child starts with an empty one) and bounded: it keeps the
+:data:`MAX_OPEN_READERS` readers used last (an evicted reader still reads; it
+is just no longer shared), and a reader object that travels into a forked child (held by a
 dataset, say) reopens itself there through :func:`open_level` on its next
 read. fsspec filesystems (s3fs) are not fork safe either; fsspec keys its
 instance cache by pid and clears it in a forked child, and zarr-python resets
@@ -63,8 +65,9 @@ from __future__ import annotations
 import logging
 import operator
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -74,14 +77,20 @@ from ..store.location import Location
 from .engines import REGISTRY, Engine, UnsupportedLayout, direct, tensorstore
 from .engines import zarr as zarr_engines
 
-__all__ = ["ENGINES", "LevelReader", "WindowReader", "default_engine", "limit_codec_threads", "open_level"]
+if TYPE_CHECKING:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+__all__ = ["ENGINES", "MAX_OPEN_READERS", "LevelReader", "WindowReader", "default_engine", "limit_codec_threads", "open_level"]
 
 logger = logging.getLogger("spora_zarr")
 
 ENGINES: tuple[str, ...] = tuple(REGISTRY)
 """Names of the read engines, fastest first."""
 
-_READERS: process.PerProcess[dict[tuple[Any, ...], WindowReader]] = process.PerProcess(dict)
+MAX_OPEN_READERS = 512
+"""Readers :func:`open_level` keeps per process, least recently opened or asked for dropped first."""
+
+_READERS: process.PerProcess[OrderedDict[tuple[Any, ...], WindowReader]] = process.PerProcess(OrderedDict)
 _WARNED: process.PerProcess[set[str]] = process.PerProcess(set)  # warnings given in this process
 
 
@@ -384,7 +393,9 @@ class WindowReader:
         return idx.astype(np.intp, copy=False)
 
 
-def open_level(location: Location | str | os.PathLike[str], path: str, *, engine: str | None = None) -> LevelReader:
+def open_level(
+    location: Location | str | os.PathLike[str], path: str, *, engine: str | None = None, metadata: ArrayV3Metadata | None = None
+) -> LevelReader:
     """A reader of the array at ``<location>/<path>``, cached per process.
 
     Parameters
@@ -403,12 +414,18 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
         ``"direct"`` was asked for. ``"zarrs"`` on a store zarrs cannot read
         is zarr-python's pipeline without a warning. ``reader.engine`` names
         the engine that reads.
+    metadata : ArrayV3Metadata, optional
+        The array's checked ``zarr.json`` where the caller has it already (a
+        cohort's metadata index, :meth:`~spora_zarr.read.cohort.Cohort.level_metadata`):
+        then nothing is read before the first window. ``None``: it is read here.
 
     Returns
     -------
     LevelReader
         The same object for the same root, storage options, path and
-        ``engine`` in this process. The engine handle opens on the first read.
+        ``engine`` in this process while it is one of the
+        :data:`MAX_OPEN_READERS` used last. The engine handle opens on the
+        first read.
 
     Raises
     ------
@@ -425,9 +442,10 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
         readers = _READERS.get()
         reader = readers.get(key)
         if reader is not None:
+            readers.move_to_end(key)
             return reader
         resolved = _resolve_engine(location, engine)
-        meta = zarr_engines.open_array(location, path)
+        meta = zarr_engines.open_array(location, path, metadata)
         if len(meta.shape) < 2:
             raise InvalidInputError(f"array {location.join(path)} of shape {meta.shape} has no (y, x) axes")
         candidates = _candidates(location)
@@ -446,5 +464,7 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
                     logger.debug(message)
             reader = WindowReader(opened, location, path, tuple(meta.shape), np.dtype(meta.dtype), engine)
             readers[key] = reader
+            while len(readers) > MAX_OPEN_READERS:
+                readers.popitem(last=False)
             return reader
         raise AssertionError(f"no engine reads {location.join(path)}: {refused}")  # zarr-python reads every array
