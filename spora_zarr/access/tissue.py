@@ -240,7 +240,7 @@ class TissueReader:
     def tissue_ids(self) -> list[str]:
         """Tissues with an image of this modality at this resolution."""
         modality = self.modality_dir()
-        return [t for t in self.cohort.tissues(modality) if self.resolution in self.cohort.resolutions(modality, t)]
+        return [t for t in self.cohort.tissues(modality) if self.resolution in self.cohort.listed_levels(modality, t)]
 
     @functools.cached_property
     def tissue_set(self) -> frozenset[str]:
@@ -257,12 +257,18 @@ class TissueReader:
         cache = self.__dict__.setdefault("_cache_mask_tissues", {})  # kind -> set: one listing, not one per tissue
         if kind not in cache:
             cache[kind] = frozenset(self.cohort.mask_tissues(kind))
-        return tissue_id in cache[kind] and self.resolution in self.cohort.mask_resolutions(kind, tissue_id)
+        return tissue_id in cache[kind] and self.resolution in self.cohort.listed_levels(kind, tissue_id)
 
     def stored_dtype(self, tissue_id: str, group: str | None = None) -> np.dtype:
-        """The stored dtype of the tissue's image (``group`` None) or mask kind ``group``, from the cohort's metadata index."""
-        metadata = self.cohort.level_metadata(group or self.modality_dir(), tissue_id, self.resolution)
-        return np.dtype(metadata.dtype.to_native_dtype())
+        """The stored dtype of the tissue's image (``group`` None) or mask kind ``group``, from the cohort's metadata index.
+
+        The group's NGFF metadata is validated when the tissue is read, not here.
+        """
+        group = group or self.modality_dir()
+        if self.resolution not in self.cohort.listed_levels(group, tissue_id):
+            return np.dtype(self.level(tissue_id, group).dtype)  # raises naming the tissue and its resolutions
+        path = f"{self.cohort.group_path(group, tissue_id)}/{self.resolution}"
+        return np.dtype(self.cohort.array_metadata(path).dtype.to_native_dtype())
 
     def check_mask_kind(self, kind: str) -> None:
         """``InvalidInputError`` unless ``kind`` is a mask kind of the store."""
