@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 
 from spora_zarr.access import TissueReader, TissueSource, Window
 from spora_zarr.datasets import HEImagingDataset, MultiplexImagingDataset
-from spora_zarr.errors import InvalidInputError, NotFoundError, StoreError
+from spora_zarr.errors import InvalidInputError, NotFoundError
 from spora_zarr.read import levels
 
 SIZE = 64
@@ -165,30 +163,3 @@ def test_the_process_reader_cache_is_bounded(dest: Path, monkeypatch: pytest.Mon
         np.testing.assert_array_equal(old.read(3, 4, 16, 16), expected[tissue])  # an evicted reader still reads
         np.testing.assert_array_equal(levels.open_level(dest, path).read(3, 4, 16, 16), expected[tissue])
         assert len(cache) <= 2
-
-
-def test_readers_take_their_metadata_from_the_cohort_index(dest: Path, tmp_path: Path) -> None:
-    store = tmp_path / "copy.zarr"
-    shutil.copytree(dest, store)
-    reader = TissueReader(store, "imc", 1.0)
-    tissue = reader.tissue_ids[0]
-    expected = TissueReader(dest, "imc", 1.0).read(tissue, Window.from_corner(0, 0, 8, 8))
-    reader.stored_dtype(tissue)  # the index has read the level's zarr.json
-    (store / reader.cohort.level_path("imc", tissue, 1.0) / "zarr.json").write_text("not json")
-    levels._READERS.clear()
-    np.testing.assert_array_equal(reader.read(tissue, Window.from_corner(0, 0, 8, 8)), expected)  # no second read of it
-    assert reader.stored_dtype(tissue) == expected.dtype == reader.level(tissue).dtype
-
-
-def test_a_damaged_group_is_listed_and_refused_on_read(dest: Path, tmp_path: Path) -> None:
-    store = tmp_path / "damaged.zarr"
-    shutil.copytree(dest, store)
-    tissue = TissueReader(dest, "imc", 1.0).tissue_ids[0]
-    document = store / "imc" / "images" / tissue / "zarr.json"
-    group = json.loads(document.read_text())
-    group["attributes"]["ome"]["multiscales"][0]["axes"] = "not axes"
-    document.write_text(json.dumps(group))
-    reader = TissueReader(store, "imc", 1.0)
-    assert tissue in reader.tissue_ids  # listed from the index, not validated per tissue
-    with pytest.raises(StoreError, match=f"{tissue}.*invalid NGFF 0.5 metadata"):
-        reader.read(tissue, Window.from_corner(0, 0, 8, 8))

@@ -240,7 +240,7 @@ class TissueReader:
     def tissue_ids(self) -> list[str]:
         """Tissues with an image of this modality at this resolution."""
         modality = self.modality_dir()
-        return [t for t in self.cohort.tissues(modality) if self.resolution in self.cohort.listed_levels(modality, t)]
+        return [t for t in self.cohort.tissues(modality) if self.resolution in self.cohort.resolutions(modality, t)]
 
     @functools.cached_property
     def tissue_set(self) -> frozenset[str]:
@@ -295,8 +295,7 @@ class TissueReader:
         mask = self.cohort.is_mask_kind(group)
         level_path = self.cohort.mask_level_path if mask else self.cohort.level_path
         path = level_path(group, tissue_id, self.resolution)
-        metadata = self.cohort.level_metadata(group, tissue_id, self.resolution)  # indexed: no zarr.json read per tissue
-        reader = open_level(self.cohort.location, path, engine=self.engine, metadata=metadata)
+        reader = open_level(self.cohort.location, path, engine=self.engine)
         if len(reader.shape) > (2 if mask else 3):
             where = self.cohort.location.join(path)
             raise InvalidInputError(f"{where}: tissue {tissue_id!r} is a z stack {reader.shape}; the datasets read 2-D tissues only")

@@ -67,7 +67,7 @@ import operator
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -76,9 +76,6 @@ from ..errors import InvalidInputError
 from ..store.location import Location
 from .engines import REGISTRY, Engine, UnsupportedLayout, direct, tensorstore
 from .engines import zarr as zarr_engines
-
-if TYPE_CHECKING:
-    from zarr.core.metadata.v3 import ArrayV3Metadata
 
 __all__ = ["ENGINES", "MAX_OPEN_READERS", "LevelReader", "WindowReader", "default_engine", "limit_codec_threads", "open_level"]
 
@@ -393,9 +390,7 @@ class WindowReader:
         return idx.astype(np.intp, copy=False)
 
 
-def open_level(
-    location: Location | str | os.PathLike[str], path: str, *, engine: str | None = None, metadata: ArrayV3Metadata | None = None
-) -> LevelReader:
+def open_level(location: Location | str | os.PathLike[str], path: str, *, engine: str | None = None) -> LevelReader:
     """A reader of the array at ``<location>/<path>``, cached per process.
 
     Parameters
@@ -414,10 +409,6 @@ def open_level(
         ``"direct"`` was asked for. ``"zarrs"`` on a store zarrs cannot read
         is zarr-python's pipeline without a warning. ``reader.engine`` names
         the engine that reads.
-    metadata : ArrayV3Metadata, optional
-        The array's checked ``zarr.json`` where the caller has it already (a
-        cohort's metadata index, :meth:`~spora_zarr.read.cohort.Cohort.level_metadata`):
-        then nothing is read before the first window. ``None``: it is read here.
 
     Returns
     -------
@@ -445,7 +436,7 @@ def open_level(
             readers.move_to_end(key)
             return reader
         resolved = _resolve_engine(location, engine)
-        meta = zarr_engines.open_array(location, path, metadata)
+        meta = zarr_engines.open_array(location, path)
         if len(meta.shape) < 2:
             raise InvalidInputError(f"array {location.join(path)} of shape {meta.shape} has no (y, x) axes")
         candidates = _candidates(location)

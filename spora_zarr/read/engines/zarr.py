@@ -52,11 +52,8 @@ _BATCHED_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 _ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 
-def open_array(location: Location, path: str, metadata: ArrayV3Metadata | None = None) -> zarr.Array[Any]:
+def open_array(location: Location, path: str) -> zarr.Array[Any]:
     """The array on zarr-python's own pipeline: reads its checked metadata only, starts no codec threads.
-
-    ``metadata`` (checked already, as :func:`~spora_zarr.store.metadata.read_array_metadata`
-    returns it) spares the read: the handle is made without touching the store.
 
     Raises
     ------
@@ -68,8 +65,7 @@ def open_array(location: Location, path: str, metadata: ArrayV3Metadata | None =
         Its ``zarr.json`` is damaged or declares more than is read
         (:func:`~spora_zarr.store.metadata.read_array_metadata`).
     """
-    if metadata is None:
-        metadata = read_array_metadata(location, path)
+    metadata = read_array_metadata(location, path)
     store = location.zarr_store(read_only=True)
     with process.LOCK.get(), zarr.config.set({"codec_pipeline.path": _BATCHED_PIPELINE}):
         return zarr.Array[Any](zarr.AsyncArray(metadata=metadata, store_path=StorePath(store, path)))
