@@ -12,6 +12,7 @@ import pytest
 from spora_zarr.access import TissueReader, TissueSource, Window
 from spora_zarr.datasets import HEImagingDataset, MultiplexImagingDataset
 from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.read import levels
 
 SIZE = 64
 KINDS = ("complete", "qc_filtered", "uniprot_filtered")
@@ -142,3 +143,23 @@ def test_fork_and_pickle(dest: Path) -> None:
     assert "_cache_readers" not in clone.__dict__
     np.testing.assert_array_equal(clone.read(tissue, Window.from_corner(5, 7, SIZE, SIZE), pad=True), expected)
     assert len(pickle.dumps(reader)) < 4096
+
+
+def test_the_process_reader_cache_is_bounded(dest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = TissueReader(dest, "imc", 1.0)
+    tissues = reader.tissue_ids
+    assert len(tissues) >= 3
+    window = Window.from_corner(3, 4, 16, 16)
+    expected = {t: reader.read(t, window) for t in tissues}
+    monkeypatch.setattr(levels, "MAX_OPEN_READERS", 2)
+    levels._READERS.clear()
+    paths = [reader.cohort.level_path("imc", t, 1.0) for t in tissues]
+    opened = [levels.open_level(dest, p) for p in paths]
+    cache = levels._READERS.get()
+    assert len(cache) == 2 and [key[2] for key in cache] == paths[-2:]  # the least recently used went first
+    assert levels.open_level(dest, paths[-2]) is opened[-2]  # a hit is used again, and moves last
+    assert [key[2] for key in cache] == [paths[-1], paths[-2]]
+    for tissue, path, old in zip(tissues, paths, opened):
+        np.testing.assert_array_equal(old.read(3, 4, 16, 16), expected[tissue])  # an evicted reader still reads
+        np.testing.assert_array_equal(levels.open_level(dest, path).read(3, 4, 16, 16), expected[tissue])
+        assert len(cache) <= 2

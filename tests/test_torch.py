@@ -31,6 +31,7 @@ from spora_zarr.datasets import (
     SporaDataset,
 )
 from spora_zarr.errors import InvalidInputError, NotFoundError
+from spora_zarr.read import levels
 from spora_zarr.read.engines import tensorstore as _tensorstore
 from spora_zarr.read.levels import open_level
 from spora_zarr.testing.cohorts import make_synthetic_cohort
@@ -395,3 +396,28 @@ def test_bad_requests(cohorts, tmp_path) -> None:
     assert "cell_masks" not in TileDataset(partial)[0]
     with pytest.raises(NotFoundError, match="no cell_masks .* one:B"):
         TileDataset(partial, masks=("tissue_masks", "cell_masks"))
+
+
+def test_construction_opens_no_reader(cohorts, tmp_path) -> None:
+    """Dtypes and masks come from the cohort's metadata index; items are what the readers read."""
+    source, dest = cohorts["one"]
+    store = tmp_path / "no_cell_mask.zarr"
+    shutil.copytree(dest, store)
+    shutil.rmtree(store / "segmentations" / "cell_masks" / "B")
+    for preprocess in (False, True):
+        levels._READERS.clear()
+        composed = _composed("one", store)
+        tiles = TileDataset(composed, preprocess=preprocess)
+        assert not levels._READERS.get()  # no reader opened, no pixel read
+        assert tiles.masks == ("tissue_masks",)
+        assert tiles.mask_dtypes == {"tissue_masks": np.dtype(np.int32)}
+        stored = {name: {d.level(t).dtype for t, d in tiles.sources(name)} for name in tiles.modalities}
+        expected = {name: np.dtype(np.float32) if preprocess else np.result_type(*dtypes) for name, dtypes in stored.items()}
+        assert tiles.dtypes == expected
+        assert {d.level(t, "tissue_masks").dtype for t, d in tiles.sources("imc")} == {np.dtype(np.uint8)}
+    panel = tiles.panels["imc"]
+    for i in range(len(tiles)):
+        item = tiles[i]
+        want = source.item(item["tissue_id"], item["row"], item["col"], "complete", True, panel)
+        np.testing.assert_allclose(item["imc"].numpy(), want["imc"], rtol=1e-6)
+        np.testing.assert_array_equal(item["tissue_masks"].numpy(), want["tissue_masks"])

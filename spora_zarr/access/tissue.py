@@ -127,6 +127,10 @@ class TissueSource(Protocol):
         """Whether the tissue has a mask of ``kind`` at this resolution."""
         ...
 
+    def stored_dtype(self, tissue_id: str, group: str | None = None) -> np.dtype:
+        """The stored dtype of the tissue's image (``group`` None) or mask kind ``group`` at this resolution (no reader opened)."""
+        ...
+
     def read(
         self, tissue_id: str, window: Window, channels: Sequence[int] | None = None, *, pad: bool = False, out: np.ndarray | None = None
     ) -> np.ndarray:
@@ -250,8 +254,18 @@ class TissueReader:
             raise NotFoundError(f"{self.name}: unknown tissue {tissue_id!r} in {self.modality_dir()} ({len(self.tissue_ids)} tissues)")
 
     def has_mask(self, tissue_id: str, kind: str) -> bool:
-        cohort = self.cohort
-        return cohort.has_tissue(kind, tissue_id) and self.resolution in cohort.mask_resolutions(kind, tissue_id)
+        return self.cohort.has_tissue(kind, tissue_id) and self.resolution in self.cohort.listed_levels(kind, tissue_id)
+
+    def stored_dtype(self, tissue_id: str, group: str | None = None) -> np.dtype:
+        """The stored dtype of the tissue's image (``group`` None) or mask kind ``group``, from the cohort's metadata index.
+
+        The group's NGFF metadata is validated when the tissue is read, not here.
+        """
+        group = group or self.modality_dir()
+        if self.resolution not in self.cohort.listed_levels(group, tissue_id):
+            return np.dtype(self.level(tissue_id, group).dtype)  # raises naming the tissue and its resolutions
+        path = f"{self.cohort.group_path(group, tissue_id)}/{self.resolution}"
+        return np.dtype(self.cohort.array_metadata(path).dtype.to_native_dtype())
 
     def check_mask_kind(self, kind: str) -> None:
         """``InvalidInputError`` unless ``kind`` is a mask kind of the store."""

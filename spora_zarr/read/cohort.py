@@ -23,7 +23,7 @@ from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attrib
 from ..store.staging import STAGING_DIR, is_complete_group
 from ..store.tables import read_table
 from .engines.zarr import ZarrEngine, open_array
-from .index import MetadataIndex
+from .index import MetadataIndex, level_paths
 
 if TYPE_CHECKING:
     from zarr.core.metadata.v3 import ArrayV3Metadata
@@ -149,6 +149,21 @@ class Cohort:
         damaged (:func:`~spora_zarr.store.metadata.read_array_metadata`).
         """
         return self._index.array_metadata(self.level_path(modality, tissue_id, resolution))
+
+    def listed_levels(self, name: str, tissue_id: str) -> list[str]:
+        """Level names of a tissue's image (``name`` a modality) or mask (a mask kind) as its ``ome.multiscales`` lists them.
+
+        From the metadata index, without validating the group's NGFF metadata
+        (:meth:`resolutions` does, and every read of the group goes through it):
+        cheap enough to ask for every tissue of a large cohort. Empty when there
+        is no complete group.
+        """
+        attributes = self._index.group_attributes(self.group_path(name, validate_tissue_id(tissue_id)))
+        return level_paths(attributes) if attributes is not None and is_complete_group(attributes) else []
+
+    def array_metadata(self, path: str) -> ArrayV3Metadata:
+        """The checked ``zarr.json`` of the level array at store ``path``, from the metadata index (see :meth:`level_metadata`)."""
+        return self._index.array_metadata(path)
 
     def resolutions(self, modality: str, tissue_id: str) -> list[str]:
         """Level names of a tissue's image, finest first."""

@@ -48,7 +48,9 @@ engine the child would pick by default and logs a warning on the
 ``spora_zarr`` logger.
 
 The reader cache is per process (a :class:`~spora_zarr.process.PerProcess`
-dict: a forked child starts with an empty one), and a reader object that travels into a forked child (held by a
+dict: a forked child starts with an empty one) and bounded: it keeps the
+:data:`MAX_OPEN_READERS` readers used last (an evicted reader still reads; it
+is just no longer shared), and a reader object that travels into a forked child (held by a
 dataset, say) reopens itself there through :func:`open_level` on its next
 read. fsspec filesystems (s3fs) are not fork safe either; fsspec keys its
 instance cache by pid and clears it in a forked child, and zarr-python resets
@@ -63,6 +65,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,14 +77,17 @@ from ..store.location import Location
 from .engines import REGISTRY, Engine, UnsupportedLayout, direct, tensorstore
 from .engines import zarr as zarr_engines
 
-__all__ = ["ENGINES", "LevelReader", "WindowReader", "default_engine", "limit_codec_threads", "open_level"]
+__all__ = ["ENGINES", "MAX_OPEN_READERS", "LevelReader", "WindowReader", "default_engine", "limit_codec_threads", "open_level"]
 
 logger = logging.getLogger("spora_zarr")
 
 ENGINES: tuple[str, ...] = tuple(REGISTRY)
 """Names of the read engines, fastest first."""
 
-_READERS: process.PerProcess[dict[tuple[Any, ...], WindowReader]] = process.PerProcess(dict)
+MAX_OPEN_READERS = 512
+"""Readers :func:`open_level` keeps per process, least recently opened or asked for dropped first."""
+
+_READERS: process.PerProcess[OrderedDict[tuple[Any, ...], WindowReader]] = process.PerProcess(OrderedDict)
 _WARNED: process.PerProcess[set[str]] = process.PerProcess(set)  # warnings given in this process
 
 
@@ -408,7 +414,9 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
     -------
     LevelReader
         The same object for the same root, storage options, path and
-        ``engine`` in this process. The engine handle opens on the first read.
+        ``engine`` in this process while it is one of the
+        :data:`MAX_OPEN_READERS` used last. The engine handle opens on the
+        first read.
 
     Raises
     ------
@@ -425,6 +433,7 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
         readers = _READERS.get()
         reader = readers.get(key)
         if reader is not None:
+            readers.move_to_end(key)
             return reader
         resolved = _resolve_engine(location, engine)
         meta = zarr_engines.open_array(location, path)
@@ -446,5 +455,7 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
                     logger.debug(message)
             reader = WindowReader(opened, location, path, tuple(meta.shape), np.dtype(meta.dtype), engine)
             readers[key] = reader
+            while len(readers) > MAX_OPEN_READERS:
+                readers.popitem(last=False)
             return reader
         raise AssertionError(f"no engine reads {location.join(path)}: {refused}")  # zarr-python reads every array

@@ -117,11 +117,6 @@ def _as_dtype(tensor: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
     return tensor if array.dtype == dtype else torch.from_numpy(array.astype(dtype))
 
 
-def _stored_dtype(dataset: TissueSource, tissue: str, mask: str | None = None) -> np.dtype:
-    """The dtype of a tissue's stored image (or ``mask``) at the dataset's resolution (no pixel read)."""
-    return np.dtype(dataset.level(tissue, mask).dtype)
-
-
 def _composed(dataset: Any) -> ComposedImagingDataset:
     if isinstance(dataset, ComposedImagingDataset):
         return dataset
@@ -305,7 +300,7 @@ class TileDataset(Dataset[dict[str, Any]]):
         for tissue, number in zip(self.tissue_ids, self._tissue_dataset):
             composed = self.datasets[number]
             dataset = composed.datasets[name] if group is None else composed.primary
-            found.setdefault(_stored_dtype(dataset, tissue, group), []).append(tissue)
+            found.setdefault(dataset.stored_dtype(tissue, group), []).append(tissue)
         return found
 
     def _modality_dtype(self, name: str) -> np.dtype:
@@ -395,7 +390,7 @@ class TileDataset(Dataset[dict[str, Any]]):
             kind = self.kind if multiplex else "complete"
             positions, measured = self._panel_positions(number, name, tissue) if multiplex else (None, None)
             target = into.get(name)
-            if target is not None and positions is None and not self.preprocess and target.numpy().dtype == _stored_dtype(dataset, tissue):
+            if target is not None and positions is None and not self.preprocess and target.numpy().dtype == dataset.level(tissue).dtype:
                 tile = dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=False, pad=True, out=target)
             else:
                 tile = _as_dtype(dataset.read_tile(tissue, r, c, edge, kind=kind, preprocess=self.preprocess, pad=True), self.dtypes[name])
@@ -415,7 +410,7 @@ class TileDataset(Dataset[dict[str, Any]]):
                 item[f"{name}_channel_mask"] = measured.clone()
         for kind in self.masks:
             target = into.get(kind)
-            if target is not None and target.numpy().dtype == _stored_dtype(base, tissue, kind):
+            if target is not None and target.numpy().dtype == base.level(tissue, kind).dtype:
                 item[kind] = base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True, out=target)
             else:
                 mask = _as_dtype(base.read_mask_tile(tissue, row, col, self.size, mask=kind, pad=True), self.mask_dtypes[kind])
