@@ -435,8 +435,7 @@ class MultiplexImagingDataset(BaseImagingDataset):
 
     def preprocess(self, data: torch.Tensor, tissue_id: str, kind: str) -> torch.Tensor:
         """The dataset's standardization of a read of ``kind``."""
-        self.channel_names(tissue_id, kind)
-        return apply_standardizer(self.standardizer, data, tissue_id, self.__dict__["_cache_names"][(tissue_id, kind)])
+        return apply_standardizer(self.standardizer, data, tissue_id, self.channel_names(tissue_id, kind))
 
     def _filter(self, data: np.ndarray, tissue_id: str, kind: str) -> np.ndarray:
         return data if self.filters is None else self.filters.apply(data, self.channel_names(tissue_id, kind))
