@@ -69,6 +69,22 @@ _STATS_META_KEY = b"spora_standardization"
 BLOCK_EDGE = 224  # pixels: a (24, 224, 224) uint16 block (2.4 MB) is counted while it is still in the cache
 
 
+def statistics_schema() -> pa.Schema:
+    """Columns of a standardization statistics table (one row per tissue, channel and quantile)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("tissue_id", pa.string()),
+            ("channel_name", pa.string()),
+            ("quantile", pa.float64()),
+            ("upper", pa.float64()),
+            ("mean", pa.float64()),
+            ("std", pa.float64()),
+        ]
+    )
+
+
 def histogram_path(modality: str, resolution: ResolutionLike, tissue_id: str, within_mask: bool = False) -> str:
     """Store path of a tissue's persisted channel histograms."""
     kind = "within_mask" if within_mask else "all_pixels"
@@ -249,17 +265,7 @@ def derive_statistics(histograms: dict[str, dict[str, ChannelHistogram]], spec: 
             mean, std, _ = moments[name]
             for column, value in zip(rows, (tissue, name, parsed.quantile, upper[(tissue, name)], mean, std)):
                 rows[column].append(value)
-    schema = pa.schema(
-        [
-            ("tissue_id", pa.string()),
-            ("channel_name", pa.string()),
-            ("quantile", pa.float64()),
-            ("upper", pa.float64()),
-            ("mean", pa.float64()),
-            ("std", pa.float64()),
-        ]
-    )
-    return pa.table(rows, schema=schema)
+    return pa.table(rows, schema=statistics_schema())
 
 
 @dataclass

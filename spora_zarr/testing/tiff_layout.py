@@ -42,6 +42,7 @@ import tifffile
 from numpy.typing import DTypeLike
 
 from ..access.resolution import parse_resolution
+from ..standardize.statistics import statistics_schema
 from ..tiling.tilers import get_grid_tile
 
 DEFAULT_TILE = (256, 256)
@@ -346,16 +347,7 @@ TILE_STATS_SCHEMA = pa.schema(
         ("n_cells", pa.int64()),
     ]
 )
-STATS_SCHEMA = pa.schema(
-    [
-        ("tissue_id", pa.string()),
-        ("channel_name", pa.string()),
-        ("quantile", pa.float64()),
-        ("upper", pa.float64()),
-        ("mean", pa.float64()),
-        ("std", pa.float64()),
-    ]
-)
+STATS_SCHEMA = statistics_schema()  # the source layout's statistics tables are the store's
 CELLS_SCHEMA = pa.schema(
     [
         ("tissue_id", pa.string()),
