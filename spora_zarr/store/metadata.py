@@ -18,6 +18,11 @@
 A store whose ``format_version`` is newer than :data:`FORMAT_VERSION` is a
 :class:`~spora_zarr.errors.StoreError` on open: its layout may differ in ways
 this version would misread.
+
+Still one module: the three documents share the bounded reader and the one set
+of limits, and each writer's output is checked by the parser beside it. The
+next to move out, if it grows, is the array-document part
+(:func:`read_array_metadata` and its limits) into ``store/arrays.py``.
 """
 
 from __future__ import annotations
