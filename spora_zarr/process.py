@@ -38,7 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from .errors import InvalidInputError
 
-__all__ = ["LIBRARIES", "LOCK", "PerProcess", "note_use", "on_fork", "poisoned", "thread_names", "used_by"]
+__all__ = ["LIBRARIES", "LOCK", "PerProcess", "available_cores", "note_use", "on_fork", "poisoned", "thread_names", "used_by"]
 
 T = TypeVar("T")
 
@@ -46,6 +46,14 @@ T = TypeVar("T")
 LIBRARIES = ("tensorstore", "zarrs")
 
 _INSTANCES: weakref.WeakSet[PerProcess[Any]] = weakref.WeakSet()  # reset after a fork
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under ``taskset``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def on_fork(*, before: Callable[[], None] | None = None, after_in_child: Callable[[], None] | None = None) -> None:

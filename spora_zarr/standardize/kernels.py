@@ -17,13 +17,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.machinery
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LUT_DTYPES", "affine_apply", "available", "cores", "count_into", "lut_apply"]
+__all__ = ["LUT_DTYPES", "affine_apply", "available", "count_into", "lut_apply"]
 
 LUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 """Sample types :func:`lut_apply` maps (the tables have one entry per value up to the clipping bound)."""
@@ -52,11 +51,6 @@ def _native() -> Any:
 def available() -> bool:
     """Whether the compiled kernels are built (else numpy counts and the standardizers compute element-wise)."""
     return _native() is not None
-
-
-def cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def count_into(data: np.ndarray, counts: np.ndarray, *, signed: bool) -> None:

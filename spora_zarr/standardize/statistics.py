@@ -34,6 +34,7 @@ import numpy as np
 
 from ..access.resolution import ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError, StoreError
+from ..process import available_cores
 from ..read.cohort import open_cohort
 from ..read.levels import open_level
 from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
@@ -42,7 +43,6 @@ from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.tables import read_table, table_exists, write_table
 from .histograms import ChannelHistogram, HistogramAccumulator, clipped_moments, merge, quantile
-from .kernels import cores
 from .specs import Spec, parse_spec
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def histogram_work(
         return int(data.nbytes)
 
     nbytes = 0
-    with ThreadPoolExecutor(min(cores(), len(corners)), thread_name_prefix="spora-histogram") as pool:
+    with ThreadPoolExecutor(min(available_cores(), len(corners)), thread_name_prefix="spora-histogram") as pool:
         for done in pool.map(count, corners):
             nbytes += done
             if progress is not None:

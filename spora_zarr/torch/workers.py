@@ -12,6 +12,7 @@ import os
 import torch
 from torch.utils.data import get_worker_info
 
+from ..process import available_cores
 from ..read.levels import limit_codec_threads
 from ..runtime import keep_freed_batches
 
@@ -19,14 +20,6 @@ __all__ = ["available_cores", "setup_worker_once", "worker_init_fn"]
 
 _SETUP_PID: int | None = None  # the process worker_init_fn last ran in
 _CHECKED_PID: int | None = None  # the process setup_worker_once last checked
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def worker_init_fn(worker_id: int | None = None) -> None:

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import posixpath
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -197,15 +196,7 @@ class WriteOptions:
         """
         block = channels * itemsize * edge * edge
         fit = (self.memory_budget - IN_FLIGHT * block) // ((depth + 1) * block)
-        return int(max(1, min(self.codec_threads or available_cores(), fit)))
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. under ``taskset``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return int(max(1, min(self.codec_threads or process.available_cores(), fit)))
 
 
 def _check_whole(name: str, value: Any) -> None:

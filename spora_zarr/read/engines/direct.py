@@ -66,7 +66,7 @@ _BLOSC_MAX_BYTES = 2**31 - 1 - _BLOSC_MAX_OVERHEAD  # c-blosc 1 decodes at most 
 # helper costs more than it saves there; uncompressed chunks (a copy each) need four times as many
 # (measured on 2 cores, docs/datasets.md).
 PARALLEL_MIN_BYTES = 256 * 1024
-_THREADS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+_THREADS: int = min(8, process.available_cores())
 _LOCK = process.PerProcess(threading.Lock)  # a forked child gets its own
 _LOCAL = threading.local()  # per-thread scratch buffers
 
