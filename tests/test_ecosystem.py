@@ -15,6 +15,7 @@ from spora_zarr import ConvertOptions, InvalidInputError, StoreError, add_image,
 from spora_zarr.datasets import ComposedImagingDataset, HEImagingDataset, MultiplexImagingDataset
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.torch import TileDataset
+from spora_zarr.write.ngff import MAX_COLORED_LABEL
 
 ngff_zarr = pytest.importorskip("ngff_zarr")
 
@@ -218,8 +219,13 @@ def test_every_group_validates_against_the_strict_ngff_schemas(converted: Path) 
         if "multiscales" not in attributes.get("ome", {}):
             continue
         kind = "label" if "image-label" in attributes["ome"] else "image"
-        errors = list(Draft202012Validator(schemas[kind], registry=registry).iter_errors(attributes))
-        assert not errors, f"{document.parent}: {errors[0].message}"
+        errors = [e.message for e in Draft202012Validator(schemas[kind], registry=registry).iter_errors(attributes)]
+        if kind == "label" and "colors" not in attributes["ome"]["image-label"]:  # an instance mask: ids beyond 255
+            assert int(zarr.open_array(str(document.parent / "0_5mpp"), mode="r")[:].max()) > MAX_COLORED_LABEL
+            assert errors == ["'colors' is a required property"], f"{document.parent}: {errors}"
+            checked += 1
+            continue
+        assert not errors, f"{document.parent}: {errors[0]}"
         checked += 1
     assert checked >= 2 * 5  # he, imc, ihc, tissue and cell masks of both tissues
 
@@ -233,7 +239,10 @@ def test_a_mask_points_only_to_an_image_with_its_levels(converted: Path) -> None
         image = json.loads((converted / "segmentations" / kind / "A" / source / "zarr.json").resolve().read_text())["attributes"]["ome"]
         assert len(image["multiscales"][0]["datasets"]) == len(mask["multiscales"][0]["datasets"])
         ids = int(zarr.open_array(str(converted / "segmentations" / kind / "A" / "0_5mpp"), mode="r")[:].max())
-        colors = mask["image-label"]["colors"]  # few ids (<= 1023): one colour per id, 0 transparent
+        if ids > MAX_COLORED_LABEL:  # an instance mask: the viewer's own colours
+            assert "colors" not in mask["image-label"]
+            continue
+        colors = mask["image-label"]["colors"]  # few ids: one colour per id, 0 transparent
         assert [c["label-value"] for c in colors] == list(range(ids + 1)) and colors[0]["rgba"] == [0, 0, 0, 0]
         assert all(c["rgba"][3] == 255 for c in colors[1:])
     assert cohort.group_metadata("cell_masks", "A").is_label
@@ -248,7 +257,7 @@ def test_napari_ome_zarr_colours_every_label_and_leaves_many_ids_to_its_own_colo
     path = str(converted / "segmentations" / "tissue_masks" / "A")
     ((_, kwargs, kind),) = napari_get_reader(path)(path)
     assert kind == "labels" and kwargs["colormap"][0][3] == 0 and kwargs["colormap"][1][3] == 1  # tissue drawn, background not
-    many = np.arange(40 * 50, dtype=np.uint32).reshape(40, 50)  # an instance mask: ids beyond 1023
+    many = np.arange(40 * 50, dtype=np.uint32).reshape(40, 50)  # an instance mask: ids beyond 255
     write_labels(tmp_path / "s.zarr", "segmentations/cell_masks/X", {0.5: ArraySource(many)})
     attributes = json.loads((tmp_path / "s.zarr" / "segmentations/cell_masks/X/zarr.json").read_text())["attributes"]["ome"]
     assert "colors" not in attributes["image-label"]

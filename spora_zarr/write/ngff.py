@@ -187,8 +187,9 @@ def image_metadata(
     return validated({"ome": ome, "spora": spora.to_dict()}, where=where)
 
 
-#: Masks with ids up to this list a colour per id in ``image-label.colors`` (at most ~60 kB of metadata).
-MAX_COLORED_LABEL = 1023
+#: Masks with ids up to this list a colour per id in ``image-label.colors`` (at most ~35 kB of metadata:
+#: every reader of the cohort parses it, thousands of times in a cohort of small tissues).
+MAX_COLORED_LABEL = 255
 
 
 def label_colors(ids: tuple[int, int] | None) -> list[dict[str, Any]]:
