@@ -62,9 +62,36 @@ def test_the_index_answers_as_reading_each_file(converted: Path) -> None:
         for name in cohort.resolutions(modality, tissue_id):
             indexed = cohort.level_metadata(modality, tissue_id, name)
             assert indexed.to_dict() == read_array_metadata(location, f"{path}/{name}").to_dict()
+            array = zarr.open_array(str(converted / path / name), mode="r")
+            layout = cohort.array_layout(f"{path}/{name}")  # from the JSON, without zarr's parser
+            assert (layout.shape, layout.dtype, layout.chunks, layout.shards) == (array.shape, array.dtype, array.chunks, array.shards)
     for directory in ("he/images", "imc/images", "segmentations/cell_masks", "segmentations/tissue_masks"):
         names = sorted(n for n in os.listdir(converted / directory) if not n.startswith(".") and n != "zarr.json")
         assert cohort.listing(directory) == [n for n in names if staging.is_complete(f"{directory}/{n}")] == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize(
+    ("data_type", "codecs"),
+    [
+        ("int16", [{"name": "bytes", "configuration": {"endian": "little"}}]),
+        ("float64", [{"name": "sharding_indexed", "configuration": {"chunk_shape": [4, 5], "codecs": [{"name": "bytes"}]}}]),
+        ({"name": "numpy.datetime64", "configuration": {"unit": "s", "scale_factor": 1}}, [{"name": "bytes"}]),  # zarr's
+    ],
+)
+def test_an_array_layout_is_what_zarr_makes_of_the_document(tmp_path: Path, data_type: Any, codecs: list[dict[str, Any]]) -> None:
+    from spora_zarr.store.metadata import array_layout, parse_array_metadata
+
+    document = {
+        "zarr_format": 3, "node_type": "array", "shape": [17, 30], "data_type": data_type, "fill_value": 0,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 10]}},
+        "chunk_key_encoding": {"name": "default"}, "codecs": codecs,
+    }  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/zarr.json").write_text(json.dumps(document))
+    array = zarr.open_array(str(tmp_path / "a"), mode="r")
+    layout = array_layout(document, where="a")
+    assert (layout.shape, layout.dtype, layout.chunks, layout.shards) == (array.shape, array.dtype, array.chunks, array.shards)
+    assert parse_array_metadata(document, where="a").to_dict() == array.metadata.to_dict()
 
 
 def test_listing_leaves_out_unfinished_damaged_and_hidden_groups(store: Path) -> None:

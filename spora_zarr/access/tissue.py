@@ -265,7 +265,7 @@ class TissueReader:
         if self.resolution not in self.cohort.listed_levels(group, tissue_id):
             return np.dtype(self.level(tissue_id, group).dtype)  # raises naming the tissue and its resolutions
         path = f"{self.cohort.group_path(group, tissue_id)}/{self.resolution}"
-        return np.dtype(self.cohort.array_metadata(path).dtype.to_native_dtype())
+        return self.cohort.array_layout(path).dtype
 
     def check_mask_kind(self, kind: str) -> None:
         """``InvalidInputError`` unless ``kind`` is a mask kind of the store."""

@@ -19,7 +19,7 @@ from ..errors import NotFoundError, StoreError
 from ..store.layout import MASK_KINDS, image_group_path, label_group_path, validate_tissue_id
 from ..store.location import Location
 from ..store.lock import writer_at_work
-from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
+from ..store.metadata import ArrayLayout, CohortAttributes, GroupMetadata, read_cohort_attributes
 from ..store.staging import STAGING_DIR, is_complete_group
 from ..store.tables import read_table
 from .engines.zarr import ZarrEngine, open_array
@@ -161,9 +161,9 @@ class Cohort:
         attributes = self._index.group_attributes(self.group_path(name, validate_tissue_id(tissue_id)))
         return level_paths(attributes) if attributes is not None and is_complete_group(attributes) else []
 
-    def array_metadata(self, path: str) -> ArrayV3Metadata:
-        """The checked ``zarr.json`` of the level array at store ``path``, from the metadata index (see :meth:`level_metadata`)."""
-        return self._index.array_metadata(path)
+    def array_layout(self, path: str) -> ArrayLayout:
+        """Shape, dtype, chunks and shards of the level array at store ``path``, from the metadata index without zarr's parser."""
+        return self._index.array_layout(path)
 
     def resolutions(self, modality: str, tissue_id: str) -> list[str]:
         """Level names of a tissue's image, finest first."""

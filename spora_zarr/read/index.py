@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidInputError, SporaZarrError
 from ..store.layout import validate_name
 from ..store.location import Location
-from ..store.metadata import array_metadata_from
+from ..store.metadata import ArrayLayout, array_layout, array_metadata_from
 from ..store.staging import ZARR_JSON, group_attributes, is_complete_group
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class MetadataIndex:
         self._groups: dict[str, Document] = {}  # group path -> its zarr.json, or the error reading it
         self._arrays: dict[str, Document] = {}  # array path -> its zarr.json, or the error reading it
         self._parsed: dict[str, ArrayV3Metadata] = {}  # array path -> its checked metadata
+        self._layouts: dict[str, ArrayLayout] = {}  # array path -> its checked layout
         self._levels_read: set[str] = set()  # directories whose level documents were read
         self._complete: dict[str, list[str]] = {}  # directory -> its complete groups, sorted
 
@@ -74,14 +75,32 @@ class MetadataIndex:
     def array_metadata(self, path: str) -> ArrayV3Metadata:
         """The checked metadata of the level array at ``path``, as :func:`~spora_zarr.store.metadata.read_array_metadata` reads it."""
         if path not in self._parsed:
-            group = posixpath.dirname(path)
-            directory = posixpath.dirname(group)
-            if directory in self._names and directory not in self._levels_read:
-                self._read_levels(directory)
-            if _document(path) not in self._arrays:
-                self._arrays.update(self.location.read_documents([_document(path)]))
-            self._parsed[path] = array_metadata_from(self.location, path, self._arrays[_document(path)])
+            self._parsed[path] = array_metadata_from(self.location, path, self._array_document(path))
         return self._parsed[path]
+
+    def array_layout(self, path: str) -> ArrayLayout:
+        """Shape, dtype, chunks and shards of the level array at ``path`` from its document, without zarr's parser.
+
+        Raises what :meth:`array_metadata` raises for a missing, group or damaged document, but for a
+        codec configuration zarr would refuse, which only :meth:`array_metadata` finds (every read of
+        the array goes through it).
+        """
+        if path not in self._layouts:
+            document = self._array_document(path)
+            if not isinstance(document, dict) or document.get("node_type") == "group":
+                array_metadata_from(self.location, path, document)  # raises its error
+            assert isinstance(document, dict)
+            self._layouts[path] = array_layout(document, where=f"array {self.location.join(path)}")
+        return self._layouts[path]
+
+    def _array_document(self, path: str) -> Document:
+        group = posixpath.dirname(path)
+        directory = posixpath.dirname(group)
+        if directory in self._names and directory not in self._levels_read:
+            self._read_levels(directory)
+        if _document(path) not in self._arrays:
+            self._arrays.update(self.location.read_documents([_document(path)]))
+        return self._arrays[_document(path)]
 
     def _read_directory(self, directory: str) -> list[str]:
         if directory not in self._names:

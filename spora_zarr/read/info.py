@@ -6,7 +6,6 @@ from typing import Any
 
 from ..store.layout import MASK_KINDS
 from ..store.location import Location
-from ..store.metadata import chunk_layout
 from .cohort import Cohort, open_cohort
 
 
@@ -36,14 +35,12 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
 
 
 def _levels(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
-    """One line a level, from the cohort's metadata index (no zarr array is opened)."""
+    """One line a level, from the cohort's metadata index (no zarr array is opened, no array document parsed by zarr)."""
     lines = []
     stored = set(cohort.group_metadata(modality, tissue_id).spora.source_levels)
     for name in cohort.resolutions(modality, tissue_id):
-        array = cohort.level_metadata(modality, tissue_id, name)
-        chunks, shards = chunk_layout(array)
-        sharded = f" shards {shards}" if shards else ""
+        array = cohort.array_layout(cohort.level_path(modality, tissue_id, name))
+        sharded = f" shards {array.shards}" if array.shards else ""
         origin = "from source" if name in stored else "computed"
-        dtype = array.dtype.to_native_dtype()
-        lines.append(f"    {name}: shape {tuple(array.shape)} {dtype} chunks {chunks}{sharded} ({origin})")
+        lines.append(f"    {name}: shape {array.shape} {array.dtype} chunks {array.chunks}{sharded} ({origin})")
     return lines

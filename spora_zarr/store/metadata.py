@@ -36,6 +36,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..access.resolution import parse_resolution
 from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
 from .layout import FORMAT_VERSION, validate_modality, validate_name
@@ -51,8 +53,9 @@ __all__ = [
     "GroupMetadata",
     "LevelMetadata",
     "SporaGroupAttributes",
+    "ArrayLayout",
+    "array_layout",
     "array_metadata_from",
-    "chunk_layout",
     "check_format_version",
     "check_not_foreign_root",
     "is_cohort_store",
@@ -570,11 +573,34 @@ def array_metadata_from(location: Location, path: str, document: dict[str, Any] 
     return parse_array_metadata(document, where=f"array {location.join(path)}")
 
 
-def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3Metadata:
-    """zarr's ``ArrayV3Metadata`` of ``document`` (a ``zarr.json``); see :func:`read_array_metadata`."""
-    from zarr.codecs import ShardingCodec
-    from zarr.core.metadata.v3 import ArrayV3Metadata
+@dataclass(frozen=True)
+class ArrayLayout:
+    """What a level array's ``zarr.json`` declares of its pixels, read from the JSON without zarr (tens of microseconds).
 
+    ``chunks`` is the (inner) chunk shape, ``shards`` the shard shape (``None`` unsharded): zarr's
+    ``Array.chunks`` and ``Array.shards``. Made by :func:`array_layout`, which checks the limits.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None
+
+
+#: ``data_type`` names whose NumPy dtype is the name (zarr v3 core types); others are resolved by zarr.
+_NUMPY_DATA_TYPES = frozenset(
+    ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"]
+    + ["complex64", "complex128"]
+)
+
+
+def array_layout(document: Mapping[str, Any], *, where: str) -> ArrayLayout:
+    """The :class:`ArrayLayout` of an array ``document`` (a ``zarr.json``), checked against the limits above.
+
+    Raises ``StoreError`` naming ``where`` as :func:`read_array_metadata` does: the same limits, and
+    every codec named one zarr knows; the configuration of a codec other than sharding is left to
+    zarr's parser (:func:`parse_array_metadata`, on every read of the array).
+    """
     if document.get("zarr_format") != 3 or document.get("node_type") != "array":
         raise StoreError(f"{where}: not zarr v3 array metadata (zarr_format 3, node_type array)")
     shape = _integers(document.get("shape"), where, "shape", low=0, high=MAX_AXIS_LENGTH)
@@ -587,34 +613,57 @@ def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3M
         raise StoreError(f"{where}: chunk_shape {outer} and shape {shape} differ in length")
     if math.prod(shape) > MAX_ARRAY_ELEMENTS:
         raise StoreError(f"{where}: shape {shape} has more than the {MAX_ARRAY_ELEMENTS} elements an array may hold")
-    try:
-        metadata = ArrayV3Metadata.from_dict(dict(document))
-    except Exception as exc:  # noqa: BLE001 - zarr raises many kinds on a hostile document
-        raise StoreError(f"{where}: invalid zarr v3 array metadata: {type(exc).__name__}: {_short(exc)}") from None
-    inner = tuple(outer)
-    codecs = tuple(metadata.codecs)
-    while len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
-        shard, inner = inner, tuple(int(n) for n in codecs[0].chunk_shape)
-        if len(inner) != len(shard) or any(n < 1 or s % n for s, n in zip(shard, inner, strict=False)):
+    data_type = document.get("data_type")
+    if isinstance(data_type, str) and data_type in _NUMPY_DATA_TYPES:
+        dtype = np.dtype(data_type)
+    else:
+        dtype = np.dtype(_zarr_metadata(document, where).dtype.to_native_dtype())
+    inner, shards = outer, None
+    codecs: Any = document.get("codecs")
+    while _codec_names(codecs, where) == ["sharding_indexed"]:
+        sharding = _mapping(codecs[0].get("configuration"), where, "sharding_indexed configuration")
+        shard = inner
+        inner = _integers(sharding.get("chunk_shape"), where, "sharding chunk_shape", low=1, high=MAX_AXIS_LENGTH)
+        if len(inner) != len(shard) or any(s % n for s, n in zip(shard, inner, strict=False)):
             raise StoreError(f"{where}: inner chunk shape {inner} does not divide the shard shape {shard}")
         if math.prod(s // n for s, n in zip(shard, inner, strict=True)) > MAX_CHUNKS_PER_SHARD:
             raise StoreError(f"{where}: shards {shard} of chunks {inner} hold more than {MAX_CHUNKS_PER_SHARD} chunks each")
-        codecs = tuple(codecs[0].codecs)
-    nbytes = math.prod(inner) * metadata.dtype.to_native_dtype().itemsize
+        shards = outer if shards is None else shards
+        codecs = sharding.get("codecs")
+    nbytes = math.prod(inner) * dtype.itemsize
     if nbytes > MAX_CHUNK_BYTES:
         raise StoreError(f"{where}: chunks {inner} of {nbytes} bytes are more than the {MAX_CHUNK_BYTES} bytes read at once")
-    return metadata
+    return ArrayLayout(shape, dtype, inner, shards)
 
 
-def chunk_layout(metadata: ArrayV3Metadata) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """``(chunks, shards)`` of an array as zarr's ``Array.chunks`` and ``Array.shards`` give them (``shards`` ``None`` unsharded)."""
-    from zarr.codecs import ShardingCodec
+def _codec_names(codecs: object, where: str) -> list[str]:
+    """The names of a ``codecs`` list: a non-empty list of objects naming codecs zarr knows, else a ``StoreError``."""
+    from zarr.registry import get_codec_class
 
-    outer = tuple(int(n) for n in metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined,union-attr,unused-ignore]
-    codecs = tuple(metadata.codecs)
-    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
-        return tuple(int(n) for n in codecs[0].chunk_shape), outer
-    return outer, None
+    if not isinstance(codecs, list) or not codecs or not all(isinstance(c, Mapping) for c in codecs):
+        raise StoreError(f"{where}: codecs must be a list of codec objects, got {_short(codecs)}")
+    names = [c.get("name") for c in codecs]
+    for name in names:
+        try:
+            get_codec_class(str(name))
+        except KeyError:
+            raise StoreError(f"{where}: unknown codec {_short(name)}") from None
+    return [str(n) for n in names]
+
+
+def parse_array_metadata(document: Mapping[str, Any], *, where: str) -> ArrayV3Metadata:
+    """zarr's ``ArrayV3Metadata`` of ``document`` (a ``zarr.json``), after the checks of :func:`array_layout`."""
+    array_layout(document, where=where)
+    return _zarr_metadata(document, where)
+
+
+def _zarr_metadata(document: Mapping[str, Any], where: str) -> ArrayV3Metadata:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    try:
+        return ArrayV3Metadata.from_dict(dict(document))
+    except Exception as exc:  # noqa: BLE001 - zarr raises many kinds on a hostile document
+        raise StoreError(f"{where}: invalid zarr v3 array metadata: {type(exc).__name__}: {_short(exc)}") from None
 
 
 def max_file_bytes(metadata: ArrayV3Metadata) -> int:
