@@ -48,7 +48,7 @@ def _segment_problem(segment: str) -> str | None:
         return f"{segment!r} is a relative step, not a name"
     if segment.startswith("."):
         return "it starts with a dot"
-    if any(unicodedata.category(ch).startswith("C") for ch in segment):
+    if not segment.isprintable() and any(unicodedata.category(ch).startswith("C") for ch in segment):  # printable: no C*
         return "it contains a control character"
     if segment != segment.strip():
         return "it has leading or trailing whitespace"

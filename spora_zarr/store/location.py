@@ -118,10 +118,11 @@ class Location:
             if fd is None:
                 raise NotFoundError(f"{where}: no such file")
             try:
-                with os.fdopen(fd, "rb") as handle:
-                    return _bounded(handle.read(max_bytes + 1), where, max_bytes)
+                return _bounded(_read_to_end(fd, max_bytes), where, max_bytes)
             except OSError as exc:
                 raise StoreError(f"{where}: cannot read: {exc}") from exc
+            finally:
+                os.close(fd)
         fs = self.fs()
         try:
             return _bounded(fs.cat_file(self.fs_path(*parts), start=0, end=max_bytes + 1), where, max_bytes)  # one ranged GET
@@ -244,6 +245,24 @@ def parse_document(data: bytes, where: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise StoreError(f"{where}: not a JSON object but {type(document).__name__}")
     return document
+
+
+def _read_to_end(fd: int, max_bytes: int) -> bytes:
+    """The bytes of the open file ``fd`` up to its end or to ``max_bytes + 1`` (a file that grew while read is read on).
+
+    Asks for the size ``fstat`` gives, not for ``max_bytes``: a buffer of the most a file may hold
+    costs more than reading a ``zarr.json``.
+    """
+    parts, total = [], 0
+    want = min(os.fstat(fd).st_size, max_bytes) + 1
+    while total <= max_bytes:
+        part = os.read(fd, want)
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+        want = min(2**20, max_bytes + 1 - total)
+    return b"".join(parts)
 
 
 def _bounded(data: bytes, where: str, max_bytes: int) -> bytes:
