@@ -238,9 +238,13 @@ class TissueReader:
     # -- tissues -----------------------------------------------------------------------------
     @functools.cached_property
     def tissue_ids(self) -> list[str]:
-        """Tissues with an image of this modality at this resolution."""
+        """Tissues with an image of this modality at this resolution.
+
+        From the levels each group's ``ome.multiscales`` lists (:meth:`Cohort.listed_levels`): the group's
+        NGFF metadata is validated when the tissue is first read, not for every tissue here.
+        """
         modality = self.modality_dir()
-        return [t for t in self.cohort.tissues(modality) if self.resolution in self.cohort.resolutions(modality, t)]
+        return [t for t in self.cohort.tissues(modality) if self.resolution in self.cohort.listed_levels(modality, t)]
 
     @functools.cached_property
     def tissue_set(self) -> frozenset[str]:

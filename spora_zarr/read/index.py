@@ -142,4 +142,4 @@ def level_paths(attributes: Mapping[str, Any]) -> list[str]:
 
 
 def _document(path: str) -> str:
-    return posixpath.join(path, ZARR_JSON) if path else ZARR_JSON
+    return f"{path}/{ZARR_JSON}" if path else ZARR_JSON

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,7 +93,11 @@ class Location:
 
     def join(self, *parts: str) -> str:
         """Path (or URL) of ``parts`` below the root."""
-        return posixpath.join(self.root, *[p.strip("/") for p in parts if p])
+        joined = self.root
+        for part in parts:  # posixpath.join of parts that are never absolute, without its checks (called per document)
+            if part:
+                joined += part.strip("/") if joined.endswith("/") else "/" + part.strip("/")
+        return joined
 
     def fs_path(self, *parts: str) -> str:
         """Path of ``parts`` as the filesystem of :meth:`fs` names it: no scheme, but http(s) URLs whole (as fsspec's

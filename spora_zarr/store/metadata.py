@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import process
 from ..access.resolution import parse_resolution
 from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
 from .layout import FORMAT_VERSION, validate_modality, validate_name
@@ -343,6 +344,24 @@ class SporaGroupAttributes:
             "source_levels": list(self.source_levels),
         }
         return {**{k: v for k, v in values.items() if v is not None}, **self.extra}
+
+
+def load_ngff_models() -> None:
+    """Import the NGFF models groups are parsed with (ome-zarr-models, pydantic: about 0.8 s, once a process).
+
+    They are imported on the first group parsed, which a dataset may now leave to
+    the first tile read, in a thread. A process forked while another thread is in
+    that import inherits the import's module lock held by a thread it does not
+    have, and hangs on its own first group. Run before every fork (as zarr's
+    entry points are, :func:`~spora_zarr.read.engines.zarr.load_entry_points`),
+    this waits for an import in flight, so the child imports nothing.
+    """
+    import ome_zarr_models.v05.image
+    import ome_zarr_models.v05.image_label
+    import ome_zarr_models.v05.multiscales  # noqa: F401
+
+
+process.on_fork(before=load_ngff_models)
 
 
 _MAX_MULTISCALES = 1024
