@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from ..store.metadata import ArrayLayout, CohortAttributes, GroupMetadata, read_
 from ..store.staging import STAGING_DIR, is_complete_group
 from ..store.tables import read_table
 from .engines.zarr import ZarrEngine, open_array
-from .index import MetadataIndex, level_paths
+from .index import MetadataIndex
 
 if TYPE_CHECKING:
     from zarr.core.metadata.v3 import ArrayV3Metadata
@@ -36,21 +37,22 @@ class Cohort:
 
     Group and level metadata come from the handle's :class:`~.index.MetadataIndex`:
     each directory of groups is listed and read once, concurrently, and kept
-    for the handle's life.
+    for the handle's life; ``summaries=False`` leaves the directory summaries
+    (:mod:`spora_zarr.store.summary`) unread and reads every group's own documents.
     """
 
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, *, summaries: bool = True) -> None:
         self.location = location
         attributes = read_cohort_attributes(location)
         if attributes is None:
             raise NotFoundError(f"{location}: not a cohort store (no zarr group at its root)")
         self.attributes: CohortAttributes = attributes
-        self._index = MetadataIndex(location)
+        self._index = MetadataIndex(location, summaries=summaries)
         self._metadata: dict[str, GroupMetadata] = {}
         self._sets: dict[str, frozenset[str]] = {}  # modality or mask kind -> its tissues
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (open_cohort, (self.location,))
+        return (functools.partial(open_cohort, summaries=self._index.summaries), (self.location,))
 
     def __repr__(self) -> str:
         return f"Cohort({self.location.root!r}, modalities={self.modalities})"
@@ -158,8 +160,7 @@ class Cohort:
         cheap enough to ask for every tissue of a large cohort. Empty when there
         is no complete group.
         """
-        attributes = self._index.group_attributes(self.group_path(name, validate_tissue_id(tissue_id)))
-        return level_paths(attributes) if attributes is not None and is_complete_group(attributes) else []
+        return self._index.level_names(self.group_path(name, validate_tissue_id(tissue_id)))
 
     def array_layout(self, path: str) -> ArrayLayout:
         """Shape, dtype, chunks and shards of the level array at store ``path``, from the metadata index without zarr's parser."""
@@ -268,8 +269,11 @@ class Cohort:
         return sorted(found)
 
 
-def open_cohort(location: str | Location, storage_options: dict[str, Any] | None = None) -> Cohort:
+def open_cohort(location: str | Location, storage_options: dict[str, Any] | None = None, *, summaries: bool = True) -> Cohort:
     """Open the cohort store at a local path or fsspec URL (``s3://``, ``https://`` read-only, ``memory://``); reads no pixels.
+
+    ``summaries=False``: read every group's own ``zarr.json`` instead of trusting the directory summaries the
+    store's writers keep (:mod:`spora_zarr.store.summary`), as ``validate`` and ``info`` do.
 
     Logs a warning when a writer is at work on the store: a tissue it
     overwrites may read as a mix of old and new pixels (``docs/store_layout.md``).
@@ -278,4 +282,4 @@ def open_cohort(location: str | Location, storage_options: dict[str, Any] | None
     writer = writer_at_work(parsed)
     if writer is not None:
         log.warning("%s: %s is writing this store; a tissue it overwrites may read as a mix of old and new pixels", parsed, writer)
-    return Cohort(parsed)
+    return Cohort(parsed, summaries=summaries)

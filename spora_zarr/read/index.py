@@ -1,14 +1,18 @@
 """The metadata index of a cohort handle: the ``zarr.json`` of every group and level, read once, concurrently.
 
 A directory of groups (``imc/images``, ``segmentations/cell_masks``) is listed
-once and the ``zarr.json`` of every group in it is read in one concurrent pass
-(:meth:`~spora_zarr.store.location.Location.read_documents`: a thread pool on
-a local disk, one gather of ranged GETs on object stores and HTTP); the first
-time a level array of a listed group is asked for, the ``zarr.json`` of every
+once. Where it has a directory summary (:mod:`spora_zarr.store.summary`), the
+groups the summary vouches for (listed, and locally with the recorded inode)
+are known complete with their levels and layouts without reading their
+documents; the ``zarr.json`` of every other group is read in one concurrent
+pass (:meth:`~spora_zarr.store.location.Location.read_documents`: a plain loop
+on a local disk, one gather of ranged GETs on object stores and HTTP). The first
+time a level array of such a group is asked for, the ``zarr.json`` of every
 level of every complete group of that directory is read in a second pass.
 Documents are kept as parsed JSON in plain dicts for the handle's life (a few
 KB a group), as the listing always was: a handle sees the groups that were
-there when it first looked.
+there when it first looked. A group's own documents are still read, on demand,
+for what a summary does not hold (its NGFF metadata, zarr's array metadata).
 
 Every read goes through the bounded reader of ``store/`` (regular files only,
 at most :data:`~spora_zarr.store.location.DOCUMENT_MAX_BYTES`), and a level
@@ -21,14 +25,13 @@ be read means is decided where one file is read today
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, SporaZarrError
-from ..store.layout import validate_name
+from ..errors import SporaZarrError
 from ..store.location import Location
 from ..store.metadata import ArrayLayout, array_layout, array_metadata_from
 from ..store.staging import ZARR_JSON, group_attributes, is_complete_group
+from ..store.summary import GroupSummary, directory_entries, level_paths, read_summary
 
 if TYPE_CHECKING:
     from zarr.core.metadata.v3 import ArrayV3Metadata
@@ -39,11 +42,16 @@ Document = dict[str, Any] | SporaZarrError
 
 
 class MetadataIndex:
-    """The parsed ``zarr.json`` documents of one store's groups and level arrays, read in concurrent passes."""
+    """The parsed ``zarr.json`` documents of one store's groups and level arrays, read in concurrent passes.
 
-    def __init__(self, location: Location) -> None:
+    ``summaries=False`` reads every group's own documents (``validate`` and ``info`` do).
+    """
+
+    def __init__(self, location: Location, *, summaries: bool = True) -> None:
         self.location = location
+        self.summaries = summaries
         self._names: dict[str, list[str]] = {}  # directory -> its entries that may be groups, sorted
+        self._vouched: dict[str, dict[str, GroupSummary]] = {}  # directory -> the groups its summary vouches for
         self._groups: dict[str, Document] = {}  # group path -> its zarr.json, or the error reading it
         self._arrays: dict[str, Document] = {}  # array path -> its zarr.json, or the error reading it
         self._parsed: dict[str, ArrayV3Metadata] = {}  # array path -> its checked metadata
@@ -59,12 +67,25 @@ class MetadataIndex:
         """
         if directory not in self._complete:
             complete = []
-            for name in self._read_directory(directory):
+            names = self._read_directory(directory)
+            vouched = self._vouched[directory]
+            for name in names:
+                if name in vouched:
+                    complete.append(name)
+                    continue
                 attributes = self.group_attributes(f"{directory}/{name}")
                 if attributes is not None and is_complete_group(attributes):
                     complete.append(name)
             self._complete[directory] = complete
         return list(self._complete[directory])
+
+    def level_names(self, path: str) -> list[str]:
+        """The level paths the complete group at ``path`` lists in ``ome.multiscales`` (empty when it is not complete)."""
+        summary = self._summary(path)
+        if summary is not None:
+            return list(summary.levels)
+        attributes = self.group_attributes(path)
+        return level_paths(attributes) if attributes is not None and is_complete_group(attributes) else []
 
     def group_attributes(self, path: str) -> dict[str, Any] | None:
         """The attributes of the group at ``path`` (``None`` when there is none), read once."""
@@ -79,19 +100,30 @@ class MetadataIndex:
         return self._parsed[path]
 
     def array_layout(self, path: str) -> ArrayLayout:
-        """Shape, dtype, chunks and shards of the level array at ``path`` from its document, without zarr's parser.
+        """Shape, dtype, chunks and shards of the level array at ``path``, from a summary or its document, without zarr's parser.
 
         Raises what :meth:`array_metadata` raises for a missing, group or damaged document, but for a
         codec configuration zarr would refuse, which only :meth:`array_metadata` finds (every read of
         the array goes through it).
         """
         if path not in self._layouts:
+            summary = self._summary(posixpath.dirname(path))
+            if summary is not None and posixpath.basename(path) in summary.levels:
+                self._layouts[path] = summary.layout(posixpath.basename(path))
+                return self._layouts[path]
             document = self._array_document(path)
             if not isinstance(document, dict) or document.get("node_type") == "group":
                 array_metadata_from(self.location, path, document)  # raises its error
             assert isinstance(document, dict)
             self._layouts[path] = array_layout(document, where=f"array {self.location.join(path)}")
         return self._layouts[path]
+
+    def _summary(self, group: str) -> GroupSummary | None:
+        """The summary entry vouching for the group at ``group``, if its directory was listed with one."""
+        directory, name = posixpath.split(group)
+        if self.summaries and directory:
+            self._read_directory(directory)
+        return self._vouched.get(directory, {}).get(name)
 
     def _array_document(self, path: str) -> Document:
         group = posixpath.dirname(path)
@@ -104,41 +136,26 @@ class MetadataIndex:
 
     def _read_directory(self, directory: str) -> list[str]:
         if directory not in self._names:
-            fs = self.location.fs()
-            try:
-                entries = fs.ls(self.location.fs_path(directory), detail=False)
-            except (FileNotFoundError, OSError):
-                entries = []
-            names = sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
-            names = [n for n in names if n and not n.startswith(".") and n != ZARR_JSON]
-            missing = [_document(f"{directory}/{n}") for n in names if _document(f"{directory}/{n}") not in self._groups]
+            entries = directory_entries(self.location, directory)
+            summary = read_summary(self.location, directory) if self.summaries and entries else None
+            groups = summary.groups if summary is not None else {}
+            vouched = {name: group for name, group in groups.items() if name in entries and entries[name] in (None, group.inode)}
+            names = list(entries)
+            missing = [_document(f"{directory}/{n}") for n in names if n not in vouched]
+            missing = [path for path in missing if path not in self._groups]
             self._groups.update(self.location.read_documents(missing))
-            self._names[directory] = names
+            self._names[directory], self._vouched[directory] = names, vouched
         return self._names[directory]
 
     def _read_levels(self, directory: str) -> None:
-        """Read the level documents of every complete group of ``directory`` in one pass."""
+        """Read the level documents of every complete group of ``directory`` in one pass (a summary's groups: on demand)."""
         self._levels_read.add(directory)
         paths = []
         for name in self.complete_groups(directory):
-            group = f"{directory}/{name}"
-            paths += [_document(f"{group}/{level}") for level in level_paths(self.group_attributes(group) or {})]
+            if name not in self._vouched[directory]:
+                group = f"{directory}/{name}"
+                paths += [_document(f"{group}/{level}") for level in level_paths(self.group_attributes(group) or {})]
         self._arrays.update(self.location.read_documents([p for p in paths if p not in self._arrays]))
-
-
-def level_paths(attributes: Mapping[str, Any]) -> list[str]:
-    """The level array paths of group ``attributes`` that are one safe path segment (others are never read)."""
-    ome = attributes.get("ome")
-    multiscales = ome.get("multiscales") if isinstance(ome, Mapping) else None
-    first = multiscales[0] if isinstance(multiscales, list) and multiscales else None
-    datasets = first.get("datasets") if isinstance(first, Mapping) else None
-    paths = []
-    for dataset in datasets if isinstance(datasets, list) else []:
-        try:
-            paths.append(validate_name(dataset.get("path") if isinstance(dataset, Mapping) else None, what="level path"))
-        except InvalidInputError:
-            continue  # GroupMetadata refuses the group for it
-    return paths
 
 
 def _document(path: str) -> str:

@@ -11,7 +11,7 @@ from .cohort import Cohort, open_cohort
 
 def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:
     """Multi-line text describing the store at ``location``."""
-    cohort = open_cohort(location, storage_options)
+    cohort = open_cohort(location, storage_options, summaries=False)
     lines = [f"cohort store {cohort.location}", f"format version {cohort.attributes.format_version}"]
     for modality in cohort.modalities:
         tissues = cohort.tissues(modality)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidInputError, NotFoundError, SporaZarrError
 from ..store.layout import is_resolution_name, resolution_value, validate_tissue_id
 from ..store.location import Location
+from ..store.summary import summary_problems
 from .cohort import Cohort, open_cohort
 from .schemas import schema_problems
 
@@ -27,7 +28,7 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
     that the tables and masks match the images (:mod:`.integrity`).
     """
     try:
-        cohort = open_cohort(location, storage_options)
+        cohort = open_cohort(location, storage_options, summaries=False)
     except SporaZarrError as exc:
         return [str(exc)]
     problems: list[str] = []
@@ -42,6 +43,7 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
             found = _guarded(_mask_matches_images, cohort, kind, tissue_id, imaged)
             problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in found]
     problems += [f"root attributes: {p}" for p in _guarded(_root_matches_groups, cohort)]
+    problems += _guarded(summary_problems, cohort.location)
     if deep:
         from .integrity import deep_problems
 

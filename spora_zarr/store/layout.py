@@ -7,6 +7,7 @@ Every function that takes a resolution accepts a ``Resolution``, the float or th
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable
 
@@ -38,8 +39,9 @@ RESERVED_NAMES = ("images", "metadata", "segmentations", "tiling")
 """Directories the store layout owns: never the first segment of a modality; ``images`` is no segment of one."""
 
 
+@functools.lru_cache(maxsize=2**16)
 def _segment_problem(segment: str) -> str | None:
-    """Why ``segment`` is not safe as one path segment, or ``None``."""
+    """Why ``segment`` is not safe as one path segment, or ``None`` (cached: a cohort's names are checked again and again)."""
     if not segment:
         return "it is empty"
     if "/" in segment or "\\" in segment:

@@ -25,6 +25,7 @@ import errno
 import functools
 import inspect
 import json
+import logging
 import os
 import socket
 import time
@@ -32,11 +33,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
-from ..errors import StoreError
+from ..errors import SporaZarrError, StoreError
 from ..process import PerProcess
 from .location import Location, open_local_file
 
 __all__ = ["LOCK_NAME", "store_lock", "writer_at_work", "writes_store"]
+
+log = logging.getLogger("spora_zarr")
 
 LOCK_NAME = ".spora_lock"
 _HELD: PerProcess[dict[str, int]] = PerProcess(dict)  # store root -> nesting depth in this process
@@ -82,15 +85,31 @@ def store_lock(location: Location, verb: str) -> Iterator[None]:
     held[key] = 1
     outer = os.environ.get(_RUN_LOCKS)
     os.environ[_RUN_LOCKS] = f"{outer or ''} {holder['token']}".strip()  # the run's worker processes inherit it
+    finished = False
     try:
         yield
+        finished = True
     finally:
         del held[key]
         if outer is None:
             os.environ.pop(_RUN_LOCKS, None)
         else:
             os.environ[_RUN_LOCKS] = outer
-        release()
+        try:
+            if finished:  # a failed run changes no file more (a summary it removed stays removed: readers read the groups)
+                _summarize(location)
+        finally:
+            release()
+
+
+def _summarize(location: Location) -> None:
+    """Write the directory summaries the run's promotions removed, while the lock is held; a failure is a warning."""
+    from .summary import write_summaries  # summary reads through the metadata module, which uses the lock
+
+    try:
+        write_summaries(location)
+    except (SporaZarrError, OSError) as exc:
+        log.warning("%s: directory summaries not written (%s); readers read each group's documents", location, exc)
 
 
 def _holder(verb: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import json
 import math
 import operator
 import posixpath
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -346,22 +347,41 @@ class SporaGroupAttributes:
         return {**{k: v for k, v in values.items() if v is not None}, **self.extra}
 
 
-def load_ngff_models() -> None:
-    """Import the NGFF models groups are parsed with (ome-zarr-models, pydantic: about 0.8 s, once a process).
+_MODELS_LOCK = threading.Lock()
+_MODELS: list[Any] = []  # ImageAttrs, ImageLabelAttrs, Multiscale once imported and built
 
-    They are imported on the first group parsed, which a dataset may now leave to
-    the first tile read, in a thread. A process forked while another thread is in
-    that import inherits the import's module lock held by a thread it does not
-    have, and hangs on its own first group. Run before every fork (as zarr's
-    entry points are, :func:`~spora_zarr.read.engines.zarr.load_entry_points`),
-    this waits for an import in flight, so the child imports nothing.
+
+def ngff_models() -> tuple[Any, Any, Any]:
+    """ome-zarr-models' ``ImageAttrs``, ``ImageLabelAttrs`` and ``Multiscale``, imported and built once a process.
+
+    The import (with pydantic, about 0.8 s) and pydantic's build of a model
+    deferred at import (``Multiscale``) happen on the first group parsed, which a
+    dataset may leave to the first tile read, in a thread: under one lock, so two
+    threads never build a model at once. Run before every fork too (as zarr's
+    entry points are, :func:`~spora_zarr.read.engines.zarr.load_entry_points`): a
+    process forked while another thread is in that import or build would inherit
+    a lock (a module lock, a ``functools.cached_property`` lock) held by a thread
+    it does not have, and hang on its first group; the hook waits for it instead.
     """
-    import ome_zarr_models.v05.image
-    import ome_zarr_models.v05.image_label
-    import ome_zarr_models.v05.multiscales  # noqa: F401
+    if not _MODELS:
+        with _MODELS_LOCK:
+            if not _MODELS:
+                from ome_zarr_models.v05.image import ImageAttrs
+                from ome_zarr_models.v05.image_label import ImageLabelAttrs
+                from ome_zarr_models.v05.multiscales import Multiscale
+
+                for model in (ImageAttrs, ImageLabelAttrs, Multiscale):
+                    model.model_rebuild()
+                _MODELS.extend((ImageAttrs, ImageLabelAttrs, Multiscale))
+    image, label, multiscale = _MODELS
+    return image, label, multiscale
 
 
-process.on_fork(before=load_ngff_models)
+def _build_ngff_models() -> None:
+    ngff_models()
+
+
+process.on_fork(before=_build_ngff_models)
 
 
 _MAX_MULTISCALES = 1024
@@ -409,8 +429,9 @@ def _with_checked_multiscales(ome: Mapping[str, Any]) -> dict[str, Any]:
     with it. Anything unusual (a name that is no string, an invalid multiscale) is
     left as it is, for the full validation to report in its own words.
     """
-    from ome_zarr_models.v05.multiscales import Multiscale
     from pydantic import ValidationError
+
+    _, _, Multiscale = ngff_models()
 
     multiscales = ome.get("multiscales")
     if not isinstance(multiscales, list):
@@ -458,9 +479,9 @@ class GroupMetadata:
     @classmethod
     def from_attributes(cls, attributes: Mapping[str, Any], *, where: str) -> GroupMetadata:
         """Parse and validate a group's attributes; ``StoreError`` naming ``where`` when they are not NGFF 0.5."""
-        from ome_zarr_models.v05.image import ImageAttrs
-        from ome_zarr_models.v05.image_label import ImageLabelAttrs
         from pydantic import ValidationError
+
+        ImageAttrs, ImageLabelAttrs, _ = ngff_models()
 
         ome = attributes.get("ome")
         if not isinstance(ome, Mapping) or not ome.get("multiscales"):
@@ -604,6 +625,29 @@ class ArrayLayout:
     dtype: np.dtype[Any]
     chunks: tuple[int, ...]
     shards: tuple[int, ...] | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The layout as JSON (a core data type's name for the dtype): what :meth:`from_json` reads back."""
+        shards = list(self.shards) if self.shards is not None else None
+        return {"shape": list(self.shape), "dtype": self.dtype.name, "chunks": list(self.chunks), "shards": shards}
+
+    @classmethod
+    def from_json(cls, value: object, *, where: str) -> ArrayLayout:
+        """The layout of :meth:`to_json`'s ``value``, checked against the limits of :func:`array_layout`; else ``StoreError``."""
+        document = _mapping(value, where, "an array layout")
+        shape = _integers(document.get("shape"), where, "shape", low=0, high=MAX_AXIS_LENGTH)
+        chunks = _integers(document.get("chunks"), where, "chunks", low=1, high=MAX_AXIS_LENGTH)
+        shards = document.get("shards")
+        shards = None if shards is None else _integers(shards, where, "shards", low=1, high=MAX_AXIS_LENGTH)
+        name = document.get("dtype")
+        if not isinstance(name, str) or name not in _NUMPY_DATA_TYPES:
+            raise StoreError(f"{where}: dtype must name a zarr v3 core data type, got {_short(name)}")
+        dtype = np.dtype(name)
+        if len(chunks) != len(shape) or (shards is not None and len(shards) != len(shape)):
+            raise StoreError(f"{where}: shape {shape}, chunks {chunks} and shards {shards} differ in length")
+        if math.prod(shape) > MAX_ARRAY_ELEMENTS or math.prod(chunks) * dtype.itemsize > MAX_CHUNK_BYTES:
+            raise StoreError(f"{where}: shape {shape} or chunks {chunks} beyond the limits an array may declare")
+        return cls(shape, dtype, chunks, shards)
 
 
 #: ``data_type`` names whose NumPy dtype is the name (zarr v3 core types); others are resolved by zarr.

@@ -1,0 +1,296 @@
+"""Directory summaries: the levels of every complete group of a directory, in one small document.
+
+A cohort of thousands of tissues has thousands of groups in each directory of
+groups (``imc/images``, ``segmentations/cell_masks``), and reading their
+``zarr.json`` files (a group's and each level's) costs seconds locally and
+thousands of requests on an object store. ``<directory>/.spora_summary.json``
+holds, for each complete group, its level names in ``ome.multiscales`` order
+and each level's :class:`~spora_zarr.store.metadata.ArrayLayout` (about 150
+bytes a group), and, on a local disk, the group directory's inode.
+
+- Written by :func:`write_summaries` when a verb that writes the store releases
+  the store's lock (:func:`~spora_zarr.store.lock.store_lock`): one writer at a
+  time, after every group of the run is in place.
+- Deleted by :meth:`~spora_zarr.store.staging.Staging.promote` before a group of
+  its directory changes (:func:`invalidate_summary`): a run killed at any moment
+  leaves no summary that misses its groups, only none.
+- Trusted by readers (:class:`~spora_zarr.read.index.MetadataIndex`) only for the
+  names the directory lists and, locally, only where the inode is the one
+  recorded (promotion puts a new directory in place, with a new inode); any
+  other group is read from its own ``zarr.json`` as before. A damaged summary is
+  ignored with a warning. ``validate`` and ``info`` never use summaries.
+
+A group whose ``zarr.json`` another tool edits in place keeps its summary entry
+until the next spora_zarr writer: its levels and layouts in the summary may then
+be stale, while every read of the tissue still parses its own documents.
+``spora-zarr validate`` reads every document itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
+from .layout import MASK_KINDS, image_group_path, label_group_path, validate_name
+from .location import Location
+from .metadata import ArrayLayout, array_layout, read_cohort_attributes
+from .staging import ZARR_JSON, Staging, group_attributes, is_complete_group
+
+log = logging.getLogger("spora_zarr")
+
+__all__ = [
+    "SUMMARY_NAME",
+    "GroupSummary",
+    "Summary",
+    "directory_entries",
+    "group_directories",
+    "invalidate_summary",
+    "level_paths",
+    "read_summary",
+    "summary_problems",
+    "write_summaries",
+]
+
+SUMMARY_NAME = ".spora_summary.json"
+"""The summary document of a directory of groups."""
+SUMMARY_FORMAT = 1
+SUMMARY_MAX_BYTES = 64 * 2**20
+"""The longest summary read (about 150 bytes a group)."""
+
+
+@dataclass
+class GroupSummary:
+    """One complete group of a summary: its level names (in ``ome.multiscales`` order) and, locally, its directory's inode.
+
+    A level's layout is checked when it is first asked for (:meth:`layout`), not for every level of a directory.
+    """
+
+    levels: dict[str, Any]  # level name -> its layout as JSON (ArrayLayout.to_json)
+    inode: int | None
+    where: str = ""
+
+    def layout(self, level: str) -> ArrayLayout:
+        """The checked layout of ``level`` (``KeyError`` when the group has no such level; ``StoreError`` when damaged)."""
+        value = self.levels[level]
+        if not isinstance(value, ArrayLayout):
+            value = self.levels[level] = ArrayLayout.from_json(value, where=f"{self.where}/{level}")
+        return value
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A directory's summary: its complete groups, and the other entries it saw (incomplete or damaged), with inodes."""
+
+    groups: dict[str, GroupSummary]
+    others: dict[str, int | None]
+
+    def is_whole(self, entries: Mapping[str, int | None]) -> bool:
+        """Whether it speaks of every one of the directory's ``entries`` (:func:`directory_entries`) as they are now."""
+        for name, inode in entries.items():
+            group = self.groups.get(name)
+            if (inode not in (None, group.inode)) if group is not None else (name not in self.others or inode != self.others[name]):
+                return False
+        return True
+
+
+def directory_entries(location: Location, directory: str) -> dict[str, int | None]:
+    """Names below ``directory`` that may be groups (no hidden names, no ``zarr.json``), with their inodes locally.
+
+    An absent directory has none. Local entries come from one ``scandir`` (the inode costs nothing more).
+    """
+    if location.is_local:
+        try:
+            with os.scandir(location.fs_path(directory)) as scan:
+                entries: dict[str, int | None] = {e.name: e.inode() for e in scan}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        except OSError as exc:
+            raise StoreError(f"{location.join(directory)}: cannot list: {exc.strerror or exc}") from None
+    else:
+        try:
+            listed = location.fs().ls(location.fs_path(directory), detail=False)
+        except (FileNotFoundError, OSError):
+            listed = []
+        entries = {posixpath.basename(str(e).rstrip("/")): None for e in listed}
+    return {name: inode for name, inode in sorted(entries.items()) if name and not name.startswith(".") and name != ZARR_JSON}
+
+
+def level_paths(attributes: Mapping[str, Any]) -> list[str]:
+    """The level array paths of group ``attributes`` that are one safe path segment (others are never read)."""
+    ome = attributes.get("ome")
+    multiscales = ome.get("multiscales") if isinstance(ome, Mapping) else None
+    first = multiscales[0] if isinstance(multiscales, list) and multiscales else None
+    datasets = first.get("datasets") if isinstance(first, Mapping) else None
+    paths = []
+    for dataset in datasets if isinstance(datasets, list) else []:
+        try:
+            paths.append(validate_name(dataset.get("path") if isinstance(dataset, Mapping) else None, what="level path"))
+        except InvalidInputError:
+            continue  # GroupMetadata refuses the group for it
+    return paths
+
+
+def read_summary(location: Location, directory: str) -> Summary | None:
+    """The groups of ``directory``'s summary, checked; ``None`` when there is none or it is damaged (then a warning)."""
+    try:
+        return _parse(location.read_document(directory, SUMMARY_NAME, max_bytes=SUMMARY_MAX_BYTES), location.join(directory, SUMMARY_NAME))
+    except NotFoundError:
+        return None
+    except SporaZarrError as exc:
+        log.warning("ignoring a damaged directory summary (%s); reading the groups' own documents", exc)
+        return None
+
+
+def _parse(document: Mapping[str, Any], where: str) -> Summary:
+    others = document.get("others", {})
+    if document.get("spora_summary") != SUMMARY_FORMAT or not all(isinstance(v, Mapping) for v in (document.get("groups"), others)):
+        raise StoreError(f"{where}: not a summary of format {SUMMARY_FORMAT}")
+    groups = {}
+    for name, entry in document["groups"].items():
+        inode = entry.get("inode") if isinstance(entry, Mapping) else None
+        levels = entry.get("levels") if isinstance(entry, Mapping) else None
+        if not isinstance(levels, Mapping) or not levels or not _is_inode(inode):
+            raise StoreError(f"{where}: group {name!r} has no levels or a bad inode")
+        layouts = {_name(level, "level path", where): layout for level, layout in levels.items()}
+        groups[_name(name, "group name", where)] = GroupSummary(layouts, inode, f"{where}: {name}")
+    if not all(_is_inode(inode) for inode in others.values()):
+        raise StoreError(f"{where}: an entry of others has a bad inode")
+    return Summary(groups, {_name(name, "entry name", where): inode for name, inode in others.items()})
+
+
+def _name(name: object, what: str, where: str) -> str:
+    try:
+        return validate_name(name, what=what, source=where)
+    except InvalidInputError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _is_inode(value: object) -> bool:
+    return value is None or type(value) is int
+
+
+def invalidate_summary(location: Location, directory: str) -> None:
+    """Delete ``directory``'s summary, if there is one: a group of it is about to change."""
+    try:
+        if location.is_local:
+            os.remove(location.fs_path(directory, SUMMARY_NAME))
+        else:
+            location.fs().rm_file(location.fs_path(directory, SUMMARY_NAME))
+    except FileNotFoundError:
+        pass
+
+
+def group_directories(location: Location) -> list[str]:
+    """The directories of groups of the cohort store at ``location``: each modality's images, each mask kind's masks.
+
+    None when ``location`` holds no cohort store root.
+    """
+    try:
+        attributes = read_cohort_attributes(location)
+    except SporaZarrError:
+        return []
+    if attributes is None:
+        return []
+    kinds = dict.fromkeys([*MASK_KINDS, *attributes.mask_kinds])
+    masks = [label_group_path(kind, "x", extra_kinds=attributes.mask_kinds).rsplit("/", 1)[0] for kind in kinds]
+    return [image_group_path(modality, "x").rsplit("/", 1)[0] for modality in attributes.modalities] + masks
+
+
+def write_summaries(location: Location, directories: Iterable[str] | None = None) -> None:
+    """Write the summary of each directory of groups (by default :func:`group_directories`) whose summary is not whole.
+
+    Whole: readable, and vouching for every group the directory lists (locally, with its inode: a
+    copied store's summaries are rewritten by its first writer).
+
+    Each is made from the documents themselves: every listed group that is
+    complete, with the layout of each level it lists. A group whose documents
+    cannot be read or checked, or with a data type beyond zarr's core types, is
+    left out (readers read it themselves, and find what is wrong with it).
+    """
+    staging = Staging(location)
+    for directory in group_directories(location) if directories is None else directories:
+        entries = directory_entries(location, directory)
+        summary = read_summary(location, directory) if entries else None
+        if not entries or summary is not None and summary.is_whole(entries):
+            continue
+        groups = _summarize(location, directory, entries)
+        others = {name: inode for name, inode in entries.items() if name not in groups}
+        document = {"spora_summary": SUMMARY_FORMAT, "groups": groups, "others": others}
+        staging.write_file(f"{directory}/{SUMMARY_NAME}", json.dumps(document, separators=(",", ":")).encode())
+
+
+def summary_problems(location: Location) -> list[str]:
+    """What the directory summaries of the store at ``location`` say that the groups' own documents do not.
+
+    A summary entry readers would trust (its group listed, locally with the recorded inode) must
+    name a complete group with the levels and layouts its documents give; a damaged summary is a
+    problem too (readers ignore it).
+    """
+    problems = []
+    for directory in group_directories(location):
+        where = location.join(directory, SUMMARY_NAME)
+        fix = f"delete {where}: the next writer of the store rebuilds it"
+        try:
+            summary = _parse(location.read_document(directory, SUMMARY_NAME, max_bytes=SUMMARY_MAX_BYTES), where)
+        except NotFoundError:
+            continue
+        except SporaZarrError as exc:
+            problems.append(f"{exc} (readers ignore it; {fix})")
+            continue
+        entries = directory_entries(location, directory)
+        actual = _summarize(location, directory, entries)
+        for name, group in summary.groups.items():
+            if name not in entries or entries[name] not in (None, group.inode):
+                continue  # readers read such a group's own documents
+            truth = actual.get(name)
+            if truth is None:
+                problems.append(f"{directory}/{name}: the directory summary lists it as a complete group, its documents do not ({fix})")
+                continue
+            try:
+                same = list(truth["levels"]) == list(group.levels) and all(
+                    ArrayLayout.from_json(layout, where=where) == group.layout(level) for level, layout in truth["levels"].items()
+                )
+            except StoreError as exc:
+                problems.append(f"{exc} ({fix})")
+                continue
+            if not same:
+                problems.append(f"{directory}/{name}: the directory summary's levels differ from its documents' ({fix})")
+    return problems
+
+
+def _summarize(location: Location, directory: str, entries: Mapping[str, int | None]) -> dict[str, Any]:
+    documents = location.read_documents([f"{directory}/{name}/{ZARR_JSON}" for name in entries])
+    levels: dict[str, list[str]] = {}
+    for name in entries:
+        path = f"{directory}/{name}"
+        try:
+            attributes = group_attributes(location, path, documents[f"{path}/{ZARR_JSON}"])
+        except SporaZarrError:
+            continue
+        if attributes is not None and is_complete_group(attributes):
+            levels[name] = level_paths(attributes)
+    arrays = location.read_documents([f"{directory}/{name}/{level}/{ZARR_JSON}" for name, names in levels.items() for level in names])
+    groups: dict[str, Any] = {}
+    for name, names in levels.items():
+        layouts = {}
+        for level in names:
+            document = arrays[f"{directory}/{name}/{level}/{ZARR_JSON}"]
+            where = location.join(directory, name, level)
+            try:
+                if not isinstance(document, dict):
+                    raise document
+                layout = array_layout(document, where=where).to_json()
+                ArrayLayout.from_json(layout, where=where)  # a data type a summary cannot hold: the group is left out
+            except SporaZarrError:
+                break
+            layouts[level] = layout
+        else:
+            if layouts:
+                groups[name] = {"inode": entries[name], "levels": layouts}
+    return groups
