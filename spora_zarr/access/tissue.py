@@ -240,11 +240,11 @@ class TissueReader:
     def tissue_ids(self) -> list[str]:
         """Tissues with an image of this modality at this resolution.
 
-        From the levels each group's ``ome.multiscales`` lists (:meth:`Cohort.listed_levels`): the group's
+        From the levels each group's ``ome.multiscales`` lists (:meth:`Cohort.tissues_at`): the group's
         NGFF metadata is validated when the tissue is first read, not for every tissue here.
         """
-        modality = self.modality_dir()
-        return [t for t in self.cohort.tissues(modality) if self.resolution in self.cohort.listed_levels(modality, t)]
+        at = self.cohort.tissues_at(self.modality_dir(), self.resolution)
+        return [t for t in self.cohort.tissues(self.modality_dir()) if t in at]
 
     @functools.cached_property
     def tissue_set(self) -> frozenset[str]:
@@ -258,7 +258,7 @@ class TissueReader:
             raise NotFoundError(f"{self.name}: unknown tissue {tissue_id!r} in {self.modality_dir()} ({len(self.tissue_ids)} tissues)")
 
     def has_mask(self, tissue_id: str, kind: str) -> bool:
-        return self.cohort.has_tissue(kind, tissue_id) and self.resolution in self.cohort.listed_levels(kind, tissue_id)
+        return tissue_id in self.cohort.tissues_at(kind, self.resolution)
 
     def stored_dtype(self, tissue_id: str, group: str | None = None) -> np.dtype:
         """The stored dtype of the tissue's image (``group`` None) or mask kind ``group``, from the cohort's metadata index.
@@ -266,10 +266,8 @@ class TissueReader:
         The group's NGFF metadata is validated when the tissue is read, not here.
         """
         group = group or self.modality_dir()
-        if self.resolution not in self.cohort.listed_levels(group, tissue_id):
-            return np.dtype(self.level(tissue_id, group).dtype)  # raises naming the tissue and its resolutions
-        path = f"{self.cohort.group_path(group, tissue_id)}/{self.resolution}"
-        return self.cohort.array_layout(path).dtype
+        dtype = self.cohort.level_dtype(group, tissue_id, self.resolution)
+        return dtype if dtype is not None else np.dtype(self.level(tissue_id, group).dtype)  # raises naming its resolutions
 
     def check_mask_kind(self, kind: str) -> None:
         """``InvalidInputError`` unless ``kind`` is a mask kind of the store."""

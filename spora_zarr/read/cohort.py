@@ -50,6 +50,7 @@ class Cohort:
         self._index = MetadataIndex(location, summaries=summaries)
         self._metadata: dict[str, GroupMetadata] = {}
         self._sets: dict[str, frozenset[str]] = {}  # modality or mask kind -> its tissues
+        self._at: dict[tuple[str, ResolutionLike], frozenset[str]] = {}  # (modality or mask kind, level) -> its tissues
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (functools.partial(open_cohort, summaries=self._index.summaries), (self.location,))
@@ -79,18 +80,45 @@ class Cohort:
 
     def tissues(self, modality: str) -> list[str]:
         """Tissue ids with a complete image of ``modality`` (a mask kind gives :meth:`mask_tissues`)."""
-        if self.is_mask_kind(modality):
-            return self.mask_tissues(modality)
-        self.check_modality(modality)
-        return self.listing(f"{modality}/images")
+        return self.listing(self._directory(modality))
 
     def mask_tissues(self, kind: str) -> list[str]:
         """Tissue ids with a complete mask of ``kind``."""
-        return self.listing(label_group_path(kind, "x", extra_kinds=self.attributes.mask_kinds).rsplit("/", 1)[0])
+        return self.listing(self._directory(kind))
+
+    def _directory(self, name: str) -> str:
+        """The directory of the groups of modality or mask kind ``name`` (``NotFoundError`` for an unknown modality)."""
+        if self.is_mask_kind(name):
+            return label_group_path(name, "x", extra_kinds=self.attributes.mask_kinds).rsplit("/", 1)[0]
+        self.check_modality(name)
+        return f"{name}/images"
 
     def has_tissue(self, modality: str, tissue_id: str) -> bool:
         """Whether ``tissue_id`` has a complete image of ``modality`` or mask of that kind (a set lookup)."""
         return tissue_id in self._tissue_sets(modality)
+
+    def tissues_at(self, name: str, resolution: ResolutionLike) -> frozenset[str]:
+        """Tissues whose complete image (``name`` a modality) or mask (a mask kind) lists the level ``resolution``.
+
+        From the level names the groups list (:meth:`listed_levels`: no NGFF validation), worked out once per
+        name and resolution.
+        """
+        key = (name, resolution)  # as given: a dataset asks once per tile of a large table
+        found = self._at.get(key)
+        if found is None:
+            found = self._at[key] = self._index.groups_with_level(self._directory(name), parse_resolution(resolution).name)
+        return found
+
+    def level_dtype(self, name: str, tissue_id: str, resolution: ResolutionLike) -> np.dtype | None:
+        """The stored dtype of the level ``resolution`` of a tissue's image (``name`` a modality) or mask (a mask kind).
+
+        ``None`` when the tissue has no complete group listing that level. From the metadata index for every
+        tissue of ``name`` at once (the directory summary's layouts, else each level's ``zarr.json``).
+        """
+        level = parse_resolution(resolution).name
+        if tissue_id not in self._index.groups_with_level(self._directory(name), level):
+            return None
+        return self._index.level_dtypes(self._directory(name), level)[tissue_id]
 
     def _tissue_sets(self, modality: str) -> frozenset[str]:
         if modality not in self._sets:

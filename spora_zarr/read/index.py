@@ -27,6 +27,8 @@ from __future__ import annotations
 import posixpath
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..errors import SporaZarrError
 from ..store.location import Location
 from ..store.metadata import ArrayLayout, array_layout, array_metadata_from
@@ -56,6 +58,8 @@ class MetadataIndex:
         self._arrays: dict[str, Document] = {}  # array path -> its zarr.json, or the error reading it
         self._parsed: dict[str, ArrayV3Metadata] = {}  # array path -> its checked metadata
         self._layouts: dict[str, ArrayLayout] = {}  # array path -> its checked layout
+        self._with_level: dict[tuple[str, str], frozenset[str]] = {}  # (directory, level) -> groups listing it
+        self._dtypes: dict[tuple[str, str], dict[str, np.dtype]] = {}  # (directory, level) -> group -> dtype
         self._levels_read: set[str] = set()  # directories whose level documents were read
         self._complete: dict[str, list[str]] = {}  # directory -> its complete groups, sorted
 
@@ -117,6 +121,37 @@ class MetadataIndex:
             assert isinstance(document, dict)
             self._layouts[path] = array_layout(document, where=f"array {self.location.join(path)}")
         return self._layouts[path]
+
+    def groups_with_level(self, directory: str, level: str) -> frozenset[str]:
+        """The complete groups of ``directory`` whose ``ome.multiscales`` lists ``level`` (from summaries or group documents)."""
+        key = (directory, level)
+        if key not in self._with_level:
+            vouched = self._vouched_groups(directory)
+            self._with_level[key] = frozenset(
+                name
+                for name in self.complete_groups(directory)
+                if level in (vouched[name].levels if name in vouched else self.level_names(f"{directory}/{name}"))
+            )
+        return self._with_level[key]
+
+    def level_dtypes(self, directory: str, level: str) -> dict[str, np.dtype]:
+        """Group name -> the stored dtype of its level ``level``, for the groups of :meth:`groups_with_level`.
+
+        Worked out once per directory and level: from the summary's layouts for the groups it vouches for (the
+        dtype only: a layout is checked in full when asked for), from each level's ``zarr.json`` for the others.
+        """
+        key = (directory, level)
+        if key not in self._dtypes:
+            vouched = self._vouched_groups(directory)
+            self._dtypes[key] = {
+                name: vouched[name].dtype(level) if name in vouched else self.array_layout(f"{directory}/{name}/{level}").dtype
+                for name in self.groups_with_level(directory, level)
+            }
+        return self._dtypes[key]
+
+    def _vouched_groups(self, directory: str) -> dict[str, GroupSummary]:
+        self._read_directory(directory)
+        return self._vouched[directory]
 
     def _summary(self, group: str) -> GroupSummary | None:
         """The summary entry vouching for the group at ``group``, if its directory was listed with one."""

