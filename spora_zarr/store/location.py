@@ -14,10 +14,12 @@ end) and :meth:`Location.read_bytes` reads at most a given number of bytes.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,18 +161,24 @@ class Location:
         """
         if self.is_local or len(paths) < 2:
             documents: dict[str, dict[str, Any] | SporaZarrError] = {}
-            for path in paths:
-                try:
-                    documents[path] = self.read_document(path, max_bytes=max_bytes)
-                except SporaZarrError as exc:
-                    documents[path] = exc
+            with collection_paused():
+                for path in paths:
+                    try:
+                        documents[path] = self.read_document(path, max_bytes=max_bytes)
+                    except SporaZarrError as exc:
+                        documents[path] = exc
             return documents
         fs_paths = [self.fs_path(path) for path in paths]
         try:
             results = self.fs().cat_ranges(fs_paths, [0] * len(paths), [max_bytes + 1] * len(paths), on_error="return")
         except Exception as exc:  # noqa: BLE001 - each fsspec backend raises its own kinds
             raise StoreError(f"{self.root}: cannot read metadata: {type(exc).__name__}: {exc}") from exc
-        documents = {}
+        with collection_paused():
+            return self._parse_results(paths, results, max_bytes)
+
+    def _parse_results(self, paths: Sequence[str], results: Sequence[Any], max_bytes: int) -> dict[str, dict[str, Any] | SporaZarrError]:
+        """The documents of ``cat_ranges`` ``results`` (bytes, or the exception reading each path)."""
+        documents: dict[str, dict[str, Any] | SporaZarrError] = {}
         for path, data in zip(paths, results, strict=True):
             where = self.join(path)
             try:
@@ -236,6 +244,23 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection while many parsed JSON objects are made (they hold no cycles).
+
+    Tens of thousands of new objects set off full collections of every object of the process: in one
+    that imported torch and pandas, two thirds of the time of reading a directory summary of 10,000
+    groups, a fifth of ``info`` on 1,250 tissues.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def parse_document(data: bytes, where: str) -> dict[str, Any]:
