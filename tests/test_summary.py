@@ -158,3 +158,17 @@ def test_an_object_store_keeps_summaries_without_inodes(tmp_path: Path) -> None:
     cohort = open_cohort(url)
     assert cohort.tissues("imc") == ["A", "B"] and cohort._index._groups == {}
     assert _answers(url, summaries=True) == _answers(url, summaries=False)
+
+
+def test_a_damaged_layout_in_a_summary_is_read_from_the_document_with_a_warning(store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    summary = store / "imc/images" / SUMMARY_NAME
+    document = json.loads(summary.read_text())
+    document["groups"]["B"]["levels"]["1_0mpp"]["dtype"] = "complex1024"  # checked when first used, not when read
+    summary.write_text(json.dumps(document))
+    cohort = open_cohort(store)
+    with caplog.at_level(logging.WARNING, logger="spora_zarr"):
+        assert cohort.level_dtype("imc", "B", 1.0) == np.uint16
+        assert cohort.array_layout("imc/images/B/1_0mpp").shape == (5, 90, 130)
+    assert any("damaged directory summary entry" in r.getMessage() and "complex1024" in r.getMessage() for r in caplog.records)
+    assert cohort._index._arrays != {}  # the level's own document
+    assert len(validate_store(store)) == 1

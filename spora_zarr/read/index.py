@@ -24,12 +24,13 @@ be read means is decided where one file is read today
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import SporaZarrError
+from ..errors import SporaZarrError, StoreError
 from ..store.location import Location
 from ..store.metadata import ArrayLayout, array_layout, array_metadata_from
 from ..store.staging import ZARR_JSON, group_attributes, is_complete_group
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from zarr.core.metadata.v3 import ArrayV3Metadata
 
 __all__ = ["MetadataIndex", "level_paths"]
+
+log = logging.getLogger("spora_zarr")
 
 Document = dict[str, Any] | SporaZarrError
 
@@ -113,8 +116,11 @@ class MetadataIndex:
         if path not in self._layouts:
             summary = self._summary(posixpath.dirname(path))
             if summary is not None and posixpath.basename(path) in summary.levels:
-                self._layouts[path] = summary.layout(posixpath.basename(path))
-                return self._layouts[path]
+                try:
+                    self._layouts[path] = summary.layout(posixpath.basename(path))
+                    return self._layouts[path]
+                except StoreError as exc:  # a damaged entry: as for a damaged summary, the document instead
+                    log.warning("ignoring a damaged directory summary entry (%s); reading %s", exc, _document(path))
             document = self._array_document(path)
             if not isinstance(document, dict) or document.get("node_type") == "group":
                 array_metadata_from(self.location, path, document)  # raises its error
@@ -144,10 +150,18 @@ class MetadataIndex:
         if key not in self._dtypes:
             vouched = self._vouched_groups(directory)
             self._dtypes[key] = {
-                name: vouched[name].dtype(level) if name in vouched else self.array_layout(f"{directory}/{name}/{level}").dtype
-                for name in self.groups_with_level(directory, level)
+                name: self._dtype(vouched.get(name), f"{directory}/{name}/{level}") for name in self.groups_with_level(directory, level)
             }
         return self._dtypes[key]
+
+    def _dtype(self, summary: GroupSummary | None, path: str) -> np.dtype:
+        """The dtype of the level array at ``path``: the summary's name of it, else its layout (:meth:`array_layout`)."""
+        if summary is not None:
+            try:
+                return summary.dtype(posixpath.basename(path))
+            except StoreError:
+                pass  # array_layout says so and reads the document
+        return self.array_layout(path).dtype
 
     def _vouched_groups(self, directory: str) -> dict[str, GroupSummary]:
         self._read_directory(directory)
