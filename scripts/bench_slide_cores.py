@@ -1,22 +1,29 @@
 #!/usr/bin/env python
 """One slide on every core: add-image of one large slide on one core against two, in one run.
 
-The slide is the Aperio-style SVS of :mod:`scripts.bench_slides` (``make_slide``:
-256 px JPEG tiles, quality 80, own levels at 4x and 16x), generated once into
-the work directory. Each conversion is ``spora-zarr add-image`` in its own
-process, pinned with ``taskset -c`` to the first core of this process's
-affinity (one core) or its first two (two cores); the writer streams one
-lane per core it may run on (``WriteOptions.lanes``). Runs are interleaved
-(one core, two cores, one core, two cores, ... per route and repeat) so that
-the load of other processes falls on both sides alike.
+The slide is the Aperio-style SVS of ``scripts/bench_slides.py`` (its
+``make_slide``: 256 px JPEG tiles, quality 80, own levels at 4x and 16x),
+generated once into the work directory. Each conversion is ``spora-zarr
+add-image`` in its own process, pinned with ``taskset -c`` to the first core of
+this process's affinity (one core) or its first two (two cores); the writer
+streams one lane per core it may run on (``WriteOptions.lanes``).
 
 Routes: ``jpeg`` (the default: the slide's JPEG tiles kept as chunks) and
 ``lossless`` (``--lossless``: every tile decoded, stored with the lossless
-codec; the CPU-heavy one). For each run: seconds, CPU seconds (user + sys of
-the child, from ``os.wait4``), cores busy (CPU / wall seconds), peak RSS, and
+codec; the CPU-heavy one). Next to each conversion runs a reference job of
+the same shape, perfectly parallel (``--reference-gib`` of BLAKE2 hashing
+split over one thread per core, in its own process): its efficiency is the
+most that the machine's load let any program reach at that moment.
+
+Runs are interleaved (per repeat and route: reference on one core, the
+conversion on one core, reference on two, conversion on two) so that other
+processes' load falls on both sides alike. For each run: seconds, CPU seconds
+(user + sys of the child, from ``os.wait4``), cores busy (CPU / wall seconds),
+cores wanted (the child's runnable threads, capped at its cores, sampled from
+``/proc``: what it asks of its cores whoever else runs there), peak RSS and
 the 1-minute load average before and after; per route the speedup t1 / t2 and
-the per-core efficiency t1 / (2 t2) of the summed seconds, and whether the
-one-core and two-core stores hold the same pixels and metadata.
+the per-core efficiency t1 / (2 t2) of the summed seconds, the reference's, and
+whether the one-core and two-core stores hold the same pixels and metadata.
 
 Prints a table and writes the ``## One slide on every core`` section of
 ``docs/benchmarks.md``.
@@ -31,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import os
@@ -39,7 +47,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,29 +59,52 @@ from bench_slides import make_slide
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
 ROUTES = ("jpeg", "lossless")
+NAMES = {"jpeg": "add-image (JPEG tiles kept)", "lossless": "add-image --lossless", "reference": "reference (BLAKE2, parallel)"}
 TARGET_EFFICIENCY = 0.9  # t1 / (2 t2)
 
 #: ``spora-zarr`` as its console script runs it, with this interpreter.
 _CLI = "import sys; from spora_zarr.cli import main; sys.argv[0] = 'spora-zarr'; sys.exit(main())"
 
+#: The reference job: ``argv[1]`` GiB of BLAKE2 (which drops the GIL) split over ``argv[2]`` threads.
+_REFERENCE = """
+import hashlib, sys, threading
+gib, threads = float(sys.argv[1]), int(sys.argv[2])
+block = bytes(64 << 20)
+rounds = round(gib * 16)
+def work(n):
+    for _ in range(n):
+        hashlib.blake2b(block).digest()
+workers = [threading.Thread(target=work, args=(rounds // threads + (i < rounds % threads),)) for i in range(threads)]
+for w in workers: w.start()
+for w in workers: w.join()
+"""
+
 
 @dataclass
 class Run:
-    """One add-image in its own process."""
+    """One child process: a conversion or the reference job."""
 
     route: str
     cores: int
     seconds: float
     cpu_seconds: float
+    wanted: float
     rss_mib: float
     load_before: float
     load_after: float
-    digest: str
+    digest: str = ""
 
     @property
     def busy(self) -> float:
         """Cores busy on average: CPU seconds per second."""
         return self.cpu_seconds / self.seconds
+
+    def line(self, cpus: str) -> str:
+        return (
+            f"{self.route:9s} {self.cores} core(s) (taskset -c {cpus}): {self.seconds:7.1f} s, CPU {self.cpu_seconds:7.1f} s "
+            f"({self.busy:.2f} busy, {self.wanted:.2f} wanted), peak RSS {self.rss_mib:5.0f} MiB, "
+            f"load {self.load_before:.2f} -> {self.load_after:.2f}"
+        )
 
 
 def core_sets() -> dict[int, str]:
@@ -80,6 +113,43 @@ def core_sets() -> dict[int, str]:
     if len(cpus) < 2:
         raise SystemExit(f"this process may run on {len(cpus)} CPU(s); the benchmark needs two")
     return {1: str(cpus[0]), 2: f"{cpus[0]},{cpus[1]}"}
+
+
+class Demand:
+    """How many cores process ``pid`` could keep busy: its runnable threads, capped at ``cores``, sampled over time.
+
+    Every ``interval`` seconds the states of ``/proc/PID/task/*/stat`` are read;
+    a thread that runs or waits for a core is ``R``. The mean of
+    ``min(runnable, cores)`` is what the process asks of its cores, whoever else
+    runs on them: on an idle machine it would be its cores busy. Threads
+    sleeping on I/O, a lock or a queue are not counted.
+    """
+
+    def __init__(self, pid: int, cores: int, interval: float = 0.02) -> None:
+        self.pid, self.cores, self.interval = pid, cores, interval
+        self._total = self._samples = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        tasks = Path(f"/proc/{self.pid}/task")
+        while not self._done.wait(self.interval):
+            runnable = 0
+            try:
+                for task in tasks.iterdir():
+                    with contextlib.suppress(OSError, IndexError):  # a thread that ended meanwhile
+                        runnable += (task / "stat").read_text().rpartition(")")[2].split()[0] == "R"
+            except OSError:  # the process ended
+                continue
+            self._total += min(runnable, self.cores)
+            self._samples += 1
+
+    def stop(self) -> float:
+        """Stop sampling; the mean runnable threads (capped at ``cores``)."""
+        self._done.set()
+        self._thread.join()
+        return self._total / max(1, self._samples)
 
 
 def store_digest(image: Path) -> str:
@@ -93,7 +163,8 @@ def store_digest(image: Path) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for document in sorted(image.rglob("zarr.json")):
         digest.update(str(document.relative_to(image)).encode() + b"\0" + document.read_bytes())
-    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Array is unsupported by ZarrsCodecPipeline")  # the JPEG level: zarr's own pipeline
         group = zarr.open_group(image, mode="r")
         for name in sorted(group.array_keys()):
             array = group[name]
@@ -105,36 +176,52 @@ def store_digest(image: Path) -> str:
     return digest.hexdigest()
 
 
-def add_image(slide: Path, store: Path, route: str, cores: int, cpus: str) -> Run:
-    """``spora-zarr add-image`` under ``taskset -c cpus``: wall and CPU seconds, peak RSS, load, the store's digest."""
-    shutil.rmtree(store, ignore_errors=True)
+def measure(route: str, cores: int, cpus: str, arguments: list[str]) -> Run:
+    """Run ``python arguments`` under ``taskset -c cpus`` with this checkout first on the path: its figures."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = ["taskset", "-c", cpus, sys.executable, "-c", _CLI, "add-image", str(store), str(slide), "--modality", "he", "--tissue", "S"]
-    if route == "lossless":
-        command.append("--lossless")
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as stderr:
-        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        child = subprocess.Popen(["taskset", "-c", cpus, sys.executable, *arguments], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        sampler = Demand(child.pid, cores)  # polls while the child runs: a zombie keeps no task entries
         _, status, usage = os.wait4(child.pid, 0)
+        wanted = sampler.stop()
         seconds = time.perf_counter() - start
-        load_after = os.getloadavg()[0]
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: keep Popen from waiting again
         if child.returncode:
             stderr.seek(0)
             message = stderr.read().decode(errors="replace")[-2000:]
-            raise SystemExit(f"add-image ({route}, {cores} core(s)) exited with {child.returncode}:\n{message}")
-    digest = store_digest(store / "he" / "images" / "S")
+            raise SystemExit(f"{route} on {cores} core(s) exited with {child.returncode}:\n{message}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(route, cores, seconds, cpu, wanted, usage.ru_maxrss / 1024, load_before, os.getloadavg()[0])
+
+
+def add_image(slide: Path, store: Path, route: str, cores: int, cpus: str) -> Run:
+    """``spora-zarr add-image`` of ``slide`` (``--lossless`` for that route); the store's digest kept, the store removed."""
+    shutil.rmtree(store, ignore_errors=True)
+    lossless = ["--lossless"] if route == "lossless" else []
+    run = measure(route, cores, cpus, ["-c", _CLI, "add-image", str(store), str(slide), "--modality", "he", "--tissue", "S", *lossless])
+    run.digest = store_digest(store / "he" / "images" / "S")
     shutil.rmtree(store)
-    return Run(route, cores, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, load_before, load_after, digest)
+    return run
 
 
-def summary(runs: list[Run], route: str) -> tuple[float, float, bool]:
-    """Speedup t1 / t2 and efficiency t1 / (2 t2) of the summed seconds of ``route``; whether all its stores agree."""
+def reference(gib: float, cores: int, cpus: str) -> Run:
+    """The reference job: ``gib`` GiB of hashing in one thread per core."""
+    return measure("reference", cores, cpus, ["-c", _REFERENCE, str(gib), str(cores)])
+
+
+def efficiency(runs: list[Run], route: str) -> tuple[float, float]:
+    """Speedup t1 / t2 and per-core efficiency t1 / (2 t2) of the summed seconds of ``route``."""
     t1 = sum(r.seconds for r in runs if r.route == route and r.cores == 1)
     t2 = sum(r.seconds for r in runs if r.route == route and r.cores == 2)
-    same = len({r.digest for r in runs if r.route == route}) == 1
-    return t1 / t2, t1 / (2 * t2), same
+    return t1 / t2, t1 / (2 * t2)
+
+
+def mean_wanted(runs: list[Run], route: str, cores: int) -> float:
+    """Mean cores wanted by the runs of ``route`` on ``cores``, weighted by their seconds."""
+    chosen = [r for r in runs if r.route == route and r.cores == cores]
+    return sum(r.wanted * r.seconds for r in chosen) / sum(r.seconds for r in chosen)
 
 
 def main() -> int:
@@ -143,6 +230,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/slidecores"), help="work directory (slide cached there)")
     parser.add_argument("--repeat", type=int, default=1, help="one-core / two-core pairs per route (default %(default)s)")
     parser.add_argument("--routes", default=",".join(ROUTES), help="comma-separated, of: " + ", ".join(ROUTES))
+    parser.add_argument("--reference-gib", type=float, default=4.0, help="GiB hashed by the reference job (default %(default)s)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
     routes = [r for r in args.routes.split(",") if r]
@@ -162,52 +250,75 @@ def main() -> int:
     for _ in range(args.repeat):
         for route in routes:
             for cores in (1, 2):
-                run = add_image(slide, args.work / f"slide_{args.edge}_{route}_{cores}.zarr", route, cores, cpus[cores])
-                runs.append(run)
-                print(f"{route:8s} {cores} core(s) (taskset -c {cpus[cores]}): {run.seconds:7.1f} s, "
-                      f"CPU {run.cpu_seconds:7.1f} s ({run.busy:.2f} cores busy), peak RSS {run.rss_mib:5.0f} MiB, "
-                      f"load {run.load_before:.2f} -> {run.load_after:.2f}")  # fmt: skip
+                for run in (reference(args.reference_gib, cores, cpus[cores]),
+                            add_image(slide, args.work / f"slide_{args.edge}_{route}.zarr", route, cores, cpus[cores])):  # fmt: skip
+                    runs.append(run)
+                    print(run.line(cpus[cores]))
     load_end = os.getloadavg()
     print(f"load average {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} (1, 5, 15 min) at the end")
-    results = {route: summary(runs, route) for route in routes}
-    for route, (speedup, efficiency, same) in results.items():
-        print(f"{route:8s}: speedup t1/t2 {speedup:.2f}, efficiency per core {efficiency:.2f} (target >= {TARGET_EFFICIENCY}), "
-              f"stores {'identical' if same else 'DIFFER'}")  # fmt: skip
-    if args.no_docs:
-        return 0
-    names = {"jpeg": "add-image (JPEG tiles kept)", "lossless": "add-image --lossless"}
+    results = {route: efficiency(runs, route) for route in ("reference", *routes)}
+    same = {route: len({r.digest for r in runs if r.route == route}) == 1 for route in routes}
+    for route, (speedup, per_core) in results.items():
+        stores = f", stores {'identical' if same[route] else 'DIFFER'}" if route in same else ""
+        print(f"{route:9s}: speedup t1/t2 {speedup:.2f}, efficiency per core {per_core:.2f} (target >= {TARGET_EFFICIENCY}), "
+              f"cores wanted on two cores {mean_wanted(runs, route, 2):.2f}{stores}")  # fmt: skip
+    if not args.no_docs:
+        write_section(section(args, runs, results, same, cpus, slide_mib, load_start[0], load_end[0]))
+        print("wrote the One slide on every core section of docs/benchmarks.md")
+    return 0
+
+
+def section(
+    args: argparse.Namespace,
+    runs: list[Run],
+    results: dict[str, tuple[float, float]],
+    same: dict[str, bool],
+    cpus: dict[int, str],
+    slide_mib: float,
+    load_start: float,
+    load_end: float,
+) -> str:
+    """The ``## One slide on every core`` section of ``docs/benchmarks.md``."""
     rows = "\n".join(
-        f"| {names[r.route]} | {r.cores} (`taskset -c {cpus[r.cores]}`) | {r.seconds:.1f} | {r.cpu_seconds:.1f} | {r.busy:.2f} | "
-        f"{r.rss_mib:.0f} MiB | {r.load_before:.2f} -> {r.load_after:.2f} |"
+        f"| {NAMES[r.route]} | {r.cores} (`taskset -c {cpus[r.cores]}`) | {r.seconds:.1f} | {r.cpu_seconds:.1f} | {r.busy:.2f} | "
+        f"{r.wanted:.2f} | {r.rss_mib:.0f} MiB | {r.load_before:.2f} -> {r.load_after:.2f} |"
         for r in runs
     )
     verdicts = "\n".join(
-        f"| {names[route]} | {speedup:.2f} | **{efficiency:.2f}** | {'yes' if same else 'NO'} |"
-        for route, (speedup, efficiency, same) in results.items()
+        f"| {NAMES[route]} | {speedup:.2f} | **{per_core:.2f}** | {mean_wanted(runs, route, 2):.2f} | "
+        f"{('yes' if same[route] else 'NO') if route in same else '-'} |"
+        for route, (speedup, per_core) in results.items()
     )
-    repeat = f" --repeat {args.repeat}" if args.repeat != 1 else ""
-    only = f" --routes {','.join(routes)}" if routes != list(ROUTES) else ""
-    section = f"""## One slide on every core
-`python scripts/bench_slide_cores.py --edge {args.edge}{repeat}{only}` ({_dt.date.today()}, {platform.machine()},
-{os.cpu_count()} cores shared with other sessions: their load is in the table, 1-minute load average
-{load_start[0]:.2f} at the start and {load_end[0]:.2f} at the end). The {args.edge:,}² px Aperio-style SVS of the JPEG
-slides section ({slide_mib:.1f} MiB), converted by `spora-zarr add-image`, each run in its own process pinned by
-`taskset` to one core or two (the writer streams one lane per core it may run on), one core and two cores
-interleaved. CPU seconds are the child's user + system time; cores busy is CPU / wall seconds.
+    options = "".join(
+        f" {flag} {value}"
+        for flag, value, default in (
+            ("--edge", args.edge, 40_000),
+            ("--repeat", args.repeat, 1),
+            ("--routes", args.routes, ",".join(ROUTES)),
+            ("--reference-gib", args.reference_gib, 4.0),
+        )
+        if value != default
+    )
+    return f"""## One slide on every core
+`python scripts/bench_slide_cores.py{options}` ({_dt.date.today()}, {platform.machine()}, {os.cpu_count()} cores shared
+with other sessions: 1-minute load average {load_start:.2f} at the start and {load_end:.2f} at the end, per run in the
+table). The {args.edge:,}² px Aperio-style SVS of the JPEG slides section ({slide_mib:.1f} MiB), converted by
+`spora-zarr add-image`, each run in its own process pinned by `taskset` to one core or two (the writer streams one lane
+per core it may run on). Next to each conversion, a reference job in its own process: {args.reference_gib:g} GiB of
+BLAKE2 hashing split over one thread per core, perfectly parallel, so its efficiency is the most the load let any
+program reach. Reference and conversion, one core and two, interleaved. CPU seconds: the child's user + system time;
+cores busy: CPU / wall seconds; cores wanted: the child's runnable threads (running or waiting for a core), capped at
+its cores, sampled every 20 ms from `/proc`.
 
-| route | cores | seconds | CPU seconds | cores busy | peak RSS | load before -> after |
-|---|---|---|---|---|---|---|
+| job | cores | seconds | CPU seconds | cores busy | cores wanted | peak RSS | load before -> after |
+|---|---|---|---|---|---|---|---|
 {rows}
 
-| route | speedup t1 / t2 | efficiency per core t1 / (2 t2) | same store on 1 and 2 cores |
-|---|---|---|---|
+| job | speedup t1 / t2 | efficiency per core t1 / (2 t2) | cores wanted on two cores | same store on 1 and 2 cores |
+|---|---|---|---|---|
 {verdicts}
 
-Target: efficiency >= {TARGET_EFFICIENCY} per core. Under other sessions' load a two-core run shares its cores, so
-these figures are a floor of what an idle machine gives."""
-    write_section(section)
-    print("wrote the One slide on every core section of docs/benchmarks.md")
-    return 0
+Target: efficiency >= {TARGET_EFFICIENCY} per core."""
 
 
 if __name__ == "__main__":
