@@ -321,7 +321,8 @@ its cores, sampled every 20 ms from `/proc`.
 
 Target: efficiency >= {TARGET_EFFICIENCY} per core. On this shared machine the wall-time efficiency is capped by the
 other sessions' load (the reference's row): a one-core run has its core mostly to itself (the scheduler moves other
-work to the second core), a two-core run shares both. Cores wanted says how much of two cores a conversion would use
+work to the second core), a two-core run shares both. The reference runs for seconds, a lossless conversion for a
+minute: the load can change in between (the load column). Cores wanted says how much of two cores a conversion would use
 on an idle machine; the same store on one and two cores is compared by pixels and metadata documents (zarrs may
 order the chunks inside a shard file differently from run to run)."""
 
