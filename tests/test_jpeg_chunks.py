@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +15,14 @@ import pytest
 import tifffile
 import zarr
 
-from spora_zarr import add_image, validate_store
+from spora_zarr import WriteOptions, add_image, validate_store, write_image
 from spora_zarr.cli import main
 from spora_zarr.datasets import HEImagingDataset
 from spora_zarr.napari.levels import LazyLevel, WindowCache
 from spora_zarr.read.levels import open_level
+from spora_zarr.sources import ArraySource, EncodedTiles, ImageSource, SourceInfo
+from spora_zarr.sources.lossy import JpegEncoded
+from spora_zarr.sources.tiff import TiffSource
 from spora_zarr.testing.slides import he_like, write_svs
 
 LEVEL0, LEVEL1 = "he/images/A/0_252mpp", "he/images/A/1_008mpp"
@@ -232,3 +240,67 @@ def test_a_jpeg_quality_out_of_range_is_refused_for_a_jpeg_slide_too(
     assert main(["add-image", str(store), str(slide), "--modality", "he", "--tissue", "A", "--jpeg-quality", quality]) == 1
     assert f"JPEG quality must be an integer 1-100, got {quality}" in capsys.readouterr().err
     assert not (store / "he/images/A").exists()
+
+
+class _Overlaps(ImageSource):
+    """``source`` as it is, counting how many threads are inside its reads (tile bytes or pixels) at once."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source, self.name, self.shape, self.dtype, self.info = source, source.name, source.shape, source.dtype, source.info
+        self.inside = self.most = 0
+        self._count = threading.Lock()
+
+    @contextlib.contextmanager
+    def _entered(self) -> Iterator[None]:
+        with self._count:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            time.sleep(0.005)  # long enough for another thread to come in
+            yield
+        finally:
+            with self._count:
+                self.inside -= 1
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        with self._entered():
+            return self.source.read(y0, y1, x0, x1)
+
+    def encoded_tiles(self) -> EncodedTiles | None:
+        tiles = self.source.encoded_tiles()
+        assert tiles is not None
+
+        def read(row: int, col: int) -> bytes:
+            with self._entered():
+                return tiles.read(row, col)
+
+        return EncodedTiles(codec=tiles.codec, tile=tiles.tile, read=read)
+
+
+def test_two_lanes_write_a_slides_jpeg_shards_two_at_a_time_and_the_same_files(slide: Path, tmp_path: Path) -> None:
+    """The kept JPEG level is written a shard per lane at once (issue 30: one slide on every core), byte for byte as one lane."""
+    written = {}
+    for lanes in (1, 2):
+        with TiffSource(slide) as tiff:
+            source = _Overlaps(tiff)
+            store = tmp_path / f"{lanes}.zarr"
+            options = WriteOptions(chunk=128, shard=256, codec_threads=lanes)  # 128 px tiles: 2 x 2 per shard, 12 shards
+            write_image(store, "he/images/A", {0.252: source}, rgb=True, keep_encoded=True, options=options)
+        assert source.most == lanes
+        level = store / "he/images/A/0_252mpp"
+        written[lanes] = {str(p.relative_to(level)): p.read_bytes() for p in sorted(level.rglob("*")) if p.is_file()}
+    assert len(written[1]) == 13  # 12 shards and zarr.json
+    assert written[1] == written[2]
+
+
+def test_lossy_tiles_are_encoded_by_several_threads_while_the_source_is_read_by_one(tmp_path: Path) -> None:
+    """JpegEncoded's tiles may be read from the writer's lanes at once: the wrapped source is read by one thread at a time."""
+    pixels = np.asarray(he_like(600, 700, seed=2)).transpose(2, 0, 1)
+    source = _Overlaps(ArraySource(pixels, info=SourceInfo(is_rgb=True)))
+    tiles = JpegEncoded(source, 90).encoded_tiles()
+    cells = [(row, col) for row in range(3) for col in range(3)]
+    one = [tiles.read(row, col) for row, col in cells]
+    with ThreadPoolExecutor(4) as pool:
+        several = list(pool.map(lambda cell: tiles.read(*cell), cells))
+    assert several == one
+    assert source.most == 1

@@ -63,6 +63,7 @@ class EncodedTiles:
         ``(tile_h, tile_w)``; edge tiles are full-size (padded), as zarr's chunks are.
     read
         The bytes of tile ``(row, col)``; empty where the source has none.
+        Called by several threads at once (the writer's lanes): it must be thread-safe.
     """
 
     codec: dict[str, Any]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,9 @@ class JpegEncoded(ImageSource):
 
     The writer stores them as it stores a JPEG slide's own tiles (same codec,
     same read path); edge tiles are padded by repeating the last row and
-    column, which zarr crops away. Closing it leaves ``source`` to its owner.
+    column, which zarr crops away. The tiles may be encoded by several threads
+    at once; ``source`` is read by one at a time. Closing it leaves ``source``
+    to its owner.
     """
 
     def __init__(self, source: ImageSource, quality: int) -> None:
@@ -31,6 +34,7 @@ class JpegEncoded(ImageSource):
         if int(getattr(source, "nz", 1)) > 1:
             raise InvalidInputError(f"{source.name}: JPEG storage is for 2-D images, this one is a stack of {source.nz} z planes")
         self.source, self.quality = source, quality
+        self._reading = threading.Lock()  # sources need not be thread-safe
         self.name, self.shape, self.dtype, self.info = source.name, source.shape, source.dtype, source.info
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -43,7 +47,8 @@ class JpegEncoded(ImageSource):
 
         def read(row: int, col: int) -> bytes:
             y0, x0 = row * JPEG_TILE, col * JPEG_TILE
-            block = self.source.read(y0, min(y0 + JPEG_TILE, height), x0, min(x0 + JPEG_TILE, width))
+            with self._reading:
+                block = self.source.read(y0, min(y0 + JPEG_TILE, height), x0, min(x0 + JPEG_TILE, width))
             pad = ((0, 0), (0, JPEG_TILE - block.shape[1]), (0, JPEG_TILE - block.shape[2]))
             tile = np.ascontiguousarray(np.pad(block, pad, mode="edge").transpose(1, 2, 0))
             return bytes(imagecodecs.jpeg8_encode(tile, level=self.quality))

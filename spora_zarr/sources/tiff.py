@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from typing import Any
@@ -354,12 +355,13 @@ class TiffSource(ImageSource):
                 codec[key] = _jpeg_colorspace_name(value)
         columns = -(-page.imagewidth // page.tilewidth)
         offsets, counts, handle = page.dataoffsets, page.databytecounts, self._tiff.filehandle
+        reading = threading.Lock()  # the writer's lanes call read at once; tifffile's handle.lock is a no-op by default
 
         def read(row: int, col: int) -> bytes:
             index = row * columns + col
             if not counts[index]:
                 return b""
-            with handle.lock:
+            with reading:
                 handle.seek(offsets[index])
                 return bytes(handle.read(counts[index]))
 

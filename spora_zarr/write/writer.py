@@ -431,7 +431,7 @@ def _write_multiscale(
             )
             encoded = _encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
             for index, tiles in encoded.items():
-                arrays[index] = _write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options)
+                arrays[index] = _write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options, lanes)
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes)
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer))
@@ -515,13 +515,16 @@ def _encoded_levels(sources: list[ImageSource], dtype: np.dtype) -> dict[int, En
     return found
 
 
-def _write_encoded(location: Location, name: str, level: Level, tiles: EncodedTiles, options: WriteOptions) -> zarr.Array[Any]:
+def _write_encoded(
+    location: Location, name: str, level: Level, tiles: EncodedTiles, options: WriteOptions, lanes: int = 1
+) -> zarr.Array[Any]:
     """The level array at ``name`` with the source's JPEG tiles as its ``(C, tile_h, tile_w)`` chunks, shard by shard.
 
     Shards hold about ``options.shard`` px of tiles a side; each is written whole
     (chunk bytes, then the index of ``(offset, size)`` pairs and its crc32c, as
-    zarr's sharding codec lays it out). A tile the source lacks is left out of
-    its shard's index (read back as the fill value 0, as tifffile reads it).
+    zarr's sharding codec lays it out), ``lanes`` shards at once. A tile the
+    source lacks is left out of its shard's index (read back as the fill value
+    0, as tifffile reads it).
     """
     import google_crc32c
     from zarr.core.buffer import default_buffer_prototype
@@ -547,25 +550,50 @@ def _write_encoded(location: Location, name: str, level: Level, tiles: EncodedTi
         )
     rows, cols = -(-height // tile_h), -(-width // tile_w)
     prototype = default_buffer_prototype()
-    for sy in range(-(-rows // per_shard)):
-        for sx in range(-(-cols // per_shard)):
-            index = np.full((per_shard, per_shard, 2), 2**64 - 1, dtype="<u8")
-            parts, offset = [], 0
-            for i in range(per_shard):
-                for j in range(per_shard):
-                    row, col = sy * per_shard + i, sx * per_shard + j
-                    data = tiles.read(row, col) if row < rows and col < cols else b""
-                    if data:
-                        index[i, j] = (offset, len(data))
-                        parts.append(data)
-                        offset += len(data)
-            if not parts:
-                continue
-            table = index.tobytes()
-            body = b"".join([*parts, table, google_crc32c.value(table).to_bytes(4, "little")])
-            key = array.metadata.encode_chunk_key((0, sy, sx))
-            sync((array.store_path / key).set(prototype.buffer.from_bytes(body)))
+
+    def write_shard(sy: int, sx: int) -> None:
+        index = np.full((per_shard, per_shard, 2), 2**64 - 1, dtype="<u8")
+        parts, offset = [], 0
+        for i in range(per_shard):
+            for j in range(per_shard):
+                row, col = sy * per_shard + i, sx * per_shard + j
+                data = tiles.read(row, col) if row < rows and col < cols else b""
+                if data:
+                    index[i, j] = (offset, len(data))
+                    parts.append(data)
+                    offset += len(data)
+        if not parts:
+            return
+        table = index.tobytes()
+        body = b"".join([*parts, table, google_crc32c.value(table).to_bytes(4, "little")])
+        key = array.metadata.encode_chunk_key((0, sy, sx))
+        sync((array.store_path / key).set(prototype.buffer.from_bytes(body)))
+
+    shards = [functools.partial(write_shard, sy, sx) for sy in range(-(-rows // per_shard)) for sx in range(-(-cols // per_shard))]
+    in_lanes(shards, lanes)
     return array
+
+
+def in_lanes(jobs: Sequence[Callable[[], object]], lanes: int) -> None:
+    """Run independent ``jobs`` in ``lanes`` threads (in order, here, with one lane); the first error is raised."""
+    if lanes == 1 or len(jobs) < 2:
+        for job in jobs:
+            job()
+        return
+    failed = threading.Event()
+
+    def guarded(job: Callable[[], object]) -> None:
+        if not failed.is_set():  # after a failure the remaining jobs are skipped
+            try:
+                job()
+            except BaseException:
+                failed.set()
+                raise
+
+    with ThreadPoolExecutor(max_workers=min(lanes, len(jobs)), thread_name_prefix="spora-lane") as pool:
+        futures = [pool.submit(guarded, job) for job in jobs]
+    for future in futures:
+        future.result()
 
 
 class _Streamer:
@@ -626,27 +654,6 @@ class _Streamer:
         if not self._samples:
             return np.zeros((self.levels[0].shape[0], 0))
         return np.concatenate([s.reshape(s.shape[0], -1) for s in self._samples], axis=1)
-
-    def _in_lanes(self, jobs: Sequence[Callable[[], object]]) -> None:
-        """Run independent ``jobs`` in ``lanes`` threads (in order, here, with one lane); the first error is raised."""
-        if self.lanes == 1 or len(jobs) < 2:
-            for job in jobs:
-                job()
-            return
-        failed = threading.Event()
-
-        def guarded(job: Callable[[], object]) -> None:
-            if not failed.is_set():  # after a failure the remaining jobs are skipped
-                try:
-                    job()
-                except BaseException:
-                    failed.set()
-                    raise
-
-        with ThreadPoolExecutor(max_workers=min(self.lanes, len(jobs)), thread_name_prefix="spora-lane") as lanes:
-            futures = [lanes.submit(guarded, job) for job in jobs]
-        for future in futures:
-            future.result()
 
     # -- reading -------------------------------------------------------------
     def _read(self, index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -714,7 +721,8 @@ class _Streamer:
             y1, x1 = min(y0 + self.edge, height), min(x0 + self.edge, width)
             self._write(index, y0, x0, self._read(index, y0, y1, x0, x1))
 
-        self._in_lanes([functools.partial(copy, y0, x0) for y0 in range(0, height, self.edge) for x0 in range(0, width, self.edge)])
+        blocks = [functools.partial(copy, y0, x0) for y0 in range(0, height, self.edge) for x0 in range(0, width, self.edge)]
+        in_lanes(blocks, self.lanes)
 
     def _chain(self, base: int) -> None:
         """The coarsest source level and the levels computed from it, depth first (a subtree per lane)."""
@@ -722,7 +730,7 @@ class _Streamer:
         span = self.edge * 2**top
         _, height, width = self.levels[base].shape
         rows, cols = math.ceil(height / span), math.ceil(width / span)
-        self._in_lanes([functools.partial(self._produce, base, top, i, j) for i in range(rows) for j in range(cols)])
+        in_lanes([functools.partial(self._produce, base, top, i, j) for i in range(rows) for j in range(cols)], self.lanes)
 
     def _produce(self, base: int, depth: int, i: int, j: int) -> np.ndarray:
         """Block ``(i, j)`` of level ``base + depth``, computed from its four children and written."""
