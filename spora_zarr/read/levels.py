@@ -84,8 +84,9 @@ logger = logging.getLogger("spora_zarr")
 ENGINES: tuple[str, ...] = tuple(REGISTRY)
 """Names of the read engines, fastest first."""
 
-MAX_OPEN_READERS = 512
-"""Readers :func:`open_level` keeps per process, least recently opened or asked for dropped first."""
+MAX_OPEN_READERS = 8192
+"""Readers :func:`open_level` keeps per process, least recently opened or asked for dropped first (as many as a
+:class:`~spora_zarr.access.tissue.TissueReader` keeps: about 7 kB each)."""
 
 _READERS: process.PerProcess[OrderedDict[tuple[Any, ...], WindowReader]] = process.PerProcess(OrderedDict)
 _WARNED: process.PerProcess[set[str]] = process.PerProcess(set)  # warnings given in this process

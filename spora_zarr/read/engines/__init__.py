@@ -10,6 +10,7 @@ conformance tests in :mod:`spora_zarr.testing.engines`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ __all__ = ["REGISTRY", "Engine", "EngineSpec", "Opener", "UnsupportedLayout"]
 
 
 def _installed(module: str) -> Callable[[], str | None]:
+    @functools.cache  # asked on every reader opened: a find_spec each time cost more than the open
     def unavailable() -> str | None:
         return None if module in sys.modules or importlib.util.find_spec(module) is not None else "it is not installed"
 
