@@ -87,11 +87,16 @@ def kill_at_each_step(store: Path, work: Path, argv: list[str]) -> tuple[Path, l
 
 
 def files_of(store: Path) -> dict[str, bytes]:
-    """Every file of the store (bytes), but the staging area and the writer lock."""
+    """Every file of the store (bytes), but the staging area, the writer lock and the directory summaries.
+
+    A summary is a cache of its directory's documents that records inodes (a copy of the store has others), removed
+    before a group moves and written when a run finishes: a killed run leaves none, and readers read the documents.
+    The tests check it with ``validate_store``, which names a summary that says what the documents do not.
+    """
     return {
         str(p.relative_to(store)): p.read_bytes()
         for p in sorted(store.rglob("*"))
-        if p.is_file() and ".spora_tmp" not in p.parts and p.name != LOCK_NAME
+        if p.is_file() and ".spora_tmp" not in p.parts and p.name not in (LOCK_NAME, SUMMARY_NAME)
     }
 
 
@@ -172,6 +177,7 @@ def test_add_image_killed_at_any_step_leaves_the_old_or_the_new_store(store: Pat
         after = files_of(target)
         assert after in (old, new), f"step {step} of {len(killed)}: {sorted(set(after) ^ set(new))[:3]}"
         assert not (target / ".spora_tmp").exists()
+        assert validate_store(target) == []  # a summary left by the killed run says nothing the documents do not
 
 
 def test_recovery_removes_the_temporary_files_a_kill_leaves_beside_the_areas(store: Path) -> None:

@@ -97,12 +97,12 @@ def store_lock(location: Location, verb: str) -> Iterator[None]:
             os.environ[_RUN_LOCKS] = outer
         try:
             if finished:  # a failed run changes no file more (a summary it removed stays removed: readers read the groups)
-                _summarize(location)
+                _write_summaries(location)
         finally:
             release()
 
 
-def _summarize(location: Location) -> None:
+def _write_summaries(location: Location) -> None:
     """Write the directory summaries the run's promotions removed, while the lock is held; a failure is a warning."""
     from .summary import write_summaries  # summary reads through the metadata module, which uses the lock
 

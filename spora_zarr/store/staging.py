@@ -152,6 +152,21 @@ class Staging:
         """Write a whole file (a table) so that it appears at ``path`` complete or not at all."""
         self._write_bytes(self._target(path), data)
 
+    def write_file_through_area(self, path: str, data: bytes) -> None:
+        """Write a whole file as :meth:`write_file` does, its temporary copy in a fresh area.
+
+        For a file written outside any unit of work (a directory summary): a run killed while writing it
+        leaves an area, which :meth:`recover` deletes, not a temporary file beside ``path``.
+        """
+        area = self.new_area()
+        try:
+            self.stage_file(area, path, data)
+            self._move_file(self.location.fs_path(area, path), self._target(path))
+        finally:
+            self.discard(area)
+            if not self._areas():  # no other work in progress: no empty staging folder left behind
+                self.discard(STAGING_DIR)
+
     # -- promotion -------------------------------------------------------
     def stage_file(self, area: str, path: str, data: bytes) -> None:
         """Write a whole file (a table, the root document) into ``area``, to be promoted with its group."""

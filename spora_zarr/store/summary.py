@@ -106,8 +106,11 @@ class Summary:
         """Whether it speaks of every one of the directory's ``entries`` (:func:`directory_entries`) as they are now."""
         for name, inode in entries.items():
             group = self.groups.get(name)
-            if (inode not in (None, group.inode)) if group is not None else (name not in self.others or inode != self.others[name]):
-                return False
+            if group is not None:
+                if inode is not None and inode != group.inode:
+                    return False  # replaced since
+            elif name not in self.others or self.others[name] != inode:
+                return False  # new, or replaced since
         return True
 
 
@@ -237,7 +240,7 @@ def write_summaries(location: Location, directories: Iterable[str] | None = None
         groups = _summarize(location, directory, entries)
         others = {name: inode for name, inode in entries.items() if name not in groups}
         document = {"spora_summary": SUMMARY_FORMAT, "groups": groups, "others": others}
-        staging.write_file(f"{directory}/{SUMMARY_NAME}", json.dumps(document, separators=(",", ":")).encode())
+        staging.write_file_through_area(f"{directory}/{SUMMARY_NAME}", json.dumps(document, separators=(",", ":")).encode())
 
 
 def summary_problems(location: Location) -> list[str]:
