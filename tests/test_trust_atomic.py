@@ -188,6 +188,8 @@ def test_recovery_removes_the_temporary_files_a_kill_leaves_beside_the_areas(sto
     (staging_dir / "0123456789ab" / "imc" / "zarr.json").write_text("{}")
     (staging_dir / "zarr.json.4f3c2a.partial").write_bytes(b'{"zarr_format": 3')
     before = files_of(store)
+    # and beside the root document: zarr's exclusive write of the root's zarr.json (to learn that it exists)
+    (store / f"zarr.{'0123456789abcdef' * 2}.partial").write_bytes(b'{"zarr_format": 3')
     assert Staging(Location.parse(store)).recover() == []
     assert not staging_dir.exists()
     assert files_of(store) == before

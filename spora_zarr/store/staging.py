@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ STAGING_DIR = ".spora_tmp"
 ZARR_JSON = "zarr.json"
 _OLD = ".old"
 _COMMIT = ".spora_commit"
+_ZARR_PARTIAL = re.compile(r"zarr\.[0-9a-f]{32}\.partial")  # zarr's LocalStore: an exclusive write of zarr.json
 
 
 def group_document(attributes: dict[str, Any] | None = None) -> bytes:
@@ -305,7 +307,10 @@ class Staging:
 
         An area with a commit record is finished (its group and files moved to
         their final paths); an old version moved aside whose replacement never
-        arrived is put back; everything else is deleted.
+        arrived is put back; everything else is deleted, and so is a temporary
+        root document zarr left (it writes ``zarr.<hex>.partial`` beside the
+        root's ``zarr.json`` to learn that the root exists whenever it creates an
+        array, and a kill in that instant leaves it).
         """
         self.location.check_writable()
         self._check_staging_dir()
@@ -322,6 +327,11 @@ class Staging:
             self.discard(area)
         if not self._areas():  # zarr leaves a group document behind when it creates arrays in an area
             self.discard(STAGING_DIR)
+        if self.location.is_local:
+            with os.scandir(self.location.fs_path()) as entries:
+                for entry in entries:
+                    if _ZARR_PARTIAL.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                        os.remove(entry.path)
         return promoted
 
     def _staged_groups(self, area: str) -> list[str]:
