@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ..errors import InvalidInputError, SporaZarrError
+from ..process import available_cores
 from ..runtime import configure_writer_process
 
 log = logging.getLogger("spora_zarr")
@@ -101,8 +102,8 @@ class RunOptions:
 
     @property
     def codec_threads(self) -> int:
-        """Codec threads per worker so that parallel tasks do not oversubscribe this machine's cores."""
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        """Codec threads per worker so that parallel tasks do not oversubscribe the cores this process may run on."""
+        return max(1, available_cores() // self.workers)
 
 
 def run_tasks(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, *, noun: str = "groups") -> RunReport:

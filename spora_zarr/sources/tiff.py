@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import process
 from ..errors import InvalidInputError
 from .base import AxesView, EncodedTiles, ImageSource, SourceInfo, reason
 
@@ -234,7 +235,7 @@ class TiffSource(ImageSource):
             self._views = [AxesView(_LazyZarrView(s, level), s.axes, self.name) for s in planes]
             self.info = self._read_info(first)
             self._image = first.levels[level]  # the series or level read, for its tiles
-            self._segments = _TiffSegments.create(self._tiff, [s.levels[level] for s in planes], os.cpu_count() or 1)
+            self._segments = _TiffSegments.create(self._tiff, [s.levels[level] for s in planes], process.available_cores())
             if self._segments is not None and self._segments.channels != sum(v.channels for v in self._views):
                 self._segments.close()
                 self._segments = None
