@@ -23,8 +23,8 @@ import zarr
 
 from spora_zarr import ConvertOptions, convert_cohort, open_cohort, validate_store
 from spora_zarr.read.info import describe
+from spora_zarr.store.arrays import read_array_metadata
 from spora_zarr.store.location import Location
-from spora_zarr.store.metadata import read_array_metadata
 from spora_zarr.store.staging import Staging
 from spora_zarr.store.summary import SUMMARY_NAME
 from spora_zarr.testing.cohorts import make_synthetic_cohort
@@ -80,7 +80,7 @@ def test_the_index_answers_as_reading_each_file(converted: Path) -> None:
     ],
 )
 def test_an_array_layout_is_what_zarr_makes_of_the_document(tmp_path: Path, data_type: Any, codecs: list[dict[str, Any]]) -> None:
-    from spora_zarr.store.metadata import array_layout, parse_array_metadata
+    from spora_zarr.store.arrays import array_layout, parse_array_metadata
 
     document = {
         "zarr_format": 3, "node_type": "array", "shape": [17, 30], "data_type": data_type, "fill_value": 0,

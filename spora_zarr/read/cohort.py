@@ -17,10 +17,11 @@ import zarr
 
 from ..access.resolution import ResolutionLike, parse_resolution
 from ..errors import NotFoundError, StoreError
+from ..store.arrays import ArrayLayout
 from ..store.layout import MASK_KINDS, image_group_path, label_group_path, validate_tissue_id
 from ..store.location import Location
 from ..store.lock import writer_at_work
-from ..store.metadata import ArrayLayout, CohortAttributes, GroupMetadata, read_cohort_attributes
+from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
 from ..store.staging import STAGING_DIR, is_complete_group
 from ..store.tables import read_table
 from .engines.zarr import ZarrEngine, open_array
@@ -176,7 +177,7 @@ class Cohort:
         """The checked ``zarr.json`` of one level array (shape, data type, chunks), without opening it in zarr.
 
         ``NotFoundError`` when it is missing, ``InvalidInputError`` when it is a group, ``StoreError`` when it is
-        damaged (:func:`~spora_zarr.store.metadata.read_array_metadata`).
+        damaged (:func:`~spora_zarr.store.arrays.read_array_metadata`).
         """
         return self._index.array_metadata(self.level_path(modality, tissue_id, resolution))
 

@@ -19,7 +19,7 @@ at most :data:`~spora_zarr.store.location.DOCUMENT_MAX_BYTES`), and a level
 path is read only when it is one safe path segment; what a file that cannot
 be read means is decided where one file is read today
 (:func:`~spora_zarr.store.staging.group_attributes`,
-:func:`~spora_zarr.store.metadata.array_metadata_from`).
+:func:`~spora_zarr.store.arrays.array_metadata_from`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import SporaZarrError, StoreError
+from ..store.arrays import ArrayLayout, array_layout, array_metadata_from
 from ..store.location import Location
-from ..store.metadata import ArrayLayout, array_layout, array_metadata_from
 from ..store.staging import ZARR_JSON, group_attributes, is_complete_group
 from ..store.summary import GroupSummary, directory_entries, level_paths, read_summary
 
@@ -101,7 +101,7 @@ class MetadataIndex:
         return group_attributes(self.location, path, self._groups[_document(path)])
 
     def array_metadata(self, path: str) -> ArrayV3Metadata:
-        """The checked metadata of the level array at ``path``, as :func:`~spora_zarr.store.metadata.read_array_metadata` reads it."""
+        """The checked metadata of the level array at ``path``, as :func:`~spora_zarr.store.arrays.read_array_metadata` reads it."""
         if path not in self._parsed:
             self._parsed[path] = array_metadata_from(self.location, path, self._array_document(path))
         return self._parsed[path]

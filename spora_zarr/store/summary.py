@@ -5,7 +5,7 @@ groups (``imc/images``, ``segmentations/cell_masks``), and reading their
 ``zarr.json`` files (a group's and each level's) costs seconds locally and
 thousands of requests on an object store. ``<directory>/.spora_summary.json``
 holds, for each complete group, its level names in ``ome.multiscales`` order
-and each level's :class:`~spora_zarr.store.metadata.ArrayLayout` (about 150
+and each level's :class:`~spora_zarr.store.arrays.ArrayLayout` (about 150
 bytes a group), and, on a local disk, the group directory's inode.
 
 - Written by :func:`write_summaries` when a verb that writes the store releases
@@ -39,9 +39,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
+from .arrays import CORE_DTYPES, ArrayLayout, array_layout
 from .layout import MASK_KINDS, image_group_path, label_group_path, validate_name
 from .location import Location, collection_paused
-from .metadata import CORE_DTYPES, ArrayLayout, array_layout, read_cohort_attributes
+from .metadata import read_cohort_attributes
 from .staging import ZARR_JSON, Staging, group_attributes, is_complete_group
 
 log = logging.getLogger("spora_zarr")

@@ -44,8 +44,8 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
 from ... import process
 from ...errors import InvalidInputError, StoreError
+from ...store.arrays import max_file_bytes
 from ...store.location import open_local_file
-from ...store.metadata import max_file_bytes
 from .base import RegularChunkGrid, UnsupportedLayout
 from .shards import ChunkTable, index_at_end, shard_table
 

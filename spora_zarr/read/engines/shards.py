@@ -4,7 +4,7 @@
 identity. :class:`LocalFiles` checks the files a window touches before a
 library that reads them itself (tensorstore, zarrs) does: a FIFO, device or
 directory in place of a file, or a file longer than the array's layout allows
-(:func:`~spora_zarr.store.metadata.max_file_bytes`), is a ``StoreError``
+(:func:`~spora_zarr.store.arrays.max_file_bytes`), is a ``StoreError``
 instead of a read that blocks or never ends.
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 
 from ... import process
 from ...errors import StoreError
+from ...store.arrays import max_file_bytes
 from ...store.location import open_local_file
-from ...store.metadata import max_file_bytes
 
 __all__ = ["MISSING", "ChunkTable", "LocalFiles", "ShardLayout", "index_at_end", "shard_layout", "shard_table"]
 
@@ -126,7 +126,7 @@ class LocalFiles:
     directory : str
         The array's directory.
     metadata : zarr.core.metadata.v3.ArrayV3Metadata
-        Its metadata, checked by :func:`~spora_zarr.store.metadata.read_array_metadata`.
+        Its metadata, checked by :func:`~spora_zarr.store.arrays.read_array_metadata`.
     """
 
     def __init__(self, directory: str, metadata: Any) -> None:

@@ -39,8 +39,8 @@ from zarr.storage import LocalStore, StorePath, WrapperStore
 
 from ... import process
 from ...store import codecs as _codecs  # noqa: F401 - registers the JPEG codec of slide arrays
+from ...store.arrays import max_file_bytes, read_array_metadata
 from ...store.location import Location, open_local_file
-from ...store.metadata import max_file_bytes, read_array_metadata
 from .base import DATA_ERRORS, damaged
 from .shards import MISSING, LocalFiles, ShardLayout, shard_layout
 
@@ -63,7 +63,7 @@ def open_array(location: Location, path: str) -> zarr.Array[Any]:
         The path names a group.
     StoreError
         Its ``zarr.json`` is damaged or declares more than is read
-        (:func:`~spora_zarr.store.metadata.read_array_metadata`).
+        (:func:`~spora_zarr.store.arrays.read_array_metadata`).
     """
     metadata = read_array_metadata(location, path)
     store = location.zarr_store(read_only=True)
