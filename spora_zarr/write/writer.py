@@ -1,7 +1,7 @@
 """Write one image or mask as an NGFF 0.5 multiscale group, streaming and crash-safe.
 
 Levels that exist as source files are copied pixel-exact (a JPEG slide's
-tiles kept as they are, as the chunks of the level: :func:`_write_encoded`);
+tiles kept as they are, as the chunks of the level: :mod:`.encoded`);
 coarser levels are
 computed block by block in a depth-first quadtree over shard-sized blocks, so a
 block of every level is written exactly once, as a whole shard, and memory
@@ -14,9 +14,9 @@ only (every level keeps every plane), and memory does not grow with the
 number of planes.
 
 Still one module: the options, the layout plan, the traversal and the staged
-promotion share one writer's state. The part that is separable, keeping a
-source's JPEG tiles as chunks (``_encoded_levels``, ``_write_encoded``), is
-the next candidate to move to its own module (noted for issue 29's redesign).
+promotion share one writer's state. What is separable has its own module:
+keeping a source's JPEG tiles as chunks (:mod:`.encoded`) and running
+independent jobs in lanes (:mod:`.lanes`).
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from zarr.codecs import BloscCodec
 
 from .. import process
 from ..errors import InvalidInputError
-from ..sources import EncodedTiles, ImageSource
+from ..sources import ImageSource
 from ..store import defaults
-from ..store.codecs import jpeg_chunk_codecs
 from ..store.location import Location
 from ..store.metadata import SporaGroupAttributes
 from ..store.staging import Staging
+from .encoded import encoded_levels, write_encoded
+from .lanes import in_lanes
 from .ngff import channel_windows, image_metadata, label_metadata
 from .pyramid import SHRINK, Level, Method, check_source_shapes, plan_levels
 
@@ -429,9 +430,9 @@ def _write_multiscale(
             arrays = _create_arrays(
                 location, f"{area}/{path}", levels, stored, options, labels, compressors, depth, shard=edge if options.shard else None
             )
-            encoded = _encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
+            encoded = encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
             for index, tiles in encoded.items():
-                arrays[index] = _write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options, lanes)
+                arrays[index] = write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options, lanes)
             streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes)
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer))
@@ -501,99 +502,6 @@ def _create_arrays(
             )
         )
     return arrays
-
-
-def _encoded_levels(sources: list[ImageSource], dtype: np.dtype) -> dict[int, EncodedTiles]:
-    """The source levels (by index) whose JPEG tiles are kept as chunks: uint8 sources that offer them."""
-    if dtype != np.uint8:
-        return {}
-    found = {}
-    for index, source in enumerate(sources):
-        tiles = source.encoded_tiles() if hasattr(source, "encoded_tiles") else None
-        if tiles is not None:
-            found[index] = tiles
-    return found
-
-
-def _write_encoded(
-    location: Location, name: str, level: Level, tiles: EncodedTiles, options: WriteOptions, lanes: int = 1
-) -> zarr.Array[Any]:
-    """The level array at ``name`` with the source's JPEG tiles as its ``(C, tile_h, tile_w)`` chunks, shard by shard.
-
-    Shards hold about ``options.shard`` px of tiles a side; each is written whole
-    (chunk bytes, then the index of ``(offset, size)`` pairs and its crc32c, as
-    zarr's sharding codec lays it out), ``lanes`` shards at once. A tile the
-    source lacks is left out of its shard's index (read back as the fill value
-    0, as tifffile reads it).
-    """
-    import google_crc32c
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    (tile_h, tile_w), (channels, height, width) = tiles.tile, level.shape
-    per_shard = max(1, round((options.shard or max(tile_h, tile_w)) / max(tile_h, tile_w)))
-    filters, serializer = jpeg_chunk_codecs(tiles.codec)
-    with zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}):  # zarrs lacks this codec
-        array = zarr.create_array(
-            location.zarr_store(),
-            name=name,
-            shape=level.shape,
-            dtype=np.uint8,
-            fill_value=0,
-            chunks=(channels, tile_h, tile_w),
-            shards=(channels, tile_h * per_shard, tile_w * per_shard),
-            filters=[filters],
-            serializer=serializer,
-            compressors=None,
-            dimension_names=("c", "y", "x"),
-            overwrite=True,
-        )
-    rows, cols = -(-height // tile_h), -(-width // tile_w)
-    prototype = default_buffer_prototype()
-
-    def write_shard(sy: int, sx: int) -> None:
-        index = np.full((per_shard, per_shard, 2), 2**64 - 1, dtype="<u8")
-        parts, offset = [], 0
-        for i in range(per_shard):
-            for j in range(per_shard):
-                row, col = sy * per_shard + i, sx * per_shard + j
-                data = tiles.read(row, col) if row < rows and col < cols else b""
-                if data:
-                    index[i, j] = (offset, len(data))
-                    parts.append(data)
-                    offset += len(data)
-        if not parts:
-            return
-        table = index.tobytes()
-        body = b"".join([*parts, table, google_crc32c.value(table).to_bytes(4, "little")])
-        key = array.metadata.encode_chunk_key((0, sy, sx))
-        sync((array.store_path / key).set(prototype.buffer.from_bytes(body)))
-
-    shards = [functools.partial(write_shard, sy, sx) for sy in range(-(-rows // per_shard)) for sx in range(-(-cols // per_shard))]
-    in_lanes(shards, lanes)
-    return array
-
-
-def in_lanes(jobs: Sequence[Callable[[], object]], lanes: int) -> None:
-    """Run independent ``jobs`` in ``lanes`` threads (in order, here, with one lane); the first error is raised."""
-    if lanes == 1 or len(jobs) < 2:
-        for job in jobs:
-            job()
-        return
-    failed = threading.Event()
-
-    def guarded(job: Callable[[], object]) -> None:
-        if not failed.is_set():  # after a failure the remaining jobs are skipped
-            try:
-                job()
-            except BaseException:
-                failed.set()
-                raise
-
-    with ThreadPoolExecutor(max_workers=min(lanes, len(jobs)), thread_name_prefix="spora-lane") as pool:
-        futures = [pool.submit(guarded, job) for job in jobs]
-    for future in futures:
-        future.result()
 
 
 class _Streamer:
