@@ -371,7 +371,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _add_image(args: argparse.Namespace) -> int:
     from .convert import add_image
 
-    names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    names = _channel_names(args)
     result = add_image(
         args.dest,
         args.file,
@@ -436,7 +436,7 @@ def _tile(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .inference.predict import PredictOptions, predict_cohort
 
-    names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
+    names = _channel_names(args)
     options = PredictOptions(
         modality=args.modality,
         resolution=parse_resolution(args.resolution),
@@ -467,6 +467,11 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _channel_names(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--channel-names A,B,C`` as names, stripped; ``None`` when not given."""
+    return tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
+
+
 def _stitch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -479,7 +484,7 @@ def _stitch(args: argparse.Namespace) -> int:
             bars[stage] = tqdm(desc=stage, unit="B", unit_scale=True, disable=args.no_progress, leave=False)
         bars[stage].update(nbytes)
 
-    names = tuple(n.strip() for n in args.channel_names.split(",")) if args.channel_names else None
+    names = _channel_names(args)
     options = StitchOptions(
         modality=args.modality,
         tissue_id=args.tissue,
