@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from ..access.resolution import ResolutionLike, parse_resolution
-from ..errors import NotFoundError, StoreError
+from ..errors import NotFoundError, SporaZarrError, StoreError
 from ..store.arrays import ArrayLayout
 from ..store.layout import MASK_KINDS, image_group_path, label_group_path, validate_tissue_id
 from ..store.location import Location
@@ -190,6 +190,10 @@ class Cohort:
         is no complete group.
         """
         return self._index.level_names(self.group_path(name, validate_tissue_id(tissue_id)))
+
+    def documents(self, paths: Sequence[str]) -> dict[str, dict[str, Any] | SporaZarrError]:
+        """The ``zarr.json`` documents at store ``paths`` (or the error reading each), from the metadata index."""
+        return self._index.documents(paths)
 
     def array_layout(self, path: str) -> ArrayLayout:
         """Shape, dtype, chunks and shards of the level array at store ``path``, from the metadata index without zarr's parser."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -166,6 +167,12 @@ class MetadataIndex:
     def _vouched_groups(self, directory: str) -> dict[str, GroupSummary]:
         self._read_directory(directory)
         return self._vouched[directory]
+
+    def documents(self, paths: Sequence[str]) -> dict[str, Document]:
+        """The ``zarr.json`` documents at ``paths`` (or the error reading each): the index's, the others read in one pass."""
+        missing = [p for p in paths if p not in self._groups and p not in self._arrays]
+        read = self.location.read_documents(missing) if missing else {}
+        return {p: self._groups[p] if p in self._groups else self._arrays[p] if p in self._arrays else read[p] for p in paths}
 
     def _summary(self, group: str) -> GroupSummary | None:
         """The summary entry vouching for the group at ``group``, if its directory was listed with one."""

@@ -43,7 +43,7 @@ def validate_store(location: str | Location, storage_options: dict[str, Any] | N
             found = _guarded(_mask_matches_images, cohort, kind, tissue_id, imaged)
             problems += [f"{cohort.group_path(kind, tissue_id)}: {p}" for p in found]
     problems += [f"root attributes: {p}" for p in _guarded(_root_matches_groups, cohort)]
-    problems += _guarded(summary_problems, cohort.location)
+    problems += _guarded(summary_problems, cohort.location, cohort.documents)  # from the documents read above
     if deep:
         from .integrity import deep_problems
 

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,9 @@ __all__ = [
     "summary_problems",
     "write_summaries",
 ]
+
+#: Reads many ``zarr.json`` documents at once: path -> the JSON object, or the error reading it.
+ReadDocuments = Callable[[Sequence[str]], Mapping[str, "dict[str, Any] | SporaZarrError"]]
 
 SUMMARY_NAME = ".spora_summary.json"
 """The summary document of a directory of groups."""
@@ -244,12 +247,13 @@ def write_summaries(location: Location, directories: Iterable[str] | None = None
         staging.write_file_through_area(f"{directory}/{SUMMARY_NAME}", json.dumps(document, separators=(",", ":")).encode())
 
 
-def summary_problems(location: Location) -> list[str]:
+def summary_problems(location: Location, read_documents: ReadDocuments | None = None) -> list[str]:
     """What the directory summaries of the store at ``location`` say that the groups' own documents do not.
 
     A summary entry readers would trust (its group listed, locally with the recorded inode) must
     name a complete group with the levels and layouts its documents give; a damaged summary is a
-    problem too (readers ignore it).
+    problem too (readers ignore it). ``read_documents`` reads the documents (by default
+    :meth:`~.location.Location.read_documents`; ``validate`` passes its cohort's, which has read them all).
     """
     problems = []
     for directory in group_directories(location):
@@ -263,7 +267,7 @@ def summary_problems(location: Location) -> list[str]:
             problems.append(f"{exc} (readers ignore it; {fix})")
             continue
         entries = directory_entries(location, directory)
-        actual = _summarize(location, directory, entries)
+        actual = _summarize(location, directory, entries, read_documents)
         for name, group in summary.groups.items():
             if name not in entries or entries[name] not in (None, group.inode):
                 continue  # readers read such a group's own documents
@@ -283,8 +287,11 @@ def summary_problems(location: Location) -> list[str]:
     return problems
 
 
-def _summarize(location: Location, directory: str, entries: Mapping[str, int | None]) -> dict[str, Any]:
-    documents = location.read_documents([f"{directory}/{name}/{ZARR_JSON}" for name in entries])
+def _summarize(
+    location: Location, directory: str, entries: Mapping[str, int | None], read_documents: ReadDocuments | None = None
+) -> dict[str, Any]:
+    read = read_documents or location.read_documents
+    documents = read([f"{directory}/{name}/{ZARR_JSON}" for name in entries])
     levels: dict[str, list[str]] = {}
     for name in entries:
         path = f"{directory}/{name}"
@@ -294,7 +301,7 @@ def _summarize(location: Location, directory: str, entries: Mapping[str, int | N
             continue
         if attributes is not None and is_complete_group(attributes):
             levels[name] = level_paths(attributes)
-    arrays = location.read_documents([f"{directory}/{name}/{level}/{ZARR_JSON}" for name, names in levels.items() for level in names])
+    arrays = read([f"{directory}/{name}/{level}/{ZARR_JSON}" for name, names in levels.items() for level in names])
     groups: dict[str, Any] = {}
     for name, names in levels.items():
         layouts = {}
