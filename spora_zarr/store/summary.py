@@ -159,14 +159,19 @@ def level_paths(attributes: Mapping[str, Any]) -> list[str]:
 def read_summary(location: Location, directory: str) -> Summary | None:
     """The groups of ``directory``'s summary, checked; ``None`` when there is none or it is damaged (then a warning)."""
     try:
-        with collection_paused():
-            document = location.read_document(directory, SUMMARY_NAME, max_bytes=SUMMARY_MAX_BYTES)
-            return _parse(document, location.join(directory, SUMMARY_NAME))
+        return _read(location, directory)
     except NotFoundError:
         return None
     except SporaZarrError as exc:
         log.warning("ignoring a damaged directory summary (%s); reading the groups' own documents", exc)
         return None
+
+
+def _read(location: Location, directory: str) -> Summary:
+    """``directory``'s summary; ``NotFoundError`` without one, ``StoreError`` when it is damaged."""
+    with collection_paused():
+        document = location.read_document(directory, SUMMARY_NAME, max_bytes=SUMMARY_MAX_BYTES)
+        return _parse(document, location.join(directory, SUMMARY_NAME))
 
 
 def _parse(document: Mapping[str, Any], where: str) -> Summary:
@@ -260,7 +265,7 @@ def summary_problems(location: Location, read_documents: ReadDocuments | None = 
         where = location.join(directory, SUMMARY_NAME)
         fix = f"delete {where}: the next writer of the store rebuilds it"
         try:
-            summary = _parse(location.read_document(directory, SUMMARY_NAME, max_bytes=SUMMARY_MAX_BYTES), where)
+            summary = _read(location, directory)
         except NotFoundError:
             continue
         except SporaZarrError as exc:
