@@ -22,6 +22,7 @@ import tifffile
 from spora_zarr import ConvertOptions, add_image, convert_cohort, open_cohort, validate_store
 from spora_zarr.cli import main
 from spora_zarr.datasets import MultiplexImagingDataset
+from spora_zarr.read.info import describe
 from spora_zarr.sources import ArraySource
 from spora_zarr.store.location import Location
 from spora_zarr.store.summary import SUMMARY_NAME, group_directories, read_summary, write_summaries
@@ -86,6 +87,27 @@ def test_construction_over_a_summarized_cohort_reads_no_group_or_level_document(
     assert index._groups == {} and index._arrays == {}  # every answer came from the summaries
     item = tiles[0]  # the first read parses the tissue's own documents
     assert item["imc"].shape[-2:] == (32, 32) and index._groups != {}
+
+
+def test_info_reads_each_groups_document_once_and_the_level_layouts_from_the_summaries(store: Path) -> None:
+    location = Location.parse(store)
+    reads: list[int] = []
+    read_documents = Location.read_documents
+
+    def counted(self: Location, paths: list[str]) -> object:
+        reads.append(len(paths))
+        return read_documents(self, paths)
+
+    try:
+        Location.read_documents = counted  # type: ignore[assignment,method-assign]
+        text = describe(location)
+    finally:
+        Location.read_documents = read_documents  # type: ignore[method-assign]
+    assert "    1_0mpp: shape (4, 90, 130) uint16" in text and "channels " in text
+    assert sum(reads) == 4 * 3 and max(reads) == 3  # each directory's three group documents in one pass; no level document
+    for directory in group_directories(location):
+        (store / directory / SUMMARY_NAME).unlink()
+    assert describe(location) == text  # as the documents say
 
 
 def test_a_promotion_removes_its_directorys_summary_and_the_writer_puts_it_back(store: Path, tmp_path: Path) -> None:

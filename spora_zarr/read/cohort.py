@@ -149,6 +149,14 @@ class Cohort:
         """Store path of a tissue's mask of ``kind`` (``tissue_masks``, ``cell_masks``, a label prediction)."""
         return label_group_path(kind, tissue_id, extra_kinds=self.attributes.mask_kinds)
 
+    def read_group_documents(self, name: str) -> None:
+        """Read the ``zarr.json`` of every group of modality or mask kind ``name`` in one pass, before asking for each.
+
+        Where a directory summary vouches for a group, its own document is read when first asked for; a
+        caller about to ask for every tissue's metadata saves one round trip a tissue.
+        """
+        self._index.read_groups(self._directory(name))
+
     def group_metadata(self, modality: str, tissue_id: str) -> GroupMetadata:
         """Metadata of a complete image group; ``NotFoundError`` otherwise, ``StoreError`` if invalid."""
         return self._group_metadata(self.group_path(modality, validate_tissue_id(tissue_id)), modality, tissue_id)
@@ -284,11 +292,12 @@ class Cohort:
     def tables(self) -> list[str]:
         """Relative paths of every parquet table in the store.
 
-        Image and mask groups are not walked into (tables never live there, and
-        their shard files are most of the store's entries).
+        The directories of image and mask groups are not listed (tables never live
+        there, and their groups and shard files are most of the store's entries).
         """
         fs = self.location.fs()
         root = self.location.fs_path().rstrip("/")
+        groups = {self._directory(name) for name in [*self.modalities, *self.known_mask_kinds]}
         found = []
         for directory, subdirs, files in fs.walk(root, topdown=True):
             relative = directory.strip("/")[len(root.strip("/")) :].strip("/")  # memory:// lists "/x" for "x"
@@ -299,6 +308,8 @@ class Cohort:
             found += [posixpath.join(relative, name) for name in files if name.endswith(".parquet")]
             if parts[-1:] == ["images"] or (len(parts) == 2 and parts[0] == "segmentations"):
                 subdirs[:] = []  # a modality's image groups or a mask kind's tissue groups
+            else:
+                subdirs[:] = [name for name in subdirs if posixpath.join(relative, name) not in groups]
         return sorted(found)
 
 
@@ -306,7 +317,7 @@ def open_cohort(location: str | Location, storage_options: dict[str, Any] | None
     """Open the cohort store at a local path or fsspec URL (``s3://``, ``https://`` read-only, ``memory://``); reads no pixels.
 
     ``summaries=False``: read every group's own ``zarr.json`` instead of trusting the directory summaries the
-    store's writers keep (:mod:`spora_zarr.store.summary`), as ``validate`` and ``info`` do.
+    store's writers keep (:mod:`spora_zarr.store.summary`), as ``validate`` does.
 
     Logs a warning when a writer is at work on the store: a tissue it
     overwrites may read as a mix of old and new pixels (``docs/store_layout.md``).

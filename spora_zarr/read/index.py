@@ -50,7 +50,7 @@ Document = dict[str, Any] | SporaZarrError
 class MetadataIndex:
     """The parsed ``zarr.json`` documents of one store's groups and level arrays, read in concurrent passes.
 
-    ``summaries=False`` reads every group's own documents (``validate`` and ``info`` do).
+    ``summaries=False`` reads every group's own documents (``validate`` does).
     """
 
     def __init__(self, location: Location, *, summaries: bool = True) -> None:
@@ -100,6 +100,15 @@ class MetadataIndex:
         if _document(path) not in self._groups:
             self._groups.update(self.location.read_documents([_document(path)]))
         return group_attributes(self.location, path, self._groups[_document(path)])
+
+    def read_groups(self, directory: str) -> None:
+        """Read the ``zarr.json`` of every group of ``directory`` not read yet, in one pass.
+
+        A summary leaves the groups it vouches for unread, each read on demand; a caller that will ask for
+        every group's attributes (``info``) reads them together instead.
+        """
+        paths = [_document(f"{directory}/{name}") for name in self._read_directory(directory)]
+        self._groups.update(self.location.read_documents([path for path in paths if path not in self._groups]))
 
     def array_metadata(self, path: str) -> ArrayV3Metadata:
         """The checked metadata of the level array at ``path``, as :func:`~spora_zarr.store.arrays.read_array_metadata` reads it."""

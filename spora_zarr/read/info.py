@@ -10,11 +10,18 @@ from .cohort import Cohort, open_cohort
 
 
 def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:
-    """Multi-line text describing the store at ``location``."""
-    cohort = open_cohort(location, storage_options, summaries=False)
+    """Multi-line text describing the store at ``location``.
+
+    Each group's own ``zarr.json`` is read and its NGFF metadata validated (the channels, the levels it
+    lists); a level's shape, dtype, chunks and shards come from its directory's summary where one vouches
+    for the group (:mod:`spora_zarr.store.summary`), else from the level's ``zarr.json``. ``validate``
+    checks the summaries against every document.
+    """
+    cohort = open_cohort(location, storage_options)
     lines = [f"cohort store {cohort.location}", f"format version {cohort.attributes.format_version}"]
     for modality in cohort.modalities:
         tissues = cohort.tissues(modality)
+        cohort.read_group_documents(modality)
         lines.append(f"\nmodality {modality}: {len(tissues)} tissue(s)")
         for tissue_id in tissues:
             lines.append(f"  {tissue_id}: channels {', '.join(cohort.channel_names(modality, tissue_id))}")
@@ -22,6 +29,7 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     for kind in MASK_KINDS:
         tissues = cohort.mask_tissues(kind)
         if tissues:
+            cohort.read_group_documents(kind)
             lines.append(f"\nmasks {kind}: {len(tissues)} tissue(s)")
             for tissue_id in tissues:
                 lines.append(f"  {tissue_id}")
@@ -34,13 +42,17 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     return "\n".join(lines)
 
 
-def _levels(cohort: Cohort, modality: str, tissue_id: str) -> list[str]:
+def _levels(cohort: Cohort, name: str, tissue_id: str) -> list[str]:
     """One line a level, from the cohort's metadata index (no zarr array is opened, no array document parsed by zarr)."""
+    if cohort.is_mask_kind(name):
+        metadata, group = cohort.mask_metadata(name, tissue_id), cohort.mask_group_path(name, tissue_id)
+    else:
+        metadata, group = cohort.group_metadata(name, tissue_id), cohort.group_path(name, tissue_id)
+    stored = set(metadata.spora.source_levels)
     lines = []
-    stored = set(cohort.group_metadata(modality, tissue_id).spora.source_levels)
-    for name in cohort.resolutions(modality, tissue_id):
-        array = cohort.array_layout(cohort.level_path(modality, tissue_id, name))
+    for level in metadata.level_names:
+        array = cohort.array_layout(f"{group}/{level}")
         sharded = f" shards {array.shards}" if array.shards else ""
-        origin = "from source" if name in stored else "computed"
-        lines.append(f"    {name}: shape {array.shape} {array.dtype} chunks {array.chunks}{sharded} ({origin})")
+        origin = "from source" if level in stored else "computed"
+        lines.append(f"    {level}: shape {array.shape} {array.dtype} chunks {array.chunks}{sharded} ({origin})")
     return lines

@@ -18,7 +18,8 @@ bytes a group), and, on a local disk, the group directory's inode.
   names the directory lists and, locally, only where the inode is the one
   recorded (promotion puts a new directory in place, with a new inode); any
   other group is read from its own ``zarr.json`` as before. A damaged summary is
-  ignored with a warning. ``validate`` and ``info`` never use summaries.
+  ignored with a warning. ``validate`` never uses summaries (it checks them
+  against every document); ``info`` shows the level layouts they hold.
 
 A group whose ``zarr.json`` another tool edits in place keeps its summary entry
 until the next spora_zarr writer: its levels and layouts in the summary may then
