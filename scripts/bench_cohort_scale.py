@@ -429,9 +429,16 @@ def render(res: dict[str, Any]) -> str:
     row("tiles in the table", [f"{r['loader']['tiles']:,}" for r in sizes], (count, count))
     row("TileLoader, 2 workers, epoch 1 tiles/s", [f"{r['loader']['epochs'][0]:,.0f}" for r in sizes])
     row("TileLoader, 2 workers, epoch 2 tiles/s", [f"{r['loader']['epochs'][-1]:,.0f}" for r in sizes])
-    small, large = sizes[0], sizes[-1]
+    first, last = sizes[0]["loader"]["epochs"][0], sizes[0]["loader"]["epochs"][-1]
+    row(
+        f"  epoch 1, epoch 2 / N = {sizes[0]['n']}",
+        [f"{r['loader']['epochs'][0] / first:.2f}, {r['loader']['epochs'][-1] / last:.2f}" for r in sizes],
+    )
+    # The target is at 2,000 tissues: the largest N up to 2,500 (beyond, a worker's reader
+    # caches hold fewer tissues than an epoch visits).
+    small, large = sizes[0], max((r for r in sizes if r["n"] <= 2500), key=lambda r: r["n"])
     lines += [""]
-    if len(sizes) > 1:
+    if large is not small:
         first = large["loader"]["epochs"][0] / small["loader"]["epochs"][0]
         last = large["loader"]["epochs"][-1] / small["loader"]["epochs"][-1]
         lines.append(
@@ -482,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
+    measured_commit = commit()  # the code measured, not a commit made while the run went on
     sizes = sorted(int(s) for s in args.sizes.split(","))
     results: dict[str, Any] = {"sizes": []}
     for n in sizes:
@@ -497,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"] = measure_metadata(args.workdir, args.workdir / f"store_{sizes[0]}.zarr", args.meta_tissues, args)
     results.update(
         date=_dt.date.today().isoformat(),
-        commit=commit(),
+        commit=measured_commit,
         machine=machine(),
         load=(f"{load_before:.2f}", f"{os.getloadavg()[0]:.2f}"),
     )
