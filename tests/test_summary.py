@@ -128,6 +128,33 @@ def test_a_promotion_removes_its_directorys_summary_and_the_writer_puts_it_back(
     assert validate_store(store) == []
 
 
+def test_a_writer_rereads_only_the_groups_its_run_changed(store: Path, tmp_path: Path) -> None:
+    location = Location.parse(store)
+    read: list[str] = []
+    read_documents = Location.read_documents
+
+    def recorded(self: Location, paths: list[str]) -> object:
+        read.extend(paths)
+        return read_documents(self, paths)
+
+    image = tmp_path / "b.tif"
+    tifffile.imwrite(image, (np.arange(5 * 90 * 130) % 251).astype(np.uint8).reshape(5, 90, 130))  # a new dtype, the masks' shape
+    names = open_cohort(store).channel_names("imc", "B")
+    try:
+        Location.read_documents = recorded  # type: ignore[assignment,method-assign]
+        add_image(store, str(image), modality="imc", tissue_id="B", mpp=1.0, channel_names=names, overwrite=True)
+    finally:
+        Location.read_documents = read_documents  # type: ignore[method-assign]
+    assert "imc/images/B/zarr.json" in read and "imc/images/B/1_0mpp/zarr.json" in read
+    assert not [path for path in read if path.startswith(("imc/images/A/", "imc/images/C/"))], read  # kept from the summary
+    summary = read_summary(location, "imc/images")
+    assert summary is not None and sorted(summary.groups) == ["A", "B", "C"]
+    assert summary.groups["B"].layout("1_0mpp").dtype == np.uint8 and summary.groups["C"].layout("1_0mpp").dtype == np.uint16
+    assert summary.groups["B"].inode == os.stat(store / "imc/images/B").st_ino
+    assert _answers(store, summaries=True) == _answers(store, summaries=False)
+    assert validate_store(store) == []
+
+
 def test_groups_the_summary_does_not_vouch_for_are_read_from_their_documents(store: Path) -> None:
     images = store / "imc/images"
     shutil.copytree(images / "A", images / "Z")  # added by hand: not in the summary

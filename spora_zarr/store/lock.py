@@ -31,11 +31,14 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ..errors import SporaZarrError, StoreError
 from ..process import PerProcess
 from .location import Location, open_local_file
+
+if TYPE_CHECKING:
+    from .summary import RunRecord
 
 __all__ = ["LOCK_NAME", "store_lock", "writer_at_work", "writes_store"]
 
@@ -79,6 +82,8 @@ def store_lock(location: Location, verb: str) -> Iterator[None]:
         finally:
             held[key] -= 1
         return
+    from .summary import run_record  # summary reads through the metadata module, which uses the lock
+
     location.check_writable(verb)  # an http(s) store: one line, before any lock object is written
     holder = _holder(verb)
     release = _lock_local(location, holder) if location.is_local else _lock_object(location, holder)
@@ -87,8 +92,9 @@ def store_lock(location: Location, verb: str) -> Iterator[None]:
     os.environ[_RUN_LOCKS] = f"{outer or ''} {holder['token']}".strip()  # the run's worker processes inherit it
     finished = False
     try:
-        yield
-        finished = True
+        with run_record(location) as record:
+            yield
+            finished = True
     finally:
         del held[key]
         if outer is None:
@@ -97,17 +103,17 @@ def store_lock(location: Location, verb: str) -> Iterator[None]:
             os.environ[_RUN_LOCKS] = outer
         try:
             if finished:  # a failed run changes no file more (a summary it removed stays removed: readers read the groups)
-                _write_summaries(location)
+                _write_summaries(location, record)
         finally:
             release()
 
 
-def _write_summaries(location: Location) -> None:
+def _write_summaries(location: Location, record: RunRecord) -> None:
     """Write the directory summaries the run's promotions removed, while the lock is held; a failure is a warning."""
-    from .summary import write_summaries  # summary reads through the metadata module, which uses the lock
+    from .summary import write_summaries
 
     try:
-        write_summaries(location)
+        write_summaries(location, record=record)
     except (SporaZarrError, OSError) as exc:
         log.warning("%s: directory summaries not written (%s); readers read each group's documents", location, exc)
 

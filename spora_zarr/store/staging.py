@@ -232,7 +232,7 @@ class Staging:
         from .summary import invalidate_summary  # summary reads groups through this module
 
         self.ensure_groups(posixpath.dirname(path))
-        invalidate_summary(self.location, posixpath.dirname(path))  # before the group changes: no summary that misses it
+        invalidate_summary(self.location, *posixpath.split(path))  # before the group changes: no summary that misses it
         source, target = self.location.fs_path(area, path), self._target(path)
         if not self.location.is_local:
             self._promote_by_copy(source, target)

@@ -10,7 +10,8 @@ bytes a group), and, on a local disk, the group directory's inode.
 
 - Written by :func:`write_summaries` when a verb that writes the store releases
   the store's lock (:func:`~spora_zarr.store.lock.store_lock`): one writer at a
-  time, after every group of the run is in place.
+  time, after every group of the run is in place. The groups the run did not
+  change keep their entries (:class:`RunRecord`); only the others are read.
 - Deleted by :meth:`~spora_zarr.store.staging.Staging.promote` before a group of
   its directory changes (:func:`invalidate_summary`): a run killed at any moment
   leaves no summary that misses its groups, only none.
@@ -29,12 +30,13 @@ be stale, while every read of the tissue still parses its own documents.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import posixpath
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,12 +53,14 @@ log = logging.getLogger("spora_zarr")
 __all__ = [
     "SUMMARY_NAME",
     "GroupSummary",
+    "RunRecord",
     "Summary",
     "directory_entries",
     "group_directories",
     "invalidate_summary",
     "level_paths",
     "read_summary",
+    "run_record",
     "summary_problems",
     "write_summaries",
 ]
@@ -203,8 +207,42 @@ def _is_inode(value: object) -> bool:
     return value is None or type(value) is int
 
 
-def invalidate_summary(location: Location, directory: str) -> None:
-    """Delete ``directory``'s summary, if there is one: a group of it is about to change."""
+@dataclass
+class RunRecord:
+    """What a run holding a store's writer lock in this process saw of each directory before it first changed it.
+
+    ``before``: the directory's summary then (``None``: none, damaged, or not local); ``moved``: the groups the
+    run moved into it since. :func:`write_summaries` keeps the ``before`` entries of the groups neither moved
+    nor replaced (same inode) and reads only the others: adding a tissue to a cohort of 10,000 reads one
+    group's documents, not every group's. Groups moved by the run's worker processes are not recorded here:
+    their new inodes keep their old entries out.
+    """
+
+    before: dict[str, Summary | None] = field(default_factory=dict)
+    moved: dict[str, set[str]] = field(default_factory=dict)
+    pid: int = field(default_factory=os.getpid)  # a forked worker's copy records nothing
+
+
+_RUNS: dict[str, RunRecord] = {}  # store root -> the run holding its writer lock in this process
+
+
+@contextlib.contextmanager
+def run_record(location: Location) -> Iterator[RunRecord]:
+    """Record, while the block runs, the directory summaries this process's promotions into ``location`` remove."""
+    record = _RUNS[location.root] = RunRecord()
+    try:
+        yield record
+    finally:
+        _RUNS.pop(location.root, None)
+
+
+def invalidate_summary(location: Location, directory: str, group: str) -> None:
+    """Delete ``directory``'s summary, if there is one: its ``group`` is about to change (noted in the :class:`RunRecord`)."""
+    record = _RUNS.get(location.root)
+    if record is not None and record.pid == os.getpid():
+        if directory not in record.before:
+            record.before[directory] = read_summary(location, directory) if location.is_local else None
+        record.moved.setdefault(directory, set()).add(group)
     try:
         if location.is_local:
             os.remove(location.fs_path(directory, SUMMARY_NAME))
@@ -230,7 +268,7 @@ def group_directories(location: Location) -> list[str]:
     return [image_group_path(modality, "x").rsplit("/", 1)[0] for modality in attributes.modalities] + masks
 
 
-def write_summaries(location: Location, directories: Iterable[str] | None = None) -> None:
+def write_summaries(location: Location, directories: Iterable[str] | None = None, record: RunRecord | None = None) -> None:
     """Write the summary of each directory of groups (by default :func:`group_directories`) whose summary is not whole.
 
     Whole: readable, and vouching for every group the directory lists (locally, with its inode: a
@@ -239,7 +277,10 @@ def write_summaries(location: Location, directories: Iterable[str] | None = None
     Each is made from the documents themselves: every listed group that is
     complete, with the layout of each level it lists. A group whose documents
     cannot be read or checked, or with a data type beyond zarr's core types, is
-    left out (readers read it themselves, and find what is wrong with it).
+    left out (readers read it themselves, and find what is wrong with it). With
+    the ``record`` of the run that removed it, the entries of the summary before
+    the run are kept for the groups the run did not move and that have the same
+    inode, and only the others are read.
     """
     staging = Staging(location)
     for directory in group_directories(location) if directories is None else directories:
@@ -247,10 +288,32 @@ def write_summaries(location: Location, directories: Iterable[str] | None = None
         summary = read_summary(location, directory) if entries else None
         if not entries or summary is not None and summary.is_whole(entries):
             continue
-        groups = _summarize(location, directory, entries)
+        kept = _unchanged(record, directory, entries)
+        groups = {**kept, **_summarize(location, directory, {name: inode for name, inode in entries.items() if name not in kept})}
         others = {name: inode for name, inode in entries.items() if name not in groups}
-        document = {"spora_summary": SUMMARY_FORMAT, "groups": groups, "others": others}
+        document = {"spora_summary": SUMMARY_FORMAT, "groups": dict(sorted(groups.items())), "others": others}
         staging.write_file_through_area(f"{directory}/{SUMMARY_NAME}", json.dumps(document, separators=(",", ":")).encode())
+
+
+def _unchanged(record: RunRecord | None, directory: str, entries: Mapping[str, int | None]) -> dict[str, Any]:
+    """The entries (as JSON) of ``directory``'s summary before the run, for its groups the run left as they were.
+
+    A group is left as it was when the run did not move it and the directory lists it with the inode recorded;
+    an entry with a layout that does not check is not kept (the group is read again).
+    """
+    before = record.before.get(directory) if record is not None else None
+    if before is None:
+        return {}
+    moved = record.moved.get(directory, set()) if record is not None else set()
+    kept = {}
+    for name, group in before.groups.items():
+        if group.inode is None or entries.get(name) != group.inode or name in moved:
+            continue
+        try:
+            kept[name] = {"inode": group.inode, "levels": {level: group.layout(level).to_json() for level in group.levels}}
+        except StoreError:
+            continue
+    return kept
 
 
 def summary_problems(location: Location, read_documents: ReadDocuments | None = None) -> list[str]:
