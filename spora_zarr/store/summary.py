@@ -23,9 +23,10 @@ bytes a group), and, on a local disk, the group directory's inode.
   against every document); ``info`` shows the level layouts they hold.
 
 A group whose ``zarr.json`` another tool edits in place keeps its summary entry
-until the next spora_zarr writer: its levels and layouts in the summary may then
-be stale, while every read of the tissue still parses its own documents.
-``spora-zarr validate`` reads every document itself.
+until spora_zarr rewrites that group, or the summary is deleted: its levels and
+layouts in the summary may then be stale, while every read of the tissue still
+parses its own documents. ``spora-zarr validate`` reads every document itself
+and names such an entry.
 """
 
 from __future__ import annotations
