@@ -25,7 +25,6 @@ same checks.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pickle
 import posixpath
@@ -513,9 +512,16 @@ class GroupMetadata:
     def axes(self) -> tuple[str, ...]:
         return tuple(axis.name for axis in self.ome.multiscales[0].axes)
 
-    @functools.cached_property
+    @property
     def levels(self) -> tuple[LevelMetadata, ...]:
         """The levels, finest first, with their y/x scale and translation (worked out once)."""
+        levels = self.__dict__.get("_levels")  # not functools.cached_property: its lock (Python 3.11) would be forked held
+        if levels is None:
+            levels = self._read_levels()
+            object.__setattr__(self, "_levels", levels)
+        return levels
+
+    def _read_levels(self) -> tuple[LevelMetadata, ...]:
         levels = []
         for dataset in self.ome.multiscales[0].datasets:
             scale: tuple[float, ...] = ()
