@@ -16,8 +16,9 @@ plus N/4 H&E images (512² RGB at 0.5 mpp), and times, each in its own process:
 - with ``--s3``, at the smallest N: convert, tile, validate, info and the
   construction steps again against a local moto S3 server (``s3://cohorts/...``);
 - one ``TileLoader`` (2 fork workers, batch 32, shuffle, tissue and cell masks)
-  run of two epochs: tiles / s of the first epoch (worker start, every reader
-  opened) and of the second.
+  run: tiles / s of the first epoch (worker start, every reader opened) and of
+  the epochs after it (at least ``--epochs`` - 1 of them and ``WARM_TILES`` tiles,
+  so that a small cohort's sub-second epochs are not one noisy sample).
 
 A metadata-only cohort of ``--meta-tissues`` tissues (default 10,000) is made
 from the smallest converted store: each tissue's ``zarr.json`` files copied
@@ -60,6 +61,7 @@ from _benchmarks_doc import DOCS, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Cohort scale"
+WARM_TILES = 8000  # the least tiles the loader reads after its first epoch
 TILE = 128  # tile edge of the tile table and the loader (1.0 mpp)
 BATCH = 32
 MX_EDGE, HE_EDGE, CHANNELS = 256, 512, 5
@@ -220,13 +222,20 @@ def loader_child(store: str, epochs: int) -> dict[str, Any]:
         timeout=600,
         generator=torch.Generator().manual_seed(0),
     )
-    per_epoch = []
-    for _ in range(epochs):
+
+    def epoch() -> tuple[int, float]:
         start, count = time.perf_counter(), 0
         for batch in loader:
             count += len(batch["row"])
-        per_epoch.append(count / (time.perf_counter() - start))
-    return {"tiles": len(tiles), "masks": list(tiles.masks), "epochs": per_epoch}
+        return count, time.perf_counter() - start
+
+    count, seconds = epoch()
+    first = count / seconds
+    warm_tiles, warm_seconds, warm_epochs = 0, 0.0, 0
+    while warm_epochs < epochs - 1 or warm_tiles < WARM_TILES:  # a 250-tissue epoch lasts under a second: several
+        count, seconds = epoch()
+        warm_tiles, warm_seconds, warm_epochs = warm_tiles + count, warm_seconds + seconds, warm_epochs + 1
+    return {"tiles": len(tiles), "masks": list(tiles.masks), "epochs": [first, warm_tiles / warm_seconds], "warm_epochs": warm_epochs}
 
 
 def child(mode: str, *args: str) -> dict[str, Any]:
@@ -428,10 +437,10 @@ def render(res: dict[str, Any]) -> str:
     count = f"{meta['documents']['tiles_count']:,}" if meta else "-"
     row("tiles in the table", [f"{r['loader']['tiles']:,}" for r in sizes], (count, count))
     row("TileLoader, 2 workers, epoch 1 tiles/s", [f"{r['loader']['epochs'][0]:,.0f}" for r in sizes])
-    row("TileLoader, 2 workers, epoch 2 tiles/s", [f"{r['loader']['epochs'][-1]:,.0f}" for r in sizes])
+    row("TileLoader, 2 workers, epochs 2+ tiles/s", [f"{r['loader']['epochs'][-1]:,.0f}" for r in sizes])
     first, last = sizes[0]["loader"]["epochs"][0], sizes[0]["loader"]["epochs"][-1]
     row(
-        f"  epoch 1, epoch 2 / N = {sizes[0]['n']}",
+        f"  epoch 1, epochs 2+ / N = {sizes[0]['n']}",
         [f"{r['loader']['epochs'][0] / first:.2f}, {r['loader']['epochs'][-1] / last:.2f}" for r in sizes],
     )
     # The target is at 2,000 tissues: the largest N up to 2,500 (beyond, a worker's reader
@@ -443,7 +452,7 @@ def render(res: dict[str, Any]) -> str:
         last = large["loader"]["epochs"][-1] / small["loader"]["epochs"][-1]
         lines.append(
             f"Epoch tiles/s at N = {large['n']} / N = {small['n']} (target >= {LOADER_TARGET}): epoch 1 **{first:.2f}** "
-            f"({verdict(first >= LOADER_TARGET)}), epoch 2 **{last:.2f}** ({verdict(last >= LOADER_TARGET)})."
+            f"({verdict(first >= LOADER_TARGET)}), epochs 2+ **{last:.2f}** ({verdict(last >= LOADER_TARGET)})."
         )
     if meta:
         worst = max(meta["summaries"][k] for k in ("open_cohort", "tissues", "dataset", "tile_dataset"))

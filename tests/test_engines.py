@@ -142,6 +142,20 @@ def test_cache_returns_the_same_reader(store: Location) -> None:
     assert open_level(store, ARRAY) is open_level(store, ARRAY)
 
 
+def test_shard_index_cache_is_bounded_by_bytes(store: Location, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spora_zarr.read.engines import shards
+
+    monkeypatch.setattr(shards, "_CACHE", type(shards._CACHE)())
+    monkeypatch.setattr(shards, "_CACHED", [0])
+    entry = shards._ENTRY_BYTES + 16 * 64  # a 896² shard of 112² chunks: 64 chunks
+    monkeypatch.setattr(shards, "_CACHE_BYTES", 2 * entry)  # two of the array's four shard files
+    reader = open_level(store.root, ARRAY, engine="direct")
+    data = _data()
+    _check(reader, data, [(0, 0, SHAPE[1], SHAPE[2], None)] * 2)  # every shard, twice: evicted indexes read again
+    assert len(shards._CACHE) == 2 and shards._CACHED[0] == 2 * entry
+    assert sum(shards._ENTRY_BYTES + table.entries.nbytes for table in shards._CACHE.values()) == shards._CACHED[0]
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_bad_windows_raise(store: Location, engine: str) -> None:
     reader = open_level(store, ARRAY, engine=engine)

@@ -29,8 +29,10 @@ from ...store.location import open_local_file
 __all__ = ["MISSING", "ChunkTable", "LocalFiles", "ShardLayout", "index_at_end", "shard_layout", "shard_table"]
 
 MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
-_CACHE_ENTRIES = 4096  # shard indexes kept per process (4 KiB each for 256 chunks)
+_CACHE_BYTES = 32 * 2**20  # the shard indexes kept per process, by size: 8,192 of 256 chunks, 50,000+ of a few
+_ENTRY_BYTES = 400  # what an entry costs beside its table (key, path string, objects)
 _CACHE: collections.OrderedDict[tuple[str, int, int, int], ChunkTable] = collections.OrderedDict()
+_CACHED = [0]  # bytes the cache holds, as _ENTRY_BYTES + the table's
 _LOCK = process.PerProcess(threading.Lock)  # a forked child gets its own
 
 
@@ -83,9 +85,12 @@ def shard_table(where: str, fd: int, stat: os.stat_result, chunks: int, index_at
         raise StoreError(f"shard {where}: its index points past the end of the file (corrupt file)")
     table = ChunkTable(entries)
     with _LOCK.get():
-        _CACHE[key] = table
-        while len(_CACHE) > _CACHE_ENTRIES:
-            _CACHE.popitem(last=False)
+        if key not in _CACHE:
+            _CACHE[key] = table
+            _CACHED[0] += _ENTRY_BYTES + entries.nbytes
+        while _CACHED[0] > _CACHE_BYTES:
+            _, evicted = _CACHE.popitem(last=False)
+            _CACHED[0] -= _ENTRY_BYTES + evicted.entries.nbytes
     return table
 
 
