@@ -70,6 +70,8 @@ def test_info_summarises_the_store(cohort_pair: tuple[Path, Path], capsys: pytes
         "channels DNA1",
     ):
         assert expected in out, expected
+    tissues = open_cohort(dest).read_table("metadata/tissues.parquet")  # the footer info prints says what the rows say
+    assert f"  metadata/tissues.parquet: {tissues.num_rows} rows, columns {', '.join(tissues.column_names)}" in out.splitlines()
 
 
 def test_validate_reports_problems(cohort_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

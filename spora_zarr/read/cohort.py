@@ -23,7 +23,7 @@ from ..store.location import Location
 from ..store.lock import writer_at_work
 from ..store.metadata import CohortAttributes, GroupMetadata, read_cohort_attributes
 from ..store.staging import STAGING_DIR, is_complete_group
-from ..store.tables import read_table
+from ..store.tables import read_table, read_table_metadata
 from .engines.zarr import ZarrEngine, open_array
 from .index import MetadataIndex
 
@@ -288,6 +288,10 @@ class Cohort:
     def read_table(self, path: str) -> Any:
         """A parquet table of the cohort (same relative path as the TIFF layout) as a ``pyarrow.Table``."""
         return read_table(self.location, path)
+
+    def read_table_metadata(self, path: str) -> Any:
+        """The footer of a parquet table of the cohort (``pyarrow.parquet.FileMetaData``: rows, schema), no row read."""
+        return read_table_metadata(self.location, path)
 
     def tables(self) -> list[str]:
         """Relative paths of every parquet table in the store.

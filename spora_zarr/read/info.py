@@ -37,8 +37,8 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     tables = cohort.tables()
     lines.append(f"\ntables ({len(tables)}):")
     for table in tables:
-        meta = cohort.read_table(table)
-        lines.append(f"  {table}: {meta.num_rows} rows, columns {', '.join(meta.column_names)}")
+        meta = cohort.read_table_metadata(table)  # the footer: no row read (and no pyarrow scan threads left at exit)
+        lines.append(f"  {table}: {meta.num_rows} rows, columns {', '.join(meta.schema.to_arrow_schema().names)}")
     return "\n".join(lines)
 
 
