@@ -64,6 +64,14 @@ def source_images(cohort: Path) -> list[tuple[str, str, str, Path]]:
     return found
 
 
+def convert_small_cohort(root: Path) -> Path:
+    """``root/c.zarr``: tissues A, B, C (H&E; IMC with 5 channels, C with 4; both masks) at 1.0 mpp, converted."""
+    src = make_synthetic_cohort(root / "src", tissues=("A", "B", "C"), he_shape=(90, 130), resolutions=(1.0,), ihc_markers=(), seed=5)
+    report = convert_cohort(src, root / "c.zarr", ConvertOptions(progress=False))
+    assert report.ok, report.summary()
+    return root / "c.zarr"
+
+
 @pytest.fixture(scope="session")
 def cohort_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A synthetic cohort with every source variant, and its conversion (serial, defaults)."""

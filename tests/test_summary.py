@@ -19,27 +19,25 @@ import numpy as np
 import pytest
 import tifffile
 
-from spora_zarr import ConvertOptions, add_image, convert_cohort, open_cohort, validate_store
+from spora_zarr import add_image, open_cohort, validate_store
 from spora_zarr.cli import main
 from spora_zarr.datasets import MultiplexImagingDataset
 from spora_zarr.read.info import describe
 from spora_zarr.sources import ArraySource
 from spora_zarr.store.location import Location
 from spora_zarr.store.summary import SUMMARY_NAME, group_directories, read_summary, write_summaries
-from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.torch import TileDataset
 from spora_zarr.write.writer import write_labels
+
+from .conftest import convert_small_cohort
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tissues A, B, C (C with 4 channels, the others 5), both masks, one resolution, a tile table; never modified."""
-    root = tmp_path_factory.mktemp("summary")
-    src = make_synthetic_cohort(root / "src", tissues=("A", "B", "C"), he_shape=(90, 130), resolutions=(1.0,), ihc_markers=(), seed=5)
-    report = convert_cohort(src, root / "c.zarr", ConvertOptions(progress=False))
-    assert report.ok, report.summary()
-    assert main(["tile", str(root / "c.zarr"), "--resolution", "1", "--tile-size", "32", "--strategy", "grid"]) == 0
-    return root / "c.zarr"
+    store = convert_small_cohort(tmp_path_factory.mktemp("summary"))
+    assert main(["tile", str(store), "--resolution", "1", "--tile-size", "32", "--strategy", "grid"]) == 0
+    return store
 
 
 @pytest.fixture

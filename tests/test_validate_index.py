@@ -21,25 +21,22 @@ import fsspec
 import pytest
 import zarr
 
-from spora_zarr import ConvertOptions, convert_cohort, open_cohort, validate_store
+from spora_zarr import open_cohort, validate_store
 from spora_zarr.read.info import describe
 from spora_zarr.store.arrays import read_array_metadata
 from spora_zarr.store.location import Location
 from spora_zarr.store.staging import Staging
 from spora_zarr.store.summary import SUMMARY_NAME
-from spora_zarr.testing.cohorts import make_synthetic_cohort
+
+from .conftest import convert_small_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tissues A, B, C (H&E, 5-channel IMC, both masks) at one resolution; never modified."""
-    root = tmp_path_factory.mktemp("index")
-    src = make_synthetic_cohort(root / "src", tissues=("A", "B", "C"), he_shape=(90, 130), resolutions=(1.0,), ihc_markers=(), seed=5)
-    report = convert_cohort(src, root / "c.zarr", ConvertOptions(progress=False))
-    assert report.ok, report.summary()
-    return root / "c.zarr"
+    """Tissues A, B, C (H&E, IMC, both masks) at one resolution (:func:`convert_small_cohort`); never modified."""
+    return convert_small_cohort(tmp_path_factory.mktemp("index"))
 
 
 @pytest.fixture
