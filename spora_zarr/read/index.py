@@ -142,7 +142,7 @@ class MetadataIndex:
         """The complete groups of ``directory`` whose ``ome.multiscales`` lists ``level`` (from summaries or group documents)."""
         key = (directory, level)
         if key not in self._with_level:
-            vouched = self._vouched_groups(directory)
+            vouched = self._vouched_groups(directory)  # read here, not through level_names: 10,000 calls cost 5 x more
             self._with_level[key] = frozenset(
                 name
                 for name in self.complete_groups(directory)
@@ -203,8 +203,7 @@ class MetadataIndex:
         if directory not in self._names:
             entries = directory_entries(self.location, directory)
             summary = read_summary(self.location, directory) if self.summaries and entries else None
-            groups = summary.groups if summary is not None else {}
-            vouched = {name: group for name, group in groups.items() if name in entries and entries[name] in (None, group.inode)}
+            vouched = summary.vouched(entries) if summary is not None else {}
             names = list(entries)
             missing = [_document(f"{directory}/{n}") for n in names if n not in vouched]
             missing = [path for path in missing if path not in self._groups]

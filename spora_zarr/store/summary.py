@@ -112,6 +112,10 @@ class Summary:
     groups: dict[str, GroupSummary]
     others: dict[str, int | None]
 
+    def vouched(self, entries: Mapping[str, int | None]) -> dict[str, GroupSummary]:
+        """Its groups a reader may trust: listed among the directory's ``entries`` with the inode recorded (or none, remotely)."""
+        return {name: group for name, group in self.groups.items() if name in entries and entries[name] in (None, group.inode)}
+
     def is_whole(self, entries: Mapping[str, int | None]) -> bool:
         """Whether it speaks of every one of the directory's ``entries`` (:func:`directory_entries`) as they are now."""
         for name, inode in entries.items():
@@ -338,9 +342,7 @@ def summary_problems(location: Location, read_documents: ReadDocuments | None = 
             continue
         entries = directory_entries(location, directory)
         actual = _summarize(location, directory, entries, read_documents)
-        for name, group in summary.groups.items():
-            if name not in entries or entries[name] not in (None, group.inode):
-                continue  # readers read such a group's own documents
+        for name, group in summary.vouched(entries).items():  # readers read the others' own documents
             truth = actual.get(name)
             if truth is None:
                 problems.append(f"{directory}/{name}: the directory summary lists it as a complete group, its documents do not ({fix})")
