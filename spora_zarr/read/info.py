@@ -44,10 +44,7 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
 
 def _levels(cohort: Cohort, name: str, tissue_id: str) -> list[str]:
     """One line a level, from the cohort's metadata index (no zarr array is opened, no array document parsed by zarr)."""
-    if cohort.is_mask_kind(name):
-        metadata, group = cohort.mask_metadata(name, tissue_id), cohort.mask_group_path(name, tissue_id)
-    else:
-        metadata, group = cohort.group_metadata(name, tissue_id), cohort.group_path(name, tissue_id)
+    metadata, group = cohort.group_metadata(name, tissue_id), cohort.group_path(name, tissue_id)  # a mask kind too
     stored = set(metadata.spora.source_levels)
     lines = []
     for level in metadata.level_names:
