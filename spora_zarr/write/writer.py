@@ -1,11 +1,10 @@
 """Write one image or mask as an NGFF 0.5 multiscale group, streaming and crash-safe.
 
 Levels that exist as source files are copied pixel-exact (a JPEG slide's
-tiles kept as they are, as the chunks of the level: :mod:`.encoded`);
-coarser levels are
-computed block by block in a depth-first quadtree over shard-sized blocks, so a
-block of every level is written exactly once, as a whole shard, and memory
-holds one block per level whatever the size of the slide.
+tiles kept as they are, as the chunks of the level: :mod:`.encoded`); coarser
+levels are computed block by block in a depth-first quadtree over shard-sized
+blocks, so a block of every level is written exactly once, as a whole shard,
+and memory holds one block per level whatever the size of the slide.
 
 A z stack (a source with ``nz > 1``) is written as axes ``c, z, y, x``
 (labels ``z, y, x``) with chunks and shards one plane deep, and streamed
