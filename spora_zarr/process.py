@@ -23,8 +23,14 @@ library. A tensorstore thread pool started by other code is also noticed at
 fork time (its threads are named ``ts_...``); zarrs use by other code is not.
 
 :data:`LOCK` serialises what must not interleave between threads of one
-process: the reader cache, zarr's global configuration and the first use of an
-engine (``with LOCK.get():``); a forked child gets its own.
+process: the reader cache, zarr's global configuration, the first use of an
+engine and the validation of NGFF metadata (``with LOCK.get():``). Work under
+it takes other libraries' locks midway: donfig's in ``zarr.config.set``, the
+``functools.cached_property`` locks pydantic takes when ome-zarr-models builds
+a model class inside a validation. A child forked at that moment would inherit
+them held by a thread it does not have, and hang on its own first use. So
+every fork waits for LOCK (a ``before`` hook takes it, the parent releases it
+after the fork) and the child gets its own.
 """
 
 from __future__ import annotations
@@ -56,14 +62,21 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def on_fork(*, before: Callable[[], None] | None = None, after_in_child: Callable[[], None] | None = None) -> None:
-    """Run ``before`` in the parent before every ``os.fork`` and ``after_in_child`` in the child after it.
+def on_fork(
+    *,
+    before: Callable[[], None] | None = None,
+    after_in_parent: Callable[[], None] | None = None,
+    after_in_child: Callable[[], None] | None = None,
+) -> None:
+    """Run ``before`` in the parent before every ``os.fork``, ``after_in_parent`` in the parent after it and
+    ``after_in_child`` in the child after it.
 
     ``os.register_at_fork`` semantics (``before`` hooks run in reverse order of
-    registration, child hooks in order; an exception is reported, not raised);
+    registration, the others in order; an exception is reported, not raised);
     a no-op where the platform has no fork.
     """
-    hooks = {name: hook for name, hook in (("before", before), ("after_in_child", after_in_child)) if hook is not None}
+    given = (("before", before), ("after_in_parent", after_in_parent), ("after_in_child", after_in_child))
+    hooks = {name: hook for name, hook in given if hook is not None}
     if hooks and hasattr(os, "register_at_fork"):
         os.register_at_fork(**hooks)
 
@@ -123,6 +136,19 @@ def _reset_instances() -> None:
 on_fork(after_in_child=_reset_instances)
 
 LOCK: PerProcess[threading.RLock] = PerProcess(threading.RLock)
+
+
+def _take_lock() -> None:
+    LOCK.get().acquire()
+
+
+def _release_lock() -> None:
+    LOCK.get().release()
+
+
+# Every fork waits for the thread in LOCK to leave it; the child gets a new LOCK (the hook above).
+# Registered first, this ``before`` hook runs after every other one: it holds LOCK only across the fork itself.
+on_fork(before=_take_lock, after_in_parent=_release_lock)
 
 _USED_BY: dict[str, int] = {}  # library -> pid of the process that first used it; inherited by forked children
 

@@ -225,8 +225,9 @@ print(count, len(tiles))
 
 @pytest.mark.timeout(120)
 def test_workers_forked_while_a_thread_makes_its_first_read_do_not_hang(tiles) -> None:
-    """The thread imports zarr's codec pipeline entry point (zarrs) on its first read; a fork in that import must not
-    leave the workers waiting for its module lock. A fresh interpreter: this one imported zarrs long ago."""
+    """The thread imports zarr's codec pipeline entry point (zarrs) and validates NGFF metadata (ome-zarr-models builds
+    pydantic classes, under cached_property locks) on its first read; a fork in either must not leave the workers
+    waiting for a lock held by a thread they lack. A fresh interpreter: this one imported zarrs long ago."""
     import subprocess
     import sys
 

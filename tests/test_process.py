@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from spora_zarr.errors import InvalidInputError
 from spora_zarr.read import levels
 from spora_zarr.read.levels import open_level
 from spora_zarr.store.location import Location
+from spora_zarr.store.metadata import validate_ngff
 
 TIMEOUT = 30
 
@@ -167,6 +169,47 @@ def test_on_fork_runs_before_in_the_parent_and_after_in_the_child() -> None:
     assert calls == [("before", os.getpid())]  # the child's hook ran in the child only
     assert in_child[0] == ("before", os.getpid())
     assert in_child[1][0] == "child" and in_child[1][1] != os.getpid()
+
+
+def _hold_config(inside: threading.Event, release: threading.Event) -> None:
+    with process.LOCK.get(), zarr.config.set({"array.order": "F"}):  # donfig's lock is taken in set() and on exit
+        inside.set()
+        release.wait()
+
+
+def _hold_validation(inside: threading.Event, release: threading.Event) -> None:
+    class Model:  # as ome-zarr-models' validators build classes (taking cached_property locks) midway
+        @staticmethod
+        def model_validate(document: object) -> object:
+            inside.set()
+            release.wait()
+            return document
+
+    validate_ngff(Model, {})
+
+
+@pytest.mark.parametrize("hold", [_hold_config, _hold_validation], ids=["zarr.config.set", "validate_ngff"])
+def test_a_fork_waits_for_the_work_a_thread_does_under_the_process_lock(hold) -> None:
+    inside, release = threading.Event(), threading.Event()
+    released_at: list[float] = []
+
+    def let_go() -> None:
+        released_at.append(time.monotonic())
+        release.set()
+
+    thread = threading.Thread(target=hold, args=(inside, release))
+    thread.start()
+    timer = threading.Timer(0.3, let_go)
+    try:
+        assert inside.wait(TIMEOUT)
+        timer.start()
+        forked_at, order = in_forked_child(lambda: (time.monotonic(), zarr.config.get("array.order")))
+    finally:
+        timer.cancel()
+        release.set()
+        thread.join()
+    assert released_at and forked_at >= released_at[0]  # the fork waited for the thread to leave the lock
+    assert order == "C"  # so the child never saw the thread's setting, nor a lock it took midway
 
 
 # ------------------------------------------------------------ library use

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..store.metadata import validate_ngff
+
 if TYPE_CHECKING:
     from zarr.core.metadata.v3 import ArrayV3Metadata
 
@@ -62,9 +64,9 @@ def _problems(document: Mapping[str, Any], labels: bool) -> list[str]:
 
     problems = []
     try:  # what ``Image.from_zarr`` and ``ImageLabel.from_zarr`` check, on the documents instead of zarr nodes
-        image = Image.model_validate(document)
+        image = validate_ngff(Image, document)
         if labels:
-            ImageLabel.model_validate({"attributes": image.attributes.model_dump(), "members": image.members})
+            validate_ngff(ImageLabel, {"attributes": image.attributes.model_dump(), "members": image.members})
     except Exception as exc:  # noqa: BLE001 - a library's finding, reported as a line
         problems.append(f"ome-zarr-models: {_first_line(exc)}")
     try:

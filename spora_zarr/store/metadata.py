@@ -55,6 +55,7 @@ __all__ = [
     "ngff_kind",
     "read_cohort_attributes",
     "update_cohort_attributes",
+    "validate_ngff",
 ]
 
 
@@ -370,6 +371,17 @@ def _build_ngff_models() -> None:
     ngff_models()
 
 
+def validate_ngff(model: Any, document: Any) -> Any:
+    """``model.model_validate(document)`` for an ome-zarr-models ``model``, under :data:`spora_zarr.process.LOCK`.
+
+    Its validators build pydantic classes (a multiscale's ``Transforms`` per
+    level), which takes ``functools.cached_property`` locks: a fork waits for
+    LOCK, so no forked child inherits one of them held.
+    """
+    with process.LOCK.get():
+        return model.model_validate(document)
+
+
 process.on_fork(before=_build_ngff_models)
 
 
@@ -433,7 +445,7 @@ def _with_checked_multiscales(ome: Mapping[str, Any]) -> dict[str, Any]:
         key = pickle.dumps(unnamed, protocol=pickle.HIGHEST_PROTOCOL)  # lossless: equal bytes, equal JSON (a fraction of json.dumps's cost)
         if key not in _MULTISCALES:
             try:
-                model = Multiscale.model_validate(unnamed)
+                model = validate_ngff(Multiscale, unnamed)
             except ValidationError:
                 return dict(ome)
             if len(_MULTISCALES) >= _MAX_MULTISCALES:
@@ -481,7 +493,7 @@ class GroupMetadata:
         if colors is not None:  # checked: the model validates the rest
             checked = {**checked, "image-label": {k: v for k, v in checked["image-label"].items() if k != "colors"}}
         try:
-            parsed = model.model_validate(checked)
+            parsed = validate_ngff(model, checked)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise StoreError(f"{where}: invalid NGFF 0.5 metadata at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
