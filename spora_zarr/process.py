@@ -1,16 +1,18 @@
 """Process lifecycle: what a forked child must not inherit, in one place.
 
-Three tools, used by every module that keeps per-process state:
+Four tools, used by every module that keeps per-process state:
 
 - :func:`on_fork` registers callbacks run around ``os.fork`` (before it in the
-  parent, after it in the child);
+  parent, after it in the parent and in the child);
 - :class:`PerProcess` holds a value made once per process: a lock, a cache, a
   thread pool, a library context. A forked child never sees its parent's
   value: its first :meth:`PerProcess.get` makes its own. The parent's value is
   kept referenced in the child, never used, so that its destructor (a thread
   pool's, a CUDA model's) does not run in a process without its threads;
 - :func:`note_use` / :func:`used_by` / :func:`poisoned` record which process
-  first started the thread pools of a library that is not fork safe.
+  first started the thread pools of a library that is not fork safe;
+- :func:`fork_excluded` marks sections no fork lands in (the datasets' tile
+  reads: torch's operators initialise native state on their first call).
 
 Once a process has used tensorstore, a forked child aborts (tensorstore 0.1.86:
 "fork() use detected") or hangs on its first tensorstore call, even through a
@@ -35,6 +37,7 @@ after the fork) and the child gets its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -44,7 +47,18 @@ from typing import Any, Generic, TypeVar
 
 from .errors import InvalidInputError
 
-__all__ = ["LIBRARIES", "LOCK", "PerProcess", "available_cores", "note_use", "on_fork", "poisoned", "thread_names", "used_by"]
+__all__ = [
+    "LIBRARIES",
+    "LOCK",
+    "PerProcess",
+    "available_cores",
+    "fork_excluded",
+    "note_use",
+    "on_fork",
+    "poisoned",
+    "thread_names",
+    "used_by",
+]
 
 T = TypeVar("T")
 
@@ -149,6 +163,83 @@ def _release_lock() -> None:
 # Every fork waits for the thread in LOCK to leave it; the child gets a new LOCK (the hook above).
 # Registered first, this ``before`` hook runs after every other one: it holds LOCK only across the fork itself.
 on_fork(before=_take_lock, after_in_parent=_release_lock)
+
+
+class _ForkGate:
+    """Sections that no fork lands in: threads may be inside at once; a fork waits until none is."""
+
+    def __init__(self) -> None:
+        self._depth = threading.local()  # this thread's nesting of sections
+        self.after_fork_in_child()
+
+    def after_fork_in_child(self) -> None:
+        self._condition = threading.Condition(threading.Lock())  # a parent's thread may have held it at the fork
+        self._inside = 1 if getattr(self._depth, "n", 0) else 0  # the forking thread alone survives the fork
+        self._forking = 0
+
+    def enter(self) -> None:
+        """Enter a section (a thread already inside goes on: a fork waiting for it must not wait for itself)."""
+        local = self._depth
+        depth = getattr(local, "n", 0)
+        if not depth:
+            with self._condition:
+                while self._forking:
+                    self._condition.wait()
+                self._inside += 1
+        local.n = depth + 1
+
+    def leave(self) -> None:
+        """Leave the section entered last."""
+        local = self._depth
+        local.n -= 1
+        if not local.n:
+            with self._condition:
+                self._inside -= 1
+                if self._forking:
+                    self._condition.notify_all()
+
+    def before_fork(self) -> None:
+        mine = 1 if getattr(self._depth, "n", 0) else 0
+        with self._condition:
+            self._forking += 1  # threads about to enter wait until the fork is done
+            while self._inside > mine:
+                self._condition.wait()
+
+    def after_fork_in_parent(self) -> None:
+        with self._condition:
+            self._forking -= 1
+            self._condition.notify_all()
+
+
+_GATE = _ForkGate()
+# Registered after LOCK's hook, so it runs before it: a thread in a section may still need LOCK to leave it.
+on_fork(before=_GATE.before_fork, after_in_parent=_GATE.after_fork_in_parent, after_in_child=_GATE.after_fork_in_child)
+
+
+class _ForkExcluded(contextlib.ContextDecorator):
+    def __enter__(self) -> None:
+        _GATE.enter()
+
+    def __exit__(self, *exc: object) -> None:
+        _GATE.leave()
+
+
+_EXCLUDED = _ForkExcluded()
+
+
+def fork_excluded() -> _ForkExcluded:
+    """A section that no ``os.fork`` of this process lands in (a context manager, and a decorator: ``@fork_excluded()``).
+
+    Threads may be inside at once, and nest it; a fork waits until none is,
+    and threads that would enter meanwhile wait for the fork. For work that
+    initialises native state a child would find half made: a C++ library's
+    first call of a function takes its static's guard and glibc's
+    ``__exit_funcs_lock`` (torch's operators do), and a child forked then
+    hangs on its own first call. A thread that forks inside a section does
+    not wait for itself.
+    """
+    return _EXCLUDED
+
 
 _USED_BY: dict[str, int] = {}  # library -> pid of the process that first used it; inherited by forked children
 

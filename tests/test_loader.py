@@ -8,7 +8,9 @@ default collation gives in one process for the same indices.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
 import time
 
 import numpy as np
@@ -194,6 +196,47 @@ def test_views_of_lent_rows_are_collated_as_views(tiles) -> None:
     want = default_collate(augmented.__getitems__(indices))
     got = next(iter(TileLoader(augmented, batch_size=BATCH, num_workers=1, multiprocessing_context="fork", timeout=TIMEOUT)))
     assert torch.equal(got["imc"], want["imc"]) and not torch.equal(got["imc"], want["imc"].transpose(-1, -2))
+
+
+_FORKED_AT: list[float] = []
+
+
+def _note_fork_time() -> None:
+    _FORKED_AT.append(time.monotonic())
+
+
+def _fork_time() -> float:
+    return _FORKED_AT[0]
+
+
+def test_no_fork_lands_inside_a_thread_read_tile(tiles) -> None:
+    """read_tile runs torch's operators, whose first call in a process initialises native statics (glibc's
+    ``__exit_funcs_lock`` held meanwhile): a DataLoader's fork waits for a thread inside it."""
+    store = tiles.datasets[0].primary.cohort.location.root
+    inside, release = threading.Event(), threading.Event()
+    released_at: list[float] = []
+
+    def standardizer(image: torch.Tensor, tissue_id: str, channel_names: object) -> torch.Tensor:
+        if threading.current_thread() is not threading.main_thread():
+            inside.set()
+            release.wait()
+            released_at.append(time.monotonic())
+        return image.float()
+
+    dataset = MultiplexImagingDataset("c", store, 0.5, TILE, standardization=standardizer, verbose=False)
+    thread = threading.Thread(target=dataset.read_tile, args=(dataset.tissue_ids[0], 0, 0))
+    thread.start()
+    timer = threading.Timer(0.3, release.set)
+    try:
+        assert inside.wait(TIMEOUT)
+        timer.start()
+        with multiprocessing.get_context("fork").Pool(1, initializer=_note_fork_time) as pool:
+            forked_at = pool.apply(_fork_time)
+    finally:
+        timer.cancel()
+        release.set()
+        thread.join()
+    assert released_at and forked_at >= released_at[0]
 
 
 _FIRST_READ_IN_A_THREAD = """

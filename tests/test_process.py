@@ -212,6 +212,62 @@ def test_a_fork_waits_for_the_work_a_thread_does_under_the_process_lock(hold) ->
     assert order == "C"  # so the child never saw the thread's setting, nor a lock it took midway
 
 
+def test_a_fork_waits_for_every_thread_in_a_fork_excluded_section() -> None:
+    inside, release = threading.Event(), threading.Event()
+    released_at: list[float] = []
+
+    def hold(n: int) -> None:
+        with process.fork_excluded():
+            if n == 1:
+                inside.set()
+            release.wait()
+            if n == 1:
+                released_at.append(time.monotonic())
+
+    threads = [threading.Thread(target=hold, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    timer = threading.Timer(0.3, release.set)
+    try:
+        assert inside.wait(TIMEOUT)
+        timer.start()
+        forked_at = in_forked_child(time.monotonic)
+    finally:
+        timer.cancel()
+        release.set()
+        for thread in threads:
+            thread.join()
+    assert released_at and forked_at >= released_at[0]
+
+
+def test_a_thread_in_a_fork_excluded_section_forks_and_nests_without_waiting_for_itself() -> None:
+    with process.fork_excluded():
+        assert in_forked_child(lambda: _enter_twice())  # the child's sections are its own
+    inside, nested = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with process.fork_excluded():
+            inside.set()
+            deadline = time.monotonic() + TIMEOUT
+            while not process._GATE._forking and time.monotonic() < deadline:  # noqa: SLF001 - the fork below waits
+                time.sleep(0.01)
+            with process.fork_excluded():  # entered while a fork waits: this thread is already inside
+                nested.set()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert inside.wait(TIMEOUT)
+        assert in_forked_child(nested.is_set)  # the fork waited for the nested section and the outer one
+    finally:
+        thread.join()
+
+
+def _enter_twice() -> bool:
+    with process.fork_excluded(), process.fork_excluded():
+        return True
+
+
 # ------------------------------------------------------------ library use
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import process
 from ..access.resolution import ResolutionLike
 from ..access.tissue import CHANNEL_KINDS as CHANNEL_KINDS  # re-exported by spora_zarr.datasets
 from ..access.tissue import TissueReader
@@ -202,6 +203,7 @@ class BaseImagingDataset(TissueReader):
         """Whether edge windows are zero-padded: as asked, else for every strategy but the default."""
         return self.tiling_strategy != "default" if pad is None else pad
 
+    @process.fork_excluded()  # a DataLoader forked meanwhile waits: a child must not find torch's statics half made
     def read_tile(
         self,
         tissue_id: str,
@@ -232,6 +234,7 @@ class BaseImagingDataset(TissueReader):
         tensor = _tensor_of(data, out)
         return self.preprocess(tensor, tissue_id, kind) if preprocess else tensor
 
+    @process.fork_excluded()  # a DataLoader forked meanwhile waits: a child must not find torch's statics half made
     def read_mask_tile(
         self,
         tissue_id: str,
