@@ -371,6 +371,9 @@ def _build_ngff_models() -> None:
     ngff_models()
 
 
+process.on_fork(before=_build_ngff_models)
+
+
 def validate_ngff(model: Any, document: Any) -> Any:
     """``model.model_validate(document)`` for an ome-zarr-models ``model``, under :data:`spora_zarr.process.LOCK`.
 
@@ -380,9 +383,6 @@ def validate_ngff(model: Any, document: Any) -> Any:
     """
     with process.LOCK.get():
         return model.model_validate(document)
-
-
-process.on_fork(before=_build_ngff_models)
 
 
 _MAX_MULTISCALES = 1024
