@@ -20,8 +20,10 @@ plus N/4 H&E images (512² RGB at 0.5 mpp), and times, each in its own process:
   the steady state, the epochs after the second (at least ``--epochs`` - 2 of
   them and ``WARM_TILES`` tiles, so that a small cohort's sub-second epochs are
   not one noisy sample). Epoch 2 is not timed: a worker reads about half of a
-  tissue's tiles an epoch, so after epoch 1 each worker has yet to open the
-  readers of about one tissue in 25 (0.5 ** 4.7 tiles a tissue). With
+  tissue's tiles an epoch (1.6 of them here), so after epoch 1 each worker has
+  yet to open the readers of about a third of the tissues (0.5 ** 1.6), after
+  epoch 2 of about one in nine (those opens stay in the timed epochs, fewer of
+  them at a large N, which a longer warm-up would only favour). With
   ``--loader-rounds R`` the loader runs R times, the sizes in turn, and the
   medians count (``--loader-only``: just that, on the stores of an earlier run).
 
@@ -237,7 +239,7 @@ def loader_child(store: str, epochs: int) -> dict[str, Any]:
 
     count, seconds = epoch()
     first = count / seconds
-    epoch()  # not timed: each worker still opens the readers of the tissues it did not meet in epoch 1
+    epoch()  # not timed: each worker opens the readers of many tissues it did not meet in epoch 1
     warm_tiles, warm_seconds, warm_epochs = 0, 0.0, 0
     while warm_epochs < epochs - 2 or warm_tiles < WARM_TILES:  # a 250-tissue epoch lasts under a second: several
         count, seconds = epoch()
