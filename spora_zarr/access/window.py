@@ -48,6 +48,8 @@ def as_int(value: Any, what: str = "coordinate") -> int:
 
 
 def _ints(values: Iterable[Any], what: str) -> tuple[int, ...]:
+    if type(values) is tuple and all(type(v) is int for v in values):  # the common case, a few times a tile: as it is
+        return values
     return tuple(as_int(v, what) for v in values)
 
 
