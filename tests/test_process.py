@@ -242,7 +242,7 @@ def test_a_fork_waits_for_every_thread_in_a_fork_excluded_section() -> None:
 
 def test_a_thread_in_a_fork_excluded_section_forks_and_nests_without_waiting_for_itself() -> None:
     with process.fork_excluded():
-        assert in_forked_child(lambda: _enter_twice())  # the child's sections are its own
+        assert in_forked_child(_enter_twice)  # the child's sections are its own
     inside, nested = threading.Event(), threading.Event()
 
     def hold() -> None:
