@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -311,8 +312,39 @@ def test_prefetch_is_best_effort(tmp_path: Path) -> None:
     table = cut(image, tmp_path / "tiles")
     with Tileset.from_offsets_table(tmp_path / "tiles", table) as tileset:
         np.testing.assert_array_equal(MosaicSource(tileset).read(0, 300, 0, 400), image)
-        if readers._prefetcher is not None:  # platforms with posix_fadvise: the advice thread ran every request
-            assert readers._prefetcher.submit(lambda: True).result()
+        if hasattr(os, "posix_fadvise"):  # the advice thread ran every request
+            assert readers.PREFETCHER.get().submit(lambda: True).result()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(os, "posix_fadvise"), reason="needs fork and posix_fadvise")
+def test_a_forked_child_prefetches_on_a_thread_of_its_own(tmp_path: Path) -> None:
+    """The parent's advice thread does not exist in a forked child (a stitch in a forked worker): the child starts its own."""
+    from spora_zarr.stitching import readers
+
+    tile = tmp_path / "tile.bin"
+    tile.write_bytes(b"x" * 4096)
+    readers.prefetch(str(tile))
+    parent = readers.PREFETCHER.get()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        ok = False
+        try:
+            readers.prefetch(str(tile))
+            pool = readers.PREFETCHER.get()
+            ok = pool is not parent and pool.submit(lambda: True).result(timeout=20)
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    try:
+        answer = os.read(read, 1)  # a child that hangs is killed by the test's timeout
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert answer == b"1"
 
 
 @pytest.mark.parametrize("layout", ["tiled", "compressed", "strips", "rgba"])

@@ -16,18 +16,20 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
 
+from .. import process
 from ..errors import InvalidInputError, NotFoundError
 from ..sources.base import reason
 
 #: Tiles larger than this are not read ahead (the windows read them part by part, as before).
 PREFETCH_LIMIT = 512 << 20
 _PREFETCH_CHUNK = 4 << 20  # the kernel reads at most its readahead size (a few MiB) per advice
-_prefetcher: Any = None
-_prefetch_lock = threading.Lock()
+#: The one thread that gives the advice, made on first use in each process (a forked child makes its own).
+PREFETCHER: process.PerProcess[ThreadPoolExecutor] = process.PerProcess(lambda: ThreadPoolExecutor(1, thread_name_prefix="spora-prefetch"))
 
 
 def prefetch(path: str) -> None:
@@ -36,15 +38,8 @@ def prefetch(path: str) -> None:
     Best effort: files over :data:`PREFETCH_LIMIT` and platforms without
     ``posix_fadvise`` are left to be read on demand; errors are ignored.
     """
-    global _prefetcher
-    if not hasattr(os, "posix_fadvise"):
-        return
-    with _prefetch_lock:
-        if _prefetcher is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _prefetcher = ThreadPoolExecutor(1, thread_name_prefix="spora-prefetch")
-    _prefetcher.submit(_advise, path)
+    if hasattr(os, "posix_fadvise"):
+        PREFETCHER.get().submit(_advise, path)
 
 
 def _advise(path: str) -> None:
