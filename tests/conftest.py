@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import pickle
+import select
+import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ from spora_zarr.testing.cohorts import make_synthetic_cohort
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 RUN_ALL_HINT = "slow: run with --all or SPORA_TEST_ALL=1 (CI does)"
+FORK_TIMEOUT = 30  # seconds a forked child may take before in_forked_child fails the test
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,6 +68,33 @@ def source_images(cohort: Path) -> list[tuple[str, str, str, Path]]:
             else:
                 found.append(("/".join(rel[:-2]), rel[-2], tissue, path))
     return found
+
+
+def in_forked_child(function: Callable[[], Any]) -> Any:
+    """Fork (``os.fork``), run ``function`` in the child and return what it returned there; fail on a hang."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        os.close(read_end)
+        try:
+            payload = pickle.dumps(("ok", function()))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            payload = pickle.dumps(("error", repr(exc)))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(payload)
+        os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], FORK_TIMEOUT)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the forked child hung for {FORK_TIMEOUT} s")
+        with os.fdopen(read_end, "rb") as pipe:
+            status, value = pickle.loads(pipe.read())
+    finally:
+        os.waitpid(pid, 0)
+    assert status == "ok", value
+    return value
 
 
 def convert_small_cohort(root: Path) -> Path:

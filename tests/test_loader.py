@@ -8,7 +8,6 @@ default collation gives in one process for the same indices.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
@@ -23,6 +22,8 @@ from spora_zarr.datasets import ComposedImagingDataset, HEImagingDataset, Multip
 from spora_zarr.errors import InvalidInputError
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.torch import SharedBatches, TileDataset, TileLoader
+
+from .conftest import in_forked_child
 
 TILE = 32
 BATCH = 16
@@ -198,17 +199,6 @@ def test_views_of_lent_rows_are_collated_as_views(tiles) -> None:
     assert torch.equal(got["imc"], want["imc"]) and not torch.equal(got["imc"], want["imc"].transpose(-1, -2))
 
 
-_FORKED_AT: list[float] = []
-
-
-def _note_fork_time() -> None:
-    _FORKED_AT.append(time.monotonic())
-
-
-def _fork_time() -> float:
-    return _FORKED_AT[0]
-
-
 def test_no_fork_lands_inside_a_thread_read_tile(tiles) -> None:
     """read_tile runs torch's operators, whose first call in a process initialises native statics (glibc's
     ``__exit_funcs_lock`` held meanwhile): a DataLoader's fork waits for a thread inside it."""
@@ -230,8 +220,7 @@ def test_no_fork_lands_inside_a_thread_read_tile(tiles) -> None:
     try:
         assert inside.wait(TIMEOUT)
         timer.start()
-        with multiprocessing.get_context("fork").Pool(1, initializer=_note_fork_time) as pool:
-            forked_at = pool.apply(_fork_time)
+        forked_at = in_forked_child(time.monotonic)
     finally:
         timer.cancel()
         release.set()

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
-import select
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
@@ -26,34 +21,9 @@ from spora_zarr.read.levels import open_level
 from spora_zarr.store.location import Location
 from spora_zarr.store.metadata import validate_ngff
 
+from .conftest import in_forked_child
+
 TIMEOUT = 30
-
-
-def in_forked_child(function: Callable[[], Any]) -> Any:
-    """Fork (``os.fork``), run ``function`` in the child and return what it returned there; fail on a hang."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, then leave without running the parent's cleanup
-        os.close(read_end)
-        try:
-            payload = pickle.dumps(("ok", function()))
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            payload = pickle.dumps(("error", repr(exc)))
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(payload)
-        os._exit(0)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], TIMEOUT)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"the forked child hung for {TIMEOUT} s")
-        with os.fdopen(read_end, "rb") as pipe:
-            status, value = pickle.loads(pipe.read())
-    finally:
-        os.waitpid(pid, 0)
-    assert status == "ok", value
-    return value
 
 
 # ------------------------------------------------------------------ PerProcess

@@ -31,6 +31,8 @@ from spora_zarr.stitching import (
     stitch,
 )
 
+from .conftest import in_forked_child
+
 OPTIONS = WriteOptions(chunk=32, shard=64, max_top_size=64)
 
 
@@ -316,7 +318,6 @@ def test_prefetch_is_best_effort(tmp_path: Path) -> None:
             assert readers.PREFETCHER.get().submit(lambda: True).result()
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(os, "posix_fadvise"), reason="needs fork and posix_fadvise")
 def test_a_forked_child_prefetches_on_a_thread_of_its_own(tmp_path: Path) -> None:
     """The parent's advice thread does not exist in a forked child (a stitch in a forked worker): the child starts its own."""
@@ -326,25 +327,13 @@ def test_a_forked_child_prefetches_on_a_thread_of_its_own(tmp_path: Path) -> Non
     tile.write_bytes(b"x" * 4096)
     readers.prefetch(str(tile))
     parent = readers.PREFETCHER.get()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        ok = False
-        try:
-            readers.prefetch(str(tile))
-            pool = readers.PREFETCHER.get()
-            ok = pool is not parent and pool.submit(lambda: True).result(timeout=20)
-        finally:
-            os.write(write, b"1" if ok else b"0")
-            os._exit(0)
-    os.close(write)
-    try:
-        answer = os.read(read, 1)  # a child that hangs is killed by the test's timeout
-    finally:
-        os.close(read)
-        os.waitpid(pid, 0)
-    assert answer == b"1"
+
+    def in_child() -> bool:
+        readers.prefetch(str(tile))
+        pool = readers.PREFETCHER.get()
+        return pool is not parent and pool.submit(lambda: True).result(timeout=20)
+
+    assert in_forked_child(in_child)
 
 
 @pytest.mark.parametrize("layout", ["tiled", "compressed", "strips", "rgba"])
