@@ -324,9 +324,9 @@ def loader_rounds(workdir: Path, sizes: list[int], args: argparse.Namespace, fir
             print(f"[{n}] loader round {len(runs[n]) + 1} ...", flush=True)
             runs[n].append(child("loader", str(store), str(args.epochs)))
     out = {}
+    bases = [run["epochs"] for run in runs[sizes[0]]]
     for n in sizes:
         rounds = [run["epochs"] for run in runs[n]]
-        bases = [run["epochs"] for run in runs[sizes[0]]]
         round_ratios = [[a / b for a, b in zip(mine, base, strict=True)] for mine, base in zip(rounds, bases, strict=True)]
         out[n] = {
             **runs[n][0],
