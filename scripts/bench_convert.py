@@ -232,7 +232,7 @@ def child_ngff(src: Path, dest: Path, method_name: str | None, n_levels: int, cr
     import zarr
     from ngff_zarr.methods import Methods
 
-    from spora_zarr.write.writer import WriteOptions
+    from spora_zarr.write.options import WriteOptions
 
     path, mpp = _source_file(src)
     start = time.perf_counter()

@@ -22,7 +22,7 @@ from .store import defaults
 
 if TYPE_CHECKING:
     from .run import RunOptions
-    from .write.writer import WriteOptions
+    from .write.options import WriteOptions
 
 
 #: The library's parameter names and the flags that set them: the library's errors name parameters
@@ -324,7 +324,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _write_options(args: argparse.Namespace) -> WriteOptions:
-    from .write.writer import WriteOptions
+    from .write.options import WriteOptions
 
     return WriteOptions(
         chunk=args.chunk,

@@ -14,7 +14,7 @@ from spora_zarr.convert import ConvertOptions, add_image, convert_cohort
 from spora_zarr.errors import InvalidInputError
 from spora_zarr.read import open_cohort
 from spora_zarr.run import RunOptions
-from spora_zarr.write.writer import WriteOptions
+from spora_zarr.write.options import WriteOptions
 
 VERBS = {
     "spora_zarr.convert:convert_cohort": {"options", "write", "run"},

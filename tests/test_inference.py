@@ -25,7 +25,8 @@ from spora_zarr.read.levels import open_level
 from spora_zarr.run import RunOptions
 from spora_zarr.sources.base import ArraySource
 from spora_zarr.tiling.patching import tile_specs
-from spora_zarr.write.writer import WriteOptions, write_image
+from spora_zarr.write.options import WriteOptions
+from spora_zarr.write.writer import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 SERIAL = RunOptions(progress=False)

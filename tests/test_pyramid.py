@@ -13,8 +13,8 @@ from ngff_zarr.methods import Methods
 
 from spora_zarr import WriteOptions, write_image, write_labels
 from spora_zarr.sources import ArraySource
+from spora_zarr.write.options import IN_FLIGHT
 from spora_zarr.write.pyramid import bin_shrink, mode_shrink, plan_levels
-from spora_zarr.write.writer import IN_FLIGHT
 
 
 def reference_levels(array: np.ndarray, dims: tuple[str, ...], n_levels: int, method: Methods) -> list[np.ndarray]:

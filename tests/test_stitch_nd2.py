@@ -22,7 +22,8 @@ import zarr
 from spora_zarr.errors import InvalidInputError
 from spora_zarr.stitching import MosaicSource, Tileset
 from spora_zarr.store.location import Location
-from spora_zarr.write.writer import WriteOptions, write_image
+from spora_zarr.write.options import WriteOptions
+from spora_zarr.write.writer import write_image
 
 nd2 = pytest.importorskip("nd2")
 

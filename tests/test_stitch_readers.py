@@ -15,7 +15,8 @@ from spora_zarr.errors import InvalidInputError, NotFoundError
 from spora_zarr.stitching import MosaicSource, Tileset
 from spora_zarr.stitching.nikon import nd2_tiles, position_frames, stage_to_offsets
 from spora_zarr.store.location import Location
-from spora_zarr.write.writer import WriteOptions, write_image
+from spora_zarr.write.options import WriteOptions
+from spora_zarr.write.writer import write_image
 
 from .test_stitch import grid
 

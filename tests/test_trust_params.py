@@ -23,7 +23,8 @@ from spora_zarr.inference.predict import PredictTissueOptions, predict_tissue
 from spora_zarr.read.validate import validate_store
 from spora_zarr.sources.base import ArraySource
 from spora_zarr.torch import TileDataset
-from spora_zarr.write.writer import WriteOptions, write_image
+from spora_zarr.write.options import WriteOptions
+from spora_zarr.write.writer import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 

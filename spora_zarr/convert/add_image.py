@@ -48,7 +48,8 @@ from ..store.lock import writes_store
 from ..store.metadata import GroupMetadata, read_cohort_attributes, staged_root_document
 from ..store.staging import ZARR_JSON, Staging, is_complete_group
 from ..store.tables import modality_panel, table_bytes, tissue_table_updates
-from ..write.writer import WriteOptions, WriteResult, write_image, write_labels
+from ..write.options import WriteOptions
+from ..write.writer import WriteResult, write_image, write_labels
 from .tasks import RGB_MODALITIES
 
 __all__ = ["add_image"]
@@ -80,7 +81,7 @@ def add_image(
     lossless codec, readable everywhere); ``jpeg_quality`` (1-100) stores
     any other 8-bit RGB image's levels as JPEG tiles of that quality (lossy,
     the same codec and read path). ``write`` sets the array layout
-    (:class:`~spora_zarr.write.writer.WriteOptions`). Returns the write's result;
+    (:class:`~spora_zarr.write.options.WriteOptions`). Returns the write's result;
     ``skipped`` when the image already has this resolution from a source and
     ``overwrite`` is false.
     """

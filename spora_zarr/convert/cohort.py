@@ -23,7 +23,7 @@ from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.metadata import is_cohort_store, update_cohort_attributes
 from ..store.staging import Staging
-from ..write.writer import WriteOptions
+from ..write.options import WriteOptions
 from .scan import CohortPlan, MaskTask, read_table, scan_cohort
 from .tasks import run_task
 
@@ -37,7 +37,7 @@ class ConvertOptions:
     ``workers``, ``scheduler``, ``progress`` and ``write`` are the spelling of
     earlier releases, kept working: :func:`convert_cohort` takes them as
     ``run=`` :class:`~spora_zarr.run.RunOptions` and ``write=``
-    :class:`~spora_zarr.write.writer.WriteOptions` like every verb; giving
+    :class:`~spora_zarr.write.options.WriteOptions` like every verb; giving
     both spellings is refused.
     """
 

@@ -11,7 +11,8 @@ from ..sources import ImageSource, open_source
 from ..store.layout import channels_per_tissue_table_path
 from ..store.location import Location
 from ..store.staging import Staging
-from ..write.writer import WriteOptions, WriteResult, write_image, write_labels
+from ..write.options import WriteOptions
+from ..write.writer import WriteResult, write_image, write_labels
 from .scan import ImageTask, MaskTask, Task
 
 RGB_MODALITIES = ("he", "ihc")

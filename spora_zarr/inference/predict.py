@@ -44,7 +44,8 @@ from ..store.layout import (
 from ..store.location import Location
 from ..store.lock import writes_store
 from ..tiling.patching import check_tiling
-from ..write.writer import WriteOptions, WriteResult
+from ..write.options import WriteOptions
+from ..write.writer import WriteResult
 from .models import Model, load_model, model_channel_names, model_label
 from .source import MODES, InputWindows, PredictionSource
 

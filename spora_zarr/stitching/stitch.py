@@ -31,7 +31,8 @@ from ..store.layout import (
 )
 from ..store.location import Location
 from ..store.lock import writes_store
-from ..write.writer import WriteOptions, WriteResult
+from ..write.options import WriteOptions
+from ..write.writer import WriteResult
 from .labels import LabelMosaicSource, find_overlapping_blobs, relabel_tables
 from .mosaic import BLENDS, MosaicSource
 from .tiles import Tileset

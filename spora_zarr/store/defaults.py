@@ -2,7 +2,7 @@
 
 The one place for them, so that the command line shows them without loading
 the writer (numpy, zarr's codecs, dask, ngff-zarr): ``spora-zarr info`` and
-``validate`` start without those. :class:`~spora_zarr.write.writer.WriteOptions`
+``validate`` start without those. :class:`~spora_zarr.write.options.WriteOptions`
 takes its defaults from here; why these values, ``docs/benchmarks.md``.
 """
 

@@ -15,7 +15,7 @@ from .lanes import in_lanes
 from .pyramid import Level
 
 if TYPE_CHECKING:
-    from .writer import WriteOptions
+    from .options import WriteOptions
 
 __all__ = ["encoded_levels", "write_encoded"]
 
