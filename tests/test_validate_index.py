@@ -92,6 +92,32 @@ def test_an_array_layout_is_what_zarr_makes_of_the_document(tmp_path: Path, data
     assert parse_array_metadata(document, where="a").to_dict() == array.metadata.to_dict()
 
 
+def test_documents_that_differ_in_shape_alone_are_each_what_zarr_makes_of_them() -> None:
+    """The parser keeps one parse per document without its shape: the copies carry each document's own shape."""
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    from spora_zarr.errors import StoreError
+    from spora_zarr.store.arrays import parse_array_metadata
+
+    def document(shape: list[int], **changes: Any) -> dict[str, Any]:
+        return {
+            "zarr_format": 3, "node_type": "array", "shape": shape, "data_type": "uint16", "fill_value": 7,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2, 64, 64]}},
+            "chunk_key_encoding": {"name": "default"}, "attributes": {"note": "a"},
+            "codecs": [{"name": "sharding_indexed", "configuration": {"chunk_shape": [2, 32, 32], "codecs": [{"name": "bytes"}, {"name": "blosc", "configuration": {"cname": "lz4"}}]}}],
+        } | changes  # fmt: skip
+
+    parsed = [parse_array_metadata(document(shape), where="a") for shape in ([5, 300, 17], [5, 90, 130], [5, 300, 17])]
+    for metadata, shape in zip(parsed, ([5, 300, 17], [5, 90, 130], [5, 300, 17]), strict=True):
+        assert metadata == ArrayV3Metadata.from_dict(document(shape))
+        assert metadata.shape == tuple(shape)
+    parsed[0].attributes["note"] = "changed"  # zarr's metadata is frozen but for its attributes dict
+    assert parsed[1].attributes == parsed[2].attributes == parse_array_metadata(document([5, 1, 1]), where="a").attributes == {"note": "a"}
+    assert parse_array_metadata(document([5, 8, 8], fill_value=3), where="a").fill_value == 3  # anything else: parsed anew
+    with pytest.raises(StoreError, match="a: chunk_shape"):
+        parse_array_metadata(document([5, 8]), where="a")  # an axis short of the chunk grid: refused before any parse
+
+
 def test_listing_leaves_out_unfinished_damaged_and_hidden_groups(store: Path) -> None:
     images = store / "imc/images"
     (images / "X").mkdir()
