@@ -104,8 +104,10 @@ def test_documents_that_differ_in_shape_alone_are_each_what_zarr_makes_of_them()
             "zarr_format": 3, "node_type": "array", "shape": shape, "data_type": "uint16", "fill_value": 7,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2, 64, 64]}},
             "chunk_key_encoding": {"name": "default"}, "attributes": {"note": "a"},
-            "codecs": [{"name": "sharding_indexed", "configuration": {"chunk_shape": [2, 32, 32], "codecs": [{"name": "bytes"}, {"name": "blosc", "configuration": {"cname": "lz4"}}]}}],
+            "codecs": [{"name": "sharding_indexed", "configuration": {"chunk_shape": [2, 32, 32], "codecs": inner}}],
         } | changes  # fmt: skip
+
+    inner = [{"name": "bytes"}, {"name": "blosc", "configuration": {"cname": "lz4"}}]
 
     parsed = [parse_array_metadata(document(shape), where="a") for shape in ([5, 300, 17], [5, 90, 130], [5, 300, 17])]
     for metadata, shape in zip(parsed, ([5, 300, 17], [5, 90, 130], [5, 300, 17]), strict=True):
