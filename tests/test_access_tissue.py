@@ -163,3 +163,28 @@ def test_the_process_reader_cache_is_bounded(dest: Path, monkeypatch: pytest.Mon
         np.testing.assert_array_equal(old.read(3, 4, 16, 16), expected[tissue])  # an evicted reader still reads
         np.testing.assert_array_equal(levels.open_level(dest, path).read(3, 4, 16, 16), expected[tissue])
         assert len(cache) <= 2
+
+
+@pytest.mark.parametrize("engine", ["direct", "tensorstore"])
+def test_reader_caches_are_bounded_by_their_engines_memory_too(dest: Path, monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
+    """A tensorstore handle holds about 90 kB, a direct reader 5: the caches keep as many as fit in MAX_OPEN_READER_BYTES."""
+    if engine == "tensorstore":
+        pytest.importorskip("tensorstore")
+    reader = TissueReader(dest, "imc", 1.0, engine=engine)
+    tissues = reader.tissue_ids
+    assert len(tissues) >= 3
+    weight = reader.level(tissues[0]).resident_bytes  # type: ignore[attr-defined]
+    assert weight == (96 if engine == "tensorstore" else 8) * 1024
+    monkeypatch.setattr(levels, "MAX_OPEN_READER_BYTES", 2 * weight)
+    levels._READERS.clear()
+    reader.forget_readers()
+    expected = {}
+    for n, tissue in enumerate(tissues):
+        expected[tissue] = reader.read(tissue, Window.from_corner(0, 0, 4, 4))
+        for cache, key in ((reader.__dict__["_cache_readers"], ("imc", tissue)), (levels._READERS.get(), None)):
+            assert len(cache) == min(n + 1, 2) and cache.nbytes == len(cache) * weight  # the least recently used went first
+            assert key is None or list(cache)[-1] == key
+    small = levels.ReaderCache()
+    small.add("a", reader.level(tissues[0]), max_readers=10, max_bytes=weight // 2)
+    assert list(small) == ["a"] and small.nbytes == weight  # never the last one
+    np.testing.assert_array_equal(reader.read(tissues[0], Window.from_corner(0, 0, 4, 4)), expected[tissues[0]])

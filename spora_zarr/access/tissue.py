@@ -11,7 +11,8 @@ TileDataset, the prediction source, patch specs and the batch standardizer use
 only the names of :class:`TissueSource`.
 
 Readers open lazily, one per (group, tissue), kept in a least-recently-used
-cache of at most ``max_readers`` per process: a forked child starts with an
+cache (:class:`~spora_zarr.read.levels.ReaderCache`) of at most ``max_readers`` per process, and
+at most :data:`~spora_zarr.read.levels.MAX_OPEN_READER_BYTES` of their memory: a forked child starts with an
 empty cache, and a pickled reader carries only its constructor arguments.
 
 Multiplex channel kinds (``docs/datasets.md``): ``complete`` is every channel
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..errors import InvalidInputError, NotFoundError
 from ..read.cohort import Cohort, open_cohort
-from ..read.levels import LevelReader, open_level
+from ..read.levels import LevelReader, ReaderCache, open_level
 from ..store.layout import IHC_PREFIX, channels_per_tissue_table_path, channels_table_path
 from ..store.location import Location
 from .resolution import ResolutionLike, parse_resolution
@@ -44,8 +44,8 @@ __all__ = ["CHANNEL_KINDS", "DEFAULT_MAX_READERS", "Preprocess", "TissueReader",
 CHANNEL_KINDS = ("complete", "qc_filtered", "uniprot_filtered")
 
 #: Level readers a :class:`TissueReader` keeps open per process (least recently used out first): an image and two
-#: masks of 2,730 tissues, so an epoch over a cohort of that size reopens none (about 7 kB a reader, 55 MB in all).
-DEFAULT_MAX_READERS = 8192
+#: masks of 10,922 tissues, so an epoch over a cohort of that size reopens none (about 5 kB a direct reader that has read).
+DEFAULT_MAX_READERS = 32768
 
 #: The preprocessing hook: ``(pixels, tissue_id, channel_names) -> pixels`` (a standardizer).
 Preprocess = Callable[[Any, str, Sequence[str]], Any]
@@ -178,7 +178,8 @@ class TissueReader:
     preprocess : callable, optional
         ``(pixels, tissue_id, channel_names) -> pixels``; default: unchanged.
     max_readers : int
-        Level readers kept open per process.
+        Level readers kept open per process (and no more than
+        :data:`~spora_zarr.read.levels.MAX_OPEN_READER_BYTES` of their engines' memory).
     multiplex : bool, optional
         Whether the modality has channel tables (default: :func:`is_multiplex`).
 
@@ -276,12 +277,12 @@ class TissueReader:
             raise InvalidInputError(f"unknown mask {kind!r}; expected one of {', '.join(self.cohort.known_mask_kinds)}")
 
     # -- readers: a bounded LRU per process ---------------------------------------------------
-    def _readers(self) -> OrderedDict[tuple[str, str], LevelReader]:
+    def _readers(self) -> ReaderCache:
         """This process's readers (a forked child starts with none)."""
         if self.__dict__.get("_cache_readers_pid") != os.getpid():
-            self.__dict__["_cache_readers"] = OrderedDict()
+            self.__dict__["_cache_readers"] = ReaderCache()
             self.__dict__["_cache_readers_pid"] = os.getpid()
-        cache: OrderedDict[tuple[str, str], LevelReader] = self.__dict__["_cache_readers"]
+        cache: ReaderCache = self.__dict__["_cache_readers"]
         return cache
 
     def level(self, tissue_id: str, group: str | None = None) -> LevelReader:
@@ -290,7 +291,6 @@ class TissueReader:
         key = (group, tissue_id)
         reader = cache.get(key)
         if reader is not None:
-            cache.move_to_end(key)
             return reader
         mask = self.cohort.is_mask_kind(group)
         level_path = self.cohort.mask_level_path if mask else self.cohort.level_path
@@ -299,9 +299,7 @@ class TissueReader:
         if len(reader.shape) > (2 if mask else 3):
             where = self.cohort.location.join(path)
             raise InvalidInputError(f"{where}: tissue {tissue_id!r} is a z stack {reader.shape}; the datasets read 2-D tissues only")
-        cache[key] = reader
-        while len(cache) > self.max_readers:
-            cache.popitem(last=False)
+        cache.add(key, reader, max_readers=self.max_readers)
         return reader
 
     def forget_readers(self) -> None:

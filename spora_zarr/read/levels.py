@@ -48,8 +48,9 @@ engine the child would pick by default and logs a warning on the
 ``spora_zarr`` logger.
 
 The reader cache is per process (a :class:`~spora_zarr.process.PerProcess`
-dict: a forked child starts with an empty one) and bounded: it keeps the
-:data:`MAX_OPEN_READERS` readers used last (an evicted reader still reads; it
+:class:`ReaderCache`: a forked child starts with an empty one) and bounded: it keeps the
+readers used last, at most :data:`MAX_OPEN_READERS` of them and
+:data:`MAX_OPEN_READER_BYTES` of their engines' memory (an evicted reader still reads; it
 is just no longer shared), and a reader object that travels into a forked child (held by a
 dataset, say) reopens itself there through :func:`open_level` on its next
 read. fsspec filesystems (s3fs) are not fork safe either; fsspec keys its
@@ -66,7 +67,7 @@ import logging
 import operator
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -77,18 +78,81 @@ from ..store.location import Location
 from .engines import REGISTRY, Engine, UnsupportedLayout, direct, tensorstore
 from .engines import zarr as zarr_engines
 
-__all__ = ["ENGINES", "MAX_OPEN_READERS", "LevelReader", "WindowReader", "default_engine", "limit_codec_threads", "open_level"]
+__all__ = [
+    "ENGINES",
+    "MAX_OPEN_READERS",
+    "DEFAULT_RESIDENT_BYTES",
+    "MAX_OPEN_READER_BYTES",
+    "LevelReader",
+    "ReaderCache",
+    "WindowReader",
+    "default_engine",
+    "limit_codec_threads",
+    "open_level",
+]
 
 logger = logging.getLogger("spora_zarr")
 
 ENGINES: tuple[str, ...] = tuple(REGISTRY)
 """Names of the read engines, fastest first."""
 
-MAX_OPEN_READERS = 8192
+MAX_OPEN_READERS = 32768
 """Readers :func:`open_level` keeps per process, least recently opened or asked for dropped first (as many as a
-:class:`~spora_zarr.access.tissue.TissueReader` keeps: about 7 kB each)."""
+:class:`~spora_zarr.access.tissue.TissueReader` keeps)."""
+MAX_OPEN_READER_BYTES = 256 * 2**20
+"""The memory the readers of one cache may hold, by their engines' estimates (:attr:`WindowReader.resident_bytes`):
+32,768 direct readers, or about 2,700 tensorstore ones."""
 
-_READERS: process.PerProcess[OrderedDict[tuple[Any, ...], WindowReader]] = process.PerProcess(OrderedDict)
+
+class ReaderCache:
+    """Readers by key, least recently used first, bounded by their count and by the memory their engines hold.
+
+    :func:`open_level` keeps one per process, and each
+    :class:`~spora_zarr.access.tissue.TissueReader` its own; iterating gives the keys, oldest first.
+    A reader without ``resident_bytes`` counts as :data:`DEFAULT_RESIDENT_BYTES`.
+    """
+
+    def __init__(self) -> None:
+        self._readers: OrderedDict[Any, LevelReader] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._readers)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._readers)
+
+    def get(self, key: Any) -> LevelReader | None:
+        """The reader of ``key`` (now the most recently used), or None."""
+        reader = self._readers.get(key)
+        if reader is not None:
+            self._readers.move_to_end(key)
+        return reader
+
+    def add(self, key: Any, reader: LevelReader, *, max_readers: int, max_bytes: int | None = None) -> None:
+        """Keep ``reader`` under ``key``; drop the least recently used beyond ``max_readers`` or ``max_bytes`` (never the last).
+
+        ``max_bytes`` None is :data:`MAX_OPEN_READER_BYTES`.
+        """
+        max_bytes = MAX_OPEN_READER_BYTES if max_bytes is None else max_bytes
+        old = self._readers.pop(key, None)
+        if old is not None:
+            self.nbytes -= _resident_bytes(old)
+        self._readers[key] = reader
+        self.nbytes += _resident_bytes(reader)
+        while len(self._readers) > 1 and (len(self._readers) > max_readers or self.nbytes > max_bytes):
+            self.nbytes -= _resident_bytes(self._readers.popitem(last=False)[1])
+
+
+DEFAULT_RESIDENT_BYTES = 8 * 1024
+"""What a :class:`ReaderCache` counts for a reader that does not say (``resident_bytes``)."""
+
+
+def _resident_bytes(reader: LevelReader) -> int:
+    return int(getattr(reader, "resident_bytes", DEFAULT_RESIDENT_BYTES))
+
+
+_READERS: process.PerProcess[ReaderCache] = process.PerProcess(ReaderCache)
 _WARNED: process.PerProcess[set[str]] = process.PerProcess(set)  # warnings given in this process
 
 
@@ -311,6 +375,11 @@ class WindowReader:
         """The engine that reads (see :data:`ENGINES`)."""
         return self._engine.engine
 
+    @property
+    def resident_bytes(self) -> int:
+        """About the memory this reader holds once it has read (its engine's ``resident_bytes``)."""
+        return self._engine.resident_bytes
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._where} engine={self.engine} shape={self.shape} dtype={self.dtype}>"
 
@@ -415,9 +484,9 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
     -------
     LevelReader
         The same object for the same root, storage options, path and
-        ``engine`` in this process while it is one of the
-        :data:`MAX_OPEN_READERS` used last. The engine handle opens on the
-        first read.
+        ``engine`` in this process while its :class:`ReaderCache` keeps it
+        (the readers used last, :data:`MAX_OPEN_READERS` and
+        :data:`MAX_OPEN_READER_BYTES`). The engine handle opens on the first read.
 
     Raises
     ------
@@ -434,7 +503,6 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
         readers = _READERS.get()
         reader = readers.get(key)
         if reader is not None:
-            readers.move_to_end(key)
             return reader
         resolved = _resolve_engine(location, engine)
         meta = zarr_engines.open_array(location, path)
@@ -455,8 +523,6 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
                 else:
                     logger.debug(message)
             reader = WindowReader(opened, location, path, tuple(meta.shape), np.dtype(meta.dtype), engine)
-            readers[key] = reader
-            while len(readers) > MAX_OPEN_READERS:
-                readers.popitem(last=False)
+            readers.add(key, reader, max_readers=MAX_OPEN_READERS)
             return reader
         raise AssertionError(f"no engine reads {location.join(path)}: {refused}")  # zarr-python reads every array

@@ -43,9 +43,12 @@ class Engine(Protocol):
     ----------
     engine : str
         The name of the engine that reads (one of ``spora_zarr.read.ENGINES``).
+    resident_bytes : int
+        About the memory one engine object holds once it has read (measured; what the reader caches count).
     """
 
     engine: str
+    resident_bytes: int
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         """The window ``index`` as a new array in the stored dtype.

@@ -78,6 +78,7 @@ class JpegArray:
     """
 
     engine = "direct"
+    resident_bytes = 8 * 1024  # as a DirectArray: the array's layout and per-thread read state
 
     def __init__(self, directory: str, metadata: Any, threads: int) -> None:
         if not is_jpeg_layout(metadata):

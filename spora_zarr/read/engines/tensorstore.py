@@ -51,6 +51,7 @@ class TensorstoreEngine:
     """tensorstore's zarr3 driver; its handle (and tensorstore's thread pools) opens on the first read."""
 
     engine = "tensorstore"
+    resident_bytes = 96 * 1024  # measured: about 89 kB of RSS a handle that has read (tensorstore's own state)
 
     def __init__(self, location: Location, path: str, meta: zarr.Array[Any]) -> None:
         if is_jpeg_layout(meta.metadata):

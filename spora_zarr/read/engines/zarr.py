@@ -120,6 +120,7 @@ class ZarrEngine:
     """zarr-python with its own codec pipeline (numcodecs), on a store that checks what it reads."""
 
     engine = "zarr"
+    resident_bytes = 8 * 1024  # measured: about 5.5 kB of RSS a reader that has read
 
     def __init__(self, location: Location, path: str, meta: zarr.Array[Any]) -> None:
         self._where = location.join(path)
@@ -151,6 +152,7 @@ class ZarrsEngine:
     """zarr-python with the zarrs codec pipeline; its handle (and zarrs' thread pool) opens on the first read."""
 
     engine = "zarrs"
+    resident_bytes = 8 * 1024  # measured: about 6 kB of RSS a reader that has read
 
     def __init__(self, location: Location, path: str, meta: zarr.Array[Any]) -> None:
         self._where = location.join(path)
