@@ -80,8 +80,8 @@ from .engines import zarr as zarr_engines
 
 __all__ = [
     "ENGINES",
-    "MAX_OPEN_READERS",
     "DEFAULT_RESIDENT_BYTES",
+    "MAX_OPEN_READERS",
     "MAX_OPEN_READER_BYTES",
     "LevelReader",
     "ReaderCache",
@@ -102,6 +102,8 @@ MAX_OPEN_READERS = 32768
 MAX_OPEN_READER_BYTES = 256 * 2**20
 """The memory the readers of one cache may hold, by their engines' estimates (:attr:`WindowReader.resident_bytes`):
 32,768 direct readers, or about 2,700 tensorstore ones."""
+DEFAULT_RESIDENT_BYTES = 8 * 1024
+"""What a :class:`ReaderCache` counts for a reader that does not say (``resident_bytes``)."""
 
 
 class ReaderCache:
@@ -142,10 +144,6 @@ class ReaderCache:
         self.nbytes += _resident_bytes(reader)
         while len(self._readers) > 1 and (len(self._readers) > max_readers or self.nbytes > max_bytes):
             self.nbytes -= _resident_bytes(self._readers.popitem(last=False)[1])
-
-
-DEFAULT_RESIDENT_BYTES = 8 * 1024
-"""What a :class:`ReaderCache` counts for a reader that does not say (``resident_bytes``)."""
 
 
 def _resident_bytes(reader: LevelReader) -> int:
