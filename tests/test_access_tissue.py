@@ -188,3 +188,37 @@ def test_reader_caches_are_bounded_by_their_engines_memory_too(dest: Path, monke
     small.add("a", reader.level(tissues[0]), max_readers=10, max_bytes=weight // 2)
     assert list(small) == ["a"] and small.nbytes == weight  # never the last one
     np.testing.assert_array_equal(reader.read(tissues[0], Window.from_corner(0, 0, 4, 4)), expected[tissues[0]])
+
+
+def test_a_reader_cache_shared_by_threads_keeps_its_bounds_and_count() -> None:
+    """Threads reading tiles of one dataset share its cache: each add and get is whole, the byte count stays exact."""
+    import sys
+    import threading
+
+    class Sized:
+        def __init__(self, nbytes: int) -> None:
+            self.resident_bytes = nbytes
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can (without the lock: fails every run)
+    try:
+        cache = levels.ReaderCache()
+        start = threading.Barrier(4)
+
+        def work(seed: int) -> None:
+            start.wait()
+            for n in range(4000):
+                key = (seed * 7 + n) % 50
+                if cache.get(key) is None:
+                    cache.add(key, Sized(1 + key % 5), max_readers=20, max_bytes=45)  # type: ignore[arg-type]
+
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    kept = list(cache)
+    assert 1 <= len(kept) <= 20 and len(set(kept)) == len(kept)
+    assert cache.nbytes == sum(1 + key % 5 for key in kept) <= 45

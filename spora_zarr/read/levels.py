@@ -66,6 +66,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -111,11 +112,13 @@ class ReaderCache:
 
     :func:`open_level` keeps one per process, and each
     :class:`~spora_zarr.access.tissue.TissueReader` its own; iterating gives the keys, oldest first.
-    A reader without ``resident_bytes`` counts as :data:`DEFAULT_RESIDENT_BYTES`.
+    A reader without ``resident_bytes`` counts as :data:`DEFAULT_RESIDENT_BYTES`. Threads may share
+    one; a forked child makes its own (both owners are per process).
     """
 
     def __init__(self) -> None:
         self._readers: OrderedDict[Any, LevelReader] = OrderedDict()
+        self._lock = threading.Lock()
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -126,10 +129,11 @@ class ReaderCache:
 
     def get(self, key: Any) -> LevelReader | None:
         """The reader of ``key`` (now the most recently used), or None."""
-        reader = self._readers.get(key)
-        if reader is not None:
-            self._readers.move_to_end(key)
-        return reader
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is not None:
+                self._readers.move_to_end(key)
+            return reader
 
     def add(self, key: Any, reader: LevelReader, *, max_readers: int, max_bytes: int | None = None) -> None:
         """Keep ``reader`` under ``key``; drop the least recently used beyond ``max_readers`` or ``max_bytes`` (never the last).
@@ -137,13 +141,14 @@ class ReaderCache:
         ``max_bytes`` None is :data:`MAX_OPEN_READER_BYTES`.
         """
         max_bytes = MAX_OPEN_READER_BYTES if max_bytes is None else max_bytes
-        old = self._readers.pop(key, None)
-        if old is not None:
-            self.nbytes -= _resident_bytes(old)
-        self._readers[key] = reader
-        self.nbytes += _resident_bytes(reader)
-        while len(self._readers) > 1 and (len(self._readers) > max_readers or self.nbytes > max_bytes):
-            self.nbytes -= _resident_bytes(self._readers.popitem(last=False)[1])
+        with self._lock:
+            old = self._readers.pop(key, None)
+            if old is not None:
+                self.nbytes -= _resident_bytes(old)
+            self._readers[key] = reader
+            self.nbytes += _resident_bytes(reader)
+            while len(self._readers) > 1 and (len(self._readers) > max_readers or self.nbytes > max_bytes):
+                self.nbytes -= _resident_bytes(self._readers.popitem(last=False)[1])
 
 
 def _resident_bytes(reader: LevelReader) -> int:
