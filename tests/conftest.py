@@ -6,6 +6,8 @@ import os
 import pickle
 import select
 import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,27 @@ def in_forked_child(function: Callable[[], Any]) -> Any:
         os.waitpid(pid, 0)
     assert status == "ok", value
     return value
+
+
+def fork_while_held(inside: threading.Event, release: threading.Event, threads: list[threading.Thread], timeout: float) -> float:
+    """Fork once a thread has set ``inside`` and while ``release`` holds it there (set 0.3 s later); the child's start time.
+
+    ``threads`` are started here and joined after; ``time.monotonic`` in the child says when the fork returned, to
+    compare with when the held thread went on.
+    """
+    for thread in threads:
+        thread.start()
+    timer = threading.Timer(0.3, release.set)
+    try:
+        assert inside.wait(timeout)
+        timer.start()
+        forked_at: float = in_forked_child(time.monotonic)
+    finally:
+        timer.cancel()
+        release.set()
+        for thread in threads:
+            thread.join()
+    return forked_at
 
 
 def convert_small_cohort(root: Path) -> Path:

@@ -23,7 +23,7 @@ from spora_zarr.errors import InvalidInputError
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.torch import SharedBatches, TileDataset, TileLoader
 
-from .conftest import in_forked_child
+from .conftest import fork_while_held
 
 TILE = 32
 BATCH = 16
@@ -215,16 +215,7 @@ def test_no_fork_lands_inside_a_thread_read_tile(tiles) -> None:
 
     dataset = MultiplexImagingDataset("c", store, 0.5, TILE, standardization=standardizer, verbose=False)
     thread = threading.Thread(target=dataset.read_tile, args=(dataset.tissue_ids[0], 0, 0))
-    thread.start()
-    timer = threading.Timer(0.3, release.set)
-    try:
-        assert inside.wait(TIMEOUT)
-        timer.start()
-        forked_at = in_forked_child(time.monotonic)
-    finally:
-        timer.cancel()
-        release.set()
-        thread.join()
+    forked_at = fork_while_held(inside, release, [thread], TIMEOUT)
     assert released_at and forked_at >= released_at[0]
 
 

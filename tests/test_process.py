@@ -21,7 +21,7 @@ from spora_zarr.read.levels import open_level
 from spora_zarr.store.location import Location
 from spora_zarr.store.metadata import validate_ngff
 
-from .conftest import in_forked_child
+from .conftest import fork_while_held, in_forked_child
 
 TIMEOUT = 30
 
@@ -195,18 +195,7 @@ def test_a_fork_waits_for_every_thread_in_a_fork_excluded_section() -> None:
                 released_at.append(time.monotonic())
 
     threads = [threading.Thread(target=hold, args=(n,)) for n in (0, 1)]
-    for thread in threads:
-        thread.start()
-    timer = threading.Timer(0.3, release.set)
-    try:
-        assert inside.wait(TIMEOUT)
-        timer.start()
-        forked_at = in_forked_child(time.monotonic)
-    finally:
-        timer.cancel()
-        release.set()
-        for thread in threads:
-            thread.join()
+    forked_at = fork_while_held(inside, release, threads, TIMEOUT)
     assert released_at and forked_at >= released_at[0]
 
 
