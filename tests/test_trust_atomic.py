@@ -89,7 +89,7 @@ def kill_at_each_step(store: Path, work: Path, argv: list[str]) -> tuple[Path, l
 def files_of(store: Path) -> dict[str, bytes]:
     """Every file of the store (bytes), but the staging area, the writer lock and the directory summaries.
 
-    A summary is a cache of its directory's documents that records inodes (a copy of the store has others), removed
+    A summary is a cache of its directory's documents that records inodes and change times (a copy has others), removed
     before a group moves and written when a run finishes: a killed run leaves none, and readers read the documents.
     The tests check it with ``validate_store``, which names a summary that says what the documents do not.
     """
@@ -363,6 +363,36 @@ def test_ctrl_c_with_workers_is_one_line_and_a_rerun_completes(slow_cohort: Path
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert validate_store(dest) == []
+
+
+def test_a_worker_stopped_while_it_starts_exits_without_a_traceback(tmp_path: Path) -> None:
+    """SIGTERM (how a stopped run ends its workers) can reach a worker before its setup is done: it exits quietly then too."""
+    script = tmp_path / "pool.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, os, signal
+            from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures.process import BrokenProcessPool
+            import spora_zarr.run.runner as runner
+
+            def start(codec_threads):  # the worker's setup, with SIGTERM arriving in its middle (as it loads libc)
+                runner.configure_writer_process = lambda threads: os.kill(os.getpid(), signal.SIGTERM)
+                runner._start_worker(codec_threads)
+
+            if __name__ == "__main__":
+                context = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(1, mp_context=context, initializer=start, initargs=(1,)) as pool:
+                    try:
+                        pool.submit(os.getpid).result(timeout=60)
+                    except BrokenProcessPool:
+                        print("worker gone")
+            """
+        )
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == "worker gone\n", (run.stdout, run.stderr)
+    assert run.stderr == "", run.stderr
 
 
 # -- readers during an overwrite ------------------------------------------------------------------------------

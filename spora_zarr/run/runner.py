@@ -242,15 +242,22 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
     return outcomes
 
 
+_WORKER_READY = False  # set in a worker process once _start_worker is done
+
+
 def _start_worker(codec_threads: int) -> None:
     """Set up a worker process: Ctrl-C is the run's process's to answer (no worker tracebacks); SIGTERM ends it cleanly."""
+    global _WORKER_READY
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     configure_writer_process(codec_threads)
+    _WORKER_READY = True
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
+    if not _WORKER_READY:  # still in _start_worker: an exception there is printed with its traceback by the pool
+        os._exit(128 + signum)
     raise SystemExit(128 + signum)  # unwinds the task (its staged work is deleted) and exits the process normally
 
 
