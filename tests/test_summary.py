@@ -2,7 +2,7 @@
 
 A reader of a summarized directory knows the complete groups, their levels and
 layouts without reading a group's documents; a group the summary does not vouch
-for (not in it, or locally with another inode) is read from its documents; a
+for (not in it, or locally with another inode or change time) is read from its documents; a
 promotion removes the summary of its directory and the writer's lock release
 puts it back; ``validate`` reads every document and names a summary that lies.
 """
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def store(converted: Path, tmp_path: Path) -> Path:
-    """A copy of the store: new inodes, so its summaries are not whole until a writer rewrites them (here, by hand)."""
+    """A copy of the store: new inodes and change times, so its summaries are not whole until a writer rewrites them (here, by hand)."""
     copy = Path(shutil.copytree(converted, tmp_path / "c.zarr"))
     before = open_cohort(copy)
     assert before.tissues("imc") == ["A", "B", "C"] and before._index._vouched["imc/images"] == {}
@@ -50,6 +51,11 @@ def store(converted: Path, tmp_path: Path) -> Path:
     after = open_cohort(copy)
     assert after.tissues("imc") == ["A", "B", "C"] and sorted(after._index._vouched["imc/images"]) == ["A", "B", "C"]
     return copy
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = os.lstat(path)
+    return status.st_ino, status.st_ctime_ns
 
 
 def _answers(store: Path | str, *, summaries: bool) -> dict[str, object]:
@@ -70,7 +76,7 @@ def test_a_conversion_leaves_summaries_that_answer_as_the_documents(converted: P
     for directory in directories:
         summary = read_summary(location, directory)
         assert summary is not None and sorted(summary.groups) == ["A", "B", "C"] and summary.others == {}, directory
-        assert all(group.inode == os.stat(converted / directory / name).st_ino for name, group in summary.groups.items())
+        assert all(group.stamp == _stamp(converted / directory / name) for name, group in summary.groups.items())
     assert _answers(converted, summaries=True) == _answers(converted, summaries=False)
     assert _answers(converted, summaries=True)["imc/C/1_0mpp"][0] == (4, 90, 130)  # type: ignore[index]
     assert validate_store(converted) == []
@@ -148,7 +154,7 @@ def test_a_writer_rereads_only_the_groups_its_run_changed(store: Path, tmp_path:
     summary = read_summary(location, "imc/images")
     assert summary is not None and sorted(summary.groups) == ["A", "B", "C"]
     assert summary.groups["B"].layout("1_0mpp").dtype == np.uint8 and summary.groups["C"].layout("1_0mpp").dtype == np.uint16
-    assert summary.groups["B"].inode == os.stat(store / "imc/images/B").st_ino
+    assert summary.groups["B"].stamp == _stamp(store / "imc/images/B")
     assert _answers(store, summaries=True) == _answers(store, summaries=False)
     assert validate_store(store) == []
 
@@ -158,7 +164,8 @@ def test_groups_the_summary_does_not_vouch_for_are_read_from_their_documents(sto
     shutil.copytree(images / "A", images / "Z")  # added by hand: not in the summary
     shutil.rmtree(images / "B")  # removed by hand: in the summary, not listed
     shutil.rmtree(images / "C")
-    shutil.copytree(images / "A", images / "C")  # replaced by hand: a new inode
+    time.sleep(0.01)  # past the file system's change-time tick (4 ms on ext4)
+    shutil.copytree(images / "A", images / "C")  # replaced by hand: maybe the same inode, a later change time
     cohort = open_cohort(store)
     assert cohort.tissues("imc") == ["A", "C", "Z"]
     assert cohort.array_layout("imc/images/C/1_0mpp").shape == (5, 90, 130)  # the document's, not the summary's 4 channels
@@ -180,7 +187,7 @@ def test_a_damaged_summary_is_ignored_with_a_warning_and_validate_names_it(store
 def test_validate_names_a_summary_that_lies(store: Path) -> None:
     summary = store / "segmentations/tissue_masks" / SUMMARY_NAME
     document = json.loads(summary.read_text())
-    document["groups"]["B"]["levels"]["1_0mpp"]["dtype"] = "float64"  # the inode still matches: readers trust it
+    document["groups"]["B"]["levels"]["1_0mpp"]["dtype"] = "float64"  # the stamp still matches: readers trust it
     summary.write_text(json.dumps(document))
     assert open_cohort(store).array_layout("segmentations/tissue_masks/B/1_0mpp").dtype == np.float64
     problems = validate_store(store)
@@ -194,14 +201,14 @@ def test_validate_names_a_summary_that_lies(store: Path) -> None:
     assert read_summary(Location.parse(store), "segmentations/tissue_masks") is not None
 
 
-def test_an_object_store_keeps_summaries_without_inodes(tmp_path: Path) -> None:
+def test_an_object_store_keeps_summaries_without_stamps(tmp_path: Path) -> None:
     url = f"memory://summary-{os.getpid()}/cohort.zarr"
     image = tmp_path / "b.tif"
     tifffile.imwrite(image, np.arange(2 * 64 * 80, dtype=np.uint16).reshape(2, 64, 80))
     for tissue in ("A", "B"):
         assert main(["add-image", url, str(image), "--modality", "imc", "--tissue", tissue, "--mpp", "1"]) == 0
     summary = read_summary(Location.parse(url), "imc/images")
-    assert summary is not None and sorted(summary.groups) == ["A", "B"] and {g.inode for g in summary.groups.values()} == {None}
+    assert summary is not None and sorted(summary.groups) == ["A", "B"] and {g.stamp for g in summary.groups.values()} == {None}
     cohort = open_cohort(url)
     assert cohort.tissues("imc") == ["A", "B"] and cohort._index._groups == {}
     assert _answers(url, summaries=True) == _answers(url, summaries=False)

@@ -2,7 +2,7 @@
 
 A directory of groups (``imc/images``, ``segmentations/cell_masks``) is listed
 once. Where it has a directory summary (:mod:`spora_zarr.store.summary`), the
-groups the summary vouches for (listed, and locally with the recorded inode)
+groups the summary vouches for (listed, and locally with the recorded stamp)
 are known complete with their levels and layouts without reading their
 documents; the ``zarr.json`` of every other group is read in one concurrent
 pass (:meth:`~spora_zarr.store.location.Location.read_documents`: a plain loop

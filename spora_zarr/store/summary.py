@@ -6,7 +6,8 @@ groups (``imc/images``, ``segmentations/cell_masks``), and reading their
 thousands of requests on an object store. ``<directory>/.spora_summary.json``
 holds, for each complete group, its level names in ``ome.multiscales`` order
 and each level's :class:`~spora_zarr.store.arrays.ArrayLayout` (about 150
-bytes a group), and, on a local disk, the group directory's inode.
+bytes a group), and, on a local disk, the group directory's stamp: its inode and
+the time its inode last changed (``st_ctime_ns``).
 
 - Written by :func:`write_summaries` when a verb that writes the store releases
   the store's lock (:func:`~spora_zarr.store.lock.store_lock`): one writer at a
@@ -16,9 +17,11 @@ bytes a group), and, on a local disk, the group directory's inode.
   its directory changes (:func:`invalidate_summary`): a run killed at any moment
   leaves no summary that misses its groups, only none.
 - Trusted by readers (:class:`~spora_zarr.read.index.MetadataIndex`) only for the
-  names the directory lists and, locally, only where the inode is the one
-  recorded (promotion puts a new directory in place, with a new inode); any
-  other group is read from its own ``zarr.json`` as before. A damaged summary is
+  names the directory lists and, locally, only where the stamp is the one
+  recorded (promotion renames a new directory into place, which changes its
+  stamp; a directory deleted and made again by hand often gets the same inode
+  back, but a later change time: the kernel keeps it to its clock tick, 4 ms
+  here); any other group is read from its own ``zarr.json`` as before. A damaged summary is
   ignored with a warning. ``validate`` never uses summaries (it checks them
   against every document); ``info`` shows the level layouts they hold.
 
@@ -66,25 +69,27 @@ __all__ = [
     "write_summaries",
 ]
 
+Stamp = tuple[int, int]
+"""A local directory's identity: its inode and ``st_ctime_ns`` (a directory renamed into place, or made anew, has another)."""
 #: Reads many ``zarr.json`` documents at once: path -> the JSON object, or the error reading it.
 ReadDocuments = Callable[[Sequence[str]], Mapping[str, "dict[str, Any] | SporaZarrError"]]
 
 SUMMARY_NAME = ".spora_summary.json"
 """The summary document of a directory of groups."""
-SUMMARY_FORMAT = 1
+SUMMARY_FORMAT = 2  # 1 recorded inodes alone (an inode comes back to a directory made anew): read as none, rewritten
 SUMMARY_MAX_BYTES = 64 * 2**20
 """The longest summary read (about 150 bytes a group)."""
 
 
 @dataclass(slots=True)
 class GroupSummary:
-    """One complete group of a summary: its level names (in ``ome.multiscales`` order) and, locally, its directory's inode.
+    """One complete group of a summary: its level names (in ``ome.multiscales`` order) and, locally, its directory's stamp.
 
     A level's layout is checked when it is first asked for (:meth:`layout`), not for every level of a directory.
     """
 
     levels: dict[str, Any]  # level name -> its layout as JSON (ArrayLayout.to_json)
-    inode: int | None
+    stamp: Stamp | None
     where: str = ""
 
     def dtype(self, level: str) -> np.dtype:
@@ -107,40 +112,49 @@ class GroupSummary:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """A directory's summary: its complete groups, and the other entries it saw (incomplete or damaged), with inodes."""
+    """A directory's summary: its complete groups, and the other entries it saw (incomplete or damaged), with stamps."""
 
     groups: dict[str, GroupSummary]
-    others: dict[str, int | None]
+    others: dict[str, Stamp | None]
 
-    def vouched(self, entries: Mapping[str, int | None]) -> dict[str, GroupSummary]:
-        """Its groups a reader may trust: listed among the directory's ``entries`` with the inode recorded (or none, remotely)."""
-        return {name: group for name, group in self.groups.items() if name in entries and entries[name] in (None, group.inode)}
+    def vouched(self, entries: Mapping[str, Stamp | None]) -> dict[str, GroupSummary]:
+        """Its groups a reader may trust: listed among the directory's ``entries`` with the stamp recorded (or none, remotely)."""
+        return {name: group for name, group in self.groups.items() if name in entries and entries[name] in (None, group.stamp)}
 
-    def is_whole(self, entries: Mapping[str, int | None]) -> bool:
+    def is_whole(self, entries: Mapping[str, Stamp | None]) -> bool:
         """Whether it speaks of every one of the directory's ``entries`` (:func:`directory_entries`) as they are now."""
-        for name, inode in entries.items():
+        for name, stamp in entries.items():
             group = self.groups.get(name)
             if group is not None:
-                if inode is not None and inode != group.inode:
+                if stamp is not None and stamp != group.stamp:
                     return False  # replaced since
-            elif name not in self.others or self.others[name] != inode:
+            elif name not in self.others or self.others[name] != stamp:
                 return False  # new, or replaced since
         return True
 
 
-def directory_entries(location: Location, directory: str) -> dict[str, int | None]:
-    """Names below ``directory`` that may be groups (no hidden names, no ``zarr.json``), with their inodes locally.
+def directory_entries(location: Location, directory: str) -> dict[str, Stamp | None]:
+    """Names below ``directory`` that may be groups (no hidden names, no ``zarr.json``), with their stamps locally.
 
-    An absent directory has none. Local entries come from one ``scandir`` (the inode costs nothing more).
+    An absent directory has none. Local entries come from one ``scandir`` and an ``lstat`` each (about 1 µs).
     """
     if location.is_local:
         try:
             with os.scandir(location.fs_path(directory)) as scan:
-                entries: dict[str, int | None] = {e.name: e.inode() for e in scan}
+                listing = [e for e in scan if not e.name.startswith(".") and e.name != ZARR_JSON]
         except (FileNotFoundError, NotADirectoryError):
             return {}
         except OSError as exc:
             raise StoreError(f"{location.join(directory)}: cannot list: {exc.strerror or exc}") from None
+        entries: dict[str, Stamp | None] = {}
+        for entry in listing:
+            try:
+                status = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            except OSError as exc:
+                raise StoreError(f"{location.join(directory, entry.name)}: cannot stat: {exc.strerror or exc}") from None
+            entries[entry.name] = (status.st_ino, status.st_ctime_ns)
     else:
         try:
             listed = location.fs().ls(location.fs_path(directory), detail=False)
@@ -186,19 +200,19 @@ def _read(location: Location, directory: str) -> Summary:
 
 def _parse(document: Mapping[str, Any], where: str) -> Summary:
     others = document.get("others", {})
+    if document.get("spora_summary") == 1:  # an earlier version's: readers read the documents, the next writer rewrites it
+        raise NotFoundError(f"{where}: a summary of format 1, not read")
     if document.get("spora_summary") != SUMMARY_FORMAT or not all(isinstance(v, Mapping) for v in (document.get("groups"), others)):
         raise StoreError(f"{where}: not a summary of format {SUMMARY_FORMAT}")
     groups = {}
     for name, entry in document["groups"].items():
-        inode = entry.get("inode") if isinstance(entry, Mapping) else None
+        stamp = _stamp(entry.get("stamp") if isinstance(entry, Mapping) else False, f"{where}: group {name!r}")
         levels = entry.get("levels") if isinstance(entry, Mapping) else None
-        if not isinstance(levels, Mapping) or not levels or not _is_inode(inode):
-            raise StoreError(f"{where}: group {name!r} has no levels or a bad inode")
+        if not isinstance(levels, Mapping) or not levels:
+            raise StoreError(f"{where}: group {name!r} has no levels")
         layouts = {_name(level, "level path", where): layout for level, layout in levels.items()}
-        groups[_name(name, "group name", where)] = GroupSummary(layouts, inode, f"{where}: {name}")
-    if not all(_is_inode(inode) for inode in others.values()):
-        raise StoreError(f"{where}: an entry of others has a bad inode")
-    return Summary(groups, {_name(name, "entry name", where): inode for name, inode in others.items()})
+        groups[_name(name, "group name", where)] = GroupSummary(layouts, stamp, f"{where}: {name}")
+    return Summary(groups, {_name(name, "entry name", where): _stamp(stamp, f"{where}: {name!r}") for name, stamp in others.items()})
 
 
 def _name(name: object, what: str, where: str) -> str:
@@ -208,8 +222,13 @@ def _name(name: object, what: str, where: str) -> str:
         raise StoreError(str(exc)) from None
 
 
-def _is_inode(value: object) -> bool:
-    return value is None or type(value) is int
+def _stamp(value: object, where: str) -> Stamp | None:
+    """A stamp as JSON (``[inode, ctime_ns]``, or ``null`` remotely), checked."""
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(type(number) is int for number in value):
+        return value[0], value[1]
+    raise StoreError(f"{where}: a bad stamp {value!r}")
 
 
 @dataclass
@@ -218,9 +237,9 @@ class RunRecord:
 
     ``before``: the directory's summary then (``None``: none, damaged, or not local); ``moved``: the groups the
     run moved into it since. :func:`write_summaries` keeps the ``before`` entries of the groups neither moved
-    nor replaced (same inode) and reads only the others: adding a tissue to a cohort of 10,000 reads one
+    nor replaced (same stamp) and reads only the others: adding a tissue to a cohort of 10,000 reads one
     group's documents, not every group's. Groups moved by the run's worker processes are not recorded here:
-    their new inodes keep their old entries out.
+    their new stamps keep their old entries out.
     """
 
     before: dict[str, Summary | None] = field(default_factory=dict)
@@ -276,7 +295,7 @@ def group_directories(location: Location) -> list[str]:
 def write_summaries(location: Location, directories: Iterable[str] | None = None, record: RunRecord | None = None) -> None:
     """Write the summary of each directory of groups (by default :func:`group_directories`) whose summary is not whole.
 
-    Whole: readable, and vouching for every group the directory lists (locally, with its inode: a
+    Whole: readable, and vouching for every group the directory lists (locally, with its stamp: a
     copied store's summaries are rewritten by its first writer).
 
     Each is made from the documents themselves: every listed group that is
@@ -285,7 +304,7 @@ def write_summaries(location: Location, directories: Iterable[str] | None = None
     left out (readers read it themselves, and find what is wrong with it). With
     the ``record`` of the run that removed it, the entries of the summary before
     the run are kept for the groups the run did not move and that have the same
-    inode, and only the others are read.
+    stamp, and only the others are read.
     """
     staging = Staging(location)
     for directory in group_directories(location) if directories is None else directories:
@@ -294,16 +313,16 @@ def write_summaries(location: Location, directories: Iterable[str] | None = None
         if not entries or summary is not None and summary.is_whole(entries):
             continue
         kept = _unchanged(record, directory, entries)
-        groups = {**kept, **_summarize(location, directory, {name: inode for name, inode in entries.items() if name not in kept})}
-        others = {name: inode for name, inode in entries.items() if name not in groups}
+        groups = {**kept, **_summarize(location, directory, {name: stamp for name, stamp in entries.items() if name not in kept})}
+        others = {name: stamp for name, stamp in entries.items() if name not in groups}
         document = {"spora_summary": SUMMARY_FORMAT, "groups": dict(sorted(groups.items())), "others": others}
         staging.write_file_through_area(f"{directory}/{SUMMARY_NAME}", json.dumps(document, separators=(",", ":")).encode())
 
 
-def _unchanged(record: RunRecord | None, directory: str, entries: Mapping[str, int | None]) -> dict[str, Any]:
+def _unchanged(record: RunRecord | None, directory: str, entries: Mapping[str, Stamp | None]) -> dict[str, Any]:
     """The entries (as JSON) of ``directory``'s summary before the run, for its groups the run left as they were.
 
-    A group is left as it was when the run did not move it and the directory lists it with the inode recorded;
+    A group is left as it was when the run did not move it and the directory lists it with the stamp recorded;
     an entry with a layout that does not check is not kept (the group is read again).
     """
     before = record.before.get(directory) if record is not None else None
@@ -312,10 +331,10 @@ def _unchanged(record: RunRecord | None, directory: str, entries: Mapping[str, i
     moved = record.moved.get(directory, set()) if record is not None else set()
     kept = {}
     for name, group in before.groups.items():
-        if group.inode is None or entries.get(name) != group.inode or name in moved:
+        if group.stamp is None or entries.get(name) != group.stamp or name in moved:
             continue
         try:
-            kept[name] = {"inode": group.inode, "levels": {level: group.layout(level).to_json() for level in group.levels}}
+            kept[name] = {"stamp": group.stamp, "levels": {level: group.layout(level).to_json() for level in group.levels}}
         except StoreError:
             continue
     return kept
@@ -324,7 +343,7 @@ def _unchanged(record: RunRecord | None, directory: str, entries: Mapping[str, i
 def summary_problems(location: Location, read_documents: ReadDocuments | None = None) -> list[str]:
     """What the directory summaries of the store at ``location`` say that the groups' own documents do not.
 
-    A summary entry readers would trust (its group listed, locally with the recorded inode) must
+    A summary entry readers would trust (its group listed, locally with the recorded stamp) must
     name a complete group with the levels and layouts its documents give; a damaged summary is a
     problem too (readers ignore it). ``read_documents`` reads the documents (by default
     :meth:`~.location.Location.read_documents`; ``validate`` passes its cohort's, which has read them all).
@@ -360,7 +379,7 @@ def summary_problems(location: Location, read_documents: ReadDocuments | None = 
 
 
 def _summarize(
-    location: Location, directory: str, entries: Mapping[str, int | None], read_documents: ReadDocuments | None = None
+    location: Location, directory: str, entries: Mapping[str, Stamp | None], read_documents: ReadDocuments | None = None
 ) -> dict[str, Any]:
     read = read_documents or location.read_documents
     documents = read([f"{directory}/{name}/{ZARR_JSON}" for name in entries])
@@ -390,5 +409,5 @@ def _summarize(
             layouts[level] = layout
         else:
             if layouts:
-                groups[name] = {"inode": entries[name], "levels": layouts}
+                groups[name] = {"stamp": entries[name], "levels": layouts}
     return groups
