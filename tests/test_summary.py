@@ -226,3 +226,16 @@ def test_a_damaged_layout_in_a_summary_is_read_from_the_document_with_a_warning(
     assert any("damaged directory summary entry" in r.getMessage() and "complex1024" in r.getMessage() for r in caplog.records)
     assert cohort._index._arrays != {}  # the level's own document
     assert len(validate_store(store)) == 1
+
+
+def test_a_summary_of_the_first_format_is_read_as_none_and_rewritten(store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    summary = store / "imc/images" / SUMMARY_NAME
+    document = json.loads(summary.read_text())
+    summary.write_text(json.dumps({"spora_summary": 1, "groups": {}, "others": {}}))  # inodes alone: no longer trusted
+    with caplog.at_level(logging.WARNING, logger="spora_zarr"):
+        cohort = open_cohort(store)
+        assert cohort.tissues("imc") == ["A", "B", "C"] and cohort._index._vouched["imc/images"] == {}
+    assert not caplog.records
+    assert validate_store(store) == []
+    assert main(["tile", str(store), "--resolution", "1", "--tile-size", "16", "--strategy", "grid"]) == 0  # a writer
+    assert json.loads(summary.read_text()) == document
