@@ -12,10 +12,12 @@ fi
 STAMP="$VENV/.spora-installed-$EXTRAS"
 # Reinstall when the project's metadata or its compiled part changed since the last install.
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ] \
+  || [ "$ROOT/scripts/constraints.txt" -nt "$STAMP" ] \
   || [ -n "$(find "$ROOT/spora_zarr" -name '*.c' -newer "$STAMP" -print -quit)" ]; then
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e "$ROOT[$EXTRAS]"
+  # The versions the suite was checked with (scripts/constraints.txt): nothing left for pip to resolve.
+  python -m pip install -q -c "$ROOT/scripts/constraints.txt" -e "$ROOT[$EXTRAS]"
   touch "$STAMP"
 fi
 cd "$ROOT"
