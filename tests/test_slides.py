@@ -11,6 +11,7 @@ import zarr
 
 from spora_zarr import InvalidInputError, add_image, open_cohort, validate_store
 from spora_zarr.cli import main
+from spora_zarr.sources import TiffSource
 from spora_zarr.testing.slides import he_like, write_svs
 from spora_zarr.write import WriteOptions
 
@@ -35,6 +36,28 @@ def test_an_svs_slide_is_added_with_its_mpp_and_its_own_levels_pixel_exact(tmp_p
         np.testing.assert_array_equal(levels[name][:], expected)  # the slide's own pixels, not recomputed
     assert open_cohort(store).group_metadata("he", "A").spora.source_levels == ("0_252mpp", "1_008mpp", "4_032mpp")
     assert validate_store(store) == []
+
+
+@pytest.mark.parametrize("order", ["rows", "quadtree"])
+def test_windows_over_tiles_of_another_size_decode_each_tile_once(tmp_path: Path, order: str) -> None:
+    """The writer's 896 px blocks over a slide's 256 px tiles, here 96 px windows over 64 px tiles: straddling tiles kept."""
+    image = np.asarray(he_like(500, 620, seed=3))
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb", compression="jpeg")
+    edge, expected = 96, tifffile.imread(path).transpose(2, 0, 1)
+    windows = [(y, x) for y in range(0, 500, edge) for x in range(0, 620, edge)]
+    if order == "quadtree":  # the chain's depth-first order: Z order of the windows
+        windows.sort(key=lambda w: [bit for k in range(4, -1, -1) for bit in ((w[0] // edge) >> k & 1, (w[1] // edge) >> k & 1)])
+    with TiffSource(path) as source:
+        segments = source._segments
+        assert segments is not None
+        decoded: list[int] = []
+        decode = segments._decode
+        segments._decode = lambda data, index, **kw: decoded.append(index) or decode(data, index, **kw)
+        for y, x in windows:
+            window = source.read(y, min(y + edge, 500), x, min(x + edge, 620))
+            np.testing.assert_array_equal(window, expected[:, y : y + edge, x : x + edge])
+    assert sorted(decoded) == list(range(8 * 10))  # every tile, once
 
 
 def test_svs_through_the_cli_and_a_level_at_another_factor_is_computed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,12 @@ _OME_UNITS = {
 _RESOLUTION_UNITS = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
 #: A TIFF resolution coarser than this many microns per pixel is a screen's dpi (72, 96, 300), not a microscope's.
 _MAX_TAG_MPP = 100.0
+#: Compressed segments of a window go to the decoding threads in this many runs per thread (balance against the
+#: pool's per-task cost, paid holding the GIL).
+_RUNS_PER_WORKER = 4
+#: The most bytes of decoded segments kept for the next row of windows (a row of 256 px RGB tiles across a
+#: 40,000 px slide: 31 MB).
+_KEPT_ROW_BYTES = 64 * 2**20
 _APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 
 
@@ -45,11 +51,12 @@ class _TiffSegments:
     ``os.pread`` (no shared file position, so no lock), decoded by tifffile's
     own segment decoder and copied once into the window. Compressed segments
     are decoded in a thread pool (the codecs release the GIL); uncompressed
-    ones are cheaper to copy inline. A compressed segment that straddles the
-    window's edge is kept (up to one window's bytes, least recently used
-    first out) for the neighbouring windows the writer reads next, so
-    shard-aligned windows over tiles of another size decode each tile about
-    once. Other layouts use tifffile's zarr view.
+    ones are cheaper to copy inline. A compressed segment that straddles
+    the window's edge is kept (least recently used first out, up to one
+    window's bytes and a row of segments across the image, at most
+    ``_KEPT_ROW_BYTES``) for the windows the writer reads next, to its right
+    and in the next row, so shard-aligned windows over tiles of another size
+    decode each tile once. Other layouts use tifffile's zarr view.
 
     Parameters
     ----------
@@ -73,10 +80,13 @@ class _TiffSegments:
         self.dtype = np.dtype(key.dtype)
         self._decode = key.decode
         self._jpeg = {"jpegheader": key.jpegheader} if getattr(key, "jpegheader", None) is not None else {}
-        self._pool = None
+        self._pool, self._workers = None, workers
         self._compressed = key.compression != 1
         self._kept: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._kept_bytes = 0
+        # a row of segments across the image (and a quarter more): what a row of windows leaves for the next row
+        row = len(pages) * self.separate * self.cols * self.seg_h * self.seg_w * self.contig * self.dtype.itemsize
+        self._band = min(row * 5 // 4, _KEPT_ROW_BYTES)
         if self._compressed and workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -124,17 +134,25 @@ class _TiffSegments:
         if self._compressed:
             kept = [(job, self._kept.get(job[2:0:-1])) for job in jobs]  # key: (first channel, segment index)
             for job, segment in kept:
-                if segment is not None:
+                if segment is None:
+                    continue
+                copy(job, segment)
+                if self._beyond(job[1], y1, x1):
                     self._kept.move_to_end(job[2:0:-1])
-                    copy(job, segment)
+                else:  # no window to the right or below needs it any more
+                    self._kept_bytes -= self._kept.pop(job[2:0:-1]).nbytes
             jobs = [job for job, segment in kept if segment is None]
         if self._pool is None or len(jobs) < 2:
             straddling = [copy(job) for job in jobs]
-        else:
-            straddling = list(self._pool.map(copy, jobs))
+        else:  # a few runs of segments per thread, not a task each: the pool's bookkeeping holds the GIL
+            runs = self._workers * _RUNS_PER_WORKER
+            parts = self._pool.map(lambda part: [copy(job) for job in part], [jobs[k::runs] for k in range(runs)])
+            straddling = [None] * len(jobs)
+            for k, part in enumerate(parts):
+                straddling[k::runs] = part
         for job, segment in zip(jobs, straddling):
             if segment is not None:
-                self._keep(job[2:0:-1], segment, out.nbytes)
+                self._keep(job[2:0:-1], segment, out.nbytes + self._band)
         return out
 
     def _copy(
@@ -160,9 +178,14 @@ class _TiffSegments:
             tables = getattr(page, "jpegtables", None)
             segment = self._decode(data, index, jpegtables=tables, _fullsize=True, **self._jpeg)[0]
         part = segment[0, ya - sy : yb - sy, xa - sx : xb - sx]
-        target[...] = part[..., 0] if self.contig == 1 else np.moveaxis(part, -1, 0)
+        target[...] = part[..., 0] if self.contig == 1 else part.transpose(2, 0, 1)
         straddles = sy < y0 or sx < x0 or min(sy + self.seg_h, self.height) > y1 or min(sx + self.seg_w, self.width) > x1
         return segment if decoded and self._compressed and straddles else None
+
+    def _beyond(self, index: int, y1: int, x1: int) -> bool:
+        """Whether segment ``index`` reaches below row ``y1`` or right of column ``x1`` (into windows read later)."""
+        row, col = index % (self.rows * self.cols) // self.cols, index % self.cols
+        return bool(min((row + 1) * self.seg_h, self.height) > y1 or min((col + 1) * self.seg_w, self.width) > x1)
 
     def _keep(self, key: tuple[int, int], segment: np.ndarray, limit: int) -> None:
         """Keep a decoded segment, dropping the least recently used beyond ``limit`` bytes."""
