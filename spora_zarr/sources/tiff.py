@@ -131,22 +131,22 @@ class _TiffSegments:
             for col in range(x0 // self.seg_w, (x1 - 1) // self.seg_w + 1)
         ]
         copy = functools.partial(self._copy, out, (y0, y1, x0, x1))
-        if self._compressed:
-            kept = [(job, self._kept.get(job[2:0:-1])) for job in jobs]  # key: (first channel, segment index)
-            for job, segment in kept:
-                if segment is None:
-                    continue
-                copy(job, segment)
-                if self._beyond(job[1], y1, x1):
-                    self._kept.move_to_end(job[2:0:-1])
-                else:  # no window to the right or below needs it any more
-                    self._kept_bytes -= self._kept.pop(job[2:0:-1]).nbytes
-            jobs = [job for job, segment in kept if segment is None]
-        if self._pool is None or len(jobs) < 2:
-            straddling = [copy(job) for job in jobs]
-        else:  # a few runs of segments per thread, not a task each: the pool's bookkeeping holds the GIL
-            runs = self._workers * _RUNS_PER_WORKER
+        kept = [(job, self._kept.get(job[2:0:-1]) if self._compressed else None) for job in jobs]  # key: (first channel, index)
+        jobs = [job for job, segment in kept if segment is None]
+        parts, runs = None, self._workers * _RUNS_PER_WORKER  # a few runs per thread, not a task a segment: the pool's
+        if self._pool is not None and len(jobs) > 1:  # bookkeeping holds the GIL; decoded while the kept ones are copied here
             parts = self._pool.map(lambda part: [copy(job) for job in part], [jobs[k::runs] for k in range(runs)])
+        for job, segment in kept:
+            if segment is None:
+                continue
+            copy(job, segment)
+            if self._beyond(job[1], y1, x1):
+                self._kept.move_to_end(job[2:0:-1])
+            else:  # no window to the right or below needs it any more
+                self._kept_bytes -= self._kept.pop(job[2:0:-1]).nbytes
+        if parts is None:
+            straddling = [copy(job) for job in jobs]
+        else:
             straddling = [None] * len(jobs)
             for k, part in enumerate(parts):
                 straddling[k::runs] = part
