@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,24 @@ def test_windows_over_tiles_of_another_size_decode_each_tile_once(tmp_path: Path
             window = source.read(y, min(y + edge, 500), x, min(x + edge, 620))
             np.testing.assert_array_equal(window, expected[:, y : y + edge, x : x + edge])
     assert sorted(decoded) == list(range(8 * 10))  # every tile, once
+
+
+def test_a_tiled_tiff_read_from_many_threads_at_once_gives_every_window_exactly(tmp_path: Path) -> None:
+    """The writer's lanes read a local tiled TIFF at once (``concurrent_reads``): windows over shared tiles stay exact."""
+    image = np.asarray(he_like(700, 900, seed=4))
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb", compression="jpeg")
+    expected = tifffile.imread(path).transpose(2, 0, 1)
+    windows = [(y, x, 48 + 40 * (k % 4)) for k, (y, x) in enumerate((y, x) for y in range(0, 700, 56) for x in range(0, 900, 72))]
+    with TiffSource(path) as source, ThreadPoolExecutor(4) as pool:
+        assert source.concurrent_reads
+
+        def read(window: tuple[int, int, int]) -> bool:
+            y, x, edge = window
+            got = source.read(y, min(y + edge, 700), x, min(x + edge, 900))
+            return bool(np.array_equal(got, expected[:, y : y + edge, x : x + edge]))
+
+        assert all(pool.map(read, windows * 3))
 
 
 def test_svs_through_the_cli_and_a_level_at_another_factor_is_computed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

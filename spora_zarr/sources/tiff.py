@@ -51,12 +51,15 @@ class _TiffSegments:
     ``os.pread`` (no shared file position, so no lock), decoded by tifffile's
     own segment decoder and copied once into the window. Compressed segments
     are decoded in a thread pool (the codecs release the GIL); uncompressed
-    ones are cheaper to copy inline. A compressed segment that straddles
-    the window's edge is kept (least recently used first out, up to one
-    window's bytes and a row of segments across the image, at most
-    ``_KEPT_ROW_BYTES``) for the windows the writer reads next, to its right
-    and in the next row, so shard-aligned windows over tiles of another size
-    decode each tile once. Other layouts use tifffile's zarr view.
+    ones are cheaper to copy inline. Windows may be read from several threads
+    at once (the writer's lanes); a window read while another is being read
+    decodes its own segments, in its thread. A compressed segment that
+    straddles the window's edge is kept (least recently used first out, up to
+    one window's bytes and, for each of two readers, a row of segments across
+    the image, at most ``_KEPT_ROW_BYTES``) for the windows read next, to its
+    right and in the next row, so shard-aligned windows over tiles of another
+    size decode each tile once (two readers at once: but the tiles both need
+    at the same time). Other layouts use tifffile's zarr view.
 
     Parameters
     ----------
@@ -84,9 +87,12 @@ class _TiffSegments:
         self._compressed = key.compression != 1
         self._kept: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._kept_bytes = 0
-        # a row of segments across the image (and a quarter more): what a row of windows leaves for the next row
+        # a row of segments across the image (and a quarter more) for each of two readers: what a row of windows
+        # leaves for the next row
         row = len(pages) * self.separate * self.cols * self.seg_h * self.seg_w * self.contig * self.dtype.itemsize
-        self._band = min(row * 5 // 4, _KEPT_ROW_BYTES)
+        self._band = 2 * min(row * 5 // 4, _KEPT_ROW_BYTES)
+        self._lock = threading.Lock()  # the kept segments and the count of windows being read, for concurrent readers
+        self._reading = 0
         if self._compressed and workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -131,28 +137,36 @@ class _TiffSegments:
             for col in range(x0 // self.seg_w, (x1 - 1) // self.seg_w + 1)
         ]
         copy = functools.partial(self._copy, out, (y0, y1, x0, x1))
-        kept = [(job, self._kept.get(job[2:0:-1]) if self._compressed else None) for job in jobs]  # key: (first channel, index)
-        jobs = [job for job, segment in kept if segment is None]
-        parts, runs = None, self._workers * _RUNS_PER_WORKER  # a few runs per thread, not a task a segment: the pool's
-        if self._pool is not None and len(jobs) > 1:  # bookkeeping holds the GIL; decoded while the kept ones are copied here
-            parts = self._pool.map(lambda part: [copy(job) for job in part], [jobs[k::runs] for k in range(runs)])
-        for job, segment in kept:
-            if segment is None:
-                continue
-            copy(job, segment)
-            if self._beyond(job[1], y1, x1):
-                self._kept.move_to_end(job[2:0:-1])
-            else:  # no window to the right or below needs it any more
-                self._kept_bytes -= self._kept.pop(job[2:0:-1]).nbytes
-        if parts is None:
-            straddling = [copy(job) for job in jobs]
-        else:
-            straddling = [None] * len(jobs)
-            for k, part in enumerate(parts):
-                straddling[k::runs] = part
-        for job, segment in zip(jobs, straddling):
-            if segment is not None:
-                self._keep(job[2:0:-1], segment, out.nbytes + self._band)
+        with self._lock:
+            alone = not self._reading  # another thread reading a window too: each decodes its own segments
+            self._reading += 1
+            kept = [(job, self._kept.get(job[2:0:-1]) if self._compressed else None) for job in jobs]  # key: (channel, index)
+            for job, segment in kept:
+                if segment is not None and not self._beyond(job[1], y1, x1):  # no window to the right or below needs it
+                    self._kept_bytes -= self._kept.pop(job[2:0:-1]).nbytes
+                elif segment is not None:
+                    self._kept.move_to_end(job[2:0:-1])
+        try:
+            jobs = [job for job, segment in kept if segment is None]
+            parts, runs = None, self._workers * _RUNS_PER_WORKER  # a few runs per thread, not a task a segment: the pool's
+            if self._pool is not None and alone and len(jobs) > 1:  # bookkeeping holds the GIL; decoded while the kept
+                parts = self._pool.map(lambda part: [copy(job) for job in part], [jobs[k::runs] for k in range(runs)])
+            for job, segment in kept:  # ones are copied here
+                if segment is not None:
+                    copy(job, segment)
+            if parts is None:
+                straddling = [copy(job) for job in jobs]
+            else:
+                straddling = [None] * len(jobs)
+                for k, part in enumerate(parts):
+                    straddling[k::runs] = part
+        finally:
+            with self._lock:
+                self._reading -= 1
+        with self._lock:
+            for job, segment in zip(jobs, straddling):
+                if segment is not None:
+                    self._keep(job[2:0:-1], segment, out.nbytes + self._band)
         return out
 
     def _copy(
@@ -390,6 +404,11 @@ class TiffSource(ImageSource):
                 return bytes(handle.read(counts[index]))
 
         return EncodedTiles(codec=codec, tile=(page.tilelength, page.tilewidth), read=read)
+
+    @property
+    def concurrent_reads(self) -> bool:
+        """Whether :meth:`read` may be called from several threads at once: a local file read segment by segment."""
+        return self._segments is not None and self._segments.channels == self.shape[0]
 
     def read(self, y0: int, y1: int, x0: int, x1: int, out: np.ndarray | None = None) -> np.ndarray:
         """The window ``(C, h, w)``; with ``out`` (that shape and dtype) written into it and ``out`` returned."""

@@ -56,6 +56,16 @@ log = logging.getLogger("spora_zarr")
 WRITE_THREADS = 2
 
 
+#: A copied level read by several lanes at once goes to them in this many bands of block rows per lane (a lane
+#: reads its band row by row, and only the tiles on a band's edge are decoded by two lanes).
+BANDS_PER_LANE = 4
+
+
+def _concurrent(source: ImageSource) -> bool:
+    """Whether ``source`` may be read from several threads at once (its optional ``concurrent_reads``)."""
+    return bool(getattr(source, "concurrent_reads", False))
+
+
 #: The dtypes the writer stores (zarr v3 core data types): ``(kind, item sizes)``.
 STORED_KINDS = {"b": (1,), "u": (1, 2, 4, 8), "i": (1, 2, 4, 8), "f": (2, 4, 8)}
 
@@ -345,7 +355,9 @@ class _Streamer:
     independent parts of a plane (the blocks of a copied level, the subtrees
     under the coarsest level's blocks) are streamed by that many threads at
     once; a source is read by one thread at a time (its own decoder may use
-    several), while the reductions and the writes of other lanes go on.
+    several), while the reductions and the writes of other lanes go on, unless
+    it says it may be read from several (``concurrent_reads``: a local tiled
+    TIFF): the lanes then read at once, a copied level in bands of block rows.
     """
 
     def __init__(
@@ -375,7 +387,10 @@ class _Streamer:
         self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="spora-write")
         self._inflight = threading.BoundedSemaphore(IN_FLIGHT)
         self._pending: list[Future[None]] = []
-        self._reading = threading.Lock()  # sources need not be thread-safe
+        # a source is read by one thread at a time, unless it may be read from several (``concurrent_reads``)
+        self._reading: list[contextlib.AbstractContextManager[Any]] = [
+            contextlib.nullcontext() if _concurrent(source) else threading.Lock() for source in sources
+        ]
         self._state = threading.Lock()  # counters, samples, pending writes, progress
 
     def run(self) -> None:
@@ -399,7 +414,7 @@ class _Streamer:
     # -- reading -------------------------------------------------------------
     def _read(self, index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         source = self.sources[index]
-        with self._reading:
+        with self._reading[index]:
             block = read_plane(source, self.plane, y0, y1, x0, x1)
         expected = (source.shape[0], y1 - y0, x1 - x0)
         if block.shape != expected:
@@ -462,8 +477,17 @@ class _Streamer:
             y1, x1 = min(y0 + self.edge, height), min(x0 + self.edge, width)
             self._write(index, y0, x0, self._read(index, y0, y1, x0, x1))
 
-        blocks = [functools.partial(copy, y0, x0) for y0 in range(0, height, self.edge) for x0 in range(0, width, self.edge)]
-        in_lanes(blocks, self.lanes)
+        def copy_rows(rows: range) -> None:
+            for y0 in rows:
+                for x0 in range(0, width, self.edge):
+                    copy(y0, x0)
+
+        rows = range(0, height, self.edge)
+        # a source read by one lane at a time: block by block; else bands of rows, so that the lanes read at once and
+        # share only the tiles on the bands' edges
+        bands = len(rows) if not _concurrent(self.sources[index]) else min(len(rows), BANDS_PER_LANE * self.lanes)
+        per_band = math.ceil(len(rows) / bands)
+        in_lanes([functools.partial(copy_rows, rows[k : k + per_band]) for k in range(0, len(rows), per_band)], self.lanes)
 
     def _chain(self, base: int) -> None:
         """The coarsest source level and the levels computed from it, depth first (a subtree per lane)."""
