@@ -78,7 +78,10 @@ class ImageSource(Protocol):
     Implementations set ``name`` (shown in errors), ``shape``, ``dtype`` and
     ``info``, implement :meth:`read`, and override :meth:`close` when they hold
     files or threads. Subclassing this protocol gives the context manager and a
-    no-op ``close``.
+    no-op ``close``. A source whose :meth:`read` may be called from several
+    threads at once says so with a true ``concurrent_reads`` attribute (the
+    writer's lanes then read it at once); without one it is read by one thread
+    at a time.
     """
 
     name: str
