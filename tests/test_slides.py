@@ -79,6 +79,20 @@ def test_a_tiled_tiff_read_from_many_threads_at_once_gives_every_window_exactly(
         assert all(pool.map(read, windows * 3))
 
 
+def test_two_lanes_copy_a_slide_level_in_bands_of_rows_pixel_exact(tmp_path: Path) -> None:
+    """32 rows of 32 px blocks, two lanes: the lanes read the slide at once, four bands of rows each."""
+    slide = tmp_path / "slide.svs"
+    write_svs(slide, np.asarray(he_like(1024, 640, seed=7)), mpp=0.5, factors=(4,), tile=64)
+    store = tmp_path / "cohort.zarr"
+    options = WriteOptions(chunk=16, shard=32, codec_threads=2)
+    assert options.lanes(3, 1, 3, 32) == 2
+    add_image(store, str(slide), modality="he", tissue_id="A", lossless=True, write=options)
+    levels = _levels(store)
+    np.testing.assert_array_equal(levels["0_5mpp"][:], tifffile.imread(slide, series=0, level=0).transpose(2, 0, 1))
+    np.testing.assert_array_equal(levels["2_0mpp"][:], tifffile.imread(slide, series=0, level=1).transpose(2, 0, 1))
+    assert validate_store(store) == []
+
+
 def test_svs_through_the_cli_and_a_level_at_another_factor_is_computed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     slide = tmp_path / "slide.svs"
     write_svs(slide, np.asarray(he_like(200, 2200, seed=2)), factors=(3,), tile=128)  # 3x is not 2**k: left out

@@ -482,12 +482,13 @@ class _Streamer:
                 for x0 in range(0, width, self.edge):
                     copy(y0, x0)
 
-        rows = range(0, height, self.edge)
-        # a source read by one lane at a time: block by block; else bands of rows, so that the lanes read at once and
-        # share only the tiles on the bands' edges
-        bands = len(rows) if not _concurrent(self.sources[index]) else min(len(rows), BANDS_PER_LANE * self.lanes)
-        per_band = math.ceil(len(rows) / bands)
-        in_lanes([functools.partial(copy_rows, rows[k : k + per_band]) for k in range(0, len(rows), per_band)], self.lanes)
+        rows, bands = range(0, height, self.edge), BANDS_PER_LANE * self.lanes
+        if _concurrent(self.sources[index]) and len(rows) >= 2 * bands:  # bands of rows: the lanes read at once and
+            per_band = math.ceil(len(rows) / bands)  # share only the tiles on the bands' edges
+            jobs = [functools.partial(copy_rows, rows[k : k + per_band]) for k in range(0, len(rows), per_band)]
+        else:  # block by block (a source read by one lane at a time, or a level of few rows)
+            jobs = [functools.partial(copy, y0, x0) for y0 in rows for x0 in range(0, width, self.edge)]
+        in_lanes(jobs, self.lanes)
 
     def _chain(self, base: int) -> None:
         """The coarsest source level and the levels computed from it, depth first (a subtree per lane)."""
