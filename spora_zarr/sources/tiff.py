@@ -58,8 +58,8 @@ class _TiffSegments:
     one window's bytes and, for each of two readers, a row of segments across
     the image, at most ``_KEPT_ROW_BYTES``) for the windows read next, to its
     right and in the next row, so shard-aligned windows over tiles of another
-    size decode each tile once (two readers at once: but the tiles both need
-    at the same time). Other layouts use tifffile's zarr view.
+    size decode each tile once (with two readers at once, a tile both need at
+    the same moment is decoded by each). Other layouts use tifffile's zarr view.
 
     Parameters
     ----------
@@ -178,8 +178,7 @@ class _TiffSegments:
         extends beyond the window is returned, to be kept for the next windows.
         """
         (y0, y1, x0, x1), (page, index, channel) = window, job
-        row, col = index % (self.rows * self.cols) // self.cols, index % self.cols
-        sy, sx = row * self.seg_h, col * self.seg_w
+        sy, sx = self._origin(index)
         ya, yb, xa, xb = max(y0, sy), min(y1, sy + self.seg_h), max(x0, sx), min(x1, sx + self.seg_w)
         target = out[channel : channel + self.contig, ya - y0 : yb - y0, xa - x0 : xb - x0]
         decoded = segment is None
@@ -193,13 +192,18 @@ class _TiffSegments:
             segment = self._decode(data, index, jpegtables=tables, _fullsize=True, **self._jpeg)[0]
         part = segment[0, ya - sy : yb - sy, xa - sx : xb - sx]
         target[...] = part[..., 0] if self.contig == 1 else part.transpose(2, 0, 1)
-        straddles = sy < y0 or sx < x0 or min(sy + self.seg_h, self.height) > y1 or min(sx + self.seg_w, self.width) > x1
+        straddles = sy < y0 or sx < x0 or self._beyond(index, y1, x1)
         return segment if decoded and self._compressed and straddles else None
+
+    def _origin(self, index: int) -> tuple[int, int]:
+        """The top-left pixel ``(y, x)`` of segment ``index`` (of any page or sample) in its plane."""
+        row, col = index % (self.rows * self.cols) // self.cols, index % self.cols
+        return row * self.seg_h, col * self.seg_w
 
     def _beyond(self, index: int, y1: int, x1: int) -> bool:
         """Whether segment ``index`` reaches below row ``y1`` or right of column ``x1`` (into windows read later)."""
-        row, col = index % (self.rows * self.cols) // self.cols, index % self.cols
-        return bool(min((row + 1) * self.seg_h, self.height) > y1 or min((col + 1) * self.seg_w, self.width) > x1)
+        sy, sx = self._origin(index)
+        return bool(min(sy + self.seg_h, self.height) > y1 or min(sx + self.seg_w, self.width) > x1)
 
     def _keep(self, key: tuple[int, int], segment: np.ndarray, limit: int) -> None:
         """Keep a decoded segment, dropping the least recently used beyond ``limit`` bytes."""
