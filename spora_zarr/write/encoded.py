@@ -11,6 +11,7 @@ import zarr
 from ..sources import EncodedTiles, ImageSource
 from ..store.codecs import jpeg_chunk_codecs
 from ..store.location import Location
+from ..store.shards import MISSING, index_bytes
 from .lanes import in_lanes
 from .pyramid import Level
 
@@ -43,7 +44,6 @@ def write_encoded(
     source lacks is left out of its shard's index (read back as the fill value
     0, as tifffile reads it).
     """
-    import google_crc32c
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
@@ -69,7 +69,7 @@ def write_encoded(
     prototype = default_buffer_prototype()
 
     def write_shard(sy: int, sx: int) -> None:
-        index = np.full((per_shard, per_shard, 2), 2**64 - 1, dtype="<u8")
+        index = np.full((per_shard, per_shard, 2), MISSING, dtype="<u8")
         parts, offset = [], 0
         for i in range(per_shard):
             for j in range(per_shard):
@@ -81,8 +81,7 @@ def write_encoded(
                     offset += len(data)
         if not parts:
             return
-        table = index.tobytes()
-        body = b"".join([*parts, table, google_crc32c.value(table).to_bytes(4, "little")])
+        body = b"".join([*parts, index_bytes(index.reshape(-1, 2))])
         key = array.metadata.encode_chunk_key((0, sy, sx))
         sync((array.store_path / key).set(prototype.buffer.from_bytes(body)))
 

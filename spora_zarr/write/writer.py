@@ -48,6 +48,7 @@ from .lanes import in_lanes
 from .ngff import channel_windows, image_metadata, label_metadata
 from .options import IN_FLIGHT, WriteOptions, read_plane, source_depth
 from .pyramid import SHRINK, Level, Method, check_source_shapes, plan_levels
+from .shards import ShardWriter
 
 log = logging.getLogger("spora_zarr")
 
@@ -276,7 +277,10 @@ def _write_multiscale(
             encoded = encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
             for index, tiles in encoded.items():
                 arrays[index] = write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options, lanes)
-            streamer = _Streamer(levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes)
+            writers = [ShardWriter.for_array(location, array) for array in arrays]
+            streamer = _Streamer(
+                levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes, writers
+            )
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer))
         for name, data in (files or {}).items():
@@ -358,6 +362,8 @@ class _Streamer:
     several), while the reductions and the writes of other lanes go on, unless
     it says it may be read from several (``concurrent_reads``: a local tiled
     TIFF): the lanes then read at once, a copied level in bands of block rows.
+    ``shard_writers`` (one per level, ``None`` where zarr writes) write the
+    blocks of local arrays themselves, a whole shard each (:mod:`.shards`).
     """
 
     def __init__(
@@ -372,8 +378,10 @@ class _Streamer:
         depth: int = 1,
         kept: set[int] | None = None,
         lanes: int = 1,
+        shard_writers: Sequence[ShardWriter | None] = (),
     ) -> None:
         self.levels, self.arrays, self.sources, self.shrink = levels, arrays, sources, shrink
+        self.shard_writers = list(shard_writers) or [None] * len(arrays)
         self.kept = kept or set()
         self.depth, self.plane = depth, 0
         self.labels, self.progress = labels, progress
@@ -439,13 +447,12 @@ class _Streamer:
                 self._samples.append(sample)
         if index in self.kept:
             return
-        array = self.arrays[index]
         region: tuple[int | slice, ...] = (slice(y0, y0 + block.shape[1]), slice(x0, x0 + block.shape[2]))
         if self.depth > 1:
             region = (self.plane, *region)
         target = block[0] if self.labels else block
         self._inflight.acquire()
-        future = self._pool.submit(self._store, array, region if self.labels else (slice(None), *region), target)
+        future = self._pool.submit(self._store, index, region if self.labels else (slice(None), *region), target)
         with self._state:
             self._pending.append(future)
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
@@ -455,9 +462,12 @@ class _Streamer:
         if failed:
             raise failed[0]  # type: ignore[misc]
 
-    def _store(self, array: zarr.Array[Any], region: tuple[int | slice, ...], block: np.ndarray) -> None:
+    def _store(self, index: int, region: tuple[int | slice, ...], block: np.ndarray) -> None:
+        """Write ``block`` at ``region`` of level ``index``: a whole shard by its :class:`ShardWriter`, else through zarr."""
         try:
-            array[region] = block
+            writer = self.shard_writers[index]
+            if writer is None or not writer.write(region, block):
+                self.arrays[index][region] = block
         finally:
             self._inflight.release()
 

@@ -25,10 +25,10 @@ from ... import process
 from ...errors import StoreError
 from ...store.arrays import max_file_bytes
 from ...store.location import open_local_file
+from ...store.shards import MISSING
 
 __all__ = ["MISSING", "ChunkTable", "LocalFiles", "ShardLayout", "index_at_end", "shard_layout", "shard_table"]
 
-MISSING = 2**64 - 1  # offset and size of an inner chunk that was never written
 _CACHE_BYTES = 32 * 2**20  # the shard indexes kept per process, by size: 8,192 of 256 chunks, 50,000+ of a few
 _ENTRY_BYTES = 400  # what an entry costs beside its table (key, path string, objects)
 _CACHE: collections.OrderedDict[tuple[str, int, int, int], ChunkTable] = collections.OrderedDict()
