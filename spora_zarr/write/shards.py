@@ -1,4 +1,4 @@
-"""Whole shards of a local array written by the writer itself: chunks encoded here, one file write per shard.
+"""Whole shards of a local array written by the writer itself: chunks encoded here, one file per shard.
 
 The streamer hands over blocks of one shard each. Through zarr-python a block
 costs an event-loop round trip, a codec-pipeline thread hand-off and the
@@ -9,7 +9,7 @@ with the lanes that read and reduce (``docs/conversion.md``). A
 shard at a time is made contiguous (one numpy copy), each chunk encoded with
 the array's blosc codec (the GIL released) or kept raw, and written with
 ``os.writev``. Chunks that hold only the fill value are left out of the shard,
-and a shard of only fill value is not written, as zarr's pipelines do. Any
+and a shard of only fill value is not written, as the zarrs pipeline does. Any
 other write (a region that is not one whole shard, an array in another
 layout, a store that is not local) goes through zarr.
 """
