@@ -63,7 +63,7 @@ NAMES = {"jpeg": "add-image (JPEG tiles kept)", "lossless": "add-image --lossles
 TARGET_EFFICIENCY = 0.9  # t1 / (2 t2)
 
 #: ``spora-zarr`` as its console script runs it, with this interpreter.
-_CLI = "import sys; from spora_zarr.cli import main; sys.argv[0] = 'spora-zarr'; sys.exit(main())"
+_CLI = "import sys; from spora_zarr.cli import run; sys.argv[0] = 'spora-zarr'; run()"
 
 #: The reference job: ``argv[1]`` GiB of BLAKE2 (which drops the GIL) split over ``argv[2]`` threads.
 _REFERENCE = """

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -72,6 +75,17 @@ def test_info_summarises_the_store(cohort_pair: tuple[Path, Path], capsys: pytes
         assert expected in out, expected
     tissues = open_cohort(dest).read_table("metadata/tissues.parquet")  # the footer info prints says what the rows say
     assert f"  metadata/tissues.parquet: {tissues.num_rows} rows, columns {', '.join(tissues.column_names)}" in out.splitlines()
+
+
+def test_the_console_script_exits_with_the_commands_code(cohort_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    _, dest = cohort_pair
+    script = shutil.which("spora-zarr", path=os.path.dirname(sys.executable))
+    assert script is not None, "spora-zarr is not installed beside this interpreter"
+    done = subprocess.run([script, "info", str(dest)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "modality imc: 3 tissue(s)" in done.stdout and not done.stderr
+    missing = subprocess.run([script, "info", str(tmp_path / "none.zarr")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and not missing.stdout
 
 
 def test_validate_reports_problems(cohort_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..store.layout import MASK_KINDS
-from ..store.location import Location
+from ..store.location import Location, collection_paused
 from .cohort import Cohort, open_cohort
 
 
@@ -15,8 +15,15 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     Each group's own ``zarr.json`` is read and its NGFF metadata validated (the channels, the levels it
     lists); a level's shape, dtype, chunks and shards come from its directory's summary where one vouches
     for the group (:mod:`spora_zarr.store.summary`), else from the level's ``zarr.json``. ``validate``
-    checks the summaries against every document.
+    checks the summaries against every document. No cyclic garbage collection runs meanwhile: the
+    thousands of parsed groups set off full collections of every object the imports made (0.1-0.7 s
+    at 1,250 tissues, a third of the parsing).
     """
+    with collection_paused():
+        return _describe(location, storage_options)
+
+
+def _describe(location: str | Location, storage_options: dict[str, Any] | None) -> str:
     cohort = open_cohort(location, storage_options)
     lines = [f"cohort store {cohort.location}", f"format version {cohort.attributes.format_version}"]
     for modality in cohort.modalities:
