@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,6 +78,33 @@ def test_a_tiled_tiff_read_from_many_threads_at_once_gives_every_window_exactly(
             return bool(np.array_equal(got, expected[:, y : y + edge, x : x + edge]))
 
         assert all(pool.map(read, windows * 3))
+
+
+def test_four_lanes_reading_their_bands_at_once_decode_each_tile_once(tmp_path: Path) -> None:
+    """Four readers, each down its own band of rows in step: each keeps a row of straddling tiles for its next row."""
+    image = np.asarray(he_like(768, 620, seed=5))
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb", compression="jpeg")
+    edge, band, expected = 96, 192, tifffile.imread(path).transpose(2, 0, 1)  # bands end on tile edges: no tile shared
+    in_step = threading.Barrier(4)
+    with TiffSource(path) as source, ThreadPoolExecutor(4) as pool:
+        segments = source._segments
+        assert segments is not None
+        decoded: list[int] = []
+        decode = segments._decode
+        segments._decode = lambda data, index, **kw: decoded.append(index) or decode(data, index, **kw)
+
+        def read_band(top: int) -> bool:
+            exact = True
+            for y in range(top, top + band, edge):
+                for x in range(0, 620, edge):
+                    got = source.read(y, y + edge, x, min(x + edge, 620))
+                    exact &= bool(np.array_equal(got, expected[:, y : y + edge, x : x + edge]))
+                in_step.wait(timeout=60)
+            return exact
+
+        assert all(pool.map(read_band, range(0, 768, band)))
+    assert sorted(decoded) == list(range(12 * 10))  # every tile, once
 
 
 def test_two_lanes_copy_a_slide_level_in_bands_of_rows_pixel_exact(tmp_path: Path) -> None:

@@ -36,9 +36,11 @@ _MAX_TAG_MPP = 100.0
 #: Compressed segments of a window go to the decoding threads in this many runs per thread (balance against the
 #: pool's per-task cost, paid holding the GIL).
 _RUNS_PER_WORKER = 4
-#: The most bytes of decoded segments kept for the next row of windows (a row of 256 px RGB tiles across a
+#: The most bytes of decoded segments kept for one reader's next row of windows (a row of 256 px RGB tiles across a
 #: 40,000 px slide: 31 MB).
 _KEPT_ROW_BYTES = 64 * 2**20
+#: The most bytes of decoded segments kept for all readers together (four such rows).
+_KEPT_BYTES = 4 * _KEPT_ROW_BYTES
 _APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 
 
@@ -55,11 +57,13 @@ class _TiffSegments:
     at once (the writer's lanes); a window read while another is being read
     decodes its own segments, in its thread. A compressed segment that
     straddles the window's edge is kept (least recently used first out, up to
-    one window's bytes and, for each of two readers, a row of segments across
-    the image, at most ``_KEPT_ROW_BYTES``) for the windows read next, to its
-    right and in the next row, so shard-aligned windows over tiles of another
-    size decode each tile once (with two readers at once, a tile both need at
-    the same moment is decoded by each). Other layouts use tifffile's zarr view.
+    one window's bytes and, for each reader, a row of segments across the
+    image, at most ``_KEPT_ROW_BYTES``; the readers are the most seen reading at
+    once, two at least, and all of them keep at most ``_KEPT_BYTES``) for the
+    windows read next, to its right and in the next row, so shard-aligned
+    windows over tiles of another size decode each tile once (with two readers
+    at once, a tile both need at the same moment is decoded by each). Other
+    layouts use tifffile's zarr view.
 
     Parameters
     ----------
@@ -87,12 +91,13 @@ class _TiffSegments:
         self._compressed = key.compression != 1
         self._kept: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._kept_bytes = 0
-        # a row of segments across the image (and a quarter more) for each of two readers: what a row of windows
-        # leaves for the next row
+        # a row of segments across the image (and a quarter more) for each reader: what a row of windows leaves for
+        # the next row
         row = len(pages) * self.separate * self.cols * self.seg_h * self.seg_w * self.contig * self.dtype.itemsize
-        self._band = 2 * min(row * 5 // 4, _KEPT_ROW_BYTES)
+        self._row_kept = min(row * 5 // 4, _KEPT_ROW_BYTES)
         self._lock = threading.Lock()  # the kept segments and the count of windows being read, for concurrent readers
         self._reading = 0
+        self._readers = 2  # the most windows seen being read at once (two at least: the writer's lanes)
         if self._compressed and workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -140,6 +145,7 @@ class _TiffSegments:
         with self._lock:
             alone = not self._reading  # another thread reading a window too: each decodes its own segments
             self._reading += 1
+            self._readers = max(self._readers, self._reading)
             kept = [(job, self._kept.get(job[2:0:-1]) if self._compressed else None) for job in jobs]  # key: (channel, index)
             for job, segment in kept:
                 if segment is not None and not self._beyond(job[1], y1, x1):  # no window to the right or below needs it
@@ -166,7 +172,7 @@ class _TiffSegments:
         with self._lock:
             for job, segment in zip(jobs, straddling):
                 if segment is not None:
-                    self._keep(job[2:0:-1], segment, out.nbytes + self._band)
+                    self._keep(job[2:0:-1], segment, out.nbytes + min(self._readers * self._row_kept, _KEPT_BYTES))
         return out
 
     def _copy(
