@@ -17,7 +17,8 @@ most that the machine's load let any program reach at that moment.
 
 Runs are interleaved (per repeat and route: reference on one core, the
 conversion on one core, reference on two, conversion on two) so that other
-processes' load falls on both sides alike. For each run: seconds, CPU seconds
+processes' load falls on both sides alike; each starts after ``sync``, so
+that none pays for writing back another's store. For each run: seconds, CPU seconds
 (user + sys of the child, from ``os.wait4``), cores busy (CPU / wall seconds),
 cores wanted (the child's runnable threads, capped at its cores, sampled from
 ``/proc``: what it asks of its cores whoever else runs there), peak RSS and
@@ -179,6 +180,7 @@ def store_digest(image: Path) -> str:
 def measure(route: str, cores: int, cpus: str, arguments: list[str]) -> Run:
     """Run ``python arguments`` under ``taskset -c cpus`` with this checkout first on the path: its figures."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    os.sync()  # the earlier runs' stores written back first: no run pays for another's writes
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as stderr:
@@ -307,7 +309,8 @@ table). The {args.edge:,}² px Aperio-style SVS of the JPEG slides section ({sli
 `spora-zarr add-image`, each run in its own process pinned by `taskset` to one core or two (the writer streams one lane
 per core it may run on). Next to each conversion, a reference job in its own process: {args.reference_gib:g} GiB of
 BLAKE2 hashing split over one thread per core, perfectly parallel, so its efficiency is the most the load let any
-program reach. Reference and conversion, one core and two, interleaved. CPU seconds: the child's user + system time;
+program reach. Reference and conversion, one core and two, interleaved, each run started after `sync`. CPU seconds: the
+child's user + system time;
 cores busy: CPU / wall seconds; cores wanted: the child's runnable threads (running or waiting for a core), capped at
 its cores, sampled every 20 ms from `/proc`.
 

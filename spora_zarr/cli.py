@@ -587,6 +587,7 @@ _COMMANDS = {
     "stitch": _stitch,
 }
 
+
 def run() -> None:
     """The ``spora-zarr`` command: :func:`main` on ``sys.argv``, then the process exits with its code.
 
