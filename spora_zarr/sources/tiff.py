@@ -41,6 +41,8 @@ _RUNS_PER_WORKER = 4
 _KEPT_ROW_BYTES = 64 * 2**20
 #: The most bytes of decoded segments kept for all readers together (four such rows).
 _KEPT_BYTES = 4 * _KEPT_ROW_BYTES
+#: Reader threads counted at most (beyond four rows of the largest size the count changes nothing).
+_MAX_READERS = 64
 _APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 
 
@@ -58,8 +60,8 @@ class _TiffSegments:
     decodes its own segments, in its thread. A compressed segment that
     straddles the window's edge is kept (least recently used first out, up to
     one window's bytes and, for each reader, a row of segments across the
-    image, at most ``_KEPT_ROW_BYTES``; the readers are the most seen reading at
-    once, two at least, and all of them keep at most ``_KEPT_BYTES``) for the
+    image, at most ``_KEPT_ROW_BYTES``; the readers are the threads that have
+    read windows, two at least, and all keep at most ``_KEPT_BYTES``) for the
     windows read next, to its right and in the next row, so shard-aligned
     windows over tiles of another size decode each tile once (with two readers
     at once, a tile both need at the same moment is decoded by each). Other
@@ -94,10 +96,10 @@ class _TiffSegments:
         # a row of segments across the image (and a quarter more) for each reader: what a row of windows leaves for
         # the next row
         row = len(pages) * self.separate * self.cols * self.seg_h * self.seg_w * self.contig * self.dtype.itemsize
-        self._row_kept = min(row * 5 // 4, _KEPT_ROW_BYTES)
+        self._row_kept = int(min(row * 5 // 4, _KEPT_ROW_BYTES))
         self._lock = threading.Lock()  # the kept segments and the count of windows being read, for concurrent readers
         self._reading = 0
-        self._readers = 2  # the most windows seen being read at once (two at least: the writer's lanes)
+        self._readers: set[int] = set()  # the threads that have read windows (the writer's lanes)
         if self._compressed and workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -145,7 +147,8 @@ class _TiffSegments:
         with self._lock:
             alone = not self._reading  # another thread reading a window too: each decodes its own segments
             self._reading += 1
-            self._readers = max(self._readers, self._reading)
+            if len(self._readers) < _MAX_READERS:
+                self._readers.add(threading.get_ident())
             kept = [(job, self._kept.get(job[2:0:-1]) if self._compressed else None) for job in jobs]  # key: (channel, index)
             for job, segment in kept:
                 if segment is not None and not self._beyond(job[1], y1, x1):  # no window to the right or below needs it
@@ -172,7 +175,7 @@ class _TiffSegments:
         with self._lock:
             for job, segment in zip(jobs, straddling):
                 if segment is not None:
-                    self._keep(job[2:0:-1], segment, out.nbytes + min(self._readers * self._row_kept, _KEPT_BYTES))
+                    self._keep(job[2:0:-1], segment, out.nbytes + self._kept_rows)
         return out
 
     def _copy(
@@ -210,6 +213,11 @@ class _TiffSegments:
         """Whether segment ``index`` reaches below row ``y1`` or right of column ``x1`` (into windows read later)."""
         sy, sx = self._origin(index)
         return bool(min(sy + self.seg_h, self.height) > y1 or min(sx + self.seg_w, self.width) > x1)
+
+    @property
+    def _kept_rows(self) -> int:
+        """Bytes of straddling segments kept beside a window's: a row for each reader thread (two at least)."""
+        return min(max(2, len(self._readers)) * self._row_kept, _KEPT_BYTES)
 
     def _keep(self, key: tuple[int, int], segment: np.ndarray, limit: int) -> None:
         """Keep a decoded segment, dropping the least recently used beyond ``limit`` bytes."""
