@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 from numcodecs import Blosc
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.codecs import BloscCodec, BytesCodec
 
 from ..store.location import Location
-from ..store.shards import MISSING, index_bytes
+from ..store.shards import MISSING, index_at_end, index_bytes, little_endian, sharding_of
 
 __all__ = ["ShardWriter"]
 
@@ -39,10 +38,6 @@ _IOV_MAX = 1024  # buffers one writev takes at most (Linux)
 def _value(option: Any) -> Any:
     """An enum option's value (zarr's codecs hold enums, or strings in later releases)."""
     return getattr(option, "value", option)
-
-
-def _little_endian(codec: BytesCodec) -> bool:
-    return _value(getattr(codec, "endian", None)) in (None, "little")
 
 
 class ShardWriter:
@@ -89,19 +84,11 @@ class ShardWriter:
         value zero.
         """
         metadata = array.metadata
-        if not location.is_local or metadata.zarr_format != 3 or not isinstance(metadata.chunk_grid, RegularChunkGrid):
-            return None
-        codecs = tuple(metadata.codecs)
-        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-            return None
-        sharding = codecs[0]
-        index = tuple(sharding.index_codecs)
-        if _value(sharding.index_location) != "end" or len(index) != 2:
-            return None
-        if not (isinstance(index[0], BytesCodec) and _little_endian(index[0]) and isinstance(index[1], Crc32cCodec)):
+        sharding = sharding_of(metadata) if location.is_local else None
+        if sharding is None or not index_at_end(sharding) or not little_endian(sharding.index_codecs[0]):
             return None
         inner = tuple(sharding.codecs)
-        if not inner or len(inner) > 2 or not isinstance(inner[0], BytesCodec) or not _little_endian(inner[0]):
+        if not inner or len(inner) > 2 or not isinstance(inner[0], BytesCodec) or not little_endian(inner[0]):
             return None
         if len(inner) == 2 and not isinstance(inner[1], BloscCodec):
             return None

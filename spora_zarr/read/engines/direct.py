@@ -46,6 +46,7 @@ from ... import process
 from ...errors import InvalidInputError, StoreError
 from ...store.arrays import max_file_bytes
 from ...store.location import open_local_file
+from ...store.shards import little_endian
 from .base import RegularChunkGrid, UnsupportedLayout
 from .shards import ChunkTable, index_at_end, shard_table
 
@@ -232,7 +233,7 @@ class DirectArray:
             if not (
                 len(index_codecs) == 2
                 and isinstance(index_codecs[0], BytesCodec)
-                and _little_endian(index_codecs[0])
+                and little_endian(index_codecs[0])
                 and isinstance(index_codecs[1], Crc32cCodec)
             ):
                 raise UnsupportedLayout(f"shard index codecs {index_codecs} are not bytes + crc32c")
@@ -243,7 +244,7 @@ class DirectArray:
             self.shard_shape = None
         if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
             raise UnsupportedLayout(f"chunk codecs {codecs} are not bytes [+ blosc]")
-        if self.dtype.itemsize > 1 and not _little_endian(codecs[0]):
+        if self.dtype.itemsize > 1 and not little_endian(codecs[0]):
             raise UnsupportedLayout("chunks are not little-endian")
         if len(codecs) == 2 and not isinstance(codecs[1], BloscCodec):
             raise UnsupportedLayout(f"chunk compressor {codecs[1]} is not blosc")
@@ -450,8 +451,3 @@ class _Call:
 
 
 _NO_FILE = ChunkTable(np.zeros(2, np.uint64))  # the table of a file that is not there (never read)
-
-
-def _little_endian(codec: BytesCodec) -> bool:
-    endian = getattr(codec, "endian", None)
-    return endian is None or getattr(endian, "value", endian) == "little"

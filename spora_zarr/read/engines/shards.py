@@ -25,7 +25,7 @@ from ... import process
 from ...errors import StoreError
 from ...store.arrays import max_file_bytes
 from ...store.location import open_local_file
-from ...store.shards import MISSING
+from ...store.shards import MISSING, index_at_end, sharding_of
 
 __all__ = ["MISSING", "ChunkTable", "LocalFiles", "ShardLayout", "index_at_end", "shard_layout", "shard_table"]
 
@@ -34,12 +34,6 @@ _ENTRY_BYTES = 400  # what an entry costs beside its table (key, path string, ob
 _CACHE: collections.OrderedDict[tuple[str, int, int, int], ChunkTable] = collections.OrderedDict()
 _CACHED = [0]  # bytes the cache holds, as _ENTRY_BYTES + the table's
 _LOCK = process.PerProcess(threading.Lock)  # a forked child gets its own
-
-
-def index_at_end(sharding: object) -> bool:
-    """Whether a sharding codec puts its index at the end of the file (an enum; a str from zarr 3.4)."""
-    location = getattr(sharding, "index_location", None)
-    return getattr(location, "value", location) == "end"
 
 
 class ChunkTable:
@@ -105,18 +99,8 @@ class ShardLayout(NamedTuple):
 
 def shard_layout(metadata: Any) -> ShardLayout | None:
     """The layout of a zarr v3 array (``ArrayV3Metadata``) sharded on a regular grid with a bytes + crc32c index; else None."""
-    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-
-    from .base import RegularChunkGrid
-
-    if metadata.zarr_format != 3 or not isinstance(metadata.chunk_grid, RegularChunkGrid):
-        return None
-    codecs = tuple(metadata.codecs)
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        return None
-    sharding = codecs[0]
-    index_codecs = tuple(sharding.index_codecs)
-    if len(index_codecs) != 2 or not isinstance(index_codecs[0], BytesCodec) or not isinstance(index_codecs[1], Crc32cCodec):
+    sharding = sharding_of(metadata)
+    if sharding is None:
         return None
     shard_shape = tuple(int(s) for s in metadata.chunk_grid.chunk_shape)
     chunks = math.prod(o // i for o, i in zip(shard_shape, sharding.chunk_shape, strict=True))
