@@ -2,6 +2,13 @@
 
 Errors a user can fix are printed as one line (``error: <file>: <reason>``)
 with exit code 1, never as a traceback.
+
+One module, although long: its one job is the command line (the parser with
+every verb's flags, and a few lines a verb turning flags into one library
+call). The work itself lives in the library packages, and this module imports
+them inside each verb, so ``info`` or ``validate`` load no writer, dask or
+torch; split by verb, the flags that several verbs share (layout, runner,
+storage options) would be spread over modules that import each other.
 """
 
 from __future__ import annotations
