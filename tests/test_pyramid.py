@@ -108,3 +108,43 @@ def test_multiscales_type_and_metadata_name_only_the_levels_the_writer_computed(
             assert all(level in description for level in computed[name]) and "0_5mpp" not in description and "1_0mpp" not in description
             assert multiscales["metadata"]["method"] == "spora_zarr.write.pyramid.bin_shrink"
     assert computed["own"] == [] and computed["more"] == ["2_0mpp", "4_0mpp"]
+
+
+def test_the_lanes_take_every_level_of_a_plane_in_one_batch_the_largest_jobs_first(tmp_path: Path) -> None:
+    """No lane waits at the end of a copied level (issue 30): while one lane still reads level 0, the other reads the
+    coarser sources; with one lane the jobs run largest first, and the pyramid is the same as written level by level."""
+    import threading
+
+    rng = np.random.default_rng(3)
+    full = rng.integers(0, 255, size=(1, 1024, 1024), dtype=np.uint8)
+    half, quarter = bin_shrink(full), bin_shrink(bin_shrink(full))
+    coarser_read = threading.Event()
+    reads: list[tuple[str, int, int]] = []
+
+    class Recorded(ArraySource):
+        def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            reads.append((self.name, y0, x0))
+            if self.name == "full" and (y0, y1, x0) == (896, 1024, 896):  # level 0's last block: the other lane goes on
+                assert coarser_read.wait(timeout=20), "the other lane waited for the end of level 0"
+            elif self.name != "full":
+                coarser_read.set()
+            return super().read(y0, y1, x0, x1)
+
+    def sources() -> dict[float, ArraySource]:
+        return {0.5: Recorded(full, name="full"), 1.0: Recorded(half, name="half"), 2.0: Recorded(quarter, name="quarter")}
+
+    stored = []
+    for lanes in (2, 1):
+        reads.clear()
+        coarser_read.clear()
+        options = WriteOptions(chunk=64, shard=128, max_top_size=64, codec_threads=lanes)
+        write_image(tmp_path / f"{lanes}.zarr", "x/images/T", sources(), options=options)
+        group = zarr.open_group(tmp_path / f"{lanes}.zarr/x/images/T", mode="r")
+        stored.append({name: group[name][...] for name in sorted(group.array_keys())})
+    # one lane, after the compression sample: the chain's subtree (a 512 px span: four blocks of the quarter level), then
+    # the blocks of the copied levels
+    assert [name for name, *_ in reads[-84:]] == ["quarter"] * 4 + ["full"] * 64 + ["half"] * 16
+    assert stored[0].keys() == stored[1].keys() and len(stored[0]) == 5
+    for name, level in zip(sorted(stored[0]), [full, half, quarter, bin_shrink(quarter), bin_shrink(bin_shrink(quarter))]):
+        np.testing.assert_array_equal(stored[0][name], stored[1][name], err_msg=name)
+        np.testing.assert_array_equal(stored[0][name], level, err_msg=name)

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -351,14 +351,21 @@ def _create_arrays(
     return arrays
 
 
+class _Job(NamedTuple):
+    """One lane's job of a plane: at most ``pixels`` source pixels read (the order of the batch), and the job."""
+
+    pixels: int
+    run: Callable[[], object]
+
+
 class _Streamer:
     """Streams the sources through the levels, writing each shard-sized block once (plane by plane for a stack).
 
     Levels in ``kept`` already hold their source's encoded chunks: they are read
     (to compute the levels below them) but not written. With ``lanes > 1`` the
-    independent parts of a plane (the blocks of a copied level, the subtrees
-    under the coarsest level's blocks) are streamed by that many threads at
-    once; a source is read by one thread at a time (its own decoder may use
+    independent parts of a plane (the blocks or bands of every copied level,
+    the subtrees under the coarsest level's blocks) are streamed by that many
+    threads at once, in one batch, the largest first; a source is read by one thread at a time (its own decoder may use
     several), while the reductions and the writes of other lanes go on, unless
     it says it may be read from several (``concurrent_reads``: a local tiled
     TIFF): the lanes then read at once, a copied level in bands of block rows.
@@ -403,12 +410,11 @@ class _Streamer:
 
     def run(self) -> None:
         try:
-            n_sources = len(self.sources)
+            coarsest = len(self.sources) - 1
             for plane in range(self.depth):
                 self.plane = plane
-                for index in range(n_sources - 1):
-                    self._copy_level(index)
-                self._chain(n_sources - 1)
+                jobs = [job for index in range(coarsest) for job in self._copy_jobs(index)] + self._chain_jobs(coarsest)
+                in_lanes([job.run for job in sorted(jobs, key=lambda job: -job.pixels)], self.lanes)
             self._drain()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -477,10 +483,13 @@ class _Streamer:
         self._pending = []
 
     # -- the two traversals ---------------------------------------------------
-    def _copy_level(self, index: int) -> None:
-        """A finer source level that nothing is computed from: copied block by block."""
+    # The jobs of every level of a plane are independent (copied levels are read from their own sources, the
+    # chain from the coarsest source level), so they go to the lanes as one batch, the largest first: no lane
+    # waits at the end of a level while the other finishes it, and the small jobs fill the end of the plane.
+    def _copy_jobs(self, index: int) -> list[_Job]:
+        """A finer source level that nothing is computed from, copied block by block: its jobs."""
         if index in self.kept:
-            return
+            return []
         _, height, width = self.levels[index].shape
 
         def copy(y0: int, x0: int) -> None:
@@ -495,18 +504,20 @@ class _Streamer:
         rows, bands = range(0, height, self.edge), BANDS_PER_LANE * self.lanes
         if _concurrent(self.sources[index]) and len(rows) >= 2 * bands:  # bands of rows: the lanes read at once and
             per_band = math.ceil(len(rows) / bands)  # share only the tiles on the bands' edges
-            jobs = [functools.partial(copy_rows, rows[k : k + per_band]) for k in range(0, len(rows), per_band)]
-        else:  # block by block (a source read by one lane at a time, or a level of few rows)
-            jobs = [functools.partial(copy, y0, x0) for y0 in rows for x0 in range(0, width, self.edge)]
-        in_lanes(jobs, self.lanes)
+            return [
+                _Job(len(band) * self.edge * width, functools.partial(copy_rows, band))
+                for band in (rows[k : k + per_band] for k in range(0, len(rows), per_band))
+            ]
+        # block by block (a source read by one lane at a time, or a level of few rows)
+        return [_Job(self.edge * self.edge, functools.partial(copy, y0, x0)) for y0 in rows for x0 in range(0, width, self.edge)]
 
-    def _chain(self, base: int) -> None:
-        """The coarsest source level and the levels computed from it, depth first (a subtree per lane)."""
+    def _chain_jobs(self, base: int) -> list[_Job]:
+        """The coarsest source level and the levels computed from it, depth first: a job per subtree."""
         top = len(self.levels) - 1 - base
         span = self.edge * 2**top
         _, height, width = self.levels[base].shape
         rows, cols = math.ceil(height / span), math.ceil(width / span)
-        in_lanes([functools.partial(self._produce, base, top, i, j) for i in range(rows) for j in range(cols)], self.lanes)
+        return [_Job(span * span, functools.partial(self._produce, base, top, i, j)) for i in range(rows) for j in range(cols)]
 
     def _produce(self, base: int, depth: int, i: int, j: int) -> np.ndarray:
         """Block ``(i, j)`` of level ``base + depth``, computed from its four children and written."""
