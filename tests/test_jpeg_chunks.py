@@ -122,6 +122,30 @@ def test_a_forked_child_reads_after_the_parent_did(slide: Path, store: Path) -> 
     np.testing.assert_array_equal(window, tifffile.imread(slide)[40:264, 60:360].transpose(2, 0, 1))
 
 
+def test_a_slide_cut_short_in_its_tiles_is_one_line_naming_it_and_nothing_is_added(
+    slide: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kept tile is read whole or the write stops: a short read is never stored as a chunk."""
+    with tifffile.TiffFile(slide) as tiff:
+        page = tiff.pages[0]
+        end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts))
+        last = int(np.argmax(page.dataoffsets))
+        cut = int(page.dataoffsets[last]) + int(page.databytecounts[last]) // 2
+    assert end == int(page.dataoffsets[last]) + int(page.databytecounts[last])
+    short = tmp_path / "short.svs"
+    short.write_bytes(slide.read_bytes()[:cut])
+    store = tmp_path / "cohort.zarr"
+    add_image(store, str(slide), modality="he", tissue_id="A")
+    before = sorted(str(p.relative_to(store)) for p in store.rglob("*"))
+    code = main(["add-image", str(store), str(short), "--modality", "he", "--tissue", "B"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
+    assert str(short) in errors[0] and "truncated TIFF" in errors[0], err
+    assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before
+    assert validate_store(store) == []
+
+
 def test_a_lossy_opt_in_stores_other_rgb_images_as_jpeg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = np.asarray(he_like(300, 700, seed=7))
     path = tmp_path / "he.tif"

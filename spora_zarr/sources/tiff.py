@@ -412,14 +412,21 @@ class TiffSource(ImageSource):
         columns = -(-page.imagewidth // page.tilewidth)
         offsets, counts, handle = page.dataoffsets, page.databytecounts, self._tiff.filehandle
         reading = threading.Lock()  # the writer's lanes call read at once; tifffile's handle.lock is a no-op by default
+        fd = self._segments.fd if self._segments is not None else None  # a local file: read at an offset, no lock
 
         def read(row: int, col: int) -> bytes:
             index = row * columns + col
             if not counts[index]:
                 return b""
-            with reading:
-                handle.seek(offsets[index])
-                return bytes(handle.read(counts[index]))
+            if fd is not None:
+                data = os.pread(fd, counts[index], offsets[index])
+            else:
+                with reading:
+                    handle.seek(offsets[index])
+                    data = bytes(handle.read(counts[index]))
+            if len(data) != counts[index]:
+                raise InvalidInputError(f"{self.name}: truncated TIFF (tile {row}, {col}: {len(data)} of {counts[index]} bytes)")
+            return data
 
         return EncodedTiles(codec=codec, tile=(page.tilelength, page.tilewidth), read=read)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from ..store.location import Location
 from ..store.shards import MISSING, index_bytes
 from .lanes import in_lanes
 from .pyramid import Level
+from .shards import write_shard_file
 
 if TYPE_CHECKING:
     from .options import WriteOptions
@@ -40,9 +42,10 @@ def write_encoded(
 
     Shards hold about ``options.shard`` px of tiles a side; each is written whole
     (chunk bytes, then the index of ``(offset, size)`` pairs and its crc32c, as
-    zarr's sharding codec lays it out), ``lanes`` shards at once. A tile the
-    source lacks is left out of its shard's index (read back as the fill value
-    0, as tifffile reads it).
+    zarr's sharding codec lays it out), ``lanes`` shards at once: by this
+    module into the file on a local store (:func:`.shards.write_shard_file`),
+    through zarr's store elsewhere. A tile the source lacks is left out of its
+    shard's index (read back as the fill value 0, as tifffile reads it).
     """
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -67,6 +70,7 @@ def write_encoded(
         )
     rows, cols = -(-height // tile_h), -(-width // tile_w)
     prototype = default_buffer_prototype()
+    directory = location.fs_path(array.path) if location.is_local else None
 
     def write_shard(sy: int, sx: int) -> None:
         index = np.full((per_shard, per_shard, 2), MISSING, dtype="<u8")
@@ -81,9 +85,12 @@ def write_encoded(
                     offset += len(data)
         if not parts:
             return
-        body = b"".join([*parts, index_bytes(index.reshape(-1, 2))])
+        parts.append(index_bytes(index.reshape(-1, 2)))
         key = array.metadata.encode_chunk_key((0, sy, sx))
-        sync((array.store_path / key).set(prototype.buffer.from_bytes(body)))
+        if directory is not None:
+            write_shard_file(os.path.join(directory, *key.split("/")), parts)
+        else:
+            sync((array.store_path / key).set(prototype.buffer.from_bytes(b"".join(parts))))
 
     shards = [functools.partial(write_shard, sy, sx) for sy in range(-(-rows // per_shard)) for sx in range(-(-cols // per_shard))]
     in_lanes(shards, lanes)

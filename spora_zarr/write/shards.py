@@ -29,7 +29,7 @@ from zarr.codecs import BloscCodec, BytesCodec
 from ..store.location import Location
 from ..store.shards import MISSING, index_at_end, index_bytes, little_endian, sharding_of
 
-__all__ = ["ShardWriter"]
+__all__ = ["ShardWriter", "write_shard_file"]
 
 _SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
 _IOV_MAX = 1024  # buffers one writev takes at most (Linux)
@@ -152,8 +152,7 @@ class ShardWriter:
                 if not len(present):
                     continue
                 if fd < 0:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    fd = _create(path)
                 parts = [flat[j] if self._compressor is None else self._compressor.encode(flat[j]) for j in present]
                 for j, data in zip(present, parts, strict=True):
                     entries[number * last + j] = (offset, len(data))
@@ -167,6 +166,21 @@ class ShardWriter:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+def write_shard_file(path: str, parts: list[Any]) -> None:
+    """Write the file at ``path`` (a local path; its folders made, an old file replaced) from ``parts`` in order."""
+    fd = _create(path)
+    try:
+        _write_all(fd, parts)
+    finally:
+        os.close(fd)
+
+
+def _create(path: str) -> int:
+    """A new empty file at ``path`` open for writing (its folders made, an old file truncated)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
 
 def _write_all(fd: int, parts: list[Any]) -> None:
