@@ -15,7 +15,7 @@ import pytest
 import tifffile
 import zarr
 
-from spora_zarr import WriteOptions, add_image, validate_store, write_image
+from spora_zarr import WriteOptions, add_image, open_cohort, validate_store, write_image
 from spora_zarr.cli import main
 from spora_zarr.datasets import HEImagingDataset
 from spora_zarr.napari.levels import LazyLevel, WindowCache
@@ -23,6 +23,7 @@ from spora_zarr.read.levels import open_level
 from spora_zarr.sources import ArraySource, EncodedTiles, ImageSource, SourceInfo
 from spora_zarr.sources.lossy import JpegEncoded
 from spora_zarr.sources.tiff import TiffSource
+from spora_zarr.store.location import Location
 from spora_zarr.testing.slides import he_like, write_svs
 
 LEVEL0, LEVEL1 = "he/images/A/0_252mpp", "he/images/A/1_008mpp"
@@ -120,6 +121,20 @@ def test_a_forked_child_reads_after_the_parent_did(slide: Path, store: Path) -> 
     child.join(timeout=60)
     assert child.exitcode == 0 and engine == "direct"
     np.testing.assert_array_equal(window, tifffile.imread(slide)[40:264, 60:360].transpose(2, 0, 1))
+
+
+def test_on_an_object_store_the_kept_shards_go_through_zarrs_store_and_hold_the_same_bytes(slide: Path, store: Path) -> None:
+    """Locally the lanes write the shard files themselves; elsewhere (here memory://) zarr's store does: the same files."""
+    url = f"memory://jpeg-{os.getpid()}/cohort.zarr"
+    add_image(url, str(slide), modality="he", tissue_id="A")
+    location = Location.parse(url)
+    for name in (LEVEL0, LEVEL1):
+        remote = {p.rsplit(name, 1)[1]: location.fs().cat_file(p) for p in location.fs().find(location.fs_path(name))}
+        local = {"/" + str(p.relative_to(store / name)): p.read_bytes() for p in (store / name).rglob("*") if p.is_file()}
+        shards = {key: data for key, data in local.items() if key.startswith("/c/")}
+        assert shards and {key: remote[key] for key in shards} == shards, name
+    np.testing.assert_array_equal(open_cohort(url).open_image("he", "A", 0.252).values, tifffile.imread(slide).transpose(2, 0, 1))
+    assert validate_store(url) == []
 
 
 def test_a_slide_cut_short_in_its_tiles_is_one_line_naming_it_and_nothing_is_added(
