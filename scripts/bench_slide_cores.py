@@ -18,7 +18,9 @@ most that the machine's load let any program reach at that moment.
 Runs are interleaved (per repeat and route: reference on one core, the
 conversion on one core, reference on two, conversion on two) so that other
 processes' load falls on both sides alike; each starts after ``sync``, so
-that none pays for writing back another's store. For each run: seconds, CPU seconds
+that none pays for writing back another's store, and each writes a new
+store, all removed at the end, so that none makes its files just after
+another's were deleted (which ext4 without a journal charges for a minute). For each run: seconds, CPU seconds
 (user + sys of the child, from ``os.wait4``), cores busy (CPU / wall seconds),
 cores wanted (the child's runnable threads, capped at its cores, sampled from
 ``/proc``: what it asks of its cores whoever else runs there), peak RSS and
@@ -198,14 +200,31 @@ def measure(route: str, cores: int, cpus: str, arguments: list[str]) -> Run:
     return Run(route, cores, seconds, cpu, wanted, usage.ru_maxrss / 1024, load_before, os.getloadavg()[0])
 
 
+#: ext4 without a journal (this machine's) skips the inodes deleted in the last 60 s (300 s while their inode
+#: table is not yet written back) when it makes a file, checking them one by one: a conversion right after a
+#: store of thousands of files was deleted spends seconds of kernel time making its own.
+RECENTLY_DELETED_S = 60
+
+
 def add_image(slide: Path, store: Path, route: str, cores: int, cpus: str) -> Run:
-    """``spora-zarr add-image`` of ``slide`` (``--lossless`` for that route); the store's digest kept, the store removed."""
-    shutil.rmtree(store, ignore_errors=True)
+    """``spora-zarr add-image`` of ``slide`` into the new ``store`` (``--lossless`` for that route); the store's digest kept.
+
+    The store is left in place: the runs' stores are removed together at the end, so that no run makes its
+    files just after another's were deleted (``RECENTLY_DELETED_S``), as no user converting into a new store does.
+    """
     lossless = ["--lossless"] if route == "lossless" else []
     run = measure(route, cores, cpus, ["-c", _CLI, "add-image", str(store), str(slide), "--modality", "he", "--tissue", "S", *lossless])
     run.digest = store_digest(store / "he" / "images" / "S")
-    shutil.rmtree(store)
     return run
+
+
+def remove_stores(stores: Path) -> None:
+    """Remove the runs' stores left by an earlier run, then wait until ext4 no longer counts their inodes as recently deleted."""
+    if stores.exists():
+        shutil.rmtree(stores)
+        os.sync()
+        print(f"removed {stores} (left by an earlier run); waiting {RECENTLY_DELETED_S} s before the runs")
+        time.sleep(RECENTLY_DELETED_S)
 
 
 def reference(gib: float, cores: int, cpus: str) -> Run:
@@ -248,14 +267,19 @@ def main() -> int:
     print(f"slide {slide} ({args.edge}², {slide_mib:.1f} MiB){f', generated in {generated:.0f} s' if generated else ''}")
     load_start = os.getloadavg()
     print(f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} (1, 5, 15 min) at the start")
+    stores = args.work / "stores"
+    remove_stores(stores)
     runs: list[Run] = []
-    for _ in range(args.repeat):
-        for route in routes:
-            for cores in (1, 2):
-                for run in (reference(args.reference_gib, cores, cpus[cores]),
-                            add_image(slide, args.work / f"slide_{args.edge}_{route}.zarr", route, cores, cpus[cores])):  # fmt: skip
-                    runs.append(run)
-                    print(run.line(cpus[cores]))
+    try:
+        for repeat in range(args.repeat):
+            for route in routes:
+                for cores in (1, 2):
+                    store = stores / f"slide_{args.edge}_{route}_{cores}_{repeat}.zarr"
+                    for run in (reference(args.reference_gib, cores, cpus[cores]), add_image(slide, store, route, cores, cpus[cores])):
+                        runs.append(run)
+                        print(run.line(cpus[cores]))
+    finally:
+        shutil.rmtree(stores, ignore_errors=True)
     load_end = os.getloadavg()
     print(f"load average {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} (1, 5, 15 min) at the end")
     results = {route: efficiency(runs, route) for route in ("reference", *routes)}
@@ -309,8 +333,9 @@ table). The {args.edge:,}² px Aperio-style SVS of the JPEG slides section ({sli
 `spora-zarr add-image`, each run in its own process pinned by `taskset` to one core or two (the writer streams one lane
 per core it may run on). Next to each conversion, a reference job in its own process: {args.reference_gib:g} GiB of
 BLAKE2 hashing split over one thread per core, perfectly parallel, so its efficiency is the most the load let any
-program reach. Reference and conversion, one core and two, interleaved, each run started after `sync`. CPU seconds: the
-child's user + system time;
+program reach. Reference and conversion, one core and two, interleaved, each run started after `sync` and
+writing a new store (all removed at the end: ext4 without a journal charges a minute for making files just
+after others were deleted). CPU seconds: the child's user + system time;
 cores busy: CPU / wall seconds; cores wanted: the child's runnable threads (running or waiting for a core), capped at
 its cores, sampled every 20 ms from `/proc`.
 

@@ -42,9 +42,10 @@ def write_encoded(
 
     Shards hold about ``options.shard`` px of tiles a side; each is written whole
     (chunk bytes, then the index of ``(offset, size)`` pairs and its crc32c, as
-    zarr's sharding codec lays it out), ``lanes`` shards at once: by this
-    module into the file on a local store (:func:`.shards.write_shard_file`),
-    through zarr's store elsewhere. A tile the source lacks is left out of its
+    zarr's sharding codec lays it out), a row of shards per lane at once (each
+    row is a folder: the lanes do not create files in one folder, whose lock
+    they would wait on): by this module into the file on a local store
+    (:func:`.shards.write_shard_file`), through zarr's store elsewhere. A tile the source lacks is left out of its
     shard's index (read back as the fill value 0, as tifffile reads it).
     """
     from zarr.core.buffer import default_buffer_prototype
@@ -92,6 +93,9 @@ def write_encoded(
         else:
             sync((array.store_path / key).set(prototype.buffer.from_bytes(b"".join(parts))))
 
-    shards = [functools.partial(write_shard, sy, sx) for sy in range(-(-rows // per_shard)) for sx in range(-(-cols // per_shard))]
-    in_lanes(shards, lanes)
+    def write_row(sy: int) -> None:
+        for sx in range(-(-cols // per_shard)):
+            write_shard(sy, sx)
+
+    in_lanes([functools.partial(write_row, sy) for sy in range(-(-rows // per_shard))], lanes)
     return array

@@ -41,7 +41,7 @@ from ..errors import InvalidInputError
 from ..sources import ImageSource
 from ..store import defaults
 from ..store.location import Location
-from ..store.metadata import SporaGroupAttributes
+from ..store.metadata import SporaGroupAttributes, ngff_models
 from ..store.staging import Staging
 from .encoded import encoded_levels, write_encoded
 from .lanes import in_lanes
@@ -269,6 +269,8 @@ def _write_multiscale(
         log.info("shards of %d px (default %d) keep memory within %d MiB", edge, options.shard, options.memory_budget // defaults.MiB)
     area = staging.new_area()
     try:
+        if lanes > 1:  # a core to spare: the end of the write validates its metadata with ome-zarr-models (0.2-0.5 s
+            _in_background(ngff_models)  # to import), imported meanwhile
         with _codec_pipeline(location, options):
             compressors = options.compressors_for(_first(ordered))
             arrays = _create_arrays(
@@ -290,6 +292,16 @@ def _write_multiscale(
         staging.abandon(area)
         raise
     return WriteResult(path, levels=levels, bytes_read=streamer.bytes_read)
+
+
+def _in_background(job: Callable[[], object]) -> None:
+    """Start ``job`` in a daemon thread; an error is left to the caller's own call of it, which raises it."""
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            job()
+
+    threading.Thread(target=run, name="spora-prepare", daemon=True).start()
 
 
 @contextlib.contextmanager
