@@ -268,9 +268,10 @@ def _write_multiscale(
     if options.shard and edge != options.shard:  # each block still a whole shard: no shard is written twice
         log.info("shards of %d px (default %d) keep memory within %d MiB", edge, options.shard, options.memory_budget // defaults.MiB)
     area = staging.new_area()
+    # a core to spare: the end of the write validates its metadata with ome-zarr-models (0.2-0.5 s to import), imported
+    # meanwhile; the write never returns (or raises) while that import runs
+    preparing = _in_background(ngff_models) if lanes > 1 else None
     try:
-        if lanes > 1:  # a core to spare: the end of the write validates its metadata with ome-zarr-models (0.2-0.5 s
-            _in_background(ngff_models)  # to import), imported meanwhile
         with _codec_pipeline(location, options):
             compressors = options.compressors_for(_first(ordered))
             arrays = _create_arrays(
@@ -291,17 +292,26 @@ def _write_multiscale(
     except BaseException:
         staging.abandon(area)
         raise
+    finally:
+        if preparing is not None:
+            preparing.join()
     return WriteResult(path, levels=levels, bytes_read=streamer.bytes_read)
 
 
-def _in_background(job: Callable[[], object]) -> None:
-    """Start ``job`` in a daemon thread; an error is left to the caller's own call of it, which raises it."""
+def _in_background(job: Callable[[], object]) -> threading.Thread:
+    """``job`` started in a thread, to be joined; an error is left to the caller's own call of it, which raises it.
+
+    Not a daemon thread: one stopped at the interpreter's exit inside an import of a compiled module (pydantic-core)
+    aborts the process ("FATAL: exception not rethrown").
+    """
 
     def run() -> None:
         with contextlib.suppress(Exception):
             job()
 
-    threading.Thread(target=run, name="spora-prepare", daemon=True).start()
+    thread = threading.Thread(target=run, name="spora-prepare")
+    thread.start()
+    return thread
 
 
 @contextlib.contextmanager
