@@ -20,8 +20,9 @@ conversion on one core, reference on two, conversion on two) so that other
 processes' load falls on both sides alike; each starts after ``sync``, so
 that none pays for writing back another's store, and each writes a new
 store, all removed at the end, so that none makes its files just after
-another's were deleted (which ext4 without a journal charges for a minute). For each run: seconds, CPU seconds
-(user + sys of the child, from ``os.wait4``), cores busy (CPU / wall seconds),
+another's were deleted (which ext4 without a journal charges for a minute).
+For each run: seconds, CPU seconds (user + sys of the child, from
+``os.wait4``), cores busy (CPU / wall seconds),
 cores wanted (the child's runnable threads, capped at its cores, sampled from
 ``/proc``: what it asks of its cores whoever else runs there), peak RSS and
 the 1-minute load average before and after; per route the speedup t1 / t2 and

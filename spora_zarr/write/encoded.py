@@ -45,8 +45,9 @@ def write_encoded(
     zarr's sharding codec lays it out), a row of shards per lane at once (each
     row is a folder: the lanes do not create files in one folder, whose lock
     they would wait on): by this module into the file on a local store
-    (:func:`.shards.write_shard_file`), through zarr's store elsewhere. A tile the source lacks is left out of its
-    shard's index (read back as the fill value 0, as tifffile reads it).
+    (:func:`.shards.write_shard_file`), through zarr's store elsewhere. A tile
+    the source lacks is left out of its shard's index (read back as the fill
+    value 0, as tifffile reads it).
     """
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync

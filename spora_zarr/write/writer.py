@@ -387,8 +387,9 @@ class _Streamer:
     (to compute the levels below them) but not written. With ``lanes > 1`` the
     independent parts of a plane (the blocks or bands of every copied level,
     the subtrees under the coarsest level's blocks) are streamed by that many
-    threads at once, in one batch, the largest first; a source is read by one thread at a time (its own decoder may use
-    several), while the reductions and the writes of other lanes go on, unless
+    threads at once, in one batch, the largest first; a source is read by one
+    thread at a time (its own decoder may use several), while the reductions
+    and the writes of other lanes go on, unless
     it says it may be read from several (``concurrent_reads``: a local tiled
     TIFF): the lanes then read at once, a copied level in bands of block rows.
     ``shard_writers`` (one per level, ``None`` where zarr writes) write the
