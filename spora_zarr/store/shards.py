@@ -43,8 +43,8 @@ def little_endian(codec: object) -> bool:
 
 
 def sharding_of(metadata: Any) -> Any:
-    """The ``ShardingCodec`` of a zarr v3 array (``ArrayV3Metadata``) sharded on a regular grid with a bytes + crc32c
-    index, its only codec; else ``None``."""
+    """The ``ShardingCodec`` of a zarr v3 array (``ArrayV3Metadata``) sharded on a regular grid with a little-endian
+    bytes + crc32c index (the pairs :func:`index_bytes` writes and the readers parse), its only codec; else ``None``."""
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
     from zarr.core.chunk_grids import RegularChunkGrid
 
@@ -56,4 +56,4 @@ def sharding_of(metadata: Any) -> Any:
     index_codecs = tuple(codecs[0].index_codecs)
     if len(index_codecs) != 2 or not isinstance(index_codecs[0], BytesCodec) or not isinstance(index_codecs[1], Crc32cCodec):
         return None
-    return codecs[0]
+    return codecs[0] if little_endian(index_codecs[0]) else None

@@ -79,13 +79,13 @@ class ShardWriter:
 
         It is ``None`` unless the store is local and the array is in the converter's
         layout: a regular grid of shards (``sharding_indexed``, index at the end,
-        ``bytes`` + ``crc32c``), inner chunks ``bytes`` (little-endian) with an
+        little-endian ``bytes`` + ``crc32c``), inner chunks ``bytes`` (little-endian) with an
         optional blosc compressor, whose shards divide into whole chunks, and fill
         value zero.
         """
         metadata = array.metadata
         sharding = sharding_of(metadata) if location.is_local else None
-        if sharding is None or not index_at_end(sharding) or not little_endian(sharding.index_codecs[0]):
+        if sharding is None or not index_at_end(sharding):
             return None
         inner = tuple(sharding.codecs)
         if not inner or len(inner) > 2 or not isinstance(inner[0], BytesCodec) or not little_endian(inner[0]):

@@ -98,7 +98,8 @@ class ShardLayout(NamedTuple):
 
 
 def shard_layout(metadata: Any) -> ShardLayout | None:
-    """The layout of a zarr v3 array (``ArrayV3Metadata``) sharded on a regular grid with a bytes + crc32c index; else None."""
+    """The layout of a zarr v3 array (``ArrayV3Metadata``) sharded on a regular grid with a little-endian bytes + crc32c
+    index (:func:`~spora_zarr.store.shards.sharding_of`); else None: zarr reads and checks any other index itself."""
     sharding = sharding_of(metadata)
     if sharding is None:
         return None
