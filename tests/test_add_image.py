@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,61 @@ def test_a_multiplex_image_extends_the_channel_tables(converted: tuple[Path, Pat
     np.testing.assert_array_equal(cycif.read_tile("B", 0, 0, preprocess=False).numpy(), image[:, :32, :32])
     with pytest.raises(InvalidInputError, match="share their channels"):
         add_image(fresh, str(_ome(tmp_path / "c.ome.tif", image, 2.0, ["X", "Y"])), modality="cycif", tissue_id="B")
+
+
+def test_a_tissue_table_with_columns_of_its_own_keeps_them_and_a_column_of_another_type_is_one_line(
+    converted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, store = converted
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table_path = store / "metadata/tissues.parquet"
+    users = pa.table(
+        {
+            "tissue_id": pa.array(["A"], pa.string()).dictionary_encode(),
+            "collected": pa.array([1_700_000_000_000], pa.timestamp("ms")),
+            "age": pa.array([61.5], pa.float64()),
+            "site": pa.array(["2024-01-01"], pa.large_string()),
+        }
+    )
+    pq.write_table(users, table_path)
+    image = np.random.default_rng(3).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    add_image(store, str(_ome(tmp_path / "he_b.ome.tif", image, 0.5, rgb=True)), modality="he", tissue_id="2024-02-02")
+    tissues = pq.read_table(table_path)
+    assert tissues.schema == users.schema  # the user's types (and the date-like id) kept: no column re-inferred
+    assert tissues.slice(0, 1).to_pylist() == users.to_pylist()
+    assert tissues.column("tissue_id").to_pylist() == ["A", "2024-02-02"]
+    assert tissues.slice(1).drop_columns(["tissue_id"]).to_pylist() == [{"collected": None, "age": None, "site": None}]
+
+    pq.write_table(pa.table({"tissue_id": pa.array([7], pa.int64())}), table_path)
+    before = table_path.read_bytes()
+    with pytest.raises(InvalidInputError, match=r"tissues.parquet: column 'tissue_id' holds int64, not the string of the new rows"):
+        add_image(store, str(_ome(tmp_path / "he_c.ome.tif", image, 0.5, rgb=True)), modality="he", tissue_id="C")
+    assert table_path.read_bytes() == before
+    assert "C" not in open_cohort(store).tissues("he")
+
+
+def test_add_image_builds_its_tables_without_importing_pandas(tmp_path: Path) -> None:
+    """pyarrow imports pandas (0.3 s a process) for any table made from Python objects; the tables of add-image are not."""
+    image = np.random.default_rng(4).integers(0, 900, (2, 48, 40), dtype=np.uint16)
+    path = _ome(tmp_path / "m.ome.tif", image, 1.0, ["CD3", "CD8"])
+    script = (
+        "import sys; from spora_zarr.cli import main; "
+        f"assert main(['add-image', {str(tmp_path / 's.zarr')!r}, {str(path)!r}, '--modality', 'imc', '--tissue', 'T']) == 0; "
+        "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "['pyarrow']"
+    cohort = open_cohort(tmp_path / "s.zarr")
+    assert cohort.read_table("imc/channels.parquet").to_pylist() == [
+        {"channel_name": "CD3", "qc_pass": True, "uniprot_id": None},
+        {"channel_name": "CD8", "qc_pass": True, "uniprot_id": None},
+    ]
+    assert cohort.read_table("imc/channels_per_tissue.parquet").to_pylist() == [
+        {"tissue_id": "T", "channel_name": "CD3"},
+        {"tissue_id": "T", "channel_name": "CD8"},
+    ]
 
 
 def test_validate_catches_root_attributes_that_disagree_with_the_groups(converted: tuple[Path, Path]) -> None:
