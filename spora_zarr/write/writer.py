@@ -268,15 +268,17 @@ def _write_multiscale(
     if options.shard and edge != options.shard:  # each block still a whole shard: no shard is written twice
         log.info("shards of %d px (default %d) keep memory within %d MiB", edge, options.shard, options.memory_budget // defaults.MiB)
     area = staging.new_area()
-    # a core to spare: the end of the write validates its metadata with ome-zarr-models (0.2-0.5 s to import), imported
-    # meanwhile; the write never returns (or raises) while that import runs
-    preparing = _in_background(ngff_models) if lanes > 1 else None
+    preparing: threading.Thread | None = None
     try:
         with _codec_pipeline(location, options):
             compressors = options.compressors_for(_first(ordered))
             arrays = _create_arrays(
                 location, f"{area}/{path}", levels, stored, options, labels, compressors, depth, shard=edge if options.shard else None
             )
+            # a core to spare: the end of the write validates its metadata with ome-zarr-models (0.2-0.5 s to import),
+            # imported while the lanes stream (not before: the import holds the GIL, and the steps up to here are
+            # serial); the write never returns (or raises) while that import runs
+            preparing = _in_background(ngff_models) if lanes > 1 else None
             encoded = encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
             for index, tiles in encoded.items():
                 arrays[index] = write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options, lanes)
