@@ -29,6 +29,15 @@ the 1-minute load average before and after; per route the speedup t1 / t2 and
 the per-core efficiency t1 / (2 t2) of the summed seconds, the reference's, and
 whether the one-core and two-core stores hold the same pixels and metadata.
 
+With ``--memory-stores`` each route is also converted into stores in memory
+(``/dev/shm``, tmpfs), side by side with the disk in the same run: a
+conversion on disk leaves the kernel gigabytes to write back (4.9 GB for
+the lossless route), and the kernel's writeback runs on a core outside the
+one-core run's but shares the two-core run's cores (and makes its threads
+wait on the disk); in memory there is nothing to write back, so the figure
+is the conversion's own. A store in memory is removed right after its
+digest.
+
 Prints a table and writes the ``## One slide on every core`` section of
 ``docs/benchmarks.md``.
 
@@ -37,6 +46,7 @@ Usage::
     python scripts/bench_slide_cores.py                         # 40,000² slide in /tmp/slidecores
     python scripts/bench_slide_cores.py --repeat 2 --routes lossless
     python scripts/bench_slide_cores.py --edge 16384 --no-docs
+    python scripts/bench_slide_cores.py --routes lossless --repeat 2 --memory-stores
 """
 
 from __future__ import annotations
@@ -64,6 +74,8 @@ REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
 ROUTES = ("jpeg", "lossless")
 NAMES = {"jpeg": "add-image (JPEG tiles kept)", "lossless": "add-image --lossless", "reference": "reference (BLAKE2, parallel)"}
+MEMORY_STORES = Path("/dev/shm/spora_slidecores")
+IN_MEMORY = ", store in memory"  # the suffix of a route written into MEMORY_STORES
 TARGET_EFFICIENCY = 0.9  # t1 / (2 t2)
 
 #: ``spora-zarr`` as its console script runs it, with this interpreter.
@@ -210,13 +222,29 @@ RECENTLY_DELETED_S = 60
 def add_image(slide: Path, store: Path, route: str, cores: int, cpus: str) -> Run:
     """``spora-zarr add-image`` of ``slide`` into the new ``store`` (``--lossless`` for that route); the store's digest kept.
 
-    The store is left in place: the runs' stores are removed together at the end, so that no run makes its
+    A store on disk is left in place: the runs' stores are removed together at the end, so that no run makes its
     files just after another's were deleted (``RECENTLY_DELETED_S``), as no user converting into a new store does.
+    A store in memory (``MEMORY_STORES``: tmpfs, which has no such cost) is removed at once; its run's route is
+    named with ``IN_MEMORY``.
     """
     lossless = ["--lossless"] if route == "lossless" else []
-    run = measure(route, cores, cpus, ["-c", _CLI, "add-image", str(store), str(slide), "--modality", "he", "--tissue", "S", *lossless])
+    in_memory = store.is_relative_to(MEMORY_STORES)
+    run = measure(
+        route + (IN_MEMORY if in_memory else ""),
+        cores,
+        cpus,
+        ["-c", _CLI, "add-image", str(store), str(slide), "--modality", "he", "--tissue", "S", *lossless],
+    )
     run.digest = store_digest(store / "he" / "images" / "S")
+    if in_memory:
+        shutil.rmtree(store)
     return run
+
+
+def name(route: str) -> str:
+    """A route's name in the tables (a route in memory: its disk route's, with ``IN_MEMORY``)."""
+    disk = route.removesuffix(IN_MEMORY)
+    return NAMES[disk] + route[len(disk) :]
 
 
 def remove_stores(stores: Path) -> None:
@@ -253,6 +281,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="one-core / two-core pairs per route (default %(default)s)")
     parser.add_argument("--routes", default=",".join(ROUTES), help="comma-separated, of: " + ", ".join(ROUTES))
     parser.add_argument("--reference-gib", type=float, default=4.0, help="GiB hashed by the reference job (default %(default)s)")
+    parser.add_argument(
+        "--memory-stores", action="store_true", help=f"also convert each route into stores in memory ({MEMORY_STORES}, tmpfs)"
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
     routes = [r for r in args.routes.split(",") if r]
@@ -270,24 +301,30 @@ def main() -> int:
     print(f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} (1, 5, 15 min) at the start")
     stores = args.work / "stores"
     remove_stores(stores)
+    places = [stores, MEMORY_STORES] if args.memory_stores else [stores]
     runs: list[Run] = []
     try:
         for repeat in range(args.repeat):
             for route in routes:
-                for cores in (1, 2):
-                    store = stores / f"slide_{args.edge}_{route}_{cores}_{repeat}.zarr"
-                    for run in (reference(args.reference_gib, cores, cpus[cores]), add_image(slide, store, route, cores, cpus[cores])):
-                        runs.append(run)
-                        print(run.line(cpus[cores]))
+                for place in places:
+                    for cores in (1, 2):
+                        store = place / f"slide_{args.edge}_{route}_{cores}_{repeat}.zarr"
+                        for run in (reference(args.reference_gib, cores, cpus[cores]), add_image(slide, store, route, cores, cpus[cores])):
+                            runs.append(run)
+                            print(run.line(cpus[cores]))
     finally:
-        shutil.rmtree(stores, ignore_errors=True)
+        for place in places:
+            shutil.rmtree(place, ignore_errors=True)
     load_end = os.getloadavg()
     print(f"load average {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} (1, 5, 15 min) at the end")
-    results = {route: efficiency(runs, route) for route in ("reference", *routes)}
-    same = {route: len({r.digest for r in runs if r.route == route}) == 1 for route in routes}
+    measured = list(dict.fromkeys(r.route for r in runs))  # the routes, and each in memory after it
+    results = {route: efficiency(runs, route) for route in measured}
+    disk = {route: route.removesuffix(IN_MEMORY) for route in measured[1:]}
+    digests = {route: {r.digest for r in runs if r.route.removesuffix(IN_MEMORY) == disk[route]} for route in disk}
+    same = {route: len(found) == 1 for route, found in digests.items()}  # on 1 and 2 cores, on disk and in memory
     for route, (speedup, per_core) in results.items():
         stores = f", stores {'identical' if same[route] else 'DIFFER'}" if route in same else ""
-        print(f"{route:9s}: speedup t1/t2 {speedup:.2f}, efficiency per core {per_core:.2f} (target >= {TARGET_EFFICIENCY}), "
+        print(f"{route}: speedup t1/t2 {speedup:.2f}, efficiency per core {per_core:.2f} (target >= {TARGET_EFFICIENCY}), "
               f"cores wanted on two cores {mean_wanted(runs, route, 2):.2f}{stores}")  # fmt: skip
     if not args.no_docs:
         write_section(section(args, runs, results, same, cpus, slide_mib, load_start[0], load_end[0]))
@@ -307,13 +344,13 @@ def section(
 ) -> str:
     """The ``## One slide on every core`` section of ``docs/benchmarks.md``."""
     rows = "\n".join(
-        f"| {NAMES[r.route]} | {r.cores} (`taskset -c {cpus[r.cores]}`) | {r.seconds:.1f} | {r.cpu_seconds:.1f} | {r.busy:.2f} | "
+        f"| {name(r.route)} | {r.cores} (`taskset -c {cpus[r.cores]}`) | {r.seconds:.1f} | {r.cpu_seconds:.1f} | {r.busy:.2f} | "
         f"{r.wanted:.2f} | {r.rss_mib:.0f} MiB | {r.load_before:.2f} -> {r.load_after:.2f} |"
         for r in runs
     )
     ceiling = results["reference"][1]
     verdicts = "\n".join(
-        f"| {NAMES[route]} | {speedup:.2f} | **{per_core:.2f}** | {per_core / ceiling:.2f} | {mean_wanted(runs, route, 2):.2f} | "
+        f"| {name(route)} | {speedup:.2f} | **{per_core:.2f}** | {per_core / ceiling:.2f} | {mean_wanted(runs, route, 2):.2f} | "
         f"{('yes' if same[route] else 'NO') if route in same else '-'} |"
         for route, (speedup, per_core) in results.items()
     )
@@ -326,6 +363,15 @@ def section(
             ("--reference-gib", args.reference_gib, 4.0),
         )
         if value != default
+    ) + (" --memory-stores" if args.memory_stores else "")
+    where = "on 1 and 2 cores" + (" and in memory" if args.memory_stores else "")
+    memory = (
+        f" With `--memory-stores` each route was also converted into stores in memory (`{MEMORY_STORES}`, tmpfs), side by"
+        " side in the same run: on disk the kernel writes the store back (4.9 GB for the lossless route) on a core outside"
+        " the one-core run's but on the two-core run's own cores, where the conversion's threads also wait on the disk;"
+        " in memory nothing is written back, so its row is the conversion's own parallelism."
+        if args.memory_stores
+        else ""
     )
     return f"""## One slide on every core
 `python scripts/bench_slide_cores.py{options}` ({_dt.date.today()}, {platform.machine()}, {os.cpu_count()} cores shared
@@ -344,7 +390,7 @@ its cores, sampled every 20 ms from `/proc`.
 |---|---|---|---|---|---|---|---|
 {rows}
 
-| job | speedup t1 / t2 | efficiency per core t1 / (2 t2) | / the reference's | cores wanted on two cores | same store on 1 and 2 cores |
+| job | speedup t1 / t2 | efficiency per core t1 / (2 t2) | / the reference's | cores wanted on two cores | same store {where} |
 |---|---|---|---|---|---|
 {verdicts}
 
@@ -353,7 +399,7 @@ other sessions' load (the reference's row): a one-core run has its core mostly t
 work to the second core), a two-core run shares both. The reference runs for seconds, a lossless conversion for a
 minute: the load can change in between (the load column). Cores wanted says how much of two cores a conversion would use
 on an idle machine; the same store on one and two cores is compared by pixels and metadata documents (zarrs may
-order the chunks inside a shard file differently from run to run)."""
+order the chunks inside a shard file differently from run to run).{memory}"""
 
 
 if __name__ == "__main__":
