@@ -17,7 +17,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
-__all__ = ["MISSING", "index_at_end", "index_bytes", "little_endian", "sharding_of"]
+__all__ = ["MISSING", "index_at_end", "index_bytes", "index_problem", "little_endian", "sharding_of"]
 
 MISSING = 2**64 - 1
 """Offset and size of an inner chunk that was never written."""
@@ -45,7 +45,7 @@ def little_endian(codec: object) -> bool:
 def sharding_of(metadata: Any) -> Any:
     """The ``ShardingCodec`` of a zarr v3 array (``ArrayV3Metadata``) sharded on a regular grid with a little-endian
     bytes + crc32c index (the pairs :func:`index_bytes` writes and the readers parse), its only codec; else ``None``."""
-    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs import ShardingCodec
     from zarr.core.chunk_grids import RegularChunkGrid
 
     if metadata.zarr_format != 3 or not isinstance(metadata.chunk_grid, RegularChunkGrid):
@@ -53,7 +53,15 @@ def sharding_of(metadata: Any) -> Any:
     codecs = tuple(metadata.codecs)
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return None
-    index_codecs = tuple(codecs[0].index_codecs)
-    if len(index_codecs) != 2 or not isinstance(index_codecs[0], BytesCodec) or not isinstance(index_codecs[1], Crc32cCodec):
+    return codecs[0] if index_problem(codecs[0]) is None else None
+
+
+def index_problem(sharding: Any) -> str | None:
+    """Why the readers cannot parse the shard index of ``sharding`` (a ``ShardingCodec``), or ``None`` when they can:
+    little-endian bytes + crc32c, the pairs :func:`index_bytes` writes."""
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    codecs = tuple(sharding.index_codecs)
+    if len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and little_endian(codecs[0]) and isinstance(codecs[1], Crc32cCodec):
         return None
-    return codecs[0] if little_endian(index_codecs[0]) else None
+    return f"shard index codecs {codecs} are not little-endian bytes + crc32c"

@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
 
 from ... import process
 from ...errors import InvalidInputError, StoreError
 from ...store.arrays import max_file_bytes
 from ...store.location import open_local_file
-from ...store.shards import little_endian
+from ...store.shards import index_problem, little_endian
 from .base import RegularChunkGrid, UnsupportedLayout
 from .shards import ChunkTable, index_at_end, shard_table
 
@@ -229,14 +229,9 @@ class DirectArray:
             sharding = codecs[0]
             self.chunk_shape = tuple(int(s) for s in sharding.chunk_shape)
             self.shard_shape: tuple[int, ...] | None = outer
-            index_codecs = tuple(sharding.index_codecs)
-            if not (
-                len(index_codecs) == 2
-                and isinstance(index_codecs[0], BytesCodec)
-                and little_endian(index_codecs[0])
-                and isinstance(index_codecs[1], Crc32cCodec)
-            ):
-                raise UnsupportedLayout(f"shard index codecs {index_codecs} are not bytes + crc32c")
+            problem = index_problem(sharding)
+            if problem is not None:
+                raise UnsupportedLayout(problem)
             self._index_at_end = index_at_end(sharding)
             codecs = tuple(sharding.codecs)
         else:
