@@ -367,6 +367,11 @@ def ngff_models() -> tuple[Any, Any, Any]:
     return image, label, multiscale
 
 
+def ngff_models_built() -> bool:
+    """Whether :func:`ngff_models` has imported and built the models in this process (it then returns at once)."""
+    return bool(_MODELS)
+
+
 def _build_ngff_models() -> None:
     ngff_models()
 

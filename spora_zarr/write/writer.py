@@ -41,7 +41,7 @@ from ..errors import InvalidInputError
 from ..sources import ImageSource
 from ..store import defaults
 from ..store.location import Location
-from ..store.metadata import SporaGroupAttributes, ngff_models
+from ..store.metadata import SporaGroupAttributes, ngff_models, ngff_models_built
 from ..store.staging import Staging
 from .encoded import encoded_levels, write_encoded
 from .lanes import in_lanes
@@ -278,7 +278,7 @@ def _write_multiscale(
             # a core to spare: the end of the write validates its metadata with ome-zarr-models (0.2-0.5 s to import),
             # imported while the lanes stream (not before: the import holds the GIL, and the steps up to here are
             # serial); the write never returns (or raises) while that import runs
-            preparing = _in_background(ngff_models) if lanes > 1 else None
+            preparing = _in_background(ngff_models) if lanes > 1 and not ngff_models_built() else None
             encoded = encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
             for index, tiles in encoded.items():
                 arrays[index] = write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options, lanes)
