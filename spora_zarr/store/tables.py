@@ -165,8 +165,9 @@ def appended_rows(location: Location, rel: str, key: str | None, rows: Sequence[
         if field.name not in new.column_names:
             columns.append(pa.nulls(len(rows), field.type))
             continue
-        try:
-            columns.append(new.column(field.name).cast(field.type))
+        column = new.column(field.name)
+        try:  # cast only where the types differ: a cast imports pyarrow.compute (0.15 s)
+            columns.append(column if column.type == field.type else column.cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             given = new.schema.field(field.name).type
             where = location.join(rel)
