@@ -141,3 +141,29 @@ def test_the_writer_writes_every_block_of_a_local_image_itself(tmp_path: Path, m
     group = zarr.open_group(tmp_path / "s.zarr", mode="r")
     np.testing.assert_array_equal(group["imc/images/T/1_0mpp"][...], image)
     np.testing.assert_array_equal(group["segmentations/cell/T/1_0mpp"][...], mask[0])
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_new_level_array_writes_its_own_document_and_no_group_above_it(where: str, tmp_path: Path) -> None:
+    """zarr.create_array on the store writes a group document in every folder above the array (30 requests a group on
+    an object store); the writer's arrays are made in memory and write their one document, then their chunks."""
+    import fsspec
+
+    from spora_zarr.store.arrays import new_array
+
+    location = Location(str(tmp_path / "s.zarr") if where == "local" else f"memory://new_array_{tmp_path.name}/s.zarr")
+    fs, root = location.fs(), location.fs_path("")  # find() may spell it with a leading "/" (memory://)
+    settings: dict[str, Any] = dict(shape=(3, 90, 70), chunks=(3, 32, 32), shards=(3, 64, 64), dtype="uint16", fill_value=0)
+    settings.update(compressors=LZ4, dimension_names=("c", "y", "x"), config={"write_empty_chunks": True})
+    array = new_array(location, location.zarr_store(), ".spora_tmp/abc/imc/images/T1/1_0mpp", **settings)
+    assert [f.split("s.zarr", 1)[1] for f in fs.find(root)] == ["/.spora_tmp/abc/imc/images/T1/1_0mpp/zarr.json"]
+
+    block = np.random.default_rng(5).integers(0, 4000, (3, 90, 70), dtype=np.uint16)
+    array[...] = block
+    reopened = zarr.open_array(location.zarr_store(read_only=True), path=".spora_tmp/abc/imc/images/T1/1_0mpp", mode="r")
+    np.testing.assert_array_equal(reopened[...], block)
+    made = zarr.create_array(zarr.storage.MemoryStore(), name="x", **settings)
+    assert reopened.metadata.to_dict() == made.metadata.to_dict()
+    assert not any(f.endswith(("images/zarr.json", "T1/zarr.json")) for f in fs.find(root))
+    if where == "memory":
+        fsspec.filesystem("memory").rm(root, recursive=True)

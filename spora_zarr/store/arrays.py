@@ -8,6 +8,7 @@
   same limits: the :class:`ArrayLayout` (shape, dtype, chunks, shards) the
   metadata index and the directory summaries hand out.
 - :func:`max_file_bytes` bounds what one chunk or shard file of a checked array may hold.
+- :func:`new_array` is the one maker of a level array being written: its document and nothing else.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import numpy as np
 from ..errors import InvalidInputError, NotFoundError, SporaZarrError, StoreError
 from .location import Location
 from .metadata import _mapping, _short
-from .staging import ZARR_JSON
+from .staging import ZARR_JSON, Staging
 
 if TYPE_CHECKING:
+    import zarr
     from zarr.core.metadata.v3 import ArrayV3Metadata
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "array_layout",
     "array_metadata_from",
     "max_file_bytes",
+    "new_array",
     "parse_array_metadata",
     "read_array_metadata",
 ]
@@ -256,3 +259,23 @@ def _integers(value: object, where: str, name: str, *, low: int, high: int) -> t
         if all(low <= v <= high for v in numbers):
             return numbers
     raise StoreError(f"{where}: {name} must be a list of 1 to {_MAX_AXES} integers from {low} to {high}, got {_short(value)}")
+
+
+def new_array(location: Location, store: Any, name: str, **settings: Any) -> zarr.Array[Any]:
+    """A new array at ``name`` (in a staging area of ``location``), made as ``zarr.create_array(store, name=name,
+    **settings)`` would make it, bound to ``store``: its ``zarr.json`` is the one thing written.
+
+    ``zarr.create_array`` on the store itself first deletes whatever is at ``name`` and writes a group document
+    into every folder above it: about 30 requests a group on an object store (a listing, and a HEAD and a
+    listing for each folder), five small files a group on a disk, none of which the staging area needs (the
+    group's own document is written at the end of its write). Here zarr makes the metadata in memory, with
+    the codec pipeline of the ``zarr.config`` in force, as it would on ``store``.
+    """
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+
+    made = zarr.create_array(zarr.storage.MemoryStore(), name=name, **settings)
+    document = made.metadata.to_buffer_dict(default_buffer_prototype())[ZARR_JSON].to_bytes()
+    Staging(location).stage_file(name, ZARR_JSON, document)
+    bound = zarr.AsyncArray(metadata=made.metadata, store_path=zarr.storage.StorePath(store, name), config=made.async_array.config)
+    return zarr.Array(bound)

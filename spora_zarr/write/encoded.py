@@ -10,6 +10,7 @@ import numpy as np
 import zarr
 
 from ..sources import EncodedTiles, ImageSource
+from ..store.arrays import new_array
 from ..store.codecs import jpeg_chunk_codecs
 from ..store.location import Location
 from ..store.shards import MISSING, index_bytes
@@ -56,9 +57,10 @@ def write_encoded(
     per_shard = max(1, round((options.shard or max(tile_h, tile_w)) / max(tile_h, tile_w)))
     filters, serializer = jpeg_chunk_codecs(tiles.codec)
     with zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}):  # zarrs lacks this codec
-        array = zarr.create_array(
+        array = new_array(
+            location,
             location.zarr_store(),
-            name=name,
+            name,
             shape=level.shape,
             dtype=np.uint8,
             fill_value=0,
@@ -68,7 +70,6 @@ def write_encoded(
             serializer=serializer,
             compressors=None,
             dimension_names=("c", "y", "x"),
-            overwrite=True,
         )
     rows, cols = -(-height // tile_h), -(-width // tile_w)
     prototype = default_buffer_prototype()

@@ -40,6 +40,7 @@ from .. import process
 from ..errors import InvalidInputError
 from ..sources import ImageSource
 from ..store import defaults
+from ..store.arrays import new_array
 from ..store.location import Location
 from ..store.metadata import SporaGroupAttributes, ngff_models, ngff_models_built
 from ..store.staging import Staging
@@ -358,9 +359,10 @@ def _create_arrays(
         if not labels:
             spatial, shards = (channels, *spatial), ((channels, *shards) if shards else None)
         arrays.append(
-            zarr.create_array(
+            new_array(
+                location,
                 store,
-                name=f"{prefix}/{level.name}",
+                f"{prefix}/{level.name}",
                 shape=shape,
                 chunks=spatial,
                 shards=shards,
@@ -368,7 +370,6 @@ def _create_arrays(
                 fill_value=0,
                 compressors=compressors or None,
                 dimension_names=dims,
-                overwrite=True,
                 config={"write_empty_chunks": True},
             )
         )
