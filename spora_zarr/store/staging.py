@@ -24,6 +24,7 @@ a group's path is an error, never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -194,7 +195,7 @@ class Staging:
         if self.location.is_local:  # after a swap with the old version the area holds that one: tell them apart
             record["inodes"] = {path: os.stat(self.location.fs_path(area, path)).st_ino}
         self._write_bytes(self.location.fs_path(area, _COMMIT), json.dumps(record).encode())
-        self._roll_forward(area)
+        self._roll_forward(area, record)
 
     def _committed(self, area: str) -> dict[str, Any] | None:
         """The area's commit record, or ``None`` without a well-formed one (its paths must stay inside the store)."""
@@ -211,9 +212,13 @@ class Staging:
             return None  # a record naming ``../x``: not one this library wrote; never moved out of the store
         return record
 
-    def _roll_forward(self, area: str) -> list[str]:
-        """Move what a committed area still holds to its final paths; return the groups moved."""
-        record = self._committed(area) or {}
+    def _roll_forward(self, area: str, record: dict[str, Any] | None = None) -> list[str]:
+        """Move what a committed area still holds to its final paths; return the groups moved.
+
+        ``record``: the commit record just written (not read back: two requests on an object store); else the
+        area's own, as :meth:`recover` finds it.
+        """
+        record = record if record is not None else self._committed(area) or {}
         moved = []
         inodes = record.get("inodes", {})
         for group in record.get("groups", []):
@@ -264,9 +269,9 @@ class Staging:
                 self.fs.rm_file(name)
         prefix = fs_spelling(self.fs, source).rstrip("/")  # as find() spells it (memory:// adds a leading "/")
         files = [f for f in self.fs.find(source) if f != posixpath.join(prefix, ZARR_JSON)]
-        for name in files:
-            self.fs.copy(name, target + name[len(prefix) :])
-        self.fs.copy(posixpath.join(source, ZARR_JSON), target_doc)
+        for name in files:  # cp_file: copy() first lists the target, to see whether it is a folder (a request a file)
+            self.fs.cp_file(name, target + name[len(prefix) :])
+        self.fs.cp_file(posixpath.join(source, ZARR_JSON), target_doc)
 
     def discard(self, area: str) -> None:
         """Delete a temporary area and what it holds."""
@@ -276,8 +281,9 @@ class Staging:
                 shutil.rmtree(path, ignore_errors=True)
             elif os.path.isfile(path):  # a temporary file a kill left beside the areas (zarr's ``*.partial``)
                 os.remove(path)
-        elif self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):  # not asked first: two requests on an object store
+                self.fs.rm(path, recursive=True)
 
     def abandon(self, area: str) -> None:
         """Delete the area of a write that failed, unless it was committed (then :meth:`recover` finishes it)."""
