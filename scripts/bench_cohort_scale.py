@@ -436,7 +436,8 @@ def render(res: dict[str, Any]) -> str:
             f"`scripts/bench_cohort_scale.py --sizes {','.join(cols)}`: N multiplex tissues "
             f"({CHANNELS} x {MX_EDGE}² uint16, 1.0 mpp, tissue and cell masks) plus N/4 H&E ({HE_EDGE}² RGB, 0.5 mpp); "
             "each step in its own process, seconds of wall time (CLI steps include the interpreter start, "
-            "the `import` row). The converted stores have directory summaries (their writers leave them); the "
+            "the `import` row, with spora_zarr's modules loaded from bytecode as an installed package's are). "
+            "The converted stores have directory summaries (their writers leave them); the "
             "metadata-only cohort is measured first from the groups' own documents, then with the summaries written."
         ),
         "",
@@ -538,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--s3", action="store_true", help="also convert into a local moto S3 server and measure there (smallest N)")
     args = parser.parse_args(argv)
+    # this machine sets PYTHONDONTWRITEBYTECODE=1, so every CLI step would compile spora_zarr's 40-45 modules from
+    # source (0.1 s a process, a twentieth of `info` at 1,250 tissues); an installed package loads them from bytecode:
+    # the steps may write it (the checkout's __pycache__ folders, which git ignores), the first of them for the rest
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]

@@ -267,8 +267,8 @@ def new_array(location: Location, store: Any, name: str, **settings: Any) -> zar
 
     ``zarr.create_array`` on the store itself first deletes whatever is at ``name`` and writes a group document
     into every folder above it: about 30 requests a group on an object store (a listing, and a HEAD and a
-    listing for each folder), five small files a group on a disk, none of which the staging area needs (the
-    group's own document is written at the end of its write). Here zarr makes the metadata in memory, with
+    listing for each folder), up to six small files a group on a disk, none of which the staging area needs
+    (the group's own document is written at the end of its write). Here zarr makes the metadata in memory, with
     the codec pipeline of the ``zarr.config`` in force, as it would on ``store``.
     """
     import zarr
