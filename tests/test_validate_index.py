@@ -21,7 +21,7 @@ import fsspec
 import pytest
 import zarr
 
-from spora_zarr import open_cohort, validate_store
+from spora_zarr import StoreError, open_cohort, validate_store
 from spora_zarr.read.info import describe
 from spora_zarr.store.arrays import read_array_metadata
 from spora_zarr.store.location import Location
@@ -151,6 +151,28 @@ def test_a_remote_store_reads_no_group_or_level_document_one_by_one(converted: P
         assert per_group == [], per_group
     finally:
         fs.rm("/index-check", recursive=True)
+
+
+def test_info_of_many_groups_in_forked_processes_is_what_one_process_says(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """info describes the groups of a large local cohort in a few forked processes: the same text, the same first error."""
+    from spora_zarr.read import info
+    from spora_zarr.store.layout import MASK_KINDS
+
+    serial = describe(store)
+    monkeypatch.setattr(info, "_PROCESS_GROUPS", 2)
+    monkeypatch.setattr(info, "_PROCESSES", 3)  # 12 groups: parts of 4, the last two in forked processes
+    assert describe(store) == serial
+
+    cohort = open_cohort(store)
+    last = [kind for kind in MASK_KINDS if cohort.mask_tissues(kind)][-1]  # its last group is the last part's
+    _edit_group(cohort.group_path(last, "C"), lambda ome: ome["multiscales"][0].update(axes="yx"))(store)
+    with pytest.raises(StoreError) as forked:
+        describe(store)
+    monkeypatch.setattr(info, "_PROCESSES", 1)
+    with pytest.raises(StoreError) as alone:
+        describe(store)
+    assert str(forked.value) == str(alone.value)
+    assert f"{cohort.group_path(last, 'C')}" in str(alone.value) and "invalid NGFF 0.5 metadata" in str(alone.value)
 
 
 def _edit_group(path: str, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:

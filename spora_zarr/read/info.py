@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from ..errors import SporaZarrError, StoreError
 from ..store.layout import MASK_KINDS
 from ..store.location import Location, collection_paused
 from .cohort import Cohort, open_cohort
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def describe(location: str | Location, storage_options: dict[str, Any] | None = None) -> str:
@@ -17,7 +24,9 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     for the group (:mod:`spora_zarr.store.summary`), else from the level's ``zarr.json``. ``validate``
     checks the summaries against every document. No cyclic garbage collection runs meanwhile: the
     thousands of parsed groups set off full collections of every object the imports made (0.1-0.7 s
-    at 1,250 tissues, a third of the parsing).
+    at 1,250 tissues, a third of the parsing). A local store of at least ``_PROCESS_GROUPS`` groups
+    has them parsed in up to four forked processes, one a core, after the documents are read (at
+    1,250 tissues on two cores: 0.6-0.8 s instead of 1.1-1.3 s).
     """
     with collection_paused():
         return _describe(location, storage_options)
@@ -26,27 +35,93 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
 def _describe(location: str | Location, storage_options: dict[str, Any] | None) -> str:
     cohort = open_cohort(location, storage_options)
     lines = [f"cohort store {cohort.location}", f"format version {cohort.attributes.format_version}"]
+    sections: list[tuple[str, list[tuple[str, str, bool]]]] = []  # a heading, and its groups: (name, tissue, an image)
     for modality in cohort.modalities:
         tissues = cohort.tissues(modality)
         cohort.read_group_documents(modality)
-        lines.append(f"\nmodality {modality}: {len(tissues)} tissue(s)")
-        for tissue_id in tissues:
-            lines.append(f"  {tissue_id}: channels {', '.join(cohort.channel_names(modality, tissue_id))}")
-            lines += _levels(cohort, modality, tissue_id)
+        sections.append((f"\nmodality {modality}: {len(tissues)} tissue(s)", [(modality, t, True) for t in tissues]))
     for kind in MASK_KINDS:
         tissues = cohort.mask_tissues(kind)
         if tissues:
             cohort.read_group_documents(kind)
-            lines.append(f"\nmasks {kind}: {len(tissues)} tissue(s)")
-            for tissue_id in tissues:
-                lines.append(f"  {tissue_id}")
-                lines += _levels(cohort, kind, tissue_id)
+            sections.append((f"\nmasks {kind}: {len(tissues)} tissue(s)", [(kind, t, False) for t in tissues]))
+    groups = [group for _, section in sections for group in section]
+    processes = _PROCESSES if cohort.location.is_local and len(groups) >= _PROCESS_GROUPS else 1
+    described = iter(_in_processes(lambda part: [_group_lines(cohort, *group) for group in part], groups, processes))
+    for heading, section in sections:
+        lines.append(heading)
+        for _ in section:
+            lines += next(described)
     tables = cohort.tables()
     lines.append(f"\ntables ({len(tables)}):")
     for table in tables:
         meta = cohort.read_table_metadata(table)  # the footer: no row read (and no pyarrow scan threads left at exit)
         lines.append(f"  {table}: {meta.num_rows} rows, columns {', '.join(meta.schema.to_arrow_schema().names)}")
     return "\n".join(lines)
+
+
+#: Groups from which the groups of a local store are described in that many processes (a fork takes milliseconds).
+_PROCESS_GROUPS = 1000
+_PROCESSES = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) if hasattr(os, "fork") else 1
+
+
+def _group_lines(cohort: Cohort, name: str, tissue_id: str, image: bool) -> list[str]:
+    """The lines of one group: the tissue (with an image's channels) and its levels."""
+    head = f"  {tissue_id}: channels {', '.join(cohort.channel_names(name, tissue_id))}" if image else f"  {tissue_id}"
+    return [head, *_levels(cohort, name, tissue_id)]
+
+
+def _in_processes(work: Callable[[Sequence[T]], list[R]], jobs: Sequence[T], processes: int) -> list[R]:
+    """``work(jobs)``, its later parts done by forked processes when ``processes > 1`` (parsing thousands of groups
+    is Python work, one core's; a fork shares what was read). The parts' results in order; a process's
+    ``SporaZarrError`` is raised here, after this process's own part, as one part done in order would.
+    """
+    if processes < 2:
+        return work(jobs)
+    size = -(-len(jobs) // processes)
+    parts = [jobs[k : k + size] for k in range(0, len(jobs), size)]
+    children = [_forked(work, part) for part in parts[1:]]
+    try:
+        results = work(parts[0])
+    finally:
+        answers = [_answer(pid, fd) for pid, fd in children]
+    for answer in answers:
+        results += answer
+    return results
+
+
+def _forked(work: Callable[[Sequence[T]], list[R]], part: Sequence[T]) -> tuple[int, int]:
+    """A forked process doing ``work(part)``: its pid and the pipe it writes its pickled outcome to."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        return pid, read_fd
+    status = 0  # the child: never returns
+    try:
+        os.close(read_fd)
+        try:
+            outcome: tuple[bool, Any] = (True, work(part))
+        except SporaZarrError as exc:
+            outcome = (False, exc)
+        with os.fdopen(write_fd, "wb") as out:
+            pickle.dump(outcome, out, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:
+        status = 1
+    os._exit(status)
+
+
+def _answer(pid: int, fd: int) -> list[Any]:
+    """What the forked process ``pid`` wrote to ``fd``: its results, or its error raised."""
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
+    _, status = os.waitpid(pid, 0)
+    if not data or status:
+        raise StoreError(f"info: a describing process ended with status {os.waitstatus_to_exitcode(status)}")
+    done, value = pickle.loads(data)
+    if not done:
+        raise value
+    return list(value)
 
 
 def _levels(cohort: Cohort, name: str, tissue_id: str) -> list[str]:
