@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -25,8 +26,8 @@ def describe(location: str | Location, storage_options: dict[str, Any] | None = 
     checks the summaries against every document. No cyclic garbage collection runs meanwhile: the
     thousands of parsed groups set off full collections of every object the imports made (0.1-0.7 s
     at 1,250 tissues, a third of the parsing). A local store of at least ``_PROCESS_GROUPS`` groups
-    has them parsed in up to four forked processes, one a core, after the documents are read (at
-    1,250 tissues on two cores: 0.6-0.8 s instead of 1.1-1.3 s).
+    has them parsed in up to four forked processes, one a core, after the documents are read, when
+    this process runs one thread (at 1,250 tissues on two cores: 0.6-0.8 s instead of 1.1-1.3 s).
     """
     with collection_paused():
         return _describe(location, storage_options)
@@ -46,7 +47,9 @@ def _describe(location: str | Location, storage_options: dict[str, Any] | None) 
             cohort.read_group_documents(kind)
             sections.append((f"\nmasks {kind}: {len(tissues)} tissue(s)", [(kind, t, False) for t in tissues]))
     groups = [group for _, section in sections for group in section]
-    processes = _PROCESSES if cohort.location.is_local and len(groups) >= _PROCESS_GROUPS else 1
+    # forked only from a process of one thread (the CLI's): a thread of another's could hold a lock the child needs
+    alone = threading.active_count() == 1
+    processes = _PROCESSES if alone and cohort.location.is_local and len(groups) >= _PROCESS_GROUPS else 1
     described = iter(_in_processes(lambda part: [_group_lines(cohort, *group) for group in part], groups, processes))
     for heading, section in sections:
         lines.append(heading)
