@@ -186,6 +186,12 @@ def test_info_of_many_groups_in_forked_processes_is_what_one_process_says(store:
     assert f"{cohort.group_path(last, 'C')}" in str(alone.value) and "invalid NGFF 0.5 metadata" in str(alone.value)
     assert forked() == f"StoreError: {alone.value}"
 
+    first = cohort.group_path(cohort.modalities[0], "A")  # in this process's own part: its error comes first
+    _edit_group(first, lambda ome: ome["multiscales"][0].update(axes="yx"))(store)
+    with pytest.raises(StoreError, match=first) as alone:
+        describe(store)
+    assert forked() == f"StoreError: {alone.value}"
+
 
 def _edit_group(path: str, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
     def damage(store: Path) -> None:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from ..errors import SporaZarrError, StoreError
+from ..errors import StoreError
 from ..store.layout import MASK_KINDS
 from ..store.location import Location, collection_paused
 from .cohort import Cohort, open_cohort
@@ -63,8 +63,9 @@ def _describe(location: str | Location, storage_options: dict[str, Any] | None) 
     return "\n".join(lines)
 
 
-#: Groups from which the groups of a local store are described in that many processes (a fork takes milliseconds).
+#: Groups from which the groups of a local store are described in several processes (a fork takes milliseconds).
 _PROCESS_GROUPS = 1000
+#: Processes then: one a core this process may run on, at most four; one where there is no ``fork``.
 _PROCESSES = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) if hasattr(os, "fork") else 1
 
 
@@ -76,8 +77,8 @@ def _group_lines(cohort: Cohort, name: str, tissue_id: str, image: bool) -> list
 
 def _in_processes(work: Callable[[Sequence[T]], list[R]], jobs: Sequence[T], processes: int) -> list[R]:
     """``work(jobs)``, its later parts done by forked processes when ``processes > 1`` (parsing thousands of groups
-    is Python work, one core's; a fork shares what was read). The parts' results in order; a process's
-    ``SporaZarrError`` is raised here, after this process's own part, as one part done in order would.
+    is Python work, one core's; a fork shares what was read). The parts' results in order; the first part's error
+    that one process doing them in order would raise, raised here once every process has ended.
     """
     if processes < 2:
         return work(jobs)
@@ -86,10 +87,10 @@ def _in_processes(work: Callable[[Sequence[T]], list[R]], jobs: Sequence[T], pro
     children = [_forked(work, part) for part in parts[1:]]
     try:
         results = work(parts[0])
-    finally:
-        answers = [_answer(pid, fd) for pid, fd in children]
-    for answer in answers:
-        results += answer
+    finally:  # every process waited for, whatever this part raised (that error comes first)
+        replies = [_reply(pid, fd) for pid, fd in children]
+    for reply in replies:
+        results += _outcome(*reply)
     return results
 
 
@@ -105,7 +106,7 @@ def _forked(work: Callable[[Sequence[T]], list[R]], part: Sequence[T]) -> tuple[
         os.close(read_fd)
         try:
             outcome: tuple[bool, Any] = (True, work(part))
-        except SporaZarrError as exc:
+        except Exception as exc:  # raised in the parent as it is
             outcome = (False, exc)
         with os.fdopen(write_fd, "wb") as out:
             pickle.dump(outcome, out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -114,13 +115,18 @@ def _forked(work: Callable[[Sequence[T]], list[R]], part: Sequence[T]) -> tuple[
     os._exit(status)
 
 
-def _answer(pid: int, fd: int) -> list[Any]:
-    """What the forked process ``pid`` wrote to ``fd``: its results, or its error raised."""
+def _reply(pid: int, fd: int) -> tuple[int, bytes]:
+    """How the forked process ``pid`` ended (its exit code) and what it wrote to ``fd``."""
     with os.fdopen(fd, "rb") as handle:
         data = handle.read()
     _, status = os.waitpid(pid, 0)
-    if not data or status:
-        raise StoreError(f"info: a describing process ended with status {os.waitstatus_to_exitcode(status)}")
+    return os.waitstatus_to_exitcode(status), data
+
+
+def _outcome(code: int, data: bytes) -> list[Any]:
+    """A forked process's results, or its error raised."""
+    if code or not data:
+        raise StoreError(f"info: a process describing groups ended with exit code {code}")
     done, value = pickle.loads(data)
     if not done:
         raise value
