@@ -27,7 +27,7 @@ import logging
 import math
 import posixpath
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -273,16 +273,16 @@ def _write_multiscale(
     try:
         with _codec_pipeline(location, options):
             compressors = options.compressors_for(_first(ordered))
-            arrays = _create_arrays(
-                location, f"{area}/{path}", levels, stored, options, labels, compressors, depth, shard=edge if options.shard else None
-            )
+            encoded = encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
+            prefix, shard = f"{area}/{path}", edge if options.shard else None
+            made = _create_arrays(location, prefix, levels, stored, options, labels, compressors, depth, shard, set(encoded))
             # a core to spare: the end of the write validates its metadata with ome-zarr-models (0.2-0.5 s to import),
             # imported while the lanes stream (not before: the import holds the GIL, and the steps up to here are
             # serial); the write never returns (or raises) while that import runs
             preparing = _in_background(ngff_models) if lanes > 1 and not ngff_models_built() else None
-            encoded = encoded_levels(list(ordered.values()), stored) if keep_encoded and not labels and depth == 1 else {}
-            for index, tiles in encoded.items():
-                arrays[index] = write_encoded(location, f"{area}/{path}/{levels[index].name}", levels[index], tiles, options, lanes)
+            for index, tiles in encoded.items():  # the kept levels: their own arrays, their chunks copied
+                made[index] = write_encoded(location, f"{prefix}/{levels[index].name}", levels[index], tiles, options, lanes)
+            arrays = [made[index] for index in range(len(levels))]
             writers = [ShardWriter.for_array(location, array) for array in arrays]
             streamer = _Streamer(
                 levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes, writers
@@ -340,16 +340,20 @@ def _create_arrays(
     compressors: list[BloscCodec],
     depth: int = 1,
     shard: int | None = None,
-) -> list[zarr.Array[Any]]:
-    """One array per level, sharded by ``shard`` px (``None``: unsharded); a stack (``depth > 1``) gets a ``z`` axis
-    before ``y, x`` with chunks and shards one plane deep."""
+    kept: Set[int] = frozenset(),
+) -> dict[int, zarr.Array[Any]]:
+    """An array per level (by index) but the ``kept`` ones (their source's encoded chunks, :func:`write_encoded` makes
+    them), sharded by ``shard`` px (``None``: unsharded); a stack (``depth > 1``) gets a ``z`` axis before ``y, x``
+    with chunks and shards one plane deep."""
     store = location.zarr_store()
     channels = levels[0].shape[0]
     dims: tuple[str, ...] = ("y", "x") if labels else ("c", "y", "x")
     if depth > 1:
         dims = (*dims[:-2], "z", "y", "x")
-    arrays = []
-    for level in levels:
+    arrays = {}
+    for index, level in enumerate(levels):
+        if index in kept:
+            continue
         spatial: tuple[int, ...] = (options.chunk, options.chunk)
         shards: tuple[int, ...] | None = (shard, shard) if shard else None
         shape: tuple[int, ...] = level.shape[1:] if labels else level.shape
@@ -358,20 +362,18 @@ def _create_arrays(
             shape = (*shape[:-2], depth, *shape[-2:])
         if not labels:
             spatial, shards = (channels, *spatial), ((channels, *shards) if shards else None)
-        arrays.append(
-            new_array(
-                location,
-                store,
-                f"{prefix}/{level.name}",
-                shape=shape,
-                chunks=spatial,
-                shards=shards,
-                dtype=dtype,
-                fill_value=0,
-                compressors=compressors or None,
-                dimension_names=dims,
-                config={"write_empty_chunks": True},
-            )
+        arrays[index] = new_array(
+            location,
+            store,
+            f"{prefix}/{level.name}",
+            shape=shape,
+            chunks=spatial,
+            shards=shards,
+            dtype=dtype,
+            fill_value=0,
+            compressors=compressors or None,
+            dimension_names=dims,
+            config={"write_empty_chunks": True},
         )
     return arrays
 
