@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from .. import process
 from ..errors import StoreError
 from ..store.layout import MASK_KINDS
 from ..store.location import Location, collection_paused
@@ -66,7 +67,7 @@ def _describe(location: str | Location, storage_options: dict[str, Any] | None) 
 #: Groups from which the groups of a local store are described in several processes (a fork takes milliseconds).
 _PROCESS_GROUPS = 1000
 #: Processes then: one a core this process may run on, at most four; one where there is no ``fork``.
-_PROCESSES = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) if hasattr(os, "fork") else 1
+_PROCESSES = min(4, process.available_cores()) if hasattr(os, "fork") else 1
 
 
 def _group_lines(cohort: Cohort, name: str, tissue_id: str, image: bool) -> list[str]:
