@@ -319,7 +319,7 @@ def main() -> int:
     print(f"load average {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} (1, 5, 15 min) at the end")
     measured = list(dict.fromkeys(r.route for r in runs))  # the routes, and each in memory after it
     results = {route: efficiency(runs, route) for route in measured}
-    disk = {route: route.removesuffix(IN_MEMORY) for route in measured[1:]}
+    disk = {route: route.removesuffix(IN_MEMORY) for route in measured if route != "reference"}
     digests = {route: {r.digest for r in runs if r.route.removesuffix(IN_MEMORY) == disk[route]} for route in disk}
     same = {route: len(found) == 1 for route, found in digests.items()}  # on 1 and 2 cores, on disk and in memory
     for route, (speedup, per_core) in results.items():
