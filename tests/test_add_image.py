@@ -123,10 +123,66 @@ def test_a_tissue_table_with_columns_of_its_own_keeps_them_and_a_column_of_anoth
 
     pq.write_table(pa.table({"tissue_id": pa.array([7], pa.int64())}), table_path)
     before = table_path.read_bytes()
-    with pytest.raises(InvalidInputError, match=r"tissues.parquet: column 'tissue_id' holds int64, not the string of the new rows"):
-        add_image(store, str(_ome(tmp_path / "he_c.ome.tif", image, 0.5, rgb=True)), modality="he", tissue_id="C")
-    assert table_path.read_bytes() == before
-    assert "C" not in open_cohort(store).tissues("he")
+    for tissue in ("C", "007"):  # never parsed into the column's kind: "007" would be the 7 already there
+        with pytest.raises(
+            InvalidInputError, match=rf"tissues.parquet: column 'tissue_id' holds int64, which cannot hold the new rows' '{tissue}'"
+        ):
+            add_image(store, str(_ome(tmp_path / "he_c.ome.tif", image, 0.5, rgb=True)), modality="he", tissue_id=tissue)
+        assert table_path.read_bytes() == before
+        assert tissue not in open_cohort(store).tissues("he")
+
+
+def test_channel_tables_of_other_column_types_get_the_new_rows_as_their_types_say_or_a_one_line_error(
+    converted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A column the new rows leave null takes nulls of its own type (pandas writes an all-None column as type null);
+    a value is converted only into a column of its kind that holds it exactly; a required column the rows leave out,
+    or a value of another kind, is a one-line error naming the table, and nothing is written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, store = converted
+    channels_path = store / "imc/channels.parquet"
+    listed = pq.read_table(channels_path).column("channel_name").to_pylist()
+    image = np.random.default_rng(5).integers(0, 900, (2, 48, 40), dtype=np.uint16)
+
+    def add(tissue: str, names: list[str]) -> None:
+        add_image(store, str(_ome(tmp_path / f"{tissue}.ome.tif", image, 1.0, names)), modality="imc", tissue_id=tissue)
+
+    users = pa.table(
+        {
+            "channel_name": pa.array(listed, pa.large_string()),
+            "qc_pass": pa.array([True] * len(listed)),
+            "uniprot_id": pa.nulls(len(listed)),  # pandas' type of an all-None column
+            "aliases": pa.array([["x"]] * len(listed), pa.list_(pa.string())),
+        }
+    )
+    pq.write_table(users, channels_path)
+    add("N1", [*listed[:1], "NEW1"])
+    table = pq.read_table(channels_path)
+    assert table.schema == users.schema
+    assert table.slice(len(listed)).to_pylist() == [{"channel_name": "NEW1", "qc_pass": True, "uniprot_id": None, "aliases": None}]
+
+    refusals = {
+        "qc_pass": (pa.array(["yes"] * len(listed)), r"column 'qc_pass' holds string, which cannot hold the new rows' True"),
+        "channel_name": (
+            pa.array(range(len(listed)), pa.int64()),
+            r"column 'channel_name' holds int64, which cannot hold the new rows' .*'NEW2'",
+        ),
+    }
+    for column, (values, message) in refusals.items():
+        pq.write_table(users.set_column(users.schema.get_field_index(column), column, values), channels_path)
+        before = channels_path.read_bytes()
+        with pytest.raises(InvalidInputError, match=message):
+            add("N2", [*listed[:1], "NEW2"])
+        assert channels_path.read_bytes() == before and "N2" not in open_cohort(store).tissues("imc")
+
+    required = pa.schema([pa.field("channel_name", pa.string()), pa.field("panel", pa.string(), nullable=False)])
+    pq.write_table(pa.table({"channel_name": listed, "panel": ["a"] * len(listed)}, schema=required), channels_path)
+    before = channels_path.read_bytes()
+    with pytest.raises(InvalidInputError, match=r"channels.parquet: column 'panel' may not be null, and the new rows give it no value"):
+        add("N3", [*listed[:1], "NEW3"])
+    assert channels_path.read_bytes() == before and "N3" not in open_cohort(store).tissues("imc")
 
 
 def test_add_image_makes_and_extends_its_tables_without_importing_pandas(tmp_path: Path) -> None:
