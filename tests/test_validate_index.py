@@ -154,11 +154,28 @@ def test_a_remote_store_reads_no_group_or_level_document_one_by_one(converted: P
 
 
 _FORKED_INFO = """
-import os, sys
+import os, signal, sys
 from spora_zarr.read import info
 forks, fork = [], os.fork
 os.fork = lambda: forks.append(1) or fork()
 info._PROCESS_GROUPS, info._PROCESSES = 2, 3  # 12 groups: parts of 4, the last two parts in forked processes
+case = sys.argv[2] if len(sys.argv) > 2 else ""
+if case == "sigchld-ignored":  # children reaped by the system: no exit code to wait for
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+elif case == "second-fork-fails":  # a limit on processes: the part not forked is done here
+    def fork_once():
+        if forks:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        forks.append(1)
+        return fork()
+    os.fork = fork_once
+elif case == "child-killed":  # as by the OOM killer
+    parent, lines = os.getpid(), info._group_lines
+    def killed(*args):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return lines(*args)
+    info._group_lines = killed
 try:
     sys.stdout.write(info.describe(sys.argv[1]))
 except Exception as exc:
@@ -191,6 +208,19 @@ def test_info_of_many_groups_in_forked_processes_is_what_one_process_says(store:
     with pytest.raises(StoreError, match=first) as alone:
         describe(store)
     assert forked() == f"StoreError: {alone.value}"
+
+
+@pytest.mark.parametrize("case", ["sigchld-ignored", "second-fork-fails", "child-killed"])
+def test_info_forked_under_adverse_conditions_says_what_one_process_says_or_names_the_store(store: Path, case: str) -> None:
+    """A caller that ignores ``SIGCHLD`` (its children reaped by the system) and a limit on processes (a fork refused)
+    give the text of one process; a forked process killed gives a one-line error naming the store."""
+    command = [sys.executable, "-c", _FORKED_INFO, str(store), case]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO, timeout=120)
+    if case == "child-killed":
+        assert done.stdout == f"StoreError: {store}: info: a process describing part of its groups was killed by signal 9 (Killed)"
+    else:
+        assert done.stdout == describe(store)
+    assert done.stderr.strip().endswith("forks 1" if case == "second-fork-fails" else "forks 2"), done.stderr
 
 
 def _edit_group(path: str, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -51,7 +53,7 @@ def _describe(location: str | Location, storage_options: dict[str, Any] | None) 
     # forked only from a process of one thread (the CLI's): a thread of another's could hold a lock the child needs
     alone = threading.active_count() == 1
     processes = _PROCESSES if alone and cohort.location.is_local and len(groups) >= _PROCESS_GROUPS else 1
-    described = iter(_in_processes(lambda part: [_group_lines(cohort, *group) for group in part], groups, processes))
+    described = iter(_in_processes(lambda part: [_group_lines(cohort, *group) for group in part], groups, processes, str(cohort.location)))
     for heading, section in sections:
         lines.append(heading)
         for _ in section:
@@ -76,29 +78,43 @@ def _group_lines(cohort: Cohort, name: str, tissue_id: str, image: bool) -> list
     return [head, *_levels(cohort, name, tissue_id)]
 
 
-def _in_processes(work: Callable[[Sequence[T]], list[R]], jobs: Sequence[T], processes: int) -> list[R]:
+def _in_processes(work: Callable[[Sequence[T]], list[R]], jobs: Sequence[T], processes: int, where: str) -> list[R]:
     """``work(jobs)``, its later parts done by forked processes when ``processes > 1`` (parsing thousands of groups
     is Python work, one core's; a fork shares what was read). The parts' results in order; the first part's error
-    that one process doing them in order would raise, raised here once every process has ended.
+    that one process doing them in order would raise, raised here once every process has ended. A part that cannot
+    be forked (a limit on processes) is done here.
     """
     if processes < 2:
         return work(jobs)
     size = -(-len(jobs) // processes)
     parts = [jobs[k : k + size] for k in range(0, len(jobs), size)]
-    children = [_forked(work, part) for part in parts[1:]]
+    children: list[tuple[int, int]] = []
     try:
+        for part in parts[1:]:
+            child = _forked(work, part)
+            if child is None:
+                break
+            children.append(child)
         results = work(parts[0])
     finally:  # every process waited for, whatever this part raised (that error comes first)
         replies = [_reply(pid, fd) for pid, fd in children]
     for reply in replies:
-        results += _outcome(*reply)
+        results += _outcome(where, *reply)
+    for part in parts[1 + len(children) :]:
+        results += work(part)
     return results
 
 
-def _forked(work: Callable[[Sequence[T]], list[R]], part: Sequence[T]) -> tuple[int, int]:
-    """A forked process doing ``work(part)``: its pid and the pipe it writes its pickled outcome to."""
+def _forked(work: Callable[[Sequence[T]], list[R]], part: Sequence[T]) -> tuple[int, int] | None:
+    """A forked process doing ``work(part)``: its pid and the pipe it writes its pickled outcome to; ``None`` when
+    no process can be forked."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return None
     if pid:
         os.close(write_fd)
         return pid, read_fd
@@ -116,22 +132,34 @@ def _forked(work: Callable[[Sequence[T]], list[R]], part: Sequence[T]) -> tuple[
     os._exit(status)
 
 
-def _reply(pid: int, fd: int) -> tuple[int, bytes]:
-    """How the forked process ``pid`` ended (its exit code) and what it wrote to ``fd``."""
+def _reply(pid: int, fd: int) -> tuple[int | None, bytes]:
+    """How the forked process ``pid`` ended (its exit code; ``None`` where the system reaped it: a process that
+    ignores ``SIGCHLD``) and what it wrote to ``fd``."""
     with os.fdopen(fd, "rb") as handle:
         data = handle.read()
-    _, status = os.waitpid(pid, 0)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None, data
     return os.waitstatus_to_exitcode(status), data
 
 
-def _outcome(code: int, data: bytes) -> list[Any]:
-    """A forked process's results, or its error raised."""
-    if code or not data:
-        raise StoreError(f"info: a process describing groups ended with exit code {code}")
-    done, value = pickle.loads(data)
-    if not done:
+def _outcome(where: str, code: int | None, data: bytes) -> list[Any]:
+    """A forked process's results, or its error raised (``where``: the store, named when the process left none)."""
+    reply: tuple[bool, Any] | None = None
+    if data and not code:
+        with contextlib.suppress(Exception):  # a reply cut short, or an error that cannot be rebuilt here
+            reply = pickle.loads(data)
+    if reply is not None:
+        done, value = reply
+        if done:
+            return list(value)
         raise value
-    return list(value)
+    if code is not None and code < 0:
+        ended = f"was killed by signal {-code} ({signal.strsignal(-code) or 'unknown'})"
+    else:
+        ended = "ended without its description" if not code else f"ended with exit code {code}"
+    raise StoreError(f"{where}: info: a process describing part of its groups {ended}")
 
 
 def _levels(cohort: Cohort, name: str, tissue_id: str) -> list[str]:
