@@ -602,9 +602,16 @@ def run() -> None:
     interpreter's last collection does not walk them all only to find the
     cycles the exit frees anyway: 0.3 s after ``info`` on 1,250 tissues, 0.05 s
     frozen. Every file the commands write is closed by then, and the ``atexit``
-    handlers (logging's flush) still run.
+    handlers (logging's flush) still run. Output to a pipe whose reader has gone
+    ends the command quietly with 141, as the shell reports a command ``SIGPIPE``
+    ended.
     """
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()  # a reader that went away is found here, not in the interpreter's last flush
+    except BrokenPipeError:  # `spora-zarr info STORE | head -1`: no traceback, the rest goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE, as the shell reports a command the closed pipe ended
     gc.freeze()
     sys.exit(code)
 

@@ -86,6 +86,11 @@ def test_the_console_script_exits_with_the_commands_code(cohort_pair: tuple[Path
     assert "modality imc: 3 tissue(s)" in done.stdout and not done.stderr
     missing = subprocess.run([script, "info", str(tmp_path / "none.zarr")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and not missing.stdout
+    closed = subprocess.Popen([script, "info", str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # as `| head -1`
+    assert closed.stdout is not None and closed.stderr is not None
+    closed.stdout.close()  # the reader gone before the command writes
+    assert closed.wait(timeout=120) == 141 and closed.stderr.read() == b""  # no BrokenPipeError traceback
+    closed.stderr.close()
 
 
 def test_validate_reports_problems(cohort_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
