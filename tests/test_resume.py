@@ -149,3 +149,47 @@ def test_interrupted_promotion_is_finished_by_recovery(reference: tuple[Path, Pa
     convert_cohort(src, dest, ConvertOptions(progress=False, write=WriteOptions(shard=224, chunk=112)))
     assert snapshot(dest) == ref
     assert not (dest / ".spora_tmp").exists()
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from ``/proc``)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    with contextlib.suppress(OSError):
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers end with the run through Linux's PR_SET_PDEATHSIG")
+@pytest.mark.timeout(600)
+def test_a_killed_run_takes_its_worker_processes_with_it(reference: tuple[Path, Path, dict[str, object]], tmp_path: Path) -> None:
+    """``kill -9`` of a ``--workers`` run ends its workers too: the store's lock died with the run, and a resume
+    beside workers still writing would see groups whose level documents its recovery had deleted."""
+    src, ref_dest, ref = reference
+    dest = tmp_path / "cohort.zarr"
+    process = subprocess.Popen([*convert_command(src, dest), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threshold, deadline, workers = disk_bytes(ref_dest) // 20, time.monotonic() + 120, set()
+    while process.poll() is None and time.monotonic() < deadline:
+        workers |= _children(process.pid)
+        if len(workers) >= 3 and dest.exists() and disk_bytes(dest) >= threshold:  # two workers and multiprocessing's tracker
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL, "the conversion finished before the kill point"
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)], "worker processes outlived the killed run"
+    assert_only_complete_groups_visible(dest, ref)
+    result = subprocess.run(convert_command(src, dest), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(dest) == ref

@@ -217,7 +217,9 @@ def _batches(tasks: Sequence[TaskT], workers: int) -> list[Sequence[TaskT]]:
 def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOptions, noun: str) -> list[TaskOutcome]:
     context = multiprocessing.get_context("spawn")  # no fork: codec thread pools do not survive it
     outcomes = []
-    pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_start_worker, initargs=(options.codec_threads,))
+    pool = ProcessPoolExecutor(
+        options.workers, mp_context=context, initializer=_start_worker, initargs=(options.codec_threads, os.getpid())
+    )
     try:
         bars = options.progress and sys.stderr.isatty()
         with _ctrl_c_blocked():  # workers start with Ctrl-C blocked (and then ignore it): this process answers it
@@ -245,14 +247,39 @@ def _run_processes(tasks: Sequence[TaskT], work: Work[TaskT], options: RunOption
 _WORKER_READY = False  # set in a worker process once _start_worker is done
 
 
-def _start_worker(codec_threads: int) -> None:
-    """Set up a worker process: Ctrl-C is the run's process's to answer (no worker tracebacks); SIGTERM ends it cleanly."""
+def _start_worker(codec_threads: int, run_pid: int) -> None:
+    """Set up a worker process: it ends with the run's process ``run_pid``; Ctrl-C is that process's to answer (no
+    worker tracebacks); SIGTERM ends it cleanly."""
     global _WORKER_READY
+    _end_with_run(run_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     configure_writer_process(codec_threads)
     _WORKER_READY = True
+
+
+def _end_with_run(run_pid: int) -> None:
+    """Have the kernel kill this worker when the run's process ``run_pid`` ends, however it ends (Linux).
+
+    The run's process holds the store's lock for its workers. Killed (``kill -9``, the out-of-memory killer), it
+    takes the lock with it while its workers would go on writing, and a resume started then would run beside them:
+    its recovery deletes their staging areas while they fill them, and they promote groups whose level documents are
+    gone. ``PR_SET_PDEATHSIG`` ends a worker with the thread that started it (the run's thread, which outlives the
+    pool); a run that ended before this call is seen by the worker's parent being another process.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != run_pid:  # the run ended before the call: nobody holds the lock for this worker
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
