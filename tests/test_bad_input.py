@@ -17,6 +17,8 @@ from spora_zarr import open_cohort
 from spora_zarr.cli import main
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 
+from .conftest import read_source_chw
+
 
 @pytest.fixture
 def cohort(tmp_path: Path) -> Path:
@@ -149,3 +151,29 @@ def test_tissue_missing_from_channels_per_tissue(cohort: Path, tmp_path: Path, c
     assert code == 1
     assert_one_line_error(out, "imc/1_0mpp/images/B.tif", "no rows in imc/channels_per_tissue.parquet")
     assert open_cohort(tmp_path / "out.zarr").tissues("imc") == ["A"]
+
+
+def test_channel_pages_with_a_preview_keep_every_channel_and_an_odd_page_is_one_line(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TIFF of one page a channel: a smaller page after them (a preview) is left out and said so; a page of the
+    channels' size but another dtype (or after the preview) fails its tissue: dropping it would drop a channel."""
+    images = cohort / "imc/1_0mpp/images"
+    channels = read_source_chw(images / "A.tif")
+    assert channels.shape[0] > 2
+    with tifffile.TiffWriter(images / "A.tif") as tiff:
+        for plane in channels:
+            tiff.write(plane, photometric="minisblack")
+        tiff.write(channels[0, ::4, ::4], photometric="minisblack")  # the preview
+    with tifffile.TiffWriter(images / "B.tif") as tiff:
+        for plane in channels[:-1]:
+            tiff.write(plane, photometric="minisblack")
+        tiff.write(channels[-1].astype(np.float32), photometric="minisblack")
+    code, out = run_cli(capsys, str(cohort), str(tmp_path / "out.zarr"))
+    assert code == 1
+    said = f"{images / 'A.tif'}: {len(channels)} channel page(s); 1 smaller page(s) after them left out (previews)"
+    assert said in [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    np.testing.assert_array_equal(open_cohort(tmp_path / "out.zarr").open_array("imc", "A", 1.0)[...], channels)
+    page, size = len(channels) - 1, "x".join(map(str, channels.shape[1:]))
+    assert_one_line_error(out, "imc/1_0mpp/images/B.tif", f"page {page} is {size} float32, pages 0-{page - 1} {size} {channels.dtype}")
+    assert "B" not in open_cohort(tmp_path / "out.zarr").tissues("imc")

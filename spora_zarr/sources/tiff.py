@@ -8,12 +8,14 @@ slide's own reduced levels; its JPEG tiles for the writer to keep as chunks.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import re
 import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,8 @@ import numpy as np
 from .. import process
 from ..errors import InvalidInputError
 from .base import AxesView, EncodedTiles, ImageSource, SourceInfo, reason
+
+log = logging.getLogger("spora_zarr")
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi")
 
@@ -252,6 +256,31 @@ class _LazyZarrView:
         return self._array[index]
 
 
+def _channel_pages(name: str, series: Sequence[Any]) -> list[Any]:
+    """The channels of a TIFF of one ``YX`` page (series) each: the leading pages of the first's size and dtype.
+
+    Smaller pages after them are previews (a thumbnail a scanner or viewer adds), left out and said so; a page of
+    the channels' size that is not one of them (another dtype, after a preview) or a page larger than they are is
+    an error: dropping it would drop a channel.
+    """
+    first = series[0]
+    count = next(
+        (k for k, s in enumerate(series) if not (s.axes == "YX" and s.shape == first.shape and s.dtype == first.dtype)), len(series)
+    )
+    rest = series[count:]
+    smaller = [s.axes in ("YX", "YXS") and s.shape[0] < first.shape[0] and s.shape[1] < first.shape[1] for s in rest]
+    odd = next((count + k for k, small in enumerate(smaller) if not small), None)
+    if odd is not None:
+        page = series[odd]
+        raise InvalidInputError(
+            f"{name}: page {odd} is {'x'.join(map(str, page.shape))} {page.dtype}, {'page 0' if count == 1 else f'pages 0-{count - 1}'} "
+            f"{'x'.join(map(str, first.shape))} {first.dtype}: one size and dtype for every channel page"
+        )
+    if rest:
+        log.warning("%s: %d channel page(s); %d smaller page(s) after them left out (previews)", name, count, len(rest))
+    return list(series[:count])
+
+
 class TiffSource(ImageSource):
     """A TIFF or OME-TIFF presented as ``(C, H, W)``.
 
@@ -279,12 +308,8 @@ class TiffSource(ImageSource):
                 one = self._tiff.pages[page]
                 first = tifffile.TiffPageSeries([one], one.shape, one.dtype, one.axes)
                 planes = [first]
-            elif (
-                not self._tiff.is_ome
-                and len(series) > 1
-                and all(s.axes == "YX" and s.shape == first.shape and s.dtype == first.dtype for s in series)
-            ):
-                planes = list(series)
+            elif not self._tiff.is_ome and len(series) > 1 and first.axes == "YX":
+                planes = _channel_pages(self.name, series)
             if level and (len(planes) > 1 or level >= len(first.levels)):
                 raise InvalidInputError(f"{self.name}: no reduced level {level}")
             self._views = [AxesView(_LazyZarrView(s, level), s.axes, self.name) for s in planes]
