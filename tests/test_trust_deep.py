@@ -169,8 +169,57 @@ def test_mask_levels_must_match_the_image(store: Path, capsys: pytest.CaptureFix
     code, lines = deep(store, capsys)
     assert code == 1
     assert lines == [
-        "segmentations/cell_masks/B: levels 0_5mpp, 1_0mpp, 2_0mpp are not the levels of he/images/B (0_5mpp, 1_0mpp, 2_0mpp, 4_0mpp)"
+        "segmentations/cell_masks/B: levels 0_5mpp, 1_0mpp, 2_0mpp are not the levels of its image-label source he/images/B "
+        "(0_5mpp, 1_0mpp, 2_0mpp, 4_0mpp), as NGFF requires (a resolution added to the image later does not rewrite its "
+        "masks: add the mask again with --overwrite)"
     ]
+    del document["attributes"]["ome"]["image-label"]["source"]  # without a source: levels of an image of the tissue
+    (group / "zarr.json").write_text(json.dumps(document))
+    assert deep(store, capsys) == (0, ["valid"])
+    document["attributes"]["ome"]["multiscales"][0]["datasets"][-1]["path"] = "3_0mpp"
+    (group / "2_0mpp").rename(group / "3_0mpp")
+    (group / "zarr.json").write_text(json.dumps(document))
+    code, lines = deep(store, capsys)
+    assert (
+        code == 1
+        and (
+            "segmentations/cell_masks/B: levels 0_5mpp, 1_0mpp, 3_0mpp are not levels of he/images/B (0_5mpp, 1_0mpp, 2_0mpp, "
+            "4_0mpp) or of any other image of the tissue"
+        )
+        in lines
+    )
+
+
+def test_masks_at_fewer_resolutions_than_their_image_as_the_writers_make_them_pass_deep_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mask at 1.0 mpp of an image at 0.5 and 1.0 mpp has no source and passes; a mask whose source image gains a
+    resolution later is named, with what to do, and passes once added again."""
+    import tifffile
+
+    store, rng = str(tmp_path / "s.zarr"), np.random.default_rng(8)
+    files = {}
+    for name, shape in {"img05": (2, 400, 300), "img10": (2, 200, 150), "mask05": (400, 300), "mask10": (200, 150)}.items():
+        files[name] = str(tmp_path / f"{name}.tif")
+        data = rng.integers(0, 9, shape).astype(np.uint16 if name.startswith("img") else np.uint32)
+        tifffile.imwrite(files[name], data, photometric="minisblack", metadata={"axes": "CYX" if data.ndim == 3 else "YX"})
+
+    def add(file: str, modality: str, mpp: str, *more: str) -> None:
+        assert main(["add-image", store, files[file], "--modality", modality, "--tissue", "T", "--mpp", mpp, *more]) == 0
+
+    add("img05", "imc", "0.5")
+    add("mask05", "tissue_masks", "0.5")  # the image's levels: its source is the image
+    assert deep(Path(store), capsys) == (0, ["valid"])
+    add("img10", "imc", "1.0")  # the image gains a level, the mask is not rewritten
+    code, lines = deep(Path(store), capsys)
+    assert code == 1 and lines[0] == (
+        "segmentations/tissue_masks/T: levels 0_5mpp are not the levels of its image-label source imc/images/T (0_5mpp, "
+        "1_0mpp), as NGFF requires (a resolution added to the image later does not rewrite its masks: add the mask "
+        "again with --overwrite)"
+    )
+    add("mask05", "tissue_masks", "0.5", "--overwrite")
+    add("mask10", "cell_masks", "1.0")  # fewer resolutions than the image: no source
+    assert deep(Path(store), capsys) == (0, ["valid"])
 
 
 def test_a_mask_level_of_the_wrong_shape(store: Path, capsys: pytest.CaptureFixture[str]) -> None:

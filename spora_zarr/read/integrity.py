@@ -123,24 +123,32 @@ def _channels_match_images(cohort: Cohort, rel: str, images: dict[str, set[str]]
 
 
 def _mask_levels_match(cohort: Cohort, kind: str, tissue_id: str) -> list[str]:
-    """A mask has the level names of the image it segments (its ``image-label`` source, else any image of the tissue)."""
+    """A mask's levels against its image's: those of its ``image-label`` source image (NGFF: the source has the
+    label's levels); without a source, levels of one image of the tissue (the writer leaves the source out for a mask
+    at fewer resolutions than its image: a mask at 1.0 mpp of an H&E image at 0.5 and 1.0 mpp)."""
     names = cohort.mask_resolutions(kind, tissue_id)
     path = cohort.mask_group_path(kind, tissue_id)
     label = cohort.mask_metadata(kind, tissue_id).to_attributes()["ome"].get("image-label") or {}
     source = (label.get("source") or {}).get("image")
     imaged = [m for m in cohort.modalities if cohort.has_tissue(m, tissue_id)]
     levels = {cohort.group_path(m, tissue_id): cohort.resolutions(m, tissue_id) for m in imaged}
-    images = list(levels)
     if source:
         target = posixpath.normpath(posixpath.join(path, source))
         if target not in levels:
             return [f"its image-label source {source} ({target}) is not an image of the store"]
-        images = [target]
-    if not images:
+        if levels[target] == names:
+            return []
+        return [
+            f"levels {', '.join(names)} are not the levels of its image-label source {target} ({', '.join(levels[target])}), "
+            "as NGFF requires (a resolution added to the image later does not rewrite its masks: add the mask again "
+            "with --overwrite)"
+        ]
+    if not levels:
         return [f"tissue {tissue_id!r} has no image in any modality"]
-    if any(levels[image] == names for image in images):
+    if any(set(names) <= set(image_levels) for image_levels in levels.values()):
         return []
-    return [f"levels {', '.join(names)} are not the levels of {images[0]} ({', '.join(levels[images[0]])})"]
+    image, image_levels = next(iter(levels.items()))
+    return [f"levels {', '.join(names)} are not levels of {image} ({', '.join(image_levels)}) or of any other image of the tissue"]
 
 
 # -- pixels ---------------------------------------------------------------------------
