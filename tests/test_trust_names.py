@@ -355,6 +355,23 @@ def test_convert_skips_and_says_a_source_file_it_must_not_read(
     assert open_cohort(tmp_path / "d.zarr").tissues("he") == ["A"]
 
 
+def test_convert_skips_and_says_a_linked_source_folder(
+    tmp_path: Path, cohort: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fsspec lists a link to a folder and does not descend into it: its images were left out without a word (here
+    they are all the cohort has: nothing to convert, and the error counts the skip)."""
+    images = cohort / "he" / "1_0mpp" / "images"
+    outside = tmp_path / "elsewhere"
+    images.rename(outside)
+    os.symlink(outside, images)
+    with caplog.at_level("WARNING", logger="spora_zarr"):
+        code = convert(cohort, tmp_path / "d.zarr")
+    said = [r.getMessage() for r in caplog.records]
+    assert f"{images}: skipped: a symbolic link to a folder ({outside}); links to folders are not followed" in said, said
+    assert code == 1
+    one_error(capsys, "nothing to convert", "1 image file(s) skipped (listed above)")
+
+
 def test_convert_refuses_a_table_linked_from_outside(tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str]) -> None:
     outside = tmp_path / "cells.parquet"
     pq.write_table(pa.table({"cell_id": [1]}), outside)

@@ -7,6 +7,7 @@ there stops the run before anything is written (``docs/tiff_layout.md``).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +97,7 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
         raise InvalidInputError(f"{src}: this is a zarr store (it has a zarr.json), not a spora TIFF cohort; nothing to convert")
     tissue_ids = _read_tissue_ids(src)
     known = set(tissue_ids)
-    files = _list_files(src)
+    files, skipped = _list_files(src)
     tables = sorted(f for f in files if f.endswith(".parquet") and ".zarr/" not in f)
     for rel in tables:
         why = unreadable_reason(src, rel)
@@ -105,7 +106,6 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
 
     images: dict[tuple[str, str], dict[float, str]] = {}
     masks: dict[tuple[str, str], dict[float, str]] = {}
-    skipped: list[tuple[str, str]] = []
     for rel in files:
         parts = rel.split("/")
         found = _classify(src, rel, parts)
@@ -154,11 +154,13 @@ def scan_cohort(source: Location | str, storage_options: dict[str, Any] | None =
     return CohortPlan(src, tissue_ids, tasks, tables, dict(sorted(modalities.items())), skipped)
 
 
-def _list_files(src: Location) -> list[str]:
-    """All files below the source root (a legacy ``.zarr`` array counts as one file), relative paths."""
+def _list_files(src: Location) -> tuple[list[str], list[tuple[str, str]]]:
+    """All files below the source root (a legacy ``.zarr`` array counts as one file), relative paths; and the folders
+    skipped, with why: links to folders, whose files are not listed."""
     fs = src.fs()
     root = src.fs_path()
     found = set()
+    linked: list[tuple[str, str]] = []
     for path in fs.find(root, withdirs=True):
         rel = path[len(root) :].strip("/")
         if not rel or any(p.startswith(".") for p in rel.split("/")):
@@ -169,7 +171,9 @@ def _list_files(src: Location) -> list[str]:
             continue
         if not fs.isdir(path):
             found.add(rel)
-    return sorted(found)
+        elif src.is_local and os.path.islink(path):  # fsspec lists it and does not descend into it
+            linked.append((src.join(rel), f"a symbolic link to a folder ({os.readlink(path)}); links to folders are not followed"))
+    return sorted(found), linked
 
 
 def _classify(src: Location, rel: str, parts: list[str]) -> tuple[str, str, str, str] | str | None:
