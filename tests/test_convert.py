@@ -144,3 +144,31 @@ def test_non_integer_resolutions_and_computed_levels(tmp_path: Path) -> None:
         np.testing.assert_array_equal(cohort.open_array("he", "X", res)[...], read_source_chw(src / f"he/{res}/images/X.tif"))
     assert resolution_name(0.65) == "0_65mpp"
     assert validate_store(dest) == []
+
+
+def test_a_multiplex_cohort_without_channel_tables_gets_them_from_its_images(tmp_path: Path) -> None:
+    """The channel names come from the images (OME names, else ``channel_<k>``); the datasets read a modality's
+    channels from its tables, so the conversion makes them as add-image does, and a rerun finds nothing to add."""
+    from spora_zarr import convert_cohort
+    from spora_zarr.datasets import MultiplexImagingDataset
+    from spora_zarr.run import RunOptions
+    from spora_zarr.testing.cohorts import make_synthetic_cohort
+
+    src = make_synthetic_cohort(tmp_path / "src", tissues=("A", "B"), he_shape=(90, 130), resolutions=(1.0,), with_masks=False, seed=4)
+    for table in ("channels.parquet", "channels_per_tissue.parquet"):
+        (src / "imc" / table).unlink()
+    dest = tmp_path / "out.zarr"
+    report = convert_cohort(src, dest, run=RunOptions(progress=False))
+    assert report.ok and sorted(report.made) == ["imc/channels.parquet", "imc/channels_per_tissue.parquet"]
+    assert "2 channel tables made from the images' channel names" in report.summary()
+    cohort = open_cohort(dest)
+    per_tissue = pq.read_table(dest / "imc/channels_per_tissue.parquet").to_pylist()
+    assert per_tissue == [{"tissue_id": t, "channel_name": n} for t in ("A", "B") for n in cohort.channel_names("imc", t)]
+    panel = list(dict.fromkeys(cohort.channel_names("imc", "A") + cohort.channel_names("imc", "B")))
+    channels = pq.read_table(dest / "imc/channels.parquet").to_pylist()
+    assert channels == [{"channel_name": n, "qc_pass": True, "uniprot_id": None} for n in panel]
+    dataset = MultiplexImagingDataset("c", dest, 1.0, 32, modality="imc", verbose=False)
+    assert dataset.panel == panel
+    assert validate_store(dest, deep=True) == []
+    again = convert_cohort(src, dest, run=RunOptions(progress=False))
+    assert again.ok and again.made == []

@@ -17,15 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..read.cohort import open_cohort
 from ..run import RunOptions, RunReport, run_tasks
 from ..store.guard import check_destination
+from ..store.layout import channels_per_tissue_table_path
 from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.metadata import is_cohort_store, update_cohort_attributes
 from ..store.staging import Staging
+from ..store.tables import channel_table_updates, write_table
 from ..write.options import WriteOptions
-from .scan import CohortPlan, MaskTask, read_table, scan_cohort
-from .tasks import run_task
+from .scan import CohortPlan, ImageTask, MaskTask, read_table, scan_cohort
+from .tasks import RGB_MODALITIES, run_task
 
 __all__ = ["ConversionReport", "ConvertOptions", "convert_cohort"]
 
@@ -71,11 +74,13 @@ class ConversionReport(RunReport):
 
     tables: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    made: list[str] = field(default_factory=list)  # channel tables made from the images (the source had none)
 
     def summary(self, noun: str = "groups") -> str:
         head, *failures = super().summary(noun).split("\n")
+        made = f", {len(self.made)} channel tables made from the images' channel names" if self.made else ""
         skipped = f", {len(self.skipped)} files skipped (not in the layout)" if self.skipped else ""
-        return "\n".join([f"{head}, {len(self.tables)} tables copied{skipped}", *failures])
+        return "\n".join([f"{head}, {len(self.tables)} tables copied{made}{skipped}", *failures])
 
 
 @writes_store("convert", "dest")
@@ -116,8 +121,29 @@ def convert_cohort(
     work = functools.partial(run_task, dest=dst, source=plan.source, options=write, overwrite=options.overwrite)
     report = run_tasks(plan.tasks, work, run)
     _record_plan(dst, plan)  # again: a store rewritten meanwhile (another add-image) keeps both
+    made = _channel_tables(plan, dst)
     staging.recover()
-    return ConversionReport(report.outcomes, tables, plan.skipped)
+    return ConversionReport(report.outcomes, tables, plan.skipped, made)
+
+
+def _channel_tables(plan: CohortPlan, dst: Location) -> list[str]:
+    """The channel tables of each multiplex modality whose source has none, made (or extended) from the converted
+    groups' channel names as ``add-image`` makes them: the datasets read a modality's channels from them."""
+    tissues: dict[str, list[str]] = {}
+    for task in plan.tasks:
+        if not isinstance(task, ImageTask) or task.modality.split("/")[0] in RGB_MODALITIES:
+            continue
+        if channels_per_tissue_table_path(task.modality) not in plan.tables:
+            tissues.setdefault(task.modality, []).append(task.tissue_id)
+    made = []
+    cohort = open_cohort(dst) if tissues else None
+    for modality, ids in sorted(tissues.items()):
+        assert cohort is not None
+        names = {t: cohort.channel_names(modality, t) for t in ids if cohort.has_tissue(modality, t)}  # failed ones are not
+        for rel, table in channel_table_updates(dst, modality, names).items():
+            write_table(dst, rel, table)
+            made.append(rel)
+    return made
 
 
 def _record_plan(dst: Location, plan: CohortPlan) -> None:

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 __all__ = [
     "appended_rows",
+    "channel_table_updates",
     "modality_panel",
     "read_table",
     "read_table_metadata",
@@ -119,24 +120,48 @@ def tissue_table_updates(
     tissues = appended_rows(location, TISSUES_TABLE, "tissue_id", [{"tissue_id": tissue_id}])
     if tissues is not None:
         updates[TISSUES_TABLE] = tissues
-    if not multiplex:
-        return updates
-    per_tissue_rel = channels_per_tissue_table_path(modality)
-    if table_exists(location, per_tissue_rel):
-        listed = read_table(location, per_tissue_rel).to_pydict()
-        stored = [c for t, c in zip(listed.get("tissue_id", []), listed.get("channel_name", [])) if t == tissue_id]
-        if stored and stored != list(names):
-            where = location.join(per_tissue_rel)
-            raise InvalidInputError(f"{path}: {where} lists channels {stored} for tissue {tissue_id!r}, the file {list(names)}")
-        if stored:
-            names = []
-    per_tissue = appended_rows(location, per_tissue_rel, None, [{"tissue_id": tissue_id, "channel_name": n} for n in names])
-    if per_tissue is not None:
-        updates[per_tissue_rel] = per_tissue
-    rows = [{"channel_name": n, "qc_pass": True, "uniprot_id": None} for n in names]
-    channels = appended_rows(location, channels_table_path(modality), "channel_name", rows)
+    if multiplex:
+        updates.update(channel_table_updates(location, modality, {tissue_id: names}, source=path))
+    return updates
+
+
+def channel_table_updates(
+    location: Location, modality: str, names_by_tissue: Mapping[str, Sequence[str]], *, source: str | None = None
+) -> dict[str, Any]:
+    """The channel tables of ``modality`` with the tissues of ``names_by_tissue`` (tissue -> its channel names) added.
+
+    ``<modality>/channels_per_tissue.parquet`` gets the rows of the tissues it does not list;
+    ``<modality>/channels.parquet`` the channels it does not list (``qc_pass`` true, no UniProt id). Existing
+    rows are kept; a table is made where there is none. A tissue already listed with other channels is an error
+    (naming ``source``, the file being added, where there is one), raised before anything is written. The channel
+    table comes first in the result, to be written first: a tissue's rows never name a channel it lacks.
+    """
+    updates: dict[str, Any] = {}
+    panel = dict.fromkeys(n for names in names_by_tissue.values() for n in names)  # also a listed tissue's: a run cut short
+    channels = appended_rows(
+        location, channels_table_path(modality), "channel_name", [{"channel_name": n, "qc_pass": True, "uniprot_id": None} for n in panel]
+    )
     if channels is not None:
         updates[channels_table_path(modality)] = channels
+    per_tissue_rel = channels_per_tissue_table_path(modality)
+    listed: dict[str, list[str]] = {}
+    if table_exists(location, per_tissue_rel):
+        columns = read_table(location, per_tissue_rel).to_pydict()
+        for tissue, channel in zip(columns.get("tissue_id", []), columns.get("channel_name", []), strict=True):
+            listed.setdefault(tissue, []).append(channel)
+    new: dict[str, Sequence[str]] = {}
+    for tissue_id, names in names_by_tissue.items():
+        stored = listed.get(tissue_id)
+        if stored and stored != list(names):
+            where = location.join(per_tissue_rel)
+            file = source or location.join(modality)
+            raise InvalidInputError(f"{file}: {where} lists channels {stored} for tissue {tissue_id!r}, the file {list(names)}")
+        if not stored:
+            new[tissue_id] = names
+    rows = [{"tissue_id": tissue_id, "channel_name": n} for tissue_id, names in new.items() for n in names]
+    per_tissue = appended_rows(location, per_tissue_rel, None, rows)
+    if per_tissue is not None:
+        updates[per_tissue_rel] = per_tissue
     return updates
 
 
