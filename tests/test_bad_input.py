@@ -97,6 +97,23 @@ def test_truncated_tiff_data(cohort: Path, tmp_path: Path, capsys: pytest.Captur
     assert open_cohort(tmp_path / "out.zarr").tissues("he") == ["B"]
 
 
+def test_a_truncated_tiff_of_several_pages_is_one_line_naming_the_cut(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """tifffile logs a page chain cut short (its own line on stderr) and reads on with the pages it found: the file's
+    error says so instead, on one line, and the file is not converted with fewer pages."""
+    bad = cohort / "imc/1_0mpp/images/A.tif"
+    channels = read_source_chw(bad)
+    tifffile.imwrite(bad, channels, photometric="minisblack", tile=(32, 32), compression="zlib", metadata={"axes": "CYX"})
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    code, out = run_cli(capsys, str(cohort), str(tmp_path / "out.zarr"))
+    assert code == 1
+    assert_one_line_error(out, str(bad), "damaged or truncated TIFF (invalid page offset")
+    assert not [record for record in caplog.records if record.name == "tifffile"]  # not its own line as well
+    assert open_cohort(tmp_path / "out.zarr").tissues("imc") == ["B"]
+
+
 def test_channel_count_mismatch(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = pq.read_table(cohort / "imc/channels_per_tissue.parquet").to_pandas()
     dropped = table.drop(table[table.tissue_id == "A"].index[-1])

@@ -7,6 +7,7 @@ slide's own reduced levels; its JPEG tiles for the writer to keep as chunks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -15,7 +16,7 @@ import re
 import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -256,6 +257,47 @@ class _LazyZarrView:
         return self._array[index]
 
 
+class _TiffFileLog(logging.Filter):
+    """What tifffile logs while this thread opens a file, kept instead of printed (a filter on its logger).
+
+    tifffile logs a page chain cut short (a truncated file) as an error and reads on with the pages it found:
+    :meth:`check` makes that the file's one-line error, and says its warnings as the file's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+        logging.getLogger("tifffile").addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        said = getattr(self._local, "said", None)
+        if said is None:
+            return True
+        said.append(record)
+        return False
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[list[logging.LogRecord]]:
+        """The records tifffile logs in this thread meanwhile, not printed."""
+        said: list[logging.LogRecord] = []
+        self._local.said = said
+        try:
+            yield said
+        finally:
+            self._local.said = None
+
+    def check(self, name: str, said: list[logging.LogRecord]) -> None:
+        """``InvalidInputError`` for an error tifffile logged about ``name``; its warnings logged as ours, naming it."""
+        for record in said:
+            message = re.sub(r"^<tifffile\.\w+ [^>]*> ", "", record.getMessage())  # its repr of the object, not the file
+            if record.levelno >= logging.ERROR:
+                raise InvalidInputError(f"{name}: damaged or truncated TIFF ({message})")
+            log.warning("%s: %s", name, message)
+
+
+_TIFFFILE_LOG = _TiffFileLog()
+
+
 def _channel_pages(name: str, series: Sequence[Any]) -> list[Any]:
     """The channels of a TIFF of one ``YX`` page (series) each: the leading pages of the first's size and dtype.
 
@@ -298,8 +340,10 @@ class TiffSource(ImageSource):
         self._fs, self._level, self._page = fs, level, page
         self._handle = fs.open(self.name, "rb") if fs is not None else None
         try:
-            self._tiff = tifffile.TiffFile(self._handle if self._handle is not None else self.name)
-            series = self._tiff.series
+            with _TIFFFILE_LOG.kept() as said:
+                self._tiff = tifffile.TiffFile(self._handle if self._handle is not None else self.name)
+                series = self._tiff.series
+            _TIFFFILE_LOG.check(self.name, said)
             if not series:
                 raise ValueError("no image series")
             first = series[0]
