@@ -378,7 +378,7 @@ def test_a_worker_stopped_while_it_starts_exits_without_a_traceback(tmp_path: Pa
 
             def start(codec_threads):  # the worker's setup, with SIGTERM arriving in its middle (as it loads libc)
                 runner.configure_writer_process = lambda threads: os.kill(os.getpid(), signal.SIGTERM)
-                runner._start_worker(codec_threads)
+                runner._start_worker(codec_threads, os.getppid())
 
             if __name__ == "__main__":
                 context = multiprocessing.get_context("spawn")
