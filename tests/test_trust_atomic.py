@@ -252,8 +252,18 @@ def slow_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_cohort(tmp_path_factory.mktemp("slow") / "tiff", tissues=("A", "B", "C", "D"), he_shape=(700, 720), seed=5)
 
 
-def _convert(src: Path, dest: Path, *extra: str, **popen: object) -> subprocess.Popen[str]:
-    command = [*CLI, "convert", "--no-progress", str(src), str(dest), "--shard", "224", "--chunk", "112", *extra]
+#: The CLI with Ctrl-C answered as in a terminal: a test run launched as a background job (``cmd &`` in a script)
+#: inherits SIGINT ignored, and Python then keeps ignoring it.
+CLI_WITH_CTRL_C = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'spora_zarr.cli', *sys.argv[1:]])",
+]
+
+
+def _convert(src: Path, dest: Path, *extra: str, cli: list[str] = CLI, **popen: object) -> subprocess.Popen[str]:
+    command = [*cli, "convert", "--no-progress", str(src), str(dest), "--shard", "224", "--chunk", "112", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
 
 
@@ -353,7 +363,7 @@ def test_an_object_store_lock_is_best_effort_and_stale_when_its_process_is_gone(
 @pytest.mark.timeout(600)
 def test_ctrl_c_with_workers_is_one_line_and_a_rerun_completes(slow_cohort: Path, tmp_path: Path) -> None:
     dest = tmp_path / "cohort.zarr"
-    run = _convert(slow_cohort, dest, "--workers", "2", start_new_session=True)  # its own process group, as a terminal's job
+    run = _convert(slow_cohort, dest, "--workers", "2", cli=CLI_WITH_CTRL_C, start_new_session=True)  # its own group, as a job
     _wait_for_staged_pixels(dest, run)
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C does: every process of the job gets SIGINT
     _, err = run.communicate(timeout=120)

@@ -251,8 +251,8 @@ def _start_worker(codec_threads: int, run_pid: int) -> None:
     """Set up a worker process: it ends with the run's process ``run_pid``; Ctrl-C is that process's to answer (no
     worker tracebacks); SIGTERM ends it cleanly."""
     global _WORKER_READY
-    _end_with_run(run_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_run(run_pid)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     configure_writer_process(codec_threads)
