@@ -25,7 +25,8 @@ from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.metadata import is_cohort_store, update_cohort_attributes
 from ..store.staging import Staging
-from ..store.tables import channel_table_updates, write_table
+from ..store.tables import channel_table_updates, table_exists, write_table
+from ..store.tables import read_table as read_store_table
 from ..write.options import WriteOptions
 from .scan import CohortPlan, ImageTask, MaskTask, read_table, scan_cohort
 from .tasks import RGB_MODALITIES, run_task
@@ -121,14 +122,16 @@ def convert_cohort(
     work = functools.partial(run_task, dest=dst, source=plan.source, options=write, overwrite=options.overwrite)
     report = run_tasks(plan.tasks, work, run)
     _record_plan(dst, plan)  # again: a store rewritten meanwhile (another add-image) keeps both
-    made = _channel_tables(plan, dst)
+    made = _channel_tables(plan, dst, {o.path for o in report.outcomes if not o.skipped and not o.error})
     staging.recover()
     return ConversionReport(report.outcomes, tables, plan.skipped, made)
 
 
-def _channel_tables(plan: CohortPlan, dst: Location) -> list[str]:
+def _channel_tables(plan: CohortPlan, dst: Location, written: set[str]) -> list[str]:
     """The channel tables of each multiplex modality whose source has none, made (or extended) from the converted
-    groups' channel names as ``add-image`` makes them: the datasets read a modality's channels from them."""
+    groups' channel names as ``add-image`` makes them: the datasets read a modality's channels from them. Only the
+    groups ``written`` now and the tissues the tables do not list yet are read (a rerun of a large cohort reads none).
+    """
     tissues: dict[str, list[str]] = {}
     for task in plan.tasks:
         if not isinstance(task, ImageTask) or task.modality.split("/")[0] in RGB_MODALITIES:
@@ -139,7 +142,10 @@ def _channel_tables(plan: CohortPlan, dst: Location) -> list[str]:
     cohort = open_cohort(dst) if tissues else None
     for modality, ids in sorted(tissues.items()):
         assert cohort is not None
-        names = {t: cohort.channel_names(modality, t) for t in ids if cohort.has_tissue(modality, t)}  # failed ones are not
+        rel = channels_per_tissue_table_path(modality)
+        listed = set(read_store_table(dst, rel).to_pydict().get("tissue_id", [])) if table_exists(dst, rel) else set()
+        wanted = [t for t in ids if t not in listed or cohort.group_path(modality, t) in written]
+        names = {t: cohort.channel_names(modality, t) for t in wanted if cohort.has_tissue(modality, t)}  # not a failed one
         for rel, table in channel_table_updates(dst, modality, names).items():
             write_table(dst, rel, table)
             made.append(rel)
