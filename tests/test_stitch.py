@@ -205,6 +205,8 @@ def test_three_d_tiles_stitch_back_exactly(tmp_path: Path) -> None:
         ("file,x,y\nt000.tif,0,0\n,5,5\n", InvalidInputError, "row 2 names no file"),
         ("file,x,y\nt000.tif,-4,0\n", InvalidInputError, "x='-4' must be finite and not negative"),
         ("file,x,y\nt000.tif,abc,0\n", InvalidInputError, "x='abc' is not a number"),
+        ("file,x,y\nt000.tif,0,1e12\n", InvalidInputError, "y='1e12' is beyond 1,048,576 px"),  # ran for ever
+        ("file,x,y\nt000.tif,1e300,0\n", InvalidInputError, "x='1e300' is beyond 1,048,576 px"),  # an OverflowError
         ("file,x\nt000.tif,0\n", InvalidInputError, "lacks column"),
         ("file,x,y\nt000.tif,0,0\nbytes.tif,10,0\n", InvalidInputError, "dtype uint16"),
         ("file,x,y\nt000.tif,0,0\ngray.tif,10,0\n", InvalidInputError, "1 channels"),

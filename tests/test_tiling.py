@@ -229,6 +229,8 @@ def test_tile_larger_than_the_image_is_the_one_window_at_the_origin() -> None:
         ({"stride": 0}, "stride must be a whole number >= 1"),
         ({"tile_size": 0}, "tile_size must be a whole number >= 1"),
         ({"tile_size": 2.5}, "tile_size must be a whole number >= 1"),
+        ({"tile_size": 99_999_999_999}, "tile_size must be at most 1,048,576 px"),  # was an OverflowError a tissue
+        ({"stride": 2**21}, "stride must be at most 1,048,576 px"),
     ],
 )
 def test_bad_parameters_are_one_line_errors(kwargs: dict, message: str) -> None:

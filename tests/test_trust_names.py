@@ -71,6 +71,20 @@ def test_add_image_refuses_an_unsafe_modality(tmp_path: Path, image: Path, capsy
     assert tree(tmp_path) == before  # nothing written: not outside the store, not at its root
 
 
+@pytest.mark.parametrize(("tissue", "reason"), [("zarr.json", "is the name of a zarr document"), ("t" * 256, "longer than 255 bytes")])
+def test_a_name_that_is_a_zarr_document_or_too_long_for_a_file_system_is_refused(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str], tissue: str, reason: str
+) -> None:
+    """``imc/images/zarr.json`` would be the images folder's own document (a label prediction named so wedged the
+    store's recovery); a name over 255 bytes failed each tissue with the file system's error after the work."""
+    before = tree(tmp_path)
+    assert add(tmp_path / "s.zarr", image, "imc", tissue) == 1
+    one_error(capsys, "invalid tissue id", reason)
+    assert tree(tmp_path) == before
+    with pytest.raises(InvalidInputError, match=reason):
+        layout.label_group_path(tissue, "A", extra_kinds=[tissue])  # a label prediction's name, as predict --labels makes it
+
+
 def test_a_modality_inside_an_existing_image_group_is_refused(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "s.zarr"
     assert add(store, image, "imc") == 0

@@ -417,6 +417,10 @@ class Tileset:
         self.close()
 
 
+#: The largest offset taken (px, or planes along z): 2**20 px is 26 cm at 0.25 um a pixel, beyond any slide.
+MAX_OFFSET = 2**20
+
+
 def read_offsets_table(
     table: str | os.PathLike[str],
     tiles_dir: str | os.PathLike[str],
@@ -471,7 +475,10 @@ def read_offsets_table(
                 raise InvalidInputError(f"{where} ({name}): offset {axis}={raw!r} is not a number") from None
             if not math.isfinite(value) or value < 0:
                 raise InvalidInputError(f"{where} ({name}): offset {axis}={raw!r} must be finite and not negative")
-            values.append(value / mpp if offset_unit == "micrometer" and axis != "z" and mpp else value)
+            value = value / mpp if offset_unit == "micrometer" and axis != "z" and mpp else value
+            if value > MAX_OFFSET:  # a mosaic that wide is a wrong unit or a damaged table, and would not fit an int
+                raise InvalidInputError(f"{where} ({name}): offset {axis}={raw!r} is beyond {MAX_OFFSET:,} px, wider than any slide")
+            values.append(value)
         tile = _tile_file(tiles_dir, str(name).strip(), "file", where, allow_outside)
         if not os.path.isfile(tile):
             raise NotFoundError(f"{tile}: tile file not found (row {n + 1} of {path})")

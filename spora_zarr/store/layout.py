@@ -54,7 +54,15 @@ def _segment_problem(segment: str) -> str | None:
         return "it contains a control character"
     if segment != segment.strip():
         return "it has leading or trailing whitespace"
+    if segment == "zarr.json":  # every folder of the store may hold this document: a name of it collides with it
+        return "'zarr.json' is the name of a zarr document"
+    if len(segment.encode("utf-8", "surrogatepass")) > NAME_MAX:
+        return f"it is longer than {NAME_MAX} bytes, a file system's limit for one name"
     return None
+
+
+#: The longest name of a file or folder (bytes, UTF-8) on Linux, macOS and object-store keys alike.
+NAME_MAX = 255
 
 
 def _invalid(what: str, name: object, reason: str, source: str) -> InvalidInputError:

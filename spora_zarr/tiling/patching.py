@@ -31,6 +31,7 @@ import numpy as np
 
 from ..access.window import Window
 from ..errors import InvalidInputError
+from .tilers import MAX_TILE_EDGE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -156,8 +157,8 @@ class AxisTiles:
 def check_tiling(tile_size: int, overlap: int, where: str = "") -> tuple[int, int]:
     """``(tile_size, overlap)`` as ints: a tile size >= 1 and an overlap in ``[0, tile_size)``, else an ``InvalidInputError``."""
     prefix = f"{where}: " if where else ""
-    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
-        raise InvalidInputError(f"{prefix}tile size must be a whole number >= 1, got {tile_size!r}")
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or not 1 <= tile_size <= MAX_TILE_EDGE:
+        raise InvalidInputError(f"{prefix}tile size must be a whole number in [1, {MAX_TILE_EDGE:,}] px, got {tile_size!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile_size:
         raise InvalidInputError(f"{prefix}overlap must be a whole number in [0, tile size {tile_size}), got {overlap!r}")
     return int(tile_size), int(overlap)

@@ -75,10 +75,16 @@ class Tile:
 # ------------------------------------------------------------------ parameters
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         raise InvalidInputError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    if maximum is not None and int(value) > maximum:
+        raise InvalidInputError(f"{name} must be at most {maximum:,} px (no image is that large), got {value!r}")
     return int(value)
+
+
+#: The largest tile edge or stride taken (px): beyond any image's edge, and far inside the integers numpy indexes with.
+MAX_TILE_EDGE = 2**20
 
 
 def _check_fraction(name: str, value: Any, *, below_one: bool = False) -> float:
@@ -99,8 +105,8 @@ def check_parameters(
     max_tiles: Any = None,
 ) -> tuple[int, int, float, float, float, int | None]:
     """Validated ``(tile_size, stride, tolerance, coverage_goal, min_gain_ratio, max_tiles)``; one-line errors."""
-    size = _check_int("tile_size", tile_size, 1)
-    step = size if stride is None else _check_int("stride", stride, 1)
+    size = _check_int("tile_size", tile_size, 1, MAX_TILE_EDGE)
+    step = size if stride is None else _check_int("stride", stride, 1, MAX_TILE_EDGE)
     cap = None if max_tiles is None else _check_int("max_tiles", max_tiles, 0)
     return (
         size,
