@@ -303,6 +303,9 @@ def test_predict_cohort_reports_failures_and_resumes(store: Path, identity_file:
     assert report.ok and [o.skipped for o in report.outcomes] == [False, False, False]
     again = predict_cohort(store, str(identity_file), options, run=SERIAL)
     assert [o.skipped for o in again.outcomes] == [True, True, True]
+    other = PredictOptions(modality="imc", resolution="1_0mpp", name="cohort", tile_size=64, overlap=8)  # kept the old ones
+    refused = predict_cohort(store, str(identity_file), other, run=SERIAL)
+    assert len(refused.failed) == 3 and all("predicted with overlap 16, not 8: give --overwrite" in str(o.error) for o in refused.failed)
     for tissue in ("A", "B", "C"):
         np.testing.assert_array_equal(_level(store, f"predictions/cohort/images/{tissue}"), _level(store, f"imc/images/{tissue}"))
     failing = PredictOptions(modality="imc", resolution=1.0, name="failing", tile_size=64, overlap=16)

@@ -151,6 +151,7 @@ def predict_tissue(
     modality = dataset.modality_dir()
     dataset.check_tissue(tissue_id)  # NotFoundError naming the tissue
     if not overwrite and Staging(location).is_complete(path):
+        _check_same_prediction(location, path, model_label(model), modality, dataset.resolution, o, overlap, min_tissue)
         return WriteResult(path, skipped=True)
     loaded = load_model(model, o.device)
     where = f"model {model_label(model)}, tissue {tissue_id!r}"
@@ -247,6 +248,36 @@ def record_predictions(location: Location, name: str, *, labels: bool = False) -
         per_tissue[tissue_id] = metadata.channel_names
     _write_channel_tables(location, directory, per_tissue)
     update_cohort_attributes(location, modalities={directory: sorted(levels, key=parse_resolution)})
+
+
+def _check_same_prediction(
+    location: Location, path: str, model: str, modality: str, resolution: Any, o: PredictTissueOptions, overlap: int, min_tissue: Any
+) -> None:
+    """Refuse to keep a complete prediction made with other parameters than this run's (a rerun under the same name
+    with another model or input kept the old tissues beside the new ones); the tile size is not compared (a small
+    tissue records the size it was clamped to)."""
+    from ..store.staging import Staging
+
+    recorded = ((Staging(location).read_attributes(path) or {}).get("spora") or {}).get("prediction") or {}
+    wanted = {
+        "model": model,
+        "input": modality,
+        "overlap": int(overlap),
+        "mode": o.mode,
+        "min_tissue": min_tissue,
+        "fill_value": o.fill_value,
+    }
+    for key, value in wanted.items():
+        if key in recorded and recorded[key] != value and not (recorded[key] != recorded[key] and value != value):  # NaN, NaN
+            raise InvalidInputError(
+                f"{location.join(path)}: predicted with {key} {recorded[key]!r}, not {value!r}: "
+                "give --overwrite to predict it again, or another --name"
+            )
+    if "resolution" in recorded and parse_resolution(recorded["resolution"]) != parse_resolution(resolution):
+        raise InvalidInputError(
+            f"{location.join(path)}: predicted at {recorded['resolution']!r}, not {resolution!r}: "
+            "give --overwrite to predict it again, or another --name"
+        )
 
 
 def _metadata(location: Location, directory: str, tissue_id: str) -> Any:
