@@ -54,8 +54,6 @@ def _segment_problem(segment: str) -> str | None:
         return "it contains a control character"
     if segment != segment.strip():
         return "it has leading or trailing whitespace"
-    if segment == "zarr.json":  # every folder of the store may hold this document: a name of it collides with it
-        return "'zarr.json' is the name of a zarr document"
     if len(segment.encode("utf-8", "surrogatepass")) > NAME_MAX:
         return f"it is longer than {NAME_MAX} bytes, a file system's limit for one name"
     return None
@@ -79,6 +77,8 @@ def validate_name(name: object, *, what: str = "name", source: str = "") -> str:
     if not isinstance(name, str):
         raise InvalidInputError(f"{source + ': ' if source else ''}{what} must be a string, got {name!r}")
     reason = _segment_problem(name)
+    if name == "zarr.json":  # a folder named so would collide with its parent folder's own document
+        reason = "'zarr.json' is the name of a zarr document"
     if reason:
         raise _invalid(what, name, reason, source)
     return name
