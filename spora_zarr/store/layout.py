@@ -59,7 +59,7 @@ def _segment_problem(segment: str) -> str | None:
     return None
 
 
-#: The longest name of a file or folder (bytes, UTF-8) on Linux, macOS and object-store keys alike.
+#: The longest name of a file or folder (bytes, UTF-8) on Linux and macOS file systems.
 NAME_MAX = 255
 
 
@@ -71,8 +71,8 @@ def _invalid(what: str, name: object, reason: str, source: str) -> InvalidInputE
 def validate_name(name: object, *, what: str = "name", source: str = "") -> str:
     """Return ``name`` if it is safe as one path segment, else raise ``InvalidInputError`` naming ``what`` it is.
 
-    Safe: a non-empty string without ``/`` or ``\\``, leading dot (so no ``.``
-    or ``..``), control character, or leading or trailing whitespace.
+    Safe: a non-empty string of at most ``NAME_MAX`` bytes without ``/`` or ``\\``, leading dot (so no ``.``
+    or ``..``), control character, or leading or trailing whitespace, and not ``zarr.json``.
     """
     if not isinstance(name, str):
         raise InvalidInputError(f"{source + ': ' if source else ''}{what} must be a string, got {name!r}")
