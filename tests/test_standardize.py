@@ -188,6 +188,12 @@ def test_bad_specs(store: Path, spec: str, message: str) -> None:
         MultiplexImagingDataset("t", store, 1.0, SIZE, standardization=spec)
 
 
+def test_identity_is_no_spec_to_compute_and_says_so(store: Path) -> None:
+    """It was refused as an "unknown standardization spec" by a message that listed it among the valid ones."""
+    with pytest.raises(InvalidInputError, match="spec 'identity' needs no statistics"):
+        compute_statistics(store, "imc", 1.0, ["identity"])
+
+
 def test_missing_statistics_list_what_exists_and_the_command(store: Path) -> None:
     listed = r"present: .*quantile_clipping/uq_0.99_image.*spora-zarr standardize .* --spec quantile_clipping/uq_0.42_image"
     with pytest.raises(NotFoundError, match=listed):

@@ -50,6 +50,8 @@ def parse_spec(spec: str) -> Spec:
     """
     text = str(spec).strip().strip("/")
     method, _, suffix = text.partition("/")
+    if text == "identity":
+        raise InvalidInputError("spec 'identity' needs no statistics: give a quantile_clipping spec to compute, or use identity as it is")
     if method not in METHODS:
         raise InvalidInputError(f"unknown standardization spec {spec!r}; expected one of: {_FORMS}")
     match = _SUFFIX.match(suffix)
