@@ -138,10 +138,10 @@ def _channel_tables(plan: CohortPlan, dst: Location, written: set[str]) -> list[
             continue
         if channels_per_tissue_table_path(task.modality) not in plan.tables:
             tissues.setdefault(task.modality, []).append(task.tissue_id)
-    made = []
-    cohort = open_cohort(dst) if tissues else None
+    if not tissues:
+        return []
+    made, cohort = [], open_cohort(dst)
     for modality, ids in sorted(tissues.items()):
-        assert cohort is not None
         rel = channels_per_tissue_table_path(modality)
         listed = set(read_store_table(dst, rel).to_pydict().get("tissue_id", [])) if table_exists(dst, rel) else set()
         wanted = [t for t in ids if t not in listed or cohort.group_path(modality, t) in written]

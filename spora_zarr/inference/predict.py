@@ -151,7 +151,7 @@ def predict_tissue(
     modality = dataset.modality_dir()
     dataset.check_tissue(tissue_id)  # NotFoundError naming the tissue
     if not overwrite and Staging(location).is_complete(path):
-        _check_same_prediction(location, path, model_label(model), modality, dataset.resolution, o, overlap, min_tissue)
+        _check_same_prediction(location, path, _prediction_record(model_label(model), modality, dataset.resolution, None, o))
         return WriteResult(path, skipped=True)
     loaded = load_model(model, o.device)
     where = f"model {model_label(model)}, tissue {tissue_id!r}"
@@ -188,16 +188,7 @@ def predict_tissue(
             raise InvalidInputError(f"{where}: the model gives {source.shape[0]} channels but {len(names)} channel names were given")
     spora = {
         "tissue_id": tissue_id,
-        "prediction": {
-            "model": model_label(model),
-            "input": modality,
-            "resolution": dataset.resolution,
-            "tile_size": source.tile_size,
-            "overlap": int(overlap),
-            "mode": o.mode,
-            "min_tissue": min_tissue,
-            "fill_value": o.fill_value,
-        },
+        "prediction": _prediction_record(model_label(model), modality, dataset.resolution, source.tile_size, o),
     }
     if labels:
         spora["mask_kind"] = output
@@ -250,34 +241,38 @@ def record_predictions(location: Location, name: str, *, labels: bool = False) -
     update_cohort_attributes(location, modalities={directory: sorted(levels, key=parse_resolution)})
 
 
-def _check_same_prediction(
-    location: Location, path: str, model: str, modality: str, resolution: Any, o: PredictTissueOptions, overlap: int, min_tissue: Any
-) -> None:
-    """Refuse to keep a complete prediction made with other parameters than this run's (a rerun under the same name
-    with another model or input kept the old tissues beside the new ones); the tile size is not compared (a small
-    tissue records the size it was clamped to)."""
+def _prediction_record(model: str, modality: str, resolution: Any, tile_size: int | None, o: PredictTissueOptions) -> dict[str, Any]:
+    """How a prediction group was made, as its ``spora.prediction`` attributes record it."""
+    return {
+        "model": model,
+        "input": modality,
+        "resolution": resolution,
+        "tile_size": tile_size,
+        "overlap": int(o.overlap),
+        "mode": o.mode,
+        "min_tissue": o.min_tissue,
+        "fill_value": o.fill_value,
+    }
+
+
+def _check_same_prediction(location: Location, path: str, wanted: dict[str, Any]) -> None:
+    """Refuse to keep a complete prediction whose record differs from this run's ``wanted`` one (a rerun under the
+    same name with another model or input kept the old tissues beside the new ones); the tile size is not compared
+    (a small tissue records the size it was clamped to)."""
     from ..store.staging import Staging
 
     recorded = ((Staging(location).read_attributes(path) or {}).get("spora") or {}).get("prediction") or {}
-    wanted = {
-        "model": model,
-        "input": modality,
-        "overlap": int(overlap),
-        "mode": o.mode,
-        "min_tissue": min_tissue,
-        "fill_value": o.fill_value,
-    }
     for key, value in wanted.items():
-        if key in recorded and recorded[key] != value and not (recorded[key] != recorded[key] and value != value):  # NaN, NaN
-            raise InvalidInputError(
-                f"{location.join(path)}: predicted with {key} {recorded[key]!r}, not {value!r}: "
-                "give --overwrite to predict it again, or another --name"
-            )
-    if "resolution" in recorded and parse_resolution(recorded["resolution"]) != parse_resolution(resolution):
-        raise InvalidInputError(
-            f"{location.join(path)}: predicted at {recorded['resolution']!r}, not {resolution!r}: "
-            "give --overwrite to predict it again, or another --name"
-        )
+        if key == "tile_size" or key not in recorded:
+            continue
+        was = recorded[key]
+        if key == "resolution":
+            same = parse_resolution(was) == parse_resolution(value)
+        else:
+            same = was == value or (was != was and value != value)  # NaN, NaN
+        if not same:
+            again = "give --overwrite to predict it again, or another --name"
+            raise InvalidInputError(f"{location.join(path)}: predicted with {key} {was!r}, not {value!r}: {again}")
 
 
 def _metadata(location: Location, directory: str, tissue_id: str) -> Any:
