@@ -1,5 +1,10 @@
 """Deep checks of a cohort store (``spora-zarr validate --deep``): every shard decodes, the tables and masks match the images.
 
+The tile and standardization tables must have been computed from the masks
+and images stored now: each records the ``content_digest`` of what it was
+computed from (:mod:`spora_zarr.write.digest`); a table written before the
+digests were recorded is not checked.
+
 Every level array is read shard by shard (one shard in memory at a time)
 through a read engine: the direct engine for local arrays in the converter's
 layout (its compiled loop decodes the chunks of a shard on several threads),
@@ -21,6 +26,7 @@ values are fill values).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import posixpath
@@ -31,8 +37,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
-from ..errors import SporaZarrError, StoreError
-from ..store.layout import TISSUES_TABLE
+from ..errors import NotFoundError, SporaZarrError, StoreError
+from ..store.layout import MASK_KINDS, STANDARDIZATION_META_KEY, TISSUES_TABLE
 from ..store.location import Location, open_local_file
 from .cohort import Cohort
 from .engines import REGISTRY, Engine, UnsupportedLayout
@@ -46,7 +52,7 @@ Region = tuple[slice, ...]
 
 def deep_problems(cohort: Cohort) -> list[str]:
     """Every problem the deep checks find, one line each naming the table, group, array or shard file."""
-    problems = _table_problems(cohort)
+    problems = _table_problems(cohort) + _result_problems(cohort)
     images = [(m, t, False) for m in cohort.modalities for t in cohort.tissues(m)]
     masks = [(k, t, True) for k in cohort.known_mask_kinds for t in cohort.mask_tissues(k)]
     for kind, tissue_id, _ in masks:
@@ -116,6 +122,64 @@ def _channels_match_images(cohort: Cohort, rel: str, images: dict[str, set[str]]
             if name not in stored:
                 image = cohort.group_path(modality, tissue_id)
                 problems.append(f"tissue {tissue_id!r} lists channel {name!r}, which {image} does not have (it has {', '.join(stored)})")
+    return problems
+
+
+def _result_problems(cohort: Cohort) -> list[str]:
+    """Tile and standardization tables computed from a mask or an image replaced since (another ``content_digest``)."""
+    problems = []
+    for rel in cohort.tables():
+        if rel.startswith("tiling/") and rel.endswith("_tile_stats.parquet"):
+            problems += [f"{rel}: {p}" for p in _guarded(_tiles_match_masks, cohort, rel)]
+        elif posixpath.basename(rel) == "stats.parquet" and "/standardization/" in rel:
+            problems += [f"{rel}: {p}" for p in _guarded(_statistics_match_images, cohort, rel)]
+    return problems
+
+
+def _digest_now(cohort: Cohort, name: str, tissue_id: str) -> str | None:
+    """The ``content_digest`` of a tissue's image (``name`` a modality) or mask (a mask kind); ``NotFoundError`` if none."""
+    digest = cohort.group_attributes(name, tissue_id).get("spora", {}).get("content_digest")
+    return digest if isinstance(digest, str) else None
+
+
+def _tiles_match_masks(cohort: Cohort, rel: str) -> list[str]:
+    """Rows of a tile stats table whose tissue mask is not the one tiled (``mask_digest``)."""
+    table = cohort.read_table(rel)
+    if "mask_digest" not in table.column_names:
+        return []  # written before the digests were recorded
+    problems = []
+    tiled = zip(table.column("tissue_id").to_pylist(), table.column("mask_digest").to_pylist(), strict=True)
+    for tissue_id, digest in tiled:
+        try:
+            now = _digest_now(cohort, MASK_KINDS[0], tissue_id)
+        except NotFoundError:
+            problems.append(f"tissue {tissue_id!r} has no {MASK_KINDS[0]} mask")
+            continue
+        if digest != now:
+            problems.append(f"tissue {tissue_id!r} was tiled from a tissue mask replaced since; run the same `spora-zarr tile` again")
+    return problems
+
+
+def _statistics_match_images(cohort: Cohort, rel: str) -> list[str]:
+    """Tissues of a standardization ``stats.parquet`` whose image (or mask) is not the one measured."""
+    footer = cohort.read_table_metadata(rel).metadata or {}
+    record = json.loads(footer.get(STANDARDIZATION_META_KEY, b"{}"))
+    modality, digests = record.get("modality"), record.get("content_digests")
+    if not isinstance(modality, str) or not isinstance(digests, dict):
+        return []  # written before the digests were recorded
+    problems = []
+    for tissue_id, (image, mask) in digests.items():
+        for name, digest in ((modality, image), (MASK_KINDS[0], mask)):
+            if name == MASK_KINDS[0] and not record.get("within_mask"):
+                continue
+            try:
+                changed = digest != _digest_now(cohort, name, tissue_id)
+            except NotFoundError:
+                problems.append(f"tissue {tissue_id!r} has no {name} group")
+                continue
+            if changed:
+                what = "an image" if name == modality else "a tissue mask"
+                problems.append(f"tissue {tissue_id!r} was measured on {what} replaced since; run the same `spora-zarr standardize` again")
     return problems
 
 

@@ -7,9 +7,11 @@ released) and every channel's value histogram is accumulated
 (:mod:`.histograms`, one accumulator per thread, merged) and written as a compact parquet table,
 ``<modality>/<res>/standardization/_histograms/<all_pixels|within_mask>/<tissue>.parquet``
 (columns ``channel_name, value, count``). A tissue whose histogram table is
-already there for the same level (shape, dtype, channel names) is kept, so a
-run is resumable per tissue and a new spec or quantile level is derived from
-the histograms without reading pixels again.
+already there for the same level (shape, dtype, channel names) and the same
+pixels (the image's and the mask's ``content_digest``, recorded with the
+histograms) is kept, so a run is resumable per tissue, a tissue whose image or
+mask was replaced since is counted again, and a new spec or quantile level is
+derived from the histograms without reading pixels again.
 
 Every spec's ``stats.parquet`` (``tissue_id, channel_name, quantile, upper,
 mean, std``, one row per tissue and channel the tissue measured) is then a
@@ -38,7 +40,7 @@ from ..process import available_cores
 from ..read.cohort import open_cohort
 from ..read.levels import open_level
 from ..run import ProgressCallback, RunOptions, RunReport, TaskOutcome, run_tasks
-from ..store.layout import modality_dir, standardization_dir
+from ..store.layout import STANDARDIZATION_META_KEY, modality_dir, standardization_dir
 from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.tables import read_table, table_exists, write_table
@@ -65,7 +67,6 @@ __all__ = [
 HISTOGRAMS_DIR = "_histograms"
 STATS_FILE = "stats.parquet"
 _META_KEY = b"spora_histogram"
-_STATS_META_KEY = b"spora_standardization"
 BLOCK_EDGE = 224  # pixels: a (24, 224, 224) uint16 block (2.4 MB) is counted while it is still in the cache
 
 
@@ -112,6 +113,8 @@ class HistogramTask:
     level_path: str
     mask_path: str | None
     channel_names: tuple[str, ...]
+    digests: tuple[str | None, str | None] = (None, None)
+    """The ``content_digest`` of the image and of the mask (:mod:`spora_zarr.write.digest`)."""
 
 
 def _describe_level(location: Location, path: str) -> tuple[tuple[int, ...], np.dtype, tuple[int, int]]:
@@ -131,6 +134,7 @@ def _level_key(task: HistogramTask, shape: Sequence[int], dtype: np.dtype) -> di
         "dtype": str(dtype),
         "channel_names": list(task.channel_names),
         "within_mask": task.mask_path is not None,
+        "content_digests": list(task.digests),
     }
 
 
@@ -340,11 +344,12 @@ def compute_statistics(
         raise NotFoundError(f"{location}: {modality} has no images at resolution {name}")
     tasks = []
     for tissue in ids:
-        mask_path = None
+        mask_path, mask_digest = None, None
         if within_mask:
             if tissue not in cohort.mask_tissues("tissue_masks"):
                 raise NotFoundError(f"{location}: within_mask=True needs a tissue mask of {tissue!r}; it has none")
             mask_path = cohort.mask_level_path("tissue_masks", tissue, name)
+            mask_digest = cohort.mask_metadata("tissue_masks", tissue).spora.content_digest
         tasks.append(
             HistogramTask(
                 histogram_path(modality, name, tissue, within_mask),
@@ -353,6 +358,7 @@ def compute_statistics(
                 cohort.level_path(modality, tissue, name),
                 mask_path,
                 tuple(cohort.channel_names(modality, tissue)),
+                (cohort.group_metadata(modality, tissue).spora.content_digest, mask_digest),
             )
         )
     work = functools.partial(histogram_work, location=location, overwrite=overwrite, block=block)
@@ -364,8 +370,10 @@ def compute_statistics(
     for spec in parsed:
         table = derive_statistics(histograms, spec)
         exact = all(h.exact for hs in histograms.values() for h in hs.values())
-        meta = json.dumps({"spec": spec.name, "within_mask": within_mask, "tissues": ids, "exact": exact}).encode()
-        write_table(location, stats_path(modality, name, spec.name), table.replace_schema_metadata({_STATS_META_KEY: meta}))
+        digests = {t.tissue_id: list(t.digests) for t in tasks}  # what validate --deep checks the groups against
+        record = {"spec": spec.name, "modality": modality, "within_mask": within_mask, "tissues": ids, "exact": exact}
+        meta = json.dumps({**record, "content_digests": digests}).encode()
+        write_table(location, stats_path(modality, name, spec.name), table.replace_schema_metadata({STANDARDIZATION_META_KEY: meta}))
         report.specs.append(spec.name)
     return report
 

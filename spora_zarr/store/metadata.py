@@ -296,7 +296,11 @@ class ChannelMetadata:
 
 @dataclass(frozen=True, kw_only=True)
 class SporaGroupAttributes:
-    """The ``spora`` attribute of an image or label group."""
+    """The ``spora`` attribute of an image or label group.
+
+    ``content_digest`` names the pixels the writer stored (:mod:`spora_zarr.write.digest`); groups written
+    before it was recorded have none.
+    """
 
     format_version: str = FORMAT_VERSION
     kind: str = "image"
@@ -305,9 +309,10 @@ class SporaGroupAttributes:
     mask_kind: str | None = None
     channel_names: tuple[str, ...] = ()
     source_levels: tuple[str, ...] = ()
+    content_digest: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("format_version", "kind", "tissue_id", "modality", "mask_kind", "channel_names", "source_levels")
+    _KNOWN = ("format_version", "kind", "tissue_id", "modality", "mask_kind", "channel_names", "source_levels", "content_digest")
 
     @classmethod
     def from_dict(cls, spora: Mapping[str, Any], *, where: str) -> SporaGroupAttributes:
@@ -321,6 +326,7 @@ class SporaGroupAttributes:
             mask_kind=spora.get("mask_kind"),
             channel_names=_strings(spora.get("channel_names", ()), where, "attribute spora.channel_names"),
             source_levels=_strings(spora.get("source_levels", ()), where, "attribute spora.source_levels"),
+            content_digest=_optional_string(spora.get("content_digest"), where, "attribute spora.content_digest"),
             extra={k: v for k, v in spora.items() if k not in cls._KNOWN},
         )
 
@@ -333,6 +339,7 @@ class SporaGroupAttributes:
             "mask_kind": self.mask_kind,
             "channel_names": list(self.channel_names) if self.kind == "image" else None,
             "source_levels": list(self.source_levels),
+            "content_digest": self.content_digest,
         }
         return {**{k: v for k, v in values.items() if v is not None}, **self.extra}
 
@@ -590,6 +597,12 @@ def _strings(value: object, where: str, name: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
         raise StoreError(f"{where}: {name} must be a list of names, got {_short(value)}")
     return tuple(map(str, value))
+
+
+def _optional_string(value: object, where: str, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise StoreError(f"{where}: {name} must be a string, got {_short(value)}")
+    return value
 
 
 def _short(value: object, limit: int = 120) -> str:

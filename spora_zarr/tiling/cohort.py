@@ -14,7 +14,10 @@ per tissue), each written whole (:func:`spora_zarr.store.tables.write_table`),
 coordinates first, stats last.
 
 Resume: a tissue already in the final stats table with the same parameters,
-or with a complete part, is skipped. A run with other parameters than the
+or with a complete part, is skipped, unless its mask was replaced since: each
+stats row records the ``content_digest`` of the mask it was tiled from
+(``mask_digest``, :mod:`spora_zarr.write.digest`), and a tissue whose mask has
+another one now is tiled again. A run with other parameters than the
 existing tables' is refused unless ``overwrite`` (which recomputes every
 tissue of the run and replaces the tables with them). Tissues that failed are
 left out of the tables (the report says which) and are retried by the next
@@ -135,9 +138,12 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
     from ..store.tables import table_exists, write_table
 
     options, location = task.options, task.location
-    if not task.overwrite and table_exists(location, task.path) and _part_stats(location, task.path) is not None:
-        return TaskOutcome(task.path, task.label, skipped=True)
     cohort = open_cohort(location)
+    digest = _mask_digest(cohort, task.tissue_id)
+    if not task.overwrite and table_exists(location, task.path):
+        part = _part_stats(location, task.path)
+        if part is not None and part.get("mask_digest") == digest:
+            return TaskOutcome(task.path, task.label, skipped=True)
     level = cohort.mask_level_path(_MASK_KIND, task.tissue_id, options.resolution)  # NotFoundError lists the levels it has
     reader = open_level(location, level)
     if len(reader.shape) not in (2, 3) or (len(reader.shape) == 3 and reader.shape[0] != 1):
@@ -170,9 +176,15 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
         )
     else:
         tiles, stats, _ = grid_tiling_from_counts(counter.counts, height, width, options.tile_size, options.stride, options.tolerance)
-    row = {"tissue_id": task.tissue_id, **_stats_row(stats), **options.parameters()}
+    row = {"tissue_id": task.tissue_id, **_stats_row(stats), **options.parameters(), "mask_digest": digest}
     write_table(location, task.path, _part_table(tiles, row))
     return TaskOutcome(task.path, task.label, bytes_read=read)
+
+
+def _mask_digest(cohort: Any, tissue_id: str) -> str | None:
+    """The ``content_digest`` of a tissue's mask (:mod:`spora_zarr.write.digest`); ``None`` for a mask written without one."""
+    digest = cohort.group_attributes(_MASK_KIND, tissue_id).get("spora", {}).get("content_digest")
+    return digest if isinstance(digest, str) else None
 
 
 def _band_rows(cohort: Any, level: str, height: int, width: int, itemsize: int) -> int:
@@ -241,6 +253,7 @@ STATS_COLUMNS = (
     ("min_gain_ratio", "float64"),
     ("max_tiles", "int64"),
     ("allow_overlap", "bool_"),
+    ("mask_digest", "string"),
 )
 
 
@@ -330,13 +343,16 @@ def tile_cohort(
             kept_stats = None
         else:
             kept_coords = read_table(location, coords_path).to_pylist()
-    done = {r["tissue_id"] for r in kept_stats or ()} if not overwrite else set()
+    done = set() if overwrite else _unchanged(cohort, kept_stats or [])
     parts = options.parts_dir()
     tasks = [TileTask(f"{parts}/{t}.parquet", t, t, location, options, overwrite) for t in wanted if t not in done]
     report = run_tasks(tasks, _tile_tissue, run or RunOptions(), noun="tissues")
-    # Assemble: rows of tissues kept from the tables (unless recomputed now), then this run's parts.
+    # Assemble: rows of tissues kept from the tables (unless tiled again now: a tissue that failed is left out), then
+    # this run's parts.
     fresh = {o.label for o in report.outcomes if not o.error}
-    rows_stats = [r for r in kept_stats or () if r["tissue_id"] not in fresh]
+    retiled = {t.tissue_id for t in tasks}
+    rows_stats = [r for r in kept_stats or () if r["tissue_id"] not in retiled]
+    dropped = any(r["tissue_id"] in retiled - fresh for r in kept_stats or ())
     keep_ids = {r["tissue_id"] for r in rows_stats}
     rows_coords = [r for r in kept_coords or () if r["tissue_id"] in keep_ids]
     for task in tasks:
@@ -351,12 +367,21 @@ def tile_cohort(
     order = {t: i for i, t in enumerate(present)}
     rows_stats.sort(key=lambda r: order.get(r["tissue_id"], len(order)))
     rows_coords.sort(key=lambda r: (order.get(r["tissue_id"], len(order)), r["tile_id"]))
-    if fresh:  # else nothing new: the tables (if any) already hold every tissue that could be tiled
+    if fresh or dropped:  # else nothing new: the tables (if any) already hold every tissue that could be tiled
         _write_tables(location, coords_path, stats_path, rows_coords, rows_stats)
         _discard_parts(location, [t.path for t in tasks if t.label in fresh], parts)
     if not fresh and not kept_stats:
         return TilingReport(report, [], 0)
     return TilingReport(report, [coords_path, stats_path], len(rows_stats))
+
+
+def _unchanged(cohort: Any, rows: list[dict[str, Any]]) -> set[str]:
+    """Tissues of the kept ``rows`` whose mask is still the one they were tiled from (the same ``mask_digest``)."""
+    if not rows:
+        return set()
+    cohort.read_group_documents(_MASK_KIND)
+    present = set(cohort.mask_tissues(_MASK_KIND))
+    return {r["tissue_id"] for r in rows if r["tissue_id"] in present and r.get("mask_digest") == _mask_digest(cohort, r["tissue_id"])}
 
 
 def _differing_parameters(rows: list[dict[str, Any]], wanted: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from ..store.arrays import new_array
 from ..store.codecs import jpeg_chunk_codecs
 from ..store.location import Location
 from ..store.shards import MISSING, index_bytes
+from .digest import ContentDigest
 from .lanes import in_lanes
 from .pyramid import Level
 from .shards import write_shard_file
@@ -37,7 +38,13 @@ def encoded_levels(sources: list[ImageSource], dtype: np.dtype) -> dict[int, Enc
 
 
 def write_encoded(
-    location: Location, name: str, level: Level, tiles: EncodedTiles, options: WriteOptions, lanes: int = 1
+    location: Location,
+    name: str,
+    level: Level,
+    tiles: EncodedTiles,
+    options: WriteOptions,
+    lanes: int = 1,
+    digest: ContentDigest | None = None,
 ) -> zarr.Array[Any]:
     """The level array at ``name`` with the source's JPEG tiles as its ``(C, tile_h, tile_w)`` chunks, shard by shard.
 
@@ -48,7 +55,7 @@ def write_encoded(
     they would wait on): by this module into the file on a local store
     (:func:`.shards.write_shard_file`), through zarr's store elsewhere. A tile
     the source lacks is left out of its shard's index (read back as the fill
-    value 0, as tifffile reads it).
+    value 0, as tifffile reads it). Each shard's bytes go into ``digest`` (:mod:`.digest`).
     """
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -89,6 +96,8 @@ def write_encoded(
         if not parts:
             return
         parts.append(index_bytes(index.reshape(-1, 2)))
+        if digest is not None:
+            digest.add(level.name, (sy, sx), *parts)
         key = array.metadata.encode_chunk_key((0, sy, sx))
         if directory is not None:
             write_shard_file(os.path.join(directory, *key.split("/")), parts)

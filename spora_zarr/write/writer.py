@@ -44,6 +44,7 @@ from ..store.arrays import new_array
 from ..store.location import Location
 from ..store.metadata import SporaGroupAttributes, ngff_models, ngff_models_built
 from ..store.staging import Staging
+from .digest import ContentDigest
 from .encoded import encoded_levels, write_encoded
 from .lanes import in_lanes
 from .ngff import channel_windows, image_metadata, label_metadata
@@ -149,7 +150,13 @@ def write_image(
 
     def metadata(levels: list[Level], streamer: _Streamer) -> dict[str, Any]:
         windows = channel_windows(streamer.sample(), np.dtype(_first(sources).dtype), rgb=rgb)
-        extra = {"kind": "image", "channel_names": names, "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
+        extra = {
+            "kind": "image",
+            "channel_names": names,
+            "source_levels": [lv.name for lv in levels if lv.from_source],
+            **(spora or {}),
+            "content_digest": streamer.content_digest(),
+        }
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         return image_metadata(
             levels,
@@ -193,7 +200,12 @@ def write_labels(
         raise InvalidInputError(f"{first.name}: a mask must hold integer labels, found dtype {first.dtype}")
 
     def metadata(levels: list[Level], streamer: _Streamer) -> dict[str, Any]:
-        extra = {"kind": "label", "source_levels": [lv.name for lv in levels if lv.from_source], **(spora or {})}
+        extra = {
+            "kind": "label",
+            "source_levels": [lv.name for lv in levels if lv.from_source],
+            **(spora or {}),
+            "content_digest": streamer.content_digest(),
+        }
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         source = _label_source(Location.parse(location), path, source_image, levels)
         return label_metadata(
@@ -280,12 +292,13 @@ def _write_multiscale(
             # imported while the lanes stream (not before: the import holds the GIL, and the steps up to here are
             # serial); the write never returns (or raises) while that import runs
             preparing = _in_background(ngff_models) if lanes > 1 and not ngff_models_built() else None
+            digest = ContentDigest()
             for index, tiles in encoded.items():  # the kept levels: their own arrays, their chunks copied
-                made[index] = write_encoded(location, f"{prefix}/{levels[index].name}", levels[index], tiles, options, lanes)
+                made[index] = write_encoded(location, f"{prefix}/{levels[index].name}", levels[index], tiles, options, lanes, digest)
             arrays = [made[index] for index in range(len(levels))]
             writers = [ShardWriter.for_array(location, array) for array in arrays]
             streamer = _Streamer(
-                levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes, writers
+                levels, arrays, list(ordered.values()), SHRINK[method], edge, labels, progress, depth, set(encoded), lanes, writers, digest
             )
             streamer.run()
         staging.write_group_document(f"{area}/{path}", metadata(levels, streamer))
@@ -399,6 +412,7 @@ class _Streamer:
     TIFF): the lanes then read at once, a copied level in bands of block rows.
     ``shard_writers`` (one per level, ``None`` where zarr writes) write the
     blocks of local arrays themselves, a whole shard each (:mod:`.shards`).
+    Every block stored is checksummed into ``digest`` (:mod:`.digest`).
     """
 
     def __init__(
@@ -414,8 +428,10 @@ class _Streamer:
         kept: set[int] | None = None,
         lanes: int = 1,
         shard_writers: Sequence[ShardWriter | None] = (),
+        digest: ContentDigest | None = None,
     ) -> None:
         self.levels, self.arrays, self.sources, self.shrink = levels, arrays, sources, shrink
+        self.digest = digest or ContentDigest()
         self.shard_writers = list(shard_writers) or [None] * len(arrays)
         self.kept = kept or set()
         self.depth, self.plane = depth, 0
@@ -446,6 +462,10 @@ class _Streamer:
             self._drain()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def content_digest(self) -> str:
+        """The digest of every block stored (:mod:`.digest`), once the run is over."""
+        return self.digest.hexdigest([array.shape for array in self.arrays], str(self.arrays[0].dtype))
 
     def sample(self) -> np.ndarray:
         """A strided sample of the top level (of at most 16 planes of a stack), ``(C, N)``, for contrast windows."""
@@ -486,7 +506,7 @@ class _Streamer:
             region = (self.plane, *region)
         target = block[0] if self.labels else block
         self._inflight.acquire()
-        future = self._pool.submit(self._store, index, region if self.labels else (slice(None), *region), target)
+        future = self._pool.submit(self._store, index, (self.plane, y0, x0), region if self.labels else (slice(None), *region), target)
         with self._state:
             self._pending.append(future)
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
@@ -496,9 +516,13 @@ class _Streamer:
         if failed:
             raise failed[0]  # type: ignore[misc]
 
-    def _store(self, index: int, region: tuple[int | slice, ...], block: np.ndarray) -> None:
-        """Write ``block`` at ``region`` of level ``index``: a whole shard by its :class:`ShardWriter`, else through zarr."""
+    def _store(self, index: int, position: tuple[int, int, int], region: tuple[int | slice, ...], block: np.ndarray) -> None:
+        """Write ``block`` at ``region`` of level ``index``: a whole shard by its :class:`ShardWriter`, else through zarr.
+
+        Its checksum goes into the group's digest at ``position`` (plane, y, x).
+        """
         try:
+            self.digest.add(self.levels[index].name, position, block)
             writer = self.shard_writers[index]
             if writer is None or not writer.write(region, block):
                 self.arrays[index][region] = block

@@ -1,0 +1,118 @@
+"""Results computed from a group that was replaced since: recomputed by the next run, named by ``validate --deep``.
+
+``add-image --overwrite`` can replace a tissue's image or mask with other pixels
+of the same shape, dtype and channel names. Every group records the digest of
+the pixels written (``spora.content_digest``); histograms and tile rows record
+the digest of what they were computed from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+
+from spora_zarr import ConvertOptions, convert_cohort, open_cohort, validate_store
+from spora_zarr.cli import main
+from spora_zarr.standardize.statistics import histogram_path, read_statistics
+from spora_zarr.testing.cohorts import make_synthetic_cohort
+from spora_zarr.tiling.tilers import best_mask_tiling_try_to_stop
+
+SPEC = "quantile_clipping/uq_0.99_image"
+TILE = 32
+STANDARDIZE = ["standardize", "STORE", "--modality", "imc", "--resolution", "1.0", "--spec", SPEC, "--within-mask"]
+TILE_ARGS = ["tile", "STORE", "--resolution", "1.0", "--tile-size", str(TILE)]
+
+
+def _run(argv: list[str], store: Path) -> None:
+    assert main([str(store) if a == "STORE" else a for a in argv]) == 0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    source = make_synthetic_cohort(tmp_path / "tiff", tissues=("A", "B"), he_shape=(160, 192), ihc_markers=(), seed=11, imc_channels=3)
+    store = tmp_path / "cohort.zarr"
+    assert convert_cohort(source, store, ConvertOptions(progress=False)).ok
+    _run(STANDARDIZE, store)
+    _run(TILE_ARGS, store)
+    assert validate_store(store, deep=True) == []
+    return store
+
+
+def _replace(store: Path, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue A's imc image and tissue mask at 1.0 mpp replaced by others of the same shape, dtype and channel names."""
+    cohort = open_cohort(store)
+    image = cohort.open_image("imc", "A", 1.0).values
+    names = cohort.channel_names("imc", "A")
+    other = (image.astype(np.int64) * 3 % 60_000).astype(image.dtype)[:, ::-1].copy()
+    metadata = {"PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0, "axes": "CYX", "Channel": {"Name": names}}
+    tifffile.imwrite(tmp_path / "imc_A.ome.tif", other, ome=True, metadata=metadata)
+    mask = np.zeros(image.shape[1:], np.uint8)
+    mask[20:90, 30:150] = 1
+    tifffile.imwrite(tmp_path / "mask_A.ome.tif", mask, ome=True, metadata={"PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0})
+    for name, modality in (("imc_A", "imc"), ("mask_A", "tissue_masks")):
+        argv = ["add-image", "--overwrite", str(store), str(tmp_path / f"{name}.ome.tif"), "--modality", modality, "--tissue", "A"]
+        assert main(argv) == 0
+    return other, mask
+
+
+def test_the_digest_names_the_pixels(store: Path, tmp_path: Path) -> None:
+    """Same pixels, same digest (a rewrite of one image gives its digest again); other pixels, another one."""
+    cohort = open_cohort(store)
+    before = {t: cohort.group_metadata("imc", t).spora.content_digest for t in ("A", "B")}
+    assert all(before.values()) and before["A"] != before["B"]
+    image = cohort.open_image("imc", "B", 1.0).values
+    names = cohort.channel_names("imc", "B")
+    metadata = {"PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0, "axes": "CYX", "Channel": {"Name": names}}
+    tifffile.imwrite(tmp_path / "same.ome.tif", image, ome=True, metadata=metadata)
+    assert main(["add-image", "--overwrite", str(store), str(tmp_path / "same.ome.tif"), "--modality", "imc", "--tissue", "B"]) == 0
+    assert open_cohort(store).group_metadata("imc", "B").spora.content_digest == before["B"]
+    _replace(store, tmp_path)
+    assert open_cohort(store).group_metadata("imc", "A").spora.content_digest not in (before["A"], None)
+
+
+def test_results_of_replaced_groups_are_named_and_recomputed(store: Path, tmp_path: Path) -> None:
+    histogram_b = store / histogram_path("imc", 1.0, "B", within_mask=True)
+    kept = histogram_b.read_bytes()
+    image, mask = _replace(store, tmp_path)
+
+    problems = validate_store(store, deep=True)
+    stats_table = "imc/1_0mpp/standardization/quantile_clipping/uq_0.99_image/stats.parquet"
+    tile_table = "tiling/1_0mpp/best/32_tile_stats.parquet"
+    assert sorted(problems) == sorted(
+        [
+            f"{stats_table}: tissue 'A' was measured on an image replaced since; run the same `spora-zarr standardize` again",
+            f"{stats_table}: tissue 'A' was measured on a tissue mask replaced since; run the same `spora-zarr standardize` again",
+            f"{tile_table}: tissue 'A' was tiled from a tissue mask replaced since; run the same `spora-zarr tile` again",
+        ]
+    ), problems
+
+    _run(STANDARDIZE, store)  # A is counted again, B's histograms are kept
+    assert histogram_b.read_bytes() == kept
+    stats = read_statistics(store, "imc", 1.0, SPEC).set_index(["tissue_id", "channel_name"])
+    names = open_cohort(store).channel_names("imc", "A")
+    for channel, plane in zip(names, image, strict=True):
+        expected = np.quantile(plane[mask > 0], 0.99, method="inverted_cdf")
+        assert stats.loc[("A", channel), "upper"] == expected, channel
+
+    _run(TILE_ARGS, store)  # A is tiled again from its new mask, B's rows are kept
+    rows = pq.read_table(store / tile_table).to_pylist()
+    coords = pq.read_table(store / "tiling/1_0mpp/best/32_tile_coordinates.parquet").to_pylist()
+    tiles, summary, _ = best_mask_tiling_try_to_stop(mask, TILE)
+    assert [(c["row"], c["col"]) for c in coords if c["tissue_id"] == "A"] == [(t.row, t.col) for t in tiles]
+    assert next(r for r in rows if r["tissue_id"] == "A")["valid_pixels"] == summary["valid_pixels"] == int(mask.sum())
+    assert validate_store(store, deep=True) == []
+
+
+def test_a_failed_retiling_leaves_the_old_rows_out(store: Path, tmp_path: Path) -> None:
+    """A tissue whose mask changed and whose new tiling fails is not kept in the table with its old tiles."""
+    _replace(store, tmp_path)
+    shards = [p for p in (store / "segmentations/tissue_masks/A/1_0mpp").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert shards
+    shards[0].write_bytes(b"damaged")
+    assert main([str(store) if a == "STORE" else a for a in TILE_ARGS]) == 1
+    rows = pq.read_table(store / "tiling/1_0mpp/best/32_tile_stats.parquet").to_pylist()
+    assert [r["tissue_id"] for r in rows] == ["B"]
