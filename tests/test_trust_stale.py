@@ -14,17 +14,24 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tifffile
+import torch
 
 from spora_zarr import ConvertOptions, convert_cohort, open_cohort, validate_store
 from spora_zarr.cli import main
+from spora_zarr.inference.predict import PredictOptions, predict_cohort
+from spora_zarr.read.levels import open_level
+from spora_zarr.run import RunOptions
+from spora_zarr.sources.base import ArraySource
 from spora_zarr.standardize.statistics import histogram_path, read_statistics
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.tiling.tilers import best_mask_tiling_try_to_stop
+from spora_zarr.write.writer import write_image
 
 SPEC = "quantile_clipping/uq_0.99_image"
 TILE = 32
 STANDARDIZE = ["standardize", "STORE", "--modality", "imc", "--resolution", "1.0", "--spec", SPEC, "--within-mask"]
 TILE_ARGS = ["tile", "STORE", "--resolution", "1.0", "--tile-size", str(TILE)]
+SERIAL = RunOptions(progress=False)
 
 
 def _run(argv: list[str], store: Path) -> None:
@@ -116,3 +123,42 @@ def test_a_failed_retiling_leaves_the_old_rows_out(store: Path, tmp_path: Path) 
     assert main([str(store) if a == "STORE" else a for a in TILE_ARGS]) == 1
     rows = pq.read_table(store / "tiling/1_0mpp/best/32_tile_stats.parquet").to_pylist()
     assert [r["tissue_id"] for r in rows] == ["B"]
+
+
+def test_a_prediction_from_a_replaced_image_is_not_kept(store: Path, tmp_path: Path) -> None:
+    """A rerun of ``predict`` does not keep a tissue predicted from the image that was replaced since; --overwrite redoes it."""
+    model = tmp_path / "identity.pt"
+    torch.jit.script(torch.nn.Identity()).save(str(model))
+    options = PredictOptions(modality="imc", resolution=1.0, name="same", tile_size=64, overlap=8)
+    assert predict_cohort(store, str(model), options, run=SERIAL).ok
+    image, _ = _replace(store, tmp_path)
+    again = predict_cohort(store, str(model), options, run=SERIAL)
+    assert [o.label for o in again.failed] == ["A"] and [o.label for o in again.outcomes if o.skipped] == ["B"]
+    assert "predictions/same/images/A: predicted from an image replaced since: give --overwrite" in str(again.failed[0].error)
+    assert predict_cohort(store, str(model), options, tissues=["A"], run=SERIAL, overwrite=True).ok
+    predicted = open_cohort(store).open_array("predictions/same", "A", 1.0)[:]
+    np.testing.assert_array_equal(predicted, image.astype(predicted.dtype))
+    torch.jit.script(Doubles()).save(str(model))  # the model file saved again, other weights: loaded again, not kept
+    retrained = predict_cohort(store, str(model), options, tissues=["B"], run=SERIAL)
+    assert "predictions/same/images/B: predicted from a model file replaced since" in str(retrained.failed[0].error)
+    assert predict_cohort(store, str(model), options, tissues=["B"], run=SERIAL, overwrite=True).ok
+    predicted = open_cohort(store).open_array("predictions/same", "B", 1.0)[:]
+    np.testing.assert_array_equal(predicted, 2 * open_cohort(store).open_array("imc", "B", 1.0)[:].astype(predicted.dtype))
+
+
+class Doubles(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def test_a_reader_opened_before_a_group_was_replaced_is_not_reused(store: Path, tmp_path: Path) -> None:
+    """In one process, ``open_level`` after a group was written again reads the new array (its shape and pixels), not the old one."""
+    path = "imc/images/A/1_0mpp"
+    before = open_level(store, path)
+    assert before.read(0, 0, 8, 8).shape[-2:] == (8, 8)
+    names = open_cohort(store).channel_names("imc", "A")
+    other = np.random.default_rng(5).integers(0, 9_000, (len(names), 50, 70), dtype=np.uint16)
+    assert not write_image(store, "imc/images/A", {1.0: ArraySource(other)}, channel_names=names, overwrite=True).skipped
+    after = open_level(store, path)
+    assert after is not before and after.shape == other.shape
+    np.testing.assert_array_equal(after.read(0, 0, 50, 70), other)

@@ -4,12 +4,14 @@ A model maps a float32 batch ``(B, C, T, T)`` to ``(B, K, T, T)`` (or
 ``(B, T, T)``, read as ``K = 1``). ``module:name`` resolves ``name`` in the
 imported module: an ``nn.Module`` instance is the model, a class is
 instantiated with no arguments, any other callable is applied to batches as
-it is. Loaded models are cached per process by their spec, so a runner worker
-loads a model once for all its tissues.
+it is. Loaded models are cached per process by their spec (and a file's
+modification time and size: a file saved again is loaded again), so a runner
+worker loads a model once for all its tissues.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from collections.abc import Callable, Sequence
@@ -18,10 +20,12 @@ from typing import Any
 from ..errors import InvalidInputError, NotFoundError, reason
 from ..process import PerProcess
 
-__all__ = ["Model", "check_device", "load_model", "model_channel_names", "model_label"]
+__all__ = ["Model", "check_device", "load_model", "model_channel_names", "model_digest", "model_label"]
 
 Model = Callable[[Any], Any]
-_CACHE: PerProcess[dict[tuple[str, str], Model]] = PerProcess(dict)  # loaded models by (name, device)
+# loaded models by (name, device, file stamp) and file digests by (path, stamp): a file saved again is loaded again
+_CACHE: PerProcess[dict[tuple[str, str, tuple[int, int] | None], Model]] = PerProcess(dict)
+_DIGESTS: PerProcess[dict[tuple[str, tuple[int, int]], str]] = PerProcess(dict)
 
 
 def model_label(model: str | Model) -> str:
@@ -50,7 +54,7 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
             raise InvalidInputError(f"model {model_label(model)}: not callable")
         return _prepare(model, device)
     cache = _CACHE.get()
-    key = (model, str(device))
+    key = (model, str(device), _stamp(model))
     if key in cache:
         return cache[key]
     if os.path.exists(model):
@@ -64,6 +68,33 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
         raise NotFoundError(f"model {model}: no such file (give a TorchScript file or module:callable)")
     cache[key] = _prepare(loaded, device)
     return cache[key]
+
+
+def model_digest(model: str | Model) -> str | None:
+    """The SHA-1 of a model file's bytes (what a prediction records to know its model); ``None`` for other models."""
+    if not isinstance(model, str):
+        return None
+    stamp = _stamp(model)
+    if stamp is None:
+        return None
+    digests = _DIGESTS.get()
+    key = (str(model), stamp)
+    if key not in digests:
+        digest = hashlib.sha1(usedforsecurity=False)
+        with open(model, "rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+        digests[key] = digest.hexdigest()
+    return digests[key]
+
+
+def _stamp(model: str) -> tuple[int, int] | None:
+    """A model file's modification time and size; ``None`` for a spec that is no file."""
+    try:
+        status = os.stat(model)
+    except (OSError, ValueError):
+        return None
+    return (status.st_mtime_ns, status.st_size)
 
 
 def check_device(device: str) -> None:

@@ -22,6 +22,7 @@ failure summary, and resume (a tissue whose group is complete is skipped).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ from ..store.lock import writes_store
 from ..tiling.patching import check_tiling
 from ..write.options import WriteOptions
 from ..write.writer import WriteResult
-from .models import Model, load_model, model_channel_names, model_label
+from .models import Model, load_model, model_channel_names, model_digest, model_label
 from .source import MODES, InputWindows, PredictionSource
 
 if TYPE_CHECKING:
@@ -150,8 +151,9 @@ def predict_tissue(
     location: Location = cohort.location
     modality = dataset.modality_dir()
     dataset.check_tissue(tissue_id)  # NotFoundError naming the tissue
+    digests = _input_digests(cohort, modality, tissue_id, min_tissue is not None)
     if not overwrite and Staging(location).is_complete(path):
-        _check_same_prediction(location, path, _prediction_record(model_label(model), modality, dataset.resolution, None, o))
+        _check_same_prediction(location, path, _prediction_record(model, modality, dataset.resolution, None, o, digests))
         return WriteResult(path, skipped=True)
     loaded = load_model(model, o.device)
     where = f"model {model_label(model)}, tissue {tissue_id!r}"
@@ -188,7 +190,7 @@ def predict_tissue(
             raise InvalidInputError(f"{where}: the model gives {source.shape[0]} channels but {len(names)} channel names were given")
     spora = {
         "tissue_id": tissue_id,
-        "prediction": _prediction_record(model_label(model), modality, dataset.resolution, source.tile_size, o),
+        "prediction": _prediction_record(model, modality, dataset.resolution, source.tile_size, o, digests),
     }
     if labels:
         spora["mask_kind"] = output
@@ -241,10 +243,13 @@ def record_predictions(location: Location, name: str, *, labels: bool = False) -
     update_cohort_attributes(location, modalities={directory: sorted(levels, key=parse_resolution)})
 
 
-def _prediction_record(model: str, modality: str, resolution: Any, tile_size: int | None, o: PredictTissueOptions) -> dict[str, Any]:
-    """How a prediction group was made, as its ``spora.prediction`` attributes record it."""
+def _prediction_record(
+    model: str | Model, modality: str, resolution: Any, tile_size: int | None, o: PredictTissueOptions, digests: dict[str, str | None]
+) -> dict[str, Any]:
+    """How a prediction group was made, as its ``spora.prediction`` attributes record it (``digests``: :func:`_input_digests`)."""
     return {
-        "model": model,
+        "model": model_label(model),
+        "model_digest": model_digest(model),
         "input": modality,
         "resolution": resolution,
         "tile_size": tile_size,
@@ -252,7 +257,16 @@ def _prediction_record(model: str, modality: str, resolution: Any, tile_size: in
         "mode": o.mode,
         "min_tissue": o.min_tissue,
         "fill_value": o.fill_value,
+        **digests,
     }
+
+
+def _input_digests(cohort: Any, modality: str, tissue_id: str, with_mask: bool) -> dict[str, str | None]:
+    """The ``content_digest`` of the image predicted from, and of the tissue mask when ``--min-tissue`` reads it."""
+    digests = {"input_digest": cohort.group_metadata(modality, tissue_id).spora.content_digest}
+    if with_mask:
+        digests["mask_digest"] = cohort.mask_metadata("tissue_masks", tissue_id).spora.content_digest
+    return digests
 
 
 def _check_same_prediction(location: Location, path: str, wanted: dict[str, Any]) -> None:
@@ -272,6 +286,9 @@ def _check_same_prediction(location: Location, path: str, wanted: dict[str, Any]
             same = was == value or (was != was and value != value)  # NaN, NaN
         if not same:
             again = "give --overwrite to predict it again, or another --name"
+            if key.endswith("_digest"):
+                what = {"input_digest": "an image", "mask_digest": "a tissue mask", "model_digest": "a model file"}[key]
+                raise InvalidInputError(f"{location.join(path)}: predicted from {what} replaced since: {again}")
             raise InvalidInputError(f"{location.join(path)}: predicted with {key} {was!r}, not {value!r}: {again}")
 
 
@@ -382,16 +399,20 @@ class PredictTask:
     options: PredictOptions
     write: WriteOptions
     overwrite: bool = False
+    run: str = ""
+    """The run the task is part of (:func:`predict_cohort` names each): its dataset is made once per run and process."""
 
 
 _DATASETS: PerProcess[dict[tuple[Any, ...], BaseImagingDataset]] = PerProcess(dict)
 
 
 def _dataset_for(task: PredictTask) -> BaseImagingDataset:
-    """The task's dataset, made once per process."""
+    """The task's dataset, made once per run in each process: a later run sees the tissues and groups of its time."""
     o = task.options
-    key = (task.location.root, o.modality, o.resolution, o.tile_size, o.standardization)
+    key = (task.run, task.location.root, o.modality, o.resolution, o.tile_size, o.standardization)
     datasets = _DATASETS.get()
+    for other in [k for k in datasets if k[0] != task.run]:  # an earlier run's: its cohort and readers may be stale
+        del datasets[other]
     if key not in datasets:
         datasets[key] = make_dataset(
             task.location,
@@ -472,8 +493,10 @@ def predict_cohort(
             )
     load_model(model, options.device)
     layout = write or prediction_write_options()
+    run_id = uuid.uuid4().hex
     tasks = [
-        PredictTask(output_path(options.name, t, labels=options.labels), t, t, location, model, options, layout, overwrite) for t in wanted
+        PredictTask(output_path(options.name, t, labels=options.labels), t, t, location, model, options, layout, overwrite, run_id)
+        for t in wanted
     ]
     report = run_tasks(tasks, predict_task, run or RunOptions(), noun="tissues")
     if any(not o.error for o in report.outcomes):

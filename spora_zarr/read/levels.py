@@ -336,6 +336,18 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _array_stamp(location: Location, path: str) -> tuple[int, int] | None:
+    """A local array's ``zarr.json`` inode and change time: an array written again (a group replaced) is another
+    reader's. ``None`` remotely, and where there is no document (opening it says so)."""
+    if not location.is_local:
+        return None
+    try:
+        status = os.stat(os.path.join(location.fs_path(path), "zarr.json"))
+    except OSError:
+        return None
+    return (status.st_ino, status.st_ctime_ns)
+
+
 def _reopen_level(location: Location, path: str, engine: str | None) -> LevelReader:
     return open_level(location, path, engine=engine)
 
@@ -489,7 +501,10 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
         The same object for the same root, storage options, path and
         ``engine`` in this process while its :class:`ReaderCache` keeps it
         (the readers used last, :data:`MAX_OPEN_READERS` and
-        :data:`MAX_OPEN_READER_BYTES`). The engine handle opens on the first read.
+        :data:`MAX_OPEN_READER_BYTES`), and, on a local store, while the
+        array's ``zarr.json`` is the same file (a group replaced since, by
+        ``add-image --overwrite`` say, gets a new reader; a remote one does
+        not). The engine handle opens on the first read.
 
     Raises
     ------
@@ -501,7 +516,7 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
     """
     location = Location.parse(location)
     path = str(path).strip("/")
-    key = (location.root, _freeze(location.storage_options), path, engine)
+    key = (location.root, _freeze(location.storage_options), path, engine, _array_stamp(location, path))
     with process.LOCK.get():
         readers = _READERS.get()
         reader = readers.get(key)
