@@ -8,6 +8,7 @@ the digest of what they were computed from.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,17 @@ import torch
 
 from spora_zarr import ConvertOptions, convert_cohort, open_cohort, validate_store
 from spora_zarr.cli import main
+from spora_zarr.datasets import MultiplexImagingDataset
+from spora_zarr.errors import StoreError
 from spora_zarr.inference.predict import PredictOptions, predict_cohort
 from spora_zarr.read.levels import open_level
 from spora_zarr.run import RunOptions
 from spora_zarr.sources.base import ArraySource
+from spora_zarr.standardize.standardizers import BatchStandardizer
 from spora_zarr.standardize.statistics import histogram_path, read_statistics
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.tiling.tilers import best_mask_tiling_try_to_stop
+from spora_zarr.torch import TileDataset
 from spora_zarr.write.writer import write_image
 
 SPEC = "quantile_clipping/uq_0.99_image"
@@ -162,3 +167,19 @@ def test_a_reader_opened_before_a_group_was_replaced_is_not_reused(store: Path, 
     after = open_level(store, path)
     assert after is not before and after.shape == other.shape
     np.testing.assert_array_equal(after.read(0, 0, 50, 70), other)
+
+
+def test_training_reads_refuse_statistics_of_replaced_pixels(store: Path, tmp_path: Path) -> None:
+    """A dataset standardized by statistics of an image (or mask) replaced since fails that tissue's first read, naming the table."""
+    _replace(store, tmp_path)
+    dataset = MultiplexImagingDataset("t", store, 1.0, 32, standardization=SPEC, tiling_strategy="best")
+    table = f"{store}/imc/1_0mpp/standardization/quantile_clipping/uq_0.99_image/stats.parquet"
+    assert dataset.read_tile("B", 0, 0).dtype == torch.float32  # B was not replaced
+    message = f"{table}: tissue 'A' was measured on image and tissue mask replaced since; recompute the statistics with: spora-zarr"
+    with pytest.raises(StoreError, match=re.escape(message)):
+        dataset.read_tile("A", 0, 0)
+    with pytest.raises(StoreError, match="tissue 'A' was measured on image"):
+        BatchStandardizer.for_tiles(TileDataset(dataset, preprocess=False, masks=()), "imc")
+    _run(STANDARDIZE, store)
+    again = MultiplexImagingDataset("t", store, 1.0, 32, standardization=SPEC, tiling_strategy="best")
+    assert again.read_tile("A", 0, 0).dtype == torch.float32

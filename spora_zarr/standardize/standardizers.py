@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..access.resolution import ResolutionLike, parse_resolution
-from ..errors import InvalidInputError, NotFoundError
+from ..errors import InvalidInputError, NotFoundError, StoreError
+from ..store.layout import MASK_KINDS
 from . import kernels
 from .specs import IDENTITY, Spec, parse_spec
 
@@ -219,15 +220,19 @@ class StatsBackedStandardizer(BaseStandardizer):
         The spec the statistics belong to (names the transform: ``log1p`` or not).
     source : str
         Where the statistics come from, for error messages (the command that computes them).
+    pixels : PixelsCheck, optional
+        Checks, on a tissue's first use, that its image (and mask) are still those the statistics were
+        computed from (:meth:`from_store` with a dataset's cohort); a ``StoreError`` naming the table otherwise.
     """
 
     log1p: bool = False
 
-    def __init__(self, stats: pd.DataFrame, spec: str | Spec, *, source: str = "") -> None:
+    def __init__(self, stats: pd.DataFrame, spec: str | Spec, *, source: str = "", pixels: PixelsCheck | None = None) -> None:
         parsed = spec if isinstance(spec, Spec) else parse_spec(spec)
         self.spec = parsed.name
         self.log1p = parsed.log1p
         self.source = source
+        self.pixels = pixels
         missing = {"tissue_id", "channel_name", "upper", "mean", "std"} - set(stats.columns)
         if missing:
             raise InvalidInputError(f"statistics of {self.spec} lack columns {', '.join(sorted(missing))}")
@@ -240,15 +245,34 @@ class StatsBackedStandardizer(BaseStandardizer):
 
     @classmethod
     def from_store(
-        cls, store: Any, modality: str, resolution: ResolutionLike, spec: str, storage_options: dict[str, Any] | None = None
+        cls,
+        store: Any,
+        modality: str,
+        resolution: ResolutionLike,
+        spec: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        cohort: Any = None,
     ) -> StatsBackedStandardizer:
-        """The standardizer of ``spec`` from a store's ``stats.parquet`` (``NotFoundError`` listing the specs there)."""
-        from .statistics import command_hint, read_statistics
+        """The standardizer of ``spec`` from a store's ``stats.parquet`` (``NotFoundError`` listing the specs there).
+
+        With the store's ``cohort`` (a dataset's), each tissue's image and mask are checked on first use against
+        the ones the statistics were computed from (:class:`PixelsCheck`).
+        """
+        from ..store.location import Location
+        from .statistics import command_hint, read_statistics, statistics_digests, stats_path
 
         parsed = parse_spec(spec)
         stats = read_statistics(store, modality, resolution, parsed.name, storage_options)
         kind = QuantileClippingLog1PStandardizer if parsed.log1p else QuantileClippingStandardizer
-        return kind(stats, parsed, source=command_hint(store, modality, resolution, parsed.name))
+        hint = command_hint(store, modality, resolution, parsed.name)
+        pixels = None
+        if cohort is not None:
+            within_mask, recorded = statistics_digests(Location.parse(store, storage_options), modality, resolution, parsed.name)
+            if recorded:
+                table = stats_path(modality, resolution, parsed.name)
+                pixels = PixelsCheck(cohort, modality, within_mask, recorded, table, hint)
+        return kind(stats, parsed, source=hint, pixels=pixels)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_cache": {}, "_transforms": {}}
@@ -259,7 +283,12 @@ class StatsBackedStandardizer(BaseStandardizer):
         return sorted({t for t, _ in self._rows})
 
     def channel_parameters(self, tissue_id: str, channel_names: Sequence[str]) -> ChannelParameters:
-        """``(lower, upper, mean, std, log1p)`` arrays over ``channel_names``; ``NotFoundError`` naming missing rows."""
+        """``(lower, upper, mean, std, log1p)`` arrays over ``channel_names``; ``NotFoundError`` naming missing rows.
+
+        ``StoreError`` when the tissue's image or mask was replaced since the statistics were computed (``pixels``).
+        """
+        if self.pixels is not None:
+            self.pixels.check(str(tissue_id))
         rows = [self._rows.get((str(tissue_id), str(name))) for name in channel_names]
         missing = [name for name, row in zip(channel_names, rows) if row is None]
         if missing:
@@ -300,6 +329,37 @@ class StatsBackedStandardizer(BaseStandardizer):
             return transform.apply(image)
         lower, upper, scale, bias = self._tensors(tissue_id, channel_names)
         return _transform_(image.to(torch.float32, copy=True), None if _unsigned(image) else lower, upper, scale, bias, self.log1p)
+
+
+class PixelsCheck:
+    """Whether a tissue's image (and mask) are those a statistics table was computed from, checked once a tissue.
+
+    ``recorded`` maps each tissue to the ``content_digest`` of its image and mask the table records
+    (:func:`~spora_zarr.standardize.statistics.statistics_digests`); the current ones come from
+    ``cohort``'s group metadata (read already for the tissue's channel names).
+    """
+
+    def __init__(self, cohort: Any, modality: str, within_mask: bool, recorded: dict[str, tuple[Any, Any]], table: str, hint: str) -> None:
+        self.cohort, self.modality, self.within_mask = cohort, modality, within_mask
+        self.recorded, self.table, self.hint = recorded, table, hint
+        self._checked: set[str] = set()
+
+    def check(self, tissue_id: str) -> None:
+        """``StoreError`` naming the table when the tissue's image or mask is not the one measured."""
+        if tissue_id in self._checked or tissue_id not in self.recorded:
+            return
+        image, mask = self.recorded[tissue_id]
+        changed = []
+        if image != self.cohort.group_metadata(self.modality, tissue_id).spora.content_digest:
+            changed.append("image")
+        if self.within_mask and mask != self.cohort.mask_metadata(MASK_KINDS[0], tissue_id).spora.content_digest:
+            changed.append("tissue mask")
+        if changed:
+            raise StoreError(
+                f"{self.cohort.location.join(self.table)}: tissue {tissue_id!r} was measured on {' and '.join(changed)} replaced since; "
+                f"recompute the statistics with: {self.hint}"
+            )
+        self._checked.add(tissue_id)
 
 
 class QuantileClippingStandardizer(StatsBackedStandardizer):
@@ -365,7 +425,8 @@ def build_standardizer(
         raise InvalidInputError(
             f"standardization {parsed.name!r} reads statistics from a store: pass a dataset, or a store with modality and resolution"
         )
-    return StatsBackedStandardizer.from_store(store, modality, parse_resolution(resolution).name, parsed.name, storage_options)
+    name = parse_resolution(resolution).name
+    return StatsBackedStandardizer.from_store(store, modality, name, parsed.name, storage_options, cohort=cohort)
 
 
 class TileSet(Protocol):

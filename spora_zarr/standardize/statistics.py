@@ -395,6 +395,19 @@ def available_specs(
     return sorted(n for n in names if not n.startswith(HISTOGRAMS_DIR))
 
 
+def statistics_digests(location: Location, modality: str, resolution: ResolutionLike, spec: str) -> tuple[bool, dict[str, tuple[Any, Any]]]:
+    """Whether a spec's statistics counted within the mask, and each tissue's image and mask ``content_digest`` they
+    were computed from (none for a table written before the digests were recorded)."""
+    from ..store.tables import read_table_metadata
+
+    footer = read_table_metadata(location, stats_path(modality, resolution, parse_spec(spec).name)).metadata or {}
+    record = json.loads(footer.get(STANDARDIZATION_META_KEY, b"{}"))
+    digests = record.get("content_digests") if isinstance(record, dict) else None
+    if not isinstance(digests, dict):
+        return False, {}
+    return bool(record.get("within_mask")), {str(t): (d[0], d[1]) for t, d in digests.items() if isinstance(d, list) and len(d) == 2}
+
+
 def read_statistics(
     store: str | Location, modality: str, resolution: ResolutionLike, spec: str, storage_options: dict[str, Any] | None = None
 ) -> pd.DataFrame:
