@@ -521,7 +521,8 @@ def _stitch(args: argparse.Namespace) -> int:
             bar.close()
     print(f"{'kept existing' if result.image.skipped else 'wrote'} {result.image.path}")
     if result.labels is not None:
-        print(f"{'kept existing' if result.labels.skipped else 'wrote'} {result.labels.path} ({result.objects} objects)")
+        hidden = f"; {result.hidden:,} wholly under later tiles left out" if result.hidden else ""
+        print(f"{'kept existing' if result.labels.skipped else 'wrote'} {result.labels.path} ({result.objects:,} objects{hidden})")
     return 0
 
 

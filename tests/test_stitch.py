@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from skimage import data, filters, measure
+from skimage import color, data, filters, measure
 from skimage.segmentation import relabel_sequential
 
 from spora_zarr import WriteOptions, open_cohort, validate_store
@@ -152,6 +152,41 @@ def test_labels_cut_by_tile_borders_are_merged(tmp_path: Path) -> None:
     assert len(ids) == labels.max()
     truth = {tuple(np.round(p.centroid[::-1], 6)) for p in measure.regionprops(labels)}
     assert {tuple(np.round(c, 6)) for c in centroids} == truth
+
+
+def test_objects_hidden_by_later_tiles_are_neither_numbered_nor_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each tile segmented on its own (its own Otsu threshold): some objects of a tile lie wholly in the part a later tile
+    covers (the last tile wins). The written labels hold ids ``1..K`` with no gap, ``K`` is the count reported, and the image
+    is the last-tile-wins composite of the label tiles, renumbered."""
+    hematoxylin = color.rgb2hed(data.immunohistochemistry())[..., 0]
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    rows: list[dict[str, object]] = []
+    offsets, pictures = [], []
+    for n, (y, x) in enumerate(grid(*hematoxylin.shape, 128, 32)):
+        part = hematoxylin[y : y + 128, x : x + 128]
+        local = measure.label(part > filters.threshold_otsu(part)).astype(np.uint16)
+        tifffile.imwrite(folder / f"t{n:03d}.tif", np.rint(part / hematoxylin.max() * 255).astype(np.uint8))
+        tifffile.imwrite(folder / f"l{n:03d}.tif", local)
+        rows.append({"file": f"t{n:03d}.tif", "x": x, "y": y, "labels": f"l{n:03d}.tif"})
+        offsets.append((x, y))
+        pictures.append(np.where(local > 0, local.astype(np.int64) + n * 2**16, 0))  # ids unique across tiles
+    table = write_offsets(folder / "offsets.csv", rows)
+    store = tmp_path / "c.zarr"
+    options = StitchOptions(modality="imc", tissue_id="T1", mpp=1.0, labels="cell_masks")
+    with caplog.at_level("INFO", logger="spora_zarr"):
+        result = stitch(folder, table, store, options, write=OPTIONS)
+    stitched = np.asarray(zarr.open_group(store, mode="r")["segmentations/cell_masks/T1/1_0mpp"]).reshape(hematoxylin.shape)
+    ids = np.unique(stitched)
+    assert result.objects is not None and result.objects > 100
+    assert ids.tolist() == list(range(result.objects + 1))  # 0 and 1..K, no gap
+    assert result.hidden is not None and result.hidden > 0
+    assert f"{result.hidden} label object(s) lie wholly under later tiles" in caplog.text
+    composite = blend(np.array(offsets), pictures)  # the tiles' own ids, last tile wins
+    pairs = np.unique(np.stack([composite.ravel(), stitched.ravel().astype(np.int64)]), axis=1)
+    assert np.array_equal(np.unique(pairs[0]), pairs[0])  # each tile object shown is one stitched object
+    assert ((pairs[0] == 0) == (pairs[1] == 0)).all()  # background stays background
+    assert validate_store(store) == []
 
 
 def test_register_recovers_jittered_offsets(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ by tile borders merged. See ``docs/stitching.md``.
 """
 
 from .bdv import get_offsets
-from .labels import LabelMosaicSource, apply_new_ids, deduplicate_blob_ids, find_overlapping_blobs, relabel_tables
+from .labels import LabelMosaicSource, apply_new_ids, deduplicate_blob_ids, find_overlapping_blobs, number_objects, relabel_tables
 from .mosaic import BLENDS, MosaicSource, blend, get_tiles_overlaps, overlapping, preview
 from .register import measure_pairs, register_tileset, solve_offsets
 from .stitch import StitchOptions, StitchResult, get_centroids, stitch
@@ -33,6 +33,7 @@ __all__ = [
     "get_tiles_overlaps",
     "get_top_surface",
     "measure_pairs",
+    "number_objects",
     "overlapping",
     "preview",
     "read_offsets_table",

@@ -4,22 +4,29 @@ Each tile's ids are offset so they are unique across the tileset; then, for
 every pair of overlapping tiles, the overlap of both label tiles is read (only
 the overlap) and two objects that cover the same pixels there (intersection
 over union within the overlap at least ``min_iou``) are joined with a
-union-find. The roots are renumbered ``1..K``. Memory holds one overlap and a
-lookup table per tile (its largest id), never the stitched image.
+union-find. The objects the stitched image shows (the last tile wins where
+tiles overlap) are numbered ``1..K``; an object wholly under later tiles gets
+no number. Memory holds one label tile or overlap and a lookup table per tile
+(its largest id), never the stitched image.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..access.window import Window
 from ..errors import InvalidInputError
 from ..sources.base import ImageSource, SourceInfo
 from .mosaic import MosaicSource
 from .tiles import Tileset
 
-__all__ = ["LabelMosaicSource", "apply_new_ids", "deduplicate_blob_ids", "find_overlapping_blobs", "relabel_tables"]
+__all__ = ["LabelMosaicSource", "apply_new_ids", "deduplicate_blob_ids", "find_overlapping_blobs", "number_objects", "relabel_tables"]
+
+log = logging.getLogger("spora_zarr")
 
 
 def _overlap(tileset: Tileset, i: int, j: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -75,14 +82,39 @@ def _range(box: tuple[int, int, int, int, int, int]) -> tuple[int, int, int, int
 
 
 def relabel_tables(tileset: Tileset, overlaps: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Per tile a lookup ``old id -> new id`` (0 stays 0): unique ids, joined objects sharing one, numbered ``1..K``."""
+    """Per tile a lookup ``old id -> new id`` (0 stays 0): unique ids, joined objects sharing one, numbered ``1..K``.
+
+    Only the objects visible in the stitched labels (the last tile wins where
+    tiles overlap) are numbered: an object lying wholly under later tiles maps
+    to 0, so the label image holds exactly the ids ``1..K``. How many were left
+    out is logged; :func:`number_objects` returns it.
+    """
+    tables, hidden = number_objects(tileset, overlaps)
+    if hidden:
+        log.info("%s: %d label object(s) lie wholly under later tiles (the last tile wins) and are left out", _where(tileset), hidden)
+    return tables
+
+
+def number_objects(tileset: Tileset, overlaps: Sequence[Sequence[int]]) -> tuple[list[np.ndarray], int]:
+    """The lookups of :func:`relabel_tables` and the number of objects left out because later tiles cover them wholly.
+
+    Each label tile is read once, whole: its ids, and those in its visible
+    parts (its box less the later tiles' boxes, :meth:`MosaicSource.visible_parts`).
+    """
+    source = MosaicSource(tileset)
     present: list[np.ndarray] = []
+    shown: list[np.ndarray] = []
     for i, tile in enumerate(tileset.tiles):
         depth, height, width = tile.size
-        ids = np.unique(tileset.read_tile(i, 0, depth, 0, height, 0, width, labels=True))
+        pixels = tileset.read_tile(i, 0, depth, 0, height, 0, width, labels=True)
+        ids = np.unique(pixels)
         if ids.size and ids[0] < 0:
             raise InvalidInputError(f"{tile.labels}: negative label ids")
         present.append(ids[ids > 0].astype(np.int64))
+        box = Window.from_box(*tile.box)
+        parts = [np.unique(pixels[part.relative_to(box).index]) for part in source.visible_parts(i)]
+        seen = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        shown.append(seen[seen > 0].astype(np.int64))
     starts = np.cumsum([0, *(len(p) for p in present)])
     parent = np.arange(int(starts[-1]), dtype=np.int64)
 
@@ -102,13 +134,25 @@ def relabel_tables(tileset: Tileset, overlaps: Sequence[Sequence[int]]) -> list[
         if r1 != r2:
             parent[max(r1, r2)] = min(r1, r2)
     roots = np.array([find(k) for k in range(len(parent))], dtype=np.int64)
-    _, numbered = np.unique(roots, return_inverse=True)
+    visible_nodes = np.concatenate([starts[t] + np.searchsorted(present[t], ids) for t, ids in enumerate(shown)]).astype(np.int64)
+    visible = np.unique(roots[visible_nodes])  # the objects with a pixel in the stitched image, in order of first tile
+    numbered = np.zeros(len(roots), np.int64)  # 0 for the objects no pixel of the stitched image shows
+    if len(visible):
+        index = np.searchsorted(visible, roots).clip(max=len(visible) - 1)
+        shows = visible[index] == roots
+        numbered[shows] = index[shows] + 1
     tables = []
     for t, ids in enumerate(present):
         table = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.uint64)
-        table[ids] = numbered[starts[t] : starts[t + 1]] + 1
+        table[ids] = numbered[starts[t] : starts[t + 1]]
         tables.append(table)
-    return tables
+    return tables, len(np.unique(roots)) - len(visible)
+
+
+def _where(tileset: Tileset) -> str:
+    """The folder of the label tiles (for messages)."""
+    first = tileset.tiles[0].labels if tileset.tiles else None
+    return (os.path.dirname(first) or ".") if first else "<label tiles>"
 
 
 def deduplicate_blob_ids(tileset: Tileset, progress: bool = False, *, min_iou: float = 0.5) -> dict[tuple[int, int], int]:

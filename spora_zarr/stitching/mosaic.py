@@ -111,6 +111,17 @@ class MosaicSource(ImageSource):
         hit = (b[:, 0] < z1) & (b[:, 3] > z0) & (b[:, 1] < y1) & (b[:, 4] > y0) & (b[:, 2] < x1) & (b[:, 5] > x0)
         return np.flatnonzero(hit)
 
+    def visible_parts(self, i: int) -> list[Window]:
+        """Where tile ``i`` wins with blend ``none``: its box less the boxes of the later tiles (output pixels, disjoint)."""
+        box = self._box(i)
+        parts = [box]
+        z0, y0, x0, z1, y1, x1 = box.box
+        for j in self.tiles_in(z0, z1, y0, y1, x0, x1):
+            if j > i:
+                later = self._box(int(j))
+                parts = [piece for part in parts for piece in part.subtract(later)]
+        return parts
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self.read_volume(self.z, self.z + 1, y0, y1, x0, x1)[:, 0]
 

@@ -12,6 +12,7 @@ downsampled in y and x only, streamed plane by plane.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,22 +34,29 @@ from ..store.location import Location
 from ..store.lock import writes_store
 from ..write.options import WriteOptions
 from ..write.writer import WriteResult
-from .labels import LabelMosaicSource, find_overlapping_blobs, relabel_tables
+from .labels import LabelMosaicSource, find_overlapping_blobs, number_objects
 from .mosaic import BLENDS, MosaicSource
 from .tiles import Tileset
 
 __all__ = ["StitchOptions", "StitchResult", "get_centroids", "stitch", "stitching_dir"]
 
+log = logging.getLogger("spora_zarr")
+
 
 @dataclass
 class StitchResult:
-    """What :func:`stitch` wrote: the image (and label) group results, the offsets used, the object count."""
+    """What :func:`stitch` wrote: the image (and label) group results, the offsets used, the object counts.
+
+    ``objects`` is the number of objects in the stitched label image (ids ``1..objects``); ``hidden`` the
+    objects of the label tiles left out because later tiles cover them wholly (the last tile wins).
+    """
 
     image: WriteResult
     labels: WriteResult | None = None
     offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     objects: int | None = None
     pairs_kept: int | None = None
+    hidden: int | None = None
 
 
 def stitching_dir(modality: str, tissue_id: str) -> str:
@@ -159,9 +167,9 @@ def stitch(
             from .register import register_tileset
 
             _, pairs = register_tileset(tileset, min_correlation=o.min_correlation)
-        tables = None
+        tables, hidden = None, 0
         if labels is not None:
-            tables = relabel_tables(tileset, find_overlapping_blobs(tileset, min_iou=o.min_iou))
+            tables, hidden = number_objects(tileset, find_overlapping_blobs(tileset, min_iou=o.min_iou))
         staging = Staging(dst)
         staging.recover()
         target = image_group_path(modality, tissue_id)
@@ -202,7 +210,14 @@ def stitch(
                 z_mpp=z_mpp,
                 files=staged_root_document(dst, mask_kinds=[labels]),
             )
-            result.objects = max((int(t.max()) for t in tables), default=0)
+            result.objects, result.hidden = max((int(t.max()) for t in tables), default=0), hidden
+            if hidden:
+                log.info(
+                    "%s: %d label object(s) lie wholly under later tiles (the last tile wins) and are left out; %d numbered",
+                    os.fspath(offsets),
+                    hidden,
+                    result.objects,
+                )
     return result
 
 
