@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 #: (``mpp=...``, ``overwrite=True``), and :func:`flag_message` says them as flags when the CLI prints them.
 PARAMETER_FLAGS = {
     "allow_outside": "--allow-outside-tiles-dir",
+    "allow_sparse": "--allow-sparse-mosaic",
     "batch_size": "--batch-size",
     "channel_names": "--channel-names",
     "chunk": "--chunk",
@@ -310,6 +311,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let the table name files outside TILES_DIR (absolute paths, '..', links out); refused by default",
     )
+    stitch.add_argument(
+        "--allow-sparse-mosaic",
+        action="store_true",
+        help="stitch even when the offsets span over 16x the tiles' total area (a mostly empty mosaic); refused by default",
+    )
     stitch.add_argument("--no-progress", action="store_true", help="no progress bar")
     layout_options(stitch)
 
@@ -504,6 +510,7 @@ def _stitch(args: argparse.Namespace) -> int:
         offset_unit=args.offset_unit,
         channel_names=names,
         allow_outside=args.allow_outside_tiles_dir,
+        allow_sparse=args.allow_sparse_mosaic,
     )
     try:
         result = stitch(

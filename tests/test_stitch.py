@@ -257,6 +257,63 @@ def test_bad_input_fails_before_anything_is_written(tmp_path: Path, content: str
     assert not (tmp_path / "c.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    ("ndim", "rows", "match"),
+    [
+        # a stray row: one tile 200,000 px out (under MAX_OFFSET), the mosaic 700 times the tiles' area
+        (2, "t000.tif,0,0\nt001.tif,76,0\nt002.tif,200000,0\n", "cover 0.14% of the 200,096 x 96 px mosaic"),
+        # micrometer offsets read as pixels at 0.01 um a pixel: every offset 100x
+        (2, "t000.tif,0,0\nt001.tif,7600,0\nt004.tif,0,7600\nt005.tif,7600,7600\n", "cover 0.062% of the 7,696 x 7,696 px mosaic"),
+        # z in micrometers (1.5 um a plane) where planes were meant, on a stack 5 planes deep: z is what spreads
+        (3, "s0.tif,0,0,0\ns1.tif,72,0,300\ns2.tif,0,0,600\n", "cover 1.4% of the 168 x 96 px x 605 planes mosaic"),
+    ],
+)
+def test_offsets_spanning_a_mostly_empty_mosaic_are_refused_before_writing(tmp_path: Path, ndim: int, rows: str, match: str) -> None:
+    """Offsets under MAX_OFFSET can still span a mosaic the tiles barely cover (a wrong unit, a stray row), which would
+    write empty pixels for minutes: refused first, naming the table, the mosaic, the tiles' area and the farthest tile."""
+    folder = tmp_path / "tiles"
+    if ndim == 2:
+        cut(rgb(), folder)
+    else:
+        folder.mkdir()
+        volume = np.stack([np.roll(data.camera()[:96, :200], 7 * z, axis=1) for z in range(5)])
+        for n in range(3):
+            tifffile.imwrite(folder / f"s{n}.tif", volume[:, :, 72 * (n % 2) : 72 * (n % 2) + 96], metadata={"axes": "ZYX"})
+    table = folder / "sparse.csv"
+    table.write_text(("file,x,y,z\n" if ndim == 3 else "file,x,y\n") + rows)
+    store = tmp_path / "c.zarr"
+    options = StitchOptions(modality="he", tissue_id="T1", mpp=1.0)
+    with pytest.raises(InvalidInputError, match=match) as caught:
+        stitch(folder, table, store, options)
+    message = str(caught.value)
+    assert message.startswith(f"{table}: the tiles cover ") and "\n" not in message
+    far = rows.strip().splitlines()[-1].split(",")
+    assert f"the farthest, row {len(rows.strip().splitlines())} {far[0]}, at x={int(far[1]):,}, y={int(far[2]):,}" in message
+    assert "check the offsets' unit and origin, or pass allow_sparse=True" in message
+    assert not store.exists()
+
+
+def test_a_sparse_mosaic_is_stitched_when_allowed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Just past the limit (two 96 px tiles 3,000 px apart: 16.1 times their area) is refused; allow_sparse stitches it."""
+    from spora_zarr.cli import main
+
+    image = rgb()
+    cut(image, tmp_path / "tiles")
+    table = write_offsets(tmp_path / "tiles" / "far.csv", [{"file": "t000.tif", "x": 0, "y": 0}, {"file": "t001.tif", "x": 3000, "y": 0}])
+    store = tmp_path / "c.zarr"
+    argv = ["stitch", str(tmp_path / "tiles"), str(table), str(store), "--modality", "he", "--tissue", "T1", "--mpp", "1", "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cover 6.2% of the 3,096 x 96 px mosaic" in err and "pass --allow-sparse-mosaic" in err and err.count("\n") == 0
+    assert not store.exists()
+    options = StitchOptions(modality="he", tissue_id="T1", mpp=1.0, allow_sparse=True)
+    stitch(tmp_path / "tiles", table, store, options, write=OPTIONS)
+    stitched = open_cohort(store).open_image("he", "T1", 1.0).values
+    assert stitched.shape == (3, 96, 3096)
+    np.testing.assert_array_equal(stitched[:, :, 3000:], image[:, :96, 76:172])
+    assert not stitched[:, :, 96:3000].any()
+
+
 def test_bdv_xml_offsets(tmp_path: Path) -> None:
     views = "".join(
         f'<ViewRegistration timepoint="0" setup="{s}"><ViewTransform type="affine"><affine>1 0 0 {x} 0 1 0 {y} 0 0 1 0</affine>'

@@ -88,6 +88,8 @@ class StitchOptions:
         Label objects overlapping by at least this IoU are one object; registration keeps pairs at least this correlated.
     allow_outside
         Let the table name files outside ``tiles_dir`` (absolute, ``..``, links out); refused otherwise.
+    allow_sparse
+        Stitch a mosaic over ``SPARSE_LIMIT`` (16) times the tiles' total area (mostly empty); refused otherwise, as a wrong unit.
     """
 
     modality: str
@@ -102,6 +104,7 @@ class StitchOptions:
     min_iou: float = 0.5
     min_correlation: float = 0.5
     allow_outside: bool = False
+    allow_sparse: bool = False
 
     def __post_init__(self) -> None:
         if self.channel_names is not None:
@@ -154,7 +157,9 @@ def stitch(
         raise InvalidInputError(f"blend={o.blend!r} is not one of {', '.join(BLENDS)}")
     if labels is not None and labels not in MASK_KINDS:
         raise InvalidInputError(f"unknown mask kind {labels!r}; expected one of {', '.join(MASK_KINDS)}")
-    with Tileset.from_offsets_table(tiles_dir, offsets, offset_unit=o.offset_unit, mpp=mpp, allow_outside=o.allow_outside) as tileset:
+    with Tileset.from_offsets_table(
+        tiles_dir, offsets, offset_unit=o.offset_unit, mpp=mpp, allow_outside=o.allow_outside, allow_sparse=o.allow_sparse
+    ) as tileset:
         tileset.voxel_size[2] = z_mpp or mpp
         if labels is not None and tileset.tiles[0].labels is None:
             raise InvalidInputError(f"{os.fspath(offsets)}: labels={labels!r} needs a 'labels' column naming each tile's label image")

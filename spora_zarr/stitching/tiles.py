@@ -125,18 +125,23 @@ class Tileset:
         offset_unit: str = "pixel",
         mpp: float | None = None,
         allow_outside: bool = False,
+        allow_sparse: bool = False,
     ) -> Tileset:
         """Tiles of ``tiles_dir`` placed by an offsets table (CSV or parquet: ``file, x, y[, z][, labels]``).
 
         ``offset_unit="micrometer"`` converts the offsets with ``mpp``. Every
         tile's header is read and checked (present, same dtype and channel
         count) before the tileset is returned. The table's files must lie
-        inside ``tiles_dir`` unless ``allow_outside`` (see :func:`read_offsets_table`).
+        inside ``tiles_dir`` unless ``allow_outside`` (see :func:`read_offsets_table`);
+        the tiles must cover at least ``1 / SPARSE_LIMIT`` of the mosaic their
+        offsets span unless ``allow_sparse`` (see :meth:`check_coverage`).
         """
         rows, has_z = read_offsets_table(table, tiles_dir, offset_unit=offset_unit, mpp=mpp, allow_outside=allow_outside)
         tileset = cls((mpp or 1.0, mpp or 1.0, 1.0), ndim=3 if has_z else 2)
         tileset.init_from_tiff_files([path for path, _, _ in rows])
         tileset.set_offsets(np.array([offset for _, offset, _ in rows], dtype=float))
+        if not allow_sparse:
+            tileset.check_coverage(os.fspath(table))
         for tile, (_, _, labels) in zip(tileset.tiles, rows):
             tile.labels = labels
         tileset.check_labels()
@@ -322,6 +327,31 @@ class Tileset:
                 raise InvalidInputError(f"{tile.path}: offset {tuple(offset.tolist())} must be finite and not negative")
             tile.offset = offset.copy()
 
+    def check_coverage(self, source: str) -> None:
+        """One error when the mosaic the offsets span is over :data:`SPARSE_LIMIT` times the tiles' total area.
+
+        Area is voxels for a stack. The message names ``source`` (the offsets
+        table), the mosaic size, the tiles' total area and the tile lying
+        farthest out (its row), which is where a wrong unit or a stray row shows.
+        """
+        depth, height, width = self.shape
+        spanned = depth * height * width
+        covered = sum(math.prod(tile.size) for tile in self.tiles)
+        if spanned <= SPARSE_LIMIT * covered:
+            return
+        n = max(range(len(self.tiles)), key=lambda i: float(np.linalg.norm(self.tiles[i].offset)))
+        far = self.tiles[n]
+        axes = ("x", "y", "z") if self.ndim == 3 else ("x", "y")
+        at = ", ".join(f"{axis}={value:,.0f}" for axis, value in zip(axes, far.offset))
+        size = f"{width:,} x {height:,} px" + (f" x {depth:,} planes" if self.ndim == 3 else "")
+        unit = "voxels" if self.ndim == 3 else "px"
+        share = np.format_float_positional(100 * covered / spanned, precision=2, fractional=False)
+        raise InvalidInputError(
+            f"{source}: the tiles cover {share}% of the {size} mosaic their offsets span ({len(self.tiles)} tiles, {covered:,} {unit} "
+            f"in all; the farthest, row {n + 1} {os.path.basename(far.path)}, at {at}): check the offsets' unit and origin, "
+            f"or pass allow_sparse=True for a mosaic mostly empty on purpose"
+        )
+
     # -- the seed's helpers ------------------------------------------------------------------
     def __getitem__(self, i: int) -> Tile:
         return self.tiles[i]
@@ -419,6 +449,12 @@ class Tileset:
 
 #: The largest offset taken (px, or planes along z): 2**20 px is 26 cm at 0.25 um a pixel, beyond any slide.
 MAX_OFFSET = 2**20
+
+#: The most the mosaic an offsets table spans (voxels for a stack) may exceed the tiles' total area. A
+#: tile grid covers its box (overlaps make the sum larger), an irregular tissue outline or scattered cores
+#: leave a third to a half of it empty; past 16x, over 15/16 of the written pixels are fill: a wrong unit
+#: (nm or mm for um, um read as px: 2-1000x per axis) or a stray row, which would write for minutes.
+SPARSE_LIMIT = 16
 
 
 def read_offsets_table(
