@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import torch
+from skimage import data
 from torch.utils.data import DataLoader
 
 from spora_zarr import ConvertOptions, convert_cohort, open_cohort
@@ -169,6 +173,61 @@ def test_mixed_dtypes(tmp_path: Path) -> None:
     merged = got.merge(want, on=["tissue_id", "channel_name"], suffixes=("", "_ref"))
     np.testing.assert_allclose(merged["mean"], merged["mean_ref"], rtol=2**-7)
     np.testing.assert_allclose(merged["std"], merged["std_ref"], rtol=2**-6)
+
+
+def test_float_nan_and_infinities_are_left_out_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Colour indices ``log(a / b)`` of the Hubble deep field: a 0 in ``b`` gives +inf, in ``a`` -inf, in both NaN. Those
+    values are left out of the statistics (which equal numpy's on the finite values), with no RuntimeWarning, and said:
+    per tissue and channel in the report and a warning naming the level, in the summary line, and again when kept."""
+    import pyarrow.parquet as pq
+
+    from spora_zarr.convert import add_image
+
+    hubble = data.hubble_deep_field().astype(np.float32)
+    names = ["r_g", "r_b", "g_b"]
+    crops = {"H1": hubble[:200, :300], "H2": hubble[400:560, 500:740]}
+    store = tmp_path / "cohort.zarr"
+    planes, expected = {}, {}
+    for tissue, crop in crops.items():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            colours = np.stack([np.log(crop[..., i] / crop[..., j]) for i, j in [(0, 1), (0, 2), (1, 2)]]).astype(np.float32)
+        tifffile.imwrite(tmp_path / f"{tissue}.tif", colours, photometric="minisblack")
+        add_image(store, str(tmp_path / f"{tissue}.tif"), modality="imc", tissue_id=tissue, mpp=1.0, channel_names=names)
+        planes[tissue] = {name: plane[np.isfinite(plane)] for name, plane in zip(names, colours)}
+        expected[tissue] = {name: int((~np.isfinite(plane)).sum()) for name, plane in zip(names, colours)}
+        assert np.isposinf(colours).any() and np.isneginf(colours).any() and np.isnan(colours).any()
+    specs = ["quantile_clipping/uq_0.99_image", "quantile_clipping_log1p/uq_0.95_global"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning of numpy must not reach the user
+        with caplog.at_level("WARNING", logger="spora_zarr"):
+            report = compute_statistics(store, "imc", 1.0, specs, run=RunOptions(progress=False))
+    assert report.ok, report.summary()
+    assert report.left_out == expected
+    total = sum(n for by in expected.values() for n in by.values())
+    assert f"; {total:,} NaN or infinite values left out (6 channel(s) of 2 tissue(s))" in report.summary()
+    for tissue in crops:
+        listed = ", ".join(f"{name} {n:,}" for name, n in expected[tissue].items())
+        line = (
+            f"imc/images/{tissue}/1_0mpp: {sum(expected[tissue].values()):,} NaN or infinite value(s) left out of the statistics ({listed})"
+        )
+        assert line in caplog.text
+    for spec in specs:
+        got = read_statistics(store, "imc", 1.0, spec)
+        assert np.isfinite(got[["upper", "mean", "std"]].to_numpy()).all()
+        merged = got.merge(_reference(planes, spec), on=["tissue_id", "channel_name"], suffixes=("", "_ref"))
+        assert len(merged) == 6
+        assert (np.abs(merged.upper - merged.upper_ref) <= np.abs(merged.upper_ref) * 2**-8).all()
+        np.testing.assert_allclose(merged["mean"], merged["mean_ref"], rtol=2**-7)
+        np.testing.assert_allclose(merged["std"], merged["std_ref"], rtol=2**-6)
+    again = compute_statistics(store, "imc", 1.0, specs[:1], run=RunOptions(progress=False))
+    assert all(o.skipped for o in again.outcomes) and again.left_out == expected  # kept histograms still say it
+    path = store / histogram_path("imc", 1.0, "H1")  # a histogram written before NaN and inf were counted is counted again
+    table = pq.read_table(path)
+    key = json.loads(table.schema.metadata[b"spora_histogram"])
+    del key["left_out_counted"], key["left_out"]
+    pq.write_table(table.replace_schema_metadata({b"spora_histogram": json.dumps(key).encode()}), path)
+    recounted = compute_statistics(store, "imc", 1.0, specs[:1], run=RunOptions(progress=False))
+    assert [o.skipped for o in recounted.outcomes] == [False, True] and recounted.left_out == expected
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ counted value by value too (``np.unique``, slower). Float data are binned by
 their leading 16 bits (sign, exponent and 7 mantissa bits, as bfloat16): a bin
 holds the values within a factor ``1 + 2**-7`` of each other and is represented
 by its midpoint, so a quantile is off by at most ``|x| * 2**-8`` (0.4 %) and a
-mean or standard deviation by about as much; NaNs are not counted.
+mean or standard deviation by about as much. NaN, +inf and -inf are left out
+(they have no place in a quantile or a mean); how many, per channel, is kept
+(``ChannelHistogram.left_out``) so that the caller can say it.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ class ChannelHistogram:
         int64, > 0, same length.
     exact : bool
         Whether every value is its own bin (integer data).
+    left_out : int
+        NaN and infinite values not counted (float data).
     """
 
     values: np.ndarray
     counts: np.ndarray
     exact: bool = True
+    left_out: int = 0
 
     @property
     def total(self) -> int:
@@ -56,7 +61,7 @@ def merge(histograms: list[ChannelHistogram]) -> ChannelHistogram:
     unique, inverse = np.unique(values, return_inverse=True)
     summed = np.zeros(unique.size, np.int64)
     np.add.at(summed, inverse, counts)
-    return ChannelHistogram(unique, summed, all(h.exact for h in histograms))
+    return ChannelHistogram(unique, summed, all(h.exact for h in histograms), sum(h.left_out for h in histograms))
 
 
 def quantile(histogram: ChannelHistogram, q: float) -> float:
@@ -127,6 +132,8 @@ class HistogramAccumulator:
         ``(C, bins)`` counts of the dtypes counted by bin (8/16-bit integers, floats by their top bits).
     value_counts : list of dict
         Per channel, value -> count of the wider integers (counted by distinct value).
+    left_out : numpy.ndarray
+        ``(C,)`` NaN and infinite values not counted (float data).
     """
 
     def __init__(self, channels: int, dtype: np.dtype) -> None:
@@ -147,6 +154,7 @@ class HistogramAccumulator:
         self._size = size
         self.bin_counts = np.zeros((self.channels, size), np.int64)  # one row per channel (no columns when counting by value)
         self.value_counts: list[dict[int, int]] = [{} for _ in range(self.channels)] if not size else []
+        self.left_out = np.zeros(self.channels, np.int64)
 
     def add(self, block: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Count the pixels of a ``(C, h, w)`` block (only where ``mask`` is true, if given)."""
@@ -164,6 +172,7 @@ class HistogramAccumulator:
             if (other.channels, other.dtype) != (self.channels, self.dtype):
                 raise ValueError(f"cannot merge histograms of {other.channels} x {other.dtype} into {self.channels} x {self.dtype}")
             self.bin_counts += other.bin_counts
+            self.left_out += other.left_out
             for pending, extra in zip(self.value_counts, other.value_counts):
                 for value, n in extra.items():
                     pending[value] = pending.get(value, 0) + n
@@ -176,8 +185,10 @@ class HistogramAccumulator:
         if self._mode == "bincount":
             count_into(data, self.bin_counts[c], signed=bool(self._offset))
         elif self._mode == "float":
-            data = data[~np.isnan(data)]
-            self.bin_counts[c] += np.bincount(_float_keys(data), minlength=self._size)
+            finite = np.isfinite(data)
+            kept = data[finite]
+            self.left_out[c] += data.size - kept.size  # NaN, +inf, -inf
+            self.bin_counts[c] += np.bincount(_float_keys(kept), minlength=self._size)
         else:
             values, counts = np.unique(data, return_counts=True)
             pending = self.value_counts[c]
@@ -195,10 +206,8 @@ class HistogramAccumulator:
                 continue
             counts = self.bin_counts[c]
             keys = np.flatnonzero(counts)
-            if self._mode == "float":
-                values = _float_bin_values(keys)
-                finite = np.isfinite(values)
-                out.append(ChannelHistogram(values[finite], counts[keys][finite], False))
+            if self._mode == "float":  # finite values only were counted: every bin's midpoint is finite
+                out.append(ChannelHistogram(_float_bin_values(keys), counts[keys], False, int(self.left_out[c])))
             else:
                 out.append(ChannelHistogram((keys - self._offset).astype(np.float64), counts[keys], True))
         return out

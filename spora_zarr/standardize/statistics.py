@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,8 @@ __all__ = [
     "read_histograms",
     "read_statistics",
 ]
+
+log = logging.getLogger("spora_zarr")
 
 HISTOGRAMS_DIR = "_histograms"
 STATS_FILE = "stats.parquet"
@@ -128,7 +131,7 @@ def _describe_level(location: Location, path: str) -> tuple[tuple[int, ...], np.
 
 
 def _level_key(task: HistogramTask, shape: Sequence[int], dtype: np.dtype) -> dict[str, Any]:
-    return {
+    key = {
         "level_path": task.level_path,
         "shape": [int(s) for s in shape],
         "dtype": str(dtype),
@@ -136,6 +139,9 @@ def _level_key(task: HistogramTask, shape: Sequence[int], dtype: np.dtype) -> di
         "within_mask": task.mask_path is not None,
         "content_digests": list(task.digests),
     }
+    if np.dtype(dtype).kind == "f":  # histograms of float data written before NaN/inf were counted are counted again
+        key["left_out_counted"] = True
+    return key
 
 
 def _stored_key(location: Location, path: str) -> dict[str, Any] | None:
@@ -197,6 +203,7 @@ def histogram_work(
         values.append(histogram.values)
         counts.append(histogram.counts)
     key["exact"] = accumulator.exact
+    key["left_out"] = {name: int(n) for name, n in zip(task.channel_names, accumulator.left_out.tolist()) if n}
     table = pa.table(
         {
             "channel_name": pa.array(names, pa.string()).dictionary_encode(),
@@ -215,6 +222,7 @@ def read_histograms(location: Location, path: str) -> dict[str, ChannelHistogram
     table = read_table(location, path)
     key = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
     exact = bool(key.get("exact", True))
+    left_out = key.get("left_out", {})
     column = table.column("channel_name").combine_chunks()
     if not pa.types.is_dictionary(column.type):
         column = column.dictionary_encode()
@@ -222,13 +230,16 @@ def read_histograms(location: Location, path: str) -> dict[str, ChannelHistogram
     dictionary = column.dictionary.to_pylist()
     values = table.column("value").to_numpy()
     counts = table.column("count").to_numpy()
-    empty = ChannelHistogram(np.zeros(0), np.zeros(0, np.int64), exact)
-    out: dict[str, ChannelHistogram] = dict.fromkeys(key.get("channel_names", []), empty)
+    out: dict[str, ChannelHistogram] = {
+        name: ChannelHistogram(np.zeros(0), np.zeros(0, np.int64), exact, int(left_out.get(name, 0)))
+        for name in key.get("channel_names", [])
+    }
     if codes.size:
         starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         ends = np.r_[starts[1:], codes.size]
         for s, e in zip(starts.tolist(), ends.tolist()):
-            out[str(dictionary[codes[s]])] = ChannelHistogram(values[s:e].astype(np.float64), counts[s:e].astype(np.int64), exact)
+            name = str(dictionary[codes[s]])
+            out[name] = ChannelHistogram(values[s:e].astype(np.float64), counts[s:e].astype(np.int64), exact, int(left_out.get(name, 0)))
     return out
 
 
@@ -274,13 +285,21 @@ def derive_statistics(histograms: dict[str, dict[str, ChannelHistogram]], spec: 
 
 @dataclass
 class StandardizeReport(RunReport):
-    """What a ``standardize`` run did: the tissues' histogram passes, then the specs written."""
+    """What a ``standardize`` run did: the tissues' histogram passes, then the specs written.
+
+    ``left_out`` is ``{tissue_id: {channel_name: n}}``: the NaN and infinite values of float images not counted.
+    """
 
     specs: list[str] = field(default_factory=list)
+    left_out: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def summary(self, noun: str = "tissue histograms") -> str:
         head, *failures = super().summary(noun).split("\n")
         written = f", statistics written for {', '.join(self.specs)}" if self.specs else ", no statistics written"
+        total = sum(n for by_channel in self.left_out.values() for n in by_channel.values())
+        if total:
+            channels = sum(len(by_channel) for by_channel in self.left_out.values())
+            written += f"; {total:,} NaN or infinite values left out ({channels} channel(s) of {len(self.left_out)} tissue(s))"
         return "\n".join([head + written, *failures])
 
 
@@ -367,6 +386,15 @@ def compute_statistics(
     if not outcome.ok:
         return report
     histograms = {t.tissue_id: read_histograms(location, t.path) for t in tasks}
+    for task in tasks:
+        left_out = {name: h.left_out for name, h in histograms[task.tissue_id].items() if h.left_out}
+        if left_out:
+            report.left_out[task.tissue_id] = left_out
+            listed = ", ".join(f"{name} {n:,}" for name, n in left_out.items())
+            total = sum(left_out.values())
+            log.warning(
+                "%s: %s NaN or infinite value(s) left out of the statistics (%s)", location.join(task.level_path), f"{total:,}", listed
+            )
     for spec in parsed:
         table = derive_statistics(histograms, spec)
         exact = all(h.exact for hs in histograms.values() for h in hs.values())
