@@ -2,12 +2,13 @@
 
 ``add-image --overwrite`` can replace a tissue's image or mask with other pixels
 of the same shape, dtype and channel names. Every group records the digest of
-the pixels written (``spora.content_digest``); histograms and tile rows record
-the digest of what they were computed from.
+the pixels written at each level (``spora.content_digests``); histograms, tile
+rows and predictions record the digest of the level they were computed from.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from spora_zarr.read.levels import open_level
 from spora_zarr.run import RunOptions
 from spora_zarr.sources.base import ArraySource
 from spora_zarr.standardize.standardizers import BatchStandardizer
-from spora_zarr.standardize.statistics import histogram_path, read_statistics
+from spora_zarr.standardize.statistics import compute_statistics, histogram_path, read_statistics
+from spora_zarr.store.location import Location
+from spora_zarr.store.staging import Staging
 from spora_zarr.testing.cohorts import make_synthetic_cohort
 from spora_zarr.tiling.tilers import best_mask_tiling_try_to_stop
 from spora_zarr.torch import TileDataset
@@ -74,16 +77,17 @@ def _replace(store: Path, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
 def test_the_digest_names_the_pixels(store: Path, tmp_path: Path) -> None:
     """Same pixels, same digest (a rewrite of one image gives its digest again); other pixels, another one."""
     cohort = open_cohort(store)
-    before = {t: cohort.group_metadata("imc", t).spora.content_digest for t in ("A", "B")}
+    before = {t: cohort.content_digest("imc", t, 1.0) for t in ("A", "B")}
     assert all(before.values()) and before["A"] != before["B"]
+    assert cohort.group_metadata("imc", "A").spora.content_digests.keys() == {"0_5mpp", "1_0mpp"}
     image = cohort.open_image("imc", "B", 1.0).values
     names = cohort.channel_names("imc", "B")
     metadata = {"PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0, "axes": "CYX", "Channel": {"Name": names}}
     tifffile.imwrite(tmp_path / "same.ome.tif", image, ome=True, metadata=metadata)
     assert main(["add-image", "--overwrite", str(store), str(tmp_path / "same.ome.tif"), "--modality", "imc", "--tissue", "B"]) == 0
-    assert open_cohort(store).group_metadata("imc", "B").spora.content_digest == before["B"]
+    assert open_cohort(store).content_digest("imc", "B", 1.0) == before["B"]
     _replace(store, tmp_path)
-    assert open_cohort(store).group_metadata("imc", "A").spora.content_digest not in (before["A"], None)
+    assert open_cohort(store).content_digest("imc", "A", 1.0) not in (before["A"], None)
 
 
 def test_results_of_replaced_groups_are_named_and_recomputed(store: Path, tmp_path: Path) -> None:
@@ -183,3 +187,76 @@ def test_training_reads_refuse_statistics_of_replaced_pixels(store: Path, tmp_pa
     _run(STANDARDIZE, store)
     again = MultiplexImagingDataset("t", store, 1.0, 32, standardization=SPEC, tiling_strategy="best")
     assert again.read_tile("A", 0, 0).dtype == torch.float32
+
+
+def test_a_new_resolution_keeps_the_results_of_the_others(store: Path, tmp_path: Path) -> None:
+    """add-image of another resolution (no --overwrite) changes no level's digest: nothing computed at 1.0 mpp is redone or named."""
+    model = tmp_path / "identity.pt"
+    torch.jit.script(torch.nn.Identity()).save(str(model))
+    options = PredictOptions(modality="imc", resolution=1.0, name="kept", tile_size=64, overlap=8)
+    assert predict_cohort(store, str(model), options, run=SERIAL).ok
+    before = open_cohort(store).group_metadata("imc", "A").spora.content_digests
+    cohort = open_cohort(store)
+    coarse = cohort.open_image("imc", "A", 1.0).values[:, ::2, ::2]
+    metadata = {"PhysicalSizeX": 2.0, "PhysicalSizeY": 2.0, "axes": "CYX", "Channel": {"Name": cohort.channel_names("imc", "A")}}
+    tifffile.imwrite(tmp_path / "coarse.ome.tif", coarse, ome=True, metadata=metadata)
+    assert main(["add-image", str(store), str(tmp_path / "coarse.ome.tif"), "--modality", "imc", "--tissue", "A"]) == 0
+    after = open_cohort(store).group_metadata("imc", "A").spora.content_digests
+    assert "2_0mpp" in after and {k: after[k] for k in before} == before
+    assert validate_store(store, deep=True) == []
+    report = predict_cohort(store, str(model), options, run=SERIAL)
+    assert report.ok and all(o.skipped for o in report.outcomes)
+    histograms = store / histogram_path("imc", 1.0, "A", within_mask=True)
+    kept = histograms.read_bytes()
+    _run(STANDARDIZE, store)
+    assert histograms.read_bytes() == kept
+
+
+def test_histograms_of_a_store_written_before_the_digests_are_kept(store: Path) -> None:
+    """Groups and histograms without digests (an older spora_zarr's) match: a rerun counts nothing again."""
+    for path in [*store.glob("imc/images/*/zarr.json"), *store.glob("segmentations/tissue_masks/*/zarr.json")]:
+        document = json.loads(path.read_text())
+        del document["attributes"]["spora"]["content_digests"]
+        path.write_text(json.dumps(document))
+    for path in store.glob("imc/1_0mpp/standardization/_histograms/within_mask/*.parquet"):
+        table = pq.read_table(path)
+        key = json.loads(table.schema.metadata[b"spora_histogram"])
+        del key["content_digests"]
+        pq.write_table(table.replace_schema_metadata({b"spora_histogram": json.dumps(key).encode()}), path)
+    report = compute_statistics(store, "imc", 1.0, [SPEC], within_mask=True, run=SERIAL)
+    assert report.ok and all(o.skipped for o in report.outcomes), report.summary()
+
+
+def test_a_reader_of_a_remote_store_is_not_reused_after_this_process_replaced_the_group() -> None:
+    """On a store without file stamps (memory://, S3), ``open_level`` after this process wrote a group again gives a new reader."""
+    store, names = "memory://stale-readers/cohort.zarr", ["a", "b"]
+    first = np.random.default_rng(1).integers(0, 9_000, (2, 40, 60), dtype=np.uint16)
+    write_image(store, "imc/images/A", {1.0: ArraySource(first)}, channel_names=names)
+    before = open_level(store, "imc/images/A/1_0mpp")
+    np.testing.assert_array_equal(before.read(0, 0, 40, 60), first)
+    other = np.random.default_rng(2).integers(0, 9_000, (2, 50, 70), dtype=np.uint16)
+    write_image(store, "imc/images/A", {1.0: ArraySource(other)}, channel_names=names, overwrite=True)
+    after = open_level(store, "imc/images/A/1_0mpp")
+    assert after.shape == other.shape
+    np.testing.assert_array_equal(after.read(0, 0, 50, 70), other)
+
+
+def test_a_prediction_with_other_standardization_is_not_kept(store: Path, tmp_path: Path) -> None:
+    model = tmp_path / "identity.pt"
+    torch.jit.script(torch.nn.Identity()).save(str(model))
+    plain = PredictOptions(modality="imc", resolution=1.0, name="std", tile_size=64, overlap=8)
+    assert predict_cohort(store, str(model), plain, tissues=["B"], run=SERIAL).ok
+    standardized = PredictOptions(modality="imc", resolution=1.0, name="std", tile_size=64, overlap=8, standardization=SPEC)
+    refused = predict_cohort(store, str(model), standardized, tissues=["B"], run=SERIAL)
+    assert f"predicted with standardization 'identity', not '{SPEC}': give --overwrite" in str(refused.failed[0].error)
+
+
+def test_the_digest_is_of_the_stored_values_whatever_the_source_byte_order() -> None:
+    pixels = np.random.default_rng(3).integers(0, 60_000, (2, 70, 90), dtype=np.uint16)
+    digests = []
+    for name, array in (("native", pixels), ("big", pixels.astype(">u2"))):
+        store = f"memory://byte-order/{name}.zarr"
+        write_image(store, "imc/images/A", {1.0: ArraySource(array)}, channel_names=["a", "b"])
+        attributes = Staging(Location.parse(store)).read_attributes("imc/images/A") or {}
+        digests.append(attributes["spora"]["content_digests"]["1_0mpp"])
+    assert digests[0] is not None and digests[0] == digests[1]

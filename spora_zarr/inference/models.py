@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +67,8 @@ def load_model(model: str | Model, device: str = "cpu") -> Model:
         loaded = _import(model)
     else:
         raise NotFoundError(f"model {model}: no such file (give a TorchScript file or module:callable)")
+    for older in [k for k in cache if k[:2] == key[:2]]:  # the same file saved before: not used again
+        del cache[older]
     cache[key] = _prepare(loaded, device)
     return cache[key]
 
@@ -89,12 +92,12 @@ def model_digest(model: str | Model) -> str | None:
 
 
 def _stamp(model: str) -> tuple[int, int] | None:
-    """A model file's modification time and size; ``None`` for a spec that is no file."""
+    """A model file's modification time and size; ``None`` for a spec that is no regular file."""
     try:
         status = os.stat(model)
     except (OSError, ValueError):
         return None
-    return (status.st_mtime_ns, status.st_size)
+    return (status.st_mtime_ns, status.st_size) if stat.S_ISREG(status.st_mode) else None
 
 
 def check_device(device: str) -> None:

@@ -22,10 +22,14 @@ failure summary, and resume (a tissue whose group is complete is skipped).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..access.resolution import Resolution, ResolutionLike, parse_resolution
 from ..errors import InvalidInputError, NotFoundError
@@ -151,7 +155,8 @@ def predict_tissue(
     location: Location = cohort.location
     modality = dataset.modality_dir()
     dataset.check_tissue(tissue_id)  # NotFoundError naming the tissue
-    digests = _input_digests(cohort, modality, tissue_id, min_tissue is not None)
+    digests = _input_digests(location, modality, tissue_id, dataset.resolution, min_tissue is not None)
+    digests["standardization_digest"] = _standardization_digest(dataset, tissue_id, o)
     if not overwrite and Staging(location).is_complete(path):
         _check_same_prediction(location, path, _prediction_record(model, modality, dataset.resolution, None, o, digests))
         return WriteResult(path, skipped=True)
@@ -257,16 +262,45 @@ def _prediction_record(
         "mode": o.mode,
         "min_tissue": o.min_tissue,
         "fill_value": o.fill_value,
+        "kind": o.kind,
+        "standardization": o.standardization if o.preprocess else None,
         **digests,
     }
 
 
-def _input_digests(cohort: Any, modality: str, tissue_id: str, with_mask: bool) -> dict[str, str | None]:
-    """The ``content_digest`` of the image predicted from, and of the tissue mask when ``--min-tissue`` reads it."""
-    digests = {"input_digest": cohort.group_metadata(modality, tissue_id).spora.content_digest}
+def _input_digests(location: Location, modality: str, tissue_id: str, resolution: Any, with_mask: bool) -> dict[str, str | None]:
+    """The content digests of the image level predicted from, and of the tissue mask's when ``--min-tissue`` reads it.
+
+    Read from the store now: a dataset opened earlier may hold the metadata of groups replaced since.
+    """
+    from ..store.metadata import SporaGroupAttributes
+    from ..store.staging import Staging
+
+    level = parse_resolution(resolution).name
+
+    def digest(path: str) -> str | None:
+        spora = (Staging(location).read_attributes(path) or {}).get("spora") or {}
+        return SporaGroupAttributes.from_dict(spora, where=location.join(path)).content_digests.get(level)
+
+    digests = {"input_digest": digest(image_group_path(modality, tissue_id))}
     if with_mask:
-        digests["mask_digest"] = cohort.mask_metadata("tissue_masks", tissue_id).spora.content_digest
+        digests["mask_digest"] = digest(label_group_path(MASK_KINDS[0], tissue_id))
     return digests
+
+
+def _standardization_digest(dataset: TissueSource, tissue_id: str, o: PredictTissueOptions) -> str | None:
+    """A digest of the statistics the input is standardized with for this tissue (``None`` where none are read).
+
+    A stats-backed standardizer also refuses statistics of pixels replaced since (its ``PixelsCheck``).
+    """
+    from ..standardize.standardizers import StatsBackedStandardizer
+
+    standardizer = dataset.preprocessor
+    if not o.preprocess or not isinstance(standardizer, StatsBackedStandardizer):
+        return None
+    parameters = standardizer.channel_parameters(tissue_id, dataset.channel_names(tissue_id, o.kind))
+    values = [np.asarray(p, dtype=np.float64).tolist() for p in parameters[:4]]
+    return hashlib.sha1(json.dumps([values, parameters[4]]).encode(), usedforsecurity=False).hexdigest()
 
 
 def _check_same_prediction(location: Location, path: str, wanted: dict[str, Any]) -> None:
@@ -287,7 +321,12 @@ def _check_same_prediction(location: Location, path: str, wanted: dict[str, Any]
         if not same:
             again = "give --overwrite to predict it again, or another --name"
             if key.endswith("_digest"):
-                what = {"input_digest": "an image", "mask_digest": "a tissue mask", "model_digest": "a model file"}[key]
+                what = {
+                    "input_digest": "an image",
+                    "mask_digest": "a tissue mask",
+                    "model_digest": "a model file",
+                    "standardization_digest": "standardization statistics",
+                }[key]
                 raise InvalidInputError(f"{location.join(path)}: predicted from {what} replaced since: {again}")
             raise InvalidInputError(f"{location.join(path)}: predicted with {key} {was!r}, not {value!r}: {again}")
 

@@ -232,6 +232,15 @@ class Cohort:
             raise NotFoundError(f"{self.location}: {what} tissue {tissue_id!r} has no resolution {name}; it has {', '.join(names)}")
         return f"{group}/{name}"
 
+    def content_digest(self, name: str, tissue_id: str, resolution: ResolutionLike) -> str | None:
+        """The digest of the pixels of a tissue's image (``name`` a modality) or mask (a mask kind) at ``resolution``.
+
+        As the writer recorded it (:mod:`spora_zarr.write.digest`); ``None`` for a group written without
+        digests. ``NotFoundError`` when there is no such group.
+        """
+        metadata = self._group_metadata(self.group_path(name, validate_tissue_id(tissue_id)), name, tissue_id)
+        return metadata.spora.content_digests.get(parse_resolution(resolution).name)
+
     def channel_names(self, modality: str, tissue_id: str) -> list[str]:
         """Channel labels of a tissue image, in stored order."""
         return self.group_metadata(modality, tissue_id).channel_names

@@ -1,7 +1,7 @@
 """Deep checks of a cohort store (``spora-zarr validate --deep``): every shard decodes, the tables and masks match the images.
 
 The tile and standardization tables must have been computed from the masks
-and images stored now: each records the ``content_digest`` of what it was
+and images stored now: each records the content digest of the level it was
 computed from (:mod:`spora_zarr.write.digest`); a table written before the
 digests were recorded is not checked.
 
@@ -126,7 +126,7 @@ def _channels_match_images(cohort: Cohort, rel: str, images: dict[str, set[str]]
 
 
 def _result_problems(cohort: Cohort) -> list[str]:
-    """Tile and standardization tables computed from a mask or an image replaced since (another ``content_digest``)."""
+    """Tile and standardization tables computed from a mask or an image level replaced since (another content digest)."""
     problems = []
     for rel in cohort.tables():
         if rel.startswith("tiling/") and rel.endswith("_tile_stats.parquet"):
@@ -136,22 +136,16 @@ def _result_problems(cohort: Cohort) -> list[str]:
     return problems
 
 
-def _digest_now(cohort: Cohort, name: str, tissue_id: str) -> str | None:
-    """The ``content_digest`` of a tissue's image (``name`` a modality) or mask (a mask kind); ``NotFoundError`` if none."""
-    digest = cohort.group_attributes(name, tissue_id).get("spora", {}).get("content_digest")
-    return digest if isinstance(digest, str) else None
-
-
 def _tiles_match_masks(cohort: Cohort, rel: str) -> list[str]:
     """Rows of a tile stats table whose tissue mask is not the one tiled (``mask_digest``)."""
     table = cohort.read_table(rel)
     if "mask_digest" not in table.column_names:
         return []  # written before the digests were recorded
     problems = []
-    tiled = zip(table.column("tissue_id").to_pylist(), table.column("mask_digest").to_pylist(), strict=True)
-    for tissue_id, digest in tiled:
+    columns = (table.column(name).to_pylist() for name in ("tissue_id", "resolution", "mask_digest"))
+    for tissue_id, resolution, digest in zip(*columns, strict=True):
         try:
-            now = _digest_now(cohort, MASK_KINDS[0], tissue_id)
+            now = cohort.content_digest(MASK_KINDS[0], tissue_id, resolution)
         except NotFoundError:
             problems.append(f"tissue {tissue_id!r} has no {MASK_KINDS[0]} mask")
             continue
@@ -164,8 +158,8 @@ def _statistics_match_images(cohort: Cohort, rel: str) -> list[str]:
     """Tissues of a standardization ``stats.parquet`` whose image (or mask) is not the one measured."""
     footer = cohort.read_table_metadata(rel).metadata or {}
     record = json.loads(footer.get(STANDARDIZATION_META_KEY, b"{}"))
-    modality, digests = record.get("modality"), record.get("content_digests")
-    if not isinstance(modality, str) or not isinstance(digests, dict):
+    modality, resolution, digests = record.get("modality"), record.get("resolution"), record.get("content_digests")
+    if not isinstance(modality, str) or not isinstance(resolution, str) or not isinstance(digests, dict):
         return []  # written before the digests were recorded
     problems = []
     for tissue_id, (image, mask) in digests.items():
@@ -173,7 +167,7 @@ def _statistics_match_images(cohort: Cohort, rel: str) -> list[str]:
             if name == MASK_KINDS[0] and not record.get("within_mask"):
                 continue
             try:
-                changed = digest != _digest_now(cohort, name, tissue_id)
+                changed = digest != cohort.content_digest(name, tissue_id, resolution)
             except NotFoundError:
                 problems.append(f"tissue {tissue_id!r} has no {name} group")
                 continue

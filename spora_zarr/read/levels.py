@@ -76,6 +76,7 @@ import numpy as np
 from .. import process
 from ..errors import InvalidInputError
 from ..store.location import Location
+from ..store.staging import replacements
 from .engines import REGISTRY, Engine, UnsupportedLayout, direct, tensorstore
 from .engines import zarr as zarr_engines
 
@@ -501,10 +502,12 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
         The same object for the same root, storage options, path and
         ``engine`` in this process while its :class:`ReaderCache` keeps it
         (the readers used last, :data:`MAX_OPEN_READERS` and
-        :data:`MAX_OPEN_READER_BYTES`), and, on a local store, while the
-        array's ``zarr.json`` is the same file (a group replaced since, by
-        ``add-image --overwrite`` say, gets a new reader; a remote one does
-        not). The engine handle opens on the first read.
+        :data:`MAX_OPEN_READER_BYTES`), while no group of the store was
+        replaced by this process (``add-image --overwrite``, say) and, on a
+        local store, while the array's ``zarr.json`` is the same file (another
+        process's replacement too). A remote array replaced by another process
+        is not noticed (a request per call would be). The engine handle opens
+        on the first read.
 
     Raises
     ------
@@ -516,7 +519,7 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
     """
     location = Location.parse(location)
     path = str(path).strip("/")
-    key = (location.root, _freeze(location.storage_options), path, engine, _array_stamp(location, path))
+    key = (location.root, _freeze(location.storage_options), path, engine, _array_stamp(location, path), replacements(location))
     with process.LOCK.get():
         readers = _READERS.get()
         reader = readers.get(key)

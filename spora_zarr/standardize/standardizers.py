@@ -271,7 +271,7 @@ class StatsBackedStandardizer(BaseStandardizer):
             within_mask, recorded = statistics_digests(Location.parse(store, storage_options), modality, resolution, parsed.name)
             if recorded:
                 table = stats_path(modality, resolution, parsed.name)
-                pixels = PixelsCheck(cohort, modality, within_mask, recorded, table, hint)
+                pixels = PixelsCheck(cohort, modality, parse_resolution(resolution).name, within_mask, recorded, table, hint)
         return kind(stats, parsed, source=hint, pixels=pixels)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -334,13 +334,15 @@ class StatsBackedStandardizer(BaseStandardizer):
 class PixelsCheck:
     """Whether a tissue's image (and mask) are those a statistics table was computed from, checked once a tissue.
 
-    ``recorded`` maps each tissue to the ``content_digest`` of its image and mask the table records
-    (:func:`~spora_zarr.standardize.statistics.statistics_digests`); the current ones come from
+    ``recorded`` maps each tissue to the content digests of its image and mask at ``resolution`` the table
+    records (:func:`~spora_zarr.standardize.statistics.statistics_digests`); the current ones come from
     ``cohort``'s group metadata (read already for the tissue's channel names).
     """
 
-    def __init__(self, cohort: Any, modality: str, within_mask: bool, recorded: dict[str, tuple[Any, Any]], table: str, hint: str) -> None:
-        self.cohort, self.modality, self.within_mask = cohort, modality, within_mask
+    def __init__(
+        self, cohort: Any, modality: str, resolution: str, within_mask: bool, recorded: dict[str, tuple[Any, Any]], table: str, hint: str
+    ) -> None:
+        self.cohort, self.modality, self.resolution, self.within_mask = cohort, modality, resolution, within_mask
         self.recorded, self.table, self.hint = recorded, table, hint
         self._checked: set[str] = set()
 
@@ -350,9 +352,9 @@ class PixelsCheck:
             return
         image, mask = self.recorded[tissue_id]
         changed = []
-        if image != self.cohort.group_metadata(self.modality, tissue_id).spora.content_digest:
+        if image != self.cohort.content_digest(self.modality, tissue_id, self.resolution):
             changed.append("image")
-        if self.within_mask and mask != self.cohort.mask_metadata(MASK_KINDS[0], tissue_id).spora.content_digest:
+        if self.within_mask and mask != self.cohort.content_digest(MASK_KINDS[0], tissue_id, self.resolution):
             changed.append("tissue mask")
         if changed:
             raise StoreError(

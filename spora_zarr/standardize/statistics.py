@@ -8,8 +8,9 @@ released) and every channel's value histogram is accumulated
 ``<modality>/<res>/standardization/_histograms/<all_pixels|within_mask>/<tissue>.parquet``
 (columns ``channel_name, value, count``). A tissue whose histogram table is
 already there for the same level (shape, dtype, channel names) and the same
-pixels (the image's and the mask's ``content_digest``, recorded with the
-histograms) is kept, so a run is resumable per tissue, a tissue whose image or
+pixels (the content digests of the image's and the mask's level, recorded
+with the histograms; a table written before they were recorded counts as
+matching a group written before) is kept, so a run is resumable per tissue, a tissue whose image or
 mask was replaced since is counted again, and a new spec or quantile level is
 derived from the histograms without reading pixels again.
 
@@ -117,7 +118,7 @@ class HistogramTask:
     mask_path: str | None
     channel_names: tuple[str, ...]
     digests: tuple[str | None, str | None] = (None, None)
-    """The ``content_digest`` of the image and of the mask (:mod:`spora_zarr.write.digest`)."""
+    """The content digests of the image's and the mask's level read (:mod:`spora_zarr.write.digest`)."""
 
 
 def _describe_level(location: Location, path: str) -> tuple[tuple[int, ...], np.dtype, tuple[int, int]]:
@@ -144,6 +145,11 @@ def _level_key(task: HistogramTask, shape: Sequence[int], dtype: np.dtype) -> di
     return key
 
 
+#: What a histogram written before the content digests were recorded holds for them: no digests, the same as a
+#: group written before them has, so such a group's histograms are kept.
+_BEFORE_DIGESTS = {"content_digests": [None, None]}
+
+
 def _stored_key(location: Location, path: str) -> dict[str, Any] | None:
     import pyarrow.parquet as pq
 
@@ -166,7 +172,7 @@ def histogram_work(
     key = _level_key(task, shape, dtype)
     if not overwrite and table_exists(location, task.path):
         stored = _stored_key(location, task.path)
-        if stored is not None and {k: stored.get(k) for k in key} == key:
+        if stored is not None and {k: stored.get(k, _BEFORE_DIGESTS.get(k)) for k in key} == key:
             return TaskOutcome(task.path, task.label, skipped=True)
     reader = open_level(location, task.level_path)
     mask_reader = open_level(location, task.mask_path) if task.mask_path else None
@@ -368,7 +374,7 @@ def compute_statistics(
             if tissue not in cohort.mask_tissues("tissue_masks"):
                 raise NotFoundError(f"{location}: within_mask=True needs a tissue mask of {tissue!r}; it has none")
             mask_path = cohort.mask_level_path("tissue_masks", tissue, name)
-            mask_digest = cohort.mask_metadata("tissue_masks", tissue).spora.content_digest
+            mask_digest = cohort.content_digest("tissue_masks", tissue, name)
         tasks.append(
             HistogramTask(
                 histogram_path(modality, name, tissue, within_mask),
@@ -377,7 +383,7 @@ def compute_statistics(
                 cohort.level_path(modality, tissue, name),
                 mask_path,
                 tuple(cohort.channel_names(modality, tissue)),
-                (cohort.group_metadata(modality, tissue).spora.content_digest, mask_digest),
+                (cohort.content_digest(modality, tissue, name), mask_digest),
             )
         )
     work = functools.partial(histogram_work, location=location, overwrite=overwrite, block=block)
@@ -395,11 +401,11 @@ def compute_statistics(
             log.warning(
                 "%s: %s NaN or infinite value(s) left out of the statistics (%s)", location.join(task.level_path), f"{total:,}", listed
             )
+    exact = all(h.exact for hs in histograms.values() for h in hs.values())
+    digests = {t.tissue_id: list(t.digests) for t in tasks}  # what validate --deep and the datasets check the groups against
     for spec in parsed:
         table = derive_statistics(histograms, spec)
-        exact = all(h.exact for hs in histograms.values() for h in hs.values())
-        digests = {t.tissue_id: list(t.digests) for t in tasks}  # what validate --deep checks the groups against
-        record = {"spec": spec.name, "modality": modality, "within_mask": within_mask, "tissues": ids, "exact": exact}
+        record = {"spec": spec.name, "modality": modality, "resolution": name, "within_mask": within_mask, "tissues": ids, "exact": exact}
         meta = json.dumps({**record, "content_digests": digests}).encode()
         write_table(location, stats_path(modality, name, spec.name), table.replace_schema_metadata({STANDARDIZATION_META_KEY: meta}))
         report.specs.append(spec.name)
@@ -424,8 +430,8 @@ def available_specs(
 
 
 def statistics_digests(location: Location, modality: str, resolution: ResolutionLike, spec: str) -> tuple[bool, dict[str, tuple[Any, Any]]]:
-    """Whether a spec's statistics counted within the mask, and each tissue's image and mask ``content_digest`` they
-    were computed from (none for a table written before the digests were recorded)."""
+    """Whether a spec's statistics counted within the mask, and the content digests of each tissue's image and mask
+    levels they were computed from (none for a table written before the digests were recorded)."""
     from ..store.tables import read_table_metadata
 
     footer = read_table_metadata(location, stats_path(modality, resolution, parse_spec(spec).name)).metadata or {}

@@ -182,8 +182,8 @@ def channels_per_tissue_table_path(modality: str) -> str:
     return f"{modality_dir(modality)}/channels_per_tissue.parquet"
 
 
-#: The key of a standardization ``stats.parquet``'s footer metadata: JSON naming its spec, modality, tissues and the
-#: ``content_digest`` of each tissue's image and mask it was computed from.
+#: The key of a standardization ``stats.parquet``'s footer metadata: JSON naming its spec, modality, resolution,
+#: tissues and the content digests of each tissue's image and mask levels it was computed from.
 STANDARDIZATION_META_KEY = b"spora_standardization"
 TISSUES_TABLE = "metadata/tissues.parquet"
 CELLS_TABLE = "metadata/cells.parquet"

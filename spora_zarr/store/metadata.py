@@ -298,8 +298,8 @@ class ChannelMetadata:
 class SporaGroupAttributes:
     """The ``spora`` attribute of an image or label group.
 
-    ``content_digest`` names the pixels the writer stored (:mod:`spora_zarr.write.digest`); groups written
-    before it was recorded have none.
+    ``content_digests`` names the pixels the writer stored at each level (:mod:`spora_zarr.write.digest`);
+    groups written before they were recorded have none.
     """
 
     format_version: str = FORMAT_VERSION
@@ -309,10 +309,10 @@ class SporaGroupAttributes:
     mask_kind: str | None = None
     channel_names: tuple[str, ...] = ()
     source_levels: tuple[str, ...] = ()
-    content_digest: str | None = None
+    content_digests: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("format_version", "kind", "tissue_id", "modality", "mask_kind", "channel_names", "source_levels", "content_digest")
+    _KNOWN = ("format_version", "kind", "tissue_id", "modality", "mask_kind", "channel_names", "source_levels", "content_digests")
 
     @classmethod
     def from_dict(cls, spora: Mapping[str, Any], *, where: str) -> SporaGroupAttributes:
@@ -326,7 +326,7 @@ class SporaGroupAttributes:
             mask_kind=spora.get("mask_kind"),
             channel_names=_strings(spora.get("channel_names", ()), where, "attribute spora.channel_names"),
             source_levels=_strings(spora.get("source_levels", ()), where, "attribute spora.source_levels"),
-            content_digest=_optional_string(spora.get("content_digest"), where, "attribute spora.content_digest"),
+            content_digests=_string_map(spora.get("content_digests", {}), where, "attribute spora.content_digests"),
             extra={k: v for k, v in spora.items() if k not in cls._KNOWN},
         )
 
@@ -339,7 +339,7 @@ class SporaGroupAttributes:
             "mask_kind": self.mask_kind,
             "channel_names": list(self.channel_names) if self.kind == "image" else None,
             "source_levels": list(self.source_levels),
-            "content_digest": self.content_digest,
+            "content_digests": dict(self.content_digests) or None,
         }
         return {**{k: v for k, v in values.items() if v is not None}, **self.extra}
 
@@ -599,10 +599,10 @@ def _strings(value: object, where: str, name: str) -> tuple[str, ...]:
     return tuple(map(str, value))
 
 
-def _optional_string(value: object, where: str, name: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise StoreError(f"{where}: {name} must be a string, got {_short(value)}")
-    return value
+def _string_map(value: object, where: str, name: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise StoreError(f"{where}: {name} must map level names to strings, got {_short(value)}")
+    return dict(value)
 
 
 def _short(value: object, limit: int = 120) -> str:

@@ -78,6 +78,14 @@ def group_attributes(location: Location, path: str, document: dict[str, Any] | S
     return attributes if document.get("node_type") == "group" and isinstance(attributes, dict) else None
 
 
+_REPLACEMENTS: dict[str, int] = {}  # store root -> groups this process replaced there (a forked child counts on)
+
+
+def replacements(location: Location) -> int:
+    """How many groups of the store this process has replaced: a reader of the store opened before is of an older one."""
+    return _REPLACEMENTS.get(location.root, 0)
+
+
 class Staging:
     """Temporary areas of one store and the promotion of finished work out of them."""
 
@@ -187,7 +195,8 @@ class Staging:
         """
         self.location.check_writable()
         target = self._target(path)
-        if self.fs.exists(target) and not self.written_by_spora(path):
+        replacing = self.fs.exists(target)
+        if replacing and not self.written_by_spora(path):
             raise StoreError(f"{target}: holds files spora_zarr did not write (no spora group there); not replacing them")
         for name in files:
             self._target(name)
@@ -196,6 +205,8 @@ class Staging:
             record["inodes"] = {path: os.stat(self.location.fs_path(area, path)).st_ino}
         self._write_bytes(self.location.fs_path(area, _COMMIT), json.dumps(record).encode())
         self._roll_forward(area, record)
+        if replacing:
+            _REPLACEMENTS[self.location.root] = _REPLACEMENTS.get(self.location.root, 0) + 1
 
     def _committed(self, area: str) -> dict[str, Any] | None:
         """The area's commit record, or ``None`` without a well-formed one (its paths must stay inside the store)."""

@@ -15,7 +15,7 @@ coordinates first, stats last.
 
 Resume: a tissue already in the final stats table with the same parameters,
 or with a complete part, is skipped, unless its mask was replaced since: each
-stats row records the ``content_digest`` of the mask it was tiled from
+stats row records the content digest of the mask level it was tiled from
 (``mask_digest``, :mod:`spora_zarr.write.digest`), and a tissue whose mask has
 another one now is tiled again. A run with other parameters than the
 existing tables' is refused unless ``overwrite`` (which recomputes every
@@ -139,7 +139,7 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
 
     options, location = task.options, task.location
     cohort = open_cohort(location)
-    digest = _mask_digest(cohort, task.tissue_id)
+    digest = cohort.content_digest(_MASK_KIND, task.tissue_id, options.resolution)
     if not task.overwrite and table_exists(location, task.path):
         part = _part_stats(location, task.path)
         if part is not None and part.get("mask_digest") == digest:
@@ -179,12 +179,6 @@ def _tile_tissue(task: TileTask, progress: ProgressCallback | None) -> TaskOutco
     row = {"tissue_id": task.tissue_id, **_stats_row(stats), **options.parameters(), "mask_digest": digest}
     write_table(location, task.path, _part_table(tiles, row))
     return TaskOutcome(task.path, task.label, bytes_read=read)
-
-
-def _mask_digest(cohort: Any, tissue_id: str) -> str | None:
-    """The ``content_digest`` of a tissue's mask (:mod:`spora_zarr.write.digest`); ``None`` for a mask written without one."""
-    digest = cohort.group_attributes(_MASK_KIND, tissue_id).get("spora", {}).get("content_digest")
-    return digest if isinstance(digest, str) else None
 
 
 def _band_rows(cohort: Any, level: str, height: int, width: int, itemsize: int) -> int:
@@ -343,7 +337,7 @@ def tile_cohort(
             kept_stats = None
         else:
             kept_coords = read_table(location, coords_path).to_pylist()
-    done = set() if overwrite else _unchanged(cohort, kept_stats or [])
+    done = set() if overwrite else _unchanged(cohort, kept_stats or [], options.resolution)
     parts = options.parts_dir()
     tasks = [TileTask(f"{parts}/{t}.parquet", t, t, location, options, overwrite) for t in wanted if t not in done]
     report = run_tasks(tasks, _tile_tissue, run or RunOptions(), noun="tissues")
@@ -375,13 +369,17 @@ def tile_cohort(
     return TilingReport(report, [coords_path, stats_path], len(rows_stats))
 
 
-def _unchanged(cohort: Any, rows: list[dict[str, Any]]) -> set[str]:
-    """Tissues of the kept ``rows`` whose mask is still the one they were tiled from (the same ``mask_digest``)."""
+def _unchanged(cohort: Any, rows: list[dict[str, Any]], resolution: Resolution) -> set[str]:
+    """Tissues of the kept ``rows`` whose mask level is still the one they were tiled from (the same ``mask_digest``)."""
     if not rows:
         return set()
     cohort.read_group_documents(_MASK_KIND)
     present = set(cohort.mask_tissues(_MASK_KIND))
-    return {r["tissue_id"] for r in rows if r["tissue_id"] in present and r.get("mask_digest") == _mask_digest(cohort, r["tissue_id"])}
+    return {
+        r["tissue_id"]
+        for r in rows
+        if r["tissue_id"] in present and r.get("mask_digest") == cohort.content_digest(_MASK_KIND, r["tissue_id"], resolution)
+    }
 
 
 def _differing_parameters(rows: list[dict[str, Any]], wanted: dict[str, Any]) -> str:

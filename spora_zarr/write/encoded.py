@@ -97,7 +97,7 @@ def write_encoded(
             return
         parts.append(index_bytes(index.reshape(-1, 2)))
         if digest is not None:
-            digest.add(level.name, (sy, sx), *parts)
+            digest.add(level.name, (0, sy * per_shard * tile_h, sx * per_shard * tile_w), *parts)
         key = array.metadata.encode_chunk_key((0, sy, sx))
         if directory is not None:
             write_shard_file(os.path.join(directory, *key.split("/")), parts)

@@ -155,7 +155,7 @@ def write_image(
             "channel_names": names,
             "source_levels": [lv.name for lv in levels if lv.from_source],
             **(spora or {}),
-            "content_digest": streamer.content_digest(),
+            "content_digests": streamer.content_digests(),
         }
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         return image_metadata(
@@ -204,7 +204,7 @@ def write_labels(
             "kind": "label",
             "source_levels": [lv.name for lv in levels if lv.from_source],
             **(spora or {}),
-            "content_digest": streamer.content_digest(),
+            "content_digests": streamer.content_digests(),
         }
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         source = _label_source(Location.parse(location), path, source_image, levels)
@@ -463,9 +463,10 @@ class _Streamer:
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def content_digest(self) -> str:
-        """The digest of every block stored (:mod:`.digest`), once the run is over."""
-        return self.digest.hexdigest([array.shape for array in self.arrays], str(self.arrays[0].dtype))
+    def content_digests(self) -> dict[str, str]:
+        """Each level's digest of the blocks stored (:mod:`.digest`), once the run is over."""
+        shapes = {level.name: array.shape for level, array in zip(self.levels, self.arrays, strict=True)}
+        return self.digest.hexdigests(shapes, str(self.arrays[0].dtype))
 
     def sample(self) -> np.ndarray:
         """A strided sample of the top level (of at most 16 planes of a stack), ``(C, N)``, for contrast windows."""
@@ -522,7 +523,8 @@ class _Streamer:
         Its checksum goes into the group's digest at ``position`` (plane, y, x).
         """
         try:
-            self.digest.add(self.levels[index].name, position, block)
+            stored = self.arrays[index].dtype  # a big-endian source's block is checksummed as stored
+            self.digest.add(self.levels[index].name, position, block if block.dtype == stored else block.astype(stored))
             writer = self.shard_writers[index]
             if writer is None or not writer.write(region, block):
                 self.arrays[index][region] = block
