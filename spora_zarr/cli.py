@@ -273,7 +273,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default %(default)s)")
     predict.add_argument("--channel-names", help="comma-separated names of the output channels (images)")
     predict.add_argument("--kind", default="complete", help="channel kind of multiplex input (complete, qc_filtered, uniprot_filtered)")
-    predict.add_argument("--standardization", default="identity", help="standardization spec of multiplex input (default %(default)s)")
+    predict.add_argument(
+        "--standardization",
+        default="identity",
+        help="standardization spec of multiplex input (default %(default)s); H&E and IHC: imagenet (default) or hibou",
+    )
     predict.add_argument("--min-tissue", type=float, help="skip tiles whose tissue-mask fraction is below this; they get --fill-value")
     predict.add_argument("--fill-value", type=float, default=0.0, help="value of pixels of skipped tiles (default %(default)s)")
     tissue_option(predict, "tissue id to predict (repeatable; default: every tissue of the modality)", repeat=True)

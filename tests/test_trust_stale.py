@@ -21,7 +21,7 @@ import torch
 from spora_zarr import ConvertOptions, convert_cohort, open_cohort, validate_store
 from spora_zarr.cli import main
 from spora_zarr.datasets import MultiplexImagingDataset
-from spora_zarr.errors import StoreError
+from spora_zarr.errors import InvalidInputError, StoreError
 from spora_zarr.inference.predict import PredictOptions, predict_cohort
 from spora_zarr.read.levels import open_level
 from spora_zarr.run import RunOptions
@@ -200,7 +200,20 @@ def test_a_new_resolution_keeps_the_results_of_the_others(store: Path, tmp_path:
     coarse = cohort.open_image("imc", "A", 1.0).values[:, ::2, ::2]
     metadata = {"PhysicalSizeX": 2.0, "PhysicalSizeY": 2.0, "axes": "CYX", "Channel": {"Name": cohort.channel_names("imc", "A")}}
     tifffile.imwrite(tmp_path / "coarse.ome.tif", coarse, ome=True, metadata=metadata)
-    assert main(["add-image", str(store), str(tmp_path / "coarse.ome.tif"), "--modality", "imc", "--tissue", "A"]) == 0
+    argv = [
+        "add-image",
+        str(store),
+        str(tmp_path / "coarse.ome.tif"),
+        "--modality",
+        "imc",
+        "--tissue",
+        "A",
+        "--chunk",
+        "64",
+        "--shard",
+        "128",
+    ]
+    assert main(argv) == 0  # another layout: the kept levels are written again, in other blocks
     after = open_cohort(store).group_metadata("imc", "A").spora.content_digests
     assert "2_0mpp" in after and {k: after[k] for k in before} == before
     assert validate_store(store, deep=True) == []
@@ -225,6 +238,15 @@ def test_histograms_of_a_store_written_before_the_digests_are_kept(store: Path) 
         pq.write_table(table.replace_schema_metadata({b"spora_histogram": json.dumps(key).encode()}), path)
     report = compute_statistics(store, "imc", 1.0, [SPEC], within_mask=True, run=SERIAL)
     assert report.ok and all(o.skipped for o in report.outcomes), report.summary()
+    # a resolution added to such a group leaves its other levels without digests: what was computed from them is kept
+    cohort = open_cohort(store)
+    coarse = cohort.open_image("imc", "A", 1.0).values[:, ::2, ::2]
+    metadata = {"PhysicalSizeX": 2.0, "PhysicalSizeY": 2.0, "axes": "CYX", "Channel": {"Name": cohort.channel_names("imc", "A")}}
+    tifffile.imwrite(store.parent / "coarse.ome.tif", coarse, ome=True, metadata=metadata)
+    assert main(["add-image", str(store), str(store.parent / "coarse.ome.tif"), "--modality", "imc", "--tissue", "A"]) == 0
+    assert set(open_cohort(store).group_metadata("imc", "A").spora.content_digests) == {"2_0mpp"}
+    again = compute_statistics(store, "imc", 1.0, [SPEC], within_mask=True, run=SERIAL)
+    assert all(o.skipped for o in again.outcomes), again.summary()
 
 
 def test_a_reader_of_a_remote_store_is_not_reused_after_this_process_replaced_the_group() -> None:
@@ -260,3 +282,28 @@ def test_the_digest_is_of_the_stored_values_whatever_the_source_byte_order() -> 
         attributes = Staging(Location.parse(store)).read_attributes("imc/images/A") or {}
         digests.append(attributes["spora"]["content_digests"]["1_0mpp"])
     assert digests[0] is not None and digests[0] == digests[1]
+
+
+def test_a_dataset_refuses_to_read_an_image_written_again_since_it_was_opened(store: Path, tmp_path: Path) -> None:
+    """Its shape, channels, tiles and statistics are of the old image: reading the new one through it is an error, not a crop."""
+    dataset = MultiplexImagingDataset("t", store, 1.0, 32, tiling_strategy="best")
+    assert dataset.read_tile("A", 0, 0).shape[-2:] == (32, 32)
+    _replace(store, tmp_path)
+    with pytest.raises(StoreError, match=r"imc/images/A/1_0mpp: written again since this reader was opened; open the dataset"):
+        dataset.read_tile("A", 0, 0)
+    assert dataset.read_tile("B", 0, 0).shape[-2:] == (32, 32)  # B was not written again
+    reopened = MultiplexImagingDataset("t", store, 1.0, 32, tiling_strategy="best")
+    assert reopened.read_tile("A", 0, 0).shape[-2:] == (32, 32)
+
+
+def test_an_he_prediction_records_the_normalisation_it_applied(store: Path, tmp_path: Path) -> None:
+    model = tmp_path / "identity.pt"
+    torch.jit.script(torch.nn.Identity()).save(str(model))
+    hibou = PredictOptions(modality="he", resolution=1.0, name="he_out", tile_size=64, overlap=8, standardization="hibou")
+    assert predict_cohort(store, str(model), hibou, tissues=["B"], run=SERIAL).ok
+    default = PredictOptions(modality="he", resolution=1.0, name="he_out", tile_size=64, overlap=8)
+    refused = predict_cohort(store, str(model), default, tissues=["B"], run=SERIAL)
+    assert "predicted with standardization 'hibou', not 'imagenet': give --overwrite" in str(refused.failed[0].error)
+    multiplex = PredictOptions(modality="he", resolution=1.0, name="he_out", tile_size=64, overlap=8, standardization=SPEC)
+    with pytest.raises(InvalidInputError, match=f"standardization '{re.escape(SPEC)}' is for multiplex input; he input is normalised"):
+        predict_cohort(store, str(model), multiplex, tissues=["B"], run=SERIAL)

@@ -166,11 +166,18 @@ def _add_image(
     if existing is not None and level in existing.spora.source_levels and not overwrite:
         return WriteResult(target, skipped=True)
     sources = dict(levels)
+    kept_digests: dict[str, str | None] = {}
     if existing is not None:
         group = zarr.open_group(dst.zarr_store(read_only=True), path=target, mode="r")
         for kept in existing.spora.source_levels:
             if parse_resolution(kept).mpp not in sources:
                 sources[parse_resolution(kept).mpp] = _stored_level(dst, f"{target}/{kept}", group[kept])
+                kept_digests[kept] = existing.spora.content_digests.get(kept)
+        coarsest = max(parse_resolution(kept).mpp for kept in existing.spora.source_levels) if existing.spora.source_levels else 0.0
+        if max(levels) < coarsest:  # the levels computed from the coarsest source level are computed from the same pixels
+            for computed in existing.level_names:
+                if computed not in existing.spora.source_levels and parse_resolution(computed).mpp > coarsest:
+                    kept_digests[computed] = existing.spora.content_digests.get(computed)
     files = {rel: table_bytes(table) for rel, table in tables.items()}
     files.update(staged_root_document(dst, modalities={modality: [parse_resolution(mpp).name for mpp in sources]}))
     return write_image(
@@ -186,6 +193,7 @@ def _add_image(
         files=files,
         keep_encoded=keep_encoded,
         z_mpp=info.z_mpp,
+        kept_digests=kept_digests,
     )
 
 

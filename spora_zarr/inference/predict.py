@@ -95,10 +95,23 @@ def make_dataset(
     standardization: str = "identity",
     storage_options: dict[str, Any] | None = None,
 ) -> BaseImagingDataset:
-    """The dataset of ``modality``: ``he`` (H&E), ``ihc/ihc_<marker>``, or a multiplex modality (any other, predictions too)."""
+    """The dataset of ``modality``: ``he`` (H&E), ``ihc/ihc_<marker>``, or a multiplex modality (any other, predictions too).
+
+    H&E and IHC input is normalised by a mean/std preset: ``standardization`` ``imagenet`` (also the default,
+    ``identity``) or ``hibou``; a multiplex spec is refused for them.
+    """
     from ..datasets import HEImagingDataset, MultiplexImagingDataset, SingleIHCImagingDataset
+    from ..standardize.specs import IDENTITY
+    from ..standardize.standardizers import MEAN_STD
 
     kwargs: dict[str, Any] = {"verbose": False, "storage_options": storage_options}
+    if modality == "he" or modality.startswith(f"ihc/{IHC_PREFIX}"):
+        if standardization not in (IDENTITY, *MEAN_STD):
+            raise InvalidInputError(
+                f"standardization {standardization!r} is for multiplex input; {modality} input is normalised by a mean/std "
+                f"preset: {', '.join(MEAN_STD)} (default imagenet)"
+            )
+        kwargs["mean_std_type"] = "imagenet" if standardization == IDENTITY else standardization
     if modality == "he":
         return HEImagingDataset("predict", store, resolution, tile_size, **kwargs)
     if modality.startswith(f"ihc/{IHC_PREFIX}"):
@@ -155,10 +168,12 @@ def predict_tissue(
     location: Location = cohort.location
     modality = dataset.modality_dir()
     dataset.check_tissue(tissue_id)  # NotFoundError naming the tissue
-    digests = _input_digests(location, modality, tissue_id, dataset.resolution, min_tissue is not None)
-    digests["standardization_digest"] = _standardization_digest(dataset, tissue_id, o)
+    provenance = {
+        **_input_digests(location, modality, tissue_id, dataset.resolution, min_tissue is not None),
+        **_preprocessing(dataset, tissue_id, o),
+    }
     if not overwrite and Staging(location).is_complete(path):
-        _check_same_prediction(location, path, _prediction_record(model, modality, dataset.resolution, None, o, digests))
+        _check_same_prediction(location, path, _prediction_record(model, modality, dataset.resolution, None, o, provenance))
         return WriteResult(path, skipped=True)
     loaded = load_model(model, o.device)
     where = f"model {model_label(model)}, tissue {tissue_id!r}"
@@ -195,7 +210,7 @@ def predict_tissue(
             raise InvalidInputError(f"{where}: the model gives {source.shape[0]} channels but {len(names)} channel names were given")
     spora = {
         "tissue_id": tissue_id,
-        "prediction": _prediction_record(model, modality, dataset.resolution, source.tile_size, o, digests),
+        "prediction": _prediction_record(model, modality, dataset.resolution, source.tile_size, o, provenance),
     }
     if labels:
         spora["mask_kind"] = output
@@ -249,9 +264,12 @@ def record_predictions(location: Location, name: str, *, labels: bool = False) -
 
 
 def _prediction_record(
-    model: str | Model, modality: str, resolution: Any, tile_size: int | None, o: PredictTissueOptions, digests: dict[str, str | None]
+    model: str | Model, modality: str, resolution: Any, tile_size: int | None, o: PredictTissueOptions, provenance: dict[str, Any]
 ) -> dict[str, Any]:
-    """How a prediction group was made, as its ``spora.prediction`` attributes record it (``digests``: :func:`_input_digests`)."""
+    """How a prediction group was made, as its ``spora.prediction`` attributes record it.
+
+    ``provenance``: the digests of the levels read (:func:`_input_digests`) and the preprocessing applied (:func:`_preprocessing`).
+    """
     return {
         "model": model_label(model),
         "model_digest": model_digest(model),
@@ -262,9 +280,7 @@ def _prediction_record(
         "mode": o.mode,
         "min_tissue": o.min_tissue,
         "fill_value": o.fill_value,
-        "kind": o.kind,
-        "standardization": o.standardization if o.preprocess else None,
-        **digests,
+        **provenance,
     }
 
 
@@ -288,19 +304,23 @@ def _input_digests(location: Location, modality: str, tissue_id: str, resolution
     return digests
 
 
-def _standardization_digest(dataset: TissueSource, tissue_id: str, o: PredictTissueOptions) -> str | None:
-    """A digest of the statistics the input is standardized with for this tissue (``None`` where none are read).
-
-    A stats-backed standardizer also refuses statistics of pixels replaced since (its ``PixelsCheck``).
-    """
+def _preprocessing(dataset: TissueSource, tissue_id: str, o: PredictTissueOptions) -> dict[str, Any]:
+    """What the dataset does to the input before the model: the channel kind (multiplex input), the standardization it
+    applies (its spec, or a callable's name; ``None`` without ``preprocess``) and a digest of the statistics it reads
+    for this tissue (a stats-backed one; it also refuses statistics of pixels replaced since, its ``PixelsCheck``)."""
     from ..standardize.standardizers import StatsBackedStandardizer
 
-    standardizer = dataset.preprocessor
-    if not o.preprocess or not isinstance(standardizer, StatsBackedStandardizer):
-        return None
-    parameters = standardizer.channel_parameters(tissue_id, dataset.channel_names(tissue_id, o.kind))
-    values = [np.asarray(p, dtype=np.float64).tolist() for p in parameters[:4]]
-    return hashlib.sha1(json.dumps([values, parameters[4]]).encode(), usedforsecurity=False).hexdigest()
+    hook = dataset.preprocessor if o.preprocess else None
+    digest = None
+    if isinstance(hook, StatsBackedStandardizer):
+        parameters = hook.channel_parameters(tissue_id, dataset.channel_names(tissue_id, o.kind))
+        values = [np.asarray(p, dtype=np.float64).tolist() for p in parameters[:4]]
+        digest = hashlib.sha1(json.dumps([values, parameters[4]]).encode(), usedforsecurity=False).hexdigest()
+    return {
+        "kind": o.kind if getattr(dataset, "multiplex", True) else None,
+        "standardization": None if hook is None else getattr(hook, "spec", None) or getattr(hook, "__qualname__", type(hook).__name__),
+        "standardization_digest": digest,
+    }
 
 
 def _check_same_prediction(location: Location, path: str, wanted: dict[str, Any]) -> None:

@@ -26,7 +26,6 @@ values are fill values).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import posixpath
@@ -40,6 +39,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from ..errors import NotFoundError, SporaZarrError, StoreError
 from ..store.layout import MASK_KINDS, STANDARDIZATION_META_KEY, TISSUES_TABLE
 from ..store.location import Location, open_local_file
+from ..store.tables import standardization_digests, table_record
 from .cohort import Cohort
 from .engines import REGISTRY, Engine, UnsupportedLayout
 from .engines.shards import MISSING, index_at_end, shard_table
@@ -156,10 +156,9 @@ def _tiles_match_masks(cohort: Cohort, rel: str) -> list[str]:
 
 def _statistics_match_images(cohort: Cohort, rel: str) -> list[str]:
     """Tissues of a standardization ``stats.parquet`` whose image (or mask) is not the one measured."""
-    footer = cohort.read_table_metadata(rel).metadata or {}
-    record = json.loads(footer.get(STANDARDIZATION_META_KEY, b"{}"))
-    modality, resolution, digests = record.get("modality"), record.get("resolution"), record.get("content_digests")
-    if not isinstance(modality, str) or not isinstance(resolution, str) or not isinstance(digests, dict):
+    record = table_record(cohort.location, rel, STANDARDIZATION_META_KEY)
+    modality, resolution, digests = record.get("modality"), str(record.get("resolution")), standardization_digests(record)
+    if not isinstance(modality, str) or not digests:
         return []  # written before the digests were recorded
     problems = []
     for tissue_id, (image, mask) in digests.items():

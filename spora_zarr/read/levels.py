@@ -74,7 +74,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .. import process
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, StoreError
 from ..store.location import Location
 from ..store.staging import replacements
 from .engines import REGISTRY, Engine, UnsupportedLayout, direct, tensorstore
@@ -371,11 +371,16 @@ class WindowReader:
     requested : str, optional
         The engine asked of :func:`open_level`, which a reopen (in a forked
         child, or when unpickled) asks for again.
+
+    A reader of a local array refuses to read once the array has been written again (its ``zarr.json`` is
+    another file: ``add-image --overwrite``, a new conversion), with a ``StoreError`` asking to open it
+    again: what was opened with it (its shape, a dataset's channels, tiles and statistics) is of the old one.
     """
 
     def __init__(
         self, engine: Engine, location: Location, path: str, shape: tuple[int, ...], dtype: np.dtype, requested: str | None = None
     ) -> None:
+        self._stamp = _array_stamp(location, path)
         self.location = location
         self.path = path
         self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
@@ -406,6 +411,8 @@ class WindowReader:
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None, *, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Read one window; see :meth:`LevelReader.read`."""
+        if self._stamp is not None and _array_stamp(self.location, self.path) != self._stamp:
+            raise StoreError(f"{self._where}: written again since this reader was opened; open the dataset (or the level) again")
         if os.getpid() != self._pid:  # carried into a forked child: use that process's reader
             return open_level(self.location, self.path, engine=self._requested).read(y0, x0, height, width, channels, out=out)
         index, take = self._selection(y0, x0, height, width, channels)

@@ -265,13 +265,12 @@ class StatsBackedStandardizer(BaseStandardizer):
         parsed = parse_spec(spec)
         stats = read_statistics(store, modality, resolution, parsed.name, storage_options)
         kind = QuantileClippingLog1PStandardizer if parsed.log1p else QuantileClippingStandardizer
-        hint = command_hint(store, modality, resolution, parsed.name)
+        within_mask, recorded = statistics_digests(Location.parse(store, storage_options), modality, resolution, parsed.name)
+        hint = command_hint(store, modality, resolution, parsed.name, within_mask=within_mask)
         pixels = None
-        if cohort is not None:
-            within_mask, recorded = statistics_digests(Location.parse(store, storage_options), modality, resolution, parsed.name)
-            if recorded:
-                table = stats_path(modality, resolution, parsed.name)
-                pixels = PixelsCheck(cohort, modality, parse_resolution(resolution).name, within_mask, recorded, table, hint)
+        if cohort is not None and recorded:
+            table = stats_path(modality, resolution, parsed.name)
+            pixels = PixelsCheck(cohort, modality, parse_resolution(resolution).name, within_mask, recorded, table, hint)
         return kind(stats, parsed, source=hint, pixels=pixels)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -101,9 +101,17 @@ def stats_path(modality: str, resolution: ResolutionLike, spec: str) -> str:
     return f"{standardization_dir(modality, resolution, spec)}/{STATS_FILE}"
 
 
-def command_hint(location: Location | str, modality: str, resolution: ResolutionLike, spec: str = "quantile_clipping/uq_0.99_image") -> str:
-    """The command line that computes ``spec``'s statistics."""
-    return f"spora-zarr standardize {location} --modality {modality} --resolution {parse_resolution(resolution).name} --spec {spec}"
+def command_hint(
+    location: Location | str,
+    modality: str,
+    resolution: ResolutionLike,
+    spec: str = "quantile_clipping/uq_0.99_image",
+    *,
+    within_mask: bool = False,
+) -> str:
+    """The command line that computes ``spec``'s statistics (``within_mask``: as a table counted within the mask was)."""
+    mask = " --within-mask" if within_mask else ""
+    return f"spora-zarr standardize {location} --modality {modality} --resolution {parse_resolution(resolution).name} --spec {spec}{mask}"
 
 
 # -- one tissue: the streaming pass --------------------------------------------------
@@ -432,14 +440,10 @@ def available_specs(
 def statistics_digests(location: Location, modality: str, resolution: ResolutionLike, spec: str) -> tuple[bool, dict[str, tuple[Any, Any]]]:
     """Whether a spec's statistics counted within the mask, and the content digests of each tissue's image and mask
     levels they were computed from (none for a table written before the digests were recorded)."""
-    from ..store.tables import read_table_metadata
+    from ..store.tables import standardization_digests, table_record
 
-    footer = read_table_metadata(location, stats_path(modality, resolution, parse_spec(spec).name)).metadata or {}
-    record = json.loads(footer.get(STANDARDIZATION_META_KEY, b"{}"))
-    digests = record.get("content_digests") if isinstance(record, dict) else None
-    if not isinstance(digests, dict):
-        return False, {}
-    return bool(record.get("within_mask")), {str(t): (d[0], d[1]) for t, d in digests.items() if isinstance(d, list) and len(d) == 2}
+    record = table_record(location, stats_path(modality, resolution, parse_spec(spec).name), STANDARDIZATION_META_KEY)
+    return bool(record.get("within_mask")), standardization_digests(record)
 
 
 def read_statistics(

@@ -10,6 +10,7 @@ tables that ``add-image`` and ``stitch`` extend are staged with their image
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -79,6 +80,29 @@ def _read_parquet(location: Location, path: str, read: Callable[[pq.ParquetFile]
             return read(pq.ParquetFile(handle))
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise StoreError(f"{location.join(path)}: unreadable parquet table ({reason(exc)})") from None
+
+
+def table_record(location: Location, path: str, key: bytes) -> dict[str, Any]:
+    """The JSON object a table's footer keeps under ``key`` (empty without one); ``StoreError`` naming the table when malformed."""
+    footer = read_table_metadata(location, path).metadata or {}
+    if key not in footer:
+        return {}
+    try:
+        record = json.loads(footer[key])
+    except ValueError as exc:
+        raise StoreError(f"{location.join(path)}: its {key.decode()} metadata is not JSON ({reason(exc)})") from None
+    if not isinstance(record, dict):
+        raise StoreError(f"{location.join(path)}: its {key.decode()} metadata is not a JSON object")
+    return record
+
+
+def standardization_digests(record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{tissue: (image digest, mask digest)}`` of a ``stats.parquet``'s footer record (:data:`STANDARDIZATION_META_KEY`);
+    empty where it names no resolution (a table written before the digests were recorded)."""
+    digests = record.get("content_digests")
+    if not isinstance(digests, dict) or not isinstance(record.get("resolution"), str):
+        return {}
+    return {str(t): (d[0], d[1]) for t, d in digests.items() if isinstance(d, list) and len(d) == 2}
 
 
 def write_table(location: Location, path: str, table: pa.Table) -> None:

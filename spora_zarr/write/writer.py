@@ -128,6 +128,7 @@ def write_image(
     z_mpp: float | None = None,
     keep_encoded: bool = False,
     files: Mapping[str, bytes] | None = None,
+    kept_digests: Mapping[str, str | None] | None = None,
 ) -> WriteResult:
     """Write an image given its sources per resolution (mpp -> ``(C, H, W)`` source) as a multiscale group.
 
@@ -141,6 +142,10 @@ def write_image(
     them as its chunks (``imagecodecs_jpeg``, ``docs/store_layout.md``).
     ``files`` (store path -> bytes: the tables and root document that list the
     image) are staged with the group and promoted with it in one step.
+    ``kept_digests`` (level name -> digest, ``None``: none recorded) are the
+    levels the caller copies unchanged from the group it replaces: they keep
+    that group's content digests (:mod:`.digest`) whatever this write's layout,
+    so what was computed from them stays valid.
     """
     shape = _first(sources).shape
     z_scale = _z_scale(sources, z_mpp)
@@ -155,7 +160,7 @@ def write_image(
             "channel_names": names,
             "source_levels": [lv.name for lv in levels if lv.from_source],
             **(spora or {}),
-            "content_digests": streamer.content_digests(),
+            "content_digests": streamer.content_digests(kept_digests or {}),
         }
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         return image_metadata(
@@ -204,7 +209,7 @@ def write_labels(
             "kind": "label",
             "source_levels": [lv.name for lv in levels if lv.from_source],
             **(spora or {}),
-            "content_digests": streamer.content_digests(),
+            "content_digests": streamer.content_digests({}),
         }
         attributes = SporaGroupAttributes.from_dict(extra, where=path)
         source = _label_source(Location.parse(location), path, source_image, levels)
@@ -463,10 +468,18 @@ class _Streamer:
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def content_digests(self) -> dict[str, str]:
-        """Each level's digest of the blocks stored (:mod:`.digest`), once the run is over."""
+    def content_digests(self, kept: Mapping[str, str | None]) -> dict[str, str]:
+        """Each level's digest of the blocks stored (:mod:`.digest`), once the run is over; a level in ``kept`` (copied
+        unchanged from the group replaced) keeps the digest recorded there, or none."""
         shapes = {level.name: array.shape for level, array in zip(self.levels, self.arrays, strict=True)}
-        return self.digest.hexdigests(shapes, str(self.arrays[0].dtype))
+        digests = self.digest.hexdigests(shapes, str(self.arrays[0].dtype))
+        for level, digest in kept.items():
+            if level in digests:
+                if digest is None:
+                    del digests[level]
+                else:
+                    digests[level] = digest
+        return digests
 
     def sample(self) -> np.ndarray:
         """A strided sample of the top level (of at most 16 planes of a stack), ``(C, N)``, for contrast windows."""
