@@ -337,13 +337,18 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _array_stamp(location: Location, path: str) -> tuple[int, int] | None:
-    """A local array's ``zarr.json`` inode and change time: an array written again (a group replaced) is another
-    reader's. ``None`` remotely, and where there is no document (opening it says so)."""
-    if not location.is_local:
+def _array_document(location: Location, path: str) -> str | None:
+    """The file of a local array's ``zarr.json`` (``None`` remotely): its :func:`_stamp` tells an array written again."""
+    return os.path.join(location.fs_path(path), "zarr.json") if location.is_local else None
+
+
+def _stamp(document: str | None) -> tuple[int, int] | None:
+    """A file's inode and change time: an array written again (a group replaced) has another ``zarr.json``.
+    ``None`` for no file (remotely, or none there: opening the array says so)."""
+    if document is None:
         return None
     try:
-        status = os.stat(os.path.join(location.fs_path(path), "zarr.json"))
+        status = os.stat(document)
     except OSError:
         return None
     return (status.st_ino, status.st_ctime_ns)
@@ -380,7 +385,8 @@ class WindowReader:
     def __init__(
         self, engine: Engine, location: Location, path: str, shape: tuple[int, ...], dtype: np.dtype, requested: str | None = None
     ) -> None:
-        self._stamp = _array_stamp(location, path)
+        self._document = _array_document(location, path)
+        self._stamp = _stamp(self._document)
         self.location = location
         self.path = path
         self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
@@ -411,7 +417,7 @@ class WindowReader:
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None, *, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Read one window; see :meth:`LevelReader.read`."""
-        if self._stamp is not None and _array_stamp(self.location, self.path) != self._stamp:
+        if self._stamp is not None and _stamp(self._document) != self._stamp:
             raise StoreError(f"{self._where}: written again since this reader was opened; open the dataset (or the level) again")
         if os.getpid() != self._pid:  # carried into a forked child: use that process's reader
             return open_level(self.location, self.path, engine=self._requested).read(y0, x0, height, width, channels, out=out)
@@ -526,7 +532,7 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
     """
     location = Location.parse(location)
     path = str(path).strip("/")
-    key = (location.root, _freeze(location.storage_options), path, engine, _array_stamp(location, path), replacements(location))
+    key = (location.root, _freeze(location.storage_options), path, engine, _stamp(_array_document(location, path)), replacements(location))
     with process.LOCK.get():
         readers = _READERS.get()
         reader = readers.get(key)
