@@ -18,7 +18,7 @@ import pytest
 import tifffile
 import torch
 
-from spora_zarr import ConvertOptions, convert_cohort, open_cohort, validate_store
+from spora_zarr import ConvertOptions, WriteOptions, add_image, convert_cohort, open_cohort, validate_store
 from spora_zarr.cli import main
 from spora_zarr.datasets import MultiplexImagingDataset
 from spora_zarr.errors import InvalidInputError, StoreError
@@ -307,3 +307,27 @@ def test_an_he_prediction_records_the_normalisation_it_applied(store: Path, tmp_
     multiplex = PredictOptions(modality="he", resolution=1.0, name="he_out", tile_size=64, overlap=8, standardization=SPEC)
     with pytest.raises(InvalidInputError, match=f"standardization '{re.escape(SPEC)}' is for multiplex input; he input is normalised"):
         predict_cohort(store, str(model), multiplex, tissues=["B"], run=SERIAL)
+
+
+def test_a_digest_is_carried_over_only_for_pixels_that_stay(tmp_path: Path) -> None:
+    """add-image of a finer level: a level computed again from the same pixels keeps its digest (and its results), one
+    computed from other pixels (below a lossy JPEG level, computed first from the pixels before the encoding) does not."""
+    rng = np.random.default_rng(0)
+    fine = (rng.integers(0, 256, (256, 320, 3)) // 2 + 64).astype(np.uint8)
+    coarse = fine.reshape(128, 2, 160, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    tifffile.imwrite(tmp_path / "coarse.tif", coarse, photometric="rgb")
+    tifffile.imwrite(tmp_path / "fine.tif", fine, photometric="rgb")
+    write = WriteOptions(chunk=16, shard=32, max_top_size=40)
+    for name, quality in (("lossless", None), ("lossy", 40)):
+        store = tmp_path / f"{name}.zarr"
+        add_image(store, str(tmp_path / "coarse.tif"), modality="he", tissue_id="A", mpp=1.0, jpeg_quality=quality, write=write)
+        cohort = open_cohort(store)
+        before = {
+            level: (cohort.content_digest("he", "A", level), cohort.open_image("he", "A", level).values) for level in ("2_0mpp", "4_0mpp")
+        }
+        add_image(store, str(tmp_path / "fine.tif"), modality="he", tissue_id="A", mpp=0.5, write=write)
+        cohort = open_cohort(store)
+        for level, (digest, pixels) in before.items():
+            same = bool(np.array_equal(cohort.open_image("he", "A", level).values, pixels))
+            assert same is (quality is None), (name, level)
+            assert (cohort.content_digest("he", "A", level) == digest) is same, (name, level)

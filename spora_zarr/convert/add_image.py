@@ -173,11 +173,7 @@ def _add_image(
             if parse_resolution(kept).mpp not in sources:
                 sources[parse_resolution(kept).mpp] = _stored_level(dst, f"{target}/{kept}", group[kept])
                 kept_digests[kept] = existing.spora.content_digests.get(kept)
-        coarsest = max(parse_resolution(kept).mpp for kept in existing.spora.source_levels) if existing.spora.source_levels else 0.0
-        if max(levels) < coarsest:  # the levels computed from the coarsest source level are computed from the same pixels
-            for computed in existing.level_names:
-                if computed not in existing.spora.source_levels and parse_resolution(computed).mpp > coarsest:
-                    kept_digests[computed] = existing.spora.content_digests.get(computed)
+        kept_digests.update(_unchanged_computed_levels(existing, group, max(levels)))
     files = {rel: table_bytes(table) for rel, table in tables.items()}
     files.update(staged_root_document(dst, modalities={modality: [parse_resolution(mpp).name for mpp in sources]}))
     return write_image(
@@ -259,6 +255,24 @@ def _is_rgb(path: str, modality: str, source: ImageSource) -> bool:
         found = f"{source.shape[0]} channel{'s' if source.shape[0] != 1 else ''} of {source.dtype}"
         raise InvalidInputError(f"{path}: {modality} images are RGB (3 channels of uint8); the file has {found}")
     return True
+
+
+def _unchanged_computed_levels(existing: GroupMetadata, group: Any, added: float) -> dict[str, str | None]:
+    """The computed levels of ``existing`` a write with a source level at ``added`` mpp computes from the same pixels
+    again, with their digests: those below its coarsest source level when the added level is finer, unless that level
+    is stored as JPEG (a ``--jpeg-quality`` write computed them from the pixels before the encoding, the rewrite from
+    the decoded ones)."""
+    from ..read.engines.jpeg import is_jpeg_layout
+
+    sources = existing.spora.source_levels
+    coarsest = max(sources, key=lambda name: parse_resolution(name).mpp, default=None)
+    if coarsest is None or added >= parse_resolution(coarsest).mpp or is_jpeg_layout(group[coarsest].metadata):
+        return {}
+    return {
+        name: existing.spora.content_digests.get(name)
+        for name in existing.level_names
+        if name not in sources and parse_resolution(name).mpp > parse_resolution(coarsest).mpp
+    }
 
 
 def _existing(location: Location, path: str) -> GroupMetadata | None:
