@@ -174,19 +174,21 @@ def test_a_reader_opened_before_a_group_was_replaced_is_not_reused(store: Path, 
 
 
 def test_training_reads_refuse_statistics_of_replaced_pixels(store: Path, tmp_path: Path) -> None:
-    """A dataset standardized by statistics of an image (or mask) replaced since fails that tissue's first read, naming the table."""
+    """A dataset standardized by statistics of an image (or mask) replaced since refuses every tissue (the means and
+    deviations are over the cohort), naming the table, the tissue replaced and the command, with --within-mask."""
     _replace(store, tmp_path)
     dataset = MultiplexImagingDataset("t", store, 1.0, 32, standardization=SPEC, tiling_strategy="best")
     table = f"{store}/imc/1_0mpp/standardization/quantile_clipping/uq_0.99_image/stats.parquet"
-    assert dataset.read_tile("B", 0, 0).dtype == torch.float32  # B was not replaced
-    message = f"{table}: tissue 'A' was measured on image and tissue mask replaced since; recompute the statistics with: spora-zarr"
+    message = f"{table}: measured on pixels replaced since (tissue 'A'), so stale for every tissue"
+    for tissue in ("B", "A"):
+        with pytest.raises(StoreError, match=re.escape(message)) as raised:
+            dataset.read_tile(tissue, 0, 0)
+        assert str(raised.value).endswith(f"--resolution 1_0mpp --spec {SPEC} --within-mask")
     with pytest.raises(StoreError, match=re.escape(message)):
-        dataset.read_tile("A", 0, 0)
-    with pytest.raises(StoreError, match="tissue 'A' was measured on image"):
         BatchStandardizer.for_tiles(TileDataset(dataset, preprocess=False, masks=()), "imc")
     _run(STANDARDIZE, store)
     again = MultiplexImagingDataset("t", store, 1.0, 32, standardization=SPEC, tiling_strategy="best")
-    assert again.read_tile("A", 0, 0).dtype == torch.float32
+    assert again.read_tile("A", 0, 0).dtype == again.read_tile("B", 0, 0).dtype == torch.float32
 
 
 def test_a_new_resolution_keeps_the_results_of_the_others(store: Path, tmp_path: Path) -> None:
@@ -288,8 +290,14 @@ def test_a_dataset_refuses_to_read_an_image_written_again_since_it_was_opened(st
     """Its shape, channels, tiles and statistics are of the old image: reading the new one through it is an error, not a crop."""
     dataset = MultiplexImagingDataset("t", store, 1.0, 32, tiling_strategy="best")
     assert dataset.read_tile("A", 0, 0).shape[-2:] == (32, 32)
+    for document in store.rglob("zarr.json"):  # a store made read-only while a dataset reads it: nothing written again
+        document.chmod(0o444)
+    assert dataset.read_tile("A", 0, 0).shape[-2:] == (32, 32)
+    for document in store.rglob("zarr.json"):
+        document.chmod(0o644)
     _replace(store, tmp_path)
-    with pytest.raises(StoreError, match=r"imc/images/A/1_0mpp: written again since this reader was opened; open the dataset"):
+    written_again = r"imc/images/A/1_0mpp: written again \(its group replaced or a resolution added\) since this reader was opened"
+    with pytest.raises(StoreError, match=written_again + "; open the dataset"):
         dataset.read_tile("A", 0, 0)
     assert dataset.read_tile("B", 0, 0).shape[-2:] == (32, 32)  # B was not written again
     reopened = MultiplexImagingDataset("t", store, 1.0, 32, tiling_strategy="best")
@@ -305,7 +313,7 @@ def test_an_he_prediction_records_the_normalisation_it_applied(store: Path, tmp_
     refused = predict_cohort(store, str(model), default, tissues=["B"], run=SERIAL)
     assert "predicted with standardization 'hibou', not 'imagenet': give --overwrite" in str(refused.failed[0].error)
     multiplex = PredictOptions(modality="he", resolution=1.0, name="he_out", tile_size=64, overlap=8, standardization=SPEC)
-    with pytest.raises(InvalidInputError, match=f"standardization '{re.escape(SPEC)}' is for multiplex input; he input is normalised"):
+    with pytest.raises(InvalidInputError, match=f"standardization '{re.escape(SPEC)}' is not a preset for he input, which is normalised"):
         predict_cohort(store, str(model), multiplex, tissues=["B"], run=SERIAL)
 
 

@@ -108,8 +108,8 @@ def make_dataset(
     if modality == "he" or modality.startswith(f"ihc/{IHC_PREFIX}"):
         if standardization not in (IDENTITY, *MEAN_STD):
             raise InvalidInputError(
-                f"standardization {standardization!r} is for multiplex input; {modality} input is normalised by a mean/std "
-                f"preset: {', '.join(MEAN_STD)} (default imagenet)"
+                f"standardization {standardization!r} is not a preset for {modality} input, which is normalised by a mean/std "
+                f"preset: {', '.join(MEAN_STD)} (default imagenet); statistics specs are for multiplex input"
             )
         kwargs["mean_std_type"] = "imagenet" if standardization == IDENTITY else standardization
     if modality == "he":

@@ -69,7 +69,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -342,16 +342,17 @@ def _array_document(location: Location, path: str) -> str | None:
     return os.path.join(location.fs_path(path), "zarr.json") if location.is_local else None
 
 
-def _stamp(document: str | None) -> tuple[int, int] | None:
-    """A file's inode and change time: an array written again (a group replaced) has another ``zarr.json``.
-    ``None`` for no file (remotely, or none there: opening the array says so)."""
+def _stamp(document: str | None) -> tuple[int, ...] | None:
+    """A file's device, inode, modification time and size: an array written again (its group replaced) has another
+    ``zarr.json`` (a permission change or a hard-linked backup leaves them). ``None`` for no file (remotely, or none
+    there: opening the array says so)."""
     if document is None:
         return None
     try:
         status = os.stat(document)
     except OSError:
         return None
-    return (status.st_ino, status.st_ctime_ns)
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
 
 
 def _reopen_level(location: Location, path: str, engine: str | None) -> LevelReader:
@@ -378,15 +379,25 @@ class WindowReader:
         child, or when unpickled) asks for again.
 
     A reader of a local array refuses to read once the array has been written again (its ``zarr.json`` is
-    another file: ``add-image --overwrite``, a new conversion), with a ``StoreError`` asking to open it
-    again: what was opened with it (its shape, a dataset's channels, tiles and statistics) is of the old one.
+    another file: ``add-image``, with ``--overwrite`` or of another resolution, which writes the group anew),
+    with a ``StoreError`` asking to open it again: what was opened with it (its shape, a dataset's channels,
+    tiles and statistics) is of the old one. ``stamp``: that of :func:`open_level`, taken before it read the
+    array's metadata (default: taken now).
     """
 
     def __init__(
-        self, engine: Engine, location: Location, path: str, shape: tuple[int, ...], dtype: np.dtype, requested: str | None = None
+        self,
+        engine: Engine,
+        location: Location,
+        path: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        requested: str | None = None,
+        *,
+        stamp: tuple[int, ...] | None | Literal[False] = False,
     ) -> None:
         self._document = _array_document(location, path)
-        self._stamp = _stamp(self._document)
+        self._stamp = _stamp(self._document) if stamp is False else stamp  # open_level's: taken before the metadata was read
         self.location = location
         self.path = path
         self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
@@ -418,7 +429,8 @@ class WindowReader:
     ) -> np.ndarray:
         """Read one window; see :meth:`LevelReader.read`."""
         if self._stamp is not None and _stamp(self._document) != self._stamp:
-            raise StoreError(f"{self._where}: written again since this reader was opened; open the dataset (or the level) again")
+            now = "gone" if _stamp(self._document) is None else "written again (its group replaced or a resolution added)"
+            raise StoreError(f"{self._where}: {now} since this reader was opened; open the dataset, the image or the level again")
         if os.getpid() != self._pid:  # carried into a forked child: use that process's reader
             return open_level(self.location, self.path, engine=self._requested).read(y0, x0, height, width, channels, out=out)
         index, take = self._selection(y0, x0, height, width, channels)
@@ -532,7 +544,8 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
     """
     location = Location.parse(location)
     path = str(path).strip("/")
-    key = (location.root, _freeze(location.storage_options), path, engine, _stamp(_array_document(location, path)), replacements(location))
+    stamp = _stamp(_array_document(location, path))
+    key = (location.root, _freeze(location.storage_options), path, engine, stamp, replacements(location))
     with process.LOCK.get():
         readers = _READERS.get()
         reader = readers.get(key)
@@ -556,7 +569,7 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
                     _warn_once(message)
                 else:
                     logger.debug(message)
-            reader = WindowReader(opened, location, path, tuple(meta.shape), np.dtype(meta.dtype), engine)
+            reader = WindowReader(opened, location, path, tuple(meta.shape), np.dtype(meta.dtype), engine, stamp=stamp)
             readers.add(key, reader, max_readers=MAX_OPEN_READERS)
             return reader
         raise AssertionError(f"no engine reads {location.join(path)}: {refused}")  # zarr-python reads every array

@@ -331,11 +331,12 @@ class StatsBackedStandardizer(BaseStandardizer):
 
 
 class PixelsCheck:
-    """Whether a tissue's image (and mask) are those a statistics table was computed from, checked once a tissue.
+    """Whether the images (and masks) a statistics table was computed from are still those of the cohort.
 
     ``recorded`` maps each tissue to the content digests of its image and mask at ``resolution`` the table
-    records (:func:`~spora_zarr.standardize.statistics.statistics_digests`); the current ones come from
-    ``cohort``'s group metadata (read already for the tissue's channel names).
+    records (:func:`~spora_zarr.standardize.statistics.statistics_digests`). Every tissue's is compared, once,
+    on the first use of any: the means and standard deviations are over the cohort (and a ``_global``
+    bound too), so one tissue's new pixels make the table stale for all of them.
     """
 
     def __init__(
@@ -343,24 +344,34 @@ class PixelsCheck:
     ) -> None:
         self.cohort, self.modality, self.resolution, self.within_mask = cohort, modality, resolution, within_mask
         self.recorded, self.table, self.hint = recorded, table, hint
-        self._checked: set[str] = set()
+        self._replaced: list[str] | None = None
 
     def check(self, tissue_id: str) -> None:
-        """``StoreError`` naming the table when the tissue's image or mask is not the one measured."""
-        if tissue_id in self._checked or tissue_id not in self.recorded:
-            return
-        image, mask = self.recorded[tissue_id]
-        changed = []
-        if image != self.cohort.content_digest(self.modality, tissue_id, self.resolution):
-            changed.append("image")
-        if self.within_mask and mask != self.cohort.content_digest(MASK_KINDS[0], tissue_id, self.resolution):
-            changed.append("tissue mask")
-        if changed:
+        """``StoreError`` naming the table and the tissues whose image or mask is not the one measured, if any."""
+        if self._replaced is None:
+            self._replaced = self._find_replaced()
+        if self._replaced:
+            shown = ", ".join(map(repr, self._replaced[:5])) + (f" and {len(self._replaced) - 5} more" if len(self._replaced) > 5 else "")
             raise StoreError(
-                f"{self.cohort.location.join(self.table)}: tissue {tissue_id!r} was measured on {' and '.join(changed)} replaced since; "
-                f"recompute the statistics with: {self.hint}"
+                f"{self.cohort.location.join(self.table)}: measured on pixels replaced since (tissue {shown}), so stale for every "
+                f"tissue (its means and deviations are over the cohort); recompute the statistics with: {self.hint}"
             )
-        self._checked.add(tissue_id)
+
+    def _find_replaced(self) -> list[str]:
+        kinds = [(self.modality, 0)] + ([(MASK_KINDS[0], 1)] if self.within_mask else [])
+        replaced = []
+        for name, _ in kinds:
+            self.cohort.read_group_documents(name)  # every tissue's document in one pass
+        for tissue_id, digests in self.recorded.items():
+            for name, which in kinds:
+                try:
+                    now = self.cohort.content_digest(name, tissue_id, self.resolution)
+                except NotFoundError:
+                    continue  # a tissue no longer there: its rows are not read
+                if digests[which] != now:
+                    replaced.append(tissue_id)
+                    break
+        return replaced
 
 
 class QuantileClippingStandardizer(StatsBackedStandardizer):
