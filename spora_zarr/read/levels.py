@@ -405,6 +405,7 @@ class WindowReader:
         self._engine = engine
         self._requested = requested
         self._pid = os.getpid()
+        self._in_child: tuple[int, LevelReader | None] = (self._pid, None)
         self._where = location.join(path)
         self._rest = tuple(slice(0, n) for n in self.shape[1:-2])  # leading axes after the channels, read whole
 
@@ -431,8 +432,12 @@ class WindowReader:
         if self._stamp is not None and _stamp(self._document) != self._stamp:
             now = "gone" if _stamp(self._document) is None else "written again (its group replaced or a resolution added)"
             raise StoreError(f"{self._where}: {now} since this reader was opened; open the dataset, the image or the level again")
-        if os.getpid() != self._pid:  # carried into a forked child: use that process's reader
-            return open_level(self.location, self.path, engine=self._requested).read(y0, x0, height, width, channels, out=out)
+        if os.getpid() != self._pid:  # carried into a forked child: use that process's reader (kept here for the next read)
+            pid, reader = self._in_child
+            if reader is None or pid != os.getpid():
+                reader = open_level(self.location, self.path, engine=self._requested)
+                self._in_child = (os.getpid(), reader)
+            return reader.read(y0, x0, height, width, channels, out=out)
         index, take = self._selection(y0, x0, height, width, channels)
         if out is not None:
             sizes = [i.stop - i.start for i in index]
@@ -527,11 +532,11 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
         The same object for the same root, storage options, path and
         ``engine`` in this process while its :class:`ReaderCache` keeps it
         (the readers used last, :data:`MAX_OPEN_READERS` and
-        :data:`MAX_OPEN_READER_BYTES`), while no group of the store was
-        replaced by this process (``add-image --overwrite``, say) and, on a
-        local store, while the array's ``zarr.json`` is the same file (another
-        process's replacement too). A remote array replaced by another process
-        is not noticed (a request per call would be). The engine handle opens
+        :data:`MAX_OPEN_READER_BYTES`), and while the array was not written
+        again: on a local store while its ``zarr.json`` is the same file (any
+        process's rewrite), on a remote one while this process replaced no group
+        of the store (``add-image --overwrite``, say; another process's rewrite
+        is not noticed: a request per call would be). The engine handle opens
         on the first read.
 
     Raises
@@ -545,7 +550,8 @@ def open_level(location: Location | str | os.PathLike[str], path: str, *, engine
     location = Location.parse(location)
     path = str(path).strip("/")
     stamp = _stamp(_array_document(location, path))
-    key = (location.root, _freeze(location.storage_options), path, engine, stamp, replacements(location))
+    changed = replacements(location) if not location.is_local else 0  # locally the stamp tells
+    key = (location.root, _freeze(location.storage_options), path, engine, stamp, changed)
     with process.LOCK.get():
         readers = _READERS.get()
         reader = readers.get(key)
