@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -240,6 +241,21 @@ class Cohort:
         """
         metadata = self._group_metadata(self.group_path(name, validate_tissue_id(tissue_id)), name, tissue_id)
         return metadata.spora.content_digests.get(parse_resolution(resolution).name)
+
+    def changed_since(self, name: str, resolution: ResolutionLike, recorded: Mapping[str, str | None]) -> tuple[list[str], list[str]]:
+        """The tissues of ``recorded`` (tissue -> the :meth:`content_digest` a result recorded) whose image or mask
+        ``name`` holds other pixels at ``resolution`` now, and those without that group now; the groups' documents
+        are read in one pass."""
+        with contextlib.suppress(NotFoundError):  # a modality gone: every tissue is missing
+            self.read_group_documents(name)
+        changed, missing = [], []
+        for tissue_id, digest in recorded.items():
+            try:
+                if self.content_digest(name, tissue_id, resolution) != digest:
+                    changed.append(tissue_id)
+            except NotFoundError:
+                missing.append(tissue_id)
+        return changed, missing
 
     def channel_names(self, modality: str, tissue_id: str) -> list[str]:
         """Channel labels of a tissue image, in stored order."""

@@ -36,7 +36,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
-from ..errors import NotFoundError, SporaZarrError, StoreError
+from ..errors import SporaZarrError, StoreError
 from ..store.layout import MASK_KINDS, STANDARDIZATION_META_KEY, TISSUES_TABLE
 from ..store.location import Location, open_local_file
 from ..store.tables import standardization_digests, table_record
@@ -141,16 +141,15 @@ def _tiles_match_masks(cohort: Cohort, rel: str) -> list[str]:
     table = cohort.read_table(rel)
     if "mask_digest" not in table.column_names:
         return []  # written before the digests were recorded
-    problems = []
+    recorded: dict[str, dict[str, str | None]] = {}  # resolution -> tissue -> digest
     columns = (table.column(name).to_pylist() for name in ("tissue_id", "resolution", "mask_digest"))
     for tissue_id, resolution, digest in zip(*columns, strict=True):
-        try:
-            now = cohort.content_digest(MASK_KINDS[0], tissue_id, resolution)
-        except NotFoundError:
-            problems.append(f"tissue {tissue_id!r} has no {MASK_KINDS[0]} mask")
-            continue
-        if digest != now:
-            problems.append(f"tissue {tissue_id!r} was tiled from a tissue mask replaced since; run the same `spora-zarr tile` again")
+        recorded.setdefault(resolution, {})[tissue_id] = digest
+    problems = []
+    for resolution, digests in recorded.items():
+        changed, missing = cohort.changed_since(MASK_KINDS[0], resolution, digests)
+        problems += [f"tissue {tissue_id!r} has no {MASK_KINDS[0]} mask" for tissue_id in missing]
+        problems += [f"tissue {t!r} was tiled from a tissue mask replaced since; run the same `spora-zarr tile` again" for t in changed]
     return problems
 
 
@@ -161,18 +160,12 @@ def _statistics_match_images(cohort: Cohort, rel: str) -> list[str]:
     if not isinstance(modality, str) or not digests:
         return []  # written before the digests were recorded
     problems = []
-    for tissue_id, (image, mask) in digests.items():
-        for name, digest in ((modality, image), (MASK_KINDS[0], mask)):
-            if name == MASK_KINDS[0] and not record.get("within_mask"):
-                continue
-            try:
-                changed = digest != cohort.content_digest(name, tissue_id, resolution)
-            except NotFoundError:
-                problems.append(f"tissue {tissue_id!r} has no {name} group")
-                continue
-            if changed:
-                what = "an image" if name == modality else "a tissue mask"
-                problems.append(f"tissue {tissue_id!r} was measured on {what} replaced since; run the same `spora-zarr standardize` again")
+    for name, which, what in ((modality, 0, "an image"), (MASK_KINDS[0], 1, "a tissue mask")):
+        if which and not record.get("within_mask"):
+            continue
+        changed, missing = cohort.changed_since(name, resolution, {t: d[which] for t, d in digests.items()})
+        problems += [f"tissue {tissue_id!r} has no {name} group" for tissue_id in missing]
+        problems += [f"tissue {t!r} was measured on {what} replaced since; run the same `spora-zarr standardize` again" for t in changed]
     return problems
 
 

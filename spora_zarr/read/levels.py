@@ -429,9 +429,9 @@ class WindowReader:
         self, y0: int, x0: int, height: int, width: int, channels: Sequence[int] | None = None, *, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Read one window; see :meth:`LevelReader.read`."""
-        if self._stamp is not None and _stamp(self._document) != self._stamp:
-            now = "gone" if _stamp(self._document) is None else "written again (its group replaced or a resolution added)"
-            raise StoreError(f"{self._where}: {now} since this reader was opened; open the dataset, the image or the level again")
+        if self._stamp is not None and (now := _stamp(self._document)) != self._stamp:
+            what = "gone" if now is None else "written again (its group replaced or a resolution added)"
+            raise StoreError(f"{self._where}: {what} since this reader was opened; open the dataset, the image or the level again")
         if os.getpid() != self._pid:  # carried into a forked child: use that process's reader (kept here for the next read)
             pid, reader = self._in_child
             if reader is None or pid != os.getpid():

@@ -358,20 +358,12 @@ class PixelsCheck:
             )
 
     def _find_replaced(self) -> list[str]:
-        kinds = [(self.modality, 0)] + ([(MASK_KINDS[0], 1)] if self.within_mask else [])
-        replaced = []
-        for name, _ in kinds:
-            self.cohort.read_group_documents(name)  # every tissue's document in one pass
-        for tissue_id, digests in self.recorded.items():
-            for name, which in kinds:
-                try:
-                    now = self.cohort.content_digest(name, tissue_id, self.resolution)
-                except NotFoundError:
-                    continue  # a tissue no longer there: its rows are not read
-                if digests[which] != now:
-                    replaced.append(tissue_id)
-                    break
-        return replaced
+        kinds = [(self.modality, 0)] + ([(MASK_KINDS[0], 1)] if self.within_mask else [])  # a tissue no longer there is not read
+        changed = {t for name, which in kinds for t in self.cohort.changed_since(name, self.resolution, self._recorded(which))[0]}
+        return [t for t in self.recorded if t in changed]
+
+    def _recorded(self, which: int) -> dict[str, Any]:
+        return {tissue_id: digests[which] for tissue_id, digests in self.recorded.items()}
 
 
 class QuantileClippingStandardizer(StatsBackedStandardizer):

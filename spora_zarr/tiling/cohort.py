@@ -373,13 +373,9 @@ def _unchanged(cohort: Any, rows: list[dict[str, Any]], resolution: Resolution) 
     """Tissues of the kept ``rows`` whose mask level is still the one they were tiled from (the same ``mask_digest``)."""
     if not rows:
         return set()
-    cohort.read_group_documents(_MASK_KIND)
-    present = set(cohort.mask_tissues(_MASK_KIND))
-    return {
-        r["tissue_id"]
-        for r in rows
-        if r["tissue_id"] in present and r.get("mask_digest") == cohort.content_digest(_MASK_KIND, r["tissue_id"], resolution)
-    }
+    recorded = {r["tissue_id"]: r.get("mask_digest") for r in rows}
+    changed, missing = cohort.changed_since(_MASK_KIND, resolution, recorded)
+    return set(recorded) - set(changed) - set(missing)
 
 
 def _differing_parameters(rows: list[dict[str, Any]], wanted: dict[str, Any]) -> str:
