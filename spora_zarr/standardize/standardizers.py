@@ -260,17 +260,18 @@ class StatsBackedStandardizer(BaseStandardizer):
         the ones the statistics were computed from (:class:`PixelsCheck`).
         """
         from ..store.location import Location
-        from .statistics import command_hint, read_statistics, statistics_digests, stats_path
+        from .statistics import command_hint, statistics_digests, statistics_table, stats_path
 
         parsed = parse_spec(spec)
-        stats = read_statistics(store, modality, resolution, parsed.name, storage_options)
+        table = statistics_table(store, modality, resolution, parsed.name, storage_options)  # the rows and the footer: one read
+        stats = table.to_pandas()
         kind = QuantileClippingLog1PStandardizer if parsed.log1p else QuantileClippingStandardizer
-        within_mask, recorded = statistics_digests(Location.parse(store, storage_options), modality, resolution, parsed.name)
+        path = stats_path(modality, resolution, parsed.name)
+        within_mask, recorded = statistics_digests(table, Location.parse(store, storage_options).join(path))
         hint = command_hint(store, modality, resolution, parsed.name, within_mask=within_mask)
         pixels = None
         if cohort is not None and recorded:
-            table = stats_path(modality, resolution, parsed.name)
-            pixels = PixelsCheck(cohort, modality, parse_resolution(resolution).name, within_mask, recorded, table, hint)
+            pixels = PixelsCheck(cohort, modality, parse_resolution(resolution).name, within_mask, recorded, path, hint)
         return kind(stats, parsed, source=hint, pixels=pixels)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -437,12 +437,13 @@ def available_specs(
     return sorted(n for n in names if not n.startswith(HISTOGRAMS_DIR))
 
 
-def statistics_digests(location: Location, modality: str, resolution: ResolutionLike, spec: str) -> tuple[bool, dict[str, tuple[Any, Any]]]:
-    """Whether a spec's statistics counted within the mask, and the content digests of each tissue's image and mask
-    levels they were computed from (none for a table written before the digests were recorded)."""
-    from ..store.tables import standardization_digests, table_record
+def statistics_digests(table: pa.Table, where: str) -> tuple[bool, dict[str, tuple[Any, Any]]]:
+    """Whether a spec's statistics ``table`` (:func:`statistics_table`; ``where`` names it) counted within the mask, and
+    the content digests of each tissue's image and mask levels it was computed from (none for a table written before
+    the digests were recorded)."""
+    from ..store.tables import footer_record, standardization_digests
 
-    record = table_record(location, stats_path(modality, resolution, parse_spec(spec).name), STANDARDIZATION_META_KEY)
+    record = footer_record(table.schema.metadata, STANDARDIZATION_META_KEY, where)
     return bool(record.get("within_mask")), standardization_digests(record)
 
 
@@ -450,6 +451,13 @@ def read_statistics(
     store: str | Location, modality: str, resolution: ResolutionLike, spec: str, storage_options: dict[str, Any] | None = None
 ) -> pd.DataFrame:
     """A spec's statistics as a DataFrame; ``NotFoundError`` listing the specs present and the command otherwise."""
+    return statistics_table(store, modality, resolution, spec, storage_options).to_pandas()
+
+
+def statistics_table(
+    store: str | Location, modality: str, resolution: ResolutionLike, spec: str, storage_options: dict[str, Any] | None = None
+) -> pa.Table:
+    """A spec's ``stats.parquet`` with its footer record; ``NotFoundError`` as :func:`read_statistics`'s."""
     parsed = parse_spec(spec)
     location = Location.parse(store, storage_options)
     path = stats_path(modality, resolution, parsed.name)
@@ -459,4 +467,4 @@ def read_statistics(
             f"{location}: no standardization statistics {parsed.name!r} for {modality_dir(modality)} at {parse_resolution(resolution)} "
             f"(present: {', '.join(present) or 'none'}); compute them with: {command_hint(location, modality, resolution, parsed.name)}"
         )
-    return read_table(location, path).to_pandas()
+    return read_table(location, path)

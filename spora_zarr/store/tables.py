@@ -83,16 +83,21 @@ def _read_parquet(location: Location, path: str, read: Callable[[pq.ParquetFile]
 
 
 def table_record(location: Location, path: str, key: bytes) -> dict[str, Any]:
-    """The JSON object a table's footer keeps under ``key`` (empty without one); ``StoreError`` naming the table when malformed."""
-    footer = read_table_metadata(location, path).metadata or {}
-    if key not in footer:
+    """The JSON object a table's footer keeps under ``key`` (empty without one), its rows unread (:func:`footer_record`)."""
+    return footer_record(read_table_metadata(location, path).metadata, key, location.join(path))
+
+
+def footer_record(metadata: Mapping[bytes, bytes] | None, key: bytes, where: str) -> dict[str, Any]:
+    """The JSON object a table's key-value ``metadata`` keeps under ``key`` (empty without one); ``StoreError``
+    naming the table ``where`` when malformed."""
+    if not metadata or key not in metadata:
         return {}
     try:
-        record = json.loads(footer[key])
+        record = json.loads(metadata[key])
     except ValueError as exc:
-        raise StoreError(f"{location.join(path)}: its {key.decode()} metadata is not JSON ({reason(exc)})") from None
+        raise StoreError(f"{where}: its {key.decode()} metadata is not JSON ({reason(exc)})") from None
     if not isinstance(record, dict):
-        raise StoreError(f"{location.join(path)}: its {key.decode()} metadata is not a JSON object")
+        raise StoreError(f"{where}: its {key.decode()} metadata is not a JSON object")
     return record
 
 
