@@ -25,8 +25,7 @@ from ..store.location import Location
 from ..store.lock import writes_store
 from ..store.metadata import is_cohort_store, update_cohort_attributes
 from ..store.staging import Staging
-from ..store.tables import channel_table_updates, table_exists, write_table
-from ..store.tables import read_table as read_store_table
+from ..store.tables import channel_table_updates, listed_channels, write_table
 from ..write.options import WriteOptions
 from .scan import CohortPlan, ImageTask, MaskTask, read_table, scan_cohort
 from .tasks import RGB_MODALITIES, run_task
@@ -142,8 +141,7 @@ def _channel_tables(plan: CohortPlan, dst: Location, written: set[str]) -> list[
         return []
     made, cohort = [], open_cohort(dst)
     for modality, ids in sorted(tissues.items()):
-        rel = channels_per_tissue_table_path(modality)
-        listed = set(read_store_table(dst, rel).to_pydict().get("tissue_id", [])) if table_exists(dst, rel) else set()
+        listed = listed_channels(dst, modality)
         wanted = [t for t in ids if t not in listed or cohort.group_path(modality, t) in written]
         names = {t: cohort.channel_names(modality, t) for t in wanted if cohort.has_tissue(modality, t)}  # not a failed one
         for rel, table in channel_table_updates(dst, modality, names).items():

@@ -173,11 +173,7 @@ def channel_table_updates(
     if channels is not None:
         updates[channels_table_path(modality)] = channels
     per_tissue_rel = channels_per_tissue_table_path(modality)
-    listed: dict[str, list[str]] = {}
-    if table_exists(location, per_tissue_rel):
-        columns = read_table(location, per_tissue_rel).to_pydict()
-        for tissue, channel in zip(columns.get("tissue_id", []), columns.get("channel_name", []), strict=True):
-            listed.setdefault(tissue, []).append(channel)
+    listed = listed_channels(location, modality)
     new: dict[str, Sequence[str]] = {}
     for tissue_id, names in names_by_tissue.items():
         stored = listed.get(tissue_id)
@@ -192,6 +188,17 @@ def channel_table_updates(
     if per_tissue is not None:
         updates[per_tissue_rel] = per_tissue
     return updates
+
+
+def listed_channels(location: Location, modality: str) -> dict[str, list[str]]:
+    """The channels ``<modality>/channels_per_tissue.parquet`` lists for each tissue (empty without the table)."""
+    rel = channels_per_tissue_table_path(modality)
+    listed: dict[str, list[str]] = {}
+    if table_exists(location, rel):
+        columns = read_table(location, rel).to_pydict()
+        for tissue, channel in zip(columns.get("tissue_id", []), columns.get("channel_name", []), strict=True):
+            listed.setdefault(tissue, []).append(channel)
+    return listed
 
 
 def appended_rows(location: Location, rel: str, key: str | None, rows: Sequence[Mapping[str, Any]]) -> Any:
