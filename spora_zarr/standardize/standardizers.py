@@ -9,6 +9,13 @@ stats-backed ones apply, per channel,
 and channel (:mod:`.statistics`). :class:`BatchStandardizer` applies the same
 transform to ``(B, C, H, W)`` batches on any device (the fast training path:
 uint16 items through the DataLoader, standardized on the GPU).
+
+One module, although long: its one job is turning a spec into the transform
+(the classes, :func:`build_standardizer`, the compiled per-tissue transform and
+its batch form, and :class:`PixelsCheck`, which refuses statistics of pixels
+replaced since); what a transform is built from lives elsewhere (the spec
+grammar in :mod:`.specs`, the statistics in :mod:`.statistics`, the compiled
+kernels in :mod:`.kernels`, the filters in :mod:`.filters`).
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ number of planes.
 One module for the write itself: the layout plan, the traversal and the
 staged promotion share one writer's state. What is separable has its own
 module: the options and the block and lane sizes they give
-(:mod:`.options`), keeping a source's JPEG tiles as chunks (:mod:`.encoded`)
-and running independent jobs in lanes (:mod:`.lanes`).
+(:mod:`.options`), keeping a source's JPEG tiles as chunks (:mod:`.encoded`),
+running independent jobs in lanes (:mod:`.lanes`) and the content digests of
+the blocks written (:mod:`.digest`).
 """
 
 from __future__ import annotations
